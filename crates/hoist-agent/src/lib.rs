@@ -1,0 +1,1 @@
+//! The control plane of one host: composes state, artifacts, supervisor and proxy.

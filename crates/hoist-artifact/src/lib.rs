@@ -1,0 +1,1 @@
+//! Release artifacts: build, verify, unpack safely, and the content-addressed store.

@@ -1,0 +1,2 @@
+//! The app file: `hoist.toml` (and destination overlays) read into a validated
+//! [`hoist_core::spec::AppSpec`], with diagnostics that name file:line:column.

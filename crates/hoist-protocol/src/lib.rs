@@ -1,0 +1,3 @@
+//! Wire types between the CLI, the agent and the proxy. Only serialisable boundary types
+//! live here, so the wire format never pins the internals of the crates that use it.
+pub mod proxy;

@@ -1,0 +1,1 @@
+//! Messages from the agent to the proxy's control socket.

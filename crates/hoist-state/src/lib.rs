@@ -1,0 +1,1 @@
+//! The host's state in SQLite: schema, migrations, journal, history. The only SQL.

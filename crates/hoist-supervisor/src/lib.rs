@@ -1,0 +1,1 @@
+//! Running instances: spawn under a shim, stop, restart with backoff, capture logs.

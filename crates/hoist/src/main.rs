@@ -1,0 +1,37 @@
+//! The `hoist` binary: parses the command line and calls one library operation per
+//! command. Nothing else lives here: each `cmd/*.rs` file declares its clap arguments
+//! and a `run` that calls into a library crate; all user output goes through `output`.
+
+mod cmd;
+mod exit;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Ship web apps and their workers to your own Linux servers, without downtime.
+#[derive(Debug, Parser)]
+#[command(name = "hoist", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    // Each variant is one file under cmd/; keep this list in the order of `hoist --help`.
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // clap prints help and version on stdout and usage errors on stderr.
+            let _ = err.print();
+            return if err.use_stderr() { exit::Exit::Usage.into() } else { ExitCode::SUCCESS };
+        }
+    };
+    let result = match cli.command {};
+    exit::report(result)
+}
