@@ -1,1 +1,47 @@
-//! The host's state in SQLite: schema, migrations, journal, history. The only SQL.
+//! The host's state in SQLite (WAL): schema and migrations, the deploy journal, the
+//! hash-chained history, events, instances, locks and job runs. This crate is the only
+//! place that speaks SQL; it knows nothing of processes, proxies or the network.
+//!
+//! Invariant: only the agent opens a host's state for writing (it holds an exclusive lock
+//! file beside the database); the CLI never touches it directly.
+
+mod history;
+mod migrate;
+mod store;
+
+pub use history::{HistoryRecord, VerifyReport};
+pub use store::*;
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong with the state database.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot open the state database `{path}`")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("state database error")]
+    Sql(#[from] rusqlite::Error),
+    #[error("the state database has schema version {found}, newer than this hoist knows ({known}); upgrade hoist")]
+    TooNew { found: i64, known: i64 },
+    #[error("a deploy of `{app}` is already running: held by {holder} since {since}")]
+    Locked {
+        app: String,
+        holder: String,
+        since: String,
+    },
+    #[error("corrupt record in the state database: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StateError> = std::result::Result<T, E>;
+
+/// Milliseconds since the Unix epoch, the one time unit stored in the database.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

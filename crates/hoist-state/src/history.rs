@@ -1,0 +1,123 @@
+//! The audit history: append-only and hash-chained. Each record carries the hash of the
+//! one before, so an altered or removed record is found by walking the chain.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::Result;
+
+/// One deploy, rollback, restart or restore, as the operator reads it in `hoist history`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub app: String,
+    pub kind: String,
+    pub release: Option<String>,
+    pub previous: Option<String>,
+    pub commit: Option<String>,
+    pub actor: String,
+    pub result: String,
+    pub duration_ms: i64,
+    pub reason: Option<String>,
+}
+
+/// What `hoist history --verify` found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VerifyReport {
+    pub records: i64,
+    pub problems: Vec<String>,
+}
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+fn chain_hash(prev: &str, record: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(prev.as_bytes());
+    h.update(b"\n");
+    h.update(record.as_bytes());
+    hex::encode(h.finalize())
+}
+
+pub(crate) fn append(conn: &Connection, mut rec: HistoryRecord) -> Result<HistoryRecord> {
+    let last: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT seq, hash FROM history ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (seq, prev) = last.map_or((1, GENESIS.to_string()), |(s, h)| (s + 1, h));
+    rec.seq = seq;
+    let text =
+        serde_json::to_string(&rec).map_err(|e| crate::StateError::Corrupt(e.to_string()))?;
+    let hash = chain_hash(&prev, &text);
+    conn.execute(
+        "INSERT INTO history (seq, at, record, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![seq, rec.at_ms, text, prev, hash],
+    )?;
+    Ok(rec)
+}
+
+pub(crate) fn list(
+    conn: &Connection,
+    app: Option<&str>,
+    limit: usize,
+) -> Result<Vec<HistoryRecord>> {
+    let mut stmt = conn.prepare("SELECT record FROM history ORDER BY seq DESC")?;
+    let mut out = Vec::new();
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    for text in rows {
+        let text = text?;
+        let rec: HistoryRecord =
+            serde_json::from_str(&text).map_err(|e| crate::StateError::Corrupt(e.to_string()))?;
+        if app.is_none_or(|a| a == rec.app) {
+            out.push(rec);
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    out.reverse();
+    Ok(out)
+}
+
+pub(crate) fn verify(conn: &Connection) -> Result<VerifyReport> {
+    let mut stmt = conn.prepare("SELECT seq, record, prev_hash, hash FROM history ORDER BY seq")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    let mut problems = Vec::new();
+    let mut expected_prev = GENESIS.to_string();
+    let mut expected_seq = 1;
+    let mut records = 0;
+    for row in rows {
+        let (seq, record, prev, hash) = row?;
+        records += 1;
+        if seq != expected_seq {
+            problems.push(format!("records {expected_seq}..{} are missing", seq - 1));
+        }
+        if prev != expected_prev {
+            problems.push(format!("record {seq} does not follow the record before it"));
+        }
+        if chain_hash(&prev, &record) != hash {
+            problems.push(format!("record {seq} was altered"));
+        }
+        match serde_json::from_str::<HistoryRecord>(&record) {
+            Ok(rec) if rec.seq != seq => {
+                problems.push(format!("record {seq} claims to be {}", rec.seq))
+            }
+            Ok(_) => {}
+            Err(_) => problems.push(format!("record {seq} is not readable")),
+        }
+        expected_prev = hash;
+        expected_seq = seq + 1;
+    }
+    Ok(VerifyReport { records, problems })
+}

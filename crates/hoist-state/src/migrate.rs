@@ -1,0 +1,114 @@
+//! Schema migrations tracked with SQLite's `user_version`: each entry runs once, in order,
+//! inside one transaction with the version bump.
+
+use rusqlite::Connection;
+
+use crate::{Result, StateError};
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+    CREATE TABLE releases (
+        app TEXT NOT NULL,
+        release TEXT NOT NULL,
+        manifest TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (app, release)
+    );
+    CREATE TABLE current (
+        app TEXT PRIMARY KEY,
+        release TEXT NOT NULL,
+        standby TEXT,
+        standby_until INTEGER,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE operations (
+        id INTEGER PRIMARY KEY,
+        app TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        release TEXT,
+        previous TEXT,
+        actor TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        finished_at INTEGER,
+        result TEXT NOT NULL DEFAULT 'running',
+        reason TEXT
+    );
+    CREATE TABLE journal (
+        id INTEGER PRIMARY KEY,
+        operation INTEGER NOT NULL REFERENCES operations(id),
+        step TEXT NOT NULL,
+        phase TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        detail TEXT
+    );
+    CREATE INDEX journal_by_op ON journal(operation);
+    CREATE TABLE instances (
+        instance TEXT PRIMARY KEY,
+        app TEXT NOT NULL,
+        service TEXT NOT NULL,
+        release TEXT NOT NULL,
+        slot INTEGER NOT NULL,
+        port INTEGER,
+        desired TEXT NOT NULL,
+        restarts INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        app TEXT,
+        kind TEXT NOT NULL,
+        subject TEXT,
+        message TEXT NOT NULL
+    );
+    CREATE TABLE history (
+        seq INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        record TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE TABLE locks (
+        app TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        agent_boot TEXT NOT NULL,
+        since INTEGER NOT NULL
+    );
+    CREATE TABLE job_runs (
+        id INTEGER PRIMARY KEY,
+        app TEXT NOT NULL,
+        job TEXT NOT NULL,
+        release TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        finished_at INTEGER,
+        status TEXT NOT NULL,
+        exit_code INTEGER,
+        output TEXT
+    );
+    CREATE INDEX job_runs_by_job ON job_runs(app, job, id);
+    "#,
+];
+
+/// The schema version this build knows.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > VERSION {
+        return Err(StateError::TooNew {
+            found,
+            known: VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "state schema migrated");
+    }
+    Ok(())
+}

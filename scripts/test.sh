@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The whole test suite, as README.md gives it and CI runs it (.ci/run calls this file):
+# installs the system packages the tests need when they are missing, then formatting,
+# lints, the workspace's binaries, and every test.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# System packages the tests use. Installed only when missing, so a developer's machine
+# is left alone; `apt-get update` runs at most once.
+need=()
+command -v python3 >/dev/null || need+=(python3)
+command -v sqlite3 >/dev/null || need+=(sqlite3)
+command -v rsync >/dev/null || need+=(rsync)
+command -v zstd >/dev/null || need+=(zstd)
+command -v git >/dev/null || need+=(git)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing packages: ${need[*]} (run as root or install them)" >&2
+    exit 1
+  fi
+  echo "==> installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Tests start the real binaries (hoist, hoist-testapp): build them first.
+echo "==> cargo build (binaries)"
+cargo build --workspace --bins --locked
+
+echo "==> tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
