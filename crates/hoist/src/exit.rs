@@ -32,11 +32,13 @@ impl std::fmt::Display for Reported {
 
 impl std::error::Error for Reported {}
 
-/// An error that carries its exit code; anything else exits 1.
+/// An error that carries its exit code and, where the user can fix it, a hint;
+/// anything else exits 1.
 #[derive(Debug)]
 pub struct WithExit {
     pub exit: Exit,
     pub error: anyhow::Error,
+    pub hint: Option<String>,
 }
 
 impl std::fmt::Display for WithExit {
@@ -49,7 +51,12 @@ impl std::error::Error for WithExit {}
 
 /// Builds an error that exits with `exit`.
 pub fn with_exit(exit: Exit, error: impl Into<anyhow::Error>) -> anyhow::Error {
-    WithExit { exit, error: error.into() }.into()
+    WithExit { exit, error: error.into(), hint: None }.into()
+}
+
+/// Builds an error that exits 1 and tells the user how to fix it.
+pub fn with_hint(error: impl Into<anyhow::Error>, hint: impl Into<String>) -> anyhow::Error {
+    WithExit { exit: Exit::Failed, error: error.into(), hint: Some(hint.into()) }.into()
 }
 
 /// Turns a command's result into the process exit code, printing the error once.
@@ -62,8 +69,12 @@ pub fn report(result: anyhow::Result<()>) -> ExitCode {
         // `hoist logs | head` must not end in an error.
         return ExitCode::SUCCESS;
     }
-    let exit = err.downcast_ref::<WithExit>().map_or(Exit::Failed, |w| w.exit);
+    let with = err.downcast_ref::<WithExit>();
+    let exit = with.map_or(Exit::Failed, |w| w.exit);
     crate::output::error(&format!("{err:#}"));
+    if let Some(hint) = with.and_then(|w| w.hint.as_deref()) {
+        crate::output::hint(hint);
+    }
     exit.into()
 }
 

@@ -21,6 +21,13 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     // Each variant is one file under cmd/; keep this list in the order of `hoist --help`.
+    /// Run the host agent in the foreground
+    Agent(cmd::agent::Args),
+    /// Set, unset and list an app's secrets on the agent (values never printed)
+    #[command(subcommand)]
+    Secrets(cmd::secrets::Command),
+    /// Run one app instance under the supervisor (started by the agent)
+    #[command(hide = true)]
 }
 
 fn main() -> ExitCode {
@@ -32,6 +39,9 @@ fn main() -> ExitCode {
             return if err.use_stderr() { exit::Exit::Usage.into() } else { ExitCode::SUCCESS };
         }
     };
-    let result = match cli.command {};
+    let result = match cli.command {
+        Command::Agent(args) => cmd::agent::run(args),
+        Command::Secrets(command) => cmd::secrets::run(command),
+    };
     exit::report(result)
 }

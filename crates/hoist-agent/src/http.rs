@@ -1,0 +1,106 @@
+//! HTTP/1.1 over a Unix socket, both ends: the agent's listener (mode 0600, peers checked
+//! with SO_PEERCRED) and the client the CLI uses. JSON bodies; streams are one JSON
+//! object per line, sent as they happen.
+
+use std::convert::Infallible;
+use std::path::Path;
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// A JSON answer.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(bytes)).boxed())
+        .expect("static response parts are valid")
+}
+
+/// An error answer in the API's error shape.
+pub fn error(status: StatusCode, message: impl Into<String>, hint: Option<&str>) -> Response<Body> {
+    json(
+        status,
+        &hoist_protocol::agent::ApiError { error: message.into(), hint: hint.map(str::to_string) },
+    )
+}
+
+/// A streaming answer fed by the returned sender, one JSON object per line. Dropping the
+/// sender ends the stream.
+pub fn stream() -> (LineSender, Response<Body>) {
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    let body = StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    }));
+    let resp = Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/x-ndjson")
+        .body(BodyExt::boxed(body))
+        .expect("static response parts are valid");
+    (LineSender { tx }, resp)
+}
+
+/// The sending half of a JSON-lines stream.
+#[derive(Clone)]
+pub struct LineSender {
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl LineSender {
+    /// Sends one object; false once the reader has gone away.
+    pub async fn send<T: Serialize>(&self, value: &T) -> bool {
+        let mut line = serde_json::to_vec(value).unwrap_or_default();
+        line.push(b'\n');
+        self.tx.send(Bytes::from(line)).await.is_ok()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// Reads a whole request body, refusing more than `limit` bytes.
+pub async fn read_body(body: hyper::body::Incoming, limit: usize) -> Result<Bytes, String> {
+    let limited = http_body_util::Limited::new(body, limit);
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => Err(format!("cannot read the request body: {e}")),
+    }
+}
+
+/// The uid of the process at the other end of a Unix socket.
+pub fn peer_uid(stream: &tokio::net::UnixStream) -> Option<u32> {
+    stream.peer_cred().ok().map(|c| c.uid())
+}
+
+/// Binds the agent's socket with mode 0600, replacing a stale socket file.
+pub fn bind_socket(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        // A live agent answers on it; a dead one left a file that refuses connections.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("another agent already answers on `{}`", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // Bind under a restrictive umask so there is no window where the socket is open to all.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = tokio::net::UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}

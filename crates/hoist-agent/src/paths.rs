@@ -1,0 +1,105 @@
+//! Where the agent keeps things under its root. One place, so the layout is easy to see:
+//!
+//! ```text
+//! <root>/state.db            SQLite (WAL): journal, history, instances, events
+//! <root>/agent.lock          held (flock) by the one live agent of this root
+//! <root>/store/              content-addressed blobs and manifests
+//! <root>/releases/<app>/<r>/ materialised, read-only release trees
+//! <root>/data/<app>/         HOIST_DATA_DIR: the app's persistent data
+//! <root>/secrets/<app>.json  secret values, mode 0600
+//! <root>/logs/<app>/<svc>/   instance logs, written by the shims
+//! <root>/run/                shim identity records
+//! <root>/proxy/              the proxy's control socket, state and access log
+//! <root>/tmp/                uploads and staging, same filesystem as the store
+//! ```
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub root: PathBuf,
+}
+
+impl Paths {
+    pub fn new(root: impl Into<PathBuf>) -> Paths {
+        Paths { root: root.into() }
+    }
+    pub fn state_db(&self) -> PathBuf {
+        self.root.join("state.db")
+    }
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("agent.lock")
+    }
+    pub fn store(&self) -> PathBuf {
+        self.root.join("store")
+    }
+    pub fn releases(&self, app: &str) -> PathBuf {
+        self.root.join("releases").join(app)
+    }
+    pub fn release_dir(&self, app: &str, release: &str) -> PathBuf {
+        self.releases(app).join(release)
+    }
+    pub fn data_dir(&self, app: &str) -> PathBuf {
+        self.root.join("data").join(app)
+    }
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.root.join("secrets")
+    }
+    pub fn logs(&self, app: &str) -> PathBuf {
+        self.root.join("logs").join(app)
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.root.join("run")
+    }
+    pub fn proxy_dir(&self) -> PathBuf {
+        self.root.join("proxy")
+    }
+    pub fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Creates the layout; private directories are 0700 so that another user of the
+    /// host can read neither secrets nor logs.
+    pub fn create(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        for dir in [
+            self.root.clone(),
+            self.store(),
+            self.root.join("releases"),
+            self.root.join("data"),
+            self.secrets_dir(),
+            self.root.join("logs"),
+            self.run_dir(),
+            self.proxy_dir(),
+            self.tmp(),
+        ] {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `path` so that a reader sees the old content or the new, never a
+/// torn file: temp file in the same directory, fsync, rename, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}

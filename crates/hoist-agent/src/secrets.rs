@@ -1,0 +1,101 @@
+//! Secret values per app, in `<root>/secrets/<app>.json` (mode 0600, written atomically).
+//! Values leave this module only into an instance's environment; names are all that any
+//! listing, log line or API answer ever shows.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::paths::write_atomic;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("cannot read secrets of `{app}` from `{path}`")]
+    Read { app: String, path: PathBuf, source: std::io::Error },
+    #[error("cannot write secrets of `{app}` to `{path}`")]
+    Write { app: String, path: PathBuf, source: std::io::Error },
+    #[error("secrets file `{path}` is not valid")]
+    Corrupt { path: PathBuf },
+    #[error("`{name}` is not a valid secret name: use letters, digits and `_`, not starting with a digit")]
+    BadName { name: String },
+}
+
+pub struct Secrets {
+    dir: PathBuf,
+}
+
+/// A secret name must be usable as an environment variable name.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl Secrets {
+    pub fn new(dir: &Path) -> Secrets {
+        Secrets { dir: dir.to_path_buf() }
+    }
+
+    fn path(&self, app: &str) -> PathBuf {
+        self.dir.join(format!("{app}.json"))
+    }
+
+    /// All values of `app` (for an instance's environment only).
+    pub fn values(&self, app: &str) -> Result<BTreeMap<String, String>, SecretsError> {
+        let path = self.path(app);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|_| SecretsError::Corrupt { path }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(source) => Err(SecretsError::Read { app: app.to_string(), path, source }),
+        }
+    }
+
+    pub fn names(&self, app: &str) -> Result<Vec<String>, SecretsError> {
+        Ok(self.values(app)?.into_keys().collect())
+    }
+
+    pub fn set(&self, app: &str, name: &str, value: &str) -> Result<(), SecretsError> {
+        if !valid_name(name) {
+            return Err(SecretsError::BadName { name: name.to_string() });
+        }
+        let mut all = self.values(app)?;
+        all.insert(name.to_string(), value.to_string());
+        self.save(app, &all)
+    }
+
+    /// Removes `name`; true if it existed.
+    pub fn unset(&self, app: &str, name: &str) -> Result<bool, SecretsError> {
+        let mut all = self.values(app)?;
+        let existed = all.remove(name).is_some();
+        if existed {
+            self.save(app, &all)?;
+        }
+        Ok(existed)
+    }
+
+    fn save(&self, app: &str, all: &BTreeMap<String, String>) -> Result<(), SecretsError> {
+        let path = self.path(app);
+        let bytes = serde_json::to_vec(all).expect("a map of strings serialises");
+        write_atomic(&path, &bytes, 0o600).map_err(|source| SecretsError::Write { app: app.to_string(), path, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn values_are_kept_0600_and_listed_by_name_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Secrets::new(dir.path());
+        s.set("notes", "DATABASE_URL", "postgres://x").unwrap();
+        s.set("notes", "API_KEY", "k").unwrap();
+        assert_eq!(s.names("notes").unwrap(), vec!["API_KEY", "DATABASE_URL"]);
+        let mode = std::fs::metadata(dir.path().join("notes.json")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(s.unset("notes", "API_KEY").unwrap());
+        assert!(!s.unset("notes", "API_KEY").unwrap());
+        assert_eq!(s.values("notes").unwrap().get("DATABASE_URL").unwrap(), "postgres://x");
+        assert!(matches!(s.set("notes", "1BAD", "v"), Err(SecretsError::BadName { .. })));
+    }
+}

@@ -1,0 +1,133 @@
+//! The agent's API: HTTP/1.1 with JSON bodies over the agent's Unix socket (or through
+//! `ssh HOST hoist agent connect`). Streams are one JSON object per line.
+//!
+//! Paths (all under `/v1`): `GET /hello`, `GET /status`, `POST /deploy` (stream),
+//! `POST /rollback` (stream), `GET /history`, `GET /releases`, `GET /logs` (stream with
+//! `follow`), `GET /events` (stream), `PUT|DELETE /secrets/{app}/{name}`,
+//! `GET /secrets/{app}`, `POST /services/{app}/{service}/{start|stop|restart}`,
+//! `GET /jobs`, `POST /jobs/{app}/{job}/run`.
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped when a message changes incompatibly; the CLI refuses to talk to an agent of
+/// another API version and says which side to upgrade.
+pub const API_VERSION: u32 = 1;
+
+/// `GET /v1/hello`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub api: u32,
+    pub version: String,
+    /// Changes every time the agent starts: a lock held under another boot is stale.
+    pub boot: String,
+    pub pid: u32,
+    pub root: String,
+    /// The proxy's HTTP listener, where deployed web services answer.
+    pub proxy: Option<String>,
+}
+
+/// An error answer: `{"error": "...", "hint": "..."}` with a 4xx/5xx status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// `PUT /v1/secrets/{app}/{name}`: the value travels in the body, never in a URL.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretValue {
+    pub value: String,
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretValue(<redacted>)")
+    }
+}
+
+/// `GET /v1/secrets/{app}`: names only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretNames {
+    pub app: String,
+    pub names: Vec<String>,
+}
+
+/// The state of one instance, as `hoist status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub instance: String,
+    pub service: String,
+    pub release: String,
+    /// `starting`, `healthy`, `unhealthy`, `running` (no health check), `crash-loop`,
+    /// `backoff`, `stopping`, `stopped`.
+    pub state: String,
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+    pub uptime_s: Option<u64>,
+    pub restarts: u32,
+    pub rss_bytes: Option<u64>,
+    pub cpu_s: Option<f64>,
+    pub last_exit: Option<String>,
+}
+
+/// One app on the host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub app: String,
+    pub release: Option<String>,
+    pub standby: Option<String>,
+    pub url: Option<String>,
+    pub instances: Vec<InstanceStatus>,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub host: String,
+    pub agent: Hello,
+    pub apps: Vec<AppStatus>,
+}
+
+/// `POST /v1/services/{app}/{service}/{action}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceAction {
+    Start,
+    Stop,
+    Restart,
+}
+
+/// One line of a progress stream (deploy, rollback).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Progress {
+    /// A journaled step began, ended or failed.
+    Step { step: String, phase: String, at_ms: i64, message: Option<String> },
+    /// A line of output from a hook, check or failing instance.
+    Output { source: String, line: String },
+    /// The last line of the stream.
+    Done(Outcome),
+}
+
+/// How a deploy or rollback ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub app: String,
+    /// `succeeded` or `failed`.
+    pub result: String,
+    pub release: Option<String>,
+    pub previous: Option<String>,
+    pub reason: Option<String>,
+    pub url: Option<String>,
+    pub duration_ms: i64,
+}
+
+/// `GET /v1/logs` query and one line of the answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub t: String,
+    pub instance: String,
+    pub stream: String,
+    pub line: String,
+}

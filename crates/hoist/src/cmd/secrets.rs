@@ -1,0 +1,80 @@
+//! `hoist secrets set|unset|list`: an app's secret values on the agent. A value is read
+//! from standard input, never from the command line, where other users could see it in
+//! the process list; `list` prints names only.
+
+use std::io::Read;
+
+use anyhow::Context;
+use hyper::Method;
+
+use hoist_protocol::agent::{SecretNames, SecretValue};
+
+use super::common;
+use crate::output;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Set a secret; the value is read from standard input
+    Set {
+        /// The variable name the app sees (e.g. DATABASE_URL)
+        name: String,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Remove a secret
+    Unset {
+        name: String,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// List the names of an app's secrets
+    List {
+        #[command(flatten)]
+        app: AppArg,
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AppArg {
+    /// The app
+    #[arg(long)]
+    app: String,
+}
+
+pub fn run(command: Command) -> anyhow::Result<()> {
+    let client = common::client();
+    match command {
+        Command::Set { name, app } => {
+            let mut value = String::new();
+            std::io::stdin().read_to_string(&mut value).context("cannot read the value from standard input")?;
+            // A trailing newline comes from `echo` or a terminal, not from the secret.
+            let value = value.strip_suffix('\n').unwrap_or(&value);
+            let value = value.strip_suffix('\r').unwrap_or(value).to_string();
+            let path = format!("/v1/secrets/{}/{name}", app.app);
+            common::block_on(client.call::<_, serde_json::Value>(Method::PUT, &path, Some(&SecretValue { value })))
+                .map_err(common::agent_error)?;
+            output::status("Set", &format!("secret `{name}` of `{}`", app.app));
+        }
+        Command::Unset { name, app } => {
+            let path = format!("/v1/secrets/{}/{name}", app.app);
+            common::block_on(client.call::<(), serde_json::Value>(Method::DELETE, &path, None))
+                .map_err(common::agent_error)?;
+            output::status("Removed", &format!("secret `{name}` of `{}`", app.app));
+        }
+        Command::List { app, json } => {
+            let names: SecretNames = common::block_on(client.get(&format!("/v1/secrets/{}", app.app)))
+                .map_err(common::agent_error)?;
+            if json {
+                output::json(&names)?;
+            } else {
+                for name in &names.names {
+                    output::data(name)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
