@@ -15,7 +15,10 @@ use hoist_protocol::agent::ApiError;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("no agent answers on `{socket}`")]
-    NotRunning { socket: PathBuf, source: std::io::Error },
+    NotRunning {
+        socket: PathBuf,
+        source: std::io::Error,
+    },
     #[error("permission denied on the agent's socket `{socket}`")]
     Forbidden { socket: PathBuf },
     #[error("{}", .0.error)]
@@ -23,7 +26,10 @@ pub enum ClientError {
     #[error("the agent's answer could not be read: {0}")]
     Protocol(String),
     #[error("cannot read `{path}`")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl ClientError {
@@ -48,7 +54,9 @@ type ReqBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
 impl Client {
     pub fn new(socket: &Path) -> Client {
-        Client { socket: socket.to_path_buf() }
+        Client {
+            socket: socket.to_path_buf(),
+        }
     }
 
     pub fn socket(&self) -> &Path {
@@ -61,13 +69,20 @@ impl Client {
         path: &str,
         body: ReqBody,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
-        let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|source| {
-            if source.kind() == std::io::ErrorKind::PermissionDenied {
-                ClientError::Forbidden { socket: self.socket.clone() }
-            } else {
-                ClientError::NotRunning { socket: self.socket.clone(), source }
-            }
-        })?;
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| {
+                if source.kind() == std::io::ErrorKind::PermissionDenied {
+                    ClientError::Forbidden {
+                        socket: self.socket.clone(),
+                    }
+                } else {
+                    ClientError::NotRunning {
+                        socket: self.socket.clone(),
+                        source,
+                    }
+                }
+            })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -81,26 +96,38 @@ impl Client {
             .header("content-type", "application/json")
             .body(body)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         if resp.status().is_success() {
             return Ok(resp);
         }
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let err = serde_json::from_slice::<ApiError>(&bytes.to_bytes()).unwrap_or_else(|_| ApiError {
-            error: format!("the agent answered {status}"),
-            hint: None,
-        });
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let err =
+            serde_json::from_slice::<ApiError>(&bytes.to_bytes()).unwrap_or_else(|_| ApiError {
+                error: format!("the agent answered {status}"),
+                hint: None,
+            });
         Err(ClientError::Api(err, status))
     }
 
     fn json_body<B: Serialize>(body: &B) -> ReqBody {
         let bytes = serde_json::to_vec(body).unwrap_or_default();
-        Full::new(Bytes::from(bytes)).map_err(|never| match never {}).boxed()
+        Full::new(Bytes::from(bytes))
+            .map_err(|never| match never {})
+            .boxed()
     }
 
     fn empty() -> ReqBody {
-        Full::new(Bytes::new()).map_err(|never| match never {}).boxed()
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed()
     }
 
     /// A request with an optional JSON body and a JSON answer.
@@ -112,7 +139,11 @@ impl Client {
     ) -> Result<T, ClientError> {
         let body = body.map_or_else(Self::empty, Self::json_body);
         let resp = self.send(method, path, body).await?;
-        let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         serde_json::from_slice(&bytes.to_bytes()).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
@@ -134,14 +165,17 @@ impl Client {
         let mut buf: Vec<u8> = Vec::new();
         while let Some(frame) = resp.frame().await {
             let frame = frame.map_err(|e| ClientError::Protocol(e.to_string()))?;
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             buf.extend_from_slice(&data);
             while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=nl).collect();
                 if line.len() <= 1 {
                     continue;
                 }
-                let item = serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                let item = serde_json::from_slice(&line)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
                 if !on_item(item) {
                     return Ok(());
                 }
@@ -151,14 +185,25 @@ impl Client {
     }
 
     /// Streams a file as the request body (an artifact upload) and reads a JSON answer.
-    pub async fn upload<T: DeserializeOwned>(&self, path: &str, file: &Path) -> Result<T, ClientError> {
+    pub async fn upload<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        file: &Path,
+    ) -> Result<T, ClientError> {
         let f = tokio::fs::File::open(file)
             .await
-            .map_err(|source| ClientError::Read { path: file.to_path_buf(), source })?;
+            .map_err(|source| ClientError::Read {
+                path: file.to_path_buf(),
+                source,
+            })?;
         let stream = tokio_util_like::chunks(f);
         let body = http_body_util::StreamBody::new(stream).boxed();
         let resp = self.send(Method::POST, path, body).await?;
-        let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         serde_json::from_slice(&bytes.to_bytes()).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 }
@@ -171,7 +216,8 @@ mod tokio_util_like {
 
     pub fn chunks(
         file: tokio::fs::File,
-    ) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send + Sync + 'static {
+    ) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send + Sync + 'static
+    {
         futures_util::stream::unfold(Some(file), |state| async move {
             let mut file = state?;
             let mut buf = vec![0u8; 256 * 1024];

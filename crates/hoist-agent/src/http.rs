@@ -28,7 +28,10 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
 pub fn error(status: StatusCode, message: impl Into<String>, hint: Option<&str>) -> Response<Body> {
     json(
         status,
-        &hoist_protocol::agent::ApiError { error: message.into(), hint: hint.map(str::to_string) },
+        &hoist_protocol::agent::ApiError {
+            error: message.into(),
+            hint: hint.map(str::to_string),
+        },
     )
 }
 
@@ -37,7 +40,9 @@ pub fn error(status: StatusCode, message: impl Into<String>, hint: Option<&str>)
 pub fn stream() -> (LineSender, Response<Body>) {
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     let body = StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
     }));
     let resp = Response::builder()
         .status(StatusCode::OK)

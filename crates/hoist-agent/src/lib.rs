@@ -8,8 +8,14 @@
 //! instances and the proxy outlive it and are re-adopted by identity.
 
 pub mod client;
+mod deploy;
+mod health;
 mod http;
+mod jobs;
 pub mod paths;
+mod proxyctl;
+mod recover;
+mod runtime;
 pub mod secrets;
 mod server;
 
@@ -32,13 +38,27 @@ pub struct AgentConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("cannot prepare the agent root `{path}`")]
-    Root { path: PathBuf, source: std::io::Error },
+    Root {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("another agent is already running with root `{path}`")]
     AlreadyRunning { path: PathBuf },
     #[error("cannot listen on `{path}`")]
-    Socket { path: PathBuf, source: std::io::Error },
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     State(#[from] hoist_state::StateError),
+    #[error(transparent)]
+    Supervisor(#[from] hoist_supervisor::SupervisorError),
+    #[error(transparent)]
+    Store(#[from] hoist_artifact::ArtifactError),
+    #[error("cannot find the hoist executable to run shims and the proxy")]
+    Exe(#[source] std::io::Error),
+    #[error(transparent)]
+    Proxy(#[from] proxyctl::ProxyError),
 }
 
 /// The live agent: shared by every request handler and background task.
@@ -48,6 +68,17 @@ pub struct Agent {
     pub(crate) boot: String,
     pub(crate) state: Mutex<hoist_state::State>,
     pub(crate) secrets: secrets::Secrets,
+    pub(crate) runtime: Mutex<runtime::Runtime>,
+    pub(crate) supervisor: hoist_supervisor::Supervisor,
+    pub(crate) store: hoist_artifact::Store,
+    /// Uploads hold it shared until their release is recorded; garbage collection holds it
+    /// exclusively, so it never removes the blobs of a release being received.
+    pub(crate) store_gate: tokio::sync::RwLock<()>,
+    pub(crate) proxy: Option<proxyctl::ProxyCtl>,
+    /// This host's name in the app file (`local` until a deploy names it).
+    pub(crate) host: Mutex<String>,
+    /// One mutex per app: deploys and rollbacks of an app never overlap.
+    pub(crate) app_locks: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
@@ -55,24 +86,56 @@ impl Agent {
     /// Opens the root (creating it), takes the one-agent-per-root lock and the state.
     pub fn open(config: AgentConfig) -> Result<Arc<Agent>, AgentError> {
         let paths = Paths::new(&config.root);
-        paths.create().map_err(|source| AgentError::Root { path: config.root.clone(), source })?;
+        paths.create().map_err(|source| AgentError::Root {
+            path: config.root.clone(),
+            source,
+        })?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(paths.lock_file())
-            .map_err(|source| AgentError::Root { path: paths.lock_file(), source })?;
+            .map_err(|source| AgentError::Root {
+                path: paths.lock_file(),
+                source,
+            })?;
         let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-            .map_err(|_| AgentError::AlreadyRunning { path: config.root.clone() })?;
+            .map_err(|_| AgentError::AlreadyRunning {
+                path: config.root.clone(),
+            })?;
         let state = hoist_state::State::open(&paths.state_db())?;
         let boot = new_boot_id();
         tracing::info!(root = %config.root.display(), boot = %boot, "agent starting");
+        let exe = match std::env::var_os("HOIST_EXE") {
+            Some(p) => PathBuf::from(p),
+            None => std::env::current_exe().map_err(AgentError::Exe)?,
+        };
+        let supervisor = hoist_supervisor::Supervisor::new(hoist_supervisor::SupervisorConfig {
+            shim_exe: exe.clone(),
+            run_dir: paths.run_dir(),
+        })?;
+        let store = hoist_artifact::Store::open(&paths.store())?;
+        let host = std::fs::read_to_string(paths.host_file())
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| hoist_core::spec::defaults::LOCAL_HOST.to_string());
+        let proxy = config.proxy.map(|listen| proxyctl::ProxyCtl {
+            exe,
+            listen,
+            dir: paths.proxy_dir(),
+        });
         Ok(Arc::new(Agent {
             secrets: secrets::Secrets::new(&paths.secrets_dir()),
             paths,
             config,
             boot,
             state: Mutex::new(state),
+            runtime: Mutex::new(runtime::Runtime::default()),
+            supervisor,
+            store,
+            store_gate: tokio::sync::RwLock::new(()),
+            proxy,
+            host: Mutex::new(host),
+            app_locks: Mutex::new(Default::default()),
             _lock: lock,
         }))
     }
@@ -102,13 +165,30 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let agent = Agent::open(config)?;
-    let listener = http::bind_socket(&agent.config.socket)
-        .map_err(|source| AgentError::Socket { path: agent.config.socket.clone(), source })?;
+    if let Some(proxy) = &agent.proxy {
+        proxy.ensure_running().await?;
+    }
+    agent.recover().await;
+    let apps: Vec<String> = agent.rt().specs.keys().cloned().collect();
+    for app in apps {
+        agent.sync_routes(&app).await;
+    }
+    let listener =
+        http::bind_socket(&agent.config.socket).map_err(|source| AgentError::Socket {
+            path: agent.config.socket.clone(),
+            source,
+        })?;
     tracing::info!(socket = %agent.config.socket.display(), "agent listening");
-    let _ = agent.state().add_event(None, "agent.started", None, &format!("agent started (boot {})", agent.boot));
+    agent.event(
+        None,
+        "agent.started",
+        None,
+        &format!("agent started (boot {})", agent.boot),
+    );
     tokio::select! {
         () = server::serve(agent.clone(), listener) => {}
-        () = shutdown => tracing::info!("agent stopping; instances keep running"),
+        () = loops(agent.clone()) => {}
+        () = shutdown => tracing::info!("agent stopping; instances and the proxy keep running"),
     }
     let _ = std::fs::remove_file(&agent.config.socket);
     Ok(())
@@ -130,6 +210,109 @@ pub fn connect(socket: &std::path::Path) -> std::io::Result<()> {
     let mut stdout = std::io::stdout().lock();
     std::io::copy(&mut down, &mut stdout)?;
     stdout.flush()
+}
+
+/// The background work: supervision every 200 ms, housekeeping (standby windows, the
+/// proxy's liveness) every second.
+async fn loops(agent: Arc<Agent>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        agent.supervise_once().await;
+        n += 1;
+        if n % 5 == 0 {
+            agent.housekeeping().await;
+            agent.schedule_jobs().await;
+        }
+    }
+}
+
+impl Agent {
+    /// Ends standby windows that have passed and restarts a proxy that died (it reloads
+    /// its last routes from its state file; the agent sends them again anyway).
+    async fn housekeeping(self: &Arc<Self>) {
+        if let Some(proxy) = &self.proxy {
+            if proxy
+                .request(hoist_protocol::proxy::Request::Ping)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the proxy does not answer; starting it again");
+                if proxy.ensure_running().await.is_ok() {
+                    self.forget_sent_routes();
+                    let apps: Vec<String> = self.rt().specs.keys().cloned().collect();
+                    for app in apps {
+                        self.sync_routes(&app).await;
+                    }
+                }
+            }
+        }
+        let now = hoist_state::now_ms();
+        // Bind first: a guard in a `for` head would be held for the whole loop.
+        let apps = self.state().apps().unwrap_or_default();
+        for app in apps {
+            let cur = self.state().current(&app).ok().flatten();
+            let Some(mut cur) = cur else { continue };
+            if cur.standby.is_some() && cur.standby_until_ms.is_some_and(|t| t <= now) {
+                // A deploy in progress owns the instances; try again next time.
+                let Ok(_guard) = self.app_lock(&app).try_lock_owned() else {
+                    continue;
+                };
+                tracing::info!(app = %app, standby = ?cur.standby, "standby window over");
+                cur.standby = None;
+                cur.standby_until_ms = None;
+                let _ = self.state().set_current(&cur);
+                self.retire(&app, false).await;
+            }
+        }
+    }
+
+    pub(crate) fn app_lock(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.app_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(app.to_string())
+            .or_default()
+            .clone()
+    }
+
+    pub(crate) fn host_name(&self) -> String {
+        self.host.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// An error and its sources on one line.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// A test hook: with `HOIST_FAILPOINT=STEP:before` (or `:after`) in its environment the
+/// agent stops dead at that step of a deploy — it writes `<root>/failpoint` and sleeps —
+/// so a crash-consistency test can SIGKILL it exactly there instead of guessing with
+/// sleeps. Unset, it costs one comparison.
+pub(crate) fn failpoint(step: &str, phase: &str) {
+    static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let Some(point) = POINT.get_or_init(|| std::env::var("HOIST_FAILPOINT").ok()) else {
+        return;
+    };
+    if point.split_once(':') == Some((step, phase)) {
+        tracing::warn!(step, phase, "failpoint reached; pausing");
+        if let Ok(root) = std::env::var("HOIST_FAILPOINT_MARK") {
+            let _ = std::fs::write(root, format!("{step}:{phase}"));
+        }
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
 }
 
 fn new_boot_id() -> String {

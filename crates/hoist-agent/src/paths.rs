@@ -3,6 +3,7 @@
 //! ```text
 //! <root>/state.db            SQLite (WAL): journal, history, instances, events
 //! <root>/agent.lock          held (flock) by the one live agent of this root
+//! <root>/host                this host's name in the app file (from the last deploy)
 //! <root>/store/              content-addressed blobs and manifests
 //! <root>/releases/<app>/<r>/ materialised, read-only release trees
 //! <root>/data/<app>/         HOIST_DATA_DIR: the app's persistent data
@@ -26,6 +27,10 @@ impl Paths {
     }
     pub fn state_db(&self) -> PathBuf {
         self.root.join("state.db")
+    }
+    /// This host's name in the app file, as the last deploy gave it.
+    pub fn host_file(&self) -> PathBuf {
+        self.root.join("host")
     }
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("agent.lock")
@@ -73,7 +78,10 @@ impl Paths {
             self.proxy_dir(),
             self.tmp(),
         ] {
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)?;
         }
         Ok(())
     }

@@ -10,9 +10,17 @@ use crate::paths::write_atomic;
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
     #[error("cannot read secrets of `{app}` from `{path}`")]
-    Read { app: String, path: PathBuf, source: std::io::Error },
+    Read {
+        app: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write secrets of `{app}` to `{path}`")]
-    Write { app: String, path: PathBuf, source: std::io::Error },
+    Write {
+        app: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("secrets file `{path}` is not valid")]
     Corrupt { path: PathBuf },
     #[error("`{name}` is not a valid secret name: use letters, digits and `_`, not starting with a digit")]
@@ -32,7 +40,9 @@ pub fn valid_name(name: &str) -> bool {
 
 impl Secrets {
     pub fn new(dir: &Path) -> Secrets {
-        Secrets { dir: dir.to_path_buf() }
+        Secrets {
+            dir: dir.to_path_buf(),
+        }
     }
 
     fn path(&self, app: &str) -> PathBuf {
@@ -45,7 +55,11 @@ impl Secrets {
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|_| SecretsError::Corrupt { path }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-            Err(source) => Err(SecretsError::Read { app: app.to_string(), path, source }),
+            Err(source) => Err(SecretsError::Read {
+                app: app.to_string(),
+                path,
+                source,
+            }),
         }
     }
 
@@ -55,7 +69,9 @@ impl Secrets {
 
     pub fn set(&self, app: &str, name: &str, value: &str) -> Result<(), SecretsError> {
         if !valid_name(name) {
-            return Err(SecretsError::BadName { name: name.to_string() });
+            return Err(SecretsError::BadName {
+                name: name.to_string(),
+            });
         }
         let mut all = self.values(app)?;
         all.insert(name.to_string(), value.to_string());
@@ -75,7 +91,11 @@ impl Secrets {
     fn save(&self, app: &str, all: &BTreeMap<String, String>) -> Result<(), SecretsError> {
         let path = self.path(app);
         let bytes = serde_json::to_vec(all).expect("a map of strings serialises");
-        write_atomic(&path, &bytes, 0o600).map_err(|source| SecretsError::Write { app: app.to_string(), path, source })
+        write_atomic(&path, &bytes, 0o600).map_err(|source| SecretsError::Write {
+            app: app.to_string(),
+            path,
+            source,
+        })
     }
 }
 
@@ -91,11 +111,20 @@ mod tests {
         s.set("notes", "DATABASE_URL", "postgres://x").unwrap();
         s.set("notes", "API_KEY", "k").unwrap();
         assert_eq!(s.names("notes").unwrap(), vec!["API_KEY", "DATABASE_URL"]);
-        let mode = std::fs::metadata(dir.path().join("notes.json")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("notes.json"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(s.unset("notes", "API_KEY").unwrap());
         assert!(!s.unset("notes", "API_KEY").unwrap());
-        assert_eq!(s.values("notes").unwrap().get("DATABASE_URL").unwrap(), "postgres://x");
-        assert!(matches!(s.set("notes", "1BAD", "v"), Err(SecretsError::BadName { .. })));
+        assert_eq!(
+            s.values("notes").unwrap().get("DATABASE_URL").unwrap(),
+            "postgres://x"
+        );
+        assert!(matches!(
+            s.set("notes", "1BAD", "v"),
+            Err(SecretsError::BadName { .. })
+        ));
     }
 }

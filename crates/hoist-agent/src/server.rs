@@ -8,7 +8,10 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use hoist_protocol::agent::{SecretNames, SecretValue, Status};
+use hoist_protocol::agent::{
+    AppStatus, DeployRequest, InstanceStatus, Progress, ReleaseInfo, RollbackRequest, SecretNames,
+    SecretValue, Status, Uploaded,
+};
 
 use crate::http::{self, Body};
 use crate::Agent;
@@ -40,6 +43,8 @@ pub(crate) async fn serve(agent: Arc<Agent>, listener: tokio::net::UnixListener)
                 async move { Ok::<_, std::convert::Infallible>(route(agent, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                // `hoist agent connect` half-closes after the request; answer anyway.
+                .half_close(true)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
@@ -54,8 +59,47 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
         (Method::GET, ["v1", "hello"]) => http::json(StatusCode::OK, &agent.hello()),
         (Method::GET, ["v1", "status"]) => status(&agent),
         (Method::GET, ["v1", "events"]) => events(agent, req.uri().query().unwrap_or("")),
+        (Method::POST, ["v1", "releases"]) => upload(agent, req.into_body()).await,
+        (Method::GET, ["v1", "releases", app]) => releases(&agent, app),
+        (Method::POST, ["v1", "deploy"]) => match read_json::<DeployRequest>(req.into_body()).await
+        {
+            Ok(r) => deploy(agent, r).await,
+            Err(resp) => resp,
+        },
+        (Method::POST, ["v1", "rollback"]) => {
+            match read_json::<RollbackRequest>(req.into_body()).await {
+                Ok(r) => rollback(agent, r).await,
+                Err(resp) => resp,
+            }
+        }
+        (Method::GET, ["v1", "jobs"]) => {
+            let q = req.uri().query().unwrap_or("").to_string();
+            let app = query_param(&q, "app").filter(|a| !a.is_empty());
+            match agent.state().job_runs(app, 50) {
+                Ok(runs) => http::json(StatusCode::OK, &runs),
+                Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
+            }
+        }
+        (Method::POST, ["v1", "jobs", app, job, "run"]) => run_job(&agent, app, job).await,
+        (Method::POST, ["v1", "services", app, service, action]) => {
+            service_action(&agent, app, service, action).await
+        }
+        (Method::GET, ["v1", "history"]) => {
+            let q = req.uri().query().unwrap_or("").to_string();
+            history(&agent, &q)
+        }
+        (Method::GET, ["v1", "logs", app, service]) => {
+            let q = req.uri().query().unwrap_or("").to_string();
+            logs(agent, app, service, &q)
+        }
         (Method::GET, ["v1", "secrets", app]) => match agent.secrets.names(app) {
-            Ok(names) => http::json(StatusCode::OK, &SecretNames { app: app.to_string(), names }),
+            Ok(names) => http::json(
+                StatusCode::OK,
+                &SecretNames {
+                    app: app.to_string(),
+                    names,
+                },
+            ),
             Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
         },
         (Method::PUT, ["v1", "secrets", app, name]) => {
@@ -65,22 +109,40 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
                 Err(e) => return http::error(StatusCode::BAD_REQUEST, e, None),
             };
             let Ok(v) = serde_json::from_slice::<SecretValue>(&body) else {
-                return http::error(StatusCode::BAD_REQUEST, "expected {\"value\": \"...\"}", None);
+                return http::error(
+                    StatusCode::BAD_REQUEST,
+                    "expected {\"value\": \"...\"}",
+                    None,
+                );
             };
             match agent.secrets.set(&app, &name, &v.value) {
                 Ok(()) => {
                     tracing::info!(app = %app, secret = %name, "secret set");
-                    http::json(StatusCode::OK, &serde_json::json!({"app": app, "name": name}))
+                    http::json(
+                        StatusCode::OK,
+                        &serde_json::json!({"app": app, "name": name}),
+                    )
                 }
                 Err(e) => http::error(StatusCode::BAD_REQUEST, e.to_string(), None),
             }
         }
         (Method::DELETE, ["v1", "secrets", app, name]) => match agent.secrets.unset(app, name) {
-            Ok(true) => http::json(StatusCode::OK, &serde_json::json!({"app": app, "name": name})),
-            Ok(false) => http::error(StatusCode::NOT_FOUND, format!("no secret `{name}` for `{app}`"), None),
+            Ok(true) => http::json(
+                StatusCode::OK,
+                &serde_json::json!({"app": app, "name": name}),
+            ),
+            Ok(false) => http::error(
+                StatusCode::NOT_FOUND,
+                format!("no secret `{name}` for `{app}`"),
+                None,
+            ),
             Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
         },
-        _ => http::error(StatusCode::NOT_FOUND, format!("no such endpoint `{path}`"), None),
+        _ => http::error(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint `{path}`"),
+            None,
+        ),
     }
 }
 
@@ -89,27 +151,616 @@ fn status(agent: &Agent) -> Response<Body> {
         Ok(a) => a,
         Err(e) => return http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
     };
+    let now = std::time::Instant::now();
     let mut out = Vec::new();
     for app in apps {
         let cur = agent.state().current(&app).ok().flatten();
-        out.push(hoist_protocol::agent::AppStatus {
+        let instances = agent
+            .rt()
+            .instances
+            .values()
+            .filter(|l| l.row.app == app)
+            .map(|l| InstanceStatus {
+                instance: l.row.instance.clone(),
+                service: l.row.service.clone(),
+                release: l.row.release.clone(),
+                state: l.state_word(now).to_string(),
+                pid: l.handle.as_ref().map(|h| h.app_pid() as u32),
+                port: l.row.port,
+                uptime_s: l
+                    .handle
+                    .as_ref()
+                    .and(l.started)
+                    .map(|s| now.saturating_duration_since(s).as_secs()),
+                restarts: l.row.restarts.max(0) as u32,
+                rss_bytes: l.stats.as_ref().map(|s| s.rss_bytes),
+                cpu_s: l.stats.as_ref().map(|s| s.cpu_seconds),
+                last_exit: l.last_exit.clone(),
+            })
+            .collect();
+        out.push(AppStatus {
             app,
             release: cur.as_ref().map(|c| c.release.clone()),
             standby: cur.and_then(|c| c.standby),
             url: agent.config.proxy.map(|a| format!("http://{a}/")),
-            instances: Vec::new(),
+            instances,
         });
     }
     http::json(
         StatusCode::OK,
-        &Status { host: hostname(), agent: agent.hello(), apps: out },
+        &Status {
+            host: hostname(),
+            agent: agent.hello(),
+            apps: out,
+        },
     )
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(body: Incoming) -> Result<T, Response<Body>> {
+    let bytes = http::read_body(body, MAX_JSON_BODY)
+        .await
+        .map_err(|e| http::error(StatusCode::BAD_REQUEST, e, None))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        http::error(
+            StatusCode::BAD_REQUEST,
+            format!("the request is not valid: {e}"),
+            None,
+        )
+    })
+}
+
+/// `POST /v1/releases`: the body is an artifact; it is written to a temporary file as it
+/// arrives, then verified and put into the store in one pass.
+async fn upload(agent: Arc<Agent>, body: Incoming) -> Response<Body> {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    let tmp = agent.paths.tmp().join(format!(
+        "upload-{}-{}",
+        std::process::id(),
+        hoist_state::now_ms()
+    ));
+    let mut file = match tokio::fs::File::create(&tmp).await {
+        Ok(f) => f,
+        Err(e) => {
+            return http::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot store the upload: {e}"),
+                None,
+            )
+        }
+    };
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return http::error(StatusCode::BAD_REQUEST, "the upload was cut short", None);
+        };
+        if let Ok(data) = frame.into_data() {
+            if let Err(e) = file.write_all(&data).await {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return http::error(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    format!("cannot store the upload: {e}"),
+                    None,
+                );
+            }
+        }
+    }
+    // tokio writes in the background: without a flush the last chunk may not be in the
+    // file yet when it is read back.
+    if let Err(e) = file.flush().await {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return http::error(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!("cannot store the upload: {e}"),
+            None,
+        );
+    }
+    drop(file);
+    let _gate = agent.store_gate.read().await;
+    let store = agent.store.clone();
+    let path = tmp.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::open(&path)?;
+        store
+            .ingest_artifact(
+                std::io::BufReader::new(f),
+                &hoist_artifact::Limits::default(),
+            )
+            .map_err(std::io::Error::other)
+    })
+    .await;
+    let _ = tokio::fs::remove_file(&tmp).await;
+    let manifest = match result {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => {
+            return http::error(
+                StatusCode::BAD_REQUEST,
+                format!("artifact refused: {}", crate::chain(&e)),
+                None,
+            )
+        }
+        Err(e) => return http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
+    };
+    let summary = manifest.summary();
+    let app = manifest.app().to_string();
+    let release = manifest.release().as_str().to_string();
+    let manifest_json = String::from_utf8_lossy(&manifest.to_json()).into_owned();
+    // The spec arrives with the deploy; until then the release is stored with none.
+    let spec = agent
+        .state()
+        .release(&app, &release)
+        .ok()
+        .flatten()
+        .map(|r| r.spec)
+        .unwrap_or_else(|| "null".into());
+    if let Err(e) = agent
+        .state()
+        .put_release(&app, &release, &manifest_json, &spec)
+    {
+        return http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None);
+    }
+    tracing::info!(app = %app, release = %release, files = summary.files, "release received");
+    http::json(
+        StatusCode::OK,
+        &Uploaded {
+            app,
+            release,
+            files: summary.files,
+            bytes: summary.total_bytes,
+        },
+    )
+}
+
+/// `POST /v1/deploy`: refused at once when another deploy of the app holds the lock;
+/// otherwise a stream of progress lines ending with the outcome.
+async fn deploy(agent: Arc<Agent>, req: DeployRequest) -> Response<Body> {
+    let app = req.spec.app.clone();
+    let Some(row) = agent.state().release(&app, &req.release).ok().flatten() else {
+        return http::error(
+            StatusCode::NOT_FOUND,
+            format!("release `{}` of `{app}` is not on this host", req.release),
+            Some("upload it first (`hoist deploy` does)"),
+        );
+    };
+    let spec_json = serde_json::to_string(&req.spec).unwrap_or_default();
+    if let Err(e) = agent
+        .state()
+        .put_release(&app, &req.release, &row.manifest, &spec_json)
+    {
+        return http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None);
+    }
+    let guard = match lock(&agent, &app, &req.actor) {
+        Ok(g) => g,
+        Err(resp) => return *resp,
+    };
+    *agent.host.lock().unwrap_or_else(|p| p.into_inner()) = req.host.clone();
+    if let Err(e) = crate::paths::write_atomic(&agent.paths.host_file(), req.host.as_bytes(), 0o600)
+    {
+        tracing::warn!(error = %e, "cannot record this host's name");
+    }
+    let (tx, resp) = http::stream();
+    tokio::spawn(async move {
+        let _guard = guard;
+        let outcome = agent
+            .activate(
+                crate::deploy::Kind::Deploy,
+                Arc::new(req.spec),
+                req.release,
+                req.host,
+                req.actor,
+                tx.clone(),
+            )
+            .await;
+        tx.send(&Progress::Done(outcome)).await;
+    });
+    resp
+}
+
+async fn rollback(agent: Arc<Agent>, req: RollbackRequest) -> Response<Body> {
+    let cur = agent.state().current(&req.app).ok().flatten();
+    let Some(cur) = cur else {
+        return http::error(
+            StatusCode::NOT_FOUND,
+            format!("`{}` has never been deployed here", req.app),
+            None,
+        );
+    };
+    let target = match req
+        .release
+        .clone()
+        .or_else(|| cur.standby.clone())
+        .or_else(|| previous_release(&agent, &req.app, &cur.release))
+    {
+        Some(t) => t,
+        None => {
+            return http::error(
+                StatusCode::NOT_FOUND,
+                "there is no earlier release to go back to",
+                None,
+            )
+        }
+    };
+    let spec = agent
+        .state()
+        .release(&req.app, &target)
+        .ok()
+        .flatten()
+        .and_then(|r| serde_json::from_str::<hoist_core::spec::AppSpec>(&r.spec).ok());
+    let Some(spec) = spec else {
+        return http::error(
+            StatusCode::NOT_FOUND,
+            format!("release `{target}` of `{}` is not kept here", req.app),
+            Some("`hoist releases` lists them"),
+        );
+    };
+    let guard = match lock(&agent, &req.app, &req.actor) {
+        Ok(g) => g,
+        Err(resp) => return *resp,
+    };
+    let (tx, resp) = http::stream();
+    tokio::spawn(async move {
+        let _guard = guard;
+        let outcome = agent
+            .activate(
+                crate::deploy::Kind::Rollback,
+                Arc::new(spec),
+                target,
+                req.host,
+                req.actor,
+                tx.clone(),
+            )
+            .await;
+        tx.send(&Progress::Done(outcome)).await;
+    });
+    resp
+}
+
+async fn run_job(agent: &Arc<Agent>, app: &str, job: &str) -> Response<Body> {
+    let current = agent.rt().specs.get(app).cloned();
+    let Some((release, spec)) = current else {
+        return http::error(
+            StatusCode::NOT_FOUND,
+            format!("`{app}` has no current release here"),
+            None,
+        );
+    };
+    if !spec.jobs.contains_key(job) {
+        return http::error(
+            StatusCode::NOT_FOUND,
+            format!("`{app}` has no job `{job}`"),
+            None,
+        );
+    }
+    match agent.run_job(&spec, &release, job, "manual").await {
+        Ok(run) => http::json(
+            StatusCode::OK,
+            &serde_json::json!({"app": app, "job": job, "run": run}),
+        ),
+        Err(e) => http::error(StatusCode::CONFLICT, e, None),
+    }
+}
+
+/// `start`, `stop` or `restart` every instance of a service of the current release.
+/// A restart goes one instance at a time, each healthy before the next, so a web
+/// service keeps serving throughout.
+async fn service_action(
+    agent: &Arc<Agent>,
+    app: &str,
+    service: &str,
+    action: &str,
+) -> Response<Body> {
+    let current = agent.rt().specs.get(app).cloned();
+    let Some((release, spec)) = current else {
+        return http::error(
+            StatusCode::NOT_FOUND,
+            format!("`{app}` has no current release here"),
+            None,
+        );
+    };
+    if !spec.services.contains_key(service) {
+        return http::error(
+            StatusCode::NOT_FOUND,
+            format!("`{app}` has no service `{service}`"),
+            None,
+        );
+    }
+    let ids: Vec<String> = agent
+        .rt()
+        .instances
+        .values()
+        .filter(|l| {
+            l.row.app == app
+                && l.row.service == service
+                && l.row.release == release
+                && l.row.desired == "run"
+        })
+        .map(|l| l.row.instance.clone())
+        .collect();
+    let op = agent
+        .state()
+        .begin_operation(app, action, Some(&release), None, "api");
+    let result: Result<(), String> = match action {
+        "stop" => {
+            agent.stop_instances(&ids).await;
+            agent.sync_routes(app).await;
+            Ok(())
+        }
+        "start" => {
+            let host = agent.host_name();
+            let only = filtered_spec(&spec, service);
+            match agent.add_instances_filtered(&only, &release, &host, &ids) {
+                Ok(added) => {
+                    for id in added {
+                        let a = agent.clone();
+                        tokio::spawn(async move { a.start_instance(&id).await });
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
+        "restart" => {
+            let mut res = Ok(());
+            for id in ids {
+                agent.restart_instance(&id).await;
+                let deadline = std::time::Instant::now() + spec.deploy.health_deadline;
+                loop {
+                    let ok = agent
+                        .rt()
+                        .instances
+                        .get(&id)
+                        .is_some_and(|l| l.admitted(std::time::Instant::now()));
+                    if ok {
+                        agent.sync_routes(app).await;
+                        break;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        res = Err(format!(
+                            "`{id}` did not become healthy again within {:?}",
+                            spec.deploy.health_deadline
+                        ));
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                }
+                if res.is_err() {
+                    break;
+                }
+            }
+            res
+        }
+        other => Err(format!(
+            "unknown action `{other}`: expected start, stop or restart"
+        )),
+    };
+    if let Ok(op) = op {
+        let _ = agent.state().finish_operation(
+            op.id,
+            if result.is_ok() {
+                "succeeded"
+            } else {
+                "failed"
+            },
+            result.as_ref().err().map(String::as_str),
+            None,
+        );
+    }
+    match result {
+        Ok(()) => http::json(
+            StatusCode::OK,
+            &serde_json::json!({"app": app, "service": service, "action": action}),
+        ),
+        Err(e) => http::error(StatusCode::CONFLICT, e, None),
+    }
+}
+
+/// The spec with only `service` left, to start that service's instances alone.
+fn filtered_spec(spec: &hoist_core::spec::AppSpec, service: &str) -> hoist_core::spec::AppSpec {
+    let mut only = spec.clone();
+    only.services.retain(|name, _| name == service);
+    only
+}
+
+/// The release deployed before `current` (for a rollback outside the standby window).
+fn previous_release(agent: &Agent, app: &str, current: &str) -> Option<String> {
+    let hist = agent.state().history(Some(app), 1000).ok()?;
+    hist.iter()
+        .rev()
+        .filter(|h| h.result == "succeeded")
+        .filter_map(|h| h.release.clone())
+        .find(|r| {
+            r != current
+                && agent
+                    .state()
+                    .release(app, r)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|row| row.spec != "null")
+        })
+}
+
+/// Takes the app's deploy lock: the in-process mutex serialises, the row names the
+/// holder for the refusal message and is recovered when a dead agent left it.
+fn lock(
+    agent: &Arc<Agent>,
+    app: &str,
+    actor: &str,
+) -> Result<tokio::sync::OwnedMutexGuard<()>, Box<Response<Body>>> {
+    let mutex = agent.app_lock(app);
+    match mutex.try_lock_owned() {
+        Ok(g) => match agent.state().acquire_lock(app, actor, &agent.boot) {
+            Ok(()) => Ok(g),
+            Err(e) => Err(Box::new(http::error(
+                StatusCode::CONFLICT,
+                e.to_string(),
+                None,
+            ))),
+        },
+        Err(_) => {
+            let holder = agent.state().lock(app).ok().flatten();
+            let msg = match holder {
+                Some(l) => format!(
+                    "a deploy of `{app}` is already running: held by {} since {}s ago",
+                    l.holder,
+                    (hoist_state::now_ms() - l.since_ms) / 1000
+                ),
+                None => format!("a deploy of `{app}` is already running"),
+            };
+            Err(Box::new(http::error(
+                StatusCode::CONFLICT,
+                msg,
+                Some("wait for it to finish"),
+            )))
+        }
+    }
+}
+
+fn releases(agent: &Agent, app: &str) -> Response<Body> {
+    let cur = agent.state().current(app).ok().flatten();
+    let rows = agent.state().releases(app).unwrap_or_default();
+    let list: Vec<ReleaseInfo> = rows
+        .into_iter()
+        .map(|r| {
+            let commit = serde_json::from_str::<serde_json::Value>(&r.manifest)
+                .ok()
+                .and_then(|m| {
+                    m.pointer("/build/commit")
+                        .and_then(|c| c.as_str())
+                        .map(str::to_string)
+                });
+            let role = match &cur {
+                Some(c) if c.release == r.release => "current",
+                Some(c) if c.standby.as_deref() == Some(r.release.as_str()) => "standby",
+                _ => "kept",
+            };
+            ReleaseInfo {
+                app: r.app,
+                release: r.release,
+                created_at_ms: r.created_at_ms,
+                commit,
+                role: role.into(),
+            }
+        })
+        .collect();
+    http::json(StatusCode::OK, &list)
+}
+
+fn history(agent: &Agent, query: &str) -> Response<Body> {
+    let app = query_param(query, "app").filter(|a| !a.is_empty());
+    if query_param(query, "verify").is_some() {
+        return match agent.state().verify_history() {
+            Ok(r) => http::json(StatusCode::OK, &r),
+            Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
+        };
+    }
+    let limit = query_param(query, "limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(50);
+    match agent.state().history(app, limit) {
+        Ok(h) => {
+            let wire: Vec<hoist_protocol::agent::HistoryRecord> = h
+                .into_iter()
+                .map(|r| hoist_protocol::agent::HistoryRecord {
+                    seq: r.seq,
+                    at_ms: r.at_ms,
+                    app: r.app,
+                    kind: r.kind,
+                    release: r.release,
+                    previous: r.previous,
+                    commit: r.commit,
+                    actor: r.actor,
+                    result: r.result,
+                    duration_ms: r.duration_ms,
+                    reason: r.reason,
+                })
+                .collect();
+            http::json(StatusCode::OK, &wire)
+        }
+        Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
+    }
+}
+
+/// `GET /v1/logs/{app}/{service}?tail=N&grep=S&since=MS&follow=1`: stored lines, then
+/// (with `follow`) new ones as the shims write them.
+fn logs(agent: Arc<Agent>, app: &str, service: &str, query: &str) -> Response<Body> {
+    let dir = agent.paths.logs(app);
+    let q = hoist_supervisor::LogQuery {
+        since: query_param(query, "since")
+            .and_then(|s| s.parse::<i64>().ok())
+            .and_then(chrono::DateTime::from_timestamp_millis),
+        grep: query_param(query, "grep").map(percent_decode),
+        tail: query_param(query, "tail").and_then(|t| t.parse().ok()),
+    };
+    let follow = query_param(query, "follow").is_some_and(|v| v != "0");
+    let service = service.to_string();
+    let (tx, resp) = http::stream();
+    tokio::spawn(async move {
+        let started = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            let q = q.clone();
+            let service = service.clone();
+            move || hoist_supervisor::Follower::start(&dir, &service, &q)
+        })
+        .await;
+        let Ok(Ok((lines, mut follower))) = started else {
+            return;
+        };
+        for l in lines {
+            if !tx.send(&to_wire(l)).await {
+                return;
+            }
+        }
+        while follow && !tx.is_closed() {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let Ok(lines) = follower.poll() else { return };
+            for l in lines {
+                if !tx.send(&to_wire(l)).await {
+                    return;
+                }
+            }
+        }
+    });
+    resp
+}
+
+fn to_wire(l: hoist_supervisor::LogLine) -> hoist_protocol::agent::LogLine {
+    hoist_protocol::agent::LogLine {
+        t: l.t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        instance: l.instance,
+        stream: l.stream,
+        line: l.line,
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+                Err(_) => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `GET /v1/events?after=N&follow=1`: events after id N as JSON lines; with `follow`,
 /// new ones as they are recorded, until the reader goes away.
 fn events(agent: Arc<Agent>, query: &str) -> Response<Body> {
-    let mut after: i64 = query_param(query, "after").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut after: i64 = query_param(query, "after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let follow = query_param(query, "follow").is_some_and(|v| v != "0");
     let (tx, resp) = http::stream();
     tokio::spawn(async move {

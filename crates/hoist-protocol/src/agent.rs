@@ -103,7 +103,12 @@ pub enum ServiceAction {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Progress {
     /// A journaled step began, ended or failed.
-    Step { step: String, phase: String, at_ms: i64, message: Option<String> },
+    Step {
+        step: String,
+        phase: String,
+        at_ms: i64,
+        message: Option<String>,
+    },
     /// A line of output from a hook, check or failing instance.
     Output { source: String, line: String },
     /// The last line of the stream.
@@ -130,4 +135,62 @@ pub struct LogLine {
     pub instance: String,
     pub stream: String,
     pub line: String,
+}
+
+/// `POST /v1/releases` (body: the artifact): what the agent stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Uploaded {
+    pub app: String,
+    pub release: String,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// `POST /v1/deploy`: make `release` (already uploaded) current for `spec.app`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployRequest {
+    pub spec: hoist_core::spec::AppSpec,
+    pub release: String,
+    /// The host name this agent is in the app file (`local` for a local agent).
+    pub host: String,
+    /// Who asked: `user@machine`, recorded in the history.
+    pub actor: String,
+}
+
+/// `POST /v1/rollback`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    pub app: String,
+    /// The release to go back to; the standby release when absent.
+    pub release: Option<String>,
+    pub host: String,
+    pub actor: String,
+}
+
+/// One release kept on the host, for `hoist releases`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseInfo {
+    pub app: String,
+    pub release: String,
+    pub created_at_ms: i64,
+    pub commit: Option<String>,
+    /// `current`, `standby` or `kept`.
+    pub role: String,
+}
+
+/// One record of the audit history (`GET /v1/history`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub app: String,
+    /// `deploy`, `rollback`, `restart`, `restore`.
+    pub kind: String,
+    pub release: Option<String>,
+    pub previous: Option<String>,
+    pub commit: Option<String>,
+    pub actor: String,
+    pub result: String,
+    pub duration_ms: i64,
+    pub reason: Option<String>,
 }

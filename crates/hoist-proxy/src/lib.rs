@@ -1,1 +1,239 @@
-//! The data plane: listeners, routes, atomic switching, draining.
+//! The data plane: listeners, the route table, atomic switching, draining, hardened
+//! HTTP/1 edges and per-route counters. It runs as its own process (`hoist proxy`),
+//! configured over a Unix socket with `hoist_protocol::proxy` messages, and keeps
+//! serving its last routes while nobody configures it.
+//!
+//! It never depends on the agent, never runs health checks (the agent decides which
+//! instances form a set; the proxy only skips a member that refuses connections for a
+//! moment), and never prints: logs go through `tracing`, the access log is data.
+//!
+//! Entry points: [`run`] serves on listeners it is given until a shutdown future
+//! resolves (tests run it in-process on port 0); [`process::run_process`] is the
+//! `hoist proxy` process (binds or inherits sockets, handles signals and upgrades);
+//! [`Client`] talks to a running proxy's control socket.
+
+mod access_log;
+mod control;
+mod error;
+mod forward;
+pub mod process;
+mod state;
+mod stats;
+mod table;
+mod timed_io;
+mod upgrade;
+mod websocket;
+mod worker;
+
+use std::future::Future;
+use std::net::{IpAddr, TcpListener};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hoist_protocol::proxy as wire;
+
+pub use access_log::AccessLogTarget;
+pub use control::Client;
+pub use error::ProxyError;
+pub use upgrade::{Handoff, Inherited, INHERIT_ENV};
+
+/// Limits at the edges; the defaults are what a public-facing proxy should use.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// A client must send a whole request head within this (slowloris); it is also how
+    /// long an idle keep-alive client connection is kept.
+    pub header_read_timeout: Duration,
+    /// Largest request head, in bytes; more gets 431.
+    pub max_header_bytes: usize,
+    /// Most request header lines; more gets 431.
+    pub max_headers: usize,
+    pub connect_timeout: Duration,
+    /// Longest wait for an upstream's response head (504 after).
+    pub response_timeout: Duration,
+    /// Longest pause in a client's request body before the request is abandoned.
+    pub body_timeout: Duration,
+    /// Longest time a client may take no response bytes before its connection is closed.
+    pub write_timeout: Duration,
+    /// How long a member that refused a connection is skipped.
+    pub refused_backoff: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            connect_timeout: Duration::from_secs(3),
+            response_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            refused_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+/// How one proxy instance runs.
+#[derive(Debug, Default)]
+pub struct Config {
+    /// Worker threads (each its own runtime); 0 means one per core.
+    pub workers: usize,
+    pub limits: Limits,
+    /// Peers whose X-Forwarded-* headers are believed (and appended to).
+    pub trusted_proxies: Vec<IpAddr>,
+    pub access_log: Option<AccessLogTarget>,
+    /// Where the table is saved after every change.
+    pub state_file: Option<PathBuf>,
+    /// The table to start with.
+    pub routes: Vec<wire::Route>,
+    /// Arguments for a successor process; without them `Upgrade` is refused.
+    pub upgrade_args: Option<Vec<std::ffi::OsString>>,
+    /// Written to (one byte) and closed once the proxy serves.
+    pub ready: Option<OwnedFd>,
+    /// How long connections may finish after a shutdown before tunnels are closed and
+    /// the rest is cut (zero means the default of 30 s).
+    pub shutdown_grace: Duration,
+}
+
+/// What every worker and the control plane share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub published: table::Published,
+    pub limits: Limits,
+    pub trusted_proxies: Vec<IpAddr>,
+    pub access_log: Option<access_log::AccessLog>,
+    pub request_id_prefix: String,
+    pub shutdown_grace: Duration,
+    /// Bumped when the process stops for good: every tunnel says goodbye.
+    pub close_all_tunnels: tokio::sync::watch::Sender<u64>,
+}
+
+/// Waits until a flag turns true (or its sender is gone), holding no borrow across
+/// the wait so that the future stays `Send`.
+pub(crate) async fn until_true(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await.map(|_| ());
+}
+
+/// The table saved in a state file (empty when there is none yet).
+pub fn load_state(path: &std::path::Path) -> Result<Vec<wire::Route>, ProxyError> {
+    Ok(state::load(path)?.unwrap_or_default())
+}
+
+/// The number of cores, the default worker count.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Serves `listeners` (all bound to the proxy's address; worker `i` gets listener
+/// `i % len`) and the control socket until `shutdown` resolves or an upgrade hands over,
+/// then stops accepting and lets connections finish.
+pub async fn run(
+    config: Config,
+    listeners: Vec<TcpListener>,
+    control_listener: UnixListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ProxyError> {
+    let addr = listeners
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    let listen_err = |error| ProxyError::Listen { addr, error };
+    if listeners.is_empty() {
+        return Err(listen_err(std::io::Error::other("no listening socket")));
+    }
+    let access_log = config
+        .access_log
+        .as_ref()
+        .map(access_log::AccessLog::open)
+        .transpose()?;
+    let mut prefix = [0u8; 4];
+    let _ = getrandom::fill(&mut prefix);
+    let shared = Arc::new(Shared {
+        published: table::Published::default(),
+        limits: config.limits.clone(),
+        trusted_proxies: config.trusted_proxies.clone(),
+        access_log,
+        request_id_prefix: prefix.iter().map(|b| format!("{b:02x}")).collect(),
+        shutdown_grace: if config.shutdown_grace.is_zero() {
+            Duration::from_secs(30)
+        } else {
+            config.shutdown_grace
+        },
+        close_all_tunnels: tokio::sync::watch::Sender::new(0),
+    });
+    let control_path = control_listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(|p| p.to_path_buf()))
+        .unwrap_or_default();
+    let control_err = |error| ProxyError::Control {
+        path: control_path.clone(),
+        error,
+    };
+    let handoff = config.upgrade_args.clone().map(|args| Handoff {
+        listen_fds: listeners.iter().map(|l| l.as_raw_fd()).collect(),
+        control_fd: control_listener.as_raw_fd(),
+        args,
+    });
+    let control = Arc::new(control::Control::new(
+        shared.clone(),
+        config.state_file.clone(),
+        handoff,
+        config.routes,
+    )?);
+    if let Some(path) = &config.state_file {
+        state::save(path, &control.routes())?;
+    }
+
+    let workers = if config.workers == 0 {
+        default_workers()
+    } else {
+        config.workers
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut done = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let listener = listeners[i % listeners.len()]
+            .try_clone()
+            .map_err(listen_err)?;
+        done.push(
+            worker::spawn(i, shared.clone(), listener, stop_rx.clone())
+                .map_err(ProxyError::Runtime)?,
+        );
+    }
+    control_listener
+        .set_nonblocking(true)
+        .map_err(control_err)?;
+    let control_socket =
+        tokio::net::UnixListener::from_std(control_listener.try_clone().map_err(control_err)?)
+            .map_err(control_err)?;
+    if let Some(ready) = config.ready {
+        let mut pipe = std::fs::File::from(ready);
+        let _ = std::io::Write::write_all(&mut pipe, b"1");
+    }
+    tracing::info!(%addr, workers, "proxy serving");
+
+    let mut upgraded = control.stop.subscribe();
+    let control_task = tokio::spawn(control::serve(
+        control.clone(),
+        control_socket,
+        control.stop.subscribe(),
+    ));
+    tokio::select! {
+        _ = shutdown => tracing::info!("proxy shutting down"),
+        _ = crate::until_true(&mut upgraded) => tracing::info!("proxy handed over; draining"),
+    }
+    control.stop.send_replace(true);
+    let _ = stop_tx.send(true);
+    let _ = control_task.await;
+    for d in done {
+        let _ = d.await;
+    }
+    // The original sockets close here; a successor holds its own references.
+    drop(listeners);
+    drop(control_listener);
+    Ok(())
+}

@@ -544,10 +544,26 @@ impl State {
 
     /// Runs left `running` by a dead agent are closed as `lost`.
     pub fn close_lost_job_runs(&self) -> Result<usize> {
-        Ok(self.conn.execute(
-            "UPDATE job_runs SET status = 'lost', finished_at = ?1 WHERE status = 'running'",
-            params![now_ms()],
-        )?)
+        self.close_lost_job_runs_except(&[])
+    }
+
+    /// As [`State::close_lost_job_runs`], but for the runs in `alive` (re-adopted).
+    pub fn close_lost_job_runs_except(&self, alive: &[i64]) -> Result<usize> {
+        let running: Vec<i64> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT id FROM job_runs WHERE status = 'running'")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut n = 0;
+        for id in running.into_iter().filter(|id| !alive.contains(id)) {
+            n += self.conn.execute(
+                "UPDATE job_runs SET status = 'lost', finished_at = ?2 WHERE id = ?1",
+                params![id, now_ms()],
+            )?;
+        }
+        Ok(n)
     }
 }
 

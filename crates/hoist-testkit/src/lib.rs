@@ -16,7 +16,11 @@ use std::time::{Duration, Instant};
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let deps = exe.parent().expect("test exe has a parent");
-    let dir = if deps.ends_with("deps") { deps.parent().expect("target dir") } else { deps };
+    let dir = if deps.ends_with("deps") {
+        deps.parent().expect("target dir")
+    } else {
+        deps
+    };
     dir.to_path_buf()
 }
 
@@ -42,7 +46,10 @@ pub fn testapp_bin() -> PathBuf {
 
 /// The workspace root (where `Cargo.toml` with `[workspace]` is).
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes.
@@ -68,7 +75,9 @@ pub struct ChildGuard {
 impl ChildGuard {
     pub fn spawn(cmd: &mut Command) -> std::io::Result<ChildGuard> {
         cmd.process_group(0);
-        Ok(ChildGuard { child: cmd.spawn()? })
+        Ok(ChildGuard {
+            child: cmd.spawn()?,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -92,7 +101,10 @@ impl Drop for ChildGuard {
 /// A port that was free a moment ago on 127.0.0.1. Prefer handing a bound listener to
 /// the code under test; use this only where a process must bind by itself.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind :0")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind :0")
 }
 
 /// A response read by [`http_get`].
@@ -105,7 +117,10 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -114,7 +129,10 @@ impl Response {
 pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     parse_response(&raw)
@@ -132,11 +150,19 @@ pub fn parse_response(raw: &[u8]) -> Option<Response> {
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
     let rest = &raw[split + 4..];
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked"));
-    let body = if chunked { dechunk(rest)? } else { rest.to_vec() };
-    Some(Response { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    let body = if chunked {
+        dechunk(rest)?
+    } else {
+        rest.to_vec()
+    };
+    Some(Response {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
@@ -155,5 +181,8 @@ fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
 
 /// A fresh temporary directory, removed on drop.
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("hoist-test-").tempdir().expect("tempdir")
+    tempfile::Builder::new()
+        .prefix("hoist-test-")
+        .tempdir()
+        .expect("tempdir")
 }

@@ -51,17 +51,29 @@ impl std::error::Error for WithExit {}
 
 /// Builds an error that exits with `exit`.
 pub fn with_exit(exit: Exit, error: impl Into<anyhow::Error>) -> anyhow::Error {
-    WithExit { exit, error: error.into(), hint: None }.into()
+    WithExit {
+        exit,
+        error: error.into(),
+        hint: None,
+    }
+    .into()
 }
 
 /// Builds an error that exits 1 and tells the user how to fix it.
 pub fn with_hint(error: impl Into<anyhow::Error>, hint: impl Into<String>) -> anyhow::Error {
-    WithExit { exit: Exit::Failed, error: error.into(), hint: Some(hint.into()) }.into()
+    WithExit {
+        exit: Exit::Failed,
+        error: error.into(),
+        hint: Some(hint.into()),
+    }
+    .into()
 }
 
 /// Turns a command's result into the process exit code, printing the error once.
 pub fn report(result: anyhow::Result<()>) -> ExitCode {
-    let Err(err) = result else { return ExitCode::SUCCESS };
+    let Err(err) = result else {
+        return ExitCode::SUCCESS;
+    };
     if let Some(Reported(exit)) = err.downcast_ref::<Reported>() {
         return (*exit).into();
     }
@@ -80,6 +92,7 @@ pub fn report(result: anyhow::Result<()>) -> ExitCode {
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|e| {
-        e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
 }

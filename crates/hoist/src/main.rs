@@ -21,13 +21,46 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     // Each variant is one file under cmd/; keep this list in the order of `hoist --help`.
+    /// Write a commented starter hoist.toml for the project in this directory
+    Init(cmd::init::Args),
+    /// Print the resolved, validated app file
+    Config(cmd::config::Args),
+    /// Build the release artifact and print its release id
+    Build(cmd::build::BuildArgs),
+    /// Check an artifact and every file in it against its manifest
+    Verify(cmd::build::VerifyArgs),
+    /// Show an artifact's build info and a summary of its files
+    Inspect(cmd::build::VerifyArgs),
+    /// Build (or take) a release and make it current, without downtime
+    Deploy(cmd::deploy::DeployArgs),
+    /// Go back to the previous release (instant while it is warm)
+    Rollback(cmd::deploy::RollbackArgs),
+    /// Apps, services and instances on the host
+    Status(cmd::status::StatusArgs),
+    /// Every deploy and rollback: who, when, what, result
+    History(cmd::status::HistoryArgs),
+    /// The releases kept on the host
+    Releases(cmd::status::StatusArgs),
+    /// A service's logs
+    Logs(cmd::status::LogsArgs),
+    /// Start a stopped service of the current release
+    Start(cmd::service::ServiceArgs),
+    /// Stop a service (it stays stopped until `start` or the next deploy)
+    Stop(cmd::service::ServiceArgs),
+    /// Restart a service one instance at a time, each healthy before the next
+    Restart(cmd::service::ServiceArgs),
+    /// Recent job runs, or `jobs run NAME` to run one now
+    Jobs(cmd::service::JobsArgs),
     /// Run the host agent in the foreground
     Agent(cmd::agent::Args),
+    /// Run the reverse proxy in the foreground, or switch, upgrade and inspect a running one
+    Proxy(cmd::proxy::Args),
     /// Set, unset and list an app's secrets on the agent (values never printed)
     #[command(subcommand)]
     Secrets(cmd::secrets::Command),
     /// Run one app instance under the supervisor (started by the agent)
     #[command(hide = true)]
+    Shim(cmd::shim::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,12 +69,33 @@ fn main() -> ExitCode {
         Err(err) => {
             // clap prints help and version on stdout and usage errors on stderr.
             let _ = err.print();
-            return if err.use_stderr() { exit::Exit::Usage.into() } else { ExitCode::SUCCESS };
+            return if err.use_stderr() {
+                exit::Exit::Usage.into()
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     let result = match cli.command {
+        Command::Init(args) => cmd::init::run(args),
+        Command::Config(args) => cmd::config::run(args),
+        Command::Build(args) => cmd::build::run_build(args),
+        Command::Verify(args) => cmd::build::run_verify(args),
+        Command::Inspect(args) => cmd::build::run_inspect(args),
+        Command::Deploy(args) => cmd::deploy::run_deploy(args),
+        Command::Rollback(args) => cmd::deploy::run_rollback(args),
+        Command::Status(args) => cmd::status::run_status(args),
+        Command::History(args) => cmd::status::run_history(args),
+        Command::Releases(args) => cmd::status::run_releases(args),
+        Command::Logs(args) => cmd::status::run_logs(args),
+        Command::Start(args) => cmd::service::run_service("start", args),
+        Command::Stop(args) => cmd::service::run_service("stop", args),
+        Command::Restart(args) => cmd::service::run_service("restart", args),
+        Command::Jobs(args) => cmd::service::run_jobs(args),
         Command::Agent(args) => cmd::agent::run(args),
+        Command::Proxy(args) => cmd::proxy::run(args),
         Command::Secrets(command) => cmd::secrets::run(command),
+        Command::Shim(args) => cmd::shim::run(args),
     };
     exit::report(result)
 }

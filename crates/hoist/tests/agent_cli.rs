@@ -27,9 +27,17 @@ fn start_agent(dir: &Path) -> Agent {
             .stderr(std::fs::File::create(dir.join("agent.log")).unwrap()),
     )
     .unwrap();
-    let a = Agent { guard, root, socket };
-    wait_until(Duration::from_secs(20), || hoist(&a, &["secrets", "list", "--app", "x"]).status.success())
-        .expect("agent answers");
+    let a = Agent {
+        guard,
+        root,
+        socket,
+    };
+    wait_until(Duration::from_secs(20), || {
+        hoist(&a, &["secrets", "list", "--app", "x"])
+            .status
+            .success()
+    })
+    .expect("agent answers");
     a
 }
 
@@ -46,7 +54,12 @@ fn hoist_stdin(agent: &Agent, args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -60,7 +73,11 @@ fn secrets_are_set_from_stdin_kept_0600_and_never_shown() {
     let agent = start_agent(dir.path());
     let canary = "canary-7f3a9c1e5b2d4f60a8e1c3b5d7f9a2c4";
 
-    let out = hoist_stdin(&agent, &["secrets", "set", "DATABASE_URL", "--app", "notes"], &format!("{canary}\n"));
+    let out = hoist_stdin(
+        &agent,
+        &["secrets", "set", "DATABASE_URL", "--app", "notes"],
+        &format!("{canary}\n"),
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = hoist(&agent, &["secrets", "list", "--app", "notes", "--json"]);
     assert!(out.status.success());
@@ -68,18 +85,38 @@ fn secrets_are_set_from_stdin_kept_0600_and_never_shown() {
     assert_eq!(listed["names"], serde_json::json!(["DATABASE_URL"]));
 
     let file = agent.root.join("secrets/notes.json");
-    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let stored: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    assert_eq!(stored["DATABASE_URL"], canary, "the trailing newline is not part of the value");
+    assert_eq!(
+        stored["DATABASE_URL"], canary,
+        "the trailing newline is not part of the value"
+    );
     let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
     assert!(!log.contains(canary), "the agent's log shows the secret");
     assert!(!text(&out.stderr).contains(canary) && !text(&out.stdout).contains(canary));
 
-    let out = hoist(&agent, &["secrets", "unset", "DATABASE_URL", "--app", "notes"]);
+    let out = hoist(
+        &agent,
+        &["secrets", "unset", "DATABASE_URL", "--app", "notes"],
+    );
     assert!(out.status.success());
-    let out = hoist(&agent, &["secrets", "unset", "DATABASE_URL", "--app", "notes"]);
-    assert_eq!(out.status.code(), Some(2), "unsetting a missing secret is a usage error");
-    assert!(text(&out.stderr).contains("no secret `DATABASE_URL` for `notes`"), "{}", text(&out.stderr));
+    let out = hoist(
+        &agent,
+        &["secrets", "unset", "DATABASE_URL", "--app", "notes"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "unsetting a missing secret is a usage error"
+    );
+    assert!(
+        text(&out.stderr).contains("no secret `DATABASE_URL` for `notes`"),
+        "{}",
+        text(&out.stderr)
+    );
     drop(agent.guard);
 }
 
@@ -87,7 +124,14 @@ fn secrets_are_set_from_stdin_kept_0600_and_never_shown() {
 fn the_socket_is_private_and_one_agent_owns_a_root() {
     let dir = tempdir();
     let agent = start_agent(dir.path());
-    assert_eq!(std::fs::metadata(&agent.socket).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&agent.socket)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
 
     let out = Command::new(hoist_bin())
         .args(["agent", "--root"])
@@ -97,7 +141,11 @@ fn the_socket_is_private_and_one_agent_owns_a_root() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("another agent is already running with root"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("another agent is already running with root"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -107,7 +155,10 @@ fn an_agent_killed_with_sigkill_leaves_nothing_that_stops_the_next_one() {
     hoist_stdin(&agent, &["secrets", "set", "K", "--app", "a"], "v");
     agent.guard.signal_group(nix::sys::signal::Signal::SIGKILL);
     drop(agent.guard);
-    assert!(agent.socket.exists(), "a killed agent leaves its socket file behind");
+    assert!(
+        agent.socket.exists(),
+        "a killed agent leaves its socket file behind"
+    );
     let again = start_agent(dir.path());
     let out = hoist(&again, &["secrets", "list", "--app", "a"]);
     assert_eq!(text(&out.stdout), "K\n");
@@ -145,8 +196,13 @@ fn without_an_agent_commands_say_how_to_start_one() {
 
 #[test]
 fn another_user_cannot_reach_the_agent() {
-    if !nix::unistd::geteuid().is_root() || Command::new("setpriv").arg("--version").output().is_err() {
-        eprintln!("skipped: needs root and setpriv to act as another user");
+    if !nix::unistd::geteuid().is_root()
+        || Command::new("setpriv").arg("--version").output().is_err()
+    {
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("skipped: needs root and setpriv to act as another user");
+        }
         return;
     }
     let dir = tempdir();
@@ -160,5 +216,9 @@ fn another_user_cannot_reach_the_agent() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("error: permission denied on the agent's socket"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("error: permission denied on the agent's socket"),
+        "{}",
+        text(&out.stderr)
+    );
 }

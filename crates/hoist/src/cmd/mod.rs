@@ -1,5 +1,13 @@
 //! One module per command: its clap arguments and a `run` that calls a library operation.
 
 pub mod agent;
+pub mod build;
 pub mod common;
+pub mod config;
+pub mod deploy;
+pub mod init;
+pub mod proxy;
 pub mod secrets;
+pub mod service;
+pub mod shim;
+pub mod status;

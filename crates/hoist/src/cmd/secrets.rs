@@ -10,6 +10,7 @@ use hyper::Method;
 use hoist_protocol::agent::{SecretNames, SecretValue};
 
 use super::common;
+use super::config::{load, ConfigArgs};
 use crate::output;
 
 #[derive(Debug, clap::Subcommand)]
@@ -39,33 +40,53 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct AppArg {
-    /// The app
+    /// The app [default: the app of the app file]
     #[arg(long)]
-    app: String,
+    app: Option<String>,
+    #[command(flatten)]
+    file: ConfigArgs,
+}
+
+impl AppArg {
+    fn name(&self) -> anyhow::Result<String> {
+        match &self.app {
+            Some(a) => Ok(a.clone()),
+            None => Ok(load(&self.file)?.spec.app),
+        }
+    }
 }
 
 pub fn run(command: Command) -> anyhow::Result<()> {
     let client = common::client();
     match command {
         Command::Set { name, app } => {
+            let app = app.name()?;
             let mut value = String::new();
-            std::io::stdin().read_to_string(&mut value).context("cannot read the value from standard input")?;
+            std::io::stdin()
+                .read_to_string(&mut value)
+                .context("cannot read the value from standard input")?;
             // A trailing newline comes from `echo` or a terminal, not from the secret.
             let value = value.strip_suffix('\n').unwrap_or(&value);
             let value = value.strip_suffix('\r').unwrap_or(value).to_string();
-            let path = format!("/v1/secrets/{}/{name}", app.app);
-            common::block_on(client.call::<_, serde_json::Value>(Method::PUT, &path, Some(&SecretValue { value })))
-                .map_err(common::agent_error)?;
-            output::status("Set", &format!("secret `{name}` of `{}`", app.app));
+            let path = format!("/v1/secrets/{app}/{name}");
+            common::block_on(client.call::<_, serde_json::Value>(
+                Method::PUT,
+                &path,
+                Some(&SecretValue { value }),
+            ))
+            .map_err(common::agent_error)?;
+            output::status("Set", &format!("secret `{name}` of `{app}`"));
         }
         Command::Unset { name, app } => {
-            let path = format!("/v1/secrets/{}/{name}", app.app);
+            let app = app.name()?;
+            let path = format!("/v1/secrets/{app}/{name}");
             common::block_on(client.call::<(), serde_json::Value>(Method::DELETE, &path, None))
                 .map_err(common::agent_error)?;
-            output::status("Removed", &format!("secret `{name}` of `{}`", app.app));
+            output::status("Removed", &format!("secret `{name}` of `{app}`"));
         }
         Command::List { app, json } => {
-            let names: SecretNames = common::block_on(client.get(&format!("/v1/secrets/{}", app.app)))
+            let app = app.name()?;
+            let names: SecretNames = common::block_on(client.get(&format!("/v1/secrets/{app}")))
                 .map_err(common::agent_error)?;
             if json {
                 output::json(&names)?;

@@ -1,0 +1,829 @@
+//! The deploy engine: makes a release current on this host without a failed request, and
+//! undoes itself when anything fails. Every step is journaled before and after it runs.
+//!
+//! ```text
+//! materialise → preflight → backup → pre_activate → start → healthy → switch → smoke
+//!   → drain → retire
+//! ```
+//!
+//! A failure before `switch` stops the new instances and leaves the old release serving;
+//! a failed smoke hook switches traffic back. Rollback is the same activation towards an
+//! older release: when that release is still warm (its standby window), starting and
+//! waiting take no time and the switch is all that happens.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hoist_core::spec::AppSpec;
+use hoist_protocol::agent::{Outcome, Progress};
+use hoist_protocol::proxy::Request;
+use hoist_state::Current;
+
+use crate::http::LineSender;
+use crate::Agent;
+
+/// Why a deploy stopped, with the output that explains it.
+#[derive(Debug)]
+pub struct Failure {
+    pub reason: String,
+    pub lines: Vec<String>,
+}
+
+impl Failure {
+    fn new(reason: impl Into<String>) -> Failure {
+        Failure {
+            reason: reason.into(),
+            lines: Vec::new(),
+        }
+    }
+}
+
+/// What kind of activation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Deploy,
+    Rollback,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Deploy => "deploy",
+            Kind::Rollback => "rollback",
+        }
+    }
+}
+
+/// One running operation: its journal id and the stream to the client.
+struct Op<'a> {
+    agent: &'a Arc<Agent>,
+    id: i64,
+    tx: &'a LineSender,
+    redact: Vec<String>,
+}
+
+impl Op<'_> {
+    async fn progress(&self, step: &str, phase: &str, message: Option<String>) {
+        let _ = self
+            .tx
+            .send(&Progress::Step {
+                step: step.into(),
+                phase: phase.into(),
+                at_ms: hoist_state::now_ms(),
+                message,
+            })
+            .await;
+    }
+
+    /// Runs `step`, journaled before and after: `begin`, then `end` or `failed`.
+    async fn step<T>(
+        &self,
+        step: &str,
+        fut: impl std::future::Future<Output = Result<T, Failure>>,
+    ) -> Result<T, Failure> {
+        self.journal(step, "begin", None);
+        self.progress(step, "begin", None).await;
+        crate::failpoint(step, "before");
+        let out = fut.await;
+        match &out {
+            Ok(_) => {
+                crate::failpoint(step, "after");
+                self.journal(step, "end", None);
+                self.progress(step, "end", None).await;
+            }
+            Err(f) => {
+                self.journal(step, "failed", Some(&f.reason));
+                self.progress(step, "failed", Some(f.reason.clone())).await;
+            }
+        }
+        out
+    }
+
+    fn journal(&self, step: &str, phase: &str, detail: Option<&str>) {
+        if let Err(e) = self.agent.state().journal(self.id, step, phase, detail) {
+            tracing::error!(error = %e, step, "cannot journal a deploy step");
+        }
+    }
+
+    /// Hides every secret value in a line of hook output before it is sent or kept.
+    fn redact(&self, line: &str) -> String {
+        let mut out = line.to_string();
+        for secret in &self.redact {
+            if secret.len() >= 4 {
+                out = out.replace(secret.as_str(), "[redacted]");
+            }
+        }
+        out
+    }
+
+    async fn output(&self, source: &str, line: &str) {
+        let _ = self
+            .tx
+            .send(&Progress::Output {
+                source: source.into(),
+                line: self.redact(line),
+            })
+            .await;
+    }
+}
+
+impl Agent {
+    /// Runs a deploy (or rollback) to the end, streaming progress to `tx`; the last line
+    /// is always a `Done` with the outcome.
+    pub(crate) async fn activate(
+        self: &Arc<Self>,
+        kind: Kind,
+        spec: Arc<AppSpec>,
+        release: String,
+        host: String,
+        actor: String,
+        tx: LineSender,
+    ) -> Outcome {
+        let app = spec.app.clone();
+        let started = Instant::now();
+        let previous = self.state().current(&app).ok().flatten();
+        let prev_release = previous.as_ref().map(|c| c.release.clone());
+        let op = match self.state().begin_operation(
+            &app,
+            kind.name(),
+            Some(&release),
+            prev_release.as_deref(),
+            &actor,
+        ) {
+            Ok(op) => op,
+            Err(e) => {
+                return self.outcome(
+                    &app,
+                    Err(Failure::new(e.to_string())),
+                    &release,
+                    prev_release,
+                    started,
+                )
+            }
+        };
+        let commit = self.commit_of(&app, &release);
+        let redact: Vec<String> = self
+            .secrets
+            .values(&app)
+            .map(|m| m.into_values().collect())
+            .unwrap_or_default();
+        let o = Op {
+            agent: self,
+            id: op.id,
+            tx: &tx,
+            redact,
+        };
+        let result = self
+            .run_steps(&o, kind, &spec, &release, &host, previous.as_ref())
+            .await;
+        if let Err(f) = &result {
+            for line in &f.lines {
+                o.output("failure", line).await;
+            }
+        }
+        let (res, reason) = match &result {
+            Ok(()) => ("succeeded", None),
+            Err(f) => ("failed", Some(f.reason.clone())),
+        };
+        if let Err(e) =
+            self.state()
+                .finish_operation(op.id, res, reason.as_deref(), commit.as_deref())
+        {
+            tracing::error!(error = %e, "cannot record the end of an operation");
+        }
+        self.event(
+            Some(&app),
+            &format!("{}.{res}", kind.name()),
+            Some(&release),
+            reason.as_deref().unwrap_or("ok"),
+        );
+        let _ = self.state().release_lock(&app);
+        self.outcome(&app, result, &release, prev_release, started)
+    }
+
+    fn outcome(
+        &self,
+        app: &str,
+        result: Result<(), Failure>,
+        release: &str,
+        previous: Option<String>,
+        started: Instant,
+    ) -> Outcome {
+        Outcome {
+            app: app.to_string(),
+            result: if result.is_ok() {
+                "succeeded".into()
+            } else {
+                "failed".into()
+            },
+            release: Some(release.to_string()),
+            previous,
+            reason: result.err().map(|f| f.reason),
+            url: self.config.proxy.map(|a| format!("http://{a}/")),
+            duration_ms: started.elapsed().as_millis() as i64,
+        }
+    }
+
+    fn commit_of(&self, app: &str, release: &str) -> Option<String> {
+        let row = self.state().release(app, release).ok().flatten()?;
+        let m: serde_json::Value = serde_json::from_str(&row.manifest).ok()?;
+        m.pointer("/build/commit")
+            .and_then(|c| c.as_str())
+            .map(str::to_string)
+    }
+
+    async fn run_steps(
+        self: &Arc<Self>,
+        o: &Op<'_>,
+        kind: Kind,
+        spec: &Arc<AppSpec>,
+        release: &str,
+        host: &str,
+        previous: Option<&Current>,
+    ) -> Result<(), Failure> {
+        let app = spec.app.clone();
+        if previous.is_some_and(|p| p.release == release) {
+            return Err(Failure::new(format!(
+                "release `{release}` is already current"
+            )));
+        }
+        o.step("materialise", async {
+            self.materialise(&app, release).await
+        })
+        .await?;
+        let dir = self.paths.release_dir(&app, release);
+        std::fs::create_dir_all(self.paths.data_dir(&app))
+            .map_err(|e| Failure::new(format!("cannot create the data dir: {e}")))?;
+        if kind == Kind::Deploy {
+            o.step("preflight", async {
+                self.preflight(o, spec, release).await
+            })
+            .await?;
+            // Backups (`[backups]` with before_deploy) hook in here.
+            o.step("backup", async { Ok(()) }).await?;
+            if let Some(cmd) = &spec.hooks.pre_activate {
+                o.step(
+                    "pre_activate",
+                    self.hook(o, "pre_activate", cmd, spec, release, &dir, None),
+                )
+                .await?;
+            }
+        }
+        let old_ids = self.instances_of(&app, |r| r != release);
+        let new_ids = o
+            .step("start", async {
+                self.start_release(spec, release, host, &old_ids).await
+            })
+            .await?;
+        // A rollback goes back to a release that served: traffic waits only for its web
+        // instances (warm ones are admitted already); its workers start alongside.
+        let gate: Vec<String> = match kind {
+            Kind::Deploy => new_ids.clone(),
+            Kind::Rollback => {
+                let rt = self.rt();
+                new_ids
+                    .iter()
+                    .filter(|id| rt.instances.get(*id).is_some_and(|l| l.http.is_some()))
+                    .cloned()
+                    .collect()
+            }
+        };
+        if let Err(f) = o
+            .step(
+                "healthy",
+                self.wait_healthy(&gate, spec.deploy.health_deadline),
+            )
+            .await
+        {
+            // Nothing switched: the old release keeps serving. New instances go away
+            // unless they belong to a release that was already warm (a rollback target).
+            if kind == Kind::Deploy {
+                self.stop_instances(&new_ids).await;
+            }
+            self.restart_stopped_singletons(&app, previous).await;
+            return Err(f);
+        }
+        let standby_until = hoist_state::now_ms() + spec.deploy.standby.as_millis() as i64;
+        let cur = Current {
+            app: app.clone(),
+            release: release.to_string(),
+            standby: previous.map(|p| p.release.clone()),
+            standby_until_ms: previous.map(|_| standby_until),
+        };
+        o.step("switch", async { self.switch(spec.clone(), &cur).await })
+            .await?;
+        if let (Kind::Deploy, Some(cmd)) = (kind, &spec.hooks.smoke) {
+            let url = self.config.proxy.map(|a| format!("http://{a}"));
+            if let Err(f) = o
+                .step(
+                    "smoke",
+                    self.hook(o, "smoke", cmd, spec, release, &dir, url.as_deref()),
+                )
+                .await
+            {
+                if let Some(prev) = previous {
+                    let back = self
+                        .spec_of(&app, &prev.release)
+                        .unwrap_or_else(|| spec.clone());
+                    let cur = Current {
+                        app: app.clone(),
+                        release: prev.release.clone(),
+                        standby: None,
+                        standby_until_ms: None,
+                    };
+                    o.step("switch_back", async { self.switch(back, &cur).await })
+                        .await?;
+                }
+                self.stop_instances(&new_ids).await;
+                return Err(f);
+            }
+        }
+        let drain_ms = spec
+            .services
+            .values()
+            .filter_map(|s| s.http.as_ref())
+            .map(|h| h.drain_timeout.as_millis() as u64)
+            .max()
+            .unwrap_or(0);
+        let old_web: Vec<std::net::SocketAddr> = {
+            let rt = self.rt();
+            old_ids
+                .iter()
+                .filter_map(|id| rt.instances.get(id))
+                .filter(|l| l.http.is_some())
+                .filter_map(|l| l.upstream().map(|u| u.addr))
+                .collect()
+        };
+        o.step("drain", async {
+            if let (Some(proxy), false) = (&self.proxy, old_web.is_empty()) {
+                proxy
+                    .request(Request::WaitDrained {
+                        addrs: old_web.clone(),
+                        timeout_ms: drain_ms,
+                    })
+                    .await
+                    .map_err(|e| Failure::new(format!("drain failed: {e}")))?;
+            }
+            Ok(())
+        })
+        .await?;
+        o.step("retire", async {
+            self.retire(&app, spec.deploy.standby > Duration::ZERO)
+                .await;
+            Ok(())
+        })
+        .await?;
+        o.step("prune", async {
+            self.prune(&app, spec.deploy.keep_releases as usize).await;
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Keeps the newest `keep` releases of `app` (never dropping the current or standby
+    /// one, whatever their age) and removes the others' trees; then the blobs no kept
+    /// release of any app references.
+    pub(crate) async fn prune(&self, app: &str, keep: usize) {
+        let rows = self.state().releases(app).unwrap_or_default();
+        let cur = self.state().current(app).ok().flatten();
+        let protected = |r: &str| {
+            cur.as_ref()
+                .is_some_and(|c| c.release == r || c.standby.as_deref() == Some(r))
+        };
+        let running: std::collections::HashSet<String> = self
+            .rt()
+            .instances
+            .values()
+            .filter(|l| l.row.app == app)
+            .map(|l| l.row.release.clone())
+            .collect();
+        let served: std::collections::HashSet<String> = self
+            .state()
+            .history(Some(app), 10_000)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|h| h.result == "succeeded")
+            .filter_map(|h| h.release)
+            .collect();
+        let current_at = cur
+            .as_ref()
+            .and_then(|c| rows.iter().find(|r| r.release == c.release))
+            .map_or(i64::MAX, |r| r.created_at_ms);
+        // Releases that never served and are older than the current one failed: they go
+        // first. Then the oldest, until `keep` remain. Current and standby always stay, and
+        // so does anything with instances (or a newer upload waiting for its deploy).
+        let mut doomed: Vec<String> = Vec::new();
+        let removable =
+            |r: &hoist_state::ReleaseRow| !protected(&r.release) && !running.contains(&r.release);
+        for r in rows.iter().filter(|r| {
+            removable(r) && !served.contains(&r.release) && r.created_at_ms < current_at
+        }) {
+            doomed.push(r.release.clone());
+        }
+        let mut left = rows.len() - doomed.len();
+        for r in rows.iter().filter(|r| removable(r)) {
+            if left <= keep.max(1) {
+                break;
+            }
+            if r.created_at_ms < current_at && !doomed.contains(&r.release) {
+                doomed.push(r.release.clone());
+                left -= 1;
+            }
+        }
+        for release in &doomed {
+            let dir = self.paths.release_dir(app, release);
+            if let Err(e) = hoist_artifact::remove_tree(&dir) {
+                tracing::warn!(app, release = %release, error = %e, "cannot remove a pruned release tree");
+                continue;
+            }
+            let _ = self.state().delete_release(app, release);
+            tracing::info!(app, release = %release, "release pruned");
+        }
+        if doomed.is_empty() {
+            return;
+        }
+        let _gate = self.store_gate.write().await;
+        let mut kept = Vec::new();
+        let apps = self.state().apps().unwrap_or_default();
+        for a in apps {
+            let rows = self.state().releases(&a).unwrap_or_default();
+            kept.extend(
+                rows.iter()
+                    .filter_map(|r| hoist_artifact::ReleaseId::parse(&r.release)),
+            );
+        }
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.gc(&kept)).await {
+            Ok(Ok(report)) => tracing::info!(app, ?report, "blob store collected"),
+            Ok(Err(e)) => tracing::warn!(app, error = %e, "blob garbage collection failed"),
+            Err(e) => tracing::warn!(app, error = %e, "blob garbage collection failed"),
+        }
+    }
+
+    async fn materialise(&self, app: &str, release: &str) -> Result<(), Failure> {
+        let dir = self.paths.release_dir(app, release);
+        if dir.exists() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let id = hoist_artifact::ReleaseId::parse(release)
+            .ok_or_else(|| Failure::new(format!("`{release}` is not a release id")))?;
+        std::fs::create_dir_all(self.paths.releases(app))
+            .map_err(|e| Failure::new(e.to_string()))?;
+        tokio::task::spawn_blocking(move || {
+            let manifest = store.manifest(&id)?;
+            store.materialise(&manifest, &dir).map(|_| ())
+        })
+        .await
+        .map_err(|e| Failure::new(e.to_string()))?
+        .map_err(|e| {
+            Failure::new(format!(
+                "cannot materialise `{release}`: {}",
+                crate::chain(&e)
+            ))
+        })
+    }
+
+    /// Secrets present, then the app's own `check` command inside the new release.
+    async fn preflight(&self, o: &Op<'_>, spec: &AppSpec, release: &str) -> Result<(), Failure> {
+        let have = self.secrets.names(&spec.app).unwrap_or_default();
+        let missing: Vec<&String> = spec
+            .secrets
+            .required
+            .iter()
+            .filter(|n| !have.contains(n))
+            .collect();
+        if !missing.is_empty() {
+            let names: Vec<String> = missing.iter().map(|n| format!("`{n}`")).collect();
+            return Err(Failure::new(format!(
+                "missing secrets: {} (set them with `hoist secrets set NAME --app {}`)",
+                names.join(", "),
+                spec.app
+            )));
+        }
+        if let Some(check) = &spec.check {
+            let dir = self.paths.release_dir(&spec.app, release);
+            self.run_command(
+                o,
+                "check",
+                &check.command,
+                spec,
+                release,
+                &dir,
+                None,
+                check.timeout,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn hook(
+        &self,
+        o: &Op<'_>,
+        name: &str,
+        command: &str,
+        spec: &AppSpec,
+        release: &str,
+        dir: &std::path::Path,
+        url: Option<&str>,
+    ) -> Result<(), Failure> {
+        self.run_command(
+            o,
+            name,
+            command,
+            spec,
+            release,
+            dir,
+            url,
+            spec.hooks.timeout,
+        )
+        .await
+    }
+
+    /// Runs a check or hook with the app's environment, streaming its output; its whole
+    /// process group is killed at `timeout`.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_command(
+        &self,
+        o: &Op<'_>,
+        name: &str,
+        command: &str,
+        spec: &AppSpec,
+        release: &str,
+        dir: &std::path::Path,
+        url: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(), Failure> {
+        use tokio::io::AsyncBufReadExt;
+        let mut env = self
+            .app_env(spec, release, name, &BTreeMap::new())
+            .map_err(|e| Failure::new(e.to_string()))?;
+        if let Some(url) = url {
+            env.push(("HOIST_URL".into(), url.to_string()));
+        }
+        let mut child = tokio::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("exec 2>&1; {command}"))
+            .current_dir(dir)
+            .env_clear()
+            .envs(env)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Failure::new(format!("cannot run the {name} command: {e}")))?;
+        let pid = child.id().map(|p| p as i32);
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+        let mut tail: Vec<String> = Vec::new();
+        let run = async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                o.output(name, &line).await;
+                tail.push(o.redact(&line));
+                if tail.len() > 20 {
+                    tail.remove(0);
+                }
+            }
+            child.wait().await
+        };
+        let status = match tokio::time::timeout(timeout, run).await {
+            Ok(Ok(status)) => status,
+            Ok(Err(e)) => {
+                return Err(Failure::new(format!(
+                    "the {name} command failed to run: {e}"
+                )))
+            }
+            Err(_) => {
+                if let Some(pid) = pid {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                return Err(Failure {
+                    reason: format!("the {name} command timed out after {timeout:?}"),
+                    lines: tail,
+                });
+            }
+        };
+        if let Some(pid) = pid {
+            // Leftover background children of the hook die with it.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if status.success() {
+            Ok(())
+        } else {
+            let code = status
+                .code()
+                .map_or("a signal".to_string(), |c| format!("status {c}"));
+            Err(Failure {
+                reason: format!("the {name} command `{command}` exited with {code}"),
+                lines: tail,
+            })
+        }
+    }
+
+    /// Ids of `app`'s instances whose release matches `pred`.
+    pub(crate) fn instances_of(&self, app: &str, pred: impl Fn(&str) -> bool) -> Vec<String> {
+        self.rt()
+            .instances
+            .values()
+            .filter(|l| l.row.app == app && l.row.desired == "run" && pred(&l.row.release))
+            .map(|l| l.row.instance.clone())
+            .collect()
+    }
+
+    /// Adds the instances of `release` that do not exist yet (a warm release reuses its
+    /// own); singleton services of other releases stop first, so two never run at once.
+    async fn start_release(
+        self: &Arc<Self>,
+        spec: &AppSpec,
+        release: &str,
+        host: &str,
+        old_ids: &[String],
+    ) -> Result<Vec<String>, Failure> {
+        let singles: Vec<String> = {
+            let rt = self.rt();
+            old_ids
+                .iter()
+                .filter(|id| {
+                    rt.instances.get(*id).is_some_and(|l| {
+                        spec.services
+                            .get(&l.row.service)
+                            .is_some_and(|s| s.singleton)
+                    })
+                })
+                .cloned()
+                .collect()
+        };
+        self.stop_instances(&singles).await;
+        let existing = self.instances_of(&spec.app, |r| r == release);
+        let added = self
+            .add_instances_filtered(spec, release, host, &existing)
+            .map_err(Failure::new)?;
+        for id in &added {
+            let agent = self.clone();
+            let id = id.clone();
+            tokio::spawn(async move { agent.start_instance(&id).await });
+        }
+        Ok(existing.into_iter().chain(added).collect())
+    }
+
+    /// Waits until every instance in `ids` is admitted. An instance that exits fails the
+    /// wait at once with its last log lines; so does the deadline.
+    async fn wait_healthy(&self, ids: &[String], deadline: Duration) -> Result<(), Failure> {
+        let until = Instant::now() + deadline;
+        loop {
+            let now = Instant::now();
+            let (all_in, failed) = {
+                let rt = self.rt();
+                let mut all_in = true;
+                let mut failed = None;
+                for id in ids {
+                    match rt.instances.get(id) {
+                        Some(l) if l.admitted(now) => {}
+                        Some(l) => {
+                            all_in = false;
+                            if let Some(exit) = &l.last_exit {
+                                failed = Some((id.clone(), l.row.service.clone(), exit.clone()));
+                            }
+                        }
+                        None => {
+                            all_in = false;
+                            failed = Some((id.clone(), String::new(), "vanished".into()));
+                        }
+                    }
+                }
+                (all_in, failed)
+            };
+            if all_in {
+                return Ok(());
+            }
+            if let Some((id, service, exit)) = failed {
+                return Err(Failure {
+                    reason: format!("instance `{id}` {exit} before it became healthy"),
+                    lines: self.last_log_lines(&id, &service, 20),
+                });
+            }
+            if now >= until {
+                let waiting: Vec<String> = {
+                    let rt = self.rt();
+                    ids.iter()
+                        .filter(|id| !rt.instances.get(*id).is_some_and(|l| l.admitted(now)))
+                        .cloned()
+                        .collect()
+                };
+                let first = waiting.first().cloned().unwrap_or_default();
+                let service = self
+                    .rt()
+                    .instances
+                    .get(&first)
+                    .map(|l| l.row.service.clone())
+                    .unwrap_or_default();
+                return Err(Failure {
+                    reason: format!(
+                        "{} did not become healthy within {deadline:?}",
+                        waiting
+                            .iter()
+                            .map(|w| format!("`{w}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    lines: self.last_log_lines(&first, &service, 20),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The last lines an instance wrote (from its log file).
+    pub(crate) fn last_log_lines(&self, id: &str, service: &str, n: usize) -> Vec<String> {
+        let Some(app) = self
+            .rt()
+            .instances
+            .get(id)
+            .map(|l| l.row.app.clone())
+            .or_else(|| id.split('-').next().map(str::to_string))
+        else {
+            return Vec::new();
+        };
+        let query = hoist_supervisor::LogQuery {
+            since: None,
+            grep: None,
+            tail: Some(n * 4),
+        };
+        hoist_supervisor::logs::read(&self.paths.logs(&app), service, &query)
+            .map(|lines| {
+                let mine: Vec<String> = lines
+                    .into_iter()
+                    .filter(|l| l.instance == id)
+                    .map(|l| l.line)
+                    .collect();
+                mine[mine.len().saturating_sub(n)..].to_vec()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Records the new current release durably, then points the proxy at it.
+    pub(crate) async fn switch(&self, spec: Arc<AppSpec>, cur: &Current) -> Result<(), Failure> {
+        self.state()
+            .set_current(cur)
+            .map_err(|e| Failure::new(e.to_string()))?;
+        self.rt()
+            .specs
+            .insert(cur.app.clone(), (cur.release.clone(), spec));
+        self.sync_routes_checked(&cur.app)
+            .await
+            .map_err(Failure::new)
+    }
+
+    fn spec_of(&self, app: &str, release: &str) -> Option<Arc<AppSpec>> {
+        let row = self.state().release(app, release).ok().flatten()?;
+        serde_json::from_str(&row.spec).ok().map(Arc::new)
+    }
+
+    /// After a switch: workers of other releases stop; web instances of the standby
+    /// release stay warm (when a standby window is set); everything else stops.
+    pub(crate) async fn retire(self: &Arc<Self>, app: &str, keep_standby: bool) {
+        let cur = self.state().current(app).ok().flatten();
+        let Some(cur) = cur else { return };
+        let standby = cur.standby.clone().filter(|_| keep_standby);
+        let ids: Vec<String> = {
+            let rt = self.rt();
+            rt.instances
+                .values()
+                .filter(|l| l.row.app == app && l.row.release != cur.release)
+                .filter(|l| {
+                    !(standby.as_deref() == Some(l.row.release.as_str()) && l.http.is_some())
+                })
+                .map(|l| l.row.instance.clone())
+                .collect()
+        };
+        self.stop_instances(&ids).await;
+    }
+
+    /// After a failed start: singletons of the still-current release that were stopped
+    /// to make room are started again.
+    async fn restart_stopped_singletons(self: &Arc<Self>, app: &str, previous: Option<&Current>) {
+        let Some(prev) = previous else { return };
+        let Some(spec) = self.spec_of(app, &prev.release) else {
+            return;
+        };
+        let existing = self.instances_of(app, |r| r == prev.release);
+        if let Ok(added) =
+            self.add_instances_filtered(&spec, &prev.release, &self.host_name(), &existing)
+        {
+            for id in added {
+                let agent = self.clone();
+                tokio::spawn(async move { agent.start_instance(&id).await });
+            }
+        }
+    }
+}

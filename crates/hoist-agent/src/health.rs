@@ -1,0 +1,277 @@
+//! Health of instances: the probes (HTTP, TCP, exec) and the hysteresis that turns their
+//! results into a state. An instance becomes healthy only after `healthy_threshold`
+//! consecutive passes, joins traffic only after staying healthy for `min_healthy`, and
+//! turns unhealthy only after `unhealthy_threshold` consecutive failures, so a flapping
+//! instance is never admitted.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hoist_core::spec::{HealthKind, HealthSpec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What the hysteresis concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// No verdict yet (starting).
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+/// Consecutive results and the state they lead to. Pure: time is passed in.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    state: Health,
+    passes: u32,
+    failures: u32,
+    healthy_since: Option<Instant>,
+    /// Whether the instance was ever healthy (an unhealthy turn after that restarts it).
+    pub was_healthy: bool,
+    /// Admitted without waiting: an instance a restarted agent found serving.
+    trusted: bool,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Tracker {
+            state: Health::Unknown,
+            passes: 0,
+            failures: 0,
+            healthy_since: None,
+            was_healthy: false,
+            trusted: false,
+        }
+    }
+}
+
+impl Tracker {
+    pub fn state(&self) -> Health {
+        self.state
+    }
+
+    /// An instance that was taking traffic when the agent (re)started: it stays admitted
+    /// until its checks say otherwise, so an agent restart never empties a route.
+    pub fn serving(now: Instant) -> Tracker {
+        Tracker {
+            state: Health::Healthy,
+            passes: 0,
+            failures: 0,
+            healthy_since: Some(now),
+            was_healthy: true,
+            trusted: true,
+        }
+    }
+
+    /// Records one probe result; returns the new state when it changed.
+    pub fn observe(&mut self, ok: bool, now: Instant, spec: &HealthSpec) -> Option<Health> {
+        if ok {
+            self.passes = self.passes.saturating_add(1);
+            self.failures = 0;
+            if self.state != Health::Healthy && self.passes >= spec.healthy_threshold.max(1) {
+                self.state = Health::Healthy;
+                self.healthy_since = Some(now);
+                self.was_healthy = true;
+                return Some(Health::Healthy);
+            }
+        } else {
+            self.failures = self.failures.saturating_add(1);
+            self.passes = 0;
+            // A pass streak broken before it reached the threshold resets admission too.
+            if self.state == Health::Unknown {
+                return None;
+            }
+            if self.state != Health::Unhealthy && self.failures >= spec.unhealthy_threshold.max(1) {
+                self.state = Health::Unhealthy;
+                self.healthy_since = None;
+                self.trusted = false;
+                return Some(Health::Unhealthy);
+            }
+        }
+        None
+    }
+
+    /// Healthy, and for at least `min_healthy`: may take traffic.
+    pub fn admitted(&self, now: Instant, spec: &HealthSpec) -> bool {
+        self.state == Health::Healthy
+            && (self.trusted
+                || self
+                    .healthy_since
+                    .is_some_and(|since| now.saturating_duration_since(since) >= spec.min_healthy))
+    }
+}
+
+/// Runs one probe of `spec` against an instance listening on `port` (if any), in `cwd`
+/// with `env` for exec checks. Never takes longer than the spec's timeout.
+pub async fn probe(
+    spec: &HealthSpec,
+    port: Option<u16>,
+    cwd: &Path,
+    env: &[(String, String)],
+) -> bool {
+    let attempt = async {
+        match &spec.kind {
+            HealthKind::Http {
+                path,
+                expect_status,
+            } => {
+                let Some(port) = port else { return false };
+                http_probe(
+                    SocketAddr::from(([127, 0, 0, 1], port)),
+                    path,
+                    *expect_status,
+                )
+                .await
+            }
+            HealthKind::Tcp => {
+                let Some(port) = port else { return false };
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            }
+            HealthKind::Exec { command } => exec_probe(command, cwd, env).await,
+        }
+    };
+    tokio::time::timeout(spec.timeout, attempt)
+        .await
+        .unwrap_or(false)
+}
+
+/// A plain HTTP/1.1 GET: the status line is all that matters, so no client library.
+async fn http_probe(addr: SocketAddr, path: &str, expect: Option<u16>) -> bool {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: hoist-health\r\nConnection: close\r\n\r\n");
+    if stream.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    let mut got = 0;
+    while got < 12 {
+        match stream.read(&mut buf[got..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..got]);
+    let Some(status) = head.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok()) else {
+        return false;
+    };
+    match expect {
+        Some(want) => status == want,
+        None => (200..300).contains(&status),
+    }
+}
+
+async fn exec_probe(command: &str, cwd: &Path, env: &[(String, String)]) -> bool {
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(command)
+        .current_dir(cwd)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .process_group(0);
+    match cmd.status().await {
+        Ok(s) => s.success(),
+        Err(_) => false,
+    }
+}
+
+/// The interval between probes of `spec`, never below 50 ms. A starting instance is
+/// probed at least every 250 ms: it joins as soon as its consecutive passes (and
+/// `min_healthy`) allow, instead of waiting out a long steady-state interval.
+pub fn interval(spec: &HealthSpec, starting: bool) -> Duration {
+    let every = if starting {
+        spec.interval.min(Duration::from_millis(250))
+    } else {
+        spec.interval
+    };
+    every.max(Duration::from_millis(50))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> HealthSpec {
+        let mut s = HealthSpec::with_defaults(HealthKind::Tcp);
+        s.healthy_threshold = 3;
+        s.unhealthy_threshold = 2;
+        s.min_healthy = Duration::from_secs(2);
+        s
+    }
+
+    #[test]
+    fn admission_needs_consecutive_passes_and_min_healthy_time() {
+        let s = spec();
+        let t0 = Instant::now();
+        let mut t = Tracker::default();
+        assert_eq!(t.observe(true, t0, &s), None);
+        assert_eq!(t.observe(true, t0, &s), None);
+        assert_eq!(t.observe(true, t0, &s), Some(Health::Healthy));
+        assert!(!t.admitted(t0 + Duration::from_secs(1), &s));
+        assert!(t.admitted(t0 + Duration::from_secs(2), &s));
+    }
+
+    #[test]
+    fn a_flapping_instance_is_never_admitted() {
+        let s = spec();
+        let t0 = Instant::now();
+        let mut t = Tracker::default();
+        for i in 0..50 {
+            // pass, pass, fail: never three in a row
+            t.observe(i % 3 != 2, t0 + Duration::from_secs(i), &s);
+            assert!(!t.admitted(t0 + Duration::from_secs(i), &s));
+        }
+        assert_eq!(t.state(), Health::Unknown);
+    }
+
+    #[test]
+    fn unhealthy_after_consecutive_failures_and_back() {
+        let s = spec();
+        let t0 = Instant::now();
+        let mut t = Tracker::default();
+        for _ in 0..3 {
+            t.observe(true, t0, &s);
+        }
+        assert_eq!(t.observe(false, t0, &s), None);
+        assert_eq!(t.observe(false, t0, &s), Some(Health::Unhealthy));
+        assert!(!t.admitted(t0 + Duration::from_secs(10), &s));
+        t.observe(true, t0, &s);
+        t.observe(true, t0, &s);
+        assert_eq!(
+            t.observe(true, t0 + Duration::from_secs(10), &s),
+            Some(Health::Healthy)
+        );
+        assert!(t.was_healthy);
+    }
+
+    #[tokio::test]
+    async fn http_probe_checks_the_status() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for (i, stream) in listener.incoming().enumerate() {
+                let mut s = stream.unwrap();
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf);
+                let status = if i == 0 {
+                    "200 OK"
+                } else {
+                    "500 Internal Server Error"
+                };
+                let _ = write!(s, "HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+            }
+        });
+        assert!(http_probe(addr, "/health", None).await);
+        assert!(!http_probe(addr, "/health", None).await);
+        assert!(!http_probe("127.0.0.1:1".parse().unwrap(), "/health", None).await);
+    }
+}

@@ -1,0 +1,290 @@
+//! What a starting agent does before it serves: reconcile what it finds running (shims
+//! found by their identity records, checked by pid *and* start time) with its journal
+//! and desired state. It never trusts the journal alone:
+//!
+//! - an instance whose shim lives and whose row wants it running is re-adopted, not
+//!   restarted; a live instance without such a row is an orphan and is stopped;
+//! - a row whose instance is gone is started again;
+//! - an operation left open by a dead agent is closed as failed, and instances of
+//!   releases that are neither current nor standby are stopped, so exactly one release
+//!   serves each route.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hoist_core::spec::AppSpec;
+use hoist_supervisor::Adopted;
+
+use crate::runtime::Phase;
+use crate::Agent;
+
+impl Agent {
+    pub(crate) async fn recover(self: &Arc<Self>) {
+        // 1. Close what a dead agent left open.
+        let open = self.state().unfinished_operations().unwrap_or_default();
+        for op in open {
+            let journal = self.state().journal_of(op.id).unwrap_or_default();
+            let step = journal
+                .last()
+                .map_or("start".to_string(), |j| format!("{} ({})", j.step, j.phase));
+            let done = |name: &str| journal.iter().any(|j| j.step == name && j.phase == "end");
+            let began = |name: &str| journal.iter().any(|j| j.step == name && j.phase == "begin");
+            // Past the switch (and past a smoke hook, if one ran) the new release is the
+            // one serving: what is left (drain, retire, prune) recovery itself finishes.
+            let completed =
+                done("switch") && (!began("smoke") || done("smoke")) && !began("switch_back");
+            let (result, reason) = if completed {
+                (
+                    "succeeded",
+                    format!("completed by recovery: the agent stopped during `{step}`"),
+                )
+            } else {
+                (
+                    "failed",
+                    format!("interrupted: the agent stopped during `{step}`"),
+                )
+            };
+            tracing::warn!(app = %op.app, operation = op.id, %reason, "closing an interrupted operation");
+            if !completed && done("switch") {
+                // Switched but never verified: production goes back to what it was.
+                if let Some(previous) = &op.previous {
+                    tracing::warn!(app = %op.app, release = %previous, "switching back to the release before the interrupted deploy");
+                    let back = hoist_state::Current {
+                        app: op.app.clone(),
+                        release: previous.clone(),
+                        standby: None,
+                        standby_until_ms: None,
+                    };
+                    let _ = self.state().set_current(&back);
+                }
+            }
+            let _ = self
+                .state()
+                .finish_operation(op.id, result, Some(&reason), None);
+            let kind = format!("{}.{result}", op.kind);
+            self.event(Some(&op.app), &kind, op.release.as_deref(), &reason);
+        }
+
+        // 2. Desired state from the table, with each release's spec.
+        let rows = self.state().instances().unwrap_or_default();
+        let mut specs: std::collections::HashMap<(String, String), Arc<AppSpec>> =
+            Default::default();
+        for row in rows {
+            let key = (row.app.clone(), row.release.clone());
+            let stored = self.state().release(&row.app, &row.release).ok().flatten();
+            let spec = match specs.get(&key) {
+                Some(s) => s.clone(),
+                None => match stored.and_then(|r| serde_json::from_str::<AppSpec>(&r.spec).ok()) {
+                    Some(s) => {
+                        let s = Arc::new(s);
+                        specs.insert(key, s.clone());
+                        s
+                    }
+                    None => {
+                        tracing::warn!(instance = %row.instance, "instance of an unknown release; dropping its row");
+                        let _ = self.state().remove_instance(&row.instance);
+                        continue;
+                    }
+                },
+            };
+            match self.live_for(&spec, row.clone()) {
+                Ok(live) => {
+                    self.rt().instances.insert(row.instance.clone(), live);
+                }
+                Err(e) => {
+                    tracing::warn!(instance = %row.instance, error = %e, "cannot rebuild an instance")
+                }
+            }
+        }
+        let apps = self.state().apps().unwrap_or_default();
+        for app in apps {
+            let cur = self.state().current(&app).ok().flatten();
+            if let Some(cur) = cur {
+                let stored = self.state().release(&app, &cur.release).ok().flatten();
+                let spec = specs
+                    .get(&(app.clone(), cur.release.clone()))
+                    .cloned()
+                    .or_else(|| {
+                        stored
+                            .and_then(|r| serde_json::from_str::<AppSpec>(&r.spec).ok())
+                            .map(Arc::new)
+                    });
+                if let Some(spec) = spec {
+                    self.rt()
+                        .specs
+                        .insert(app.clone(), (cur.release.clone(), spec));
+                }
+            }
+        }
+
+        // 3. What really runs.
+        let found = self.supervisor.adopt().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the run directory");
+            Vec::new()
+        });
+        let mut orphans = Vec::new();
+        let mut adopted = Vec::new();
+        let runs = self.state().job_runs(None, 200).unwrap_or_default();
+        for a in found {
+            match a {
+                Adopted::Running(handle) => {
+                    let id = handle.id().to_string();
+                    // A job run that outlived the agent: keep watching it to its end.
+                    if let Some(run) = runs
+                        .iter()
+                        .find(|r| r.status == "running" && crate::jobs::run_instance(r.id) == id)
+                    {
+                        let timeout = self
+                            .rt()
+                            .specs
+                            .get(&run.app)
+                            .and_then(|(_, s)| s.jobs.get(&run.job).map(|j| j.timeout))
+                            .unwrap_or(std::time::Duration::from_secs(3600));
+                        let started = Instant::now()
+                            .checked_sub(
+                                (chrono::Utc::now() - handle.started_at())
+                                    .to_std()
+                                    .unwrap_or_default(),
+                            )
+                            .unwrap_or_else(Instant::now);
+                        self.rt()
+                            .jobs
+                            .entry((run.app.clone(), run.job.clone()))
+                            .or_default()
+                            .running = Some(crate::jobs::Running {
+                            run_id: run.id,
+                            handle,
+                            started,
+                            timeout,
+                            timed_out: false,
+                        });
+                        continue;
+                    }
+                    let mut rt = self.rt();
+                    match rt.instances.get_mut(&id) {
+                        Some(live) if live.row.desired == "run" => {
+                            let age = (chrono::Utc::now() - handle.started_at())
+                                .to_std()
+                                .unwrap_or_default();
+                            live.handle = Some(handle);
+                            live.phase = Phase::Running;
+                            live.started = Instant::now().checked_sub(age).or(Some(Instant::now()));
+                            live.next_start = None;
+                            live.generation += 1;
+                            adopted.push((id.clone(), live.generation));
+                        }
+                        _ => orphans.push((id, handle)),
+                    }
+                }
+                Adopted::Exited {
+                    identity,
+                    orphan_killed,
+                    ..
+                } => {
+                    if orphan_killed {
+                        tracing::warn!(instance = %identity.instance, "killed an app whose shim had died");
+                    }
+                    let _ = self.supervisor.forget(&identity.instance);
+                }
+            }
+        }
+        // Runs neither adopted above nor finished died with the agent's host or shim.
+        let _ = self.state().close_lost_job_runs_except(
+            &self
+                .rt()
+                .jobs
+                .values()
+                .filter_map(|s| s.running.as_ref().map(|r| r.run_id))
+                .collect::<Vec<_>>(),
+        );
+        tracing::info!(
+            adopted = adopted.len(),
+            orphans = orphans.len(),
+            "re-adopted running instances"
+        );
+        // What the proxy serves now is the truth about traffic: adopted instances in its
+        // sets stay there (their checks resume and correct it), so the routes never empty.
+        if let Some(proxy) = &self.proxy {
+            if let Ok(hoist_protocol::proxy::Reply::Routes { routes }) =
+                proxy.request(hoist_protocol::proxy::Request::Routes).await
+            {
+                let serving: std::collections::HashSet<&str> = routes
+                    .iter()
+                    .flat_map(|r| r.upstreams.iter().map(|u| u.instance.as_str()))
+                    .collect();
+                let now = Instant::now();
+                let mut rt = self.rt();
+                for live in rt.instances.values_mut() {
+                    if live.handle.is_some() && serving.contains(live.row.instance.as_str()) {
+                        live.tracker = crate::health::Tracker::serving(now);
+                    }
+                }
+                for route in routes {
+                    rt.routes_sent.insert(route.id.clone(), route);
+                }
+            }
+        }
+        for (id, generation) in adopted {
+            self.watch_health(id, generation);
+        }
+        for (id, handle) in orphans {
+            tracing::warn!(instance = %id, pid = handle.app_pid(), "stopping an instance nothing wants");
+            let timeout = std::time::Duration::from_secs(30);
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = handle.stop();
+                if !handle.wait_stopped(timeout) {
+                    let _ = handle.kill_now();
+                }
+            })
+            .await;
+            let _ = self.supervisor.forget(&id);
+        }
+
+        // 4. Rows marked for stopping finish stopping; releases neither current nor
+        //    standby (an interrupted deploy's) go away.
+        let stale: Vec<String> = {
+            let rt = self.rt();
+            let st = self.state();
+            rt.instances
+                .values()
+                .filter(|l| {
+                    let cur = st.current(&l.row.app).ok().flatten();
+                    let keep = cur.as_ref().is_some_and(|c| {
+                        c.release == l.row.release || c.standby.as_deref() == Some(&l.row.release)
+                    });
+                    l.row.desired != "run" || !keep
+                })
+                .map(|l| l.row.instance.clone())
+                .collect()
+        };
+        if !stale.is_empty() {
+            tracing::info!(
+                count = stale.len(),
+                "stopping instances of no current or standby release"
+            );
+            self.stop_instances(&stale).await;
+        }
+
+        // 5. Every current release has all its instances (an interrupted deploy may have
+        //    stopped a singleton of the release that serves again).
+        let host = self.host_name();
+        let current: Vec<(String, String, Arc<AppSpec>)> = self
+            .rt()
+            .specs
+            .iter()
+            .map(|(a, (r, s))| (a.clone(), r.clone(), s.clone()))
+            .collect();
+        for (app, release, spec) in current {
+            let existing = self.instances_of(&app, |r| r == release);
+            match self.add_instances_filtered(&spec, &release, &host, &existing) {
+                Ok(added) if !added.is_empty() => {
+                    tracing::info!(app = %app, count = added.len(), "starting missing instances of the current release");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(app = %app, error = %e, "cannot restore the current release's instances")
+                }
+            }
+        }
+    }
+}

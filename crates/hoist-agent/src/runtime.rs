@@ -1,0 +1,688 @@
+//! What runs on the host, in memory: every instance the agent keeps (its desired state in
+//! `hoist-state`, its shim handle, its health and restart history), and the loops that
+//! keep it true — starting, restarting with backoff, crash-loop detection, memory limits,
+//! health probes — and the proxy's route table derived from it.
+//!
+//! Locking: one `std::sync::Mutex` around [`Runtime`], held only for bookkeeping, never
+//! across a spawn, a stop or an await; slow work runs outside it and reports back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hoist_core::spec::{AppSpec, HealthKind, HealthSpec, HttpSpec};
+use hoist_protocol::proxy::{Request, Route, Upstream};
+use hoist_state::InstanceRow;
+use hoist_supervisor::{
+    Backoff, CrashLoop, CrashLoopDetector, InstanceSpec, ProcessStats, RestartTracker,
+};
+
+use crate::health::{self, Health, Tracker};
+use crate::Agent;
+
+/// The lifecycle of one instance as the agent sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for its (first or next) start.
+    Pending,
+    /// Its shim runs; see the health tracker for its health.
+    Running,
+    /// It exited and waits out its restart delay.
+    Backoff,
+    /// It failed too often in the window; restarts continue at the capped delay.
+    CrashLoop,
+    /// Asked to stop; the shim is escalating.
+    Stopping,
+}
+
+/// One instance the agent keeps.
+pub struct Live {
+    pub row: InstanceRow,
+    pub spec: InstanceSpec,
+    pub health_spec: Option<HealthSpec>,
+    pub http: Option<HttpSpec>,
+    pub memory_limit: Option<u64>,
+    pub handle: Option<hoist_supervisor::Instance>,
+    pub tracker: Tracker,
+    pub restarts: RestartTracker,
+    pub crash: CrashLoopDetector,
+    pub phase: Phase,
+    pub next_start: Option<Instant>,
+    pub started: Option<Instant>,
+    pub last_exit: Option<String>,
+    /// Bumped at every start: a health task of an earlier start sees it and ends.
+    pub generation: u64,
+    pub stats: Option<ProcessStats>,
+    /// Set while a spawn runs outside the lock, so the loop does not start it twice.
+    pub spawning: bool,
+}
+
+impl Live {
+    /// May take traffic (web) or counts as up (worker) now.
+    pub fn admitted(&self, now: Instant) -> bool {
+        if self.phase != Phase::Running || self.handle.is_none() {
+            return false;
+        }
+        match &self.health_spec {
+            Some(spec) => self.tracker.admitted(now, spec),
+            // Without a check, an instance counts as up once it has run for a second.
+            None => self
+                .started
+                .is_some_and(|s| now.saturating_duration_since(s) >= Duration::from_secs(1)),
+        }
+    }
+
+    /// The state word `hoist status` shows.
+    pub fn state_word(&self, now: Instant) -> &'static str {
+        match self.phase {
+            Phase::Pending => "starting",
+            Phase::Backoff => "backoff",
+            Phase::CrashLoop => "crash-loop",
+            Phase::Stopping => "stopping",
+            Phase::Running => match (&self.health_spec, self.tracker.state()) {
+                (None, _) if self.admitted(now) => "running",
+                (None, _) => "starting",
+                (Some(_), Health::Healthy) => "healthy",
+                (Some(_), Health::Unhealthy) => "unhealthy",
+                (Some(_), Health::Unknown) => "starting",
+            },
+        }
+    }
+
+    pub fn upstream(&self) -> Option<Upstream> {
+        let port = self.row.port?;
+        Some(Upstream {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            instance: self.row.instance.clone(),
+        })
+    }
+}
+
+/// The in-memory table of instances and what the proxy was last told.
+#[derive(Default)]
+pub struct Runtime {
+    pub instances: BTreeMap<String, Live>,
+    pub routes_sent: HashMap<String, Route>,
+    /// App → its current spec (of the current release), for routes and jobs.
+    pub specs: HashMap<String, (String, Arc<AppSpec>)>,
+    /// (app, job) → its schedule and running run.
+    pub jobs: HashMap<(String, String), crate::jobs::JobSlot>,
+}
+
+pub fn backoff() -> Backoff {
+    Backoff {
+        base: Duration::from_secs(1),
+        factor: 2,
+        cap: Duration::from_secs(60),
+        reset_after: Duration::from_secs(30),
+    }
+}
+
+pub fn crash_rule() -> CrashLoop {
+    CrashLoop {
+        window: Duration::from_secs(60),
+        max_failures: 5,
+    }
+}
+
+/// An instance id: safe as a file name, unique per app, service, release and slot.
+pub fn instance_id(app: &str, service: &str, release: &str, slot: u32) -> String {
+    let short: String = release.chars().take(8).collect();
+    format!("{app}-{service}-{short}-{slot}")
+}
+
+/// A port that was free a moment ago on loopback, for a new web instance.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Agent {
+    pub(crate) fn rt(&self) -> std::sync::MutexGuard<'_, Runtime> {
+        self.runtime.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The environment of every process of `app` in `release` (instances, hooks, jobs):
+    /// design §5's variables, the app's env, then secrets. Nothing of the agent's own
+    /// environment but `PATH`.
+    pub(crate) fn app_env(
+        &self,
+        spec: &AppSpec,
+        release: &str,
+        service: &str,
+        extra: &BTreeMap<String, String>,
+    ) -> Result<Vec<(String, String)>, crate::secrets::SecretsError> {
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        env.insert(
+            "PATH".into(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+        );
+        env.extend(spec.env.clone());
+        env.extend(extra.clone());
+        env.extend(self.secrets.values(&spec.app)?);
+        env.insert("HOIST_APP".into(), spec.app.clone());
+        env.insert("HOIST_SERVICE".into(), service.to_string());
+        env.insert("HOIST_RELEASE".into(), release.to_string());
+        env.insert(
+            "HOIST_DATA_DIR".into(),
+            self.paths.data_dir(&spec.app).display().to_string(),
+        );
+        Ok(env.into_iter().collect())
+    }
+
+    /// Builds the in-memory instance for `row` of `spec`.
+    pub(crate) fn live_for(&self, spec: &AppSpec, row: InstanceRow) -> Result<Live, String> {
+        let svc = spec
+            .services
+            .get(&row.service)
+            .ok_or_else(|| format!("service `{}` is not in the release's app file", row.service))?;
+        let mut env = self
+            .app_env(spec, &row.release, &row.service, &svc.env)
+            .map_err(|e| e.to_string())?;
+        if let Some(port) = row.port {
+            env.push(("PORT".into(), port.to_string()));
+        }
+        env.push(("HOIST_INSTANCE".into(), row.instance.clone()));
+        let spec_i = InstanceSpec {
+            instance: row.instance.clone(),
+            app: row.app.clone(),
+            service: row.service.clone(),
+            release: row.release.clone(),
+            command: svc.command.clone(),
+            cwd: self.paths.release_dir(&row.app, &row.release),
+            env,
+            stop_signal: hoist_supervisor::Signal::try_from(svc.stop_signal.number())
+                .unwrap_or(hoist_supervisor::Signal::SIGTERM),
+            stop_timeout: svc.stop_timeout,
+            user: svc.user.clone(),
+            log_dir: self.paths.logs(&row.app),
+            log_max_bytes: 10 * 1024 * 1024,
+            log_keep: 5,
+        };
+        Ok(Live {
+            spec: spec_i,
+            health_spec: svc.effective_health().cloned(),
+            http: svc.http.clone(),
+            memory_limit: svc.memory_limit.map(|b| b.0),
+            handle: None,
+            tracker: Tracker::default(),
+            restarts: RestartTracker::default(),
+            crash: CrashLoopDetector::default(),
+            phase: Phase::Pending,
+            next_start: Some(Instant::now()),
+            started: None,
+            last_exit: None,
+            generation: 0,
+            stats: None,
+            spawning: false,
+            row,
+        })
+    }
+
+    /// Starts `id` now (outside the lock) and its health task; records the outcome.
+    pub(crate) async fn start_instance(self: &Arc<Self>, id: &str) {
+        let spec = {
+            let mut rt = self.rt();
+            let Some(live) = rt.instances.get_mut(id) else {
+                return;
+            };
+            if live.spawning
+                || live.handle.is_some()
+                || live.phase == Phase::Stopping
+                || live.row.desired != "run"
+            {
+                return;
+            }
+            live.spawning = true;
+            live.spec.clone()
+        };
+        let sup = self.supervisor.clone();
+        let result = tokio::task::spawn_blocking(move || sup.spawn(&spec))
+            .await
+            .unwrap_or_else(|e| {
+                Err(hoist_supervisor::SupervisorError::AppSpawn {
+                    instance: String::new(),
+                    message: e.to_string(),
+                })
+            });
+        let generation = {
+            let mut rt = self.rt();
+            let Some(live) = rt.instances.get_mut(id) else {
+                return;
+            };
+            live.spawning = false;
+            match result {
+                Ok(handle) => {
+                    live.handle = Some(handle);
+                    live.phase = Phase::Running;
+                    live.started = Some(Instant::now());
+                    live.next_start = None;
+                    live.tracker = Tracker::default();
+                    live.generation += 1;
+                    live.generation
+                }
+                Err(e) => {
+                    let msg = hoist_supervisor_error(&e);
+                    tracing::warn!(instance = %id, error = %msg, "instance failed to start");
+                    live.last_exit = Some(msg.clone());
+                    let delay = live.restarts.next_delay(&backoff(), Duration::ZERO);
+                    live.phase = Phase::Backoff;
+                    live.next_start = Some(Instant::now() + delay);
+                    let app = live.row.app.clone();
+                    drop(rt);
+                    self.event(Some(&app), "instance.start_failed", Some(id), &msg);
+                    return;
+                }
+            }
+        };
+        self.watch_health(id.to_string(), generation);
+    }
+
+    /// Probes the instance at its interval until it is replaced or gone; every change of
+    /// health is an event, and a change that affects traffic updates the routes at once.
+    pub(crate) fn watch_health(self: &Arc<Self>, id: String, generation: u64) {
+        let agent = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let (spec, port, cwd, env, app, starting) = {
+                    let rt = agent.rt();
+                    let Some(live) = rt.instances.get(&id) else {
+                        return;
+                    };
+                    if live.generation != generation || live.phase != Phase::Running {
+                        return;
+                    }
+                    let Some(spec) = live.health_spec.clone() else {
+                        return;
+                    };
+                    let starting = live.tracker.state() == Health::Unknown;
+                    (
+                        spec,
+                        live.row.port,
+                        live.spec.cwd.clone(),
+                        live.spec.env.clone(),
+                        live.row.app.clone(),
+                        starting,
+                    )
+                };
+                tokio::time::sleep(health::interval(&spec, starting)).await;
+                let ok = health::probe(&spec, port, &cwd, &env).await;
+                let changed = {
+                    let mut rt = agent.rt();
+                    let Some(live) = rt.instances.get_mut(&id) else {
+                        return;
+                    };
+                    if live.generation != generation {
+                        return;
+                    }
+                    live.tracker.observe(ok, Instant::now(), &spec)
+                };
+                match changed {
+                    Some(Health::Healthy) => {
+                        agent.event(
+                            Some(&app),
+                            "instance.healthy",
+                            Some(&id),
+                            "health check passing",
+                        );
+                        // Admission also needs `min_healthy`: look again once it has passed.
+                        let agent2 = agent.clone();
+                        let wait = spec.min_healthy;
+                        tokio::spawn(async move {
+                            tokio::time::sleep(wait + Duration::from_millis(10)).await;
+                            agent2.sync_routes(&app).await;
+                        });
+                    }
+                    Some(Health::Unhealthy) => {
+                        agent.event(
+                            Some(&app),
+                            "instance.unhealthy",
+                            Some(&id),
+                            "health check failing",
+                        );
+                        agent.sync_routes(&app).await;
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    /// Records an event (best effort: a full disk must not stop supervision).
+    pub(crate) fn event(
+        &self,
+        app: Option<&str>,
+        kind: &str,
+        subject: Option<&str>,
+        message: &str,
+    ) {
+        if let Err(e) = self.state().add_event(app, kind, subject, message) {
+            tracing::warn!(error = %e, kind, "cannot record an event");
+        }
+    }
+
+    /// The routes of `app` from what runs now: for every web service of its current
+    /// release, the admitted instances of that release. Sent only when they changed.
+    pub(crate) async fn sync_routes(&self, app: &str) {
+        if let Err(e) = self.sync_routes_checked(app).await {
+            tracing::warn!(app, error = %e, "cannot update the proxy");
+        }
+    }
+
+    /// As [`Agent::sync_routes`], failing when the proxy did not take a route.
+    pub(crate) async fn sync_routes_checked(&self, app: &str) -> Result<(), String> {
+        let Some(proxy) = &self.proxy else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let wanted: Vec<Route> = {
+            let rt = self.rt();
+            let Some((release, spec)) = rt.specs.get(app) else {
+                return Ok(());
+            };
+            spec.services
+                .iter()
+                .filter_map(|(name, svc)| svc.http.as_ref().map(|h| (name, h)))
+                .map(|(name, http)| Route {
+                    id: format!("{app}/{name}"),
+                    app: app.to_string(),
+                    service: name.clone(),
+                    domains: http.domains.clone(),
+                    path_prefix: http.path_prefix.clone(),
+                    release: release.clone(),
+                    upstreams: rt
+                        .instances
+                        .values()
+                        .filter(|l| {
+                            l.row.app == app && &l.row.service == name && &l.row.release == release
+                        })
+                        .filter(|l| l.row.desired == "run" && l.admitted(now))
+                        .filter_map(Live::upstream)
+                        .collect(),
+                    drain_timeout_ms: http.drain_timeout.as_millis() as u64,
+                })
+                .collect()
+        };
+        for route in wanted {
+            let unchanged = self.rt().routes_sent.get(&route.id) == Some(&route);
+            if unchanged {
+                continue;
+            }
+            match proxy
+                .request(Request::SetRoute {
+                    route: route.clone(),
+                })
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(route = %route.id, release = %route.release, upstreams = route.upstreams.len(), "route set");
+                    self.rt().routes_sent.insert(route.id.clone(), route);
+                }
+                Err(e) => {
+                    self.rt().routes_sent.remove(&route.id);
+                    return Err(format!("the proxy did not take route `{}`: {e}", route.id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forces the next `sync_routes` to send every route again (a new proxy process).
+    pub(crate) fn forget_sent_routes(&self) {
+        self.rt().routes_sent.clear();
+    }
+
+    /// One pass of supervision: notice exits, schedule restarts, start what is due,
+    /// enforce memory limits, stop what is retired. Runs every 200 ms.
+    pub(crate) async fn supervise_once(self: &Arc<Self>) {
+        let now = Instant::now();
+        let mut to_start = Vec::new();
+        let mut to_restart_unhealthy = Vec::new();
+        let mut changed_apps = Vec::new();
+        let mut events = Vec::new();
+        {
+            let mut rt = self.rt();
+            for (id, live) in rt.instances.iter_mut() {
+                if live.row.desired != "run" {
+                    continue;
+                }
+                if let Some(handle) = &live.handle {
+                    if !handle.is_running() {
+                        let exit = handle.exit_status().ok().flatten();
+                        let what = exit.as_ref().map_or("exited".to_string(), describe_exit);
+                        let uptime = live
+                            .started
+                            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+                        live.handle = None;
+                        live.last_exit = Some(what.clone());
+                        live.generation += 1;
+                        let delay = live.restarts.next_delay(&backoff(), uptime);
+                        let looping = live.crash.record_failure(&crash_rule(), now);
+                        live.phase = if looping {
+                            Phase::CrashLoop
+                        } else {
+                            Phase::Backoff
+                        };
+                        live.next_start =
+                            Some(now + hoist_supervisor::jittered(delay, jitter_unit(id)));
+                        live.row.restarts += 1;
+                        let _ = self.supervisor.forget(id);
+                        changed_apps.push(live.row.app.clone());
+                        events.push((
+                            live.row.app.clone(),
+                            if looping {
+                                "instance.crash_loop"
+                            } else {
+                                "instance.exited"
+                            },
+                            id.clone(),
+                            format!("{what}; restarting in {:.1}s", delay.as_secs_f64()),
+                        ));
+                        continue;
+                    }
+                    // Memory limit: the whole process tree counts.
+                    let stats = handle.stats();
+                    if let Some(limit) = live.memory_limit {
+                        if hoist_supervisor::memory_exceeded(&stats, limit)
+                            && live.phase == Phase::Running
+                        {
+                            events.push((
+                                live.row.app.clone(),
+                                "instance.memory_limit",
+                                id.clone(),
+                                format!(
+                                    "using {} bytes, over its limit of {limit}; restarting",
+                                    stats.rss_bytes
+                                ),
+                            ));
+                            to_restart_unhealthy.push(id.clone());
+                        }
+                    }
+                    live.stats = Some(stats);
+                    // An instance that was healthy and turned unhealthy is restarted.
+                    if live.tracker.was_healthy && live.tracker.state() == Health::Unhealthy {
+                        events.push((
+                            live.row.app.clone(),
+                            "instance.restart_unhealthy",
+                            id.clone(),
+                            "unhealthy past its threshold; restarting".into(),
+                        ));
+                        live.tracker = Tracker::default();
+                        to_restart_unhealthy.push(id.clone());
+                    }
+                } else if !live.spawning && live.next_start.is_some_and(|t| t <= now) {
+                    to_start.push(id.clone());
+                }
+            }
+        }
+        for (app, kind, id, msg) in events {
+            self.event(Some(&app), kind, Some(&id), &msg);
+            if kind != "instance.memory_limit" {
+                let _ = self.state().bump_restarts(&id);
+            }
+        }
+        for app in changed_apps {
+            self.sync_routes(&app).await;
+        }
+        for id in to_restart_unhealthy {
+            self.restart_instance(&id).await;
+        }
+        for id in to_start {
+            let agent = self.clone();
+            tokio::spawn(async move { agent.start_instance(&id).await });
+        }
+    }
+
+    /// Takes `id` out of traffic, stops it (the shim escalates) and starts it again.
+    pub(crate) async fn restart_instance(self: &Arc<Self>, id: &str) {
+        let (handle, app) = {
+            let mut rt = self.rt();
+            let Some(live) = rt.instances.get_mut(id) else {
+                return;
+            };
+            live.phase = Phase::Stopping;
+            live.generation += 1;
+            (live.handle.clone(), live.row.app.clone())
+        };
+        self.sync_routes(&app).await;
+        if let Some(h) = handle {
+            let timeout = self
+                .rt()
+                .instances
+                .get(id)
+                .map_or(Duration::from_secs(30), |l| l.spec.stop_timeout);
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = h.stop();
+                h.wait_stopped(timeout + Duration::from_secs(5))
+            })
+            .await;
+        }
+        let _ = self.supervisor.forget(id);
+        let mut rt = self.rt();
+        if let Some(live) = rt.instances.get_mut(id) {
+            live.handle = None;
+            live.phase = Phase::Pending;
+            live.next_start = Some(Instant::now());
+            live.row.restarts += 1;
+        }
+    }
+
+    /// Stops `ids` and waits for them (each within its stop timeout); removes their rows.
+    pub(crate) async fn stop_instances(self: &Arc<Self>, ids: &[String]) {
+        let mut handles = Vec::new();
+        {
+            let mut rt = self.rt();
+            for id in ids {
+                if let Some(live) = rt.instances.get_mut(id) {
+                    live.row.desired = "stop".into();
+                    live.phase = Phase::Stopping;
+                    live.generation += 1;
+                    live.next_start = None;
+                    handles.push((id.clone(), live.handle.clone(), live.spec.stop_timeout));
+                }
+            }
+        }
+        for (id, _, _) in &handles {
+            let _ = self.state().set_instance_desired(id, "stop");
+        }
+        let mut waits = Vec::new();
+        for (id, handle, timeout) in handles {
+            let sup = self.supervisor.clone();
+            waits.push(tokio::task::spawn_blocking(move || {
+                if let Some(h) = handle {
+                    let _ = h.stop();
+                    if !h.wait_stopped(timeout + Duration::from_secs(5)) {
+                        let _ = h.kill_now();
+                        h.wait_stopped(Duration::from_secs(5));
+                    }
+                }
+                // Wait for a spawn that might be in flight to land before forgetting.
+                let _ = sup.forget(&id);
+                id
+            }));
+        }
+        for w in waits {
+            if let Ok(id) = w.await {
+                let _ = self.state().remove_instance(&id);
+                self.rt().instances.remove(&id);
+            }
+        }
+    }
+
+    /// Adds the instances of `release` on `host` that are not in `existing` (rows first),
+    /// ready for the supervision loop to start.
+    pub(crate) fn add_instances_filtered(
+        &self,
+        spec: &AppSpec,
+        release: &str,
+        host: &str,
+        existing: &[String],
+    ) -> Result<Vec<String>, String> {
+        let mut ids = Vec::new();
+        for (service, replicas) in spec.services_on(host) {
+            let svc = &spec.services[service];
+            for slot in 0..replicas {
+                let id = instance_id(&spec.app, service, release, slot);
+                if existing.contains(&id) {
+                    continue;
+                }
+                let port = if svc.http.is_some()
+                    || matches!(
+                        svc.effective_health().map(|h| &h.kind),
+                        Some(HealthKind::Http { .. } | HealthKind::Tcp)
+                    ) {
+                    Some(free_port().map_err(|e| format!("cannot find a free port: {e}"))?)
+                } else {
+                    None
+                };
+                let row = InstanceRow {
+                    instance: id.clone(),
+                    app: spec.app.clone(),
+                    service: service.to_string(),
+                    release: release.to_string(),
+                    slot: slot as i64,
+                    port,
+                    desired: "run".into(),
+                    restarts: 0,
+                    created_at_ms: hoist_state::now_ms(),
+                };
+                self.state().put_instance(&row).map_err(|e| e.to_string())?;
+                let live = self.live_for(spec, row)?;
+                self.rt().instances.insert(id.clone(), live);
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+}
+
+fn describe_exit(e: &hoist_supervisor::ExitInfo) -> String {
+    match (&e.code, &e.signal) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("killed by {sig}"),
+        _ => "exited".into(),
+    }
+}
+
+fn hoist_supervisor_error(e: &hoist_supervisor::SupervisorError) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// A stable pseudo-random number in [0, 1) per instance, so 20 instances that crash
+/// together do not restart in lockstep.
+fn jitter_unit(id: &str) -> f64 {
+    let mut h: u64 = 1469598103934665603;
+    for b in id.bytes() {
+        h = (h ^ b as u64).wrapping_mul(1099511628211);
+    }
+    (h % 1000) as f64 / 1000.0
+}

@@ -1,0 +1,1178 @@
+//! The app file's meaning: walks the (merged) tree, checks every key, type and value, fills
+//! in defaults and cross-checks references, producing an [`AppSpec`] or diagnostics. It
+//! reports every problem it can find in one run rather than stopping at the first.
+//!
+//! Must not read files or print: it gets a tree and returns diagnostics.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use hoist_core::schedule::{CronExpr, Schedule};
+use hoist_core::spec::{
+    defaults, AppSpec, BackupSource, BackupSpec, BakeSpec, Batch, BuildSpec, CheckSpec, DeploySpec,
+    HealthKind, HealthSpec, HooksSpec, HostSpec, HttpSpec, JobSpec, Keep, OnFailure, RolloutSpec,
+    SecretsSpec, ServiceSpec, SshAddr, SshSpec, StopSignal,
+};
+
+use crate::diag::{did_you_mean, Loc};
+use crate::read::{
+    check_env_name, check_name, join, list, read_duration, read_size, read_str, read_uint,
+    type_error, Cx, Tbl,
+};
+use crate::tree::{toml_quote, Key, Node, Value};
+
+const TOP_KEYS: &[&str] = &[
+    "version", "app", "build", "env", "secrets", "check", "services", "jobs", "hooks", "backups",
+    "deploy", "hosts", "ssh",
+];
+const BUILD_KEYS: &[&str] = &["command", "include", "exclude"];
+const SECRETS_KEYS: &[&str] = &["required"];
+const CHECK_KEYS: &[&str] = &["command", "timeout"];
+const SERVICE_KEYS: &[&str] = &[
+    "command",
+    "replicas",
+    "singleton",
+    "roles",
+    "memory_limit",
+    "stop_timeout",
+    "stop_signal",
+    "user",
+    "env",
+    "http",
+    "health",
+];
+const HTTP_KEYS: &[&str] = &["domains", "path_prefix", "health", "drain_timeout"];
+const HEALTH_KEYS: &[&str] = &[
+    "path",
+    "expect_status",
+    "tcp",
+    "command",
+    "interval",
+    "timeout",
+    "healthy_threshold",
+    "unhealthy_threshold",
+    "min_healthy",
+];
+const JOB_KEYS: &[&str] = &["command", "every", "cron", "timeout", "singleton", "roles"];
+const HOOKS_KEYS: &[&str] = &["pre_activate", "smoke", "timeout"];
+const BACKUP_KEYS: &[&str] = &[
+    "sqlite",
+    "postgres",
+    "directory",
+    "every",
+    "cron",
+    "before_deploy",
+    "keep",
+    "copy_to",
+];
+const KEEP_KEYS: &[&str] = &["daily", "weekly", "monthly"];
+const DEPLOY_KEYS: &[&str] = &[
+    "keep_releases",
+    "standby",
+    "health_deadline",
+    "bake",
+    "rollout",
+];
+const BAKE_KEYS: &[&str] = &["duration"];
+const ROLLOUT_KEYS: &[&str] = &["batch", "on_failure"];
+const HOST_KEYS: &[&str] = &["name", "ssh", "roles", "env"];
+const SSH_KEYS: &[&str] = &["config", "identity", "port"];
+
+/// Where a key that is unknown in one table does belong, for a hint: keys put in the
+/// wrong section are a common slip (`every` under a service, `replicas` at the top).
+pub(crate) fn home_of(key: &str) -> Option<&'static str> {
+    const HOMES: &[(&[&str], &str)] = &[
+        (SERVICE_KEYS, "a `[services.NAME]` table"),
+        (JOB_KEYS, "a `[jobs.NAME]` table"),
+        (HTTP_KEYS, "a web service's `http` table"),
+        (DEPLOY_KEYS, "`[deploy]`"),
+        (BACKUP_KEYS, "a `[backups.NAME]` table"),
+        (HOST_KEYS, "a `[[hosts]]` table"),
+        (HOOKS_KEYS, "`[hooks]`"),
+        (TOP_KEYS, "the top level"),
+    ];
+    HOMES
+        .iter()
+        .find(|(keys, _)| keys.contains(&key))
+        .map(|(_, home)| *home)
+}
+
+/// Where names and roles were written, for cross-reference diagnostics.
+#[derive(Default)]
+struct Refs {
+    /// (owner kind, owner name, role, where the role was written).
+    role_uses: Vec<(&'static str, String, String, Loc)>,
+    /// (secret name, where it was referenced) for `postgres = "SECRET"` backups.
+    secret_uses: Vec<(String, Loc)>,
+    /// (service, domain, path prefix, where the domain was written).
+    routes: Vec<(String, String, String, Loc)>,
+    /// Job names with where they were written, to catch a job named like a service.
+    job_names: Vec<(String, Loc)>,
+}
+
+/// Builds the spec from the merged tree; every problem is pushed to `cx`.
+pub(crate) fn validate(cx: &mut Cx<'_>, root: &Node) -> Option<AppSpec> {
+    let top_at = Loc {
+        file: root.loc.file,
+        span: 0..0,
+    };
+    let top = Tbl::open(cx, root, "", &top_at, TOP_KEYS)?;
+    let mut refs = Refs::default();
+
+    let version = match top.get("version") {
+        Some(n) => match read_uint(cx, n, "version", 1, u64::MAX) {
+            Some(v) if v == u64::from(defaults::VERSION) => defaults::VERSION,
+            Some(v) => {
+                cx.error(
+                    &n.loc,
+                    format!(
+                        "unsupported app file version `{v}`; this hoist reads version {}",
+                        defaults::VERSION
+                    ),
+                    Some("upgrade hoist, or write `version = 1`".to_string()),
+                );
+                defaults::VERSION
+            }
+            None => defaults::VERSION,
+        },
+        None => defaults::VERSION,
+    };
+
+    let app = match top.get("app") {
+        Some(n) => read_str(cx, n, "app")
+            .filter(|name| check_name(cx, name, &n.loc, "app"))
+            .unwrap_or_default(),
+        None => {
+            top.missing(
+                cx,
+                "app",
+                Some("name the app: `app = \"myapp\"`".to_string()),
+            );
+            String::new()
+        }
+    };
+
+    let build = top
+        .get("build")
+        .map_or_else(BuildSpec::default, |n| build(cx, n, top.key_loc("build")));
+    let env = top.env(cx, "env");
+    let secrets = top.get("secrets").map_or_else(SecretsSpec::default, |n| {
+        secrets(cx, n, top.key_loc("secrets"), &env)
+    });
+    let check = top.get("check").and_then(|n| check(cx, n));
+
+    let mut services = BTreeMap::new();
+    for (key, node) in named_tables(cx, &top, "services") {
+        if !check_name(cx, &key.name, &key.loc, "service") {
+            continue;
+        }
+        if let Some(s) = service(cx, key, node, &mut refs) {
+            services.insert(key.name.clone(), s);
+        }
+    }
+
+    let mut jobs = BTreeMap::new();
+    for (key, node) in named_tables(cx, &top, "jobs") {
+        if !check_name(cx, &key.name, &key.loc, "job") {
+            continue;
+        }
+        refs.job_names.push((key.name.clone(), key.loc.clone()));
+        if let Some(j) = job(cx, key, node, &mut refs) {
+            jobs.insert(key.name.clone(), j);
+        }
+    }
+
+    let hooks = top
+        .get("hooks")
+        .map_or_else(HooksSpec::default, |n| hooks(cx, n, top.key_loc("hooks")));
+
+    let mut backups = BTreeMap::new();
+    for (key, node) in named_tables(cx, &top, "backups") {
+        if !check_name(cx, &key.name, &key.loc, "backup") {
+            continue;
+        }
+        if let Some(b) = backup(cx, key, node, &mut refs) {
+            backups.insert(key.name.clone(), b);
+        }
+    }
+
+    let deploy = top.get("deploy").map_or_else(DeploySpec::default, |n| {
+        deploy(cx, n, top.key_loc("deploy"))
+    });
+    let ssh = top
+        .get("ssh")
+        .map_or_else(SshSpec::default, |n| ssh(cx, n, top.key_loc("ssh")));
+
+    let used_roles: BTreeSet<String> = refs
+        .role_uses
+        .iter()
+        .map(|(_, _, role, _)| role.clone())
+        .collect();
+    let errors_before_hosts = cx.error_count();
+    let hosts = match top.get("hosts") {
+        Some(n) => hosts(cx, n, &used_roles),
+        None => vec![HostSpec {
+            name: defaults::LOCAL_HOST.to_string(),
+            ssh: None,
+            roles: used_roles.iter().cloned().collect(),
+            env: BTreeMap::new(),
+        }],
+    };
+
+    // With a broken host list, "no host has role x" would only repeat the same problem.
+    let hosts_complete = cx.error_count() == errors_before_hosts;
+    cross_check(
+        cx,
+        &refs,
+        &services,
+        &secrets,
+        hosts_complete.then_some(hosts.as_slice()),
+    );
+    // Only when nothing else is wrong: a web service dropped for an error is not "none".
+    if hooks.smoke.is_some() && cx.error_count() == 0 && !services.values().any(|s| s.is_web()) {
+        let smoke = top
+            .get("hooks")
+            .and_then(|h| h.as_table())
+            .and_then(|t| t.iter().find(|(k, _)| k.name == "smoke").map(|(_, v)| v));
+        if let Some(n) = smoke {
+            cx.warn(
+                &n.loc,
+                "`hooks.smoke` runs after the switch, but no service has `http`",
+                Some("`HOIST_URL` is set only for an app with a web service".into()),
+            );
+        }
+    }
+
+    Some(AppSpec {
+        version,
+        app,
+        build,
+        env,
+        secrets,
+        check,
+        services,
+        jobs,
+        hooks,
+        backups,
+        deploy,
+        hosts,
+        ssh,
+    })
+}
+
+/// The entries of a table of named tables (`[jobs.x]`, `[backups.y]`).
+fn named_tables<'a>(cx: &mut Cx<'_>, top: &Tbl<'a>, key: &str) -> Vec<(&'a Key, &'a Node)> {
+    let Some(n) = top.get(key) else {
+        return Vec::new();
+    };
+    match n.as_table() {
+        Some(entries) => entries.iter().map(|(k, v)| (k, v)).collect(),
+        None => {
+            type_error(
+                cx,
+                n,
+                key,
+                &format!("a table of named entries like `[{key}.name]`"),
+                None,
+            );
+            Vec::new()
+        }
+    }
+}
+
+fn build(cx: &mut Cx<'_>, node: &Node, at: Option<&Loc>) -> BuildSpec {
+    let Some(t) = Tbl::open(cx, node, "build", at.unwrap_or(&node.loc), BUILD_KEYS) else {
+        return BuildSpec::default();
+    };
+    let strings =
+        |v: Option<Vec<(String, Loc)>>| v.unwrap_or_default().into_iter().map(|(s, _)| s).collect();
+    let command = t.str(cx, "command");
+    let include = strings(t.str_list(cx, "include"));
+    let exclude = strings(t.str_list(cx, "exclude"));
+    BuildSpec {
+        command,
+        include,
+        exclude,
+    }
+}
+
+fn secrets(
+    cx: &mut Cx<'_>,
+    node: &Node,
+    at: Option<&Loc>,
+    env: &BTreeMap<String, String>,
+) -> SecretsSpec {
+    let Some(t) = Tbl::open(cx, node, "secrets", at.unwrap_or(&node.loc), SECRETS_KEYS) else {
+        return SecretsSpec::default();
+    };
+    let mut required: Vec<String> = Vec::new();
+    for (name, loc) in t.str_list(cx, "required").unwrap_or_default() {
+        if !check_env_name(cx, &name, &loc, "secret name") {
+            continue;
+        }
+        if required.contains(&name) {
+            cx.error(
+                &loc,
+                format!("duplicate secret `{name}` in `secrets.required`"),
+                Some("remove one".into()),
+            );
+            continue;
+        }
+        if env.contains_key(&name) {
+            cx.error(
+                &loc,
+                format!("`{name}` is both a secret and a plain value in `[env]`"),
+                Some(format!(
+                    "remove `{name}` from `[env]`: secret values live on the hosts"
+                )),
+            );
+        }
+        required.push(name);
+    }
+    SecretsSpec { required }
+}
+
+fn check(cx: &mut Cx<'_>, node: &Node) -> Option<CheckSpec> {
+    if let Value::Str(command) = &node.value {
+        return Some(CheckSpec {
+            command: command.clone(),
+            timeout: defaults::CHECK_TIMEOUT,
+        });
+    }
+    if node.as_table().is_none() {
+        type_error(
+            cx,
+            node,
+            "check",
+            "a command string or a table with `command`",
+            None,
+        );
+        return None;
+    }
+    let t = Tbl::open(cx, node, "check", &node.loc, CHECK_KEYS)?;
+    let command = t.command(cx, "command", "./bin/app check");
+    let timeout = t
+        .positive_duration(cx, "timeout")
+        .unwrap_or(defaults::CHECK_TIMEOUT);
+    Some(CheckSpec {
+        command: command?,
+        timeout,
+    })
+}
+
+fn roles(cx: &mut Cx<'_>, t: &Tbl<'_>, default: &[String]) -> (Vec<String>, Vec<(String, Loc)>) {
+    match t.str_list(cx, "roles") {
+        Some(list) => {
+            let mut roles = Vec::new();
+            let mut written = Vec::new();
+            for (role, loc) in list {
+                if role.trim().is_empty() {
+                    cx.error(
+                        &loc,
+                        format!("invalid `{}`: empty role name", t.path("roles")),
+                        None,
+                    );
+                    continue;
+                }
+                if !roles.contains(&role) {
+                    roles.push(role.clone());
+                    written.push((role, loc));
+                }
+            }
+            (roles, written)
+        }
+        None => (default.to_vec(), Vec::new()),
+    }
+}
+
+fn service(cx: &mut Cx<'_>, key: &Key, node: &Node, refs: &mut Refs) -> Option<ServiceSpec> {
+    let name = &key.name;
+    let t = Tbl::open(cx, node, &join("services", name), &key.loc, SERVICE_KEYS)?;
+    let example = if t.get("http").is_some() {
+        "./bin/app serve --port $PORT"
+    } else {
+        "./bin/app worker"
+    };
+    let command = t.command(cx, "command", example);
+    let singleton = t.bool(cx, "singleton").unwrap_or(false);
+    let replicas = t.uint(cx, "replicas", 1, 1000).map(|n| n as u32);
+    if let (true, Some(r)) = (singleton, replicas) {
+        if r > 1 {
+            let at = t.get("replicas").map_or(&key.loc, |n| &n.loc);
+            cx.error(
+                at,
+                format!("service `{name}` is a singleton but asks for `replicas = {r}`"),
+                Some("a singleton runs exactly once across the fleet; remove `replicas` or `singleton`".into()),
+            );
+        }
+    }
+    let (roles, written) = roles(cx, &t, std::slice::from_ref(name));
+    match t.get("roles") {
+        None => refs
+            .role_uses
+            .push(("service", name.clone(), name.clone(), key.loc.clone())),
+        Some(n) if roles.is_empty() && matches!(&n.value, Value::Array(a) if a.is_empty()) => {
+            cx.error(
+                &n.loc,
+                format!("service `{name}` has no roles, so no host would run it"),
+                Some(format!("leave `roles` out to use the role `{name}`")),
+            );
+        }
+        Some(_) => {}
+    }
+    for (role, loc) in written {
+        refs.role_uses.push(("service", name.clone(), role, loc));
+    }
+    let memory_limit = t
+        .get("memory_limit")
+        .and_then(|n| read_size(cx, n, &t.path("memory_limit"), "memory_limit"));
+    let stop_timeout = t
+        .duration(cx, "stop_timeout")
+        .unwrap_or(defaults::STOP_TIMEOUT);
+    let stop_signal = match t.get("stop_signal") {
+        Some(n) => read_str(cx, n, &t.path("stop_signal"))
+            .and_then(|s| {
+                let parsed = StopSignal::parse(&s);
+                if parsed.is_none() {
+                    let names: Vec<&str> = StopSignal::ALL.iter().map(|s| s.name()).collect();
+                    let hint = did_you_mean(&s.to_ascii_uppercase(), names.iter().copied())
+                        .map(|n| format!("did you mean `{n}`?"))
+                        .unwrap_or_else(|| format!("expected one of {}", list(&names)));
+                    cx.error(
+                        &n.loc,
+                        format!("invalid `{}`: unknown signal `{s}`", t.path("stop_signal")),
+                        Some(hint),
+                    );
+                }
+                parsed
+            })
+            .unwrap_or_default(),
+        None => StopSignal::default(),
+    };
+    let user = t.str(cx, "user");
+    let env = t.env(cx, "env");
+    let http = t
+        .get("http")
+        .and_then(|n| http(cx, name, n, &t.path("http"), t.key_loc("http"), refs));
+    let health = t.get("health").and_then(|n| {
+        if http.is_some() || t.get("http").is_some() {
+            let at = t.key_loc("health").unwrap_or(&n.loc);
+            cx.error(
+                at,
+                format!(
+                    "`{}` is for workers; a web service's health check goes in `http`",
+                    t.path("health")
+                ),
+                Some("move it into `http`: `http = { ..., health = \"/health\" }`".into()),
+            );
+            return None;
+        }
+        health(cx, n, &t.path("health"))
+    });
+    Some(ServiceSpec {
+        command: command?,
+        replicas: if singleton { 1 } else { replicas.unwrap_or(1) },
+        singleton,
+        roles,
+        memory_limit,
+        stop_timeout,
+        stop_signal,
+        user,
+        env,
+        http,
+        health,
+    })
+}
+
+fn http(
+    cx: &mut Cx<'_>,
+    service: &str,
+    node: &Node,
+    path: &str,
+    at: Option<&Loc>,
+    refs: &mut Refs,
+) -> Option<HttpSpec> {
+    let t = Tbl::open(cx, node, path, at.unwrap_or(&node.loc), HTTP_KEYS)?;
+    let domains: Vec<(String, Loc)> = match t.str_list(cx, "domains") {
+        Some(list) if list.is_empty() => {
+            let at = t.get("domains").map_or(&t.at, |n| &n.loc);
+            cx.error(
+                at,
+                format!("invalid `{}`: no domains", t.path("domains")),
+                Some("use `[\"*\"]` to match any host".into()),
+            );
+            Vec::new()
+        }
+        Some(list) => list
+            .into_iter()
+            .filter_map(|(mut d, loc)| {
+                check_domain(cx, &mut d, &loc, &t.path("domains")).then_some((d, loc))
+            })
+            .collect(),
+        None => vec![("*".to_string(), t.at.clone())],
+    };
+    let path_prefix = match t.get("path_prefix") {
+        Some(n) => read_str(cx, n, &t.path("path_prefix")).and_then(|p| {
+            if p.starts_with('/') {
+                Some(p)
+            } else {
+                cx.error(
+                    &n.loc,
+                    format!(
+                        "invalid `{}`: `{p}` does not start with `/`",
+                        t.path("path_prefix")
+                    ),
+                    Some(format!("write `path_prefix = \"/{p}\"`")),
+                );
+                None
+            }
+        }),
+        None => None,
+    }
+    .unwrap_or_else(|| defaults::PATH_PREFIX.to_string());
+    for (domain, loc) in &domains {
+        refs.routes.push((
+            service.to_string(),
+            domain.clone(),
+            path_prefix.clone(),
+            loc.clone(),
+        ));
+    }
+    let domains = domains.into_iter().map(|(d, _)| d).collect();
+    let health = match t.get("health") {
+        Some(n) => health(cx, n, &t.path("health")),
+        None => {
+            cx.error(
+                &t.at,
+                format!("web service `{service}` has no health check"),
+                Some("add `health = \"/health\"` to `http`: a path that answers 2xx once the app is ready".into()),
+            );
+            None
+        }
+    };
+    let drain_timeout = t
+        .duration(cx, "drain_timeout")
+        .unwrap_or(defaults::DRAIN_TIMEOUT);
+    Some(HttpSpec {
+        domains,
+        path_prefix,
+        health: health?,
+        drain_timeout,
+    })
+}
+
+/// A host name the proxy matches against the Host header (lowercased), or `*`.
+fn check_domain(cx: &mut Cx<'_>, domain: &mut String, loc: &Loc, path: &str) -> bool {
+    let bad = domain.contains("://")
+        || domain.contains('/')
+        || domain.contains(char::is_whitespace)
+        || domain.is_empty();
+    if bad {
+        let fixed = domain
+            .split("://")
+            .last()
+            .unwrap_or(domain)
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        cx.error(
+            loc,
+            format!("invalid domain `{domain}` in `{path}`: expected a host name like `example.com` or `*`"),
+            (!fixed.is_empty()).then(|| format!("write just the host name: `{}`", toml_quote(&fixed))),
+        );
+        return false;
+    }
+    domain.make_ascii_lowercase();
+    true
+}
+
+fn health(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<HealthSpec> {
+    if let Value::Str(p) = &node.value {
+        if !p.starts_with('/') {
+            cx.error(
+                &node.loc,
+                format!("invalid `{path}`: expected a URL path like `/health`, found `{p}`"),
+                Some(format!(
+                    "write `health = \"/{}\"`",
+                    p.trim_start_matches("http://").trim_start_matches('/')
+                )),
+            );
+            return None;
+        }
+        return Some(HealthSpec::with_defaults(HealthKind::Http {
+            path: p.clone(),
+            expect_status: None,
+        }));
+    }
+    if node.as_table().is_none() {
+        type_error(cx, node, path, "a path like `/health` or a table", None);
+        return None;
+    }
+    let t = Tbl::open(cx, node, path, &node.loc, HEALTH_KEYS)?;
+    let tcp = t.bool(cx, "tcp").unwrap_or(false);
+    let command = t.str(cx, "command");
+    let http_path = t.str(cx, "path");
+    let chosen = [t.get("path").is_some(), tcp, t.get("command").is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if chosen != 1 {
+        let message = if chosen == 0 {
+            format!("`{path}` does not say what to check")
+        } else {
+            format!("`{path}` has more than one of `path`, `tcp` and `command`")
+        };
+        cx.error(
+            &node.loc,
+            message,
+            Some("use one of `path = \"/health\"`, `tcp = true` or `command = \"...\"`".into()),
+        );
+        return None;
+    }
+    let kind = if let Some(p) = http_path {
+        if !p.starts_with('/') {
+            let at = t.get("path").map_or(&node.loc, |n| &n.loc);
+            cx.error(
+                at,
+                format!(
+                    "invalid `{}`: expected a URL path like `/health`, found `{p}`",
+                    t.path("path")
+                ),
+                None,
+            );
+            return None;
+        }
+        let expect_status = t.uint(cx, "expect_status", 100, 599).map(|s| s as u16);
+        HealthKind::Http {
+            path: p,
+            expect_status,
+        }
+    } else if tcp {
+        HealthKind::Tcp
+    } else {
+        HealthKind::Exec { command: command? }
+    };
+    if !matches!(kind, HealthKind::Http { .. }) {
+        if let Some(n) = t.get("expect_status") {
+            cx.error(
+                &n.loc,
+                format!(
+                    "`{}` applies only to `path` checks",
+                    t.path("expect_status")
+                ),
+                None,
+            );
+        }
+    }
+    Some(HealthSpec {
+        kind,
+        interval: t
+            .positive_duration(cx, "interval")
+            .unwrap_or(defaults::HEALTH_INTERVAL),
+        timeout: t
+            .positive_duration(cx, "timeout")
+            .unwrap_or(defaults::HEALTH_TIMEOUT),
+        healthy_threshold: t
+            .uint(cx, "healthy_threshold", 1, 100)
+            .map_or(defaults::HEALTHY_THRESHOLD, |n| n as u32),
+        unhealthy_threshold: t
+            .uint(cx, "unhealthy_threshold", 1, 100)
+            .map_or(defaults::UNHEALTHY_THRESHOLD, |n| n as u32),
+        min_healthy: t
+            .duration(cx, "min_healthy")
+            .unwrap_or(defaults::MIN_HEALTHY),
+    })
+}
+
+/// `every` or `cron`: exactly one when `required`, at most one otherwise.
+fn schedule(cx: &mut Cx<'_>, t: &Tbl<'_>, what: &str, required: bool) -> Option<Option<Schedule>> {
+    match (t.get("every"), t.get("cron")) {
+        (Some(_), Some(c)) => {
+            let at = t.key_loc("cron").unwrap_or(&c.loc);
+            cx.error(
+                at,
+                format!("{what} has both `every` and `cron`"),
+                Some("keep one of them".into()),
+            );
+            None
+        }
+        (Some(e), None) => {
+            let d = read_duration(cx, e, &t.path("every"), "every")?;
+            if d < Duration::from_secs(1) {
+                cx.error(
+                    &e.loc,
+                    format!("invalid `{}`: must be at least `1s`", t.path("every")),
+                    None,
+                );
+                return None;
+            }
+            Some(Some(Schedule::Every(d)))
+        }
+        (None, Some(c)) => {
+            let text = read_str(cx, c, &t.path("cron"))?;
+            match CronExpr::parse(&text) {
+                Ok(expr) => Some(Some(Schedule::Cron(expr))),
+                Err(e) => {
+                    cx.error(
+                        &c.loc,
+                        format!("invalid `{}`: {e}", t.path("cron")),
+                        Some(
+                            "for example `cron = \"0 3 * * *\"` runs at 03:00 UTC every day".into(),
+                        ),
+                    );
+                    None
+                }
+            }
+        }
+        (None, None) if required => {
+            cx.error(
+                &t.at,
+                format!("{what} has no schedule"),
+                Some("add `every = \"5m\"` or `cron = \"0 3 * * *\"`".into()),
+            );
+            None
+        }
+        (None, None) => Some(None),
+    }
+}
+
+fn job(cx: &mut Cx<'_>, key: &Key, node: &Node, refs: &mut Refs) -> Option<JobSpec> {
+    let name = &key.name;
+    let t = Tbl::open(cx, node, &join("jobs", name), &key.loc, JOB_KEYS)?;
+    let command = t.command(cx, "command", "./bin/app cleanup");
+    let schedule = schedule(cx, &t, &format!("job `{name}`"), true).flatten();
+    let timeout = t
+        .positive_duration(cx, "timeout")
+        .unwrap_or(defaults::JOB_TIMEOUT);
+    let singleton = t.bool(cx, "singleton").unwrap_or(true);
+    let (roles, written) = roles(cx, &t, &[]);
+    for (role, loc) in written {
+        refs.role_uses.push(("job", name.clone(), role, loc));
+    }
+    Some(JobSpec {
+        command: command?,
+        schedule: schedule?,
+        timeout,
+        singleton,
+        roles,
+    })
+}
+
+fn hooks(cx: &mut Cx<'_>, node: &Node, at: Option<&Loc>) -> HooksSpec {
+    let Some(t) = Tbl::open(cx, node, "hooks", at.unwrap_or(&node.loc), HOOKS_KEYS) else {
+        return HooksSpec::default();
+    };
+    HooksSpec {
+        pre_activate: t.str(cx, "pre_activate"),
+        smoke: t.str(cx, "smoke"),
+        timeout: t
+            .positive_duration(cx, "timeout")
+            .unwrap_or(defaults::HOOK_TIMEOUT),
+    }
+}
+
+/// A path inside the app's data directory: relative and never climbing out of it.
+fn data_path(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<String> {
+    let p = read_str(cx, node, path)?;
+    let escapes = p.starts_with('/') || p.split('/').any(|c| c == "..") || p.trim().is_empty();
+    if escapes {
+        cx.error(
+            &node.loc,
+            format!("invalid `{path}`: `{p}` is not a path inside the app's data directory"),
+            Some(
+                "use a relative path such as `data/app.db`; it is resolved inside `HOIST_DATA_DIR`"
+                    .into(),
+            ),
+        );
+        return None;
+    }
+    Some(p)
+}
+
+fn backup(cx: &mut Cx<'_>, key: &Key, node: &Node, refs: &mut Refs) -> Option<BackupSpec> {
+    let name = &key.name;
+    let t = Tbl::open(cx, node, &join("backups", name), &key.loc, BACKUP_KEYS)?;
+    let given: Vec<&str> = ["sqlite", "postgres", "directory"]
+        .into_iter()
+        .filter(|k| t.get(k).is_some())
+        .collect();
+    let source = match given.as_slice() {
+        [] => {
+            cx.error(
+                &key.loc,
+                format!("backup `{name}` has no source"),
+                Some("add one of `sqlite = \"data/app.db\"`, `postgres = \"DATABASE_URL\"` or `directory = \"uploads\"`".into()),
+            );
+            None
+        }
+        [one] => {
+            let n = t.get(one)?;
+            let path = t.path(one);
+            match *one {
+                "sqlite" => data_path(cx, n, &path).map(|path| BackupSource::Sqlite { path }),
+                "directory" => data_path(cx, n, &path).map(|path| BackupSource::Directory { path }),
+                _ => read_str(cx, n, &path).map(|secret| {
+                    refs.secret_uses.push((secret.clone(), n.loc.clone()));
+                    BackupSource::Postgres { secret }
+                }),
+            }
+        }
+        [_, second, ..] => {
+            let at = t.key_loc(second).unwrap_or(&key.loc);
+            cx.error(
+                at,
+                format!(
+                    "backup `{name}` has more than one source ({})",
+                    list(&given)
+                ),
+                Some("declare one backup per source".into()),
+            );
+            None
+        }
+    };
+    let schedule = schedule(cx, &t, &format!("backup `{name}`"), false).flatten();
+    let before_deploy = t.bool(cx, "before_deploy").unwrap_or(false);
+    let keep = match t.get("keep") {
+        Some(n) => match Tbl::open(
+            cx,
+            n,
+            &t.path("keep"),
+            t.key_loc("keep").unwrap_or(&n.loc),
+            KEEP_KEYS,
+        ) {
+            Some(k) => Keep {
+                daily: k
+                    .uint(cx, "daily", 0, 10_000)
+                    .map_or(defaults::KEEP_DAILY, |n| n as u32),
+                weekly: k
+                    .uint(cx, "weekly", 0, 10_000)
+                    .map_or(defaults::KEEP_WEEKLY, |n| n as u32),
+                monthly: k
+                    .uint(cx, "monthly", 0, 10_000)
+                    .map_or(defaults::KEEP_MONTHLY, |n| n as u32),
+            },
+            None => Keep::default(),
+        },
+        None => Keep::default(),
+    };
+    let copy_to = t.str(cx, "copy_to");
+    Some(BackupSpec {
+        source: source?,
+        schedule,
+        before_deploy,
+        keep,
+        copy_to,
+    })
+}
+
+fn deploy(cx: &mut Cx<'_>, node: &Node, at: Option<&Loc>) -> DeploySpec {
+    let Some(t) = Tbl::open(cx, node, "deploy", at.unwrap_or(&node.loc), DEPLOY_KEYS) else {
+        return DeploySpec::default();
+    };
+    let bake = t.get("bake").and_then(|n| match &n.value {
+        Value::Str(_) | Value::Int(_) => {
+            read_duration(cx, n, &t.path("bake"), "bake").map(|duration| BakeSpec { duration })
+        }
+        _ => {
+            let b = Tbl::open(
+                cx,
+                n,
+                &t.path("bake"),
+                t.key_loc("bake").unwrap_or(&n.loc),
+                BAKE_KEYS,
+            )?;
+            match b.positive_duration(cx, "duration") {
+                Some(duration) => Some(BakeSpec { duration }),
+                None if b.get("duration").is_none() => {
+                    b.missing(
+                        cx,
+                        "duration",
+                        Some("for example `bake = { duration = \"5m\" }`".into()),
+                    );
+                    None
+                }
+                None => None,
+            }
+        }
+    });
+    let rollout = match t.get("rollout") {
+        Some(n) => rollout(
+            cx,
+            n,
+            &t.path("rollout"),
+            t.key_loc("rollout").unwrap_or(&n.loc),
+        ),
+        None => RolloutSpec::default(),
+    };
+    DeploySpec {
+        keep_releases: t
+            .uint(cx, "keep_releases", 1, 1000)
+            .map_or(defaults::KEEP_RELEASES, |n| n as u32),
+        standby: t.duration(cx, "standby").unwrap_or(defaults::STANDBY),
+        health_deadline: t
+            .positive_duration(cx, "health_deadline")
+            .unwrap_or(defaults::HEALTH_DEADLINE),
+        bake,
+        rollout,
+    }
+}
+
+fn rollout(cx: &mut Cx<'_>, node: &Node, path: &str, at: &Loc) -> RolloutSpec {
+    let Some(t) = Tbl::open(cx, node, path, at, ROLLOUT_KEYS) else {
+        return RolloutSpec::default();
+    };
+    let batch = match t.get("batch") {
+        Some(n) => match &n.value {
+            Value::Int(_) => read_uint(cx, n, &t.path("batch"), 1, 10_000).map(|c| Batch::Count(c as u32)),
+            Value::Str(s) => match s.trim().strip_suffix('%').map(|p| p.trim().parse::<u8>()) {
+                Some(Ok(p)) if (1..=100).contains(&p) => Some(Batch::Percent(p)),
+                _ => {
+                    cx.error(
+                        &n.loc,
+                        format!("invalid `{}`: expected a host count like `2` or a share like `25%`, found `{s}`", t.path("batch")),
+                        Some("a share is from `1%` to `100%` of the hosts".into()),
+                    );
+                    None
+                }
+            },
+            _ => {
+                type_error(cx, n, &t.path("batch"), "a host count like `2` or a share like `25%`", None);
+                None
+            }
+        },
+        None => None,
+    }
+    .unwrap_or_default();
+    let on_failure = match t.get("on_failure") {
+        Some(n) => read_str(cx, n, &t.path("on_failure")).and_then(|s| match s.as_str() {
+            "stop" => Some(OnFailure::Stop),
+            "rollback" => Some(OnFailure::Rollback),
+            other => {
+                let hint = did_you_mean(other, ["stop", "rollback"]).map_or_else(
+                    || "expected `stop` or `rollback`".to_string(),
+                    |s| format!("did you mean `{s}`?"),
+                );
+                cx.error(
+                    &n.loc,
+                    format!(
+                        "invalid `{}`: unknown policy `{other}`",
+                        t.path("on_failure")
+                    ),
+                    Some(hint),
+                );
+                None
+            }
+        }),
+        None => None,
+    }
+    .unwrap_or_default();
+    RolloutSpec { batch, on_failure }
+}
+
+fn ssh(cx: &mut Cx<'_>, node: &Node, at: Option<&Loc>) -> SshSpec {
+    let Some(t) = Tbl::open(cx, node, "ssh", at.unwrap_or(&node.loc), SSH_KEYS) else {
+        return SshSpec::default();
+    };
+    SshSpec {
+        config: t.str(cx, "config"),
+        identity: t.str(cx, "identity"),
+        port: t.uint(cx, "port", 1, 65535).map(|p| p as u16),
+    }
+}
+
+fn hosts(cx: &mut Cx<'_>, node: &Node, used_roles: &BTreeSet<String>) -> Vec<HostSpec> {
+    let Value::Array(items) = &node.value else {
+        type_error(
+            cx,
+            node,
+            "hosts",
+            "an array of tables",
+            Some("write each host as a `[[hosts]]` table".into()),
+        );
+        return Vec::new();
+    };
+    let mut out: Vec<HostSpec> = Vec::new();
+    let mut seen: Vec<(String, Loc)> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("hosts[{i}]");
+        let Some(t) = Tbl::open(cx, item, &path, &item.loc, HOST_KEYS) else {
+            continue;
+        };
+        let name = match t.get("name") {
+            Some(n) => read_str(cx, n, &t.path("name")).and_then(|name| {
+                let ok = !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                if !ok {
+                    cx.error(
+                        &n.loc,
+                        format!(
+                            "invalid host name `{name}`: expected letters, digits, `-`, `_` or `.`"
+                        ),
+                        None,
+                    );
+                    return None;
+                }
+                if let Some((_, first)) = seen.iter().find(|(s, _)| *s == name) {
+                    let first = cx.loc_text(first);
+                    cx.error(
+                        &n.loc,
+                        format!("duplicate host name `{name}`"),
+                        Some(format!("first defined at {first}")),
+                    );
+                    return None;
+                }
+                seen.push((name.clone(), n.loc.clone()));
+                Some(name)
+            }),
+            None => {
+                t.missing(
+                    cx,
+                    "name",
+                    Some("every `[[hosts]]` needs a `name`, such as `name = \"web1\"`".into()),
+                );
+                None
+            }
+        };
+        let ssh = match t.get("ssh") {
+            Some(n) => read_str(cx, n, &t.path("ssh")).and_then(|s| match SshAddr::parse(&s) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    cx.error(
+                        &n.loc,
+                        format!("invalid `{}`: {e}", t.path("ssh")),
+                        Some("for example `ssh = \"deploy@10.0.0.5:22\"`".into()),
+                    );
+                    None
+                }
+            }),
+            // A remote host without `ssh` is reached by its name, as `ssh NAME` would.
+            None => name
+                .as_deref()
+                .filter(|n| *n != defaults::LOCAL_HOST)
+                .and_then(|n| SshAddr::parse(n).ok()),
+        };
+        let roles = match t.str_list(cx, "roles") {
+            Some(list) => {
+                let mut roles: Vec<String> = Vec::new();
+                for (role, loc) in list {
+                    if !used_roles.contains(&role) {
+                        let hint = match did_you_mean(&role, used_roles.iter().map(String::as_str))
+                        {
+                            Some(s) => format!("did you mean `{s}`?"),
+                            None if used_roles.is_empty() => {
+                                "no service or job declares roles".to_string()
+                            }
+                            None => format!("roles in use: {}", list_owned(used_roles)),
+                        };
+                        cx.warn(
+                            &loc,
+                            format!("role `{role}` is not used by any service or job"),
+                            Some(hint),
+                        );
+                    }
+                    if !roles.contains(&role) {
+                        roles.push(role);
+                    }
+                }
+                roles
+            }
+            // A host that names no roles runs everything.
+            None => used_roles.iter().cloned().collect(),
+        };
+        let env = t.env(cx, "env");
+        if let Some(name) = name {
+            out.push(HostSpec {
+                name,
+                ssh,
+                roles,
+                env,
+            });
+        }
+    }
+    if items.is_empty() {
+        cx.error(
+            &node.loc,
+            "`hosts` is empty",
+            Some("add a `[[hosts]]` table, or remove `hosts` to deploy to `local`".into()),
+        );
+    }
+    out
+}
+
+fn list_owned(items: &BTreeSet<String>) -> String {
+    items
+        .iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn cross_check(
+    cx: &mut Cx<'_>,
+    refs: &Refs,
+    services: &BTreeMap<String, ServiceSpec>,
+    secrets: &SecretsSpec,
+    hosts: Option<&[HostSpec]>,
+) {
+    let host_roles: BTreeSet<&str> = hosts
+        .unwrap_or(&[])
+        .iter()
+        .flat_map(|h| h.roles.iter().map(String::as_str))
+        .collect();
+    for (kind, owner, role, loc) in refs.role_uses.iter().filter(|_| hosts.is_some()) {
+        if !host_roles.contains(role.as_str()) {
+            let hint = match did_you_mean(role, host_roles.iter().copied()) {
+                Some(s) => format!(
+                    "did you mean `{s}`? or add `{}` to the `roles` of a `[[hosts]]` entry",
+                    toml_quote(role)
+                ),
+                None => format!(
+                    "add `{}` to the `roles` of a `[[hosts]]` entry",
+                    toml_quote(role)
+                ),
+            };
+            cx.error(
+                loc,
+                format!("{kind} `{owner}` runs on role `{role}`, which no host has"),
+                Some(hint),
+            );
+        }
+    }
+    for (secret, loc) in &refs.secret_uses {
+        if !secrets.required.contains(secret) {
+            cx.error(
+                loc,
+                format!("backup uses secret `{secret}`, which is not in `secrets.required`"),
+                Some(format!(
+                    "add `{}` to `required` in `[secrets]`",
+                    toml_quote(secret)
+                )),
+            );
+        }
+    }
+    for (job, loc) in &refs.job_names {
+        if services.contains_key(job) {
+            cx.error(
+                loc,
+                format!("`{job}` is both a service and a job"),
+                Some("give them different names: logs and status name them alone".into()),
+            );
+        }
+    }
+    for (i, (service, domain, prefix, loc)) in refs.routes.iter().enumerate() {
+        if let Some((other, ..)) = refs.routes[..i]
+            .iter()
+            .find(|(s, d, p, _)| s != service && d == domain && p == prefix)
+        {
+            cx.error(
+                loc,
+                format!("services `{other}` and `{service}` both route `{domain}` with path prefix `{prefix}`"),
+                Some("give one of them another domain or `path_prefix`".into()),
+            );
+        }
+    }
+}

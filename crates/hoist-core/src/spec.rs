@@ -1,0 +1,768 @@
+//! The validated app spec: what `hoist.toml` (plus an overlay) means once every default is
+//! filled in and every cross-reference checked. It crosses the wire from the CLI to the
+//! agent and is what `hoist config --json` prints, so durations serialise as `"30s"` and
+//! sizes as `"512MiB"`.
+//!
+//! This module owns the shape and the pure decisions on it (which hosts run which
+//! services). It does not parse TOML or report diagnostics: `hoist-config` does, and only
+//! it builds an `AppSpec` from user input.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::schedule::Schedule;
+use crate::units::{human_duration, ByteSize};
+
+/// Defaults applied when the app file leaves a key out.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+    pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const HEALTHY_THRESHOLD: u32 = 3;
+    pub const UNHEALTHY_THRESHOLD: u32 = 3;
+    pub const MIN_HEALTHY: Duration = Duration::from_secs(2);
+    pub const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const HOOK_TIMEOUT: Duration = Duration::from_secs(300);
+    pub const JOB_TIMEOUT: Duration = Duration::from_secs(3600);
+    pub const KEEP_RELEASES: u32 = 5;
+    pub const STANDBY: Duration = Duration::from_secs(600);
+    pub const HEALTH_DEADLINE: Duration = Duration::from_secs(60);
+    pub const KEEP_DAILY: u32 = 7;
+    pub const KEEP_WEEKLY: u32 = 4;
+    pub const KEEP_MONTHLY: u32 = 12;
+    pub const PATH_PREFIX: &str = "/";
+    /// The host an app file without `[[hosts]]` deploys to: this machine.
+    pub const LOCAL_HOST: &str = "local";
+    /// The app file format version this build reads.
+    pub const VERSION: u32 = 1;
+}
+
+/// One app, fully resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppSpec {
+    /// The app file format version (`version = 1`; 1 when absent).
+    pub version: u32,
+    pub app: String,
+    pub build: BuildSpec,
+    /// Plain environment for every service, job and hook.
+    pub env: BTreeMap<String, String>,
+    pub secrets: SecretsSpec,
+    pub check: Option<CheckSpec>,
+    pub services: BTreeMap<String, ServiceSpec>,
+    pub jobs: BTreeMap<String, JobSpec>,
+    pub hooks: HooksSpec,
+    pub backups: BTreeMap<String, BackupSpec>,
+    pub deploy: DeploySpec,
+    /// In file order; never empty (an app file without `[[hosts]]` gets `local`).
+    pub hosts: Vec<HostSpec>,
+    pub ssh: SshSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BuildSpec {
+    /// Runs in the project directory before packaging.
+    pub command: Option<String>,
+    /// Glob patterns (relative to the project root) of files that go into the release.
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SecretsSpec {
+    /// Names only: values live on hosts and never in the app file or the artifact.
+    pub required: Vec<String>,
+}
+
+/// The preflight check run inside a new release before it starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckSpec {
+    pub command: String,
+    #[serde(with = "human_duration")]
+    pub timeout: Duration,
+}
+
+/// A long-running process kind. A web service is one with `http`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub command: String,
+    /// Instances per host that runs the service (1 for a singleton).
+    pub replicas: u32,
+    /// Exactly one instance across the whole fleet.
+    pub singleton: bool,
+    /// Hosts with any of these roles run the service (default: the service's name).
+    pub roles: Vec<String>,
+    pub memory_limit: Option<ByteSize>,
+    #[serde(with = "human_duration")]
+    pub stop_timeout: Duration,
+    pub stop_signal: StopSignal,
+    /// The Unix user the instances run as (default: the agent's user).
+    pub user: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub http: Option<HttpSpec>,
+    /// Health of a worker (a web service's health is `http.health`).
+    pub health: Option<HealthSpec>,
+}
+
+impl ServiceSpec {
+    pub fn is_web(&self) -> bool {
+        self.http.is_some()
+    }
+
+    /// The health check that gates this service: `http.health` for web, else `health`.
+    pub fn effective_health(&self) -> Option<&HealthSpec> {
+        self.http
+            .as_ref()
+            .map(|h| &h.health)
+            .or(self.health.as_ref())
+    }
+}
+
+/// How the proxy routes to a web service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpSpec {
+    /// Host names this service answers; `"*"` matches any Host header.
+    pub domains: Vec<String>,
+    pub path_prefix: String,
+    pub health: HealthSpec,
+    /// How long old instances may finish in-flight requests after a switch.
+    #[serde(with = "human_duration")]
+    pub drain_timeout: Duration,
+}
+
+/// A health check with hysteresis: an instance changes state only after
+/// `healthy_threshold` / `unhealthy_threshold` consecutive results, and joins traffic only
+/// after being healthy for `min_healthy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthSpec {
+    pub kind: HealthKind,
+    #[serde(with = "human_duration")]
+    pub interval: Duration,
+    #[serde(with = "human_duration")]
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    #[serde(with = "human_duration")]
+    pub min_healthy: Duration,
+}
+
+impl HealthSpec {
+    /// A check of `kind` with every timing at its default.
+    pub fn with_defaults(kind: HealthKind) -> HealthSpec {
+        HealthSpec {
+            kind,
+            interval: defaults::HEALTH_INTERVAL,
+            timeout: defaults::HEALTH_TIMEOUT,
+            healthy_threshold: defaults::HEALTHY_THRESHOLD,
+            unhealthy_threshold: defaults::UNHEALTHY_THRESHOLD,
+            min_healthy: defaults::MIN_HEALTHY,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum HealthKind {
+    /// GET `path` on the instance's `PORT`; healthy on `expect_status`, or any 2xx when
+    /// `None`.
+    Http {
+        path: String,
+        expect_status: Option<u16>,
+    },
+    /// A TCP connect to the instance's `PORT`.
+    Tcp,
+    /// A command run in the release directory; healthy on exit 0.
+    Exec { command: String },
+}
+
+/// The signal that asks an instance to stop, before `stop_timeout` and SIGKILL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum StopSignal {
+    #[default]
+    #[serde(rename = "SIGTERM")]
+    Term,
+    #[serde(rename = "SIGINT")]
+    Int,
+    #[serde(rename = "SIGQUIT")]
+    Quit,
+    #[serde(rename = "SIGHUP")]
+    Hup,
+    #[serde(rename = "SIGUSR1")]
+    Usr1,
+    #[serde(rename = "SIGUSR2")]
+    Usr2,
+    #[serde(rename = "SIGKILL")]
+    Kill,
+}
+
+impl StopSignal {
+    pub const ALL: [StopSignal; 7] = [
+        StopSignal::Term,
+        StopSignal::Int,
+        StopSignal::Quit,
+        StopSignal::Hup,
+        StopSignal::Usr1,
+        StopSignal::Usr2,
+        StopSignal::Kill,
+    ];
+
+    /// `"SIGTERM"`, as `kill -l` spells it with the prefix.
+    pub fn name(self) -> &'static str {
+        match self {
+            StopSignal::Term => "SIGTERM",
+            StopSignal::Int => "SIGINT",
+            StopSignal::Quit => "SIGQUIT",
+            StopSignal::Hup => "SIGHUP",
+            StopSignal::Usr1 => "SIGUSR1",
+            StopSignal::Usr2 => "SIGUSR2",
+            StopSignal::Kill => "SIGKILL",
+        }
+    }
+
+    /// The Linux signal number.
+    pub fn number(self) -> i32 {
+        match self {
+            StopSignal::Term => 15,
+            StopSignal::Int => 2,
+            StopSignal::Quit => 3,
+            StopSignal::Hup => 1,
+            StopSignal::Usr1 => 10,
+            StopSignal::Usr2 => 12,
+            StopSignal::Kill => 9,
+        }
+    }
+
+    /// Accepts `"TERM"`, `"SIGTERM"`, `"sigterm"`.
+    pub fn parse(text: &str) -> Option<StopSignal> {
+        let upper = text.trim().to_ascii_uppercase();
+        let full = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
+        StopSignal::ALL.into_iter().find(|s| s.name() == full)
+    }
+}
+
+impl fmt::Display for StopSignal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A periodic command that never overlaps with its previous run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub command: String,
+    pub schedule: Schedule,
+    /// A run still going after this is killed.
+    #[serde(with = "human_duration")]
+    pub timeout: Duration,
+    /// Once per fleet (the default) rather than once per host.
+    pub singleton: bool,
+    /// Hosts with any of these roles may run the job; empty means every host.
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HooksSpec {
+    /// Runs after the pre-deploy backup and before the switch (migrations).
+    pub pre_activate: Option<String>,
+    /// Runs after the switch with `HOIST_URL` set; failure rolls back.
+    pub smoke: Option<String>,
+    #[serde(with = "human_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for HooksSpec {
+    fn default() -> Self {
+        HooksSpec {
+            pre_activate: None,
+            smoke: None,
+            timeout: defaults::HOOK_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupSpec {
+    pub source: BackupSource,
+    /// When to take a scheduled backup (none: only before deploys and on demand).
+    pub schedule: Option<Schedule>,
+    /// Take one at the start of every deploy, before `pre_activate` (migrations) runs.
+    pub before_deploy: bool,
+    pub keep: Keep,
+    /// A destination to copy each backup to (a path or `host:path`).
+    pub copy_to: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupSource {
+    /// An SQLite file, relative to the app's persistent data directory.
+    Sqlite { path: String },
+    /// A PostgreSQL database whose URL is the named secret.
+    Postgres { secret: String },
+    /// A directory, relative to the app's persistent data directory.
+    Directory { path: String },
+}
+
+/// How many backups to keep per period (grandfather-father-son).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Keep {
+    pub daily: u32,
+    pub weekly: u32,
+    pub monthly: u32,
+}
+
+impl Default for Keep {
+    fn default() -> Self {
+        Keep {
+            daily: defaults::KEEP_DAILY,
+            weekly: defaults::KEEP_WEEKLY,
+            monthly: defaults::KEEP_MONTHLY,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploySpec {
+    pub keep_releases: u32,
+    /// How long the previous release stays warm for an instant rollback.
+    #[serde(with = "human_duration")]
+    pub standby: Duration,
+    /// How long a new release may take to become healthy before the deploy fails.
+    #[serde(with = "human_duration")]
+    pub health_deadline: Duration,
+    pub bake: Option<BakeSpec>,
+    pub rollout: RolloutSpec,
+}
+
+impl Default for DeploySpec {
+    fn default() -> Self {
+        DeploySpec {
+            keep_releases: defaults::KEEP_RELEASES,
+            standby: defaults::STANDBY,
+            health_deadline: defaults::HEALTH_DEADLINE,
+            bake: None,
+            rollout: RolloutSpec::default(),
+        }
+    }
+}
+
+/// After the switch, watch the new release for `duration`; failing health rolls back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BakeSpec {
+    #[serde(with = "human_duration")]
+    pub duration: Duration,
+}
+
+/// How a fleet deploy proceeds across hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RolloutSpec {
+    pub batch: Batch,
+    pub on_failure: OnFailure,
+}
+
+/// Hosts per batch: a count, or a percentage of the fleet (at least one host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Batch {
+    Count(u32),
+    Percent(u8),
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch::Count(1)
+    }
+}
+
+impl Batch {
+    /// Hosts per batch for a fleet of `hosts` (never 0 for a non-empty fleet).
+    pub fn size(self, hosts: usize) -> usize {
+        let n = match self {
+            Batch::Count(n) => n as usize,
+            Batch::Percent(p) => (hosts * usize::from(p)).div_ceil(100),
+        };
+        n.clamp(1, hosts.max(1))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Halt at the failed batch; hosts already switched keep the new release.
+    #[default]
+    Stop,
+    /// Halt and put every already-switched host back on its previous release.
+    Rollback,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostSpec {
+    pub name: String,
+    /// How to reach the host; `None` is this machine (the agent on `HOIST_SOCKET`).
+    pub ssh: Option<SshAddr>,
+    pub roles: Vec<String>,
+    /// Environment for everything on this host, over the app's `env`.
+    pub env: BTreeMap<String, String>,
+}
+
+impl HostSpec {
+    pub fn has_any_role(&self, roles: &[String]) -> bool {
+        roles.iter().any(|r| self.roles.contains(r))
+    }
+}
+
+/// `user@host:port` as OpenSSH takes it; every part but the host is optional.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshAddr {
+    pub user: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+/// Why an ssh address was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SshAddrError {
+    #[error("ssh address `{input}` has no host; expected `host`, `user@host` or `user@host:port`")]
+    NoHost { input: String },
+    #[error("ssh address `{input}` has an empty user before `@`")]
+    EmptyUser { input: String },
+    #[error("ssh address `{input}` has a bad port `{port}`; expected a number from 1 to 65535")]
+    BadPort { input: String, port: String },
+    #[error("ssh address `{input}` contains whitespace or a character that is not allowed")]
+    BadChar { input: String },
+}
+
+impl SshAddr {
+    /// Parses `host`, `user@host`, `host:2222`, `user@[::1]:2222`.
+    pub fn parse(input: &str) -> Result<SshAddr, SshAddrError> {
+        // A leading `-` would be read by ssh as an option.
+        if input.chars().any(|c| c.is_whitespace() || c.is_control()) || input.starts_with('-') {
+            return Err(SshAddrError::BadChar {
+                input: input.to_string(),
+            });
+        }
+        let (user, rest) = match input.rsplit_once('@') {
+            Some(("", _)) => {
+                return Err(SshAddrError::EmptyUser {
+                    input: input.to_string(),
+                })
+            }
+            Some((u, r)) => (Some(u.to_string()), r),
+            None => (None, input),
+        };
+        let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
+            let Some((h, after)) = bracketed.split_once(']') else {
+                return Err(SshAddrError::NoHost {
+                    input: input.to_string(),
+                });
+            };
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None if after.is_empty() => None,
+                None => {
+                    return Err(SshAddrError::BadChar {
+                        input: input.to_string(),
+                    })
+                }
+            };
+            (h, port)
+        } else if rest.matches(':').count() == 1 {
+            let (h, p) = rest.split_once(':').unwrap_or((rest, ""));
+            (h, Some(p))
+        } else {
+            // A bare IPv6 address: no port.
+            (rest, None)
+        };
+        if host.is_empty() {
+            return Err(SshAddrError::NoHost {
+                input: input.to_string(),
+            });
+        }
+        let port = match port {
+            Some(p) => match p.parse::<u16>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    return Err(SshAddrError::BadPort {
+                        input: input.to_string(),
+                        port: p.to_string(),
+                    })
+                }
+            },
+            None => None,
+        };
+        Ok(SshAddr {
+            user,
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for SshAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(user) = &self.user {
+            write!(f, "{user}@")?;
+        }
+        if self.host.contains(':') {
+            write!(f, "[{}]", self.host)?;
+        } else {
+            f.write_str(&self.host)?;
+        }
+        if let Some(port) = self.port {
+            write!(f, ":{port}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Fleet-wide OpenSSH options (a host's own address may override the port).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SshSpec {
+    /// An ssh_config file to use (`ssh -F`).
+    pub config: Option<String>,
+    /// A private key (`ssh -i`).
+    pub identity: Option<String>,
+    pub port: Option<u16>,
+}
+
+impl AppSpec {
+    /// The hosts that run `service`, in file order: every host with one of its roles, or
+    /// only the first of them for a singleton (so placement is stable across deploys).
+    pub fn service_hosts(&self, service: &str) -> Vec<&HostSpec> {
+        let Some(spec) = self.services.get(service) else {
+            return Vec::new();
+        };
+        let hosts = self.hosts.iter().filter(|h| h.has_any_role(&spec.roles));
+        if spec.singleton {
+            hosts.take(1).collect()
+        } else {
+            hosts.collect()
+        }
+    }
+
+    /// The hosts that may run `job`, with the same rule (no roles: every host).
+    pub fn job_hosts(&self, job: &str) -> Vec<&HostSpec> {
+        let Some(spec) = self.jobs.get(job) else {
+            return Vec::new();
+        };
+        let hosts = self
+            .hosts
+            .iter()
+            .filter(|h| spec.roles.is_empty() || h.has_any_role(&spec.roles));
+        if spec.singleton {
+            hosts.take(1).collect()
+        } else {
+            hosts.collect()
+        }
+    }
+
+    /// Service name → instances to run on `host`.
+    pub fn services_on(&self, host: &str) -> BTreeMap<&str, u32> {
+        self.services
+            .iter()
+            .filter(|(name, _)| self.service_hosts(name).iter().any(|h| h.name == host))
+            .map(|(name, spec)| (name.as_str(), spec.replicas))
+            .collect()
+    }
+
+    /// Jobs that run on `host`.
+    pub fn jobs_on(&self, host: &str) -> Vec<&str> {
+        self.jobs
+            .keys()
+            .filter(|name| self.job_hosts(name).iter().any(|h| h.name == host))
+            .map(String::as_str)
+            .collect()
+    }
+
+    pub fn host(&self, name: &str) -> Option<&HostSpec> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(roles: &[&str], singleton: bool) -> ServiceSpec {
+        ServiceSpec {
+            command: "run".into(),
+            replicas: if singleton { 1 } else { 2 },
+            singleton,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            memory_limit: None,
+            stop_timeout: defaults::STOP_TIMEOUT,
+            stop_signal: StopSignal::Term,
+            user: None,
+            env: BTreeMap::new(),
+            http: None,
+            health: None,
+        }
+    }
+
+    fn host(name: &str, roles: &[&str]) -> HostSpec {
+        HostSpec {
+            name: name.into(),
+            ssh: None,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            env: BTreeMap::new(),
+        }
+    }
+
+    fn app() -> AppSpec {
+        AppSpec {
+            version: 1,
+            app: "notes".into(),
+            build: BuildSpec::default(),
+            env: BTreeMap::new(),
+            secrets: SecretsSpec::default(),
+            check: None,
+            services: [
+                ("web".to_string(), service(&["web"], false)),
+                ("worker".to_string(), service(&["worker"], true)),
+            ]
+            .into(),
+            jobs: [(
+                "cleanup".to_string(),
+                JobSpec {
+                    command: "c".into(),
+                    schedule: Schedule::Every(Duration::from_secs(300)),
+                    timeout: defaults::JOB_TIMEOUT,
+                    singleton: true,
+                    roles: vec![],
+                },
+            )]
+            .into(),
+            hooks: HooksSpec::default(),
+            backups: BTreeMap::new(),
+            deploy: DeploySpec::default(),
+            hosts: vec![
+                host("a", &["web"]),
+                host("b", &["web", "worker"]),
+                host("c", &["worker"]),
+            ],
+            ssh: SshSpec::default(),
+        }
+    }
+
+    #[test]
+    fn placement_follows_roles_and_singletons() {
+        let spec = app();
+        let names =
+            |hosts: Vec<&HostSpec>| hosts.iter().map(|h| h.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(spec.service_hosts("web")), ["a", "b"]);
+        assert_eq!(names(spec.service_hosts("worker")), ["b"]);
+        assert_eq!(names(spec.job_hosts("cleanup")), ["a"]);
+        assert!(spec.service_hosts("nope").is_empty());
+        assert_eq!(
+            spec.services_on("b"),
+            BTreeMap::from([("web", 2), ("worker", 1)])
+        );
+        assert_eq!(spec.services_on("c"), BTreeMap::new());
+        assert_eq!(spec.jobs_on("a"), ["cleanup"]);
+        assert!(spec.jobs_on("b").is_empty());
+    }
+
+    #[test]
+    fn batch_sizes() {
+        assert_eq!(Batch::Count(1).size(10), 1);
+        assert_eq!(Batch::Count(20).size(10), 10);
+        assert_eq!(Batch::Percent(25).size(10), 3);
+        assert_eq!(Batch::Percent(1).size(3), 1);
+        assert_eq!(Batch::Percent(100).size(4), 4);
+        assert_eq!(Batch::Count(0).size(4), 1);
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(StopSignal::parse("TERM"), Some(StopSignal::Term));
+        assert_eq!(StopSignal::parse("sigquit"), Some(StopSignal::Quit));
+        assert_eq!(StopSignal::parse("SIGUSR2"), Some(StopSignal::Usr2));
+        assert_eq!(StopSignal::parse("SIGWINCH"), None);
+        assert_eq!(
+            serde_json::to_string(&StopSignal::Int).unwrap(),
+            r#""SIGINT""#
+        );
+    }
+
+    #[test]
+    fn ssh_addresses() {
+        let ok = |s: &str| SshAddr::parse(s).unwrap();
+        assert_eq!(
+            ok("web1"),
+            SshAddr {
+                user: None,
+                host: "web1".into(),
+                port: None
+            }
+        );
+        assert_eq!(
+            ok("deploy@10.0.0.5:2222"),
+            SshAddr {
+                user: Some("deploy".into()),
+                host: "10.0.0.5".into(),
+                port: Some(2222)
+            }
+        );
+        assert_eq!(ok("root@[::1]:22").host, "::1");
+        assert_eq!(ok("fe80::1").port, None);
+        for text in ["deploy@10.0.0.5:2222", "root@[::1]:22", "web1"] {
+            assert_eq!(ok(text).to_string(), text);
+        }
+        let errors: Vec<String> = [
+            "@host",
+            "user@",
+            "host:0",
+            "host:ssh",
+            "-oProxyCommand=x",
+            "a b",
+        ]
+        .iter()
+        .map(|s| SshAddr::parse(s).unwrap_err().to_string())
+        .collect();
+        expect_test::expect![[r#"
+            [
+                "ssh address `@host` has an empty user before `@`",
+                "ssh address `user@` has no host; expected `host`, `user@host` or `user@host:port`",
+                "ssh address `host:0` has a bad port `0`; expected a number from 1 to 65535",
+                "ssh address `host:ssh` has a bad port `ssh`; expected a number from 1 to 65535",
+                "ssh address `-oProxyCommand=x` contains whitespace or a character that is not allowed",
+                "ssh address `a b` contains whitespace or a character that is not allowed",
+            ]
+        "#]]
+        .assert_debug_eq(&errors);
+    }
+
+    #[test]
+    fn spec_round_trips_through_json() {
+        let mut spec = app();
+        spec.services.get_mut("web").unwrap().memory_limit = Some(ByteSize(512 * 1024 * 1024));
+        spec.services.get_mut("web").unwrap().http = Some(HttpSpec {
+            domains: vec!["*".into()],
+            path_prefix: "/".into(),
+            health: HealthSpec::with_defaults(HealthKind::Http {
+                path: "/health".into(),
+                expect_status: None,
+            }),
+            drain_timeout: defaults::DRAIN_TIMEOUT,
+        });
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["services"]["web"]["memory_limit"], "512MiB");
+        assert_eq!(json["services"]["web"]["stop_timeout"], "30s");
+        assert_eq!(
+            json["services"]["web"]["http"]["health"]["kind"]["type"],
+            "http"
+        );
+        assert_eq!(json["jobs"]["cleanup"]["schedule"]["every"], "5m");
+        let back: AppSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(back, spec);
+    }
+}

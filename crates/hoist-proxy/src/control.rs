@@ -1,0 +1,484 @@
+//! The control plane of the proxy process: the route table as the agent set it, the
+//! registry of upstreams (so a member's counts and drain state survive swaps), the Unix
+//! socket that speaks `hoist_protocol::proxy` (one JSON line in, one out), and a small
+//! blocking client for the CLI and tests.
+//!
+//! Every change builds a whole new table and publishes it before any member is marked
+//! draining; the request path relies on that order. It never touches client sockets.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hoist_protocol::proxy::{self as wire, Reply, Request, Response};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::error::ProxyError;
+use crate::stats::Counters;
+use crate::table::{RouteEntry, Table, Upstream};
+use crate::Shared;
+
+/// The longest control line accepted (a route table with many members is still small).
+const MAX_LINE: usize = 4 << 20;
+
+#[derive(Debug, Default)]
+struct Routes {
+    routes: BTreeMap<String, wire::Route>,
+    upstreams: HashMap<SocketAddr, Arc<Upstream>>,
+    counters: HashMap<(String, String), Arc<Counters>>,
+}
+
+/// The proxy's control state, shared by the control connections.
+#[derive(Debug)]
+pub(crate) struct Control {
+    shared: Arc<Shared>,
+    routes: Mutex<Routes>,
+    state_file: Option<PathBuf>,
+    pub(crate) upgrade: Option<crate::upgrade::Handoff>,
+    /// Set when this process should stop (after handing over to a successor).
+    pub(crate) stop: watch::Sender<bool>,
+    /// False while a successor starts: new control connections are then left to it, so
+    /// no change lands on the process that is about to go.
+    accepting: watch::Sender<bool>,
+}
+
+impl Control {
+    pub fn new(
+        shared: Arc<Shared>,
+        state_file: Option<PathBuf>,
+        upgrade: Option<crate::upgrade::Handoff>,
+        initial: Vec<wire::Route>,
+    ) -> Result<Control, ProxyError> {
+        let control = Control {
+            shared,
+            routes: Mutex::new(Routes::default()),
+            state_file,
+            upgrade,
+            stop: watch::Sender::new(false),
+            accepting: watch::Sender::new(true),
+        };
+        {
+            let mut routes = control.lock();
+            for route in initial {
+                validate(&route)?;
+                routes.routes.insert(route.id.clone(), route);
+            }
+            control.publish(&mut routes);
+        }
+        Ok(control)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Routes> {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn routes(&self) -> Vec<wire::Route> {
+        self.lock().routes.values().cloned().collect()
+    }
+
+    /// Builds and publishes the table from `routes`, then marks members that no route
+    /// uses any more as draining (and the ones that came back as live).
+    fn publish(&self, routes: &mut Routes) {
+        let Routes {
+            routes: specs,
+            upstreams,
+            counters,
+        } = routes;
+        let mut entries = Vec::with_capacity(specs.len());
+        let mut domains = Vec::with_capacity(specs.len());
+        let mut live = HashSet::new();
+        for route in specs.values() {
+            let members = route
+                .upstreams
+                .iter()
+                .map(|u| {
+                    live.insert(u.addr);
+                    upstreams
+                        .entry(u.addr)
+                        .or_insert_with(|| Arc::new(Upstream::new(u.addr, &u.instance)))
+                        .clone()
+                })
+                .collect();
+            let counters = counters
+                .entry((route.id.clone(), route.release.clone()))
+                .or_insert_with(|| Arc::new(Counters::new(&route.id, &route.release)))
+                .clone();
+            entries.push(Arc::new(RouteEntry::new(route, members, counters)));
+            domains.push(route.domains.as_slice());
+        }
+        self.shared
+            .published
+            .publish(Table::build(&entries, &domains));
+        for (addr, up) in upstreams.iter() {
+            if live.contains(addr) {
+                up.draining.store(false, Ordering::SeqCst);
+            } else if !up.draining.swap(true, Ordering::SeqCst) {
+                up.drain_epoch.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        // Forget members that drained and left every set; a stale request holding one
+        // still sees it as draining and picks again.
+        upstreams.retain(|addr, up| live.contains(addr) || !up.is_idle());
+    }
+
+    /// Starts the clock of `drain_timeout` for members that leave: their tunnels are
+    /// closed then, if they are still draining.
+    fn schedule_drain(&self, leaving: Vec<(Arc<Upstream>, u64)>) {
+        for (up, timeout_ms) in leaving {
+            if !up.draining.load(Ordering::SeqCst) {
+                continue;
+            }
+            tracing::info!(addr = %up.addr, instance = %up.instance, timeout_ms, "upstream draining");
+            // Only this drain's timer may close: a member that came back and left again
+            // since then has a newer timer of its own.
+            let epoch = up.drain_epoch.load(Ordering::SeqCst);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(timeout_ms)).await;
+                if up.draining.load(Ordering::SeqCst)
+                    && up.drain_epoch.load(Ordering::SeqCst) == epoch
+                    && up.tunnels.load(Ordering::SeqCst) > 0
+                {
+                    up.close_tunnels.send_modify(|n| *n += 1);
+                }
+            });
+        }
+    }
+
+    fn set_route(&self, route: wire::Route) -> Result<(), ProxyError> {
+        validate(&route)?;
+        let leaving = {
+            let mut routes = self.lock();
+            // Members leaving get the drain timeout of the set that replaces them.
+            let drain_ms = route.drain_timeout_ms;
+            let old = routes.routes.insert(route.id.clone(), route);
+            let mut leaving = members_of(&routes, old.as_ref());
+            leaving.iter_mut().for_each(|(_, ms)| *ms = drain_ms);
+            self.publish(&mut routes);
+            self.persist(&routes)?;
+            leaving
+        };
+        self.schedule_drain(leaving);
+        Ok(())
+    }
+
+    fn remove_route(&self, id: &str) -> Result<(), ProxyError> {
+        let leaving = {
+            let mut routes = self.lock();
+            let Some(old) = routes.routes.remove(id) else {
+                return Err(ProxyError::NoSuchRoute(id.to_string()));
+            };
+            let leaving = members_of(&routes, Some(&old));
+            self.publish(&mut routes);
+            self.persist(&routes)?;
+            leaving
+        };
+        self.schedule_drain(leaving);
+        Ok(())
+    }
+
+    fn persist(&self, routes: &Routes) -> Result<(), ProxyError> {
+        match &self.state_file {
+            Some(path) => {
+                crate::state::save(path, &routes.routes.values().cloned().collect::<Vec<_>>())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn stats(&self) -> Vec<wire::RouteStats> {
+        let routes = self.lock();
+        let mut stats: Vec<_> = routes.counters.values().map(|c| c.snapshot()).collect();
+        stats.sort_by(|a, b| (&a.route, &a.release).cmp(&(&b.route, &b.release)));
+        stats
+    }
+
+    fn draining(&self) -> Vec<wire::DrainingUpstream> {
+        let routes = self.lock();
+        let mut out: Vec<_> = routes
+            .upstreams
+            .values()
+            .filter(|u| u.draining.load(Ordering::SeqCst))
+            .map(|u| wire::DrainingUpstream {
+                addr: u.addr,
+                instance: u.instance.clone(),
+                in_flight: u.in_flight() as u64,
+                tunnels: u.tunnels.load(Ordering::SeqCst) as u64,
+            })
+            .collect();
+        out.sort_by_key(|u| u.addr);
+        out
+    }
+
+    async fn wait_drained(&self, addrs: &[SocketAddr], timeout: Duration) -> Reply {
+        let members: Vec<Arc<Upstream>> = {
+            let routes = self.lock();
+            addrs
+                .iter()
+                .filter_map(|a| routes.upstreams.get(a).cloned())
+                .collect()
+        };
+        let idle = || members.iter().all(|u| u.is_idle());
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !idle() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if idle() {
+            return Reply::Drained {
+                drained: true,
+                closed_tunnels: 0,
+                in_flight: 0,
+            };
+        }
+        let tunnels: u64 = members
+            .iter()
+            .map(|u| u.tunnels.load(Ordering::SeqCst) as u64)
+            .sum();
+        for u in &members {
+            u.close_tunnels.send_modify(|n| *n += 1);
+        }
+        let grace = tokio::time::Instant::now() + Duration::from_secs(3);
+        while members.iter().any(|u| u.tunnels.load(Ordering::SeqCst) > 0)
+            && tokio::time::Instant::now() < grace
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let in_flight = members.iter().map(|u| u.in_flight() as u64).sum();
+        Reply::Drained {
+            drained: idle(),
+            closed_tunnels: tunnels,
+            in_flight,
+        }
+    }
+
+    async fn answer(&self, request: Request) -> Result<Reply, ProxyError> {
+        Ok(match request {
+            Request::Ping => Reply::Pong {
+                pid: std::process::id(),
+                version: wire::VERSION,
+            },
+            Request::SetRoute { route } => {
+                self.set_route(route)?;
+                Reply::Done
+            }
+            Request::RemoveRoute { id } => {
+                self.remove_route(&id)?;
+                Reply::Done
+            }
+            Request::Routes => Reply::Routes {
+                routes: self.routes(),
+            },
+            Request::Stats => Reply::Stats {
+                routes: self.stats(),
+            },
+            Request::Draining => Reply::Draining {
+                upstreams: self.draining(),
+            },
+            Request::WaitDrained { addrs, timeout_ms } => {
+                self.wait_drained(&addrs, Duration::from_millis(timeout_ms))
+                    .await
+            }
+            Request::Upgrade { exe } => {
+                let Some(handoff) = &self.upgrade else {
+                    return Err(ProxyError::Upgrade(
+                        "this proxy was not started as a process that can upgrade".into(),
+                    ));
+                };
+                self.accepting.send_replace(false);
+                let spawned = handoff.spawn_successor(exe, &self.routes()).await;
+                if spawned.is_err() {
+                    self.accepting.send_replace(true);
+                }
+                Reply::Upgraded { pid: spawned? }
+            }
+        })
+    }
+}
+
+/// Members of `old` that no route lists now, with the drain timeout of `old`.
+fn members_of(routes: &Routes, old: Option<&wire::Route>) -> Vec<(Arc<Upstream>, u64)> {
+    let Some(old) = old else { return Vec::new() };
+    let live: HashSet<SocketAddr> = routes
+        .routes
+        .values()
+        .flat_map(|r| r.upstreams.iter().map(|u| u.addr))
+        .collect();
+    old.upstreams
+        .iter()
+        .filter(|u| !live.contains(&u.addr))
+        .filter_map(|u| {
+            routes
+                .upstreams
+                .get(&u.addr)
+                .map(|up| (up.clone(), old.drain_timeout_ms))
+        })
+        .collect()
+}
+
+fn validate(route: &wire::Route) -> Result<(), ProxyError> {
+    let bad = |message: &str| {
+        Err(ProxyError::InvalidRoute {
+            id: route.id.clone(),
+            message: message.to_string(),
+        })
+    };
+    if route.id.is_empty() {
+        return bad("the id is empty");
+    }
+    if route.domains.is_empty()
+        || route
+            .domains
+            .iter()
+            .any(|d| d.is_empty() || d.contains(['/', ' ']))
+    {
+        return bad("domains must be host names or `*`");
+    }
+    if !route.path_prefix.starts_with('/') {
+        return bad("the path prefix must start with `/`");
+    }
+    let mut seen = HashSet::new();
+    if route.upstreams.iter().any(|u| !seen.insert(u.addr)) {
+        return bad("an upstream address is listed twice");
+    }
+    Ok(())
+}
+
+/// Serves the control socket until `stop` turns true.
+pub(crate) async fn serve(
+    control: Arc<Control>,
+    listener: tokio::net::UnixListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut accepting = control.accepting.subscribe();
+    loop {
+        let open = *accepting.borrow_and_update();
+        tokio::select! {
+            _ = crate::until_true(&mut stop) => return,
+            _ = accepting.changed() => continue,
+            accepted = listener.accept(), if open => match accepted {
+                Ok((stream, _)) => {
+                    let control = control.clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = connection(control, stream).await {
+                            tracing::debug!(%error, "control connection ended");
+                        }
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "control accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn connection(control: Arc<Control>, stream: tokio::net::UnixStream) -> std::io::Result<()> {
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = tokio::io::BufReader::new(rd);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = (&mut rd).take(MAX_LINE as u64).read_line(&mut line).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut upgraded = false;
+        let response = match serde_json::from_str::<wire::RequestLine>(&line) {
+            Err(e) => Response::Error {
+                message: format!("malformed request: {e}"),
+            },
+            Ok(req) if req.version != wire::VERSION => Response::Error {
+                message: format!(
+                    "protocol version `{}` is not supported (this proxy speaks `{}`)",
+                    req.version,
+                    wire::VERSION
+                ),
+            },
+            Ok(req) => match control.answer(req.request).await {
+                Ok(reply) => {
+                    upgraded = matches!(reply, Reply::Upgraded { .. });
+                    Response::Ok(reply)
+                }
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
+            },
+        };
+        let mut out = serde_json::to_vec(&wire::ResponseLine {
+            version: wire::VERSION,
+            response,
+        })
+        .map_err(std::io::Error::other)?;
+        out.push(b'\n');
+        wr.write_all(&out).await?;
+        if upgraded {
+            // The successor serves now: this process stops accepting and drains.
+            control.stop.send_replace(true);
+        }
+    }
+}
+
+use tokio::io::AsyncReadExt as _;
+
+/// A blocking client of the control socket.
+#[derive(Debug)]
+pub struct Client {
+    path: PathBuf,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Result<Client, ProxyError> {
+        let control = |error| ProxyError::Control {
+            path: path.to_path_buf(),
+            error,
+        };
+        let writer = UnixStream::connect(path).map_err(control)?;
+        let reader = BufReader::new(writer.try_clone().map_err(control)?);
+        Ok(Client {
+            path: path.to_path_buf(),
+            reader,
+            writer,
+        })
+    }
+
+    /// Sends one request and waits for its answer.
+    pub fn call(&mut self, request: Request) -> Result<Reply, ProxyError> {
+        let protocol = |message: String| ProxyError::Protocol {
+            path: self.path.clone(),
+            message,
+        };
+        let mut line = serde_json::to_vec(&wire::RequestLine::new(request))
+            .map_err(|e| protocol(e.to_string()))?;
+        line.push(b'\n');
+        let io = |error| ProxyError::Control {
+            path: self.path.clone(),
+            error,
+        };
+        self.writer.write_all(&line).map_err(io)?;
+        let mut answer = String::new();
+        let n = self
+            .reader
+            .read_line(&mut answer)
+            .map_err(|error| ProxyError::Control {
+                path: self.path.clone(),
+                error,
+            })?;
+        if n == 0 {
+            return Err(protocol("the connection closed before an answer".into()));
+        }
+        let answer: wire::ResponseLine =
+            serde_json::from_str(&answer).map_err(|e| protocol(e.to_string()))?;
+        match answer.response {
+            Response::Ok(reply) => Ok(reply),
+            Response::Error { message } => Err(ProxyError::Refused(message)),
+        }
+    }
+}

@@ -1,0 +1,806 @@
+//! The request path: pick a route and an upstream, rewrite the headers at the edge
+//! (hop-by-hop out, X-Forwarded-* and a request id in), send the request on a pooled
+//! upstream connection, and stream the response back while counting it.
+//!
+//! Retries happen only when nothing of the request reached an upstream (connect refused
+//! or timed out, or a pooled connection that hyper hands the request back from). It must
+//! not block the worker thread, and it never answers a request that raced a swap with an
+//! error: a claim on a draining upstream is dropped and the route looked up again.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use crate::table::{now_ms, InFlight, RouteEntry, Table, Upstream};
+use crate::worker::Worker;
+use crate::Shared;
+
+/// How many upstream attempts one request may make (claims on draining members, refused
+/// connects, connections that handed the request back).
+const MAX_ATTEMPTS: usize = 8;
+/// Idle upstream connections kept per upstream and worker thread.
+const POOL_MAX_IDLE: usize = 512;
+
+thread_local! {
+    /// This worker thread's view of the published table: re-read only when the version
+    /// moves, so the request path takes no lock.
+    static TABLE: RefCell<Option<(u64, Arc<Table>)>> = const { RefCell::new(None) };
+    /// Idle upstream connections of this worker thread. Each worker runs a
+    /// current-thread runtime, so a connection's task runs where its pool is.
+    static POOL: RefCell<HashMap<SocketAddr, Vec<SendRequest<ClientBody>>>> = RefCell::new(HashMap::new());
+    static REQUEST_SEQ: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+}
+
+/// Runs `f` on this thread's current snapshot.
+fn with_table<R>(shared: &Shared, f: impl FnOnce(&Table) -> R) -> R {
+    let version = shared.published.version();
+    TABLE.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if slot.as_ref().is_none_or(|(v, _)| *v != version) {
+            *slot = Some(shared.published.load());
+        }
+        let (_, table) = slot.as_ref().expect("just filled");
+        f(table)
+    })
+}
+
+fn pool_checkout(addr: SocketAddr) -> Option<SendRequest<ClientBody>> {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let idle = pool.get_mut(&addr)?;
+        while let Some(conn) = idle.pop() {
+            if conn.is_ready() {
+                return Some(conn);
+            }
+            // Closed by the upstream while idle (or not ready): drop it.
+        }
+        None
+    })
+}
+
+fn pool_return(addr: SocketAddr, conn: SendRequest<ClientBody>) {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let idle = pool.entry(addr).or_default();
+        if idle.len() < POOL_MAX_IDLE {
+            idle.push(conn);
+        }
+    })
+}
+
+/// Hands a connection whose response just ended back to the pool, once hyper says it
+/// can take the next request (usually at once; otherwise when its task catches up).
+fn recycle(addr: SocketAddr, mut conn: SendRequest<ClientBody>) {
+    if conn.is_ready() {
+        pool_return(addr, conn);
+    } else if !conn.is_closed() {
+        tokio::spawn(async move {
+            if conn.ready().await.is_ok() {
+                pool_return(addr, conn);
+            }
+        });
+    }
+}
+
+/// A client's request body on its way up: fails when the client sends nothing for
+/// `timeout` (a slow or stalled upload must not pin a connection and an upstream slot).
+pub(crate) struct ClientBody {
+    inner: Incoming,
+    timeout: std::time::Duration,
+    // Made only when the body first waits: most requests have none.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl ClientBody {
+    fn new(inner: Incoming, timeout: std::time::Duration) -> ClientBody {
+        ClientBody {
+            inner,
+            timeout,
+            timer: None,
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some(timer) = this.timer.as_mut() {
+                    timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + this.timeout);
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(format!(
+                        "the client sent no body data for {timeout:?}"
+                    )
+                    .into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The body of every response the proxy sends.
+// Unboxed on purpose: one allocation less per request; a response body is moved into
+// hyper once and never copied around.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum ProxyBody {
+    Full(Option<Bytes>),
+    Upstream(UpstreamBody),
+}
+
+impl ProxyBody {
+    fn text(msg: String) -> ProxyBody {
+        ProxyBody::Full(Some(Bytes::from(msg)))
+    }
+    fn empty() -> ProxyBody {
+        ProxyBody::Full(None)
+    }
+}
+
+/// An upstream response body and what to do when it ends.
+pub(crate) struct UpstreamBody {
+    body: Incoming,
+    guard: Exchange,
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // hyper's server stops polling once `is_end_stream` is true, so that is checked
+        // here too, not only a `None` frame.
+        self.guard.complete |= self.body.is_end_stream();
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Upstream(up) => {
+                let polled = Pin::new(&mut up.body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            up.guard.bytes += data.len() as u64;
+                        }
+                    }
+                    Poll::Ready(None) => up.guard.complete = true,
+                    _ => {}
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(data) => data.is_none(),
+            ProxyBody::Upstream(up) => up.body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            ProxyBody::Upstream(up) => up.body.size_hint(),
+        }
+    }
+}
+
+/// One exchange with an upstream, from the response head to the end of its body: holds
+/// the in-flight claim (what draining waits for) and the connection to recycle.
+struct Exchange {
+    claim: InFlight,
+    conn: Option<SendRequest<ClientBody>>,
+    route: Arc<RouteEntry>,
+    bytes: u64,
+    complete: bool,
+    log: Option<crate::access_log::Entry>,
+    /// This worker (not the process-wide state): its reference count stays on this core.
+    worker: Arc<Worker>,
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.route.counters.finish(self.bytes);
+        if let Some(conn) = self.conn.take() {
+            if self.complete {
+                recycle(self.claim.0.addr, conn);
+            }
+        }
+        if let (Some(mut entry), Some(log)) =
+            (self.log.take(), self.worker.shared.access_log.as_ref())
+        {
+            entry.bytes = self.bytes;
+            log.write(&entry);
+        }
+    }
+}
+
+/// Why an upstream gave no response.
+// Lives only between a send and its match, so its size costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum SendError {
+    /// Nothing of the request left the proxy; `req` comes back for another attempt.
+    NotSent(Request<ClientBody>),
+    /// The request may have reached the upstream: never retried.
+    Failed(String),
+    Timeout,
+}
+
+/// Connects to an upstream; every failure here means nothing was sent.
+async fn connect(
+    shared: &Shared,
+    up: &Upstream,
+    upgrades: bool,
+) -> Result<SendRequest<ClientBody>, String> {
+    let stream = match tokio::time::timeout(
+        shared.limits.connect_timeout,
+        tokio::net::TcpStream::connect(up.addr),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                // Passive protection: skip a refusing member for a moment.
+                let until = now_ms() + shared.limits.refused_backoff.as_millis() as u64;
+                up.skip_until.store(until, Ordering::Relaxed);
+            }
+            return Err(format!("connect: {e}"));
+        }
+        Err(_) => {
+            let until = now_ms() + shared.limits.refused_backoff.as_millis() as u64;
+            up.skip_until.store(until, Ordering::Relaxed);
+            return Err("connect timed out".into());
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let addr = up.addr;
+    if upgrades {
+        tokio::spawn(async move {
+            if let Err(error) = conn.with_upgrades().await {
+                tracing::debug!(%addr, %error, "upstream connection ended");
+            }
+        });
+    } else {
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                tracing::debug!(%addr, %error, "upstream connection ended");
+            }
+        });
+    }
+    Ok(sender)
+}
+
+/// Serves one request from a client at `peer`.
+pub(crate) async fn handle(
+    worker: Arc<Worker>,
+    peer: Peer,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let shared = &worker.shared;
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        // RFC 9112 §3.2: more than one Host is a bad request (and a smuggling tool).
+        let mut resp = Response::new(ProxyBody::text("more than one `Host` header\n".into()));
+        *resp.status_mut() = StatusCode::BAD_REQUEST;
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(resp);
+    }
+    let host = host_of(&req);
+    let websocket = is_websocket(&req);
+    let request_id = prepare_request(&mut req, &peer, shared, websocket, &host);
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        // The upstream gets the origin form of an absolute-form target.
+        let origin = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        if let Ok(uri) = origin.parse() {
+            *req.uri_mut() = uri;
+        }
+    }
+    // Upstream connections are HTTP/1.1 keep-alive whatever the client speaks.
+    *req.version_mut() = hyper::Version::HTTP_11;
+    let path = req.uri().path().to_owned();
+    let mut log = shared
+        .access_log
+        .as_ref()
+        .map(|_| crate::access_log::Entry {
+            route: String::new(),
+            release: String::new(),
+            method: req.method().to_string(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
+            status: 0,
+            started,
+            upstream: None,
+            request_id: request_id.to_str().unwrap_or_default().to_owned(),
+            bytes: 0,
+        });
+    let client_upgrade = if websocket {
+        Some(hyper::upgrade::on(&mut req))
+    } else {
+        None
+    };
+    let req = req.map(|body| ClientBody::new(body, shared.limits.body_timeout));
+
+    let mut req = Some(req);
+    let mut tried: u64 = 0;
+    let mut last_route: Option<Arc<RouteEntry>> = None;
+    let mut error = String::from("no healthy upstream");
+    for _ in 0..MAX_ATTEMPTS {
+        // The claim is taken inside the lookup: one reference count per request on
+        // shared state instead of two (they bounce between cores).
+        let picked = with_table(shared, |table| {
+            let route = table.lookup(&host, &path)?.clone();
+            let claim = route.pick(tried, now_ms()).map(|(i, u)| (i, u.claim()));
+            Some((route, claim))
+        });
+        let Some((route, claim)) = picked else {
+            return Ok(finish_error(
+                shared,
+                log,
+                StatusCode::NOT_FOUND,
+                format!("no route for host `{host}`\n"),
+                None,
+            ));
+        };
+        let route: &Arc<RouteEntry> = last_route.insert(route);
+        let Some((index, claim)) = claim else {
+            break;
+        };
+        let Some(claim) = claim else {
+            // It started draining after this worker read the table: the table that made
+            // it drain is already published, so the next lookup sees the new set.
+            continue;
+        };
+        let upstream = &claim.0;
+        let conn = match pool_checkout(upstream.addr).filter(|_| !websocket) {
+            Some(c) => Ok(c),
+            None => connect(shared, upstream, websocket).await,
+        };
+        let mut conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(addr = %upstream.addr, error = %e, "upstream not reached, trying another");
+                tried |= 1u64.checked_shl(index as u32).unwrap_or(0);
+                error = e;
+                continue;
+            }
+        };
+        let outgoing = req.take().expect("request present until sent");
+        let sent = tokio::time::timeout(
+            shared.limits.response_timeout,
+            conn.try_send_request(outgoing),
+        )
+        .await;
+        let result = match sent {
+            Err(_) => Err(SendError::Timeout),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(back) => Err(SendError::NotSent(back)),
+                None => Err(SendError::Failed(e.into_error().to_string())),
+            },
+        };
+        match result {
+            Ok(mut resp) => {
+                let counters = &route.counters;
+                let latency = started.elapsed();
+                counters.response(resp.status().as_u16(), latency);
+                if let Some(entry) = log.as_mut() {
+                    entry.route.clone_from(&route.id);
+                    entry.release.clone_from(&counters.release);
+                    entry.status = resp.status().as_u16();
+                    entry.upstream = Some(upstream.addr);
+                }
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    let Some(client_upgrade) = client_upgrade else {
+                        // Only WebSocket upgrades are tunnelled (no h2c, no others).
+                        counters.upstream_error();
+                        return Ok(finish_error(
+                            shared,
+                            log,
+                            StatusCode::BAD_GATEWAY,
+                            "upstream switched protocols unasked\n".into(),
+                            None,
+                        ));
+                    };
+                    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                    crate::websocket::spawn_tunnel(
+                        &worker,
+                        claim,
+                        client_upgrade,
+                        upstream_upgrade,
+                    );
+                    if let (Some(entry), Some(access)) = (log, shared.access_log.as_ref()) {
+                        access.write(&entry);
+                    }
+                    let (parts, _) = resp.into_parts();
+                    return Ok(Response::from_parts(parts, ProxyBody::empty()));
+                }
+                strip_hop_by_hop(resp.headers_mut());
+                counters.start();
+                let (parts, body) = resp.into_parts();
+                let exchange = Exchange {
+                    claim,
+                    conn: (!websocket).then_some(conn),
+                    route: last_route.take().expect("set above"),
+                    bytes: 0,
+                    complete: false,
+                    log,
+                    worker: worker.clone(),
+                };
+                let body = ProxyBody::Upstream(UpstreamBody {
+                    body,
+                    guard: exchange,
+                });
+                return Ok(Response::from_parts(parts, body));
+            }
+            Err(SendError::NotSent(back)) => {
+                // A pooled connection that closed before the request went out: the
+                // same member may still be fine on a fresh connection.
+                req = Some(back);
+                error = "upstream connection closed".into();
+            }
+            Err(SendError::Failed(e)) => {
+                route.counters.upstream_error();
+                tracing::debug!(addr = %upstream.addr, error = %e, "upstream failed mid-request; not retried");
+                return Ok(finish_error(
+                    shared,
+                    log,
+                    StatusCode::BAD_GATEWAY,
+                    "upstream failed\n".into(),
+                    Some(route),
+                ));
+            }
+            Err(SendError::Timeout) => {
+                route.counters.upstream_error();
+                return Ok(finish_error(
+                    shared,
+                    log,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream timed out\n".into(),
+                    Some(route),
+                ));
+            }
+        }
+    }
+    let (status, msg) = match &last_route {
+        Some(r) if r.upstreams.is_empty() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no upstream for this route\n".to_string(),
+        ),
+        _ => (
+            StatusCode::BAD_GATEWAY,
+            format!("no upstream answered: {error}\n"),
+        ),
+    };
+    if let Some(r) = &last_route {
+        r.counters.upstream_error();
+    }
+    Ok(finish_error(shared, log, status, msg, last_route.as_ref()))
+}
+
+fn finish_error(
+    shared: &Shared,
+    log: Option<crate::access_log::Entry>,
+    status: StatusCode,
+    body: String,
+    route: Option<&Arc<RouteEntry>>,
+) -> Response<ProxyBody> {
+    if let Some(route) = route {
+        route
+            .counters
+            .response(status.as_u16(), std::time::Duration::ZERO);
+    }
+    if let (Some(mut entry), Some(access)) = (log, shared.access_log.as_ref()) {
+        entry.status = status.as_u16();
+        if let Some(route) = route {
+            entry.route.clone_from(&route.id);
+            entry.release.clone_from(&route.counters.release);
+        }
+        entry.bytes = body.len() as u64;
+        access.write(&entry);
+    }
+    let mut resp = Response::new(ProxyBody::text(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// The request's host, lowercase, without a port.
+fn host_of(req: &Request<Incoming>) -> String {
+    // An absolute-form target names the host; it wins over the Host header (RFC 9112 §3.2.2).
+    let raw = req
+        .uri()
+        .host()
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or("");
+    let host = if raw.starts_with('[') {
+        raw.split_once(']')
+            .map_or(raw, |(h, _)| h)
+            .trim_start_matches('[')
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    host.to_ascii_lowercase()
+}
+
+fn header_has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// A WebSocket handshake: the only upgrade the proxy tunnels.
+fn is_websocket(req: &Request<Incoming>) -> bool {
+    req.method() == hyper::Method::GET
+        && req.version() == hyper::Version::HTTP_11
+        && header_has_token(req.headers(), &header::CONNECTION, "upgrade")
+        && header_has_token(req.headers(), &header::UPGRADE, "websocket")
+}
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Which of `names` are present, as a bit set, found in one pass over the header
+/// names without hashing (most messages carry none of them, and hashing each name to
+/// remove it was a visible share of the request path).
+fn present(headers: &HeaderMap, names: &[HeaderName]) -> u32 {
+    let mut found = 0u32;
+    for key in headers.keys() {
+        if let Some(i) = names.iter().position(|n| n == key) {
+            found |= 1 << i;
+        }
+    }
+    found
+}
+
+/// Removes the hop-by-hop headers and every header that `Connection` names, except
+/// those that frame or route the message (hyper frames it again on the next hop).
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let found = present(headers, &HOP_BY_HOP);
+    if found == 0 {
+        return;
+    }
+    if found & 1 != 0 {
+        // HOP_BY_HOP[0] is Connection: the headers it names go too.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| n != header::HOST && n != header::CONTENT_LENGTH)
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if found & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Rewrites the client's headers for the upstream and returns the request id.
+fn prepare_request(
+    req: &mut Request<Incoming>,
+    peer: &Peer,
+    shared: &Shared,
+    websocket: bool,
+    host: &str,
+) -> HeaderValue {
+    let headers = req.headers_mut();
+    let upgrade = if websocket {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    strip_hop_by_hop(headers);
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, upgrade);
+    }
+    let trusted = shared.trusted_proxies.contains(&peer.addr.ip());
+    let xff = if trusted && headers.contains_key(&X_FORWARDED_FOR) {
+        let prev: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let joined = format!("{}, {}", prev.join(", "), peer.addr.ip());
+        HeaderValue::from_str(&joined).unwrap_or_else(|_| peer.ip_header.clone())
+    } else {
+        peer.ip_header.clone()
+    };
+    if trusted {
+        // A trusted peer may send several lines; they were folded into `xff` above.
+        headers.remove(&X_FORWARDED_FOR);
+    } else {
+        let spoofable = [
+            FORWARDED.clone(),
+            X_FORWARDED_PROTO.clone(),
+            X_FORWARDED_HOST.clone(),
+            X_FORWARDED_FOR.clone(),
+        ];
+        let found = present(headers, &spoofable);
+        for (i, name) in spoofable.iter().enumerate() {
+            if found & (1 << i) != 0 {
+                headers.remove(name);
+            }
+        }
+    }
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST) && !host.is_empty() {
+        if let Some(v) = headers.get(header::HOST).cloned() {
+            headers.insert(X_FORWARDED_HOST.clone(), v);
+        }
+    }
+    match headers
+        .get(&X_REQUEST_ID)
+        .filter(|v| valid_request_id(v.as_bytes()))
+    {
+        Some(id) => id.clone(),
+        None => {
+            let id = new_request_id(&shared.request_id_prefix);
+            headers.insert(X_REQUEST_ID.clone(), id.clone());
+            id
+        }
+    }
+}
+
+/// A client's request id is kept when it is short and plain (it ends up in logs).
+fn valid_request_id(v: &[u8]) -> bool {
+    (8..=128).contains(&v.len())
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+}
+
+/// `<process prefix>-<thread>-<sequence>`: unique within a run, without a lock or an
+/// allocation beyond the header itself.
+fn new_request_id(prefix: &str) -> HeaderValue {
+    static THREADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let (thread, seq) = REQUEST_SEQ.with(|c| {
+        let (mut thread, mut seq) = c.get();
+        if thread == 0 {
+            thread = THREADS.fetch_add(1, Ordering::Relaxed) + 1;
+        }
+        seq += 1;
+        c.set((thread, seq));
+        (thread, seq)
+    });
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{prefix}-{thread:x}-{seq:x}"));
+    let len = cursor.position() as usize;
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// The client end of a connection, with its address already rendered for
+/// X-Forwarded-For (once per connection, not per request).
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    pub addr: SocketAddr,
+    pub ip_header: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        let ip_header = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Peer { addr, ip_header }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_and_hop_by_hop_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret, host"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn request_ids_from_clients_are_kept_only_when_plain() {
+        assert!(valid_request_id(b"abc-123-def"));
+        assert!(!valid_request_id(b"short"));
+        assert!(!valid_request_id(b"has space in it"));
+        assert!(!valid_request_id("x".repeat(200).as_bytes()));
+    }
+}

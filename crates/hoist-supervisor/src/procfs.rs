@@ -1,0 +1,213 @@
+//! Reading `/proc`: a process's identity (pid + start time), its parent and group, the
+//! tree below a process, and resource use. It only reads; it never signals anything.
+
+use std::collections::HashMap;
+use std::fs;
+
+use serde::{Deserialize, Serialize};
+
+/// A process as identified beyond its pid: the pid plus its start time in clock ticks
+/// since boot (`/proc/PID/stat` field 22). A reused pid has another start time, so a
+/// matching pair is the same process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ProcessId {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+impl ProcessId {
+    /// The identity of the live process `pid`, if it exists.
+    pub fn of(pid: i32) -> Option<ProcessId> {
+        let stat = Stat::read(pid)?;
+        Some(ProcessId {
+            pid,
+            start_time: stat.start_time,
+        })
+    }
+
+    /// Whether this very process is alive: same pid, same start time, not a zombie.
+    pub fn is_alive(&self) -> bool {
+        Stat::read(self.pid).is_some_and(|s| s.start_time == self.start_time && s.state != 'Z')
+    }
+}
+
+/// The fields of `/proc/PID/stat` the supervisor uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub pid: i32,
+    pub state: char,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub session: i32,
+    /// User plus system time, in clock ticks.
+    pub cpu_ticks: u64,
+    pub start_time: u64,
+    /// Resident set, in pages.
+    pub rss_pages: u64,
+}
+
+impl Stat {
+    /// Reads `/proc/PID/stat`; `None` when the process does not exist (or vanished).
+    pub fn read(pid: i32) -> Option<Stat> {
+        let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        Stat::parse(pid, &text)
+    }
+
+    /// Parses a stat line. The command name (field 2) may hold spaces and parentheses,
+    /// so fields are counted from the last `)`.
+    pub fn parse(pid: i32, text: &str) -> Option<Stat> {
+        let rest = &text[text.rfind(')')? + 1..];
+        // `rest` starts at field 3 (state): field N is at index N - 3.
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |n: usize| f.get(n - 3).and_then(|s| s.parse::<i64>().ok());
+        Some(Stat {
+            pid,
+            state: f.first()?.chars().next()?,
+            ppid: num(4)? as i32,
+            pgid: num(5)? as i32,
+            session: num(6)? as i32,
+            cpu_ticks: (num(14)? + num(15)?) as u64,
+            start_time: num(22)? as u64,
+            rss_pages: num(24)?.max(0) as u64,
+        })
+    }
+}
+
+/// Every process on the host, read once. Processes that vanish while reading are skipped.
+pub fn all_processes() -> Vec<Stat> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(Stat::read)
+        .collect()
+}
+
+/// The processes below `root` (not `root` itself), from one snapshot of the table.
+pub fn descendants(root: i32, table: &[Stat]) -> Vec<Stat> {
+    let mut children: HashMap<i32, Vec<&Stat>> = HashMap::new();
+    for s in table {
+        children.entry(s.ppid).or_default().push(s);
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        for child in children.get(&pid).into_iter().flatten() {
+            // A pid is its own parent only in a corrupt snapshot; never loop on it.
+            if child.pid != root && !out.iter().any(|s: &Stat| s.pid == child.pid) {
+                out.push((*child).clone());
+                stack.push(child.pid);
+            }
+        }
+    }
+    out
+}
+
+/// The live members of process group `pgid`.
+pub fn group_members(pgid: i32, table: &[Stat]) -> Vec<Stat> {
+    table
+        .iter()
+        .filter(|s| s.pgid == pgid && s.state != 'Z')
+        .cloned()
+        .collect()
+}
+
+/// Whether `/proc/PID/environ` holds `NAME=value`: the second identity marker.
+pub fn environ_has(pid: i32, name: &str, value: &str) -> bool {
+    let Ok(raw) = fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let want = format!("{name}={value}");
+    raw.split(|b| *b == 0).any(|kv| kv == want.as_bytes())
+}
+
+/// Resource use of a process tree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessStats {
+    /// Resident memory summed over every process of the tree.
+    pub rss_bytes: u64,
+    /// User plus system CPU time summed over the live processes of the tree.
+    pub cpu_seconds: f64,
+    /// How many processes the tree holds.
+    pub processes: u32,
+}
+
+/// Sums the resource use of `procs`.
+pub fn sum_stats(procs: &[Stat]) -> ProcessStats {
+    let page = page_size();
+    let ticks = clock_ticks() as f64;
+    let mut out = ProcessStats::default();
+    for p in procs.iter().filter(|p| p.state != 'Z') {
+        out.rss_bytes += p.rss_pages * page;
+        out.cpu_seconds += p.cpu_ticks as f64 / ticks;
+        out.processes += 1;
+    }
+    out
+}
+
+fn page_size() -> u64 {
+    use nix::unistd::{sysconf, SysconfVar};
+    sysconf(SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |v| v as u64)
+}
+
+fn clock_ticks() -> u64 {
+    use nix::unistd::{sysconf, SysconfVar};
+    // Linux exports USER_HZ (100) in /proc whatever the kernel's own tick rate.
+    sysconf(SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|v| *v > 0)
+        .map_or(100, |v| v as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_with_spaces_and_parens() {
+        let line = "42 (a (b) c) S 1 42 42 0 -1 4194560 1 0 0 0 7 3 0 0 20 0 1 0 123456 1000 55 18446744073709551615";
+        let s = Stat::parse(42, line).unwrap();
+        assert_eq!((s.state, s.ppid, s.pgid, s.session), ('S', 1, 42, 42));
+        assert_eq!((s.cpu_ticks, s.start_time, s.rss_pages), (10, 123456, 55));
+    }
+
+    #[test]
+    fn own_identity_is_alive_and_a_changed_start_time_is_not() {
+        let me = ProcessId::of(std::process::id() as i32).unwrap();
+        assert!(me.is_alive());
+        assert!(!ProcessId {
+            start_time: me.start_time + 1,
+            ..me
+        }
+        .is_alive());
+    }
+
+    #[test]
+    fn descendants_walks_the_tree_only() {
+        let mk = |pid, ppid| Stat {
+            pid,
+            state: 'S',
+            ppid,
+            pgid: pid,
+            session: pid,
+            cpu_ticks: 0,
+            start_time: 0,
+            rss_pages: 1,
+        };
+        let table = vec![
+            mk(1, 0),
+            mk(10, 1),
+            mk(11, 10),
+            mk(12, 11),
+            mk(20, 1),
+            mk(13, 10),
+        ];
+        let mut got: Vec<i32> = descendants(10, &table).iter().map(|s| s.pid).collect();
+        got.sort();
+        assert_eq!(got, vec![11, 12, 13]);
+    }
+}

@@ -1,0 +1,270 @@
+//! `hoist deploy` and `hoist rollback`: build (or take) the artifact, upload it to the
+//! agent, ask for the activation and render its progress stream. A local deploy with no
+//! agent answering starts one in the background (the quickstart).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper::Method;
+
+use hoist_agent::client::Client;
+use hoist_protocol::agent::{DeployRequest, Hello, Outcome, Progress, RollbackRequest, Uploaded};
+
+use super::common;
+use super::config::{load, ConfigArgs};
+use crate::exit::{with_exit, with_hint, Exit, Reported};
+use crate::output;
+
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub file: ConfigArgs,
+    /// Deploy this prebuilt artifact instead of building one
+    #[arg(long, value_name = "FILE")]
+    pub artifact: Option<PathBuf>,
+    /// One JSON object per line on stdout: every step, then the outcome
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub file: ConfigArgs,
+    /// The release to go back to [default: the previous one]
+    pub release: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
+    let loaded = load(&args.file)?;
+    let host = local_host(&loaded.spec)?;
+    let artifact = match &args.artifact {
+        Some(a) => a.clone(),
+        None => super::build::build_release(&args.file, None)?.0,
+    };
+    common::block_on(async {
+        let client = ensure_agent().await?;
+        output::status("Uploading", &format!("`{}`", artifact.display()));
+        let up: Uploaded = client
+            .upload("/v1/releases", &artifact)
+            .await
+            .map_err(common::agent_error)?;
+        if up.app != loaded.spec.app {
+            return Err(with_exit(
+                Exit::Usage,
+                anyhow::anyhow!(
+                    "the artifact is of app `{}`, the app file of `{}`",
+                    up.app,
+                    loaded.spec.app
+                ),
+            ));
+        }
+        let req = DeployRequest {
+            spec: loaded.spec.clone(),
+            release: up.release.clone(),
+            host,
+            actor: actor(),
+        };
+        output::status(
+            "Deploying",
+            &format!("`{}` release `{}`", up.app, up.release),
+        );
+        let outcome = stream(&client, "/v1/deploy", &req, args.json).await?;
+        finish(outcome, args.json)
+    })
+}
+
+pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<()> {
+    let loaded = load(&args.file)?;
+    let host = local_host(&loaded.spec)?;
+    let client = common::client();
+    let req = RollbackRequest {
+        app: loaded.spec.app.clone(),
+        release: args.release.clone(),
+        host,
+        actor: actor(),
+    };
+    common::block_on(async {
+        output::status("Rolling back", &format!("`{}`", req.app));
+        let outcome = stream(&client, "/v1/rollback", &req, args.json).await?;
+        finish(outcome, args.json)
+    })
+}
+
+/// The host this machine's agent plays in the app file.
+fn local_host(spec: &hoist_core::spec::AppSpec) -> anyhow::Result<String> {
+    let local = hoist_core::spec::defaults::LOCAL_HOST;
+    if spec.host(local).is_some() {
+        return Ok(local.to_string());
+    }
+    Err(with_hint(
+        with_exit(Exit::Usage, anyhow::anyhow!("the app file has no host `{local}` to deploy to on this machine")),
+        format!("add `[[hosts]] name = \"{local}\"` with the roles to run here; deploys over SSH come with `hoist setup`"),
+    ))
+}
+
+async fn stream<B: serde::Serialize>(
+    client: &Client,
+    path: &str,
+    body: &B,
+    json: bool,
+) -> anyhow::Result<Outcome> {
+    let mut outcome = None;
+    let mut failure_lines = Vec::new();
+    client
+        .stream::<_, Progress>(Method::POST, path, Some(body), |p| {
+            if json {
+                let _ = output::json(&p);
+            }
+            match p {
+                Progress::Step {
+                    step,
+                    phase,
+                    message,
+                    ..
+                } if !json => match phase.as_str() {
+                    "begin" => output::status("Step", &step),
+                    "failed" => {
+                        output::error(&format!("{step} failed: {}", message.unwrap_or_default()))
+                    }
+                    _ => {}
+                },
+                Progress::Output { source, line } if !json => {
+                    if source == "failure" {
+                        failure_lines.push(line);
+                    } else {
+                        output::diagnostic(&format!("  {source} | {line}"));
+                    }
+                }
+                Progress::Done(o) => outcome = Some(o),
+                _ => {}
+            }
+            true
+        })
+        .await
+        .map_err(common::agent_error)?;
+    if !failure_lines.is_empty() {
+        output::diagnostic("last lines of its output:");
+        for l in failure_lines {
+            output::diagnostic(&format!("  | {l}"));
+        }
+    }
+    outcome.ok_or_else(|| anyhow::anyhow!("the agent ended the stream without an outcome"))
+}
+
+fn finish(outcome: Outcome, json: bool) -> anyhow::Result<()> {
+    if outcome.result == "succeeded" {
+        if !json {
+            output::status(
+                "Finished",
+                &format!(
+                    "`{}` release `{}` is live in {:.2}s",
+                    outcome.app,
+                    outcome.release.as_deref().unwrap_or("?"),
+                    outcome.duration_ms as f64 / 1000.0
+                ),
+            );
+            if let Some(url) = &outcome.url {
+                output::data(url)?;
+            }
+        }
+        return Ok(());
+    }
+    if !json {
+        output::error(&format!(
+            "{}; `{}` still serves",
+            outcome.reason.as_deref().unwrap_or("failed"),
+            outcome.previous.as_deref().unwrap_or("no release")
+        ));
+    }
+    Err(Reported(Exit::Failed).into())
+}
+
+/// `user@host`, for the history.
+fn actor() -> String {
+    let uid = nix::unistd::getuid();
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .or_else(|| {
+            nix::unistd::User::from_uid(uid)
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .unwrap_or_else(|| uid.to_string());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    format!("{user}@{host}")
+}
+
+/// The agent to deploy to: the one answering on the socket, or (when `HOIST_SOCKET` is
+/// not set) a new local agent started in the background with a proxy on 127.0.0.1:8080
+/// (or a free port when 8080 is taken).
+async fn ensure_agent() -> anyhow::Result<Client> {
+    let client = common::client();
+    if client.get::<Hello>("/v1/hello").await.is_ok() || std::env::var_os("HOIST_SOCKET").is_some()
+    {
+        return Ok(client);
+    }
+    let root = common::default_root();
+    let socket = common::default_socket();
+    let proxy = match std::net::TcpListener::bind("127.0.0.1:8080") {
+        Ok(l) => l.local_addr()?,
+        Err(_) => std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?,
+    };
+    std::fs::create_dir_all(&root)
+        .with_context(|| format!("cannot create `{}`", root.display()))?;
+    let log = root.join("agent.log");
+    output::status(
+        "Starting",
+        &format!(
+            "a local agent (root `{}`, proxy on {proxy}, log `{}`)",
+            root.display(),
+            log.display()
+        ),
+    );
+    let exe = std::env::current_exe().context("cannot find the hoist executable")?;
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("agent")
+        .arg("--root")
+        .arg(&root)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--proxy")
+        .arg(proxy.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(logf.try_clone()?)
+        .stderr(logf);
+    {
+        use std::os::unix::process::CommandExt;
+        // Its own session: the agent outlives this command and its terminal.
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()
+                    .map(|_| ())
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
+    cmd.spawn().context("cannot start the agent")?;
+    for _ in 0..200 {
+        if client.get::<Hello>("/v1/hello").await.is_ok() {
+            return Ok(client);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(with_hint(
+        anyhow::anyhow!("the local agent did not start"),
+        format!("see `{}`", log.display()),
+    ))
+}

@@ -1,0 +1,289 @@
+//! Shared by the end-to-end tests: a host (a real agent with its proxy, on a temp root)
+//! driven through the real CLI, app files for the test app, and a load generator.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hoist_testkit::{free_port, hoist_bin, http_get, tempdir, testapp_bin, wait_until, ChildGuard};
+
+pub struct Host {
+    _dir: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub root: PathBuf,
+    pub proxy: SocketAddr,
+    pub agent: Option<ChildGuard>,
+    /// Extra environment for the agent (failpoints).
+    pub agent_env: Vec<(String, String)>,
+}
+
+impl Host {
+    pub fn new() -> Host {
+        let dir = tempdir();
+        let path = dir.path().to_path_buf();
+        let mut h = Host {
+            socket: path.join("agent.sock"),
+            root: path.join("root"),
+            proxy: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            dir: path,
+            _dir: dir,
+            agent: None,
+            agent_env: Vec::new(),
+        };
+        h.start_agent();
+        h
+    }
+
+    pub fn start_agent(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .unwrap();
+        let guard = ChildGuard::spawn(
+            Command::new(hoist_bin())
+                .args(["agent", "--root"])
+                .arg(&self.root)
+                .arg("--socket")
+                .arg(&self.socket)
+                .arg("--proxy")
+                .arg(self.proxy.to_string())
+                .envs(self.agent_env.iter().map(|(k, v)| (k, v)))
+                .stderr(log),
+        )
+        .unwrap();
+        self.agent = Some(guard);
+        let socket = self.socket.clone();
+        wait_until(Duration::from_secs(20), || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        })
+        .expect("the agent answers");
+    }
+
+    pub fn kill_agent(&mut self) {
+        // SIGKILL to the agent alone: shims and the proxy live in their own sessions.
+        let guard = self.agent.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(guard.pid() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        drop(guard);
+    }
+
+    /// Writes an app file for the test app into a project dir named `name`.
+    pub fn project(&self, name: &str, extra_env: &str, extra: &str) -> PathBuf {
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("VERSION"), name).unwrap();
+        let app = testapp_bin();
+        let toml = format!(
+            r#"app = "demo"
+
+[build]
+include = ["VERSION"]
+
+[env]
+{extra_env}
+
+[check]
+command = "{app} check"
+
+[services.web]
+command = "{app} serve"
+replicas = 2
+stop_timeout = "5s"
+http = {{ domains = ["*"], health = {{ path = "/health", interval = "100ms", healthy_threshold = 2, min_healthy = "200ms" }}, drain_timeout = "2s" }}
+
+[deploy]
+health_deadline = "5s"
+standby = "10m"
+{extra}
+
+[[hosts]]
+name = "local"
+roles = ["web"]
+"#,
+            app = app.display()
+        );
+        std::fs::write(dir.join("hoist.toml"), toml).unwrap();
+        dir
+    }
+
+    pub fn hoist(&self, args: &[&str]) -> Output {
+        Command::new(hoist_bin())
+            .args(args)
+            .env("HOIST_SOCKET", &self.socket)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    pub fn deploy(&self, project: &Path) -> Output {
+        self.hoist(&["deploy", "-c", project.join("hoist.toml").to_str().unwrap()])
+    }
+
+    /// The release answering `/` through the proxy.
+    pub fn serving(&self) -> Option<String> {
+        let resp = http_get(self.proxy, "demo.test", "/").ok()?;
+        if resp.status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&resp.body).ok()?;
+        v["release"].as_str().map(str::to_string)
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.hoist(&["status", "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn pids(&self) -> Vec<(String, u64)> {
+        let st = self.status();
+        let mut v: Vec<(String, u64)> = st["apps"][0]["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    i["instance"].as_str().unwrap().to_string(),
+                    i["pid"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // The shims and the proxy are in sessions of their own: stop them by their pids.
+        if let Ok(entries) = std::fs::read_dir(self.root.join("run")) {
+            for e in entries.flatten() {
+                let Ok(text) = std::fs::read_to_string(e.path()) else {
+                    continue;
+                };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                    continue;
+                };
+                for key in ["shim", "process"] {
+                    if let Some(pid) = v[key]["pid"].as_i64() {
+                        let _ = nix::sys::signal::killpg(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
+        }
+        if let Ok(pid) = proxy_pid(&self.root) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// The proxy's pid, from its answer to a ping on the control socket.
+pub fn proxy_pid(root: &Path) -> std::io::Result<i32> {
+    use std::io::{BufRead, BufReader};
+    let mut s = std::os::unix::net::UnixStream::connect(root.join("proxy/control.sock"))?;
+    s.write_all(b"{\"version\":1,\"request\":{\"type\":\"ping\"}}\n")?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    let v: serde_json::Value = serde_json::from_str(&line).map_err(std::io::Error::other)?;
+    v["response"]["ok"]["pid"]
+        .as_i64()
+        .map(|p| p as i32)
+        .ok_or_else(|| std::io::Error::other(line.clone()))
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub fn release_of(out: &Output) -> String {
+    let err = text(&out.stderr);
+    err.lines()
+        .find_map(|l| {
+            l.split("release `")
+                .nth(1)
+                .map(|r| r.split('`').next().unwrap().to_string())
+        })
+        .unwrap_or_else(|| panic!("no release in {err}"))
+}
+
+/// Requests through the proxy in a loop on 4 threads until stopped: (ok, failed).
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let threads = (0..4)
+            .map(|_| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                std::thread::spawn(move || {
+                    let mut errors = Vec::new();
+                    // Bounded: at most 5 minutes of requests, whatever happens.
+                    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+                    while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                        match http_get(addr, "demo.test", "/") {
+                            Ok(r) if r.status == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                errors.push(format!("{} {}", r.status, r.body));
+                            }
+                            Err(e) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                errors.push(e.to_string());
+                            }
+                        }
+                    }
+                    errors
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
+    }
+
+    pub fn finish(self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let errors = self
+            .threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            errors,
+        )
+    }
+}

@@ -1,0 +1,223 @@
+//! Crash consistency (design §6, reliability C1): the agent is stopped dead at every
+//! journaled step of a deploy and of a rollback (a failpoint pauses it exactly there),
+//! SIGKILLed, and started again. Then, against what really runs: one release serves the
+//! route and the agent agrees, every instance belongs to the current or standby release,
+//! no process carrying an instance marker is unknown to the agent, the interrupted
+//! operation is closed in the history, and the next deploy succeeds.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{release_of, text, Host};
+use hoist_testkit::wait_until;
+
+const DEPLOY_STEPS: &[&str] = &[
+    "materialise",
+    "preflight",
+    "backup",
+    "pre_activate",
+    "start",
+    "healthy",
+    "switch",
+    "smoke",
+    "drain",
+    "retire",
+    "prune",
+];
+const ROLLBACK_STEPS: &[&str] = &[
+    "materialise",
+    "start",
+    "healthy",
+    "switch",
+    "drain",
+    "retire",
+    "prune",
+];
+
+fn with_hooks(host: &Host, name: &str) -> std::path::PathBuf {
+    let p = host.project(name, "", "");
+    let toml = std::fs::read_to_string(p.join("hoist.toml")).unwrap();
+    let hooks = "[hooks]\npre_activate = \"true\"\nsmoke = \"true\"\n\n[deploy]";
+    std::fs::write(p.join("hoist.toml"), toml.replacen("[deploy]", hooks, 1)).unwrap();
+    p
+}
+
+/// Processes on this machine whose environment names an instance under `root`.
+fn marked_processes(root: &std::path::Path) -> Vec<(i32, String)> {
+    let data = format!("HOIST_DATA_DIR={}", root.join("data").display());
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let vars: Vec<String> = env
+            .split(|b| *b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        if !vars.iter().any(|v| v.starts_with(&data)) {
+            continue;
+        }
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if state
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z'))
+        {
+            continue;
+        }
+        if let Some(id) = vars.iter().find_map(|v| v.strip_prefix("HOIST_INSTANCE=")) {
+            out.push((pid, id.to_string()));
+        }
+    }
+    out
+}
+
+/// The invariants, checked once the restarted agent has settled.
+fn check_consistent(host: &Host, point: &str) {
+    wait_until(Duration::from_secs(30), || {
+        let st = host.status();
+        let app = &st["apps"][0];
+        let cur = app["release"].as_str().unwrap_or_default().to_string();
+        let inst = app["instances"].as_array().cloned().unwrap_or_default();
+        let web_ok = inst
+            .iter()
+            .filter(|i| i["release"] == cur.as_str() && i["state"] == "healthy")
+            .count()
+            == 2;
+        web_ok && host.serving().as_deref() == Some(cur.as_str())
+    })
+    .unwrap_or_else(|e| panic!("{point}: did not settle: {e}\n{:#}", host.status()));
+    let st = host.status();
+    let app = &st["apps"][0];
+    let cur = app["release"].as_str().unwrap().to_string();
+    let standby = app["standby"].as_str().map(str::to_string);
+    let known: HashSet<String> = app["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let r = i["release"].as_str().unwrap();
+            assert!(
+                r == cur || standby.as_deref() == Some(r),
+                "{point}: instance of release {r} (current {cur}, standby {standby:?})"
+            );
+            i["instance"].as_str().unwrap().to_string()
+        })
+        .collect();
+    // Let stops still in flight finish before looking for strays.
+    wait_until(Duration::from_secs(20), || {
+        marked_processes(&host.root)
+            .iter()
+            .all(|(_, id)| known.contains(id))
+    })
+    .unwrap_or_else(|_| {
+        panic!(
+            "{point}: orphans {:?} (known {known:?})",
+            marked_processes(&host.root)
+        )
+    });
+    // One process group per instance (its `sh -c` and the app share it): two groups with
+    // the same marker would be a duplicate.
+    let mut groups: std::collections::HashMap<String, HashSet<i32>> = Default::default();
+    for (pid, id) in marked_processes(&host.root) {
+        let pgid =
+            nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).map_or(0, |p| p.as_raw());
+        groups.entry(id).or_default().insert(pgid);
+    }
+    for (id, g) in groups {
+        assert_eq!(
+            g.len(),
+            1,
+            "{point}: instance {id} runs in several process groups {g:?}"
+        );
+    }
+    let out = host.hoist(&["history", "--json"]);
+    let hist: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let last = hist.as_array().unwrap().last().unwrap().clone();
+    let reason = last["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("the agent stopped during"),
+        "{point}: last record {last}"
+    );
+    let out = host.hoist(&["history", "--verify"]);
+    assert!(out.status.success(), "{point}: {}", text(&out.stderr));
+}
+
+fn kill_at(host: &mut Host, point: &str, run: impl FnOnce(&Host) -> std::process::Child) {
+    let mark = host.dir.join("failpoint.reached");
+    let _ = std::fs::remove_file(&mark);
+    host.kill_agent();
+    host.agent_env = vec![
+        ("HOIST_FAILPOINT".into(), point.into()),
+        ("HOIST_FAILPOINT_MARK".into(), mark.display().to_string()),
+    ];
+    host.start_agent();
+    let mut cli = run(host);
+    wait_until(Duration::from_secs(30), || mark.exists())
+        .unwrap_or_else(|_| panic!("{point}: failpoint never reached"));
+    host.kill_agent();
+    let _ = cli.kill();
+    let _ = cli.wait();
+    host.agent_env.clear();
+    host.start_agent();
+}
+
+fn spawn_cli(host: &Host, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(hoist_testkit::hoist_bin())
+        .args(args)
+        .env("HOIST_SOCKET", &host.socket)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn sigkill_at_every_deploy_step_recovers_to_a_consistent_state() {
+    let mut host = Host::new();
+    let base = with_hooks(&host, "base");
+    assert!(host.deploy(&base).status.success());
+    for (i, step) in DEPLOY_STEPS.iter().enumerate() {
+        for phase in ["before", "after"] {
+            let point = format!("{step}:{phase}");
+            let p = with_hooks(&host, &format!("d{i}{phase}"));
+            let cfg = p.join("hoist.toml").display().to_string();
+            kill_at(&mut host, &point, |h| spawn_cli(h, &["deploy", "-c", &cfg]));
+            check_consistent(&host, &point);
+        }
+    }
+    let last = with_hooks(&host, "after-all");
+    let out = host.deploy(&last);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(host.serving().as_deref(), Some(release_of(&out).as_str()));
+}
+
+#[test]
+fn sigkill_at_every_rollback_step_recovers_to_a_consistent_state() {
+    let mut host = Host::new();
+    for (i, step) in ROLLBACK_STEPS.iter().enumerate() {
+        for phase in ["before", "after"] {
+            let point = format!("{step}:{phase}");
+            // Two releases, so that there is one to go back to.
+            for n in 0..2 {
+                let p = with_hooks(&host, &format!("r{i}{phase}{n}"));
+                let out = host.deploy(&p);
+                assert!(out.status.success(), "{point}: {}", text(&out.stderr));
+            }
+            let cfg = host
+                .dir
+                .join(format!("r{i}{phase}1/hoist.toml"))
+                .display()
+                .to_string();
+            kill_at(&mut host, &point, |h| {
+                spawn_cli(h, &["rollback", "-c", &cfg])
+            });
+            check_consistent(&host, &point);
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! Deploys through the real CLI, agent, proxy, shims and test app: a good release takes
+//! traffic; every kind of broken release is refused with its reason while the old one
+//! keeps serving; rollback; the agent's death is not the app's.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{release_of, text, Host, Load};
+use hoist_testkit::{http_get, testapp_bin, wait_until};
+
+#[test]
+fn a_good_release_takes_traffic_and_rollback_is_a_switch() {
+    let host = Host::new();
+    let v1 = host.project("v1", "", "");
+    let out = host.deploy(&v1);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r1 = release_of(&out);
+    assert_eq!(text(&out.stdout).trim(), format!("http://{}/", host.proxy));
+    assert_eq!(host.serving().as_deref(), Some(r1.as_str()));
+
+    let load = Load::start(host.proxy);
+    let v2 = host.project("v2", "", "");
+    let out = host.deploy(&v2);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r2 = release_of(&out);
+    assert_ne!(r1, r2);
+    assert_eq!(host.serving().as_deref(), Some(r2.as_str()));
+
+    let out = host.hoist(&["rollback", "-c", v2.join("hoist.toml").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(host.serving().as_deref(), Some(r1.as_str()));
+    let (ok, failed, errors) = load.finish();
+    assert!(ok > 0);
+    assert_eq!(
+        failed, 0,
+        "failed requests during deploy and rollback: {errors:?}"
+    );
+
+    let out = host.hoist(&["history", "--json"]);
+    let hist: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<(&str, &str)> = hist
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["kind"].as_str().unwrap(), h["result"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("deploy", "succeeded"),
+            ("deploy", "succeeded"),
+            ("rollback", "succeeded")
+        ]
+    );
+    let out = host.hoist(&["history", "--verify"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// Each broken release: exit 1, the reason named, the old release still serving, and
+/// nothing of the new release left running.
+#[test]
+fn broken_releases_never_take_traffic() {
+    let host = Host::new();
+    let good = host.project("good", "", "");
+    let out = host.deploy(&good);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r1 = release_of(&out);
+
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "missing-dep",
+            "TESTAPP_FAIL_CHECK = \"1\"",
+            "",
+            "the check command",
+        ),
+        (
+            "health-500",
+            "TESTAPP_FAIL_HEALTH = \"1\"",
+            "",
+            "did not become healthy within",
+        ),
+        (
+            "crash",
+            "TESTAPP_CRASH_AT_START = \"1\"",
+            "",
+            "exited with status 1 before it became healthy",
+        ),
+        (
+            "slow",
+            "TESTAPP_SLOW_START = \"30\"",
+            "",
+            "did not become healthy within",
+        ),
+        (
+            "flapping",
+            "TESTAPP_HEALTH_PASS_THEN_FAIL = \"1\"",
+            "",
+            "did not become healthy within",
+        ),
+    ];
+    for (name, env, extra, reason) in cases {
+        let p = host.project(name, env, extra);
+        let out = host.deploy(&p);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains(reason),
+            "{name}: expected `{reason}` in:\n{err}"
+        );
+        assert!(
+            err.contains(&format!("`{r1}` still serves")),
+            "{name}: {err}"
+        );
+        assert_eq!(host.serving().as_deref(), Some(r1.as_str()), "{name}");
+        let st = host.status();
+        let releases: Vec<&str> = st["apps"][0]["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["release"].as_str().unwrap())
+            .collect();
+        assert!(
+            releases.iter().all(|r| *r == r1),
+            "{name}: instances of the broken release remain: {releases:?}"
+        );
+    }
+    // The crash at start shows the app's own last words.
+    let p = host.project("crash2", "TESTAPP_CRASH_AT_START = \"1\"", "");
+    let err = text(&host.deploy(&p).stderr);
+    assert!(
+        err.contains("ModuleNotFoundError: No module named 'missing_dep'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_failing_smoke_hook_switches_traffic_back() {
+    let host = Host::new();
+    let good = host.project("good", "", "");
+    let r1 = release_of(&host.deploy(&good));
+    let bad = host.project("smoke", "", "");
+    let toml = std::fs::read_to_string(bad.join("hoist.toml")).unwrap();
+    std::fs::write(
+        bad.join("hoist.toml"),
+        toml.replace(
+            "[deploy]",
+            "[hooks]\nsmoke = \"echo smoke says no; exit 3\"\n\n[deploy]",
+        ),
+    )
+    .unwrap();
+    let out = host.deploy(&bad);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("smoke | smoke says no"), "{err}");
+    assert!(err.contains("exited with status 3"), "{err}");
+    assert_eq!(host.serving().as_deref(), Some(r1.as_str()));
+}
+
+#[test]
+fn instances_survive_the_agent_and_are_adopted_not_restarted() {
+    let mut host = Host::new();
+    let p = host.project("v1", "", "");
+    let out = host.deploy(&p);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let before = host.pids();
+    assert_eq!(before.len(), 2);
+
+    let load = Load::start(host.proxy);
+    for _ in 0..3 {
+        host.kill_agent();
+        // Nothing serves traffic differently while the agent is gone.
+        let r = http_get(host.proxy, "demo.test", "/");
+        assert!(host.serving().is_some(), "{r:?}");
+        host.start_agent();
+        assert_eq!(
+            host.pids(),
+            before,
+            "instances were restarted instead of adopted"
+        );
+    }
+    let (ok, failed, errors) = load.finish();
+    assert!(ok > 0);
+    assert_eq!(failed, 0, "{errors:?}");
+    let st = host.status();
+    for i in st["apps"][0]["instances"].as_array().unwrap() {
+        assert_eq!(i["restarts"], 0, "{i}");
+    }
+}
+
+#[test]
+fn a_killed_instance_is_restarted_alone() {
+    let host = Host::new();
+    let good = host.project("good", "", "");
+    assert!(host.deploy(&good).status.success());
+    let pids = host.pids();
+    // Kill one instance's app process: the agent notices and starts it again.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0].1 as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(20), || {
+        let now = host.pids();
+        now.len() == 2 && now[0].1 != 0 && now[0].1 != pids[0].1 && now[1] == pids[1]
+    })
+    .expect("the killed instance is restarted, the other untouched");
+    let out = host.hoist(&["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = &st["apps"][0]["instances"][0];
+    assert_eq!(first["restarts"], 1, "{first}");
+    assert_eq!(first["last_exit"], "killed by SIGKILL", "{first}");
+}
+
+#[test]
+fn jobs_never_overlap_and_are_killed_at_their_timeout() {
+    let host = Host::new();
+    let app = testapp_bin();
+    let jobs = format!(
+        "[jobs.tick]\ncommand = \"{app} job --sleep 1.5 --name tick\"\nevery = \"1s\"\ntimeout = \"10s\"\n\n\
+         [jobs.stuck]\ncommand = \"{app} job --sleep 60 --spawn-child --name stuck\"\nevery = \"1h\"\ntimeout = \"1s\"\n\n[deploy]",
+        app = app.display()
+    );
+    let p = host.project("jobs", "", "");
+    let toml = std::fs::read_to_string(p.join("hoist.toml"))
+        .unwrap()
+        .replacen("[deploy]", &jobs, 1);
+    std::fs::write(
+        p.join("hoist.toml"),
+        toml.replace("roles = [\"web\"]", "roles = [\"web\"]\n"),
+    )
+    .unwrap();
+    let out = host.deploy(&p);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let cfg = p.join("hoist.toml");
+    let cfg = cfg.to_str().unwrap();
+
+    let out = host.hoist(&["jobs", "run", "stuck", "-c", cfg]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let runs = |h: &Host| -> Vec<serde_json::Value> {
+        serde_json::from_slice(&h.hoist(&["jobs", "--json", "-c", cfg]).stdout).unwrap()
+    };
+    wait_until(Duration::from_secs(30), || {
+        let r = runs(&host);
+        let tick_done = r
+            .iter()
+            .filter(|r| r["job"] == "tick" && r["status"] == "succeeded")
+            .count();
+        let skipped = r
+            .iter()
+            .filter(|r| r["job"] == "tick" && r["status"] == "skipped")
+            .count();
+        let stuck = r
+            .iter()
+            .any(|r| r["job"] == "stuck" && r["status"] == "timeout");
+        tick_done >= 2 && skipped >= 1 && stuck
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:#?}", runs(&host)));
+
+    // Runs of `tick` never overlapped: each start comes after the previous end.
+    let log = std::fs::read_to_string(host.root.join("data/demo/job-tick.log")).unwrap();
+    let mut open = false;
+    for line in log.lines() {
+        if line.starts_with("start") {
+            assert!(!open, "a run started before the previous ended:\n{log}");
+            open = true;
+        } else if line.starts_with("end") {
+            open = false;
+        }
+    }
+    // The stuck run's whole process group is gone.
+    let stuck_log = std::fs::read_to_string(host.root.join("data/demo/job-stuck.log")).unwrap();
+    let pid: i32 = stuck_log
+        .lines()
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    wait_until(Duration::from_secs(10), || {
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), None).is_err()
+    })
+    .expect("the timed-out job's process group is gone");
+}
+
+#[test]
+fn old_releases_are_pruned_but_never_the_current_or_standby_one() {
+    let host = Host::new();
+    let mut released = Vec::new();
+    for (i, env) in [
+        "",
+        "",
+        "TESTAPP_FAIL_CHECK = \"1\"",
+        "",
+        "TESTAPP_FAIL_CHECK = \"1\"",
+        "",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let p = host.project(&format!("v{i}"), env, "keep_releases = 2");
+        let out = host.deploy(&p);
+        if env.is_empty() {
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            released.push(release_of(&out));
+        } else {
+            assert_eq!(out.status.code(), Some(1));
+        }
+    }
+    let current = released.last().unwrap().clone();
+    let standby = released[released.len() - 2].clone();
+    let out = host.hoist(&[
+        "releases",
+        "--json",
+        "-c",
+        host.dir.join("v0/hoist.toml").to_str().unwrap(),
+    ]);
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let kept: Vec<(&str, &str)> = list
+        .iter()
+        .map(|r| (r["release"].as_str().unwrap(), r["role"].as_str().unwrap()))
+        .collect();
+    assert!(kept.contains(&(current.as_str(), "current")), "{kept:?}");
+    assert!(kept.contains(&(standby.as_str(), "standby")), "{kept:?}");
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    let mut dirs: Vec<String> = std::fs::read_dir(host.root.join("releases/demo"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    dirs.sort();
+    let mut want = vec![current, standby];
+    want.sort();
+    assert_eq!(dirs, want);
+    assert_eq!(
+        host.serving().as_deref(),
+        Some(released.last().unwrap().as_str())
+    );
+}
