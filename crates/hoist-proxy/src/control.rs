@@ -112,13 +112,20 @@ impl Control {
             entries.push(Arc::new(RouteEntry::new(route, members, counters)));
             domains.push(route.domains.as_slice());
         }
+        // Members in the new table are live before it is published (one coming back
+        // from a drain must not be refused by requests that already see it), and members
+        // that left are marked draining only after (requests that still hold the old
+        // table then find the new one when they look again).
+        for addr in &live {
+            if let Some(up) = upstreams.get(addr) {
+                up.draining.store(false, Ordering::SeqCst);
+            }
+        }
         self.shared
             .published
             .publish(Table::build(&entries, &domains));
         for (addr, up) in upstreams.iter() {
-            if live.contains(addr) {
-                up.draining.store(false, Ordering::SeqCst);
-            } else if !up.draining.swap(true, Ordering::SeqCst) {
+            if !live.contains(addr) && !up.draining.swap(true, Ordering::SeqCst) {
                 up.drain_epoch.fetch_add(1, Ordering::SeqCst);
             }
         }

@@ -404,7 +404,9 @@ pub(crate) async fn handle(
         };
         let Some(claim) = claim else {
             // It started draining after this worker read the table: the table that made
-            // it drain is already published, so the next lookup sees the new set.
+            // it drain is already published, so the next lookup sees the new set. (The
+            // yield lets a control change in progress finish; it costs nothing otherwise.)
+            tokio::task::yield_now().await;
             continue;
         };
         let upstream = &claim.0;

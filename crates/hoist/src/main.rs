@@ -43,6 +43,8 @@ enum Command {
     Releases(cmd::status::StatusArgs),
     /// A service's logs
     Logs(cmd::status::LogsArgs),
+    /// What happened on the host: exits, health changes, crash loops, deploys
+    Events(cmd::status::EventsArgs),
     /// Start a stopped service of the current release
     Start(cmd::service::ServiceArgs),
     /// Stop a service (it stays stopped until `start` or the next deploy)
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
         Command::History(args) => cmd::status::run_history(args),
         Command::Releases(args) => cmd::status::run_releases(args),
         Command::Logs(args) => cmd::status::run_logs(args),
+        Command::Events(args) => cmd::status::run_events(args),
         Command::Start(args) => cmd::service::run_service("start", args),
         Command::Stop(args) => cmd::service::run_service("stop", args),
         Command::Restart(args) => cmd::service::run_service("restart", args),

@@ -109,8 +109,8 @@ fn secrets_are_set_from_stdin_kept_0600_and_never_shown() {
     );
     assert_eq!(
         out.status.code(),
-        Some(2),
-        "unsetting a missing secret is a usage error"
+        Some(1),
+        "unsetting a missing secret fails"
     );
     assert!(
         text(&out.stderr).contains("no secret `DATABASE_URL` for `notes`"),

@@ -339,3 +339,96 @@ fn old_releases_are_pruned_but_never_the_current_or_standby_one() {
         Some(released.last().unwrap().as_str())
     );
 }
+
+#[test]
+fn a_second_deploy_of_the_same_app_is_refused_naming_the_holder() {
+    let host = Host::new();
+    let p = host.project("v1", "", "");
+    assert!(host.deploy(&p).status.success());
+    // The first deploy holds the lock while its pre_activate hook runs.
+    let slow = host.project("slow", "", "");
+    let marker = host.dir.join("in-hook");
+    let toml = std::fs::read_to_string(slow.join("hoist.toml")).unwrap();
+    let hook = format!("[hooks]\npre_activate = \"touch {} && sleep 3\"\n\n[deploy]", marker.display());
+    std::fs::write(slow.join("hoist.toml"), toml.replacen("[deploy]", &hook, 1)).unwrap();
+    let mut first = std::process::Command::new(hoist_testkit::hoist_bin())
+        .args(["deploy", "-c", slow.join("hoist.toml").to_str().unwrap()])
+        .env("HOIST_SOCKET", &host.socket)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(20), || marker.exists()).expect("the first deploy reaches its hook");
+    let out = host.deploy(&host.project("v2", "", ""));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("a deploy of `demo` is already running: held by"), "{err}");
+    assert!(first.wait().unwrap().success());
+}
+
+#[test]
+fn an_instance_past_its_memory_limit_is_restarted_and_the_event_recorded() {
+    let host = Host::new();
+    let p = host.project("leaky", "TESTAPP_LEAK_MIB_PER_SEC = \"40\"", "");
+    let toml = std::fs::read_to_string(p.join("hoist.toml")).unwrap();
+    std::fs::write(p.join("hoist.toml"), toml.replace("stop_timeout = \"5s\"", "stop_timeout = \"5s\"\nmemory_limit = \"160MiB\""))
+        .unwrap();
+    let out = host.deploy(&p);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until(Duration::from_secs(30), || {
+        let out = host.hoist(&["events", "--json"]);
+        text(&out.stdout).lines().any(|l| l.contains("instance.memory_limit"))
+    })
+    .expect("a memory_limit event");
+    wait_until(Duration::from_secs(30), || {
+        let st = host.status();
+        st["apps"][0]["instances"].as_array().unwrap().iter().any(|i| i["restarts"].as_u64() >= Some(1))
+    })
+    .expect("the leaking instance was restarted");
+}
+
+#[test]
+fn logs_are_kept_filtered_and_followed_and_restart_keeps_serving() {
+    let host = Host::new();
+    let p = host.project("v1", "", "");
+    assert!(host.deploy(&p).status.success());
+    let cfg = p.join("hoist.toml");
+    let cfg = cfg.to_str().unwrap();
+    let out = host.hoist(&["logs", "web", "--grep", "]: listening", "-c", cfg]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines = text(&out.stdout);
+    assert_eq!(lines.lines().count(), 2, "one `listening` line per instance:\n{lines}");
+
+    let follow = std::process::Command::new(hoist_testkit::hoist_bin())
+        .args(["logs", "web", "-f", "--grep", "]: listening", "-n", "0", "-c", cfg])
+        .env("HOIST_SOCKET", &host.socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let follow = hoist_testkit::ChildGuard { child: follow };
+    let load = Load::start(host.proxy);
+    let out = host.hoist(&["restart", "web", "-c", cfg]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (ok, failed, errors) = load.finish();
+    assert!(ok > 0);
+    assert_eq!(failed, 0, "a rolling restart dropped requests: {errors:?}");
+    // The followed stream shows both restarted instances coming up.
+    let mut guard = follow;
+    let mut stdout = guard.child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(&mut stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(l) => seen.push(l),
+            Err(_) => panic!("followed only {seen:?}"),
+        }
+    }
+    drop(guard);
+}

@@ -53,7 +53,9 @@ pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
 /// The agent client's error as the user should see it.
 pub fn agent_error(err: ClientError) -> anyhow::Error {
     match (&err, err.hint().map(str::to_string)) {
-        (ClientError::Api(_, status), hint) if status.is_client_error() => {
+        // A request the agent could not understand is a usage error; a refusal (a lock
+        // held, a release missing) is a failed operation that changed nothing.
+        (ClientError::Api(_, status), hint) if *status == hyper::StatusCode::BAD_REQUEST => {
             let e = with_exit(Exit::Usage, anyhow::anyhow!("{err}"));
             match hint {
                 Some(h) => with_hint(e, h),

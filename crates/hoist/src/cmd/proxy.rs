@@ -164,11 +164,11 @@ fn switch(control: &std::path::Path, upstream: SocketAddr) -> anyhow::Result<()>
     Ok(())
 }
 
-/// The proxy's own logs on stderr: `RUST_LOG` filters, `warn` by default (a busy proxy
-/// logs nothing per request; the access log is separate).
+/// The proxy's own logs on stderr: `RUST_LOG` filters, `info` by default (lifecycle
+/// only: start, drains, upgrades; nothing per request, the access log is separate).
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
