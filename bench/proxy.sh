@@ -30,6 +30,8 @@ if [ ! -f "$harness" ]; then
 fi
 
 sock='/tmp/hoist-bench-{listen_port}.sock'
+# The proxies leave their control sockets behind (a restart replaces them); tidy up.
+trap 'rm -f /tmp/hoist-bench-[0-9]*.sock' EXIT
 export OURS_NAME=hoist
 export OURS_CMD="$bin proxy --listen {listen} --upstream {upstream} --control $sock"
 export OURS_SWITCH_CMD="$bin proxy switch --control $sock --upstream {target}"

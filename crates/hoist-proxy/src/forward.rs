@@ -43,6 +43,7 @@ thread_local! {
     /// current-thread runtime, so a connection's task runs where its pool is.
     static POOL: RefCell<HashMap<SocketAddr, Vec<SendRequest<ClientBody>>>> = RefCell::new(HashMap::new());
     static REQUEST_SEQ: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    static POOL_RETURNS: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Runs `f` on this thread's current snapshot.
@@ -75,6 +76,18 @@ fn pool_checkout(addr: SocketAddr) -> Option<SendRequest<ClientBody>> {
 fn pool_return(addr: SocketAddr, conn: SendRequest<ClientBody>) {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
+        // Now and then forget connections to upstreams that went away (each deploy
+        // brings new addresses; their idle connections are closed, never checked out).
+        let n = POOL_RETURNS.with(|c| {
+            c.set(c.get().wrapping_add(1));
+            c.get()
+        });
+        if n % 4096 == 0 {
+            pool.retain(|_, idle| {
+                idle.retain(|c| !c.is_closed());
+                !idle.is_empty()
+            });
+        }
         let idle = pool.entry(addr).or_default();
         if idle.len() < POOL_MAX_IDLE {
             idle.push(conn);
@@ -325,6 +338,21 @@ async fn connect(
 
 /// Serves one request from a client at `peer`.
 pub(crate) async fn handle(
+    worker: Arc<Worker>,
+    peer: Peer,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let closing = &worker.shared.closing;
+    let mut resp = proxy(worker.clone(), peer, req).await?;
+    if closing.load(Ordering::Relaxed) && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // This process is going away: the client reconnects (to its successor).
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(resp)
+}
+
+async fn proxy(
     worker: Arc<Worker>,
     peer: Peer,
     mut req: Request<Incoming>,

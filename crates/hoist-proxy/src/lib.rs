@@ -109,6 +109,8 @@ pub(crate) struct Shared {
     pub shutdown_grace: Duration,
     /// Bumped when the process stops for good: every tunnel says goodbye.
     pub close_all_tunnels: tokio::sync::watch::Sender<u64>,
+    /// Set when the workers stop accepting: responses then say `Connection: close`.
+    pub closing: std::sync::atomic::AtomicBool,
 }
 
 /// Waits until a flag turns true (or its sender is gone), holding no borrow across
@@ -163,6 +165,7 @@ pub async fn run(
             config.shutdown_grace
         },
         close_all_tunnels: tokio::sync::watch::Sender::new(0),
+        closing: std::sync::atomic::AtomicBool::new(false),
     });
     let control_path = control_listener
         .local_addr()

@@ -3,11 +3,13 @@
 //! the starting table (hand-over, then the state file, then `--upstream`), and serves
 //! until SIGTERM or SIGINT. It must not print; the binary reports its errors.
 //!
-//! Operational semantics: SIGTERM/SIGINT stop accepting, close idle keep-alive
-//! connections, let busy ones finish (up to 30 s), then close WebSocket tunnels with
-//! 1001 and exit 0. `Upgrade` (see `upgrade.rs`) hands every socket to a successor
-//! first, so the same stop sequence then refuses nothing. SIGHUP is not handled: the
-//! agent starts the proxy in its own session, so no terminal hang-up reaches it.
+//! Operational semantics: SIGTERM/SIGINT stop accepting; for one second more, requests
+//! on open keep-alive connections are served with `Connection: close` (clients reconnect
+//! without a failed request), then idle connections are closed, busy ones finish (up to
+//! 30 s), WebSocket tunnels get a close 1001, and the process exits 0. `Upgrade` (see
+//! `upgrade.rs`) hands every socket to a successor first, so the same stop sequence then
+//! refuses nothing. SIGHUP is not handled: the agent starts the proxy in its own
+//! session, so no terminal hang-up reaches it.
 
 use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr, TcpListener};

@@ -17,6 +17,10 @@ use tokio::sync::watch;
 
 use crate::Shared;
 
+/// How long a stopping worker keeps idle keep-alive connections open, answering what
+/// arrives with `Connection: close`, before it closes them.
+const CLOSE_LINGER: Duration = Duration::from_millis(1000);
+
 /// What one worker thread holds; cloned per request, so only this thread touches its
 /// reference count.
 #[derive(Debug)]
@@ -102,6 +106,15 @@ async fn serve(shared: Arc<Shared>, listener: StdListener, mut stop: watch::Rece
                                 }
                             }
                             _ = crate::until_true(&mut graceful) => {
+                                // Requests that arrive in the next moment are answered
+                                // with `Connection: close` (see `forward`), so keep-alive
+                                // clients move to a successor without a failed request;
+                                // whatever is still idle after that is closed.
+                                let linger = tokio::time::sleep(CLOSE_LINGER);
+                                tokio::select! {
+                                    _ = conn.as_mut() => return,
+                                    _ = linger => {}
+                                }
                                 conn.as_mut().graceful_shutdown();
                                 let _ = conn.await;
                             }
@@ -123,6 +136,9 @@ async fn serve(shared: Arc<Shared>, listener: StdListener, mut stop: watch::Rece
     }
     // Stop accepting: the socket stays open while another process holds it (upgrade).
     drop(listener);
+    shared
+        .closing
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = graceful_tx.send(true);
     let deadline = tokio::time::Instant::now() + shared.shutdown_grace;
     let finished = |w: &Arc<Worker>| Arc::strong_count(&w.token) == 1;

@@ -239,3 +239,53 @@ fn a_member_left_out_of_the_set_gets_nothing_and_rejoins_when_listed_again() {
     proxy.set_route(route("app/web", &["*"], "/", "r1", &[&a, &b]));
     assert!(bodies(10).contains(&"b".to_string()), "b rejoined");
 }
+
+#[test]
+fn head_and_expect_continue_keep_the_framing_intact() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let b = Backend::start("body");
+    let proxy = Proxy::start(common::config());
+    proxy.set_route(route("app/web", &["*"], "/", "r1", &[&b]));
+    // HEAD: the length of the GET body, no body, and the connection stays usable.
+    let mut s = std::net::TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    s.write_all(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        head.push(line.trim_end().to_ascii_lowercase());
+    }
+    assert!(head[0].contains(" 200 "), "{head:?}");
+    assert!(head.contains(&"content-length: 4".to_string()), "{head:?}");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(
+        common::read_response(&mut r).unwrap(),
+        (200, "body".to_string())
+    );
+    // Expect: 100-continue: the client hears 100 before it sends the body.
+    let mut s = std::net::TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    s.write_all(b"hello").unwrap();
+    let mut r = BufReader::new(s);
+    assert_eq!(
+        common::read_response(&mut r).unwrap(),
+        (200, "body".to_string())
+    );
+    assert!(b.seen().iter().any(|s| s.body == b"hello"));
+}

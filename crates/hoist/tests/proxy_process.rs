@@ -48,6 +48,60 @@ fn upstream(name: &'static str) -> SocketAddr {
     addr
 }
 
+/// One keep-alive GET on `conn` (opened if needed). The connection is dropped when the
+/// proxy answers `Connection: close`, as HTTP clients do; any other end is a failure.
+fn keep_alive_get(
+    listen: SocketAddr,
+    conn: &mut Option<(std::net::TcpStream, BufReader<std::net::TcpStream>)>,
+) -> Result<String, String> {
+    if conn.is_none() {
+        let s = std::net::TcpStream::connect(listen).map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let r = BufReader::new(s.try_clone().unwrap());
+        *conn = Some((s, r));
+    }
+    let (w, r) = conn.as_mut().unwrap();
+    let result = (|| -> std::io::Result<(String, bool)> {
+        w.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        if !line.starts_with("HTTP/1.1 200") {
+            return Err(std::io::Error::other(format!(
+                "status line `{}`",
+                line.trim_end()
+            )));
+        }
+        let (mut len, mut close) = (0usize, false);
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            let l = line.trim_end().to_ascii_lowercase();
+            if l.is_empty() {
+                break;
+            }
+            if let Some(v) = l.strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+            close |= l == "connection: close";
+        }
+        let mut body = vec![0; len];
+        std::io::Read::read_exact(r, &mut body)?;
+        Ok((String::from_utf8_lossy(&body).into_owned(), close))
+    })();
+    match result {
+        Ok((body, close)) => {
+            if close {
+                *conn = None;
+            }
+            Ok(body)
+        }
+        Err(e) => {
+            *conn = None;
+            Err(format!("keep-alive request: {e}"))
+        }
+    }
+}
+
 fn free_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
@@ -196,14 +250,23 @@ fn an_upgrade_under_load_refuses_no_connection() {
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(Mutex::new(Vec::new()));
+    // Half the clients open a fresh connection per request (a refused connect shows up
+    // there), half keep theirs alive (a connection closed under a request shows up there).
     let load: Vec<_> = (0..8)
-        .map(|_| {
+        .map(|i| {
             let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
             std::thread::spawn(move || {
+                let mut conn = None;
                 while !stop.load(Ordering::Relaxed) {
-                    // A fresh connection each time: a refused connect shows up here.
-                    match http_get(listen, "x", "/") {
-                        Ok(r) if r.status == 200 && r.body == "up" => {
+                    let got = if i % 2 == 0 {
+                        http_get(listen, "x", "/")
+                            .map(|r| r.body)
+                            .map_err(|e| e.to_string())
+                    } else {
+                        keep_alive_get(listen, &mut conn)
+                    };
+                    match got {
+                        Ok(body) if body == "up" => {
                             ok.fetch_add(1, Ordering::Relaxed);
                         }
                         other => failures.lock().unwrap().push(format!("{other:?}")),
