@@ -349,7 +349,10 @@ fn a_second_deploy_of_the_same_app_is_refused_naming_the_holder() {
     let slow = host.project("slow", "", "");
     let marker = host.dir.join("in-hook");
     let toml = std::fs::read_to_string(slow.join("hoist.toml")).unwrap();
-    let hook = format!("[hooks]\npre_activate = \"touch {} && sleep 3\"\n\n[deploy]", marker.display());
+    let hook = format!(
+        "[hooks]\npre_activate = \"touch {} && sleep 3\"\n\n[deploy]",
+        marker.display()
+    );
     std::fs::write(slow.join("hoist.toml"), toml.replacen("[deploy]", &hook, 1)).unwrap();
     let mut first = std::process::Command::new(hoist_testkit::hoist_bin())
         .args(["deploy", "-c", slow.join("hoist.toml").to_str().unwrap()])
@@ -357,11 +360,15 @@ fn a_second_deploy_of_the_same_app_is_refused_naming_the_holder() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_until(Duration::from_secs(20), || marker.exists()).expect("the first deploy reaches its hook");
+    wait_until(Duration::from_secs(20), || marker.exists())
+        .expect("the first deploy reaches its hook");
     let out = host.deploy(&host.project("v2", "", ""));
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("a deploy of `demo` is already running: held by"), "{err}");
+    assert!(
+        err.contains("a deploy of `demo` is already running: held by"),
+        "{err}"
+    );
     assert!(first.wait().unwrap().success());
 }
 
@@ -370,18 +377,30 @@ fn an_instance_past_its_memory_limit_is_restarted_and_the_event_recorded() {
     let host = Host::new();
     let p = host.project("leaky", "TESTAPP_LEAK_MIB_PER_SEC = \"40\"", "");
     let toml = std::fs::read_to_string(p.join("hoist.toml")).unwrap();
-    std::fs::write(p.join("hoist.toml"), toml.replace("stop_timeout = \"5s\"", "stop_timeout = \"5s\"\nmemory_limit = \"160MiB\""))
-        .unwrap();
+    std::fs::write(
+        p.join("hoist.toml"),
+        toml.replace(
+            "stop_timeout = \"5s\"",
+            "stop_timeout = \"5s\"\nmemory_limit = \"160MiB\"",
+        ),
+    )
+    .unwrap();
     let out = host.deploy(&p);
     assert!(out.status.success(), "{}", text(&out.stderr));
     wait_until(Duration::from_secs(30), || {
         let out = host.hoist(&["events", "--json"]);
-        text(&out.stdout).lines().any(|l| l.contains("instance.memory_limit"))
+        text(&out.stdout)
+            .lines()
+            .any(|l| l.contains("instance.memory_limit"))
     })
     .expect("a memory_limit event");
     wait_until(Duration::from_secs(30), || {
         let st = host.status();
-        st["apps"][0]["instances"].as_array().unwrap().iter().any(|i| i["restarts"].as_u64() >= Some(1))
+        st["apps"][0]["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["restarts"].as_u64() >= Some(1))
     })
     .expect("the leaking instance was restarted");
 }
@@ -396,10 +415,24 @@ fn logs_are_kept_filtered_and_followed_and_restart_keeps_serving() {
     let out = host.hoist(&["logs", "web", "--grep", "]: listening", "-c", cfg]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let lines = text(&out.stdout);
-    assert_eq!(lines.lines().count(), 2, "one `listening` line per instance:\n{lines}");
+    assert_eq!(
+        lines.lines().count(),
+        2,
+        "one `listening` line per instance:\n{lines}"
+    );
 
     let follow = std::process::Command::new(hoist_testkit::hoist_bin())
-        .args(["logs", "web", "-f", "--grep", "]: listening", "-n", "0", "-c", cfg])
+        .args([
+            "logs",
+            "web",
+            "-f",
+            "--grep",
+            "]: listening",
+            "-n",
+            "0",
+            "-c",
+            cfg,
+        ])
         .env("HOIST_SOCKET", &host.socket)
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -417,7 +450,10 @@ fn logs_are_kept_filtered_and_followed_and_restart_keeps_serving() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(&mut stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(&mut stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if tx.send(line).is_err() {
                 break;
             }

@@ -273,22 +273,33 @@ pub struct EventsArgs {
 /// `hoist events`: what happened on the host (instances exiting, health changes, crash
 /// loops, memory limits, deploys), oldest first.
 pub fn run_events(args: EventsArgs) -> anyhow::Result<()> {
-    let path = format!("/v1/events?after=0{}", if args.follow { "&follow=1" } else { "" });
-    common::block_on(common::client().stream::<(), serde_json::Value>(Method::GET, &path, None, |e| {
-        let r = if args.json {
-            output::json(&e)
-        } else {
-            output::data(&format!(
-                "{} {:<26} {:<10} {} {}",
-                time(e["at_ms"].as_i64().unwrap_or(0)),
-                e["kind"].as_str().unwrap_or(""),
-                e["app"].as_str().unwrap_or("-"),
-                e["subject"].as_str().map(|s| format!("`{s}`")).unwrap_or_default(),
-                e["message"].as_str().unwrap_or("")
-            ))
-        };
-        r.is_ok()
-    }))
+    let path = format!(
+        "/v1/events?after=0{}",
+        if args.follow { "&follow=1" } else { "" }
+    );
+    common::block_on(common::client().stream::<(), serde_json::Value>(
+        Method::GET,
+        &path,
+        None,
+        |e| {
+            let r = if args.json {
+                output::json(&e)
+            } else {
+                output::data(&format!(
+                    "{} {:<26} {:<10} {} {}",
+                    time(e["at_ms"].as_i64().unwrap_or(0)),
+                    e["kind"].as_str().unwrap_or(""),
+                    e["app"].as_str().unwrap_or("-"),
+                    e["subject"]
+                        .as_str()
+                        .map(|s| format!("`{s}`"))
+                        .unwrap_or_default(),
+                    e["message"].as_str().unwrap_or("")
+                ))
+            };
+            r.is_ok()
+        },
+    ))
     .map_err(common::agent_error)?;
     Ok(())
 }
