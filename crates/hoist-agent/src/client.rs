@@ -138,13 +138,7 @@ impl Client {
         body: Option<&B>,
     ) -> Result<T, ClientError> {
         let body = body.map_or_else(Self::empty, Self::json_body);
-        let resp = self.send(method, path, body).await?;
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        serde_json::from_slice(&bytes.to_bytes()).map_err(|e| ClientError::Protocol(e.to_string()))
+        read_json(self.send(method, path, body).await?).await
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -198,14 +192,20 @@ impl Client {
             })?;
         let stream = tokio_util_like::chunks(f);
         let body = http_body_util::StreamBody::new(stream).boxed();
-        let resp = self.send(Method::POST, path, body).await?;
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        serde_json::from_slice(&bytes.to_bytes()).map_err(|e| ClientError::Protocol(e.to_string()))
+        read_json(self.send(Method::POST, path, body).await?).await
     }
+}
+
+/// A whole JSON answer.
+async fn read_json<T: DeserializeOwned>(
+    resp: hyper::Response<hyper::body::Incoming>,
+) -> Result<T, ClientError> {
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    serde_json::from_slice(&bytes.to_bytes()).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
 /// A file read as a stream of body frames, 256 KiB at a time.

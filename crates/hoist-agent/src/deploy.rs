@@ -39,6 +39,27 @@ impl Failure {
     }
 }
 
+/// A check or hook to run in a release.
+#[derive(Clone, Copy)]
+struct Command<'a> {
+    name: &'a str,
+    command: &'a str,
+    /// `HOIST_URL`, for the smoke hook.
+    url: Option<&'a str>,
+    timeout: Duration,
+}
+
+impl<'a> Command<'a> {
+    fn hook(name: &'a str, command: &'a str, spec: &AppSpec, url: Option<&'a str>) -> Command<'a> {
+        Command {
+            name,
+            command,
+            url,
+            timeout: spec.hooks.timeout,
+        }
+    }
+}
+
 /// What kind of activation runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -252,7 +273,6 @@ impl Agent {
             self.materialise(&app, release).await
         })
         .await?;
-        let dir = self.paths.release_dir(&app, release);
         std::fs::create_dir_all(self.paths.data_dir(&app))
             .map_err(|e| Failure::new(format!("cannot create the data dir: {e}")))?;
         if kind == Kind::Deploy {
@@ -265,7 +285,12 @@ impl Agent {
             if let Some(cmd) = &spec.hooks.pre_activate {
                 o.step(
                     "pre_activate",
-                    self.hook(o, "pre_activate", cmd, spec, release, &dir, None),
+                    self.run_command(
+                        o,
+                        spec,
+                        release,
+                        &Command::hook("pre_activate", cmd, spec, None),
+                    ),
                 )
                 .await?;
             }
@@ -318,7 +343,12 @@ impl Agent {
             if let Err(f) = o
                 .step(
                     "smoke",
-                    self.hook(o, "smoke", cmd, spec, release, &dir, url.as_deref()),
+                    self.run_command(
+                        o,
+                        spec,
+                        release,
+                        &Command::hook("smoke", cmd, spec, url.as_deref()),
+                    ),
                 )
                 .await
             {
@@ -504,61 +534,34 @@ impl Agent {
             )));
         }
         if let Some(check) = &spec.check {
-            let dir = self.paths.release_dir(&spec.app, release);
-            self.run_command(
-                o,
-                "check",
-                &check.command,
-                spec,
-                release,
-                &dir,
-                None,
-                check.timeout,
-            )
-            .await?;
+            let cmd = Command {
+                name: "check",
+                command: &check.command,
+                url: None,
+                timeout: check.timeout,
+            };
+            self.run_command(o, spec, release, &cmd).await?;
         }
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn hook(
-        &self,
-        o: &Op<'_>,
-        name: &str,
-        command: &str,
-        spec: &AppSpec,
-        release: &str,
-        dir: &std::path::Path,
-        url: Option<&str>,
-    ) -> Result<(), Failure> {
-        self.run_command(
-            o,
-            name,
-            command,
-            spec,
-            release,
-            dir,
-            url,
-            spec.hooks.timeout,
-        )
-        .await
-    }
-
     /// Runs a check or hook with the app's environment, streaming its output; its whole
     /// process group is killed at `timeout`.
-    #[allow(clippy::too_many_arguments)]
     async fn run_command(
         &self,
         o: &Op<'_>,
-        name: &str,
-        command: &str,
         spec: &AppSpec,
         release: &str,
-        dir: &std::path::Path,
-        url: Option<&str>,
-        timeout: Duration,
+        cmd: &Command<'_>,
     ) -> Result<(), Failure> {
         use tokio::io::AsyncBufReadExt;
+        let Command {
+            name,
+            command,
+            url,
+            timeout,
+        } = *cmd;
+        let dir = self.paths.release_dir(&spec.app, release);
         let mut env = self
             .app_env(spec, release, name, &BTreeMap::new())
             .map_err(|e| Failure::new(e.to_string()))?;

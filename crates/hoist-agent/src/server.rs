@@ -416,14 +416,24 @@ async fn rollback(agent: Arc<Agent>, req: RollbackRequest) -> Response<Body> {
     resp
 }
 
-async fn run_job(agent: &Arc<Agent>, app: &str, job: &str) -> Response<Body> {
+type CurrentSpec = (String, Arc<hoist_core::spec::AppSpec>);
+
+/// The current release of `app` and its spec, or a 404 answer.
+fn current_of(agent: &Agent, app: &str) -> Result<CurrentSpec, Box<Response<Body>>> {
     let current = agent.rt().specs.get(app).cloned();
-    let Some((release, spec)) = current else {
-        return http::error(
+    current.ok_or_else(|| {
+        Box::new(http::error(
             StatusCode::NOT_FOUND,
             format!("`{app}` has no current release here"),
             None,
-        );
+        ))
+    })
+}
+
+async fn run_job(agent: &Arc<Agent>, app: &str, job: &str) -> Response<Body> {
+    let (release, spec) = match current_of(agent, app) {
+        Ok(c) => c,
+        Err(resp) => return *resp,
     };
     if !spec.jobs.contains_key(job) {
         return http::error(
@@ -450,13 +460,9 @@ async fn service_action(
     service: &str,
     action: &str,
 ) -> Response<Body> {
-    let current = agent.rt().specs.get(app).cloned();
-    let Some((release, spec)) = current else {
-        return http::error(
-            StatusCode::NOT_FOUND,
-            format!("`{app}` has no current release here"),
-            None,
-        );
+    let (release, spec) = match current_of(agent, app) {
+        Ok(c) => c,
+        Err(resp) => return *resp,
     };
     if !spec.services.contains_key(service) {
         return http::error(
