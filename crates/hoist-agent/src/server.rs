@@ -275,7 +275,7 @@ async fn upload(agent: Arc<Agent>, body: Incoming) -> Response<Body> {
         Ok(Ok(m)) => m,
         Ok(Err(e)) => {
             return http::error(
-                StatusCode::BAD_REQUEST,
+                StatusCode::UNPROCESSABLE_ENTITY,
                 format!("artifact refused: {}", crate::chain(&e)),
                 None,
             )

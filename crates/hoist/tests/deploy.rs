@@ -468,3 +468,43 @@ fn logs_are_kept_filtered_and_followed_and_restart_keeps_serving() {
     }
     drop(guard);
 }
+
+#[test]
+fn a_hostile_artifact_is_refused_and_the_old_release_keeps_serving() {
+    let host = Host::new();
+    let good = host.project("good", "", "");
+    let out = host.deploy(&good);
+    let r1 = release_of(&out);
+    // A hand-made archive whose manifest is not a valid one: refused on upload, before
+    // anything is unpacked (the artifact crate tests every hostile entry kind).
+    let evil = host.dir.join("evil.tar.zst");
+    let mut tar = Vec::new();
+    let manifest = br#"{"format":1}"#;
+    let mut header = [0u8; 512];
+    let name = b"hoist-release.json";
+    header[..name.len()].copy_from_slice(name);
+    header[100..108].copy_from_slice(b"0000644\0");
+    header[124..136].copy_from_slice(format!("{:011o}\0", manifest.len()).as_bytes());
+    header[156] = b'0';
+    header[257..263].copy_from_slice(b"ustar\0");
+    header[263..265].copy_from_slice(b"00");
+    header[148..156].copy_from_slice(b"        ");
+    let sum: u32 = header.iter().map(|b| *b as u32).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    tar.extend_from_slice(&header);
+    tar.extend_from_slice(manifest);
+    tar.resize(tar.len().div_ceil(512) * 512, 0);
+    tar.extend_from_slice(&[0u8; 1024]);
+    std::fs::write(&evil, zstd::encode_all(&tar[..], 3).unwrap()).unwrap();
+    let out = host.hoist(&[
+        "deploy",
+        "--artifact",
+        evil.to_str().unwrap(),
+        "-c",
+        good.join("hoist.toml").to_str().unwrap(),
+    ]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("artifact refused"), "{err}");
+    assert_eq!(host.serving().as_deref(), Some(r1.as_str()));
+}
