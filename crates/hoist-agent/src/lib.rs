@@ -13,6 +13,7 @@ mod health;
 mod http;
 mod jobs;
 pub mod paths;
+mod plan;
 mod proxyctl;
 mod recover;
 mod runtime;

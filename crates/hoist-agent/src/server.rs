@@ -66,6 +66,15 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
             Ok(r) => deploy(agent, r).await,
             Err(resp) => resp,
         },
+        (Method::POST, ["v1", "plan"]) => {
+            match read_json::<hoist_protocol::agent::PlanRequest>(req.into_body()).await {
+                Ok(r) => match agent.plan(r).await {
+                    Ok(plan) => http::json(StatusCode::OK, &plan),
+                    Err(e) => http::error(StatusCode::UNPROCESSABLE_ENTITY, e, None),
+                },
+                Err(resp) => resp,
+            }
+        }
         (Method::POST, ["v1", "rollback"]) => {
             match read_json::<RollbackRequest>(req.into_body()).await {
                 Ok(r) => rollback(agent, r).await,

@@ -194,3 +194,50 @@ pub struct HistoryRecord {
     pub duration_ms: i64,
     pub reason: Option<String>,
 }
+
+/// `POST /v1/plan`: what deploying `manifest` (the artifact's `hoist-release.json`) with
+/// `spec` would change on this host. Nothing is changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanRequest {
+    pub spec: hoist_core::spec::AppSpec,
+    pub manifest: String,
+    pub host: String,
+}
+
+/// Names added, removed and changed between the current release and the new one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+/// One preflight check of the host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanCheck {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// The answer to a plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub app: String,
+    pub current: Option<String>,
+    pub release: String,
+    pub services: Changes,
+    pub jobs: Changes,
+    pub env: Changes,
+    pub secrets: Changes,
+    pub files: Changes,
+    /// Bytes of file content this host does not have yet.
+    pub upload_bytes: u64,
+    pub checks: Vec<PlanCheck>,
+}

@@ -33,6 +33,8 @@ enum Command {
     Inspect(cmd::build::VerifyArgs),
     /// Build (or take) a release and make it current, without downtime
     Deploy(cmd::deploy::DeployArgs),
+    /// What a deploy would change on the host, and whether the host is ready; changes nothing
+    Plan(cmd::deploy::DeployArgs),
     /// Go back to the previous release (instant while it is warm)
     Rollback(cmd::deploy::RollbackArgs),
     /// Apps, services and instances on the host
@@ -85,6 +87,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => cmd::build::run_verify(args),
         Command::Inspect(args) => cmd::build::run_inspect(args),
         Command::Deploy(args) => cmd::deploy::run_deploy(args),
+        Command::Plan(args) => cmd::deploy::run_plan(args),
         Command::Rollback(args) => cmd::deploy::run_rollback(args),
         Command::Status(args) => cmd::status::run_status(args),
         Command::History(args) => cmd::status::run_history(args),

@@ -508,3 +508,52 @@ fn a_hostile_artifact_is_refused_and_the_old_release_keeps_serving() {
     assert!(err.contains("artifact refused"), "{err}");
     assert_eq!(host.serving().as_deref(), Some(r1.as_str()));
 }
+
+#[test]
+fn plan_shows_what_would_change_and_changes_nothing() {
+    let host = Host::new();
+    let v1 = host.project("v1", "", "");
+    let r1 = release_of(&host.deploy(&v1));
+    let v2 = host.project("v2", "GREETING = \"hi\"", "");
+    let toml = std::fs::read_to_string(v2.join("hoist.toml")).unwrap();
+    std::fs::write(
+        v2.join("hoist.toml"),
+        format!("{toml}\n[secrets]\nrequired = [\"API_KEY\"]\n"),
+    )
+    .unwrap();
+    let out = host.hoist(&[
+        "plan",
+        "--json",
+        "-c",
+        v2.join("hoist.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a missing secret fails the plan: {}",
+        text(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["current"], r1.as_str());
+    assert_eq!(plan["env"]["added"], serde_json::json!(["GREETING"]));
+    assert_eq!(plan["secrets"]["added"], serde_json::json!(["API_KEY"]));
+    assert_eq!(plan["files"]["changed"], serde_json::json!(["VERSION"]));
+    assert_eq!(
+        plan["upload_bytes"], 2,
+        "only the changed file's bytes are new"
+    );
+    let secrets = plan["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "secrets")
+        .unwrap()
+        .clone();
+    assert_eq!(secrets["ok"], false, "{secrets}");
+    assert!(secrets["detail"].as_str().unwrap().contains("`API_KEY`"));
+    // Nothing changed on the host.
+    assert_eq!(host.serving().as_deref(), Some(r1.as_str()));
+    let out = host.hoist(&["history", "--json"]);
+    let hist: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hist.as_array().unwrap().len(), 1);
+}

@@ -9,7 +9,9 @@ use anyhow::Context;
 use hyper::Method;
 
 use hoist_agent::client::Client;
-use hoist_protocol::agent::{DeployRequest, Hello, Outcome, Progress, RollbackRequest, Uploaded};
+use hoist_protocol::agent::{
+    Changes, DeployRequest, Hello, Outcome, Plan, PlanRequest, Progress, RollbackRequest, Uploaded,
+};
 
 use super::common;
 use super::config::{load, ConfigArgs};
@@ -26,6 +28,9 @@ pub struct DeployArgs {
     /// One JSON object per line on stdout: every step, then the outcome
     #[arg(long)]
     pub json: bool,
+    /// Show what the deploy would change, and change nothing
+    #[arg(long)]
+    pub plan: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -39,6 +44,9 @@ pub struct RollbackArgs {
 }
 
 pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
+    if args.plan {
+        return run_plan(args);
+    }
     let loaded = load(&args.file)?;
     let host = local_host(&loaded.spec)?;
     let artifact = match &args.artifact {
@@ -92,6 +100,75 @@ pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<()> {
         let outcome = stream(&client, "/v1/rollback", &req, args.json).await?;
         finish(outcome, args.json)
     })
+}
+
+/// `hoist plan` (and `hoist deploy --plan`): the artifact's manifest and the app file
+/// are compared with what the host runs; nothing is uploaded or changed.
+pub fn run_plan(args: DeployArgs) -> anyhow::Result<()> {
+    let loaded = load(&args.file)?;
+    let host = local_host(&loaded.spec)?;
+    let artifact = match &args.artifact {
+        Some(a) => a.clone(),
+        None => super::build::build_release(&args.file, None)?.0,
+    };
+    let manifest = hoist_artifact::read_manifest(&artifact, &hoist_artifact::Limits::default())
+        .with_context(|| format!("cannot read `{}`", artifact.display()))?;
+    let req = PlanRequest {
+        spec: loaded.spec.clone(),
+        manifest: String::from_utf8_lossy(&manifest.to_json()).into_owned(),
+        host,
+    };
+    let plan: Plan = common::block_on(common::client().call(Method::POST, "/v1/plan", Some(&req)))
+        .map_err(common::agent_error)?;
+    if args.json {
+        output::json(&plan)?;
+    } else {
+        render_plan(&plan)?;
+    }
+    if plan.checks.iter().any(|c| !c.ok) {
+        return Err(Reported(Exit::Failed).into());
+    }
+    Ok(())
+}
+
+fn render_plan(plan: &Plan) -> anyhow::Result<()> {
+    output::data(&format!(
+        "plan for `{}`: {} → {}",
+        plan.app,
+        plan.current.as_deref().unwrap_or("(nothing deployed)"),
+        plan.release
+    ))?;
+    let section = |name: &str, c: &Changes| -> anyhow::Result<()> {
+        if c.is_empty() {
+            return Ok(());
+        }
+        output::data(&format!("{name}:"))?;
+        for (sign, list) in [("+", &c.added), ("-", &c.removed), ("~", &c.changed)] {
+            for item in list.iter().take(50) {
+                output::data(&format!("  {sign} {item}"))?;
+            }
+            if list.len() > 50 {
+                output::data(&format!("  {sign} … and {} more", list.len() - 50))?;
+            }
+        }
+        Ok(())
+    };
+    section("services", &plan.services)?;
+    section("jobs", &plan.jobs)?;
+    section("environment", &plan.env)?;
+    section("secret names", &plan.secrets)?;
+    section("files", &plan.files)?;
+    output::data(&format!("to upload: {} bytes", plan.upload_bytes))?;
+    output::data("checks on the host:")?;
+    for c in &plan.checks {
+        output::data(&format!(
+            "  {} {:<8} {}",
+            if c.ok { "ok  " } else { "FAIL" },
+            c.name,
+            c.detail
+        ))?;
+    }
+    Ok(())
 }
 
 /// The host this machine's agent plays in the app file.
