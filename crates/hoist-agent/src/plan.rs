@@ -107,7 +107,7 @@ impl Agent {
 
         let mut checks = Vec::new();
         let free = nix::sys::statvfs::statvfs(&self.paths.root)
-            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+            .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
             .unwrap_or(0);
         // The blobs, a tree of hardlinks and some headroom for logs and the database.
         let need = upload_bytes.saturating_mul(2) + 64 * 1024 * 1024;
