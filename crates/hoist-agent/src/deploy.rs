@@ -39,6 +39,64 @@ impl Failure {
     }
 }
 
+/// The proxy's counters of one release of one app, summed over its routes.
+#[derive(Debug, Clone, Default)]
+struct Counters {
+    total: u64,
+    errors: u64,
+    bounds_ms: Vec<f64>,
+    buckets: Vec<u64>,
+}
+
+impl Counters {
+    fn of(routes: &[hoist_protocol::proxy::RouteStats], app: &str, release: &str) -> Counters {
+        let mut c = Counters::default();
+        let prefix = format!("{app}/");
+        for r in routes
+            .iter()
+            .filter(|r| r.release == release && r.route.starts_with(&prefix))
+        {
+            c.total += r.status.iter().sum::<u64>() + r.upstream_errors;
+            c.errors += r.status[4] + r.upstream_errors;
+            if c.buckets.len() < r.latency.counts.len() {
+                c.buckets.resize(r.latency.counts.len(), 0);
+                c.bounds_ms = r.latency.bounds_ms.clone();
+            }
+            for (b, n) in c.buckets.iter_mut().zip(&r.latency.counts) {
+                *b += n;
+            }
+        }
+        c
+    }
+
+    fn minus(&self, base: &Counters) -> Counters {
+        let mut d = self.clone();
+        d.total = d.total.saturating_sub(base.total);
+        d.errors = d.errors.saturating_sub(base.errors);
+        for (b, n) in d.buckets.iter_mut().zip(&base.buckets) {
+            *b = b.saturating_sub(*n);
+        }
+        d
+    }
+
+    /// The upper bound of the bucket holding the 99th percentile (infinite past the last).
+    fn p99_ms(&self) -> Option<f64> {
+        let n: u64 = self.buckets.iter().sum();
+        if n == 0 {
+            return None;
+        }
+        let want = (n as f64 * 0.99).ceil() as u64;
+        let mut seen = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            seen += b;
+            if seen >= want {
+                return Some(self.bounds_ms.get(i).copied().unwrap_or(f64::INFINITY));
+            }
+        }
+        None
+    }
+}
+
 /// A check or hook to run in a release.
 #[derive(Clone, Copy)]
 struct Command<'a> {
@@ -352,20 +410,16 @@ impl Agent {
                 )
                 .await
             {
-                if let Some(prev) = previous {
-                    let back = self
-                        .spec_of(&app, &prev.release)
-                        .unwrap_or_else(|| spec.clone());
-                    let cur = Current {
-                        app: app.clone(),
-                        release: prev.release.clone(),
-                        standby: None,
-                        standby_until_ms: None,
-                    };
-                    o.step("switch_back", async { self.switch(back, &cur).await })
-                        .await?;
-                }
-                self.stop_instances(&new_ids).await;
+                self.switch_back(o, spec, previous, &new_ids).await?;
+                return Err(f);
+            }
+        }
+        if let (Kind::Deploy, Some(bake)) = (kind, &spec.deploy.bake) {
+            if let Err(f) = o
+                .step("bake", self.bake(&app, release, bake, &new_ids))
+                .await
+            {
+                self.switch_back(o, spec, previous, &new_ids).await?;
                 return Err(f);
             }
         }
@@ -409,6 +463,107 @@ impl Agent {
             Ok(())
         })
         .await?;
+        Ok(())
+    }
+
+    /// After a failed smoke hook or bake: traffic goes back to the release that served
+    /// before (still warm), and the new instances stop.
+    async fn switch_back(
+        self: &Arc<Self>,
+        o: &Op<'_>,
+        spec: &Arc<AppSpec>,
+        previous: Option<&Current>,
+        new_ids: &[String],
+    ) -> Result<(), Failure> {
+        if let Some(prev) = previous {
+            let back = self
+                .spec_of(&spec.app, &prev.release)
+                .unwrap_or_else(|| spec.clone());
+            let cur = Current {
+                app: spec.app.clone(),
+                release: prev.release.clone(),
+                standby: None,
+                standby_until_ms: None,
+            };
+            o.step("switch_back", async { self.switch(back, &cur).await })
+                .await?;
+        }
+        self.stop_instances(new_ids).await;
+        Ok(())
+    }
+
+    /// The bake window: for `bake.duration` after the switch, the proxy's own counters
+    /// for the new release are read every half second. More than `max_5xx_percent` of
+    /// 5xx answers (upstream errors count as 5xx), a p99 over `max_p99`, or a new
+    /// instance turning unhealthy fails it. Ratios are judged from 20 answers on.
+    async fn bake(
+        &self,
+        app: &str,
+        release: &str,
+        bake: &hoist_core::spec::BakeSpec,
+        new_ids: &[String],
+    ) -> Result<(), Failure> {
+        let Some(proxy) = &self.proxy else {
+            return Ok(());
+        };
+        let snapshot = || async {
+            match proxy.request(Request::Stats).await {
+                Ok(hoist_protocol::proxy::Reply::Stats { routes }) => {
+                    Ok(Counters::of(&routes, app, release))
+                }
+                Ok(other) => Err(Failure::new(format!(
+                    "the proxy answered {other:?} to a stats request"
+                ))),
+                Err(e) => Err(Failure::new(format!(
+                    "cannot read the proxy's counters: {e}"
+                ))),
+            }
+        };
+        let base = snapshot().await?;
+        let until = Instant::now() + bake.duration;
+        while Instant::now() < until {
+            tokio::time::sleep(
+                Duration::from_millis(500).min(until.saturating_duration_since(Instant::now())),
+            )
+            .await;
+            let now = snapshot().await?.minus(&base);
+            if now.total >= 20 {
+                let pct = now.errors as f64 * 100.0 / now.total as f64;
+                if pct > bake.max_5xx_percent as f64 {
+                    return Err(Failure::new(format!(
+                        "the bake failed: {pct:.1}% of {} answers were 5xx or upstream errors (limit {}%)",
+                        now.total, bake.max_5xx_percent
+                    )));
+                }
+                if let (Some(limit), Some(p99)) = (bake.max_p99, now.p99_ms()) {
+                    if p99 > limit.as_secs_f64() * 1000.0 {
+                        return Err(Failure::new(format!(
+                            "the bake failed: p99 latency {p99:.0} ms over {} answers is above {} ms",
+                            now.total,
+                            limit.as_millis()
+                        )));
+                    }
+                }
+            }
+            let sick: Vec<String> = {
+                let rt = self.rt();
+                new_ids
+                    .iter()
+                    .filter(|id| {
+                        rt.instances.get(*id).is_some_and(|l| {
+                            l.handle.is_none()
+                                || l.tracker.state() == crate::health::Health::Unhealthy
+                        })
+                    })
+                    .cloned()
+                    .collect()
+            };
+            if let Some(id) = sick.first() {
+                return Err(Failure::new(format!(
+                    "the bake failed: instance `{id}` turned unhealthy or exited"
+                )));
+            }
+        }
         Ok(())
     }
 

@@ -73,7 +73,7 @@ const DEPLOY_KEYS: &[&str] = &[
     "bake",
     "rollout",
 ];
-const BAKE_KEYS: &[&str] = &["duration"];
+const BAKE_KEYS: &[&str] = &["duration", "max_5xx_percent", "max_p99"];
 const ROLLOUT_KEYS: &[&str] = &["batch", "on_failure"];
 const HOST_KEYS: &[&str] = &["name", "ssh", "roles", "env"];
 const SSH_KEYS: &[&str] = &["config", "identity", "port"];
@@ -873,7 +873,7 @@ fn deploy(cx: &mut Cx<'_>, node: &Node, at: Option<&Loc>) -> DeploySpec {
     };
     let bake = t.get("bake").and_then(|n| match &n.value {
         Value::Str(_) | Value::Int(_) => {
-            read_duration(cx, n, &t.path("bake"), "bake").map(|duration| BakeSpec { duration })
+            read_duration(cx, n, &t.path("bake"), "bake").map(BakeSpec::with_defaults)
         }
         _ => {
             let b = Tbl::open(
@@ -883,8 +883,16 @@ fn deploy(cx: &mut Cx<'_>, node: &Node, at: Option<&Loc>) -> DeploySpec {
                 t.key_loc("bake").unwrap_or(&n.loc),
                 BAKE_KEYS,
             )?;
+            let max_5xx_percent = b
+                .uint(cx, "max_5xx_percent", 0, 100)
+                .map_or(1, |n| n as u32);
+            let max_p99 = b.positive_duration(cx, "max_p99");
             match b.positive_duration(cx, "duration") {
-                Some(duration) => Some(BakeSpec { duration }),
+                Some(duration) => Some(BakeSpec {
+                    duration,
+                    max_5xx_percent,
+                    max_p99,
+                }),
                 None if b.get("duration").is_none() => {
                     b.missing(
                         cx,

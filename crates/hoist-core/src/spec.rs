@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::schedule::Schedule;
-use crate::units::{human_duration, ByteSize};
+use crate::units::{human_duration, human_duration_opt, ByteSize};
 
 /// Defaults applied when the app file leaves a key out.
 pub mod defaults {
@@ -360,6 +360,22 @@ impl Default for DeploySpec {
 pub struct BakeSpec {
     #[serde(with = "human_duration")]
     pub duration: Duration,
+    /// The share of 5xx answers (in percent of the new release's answers) that fails it.
+    pub max_5xx_percent: u32,
+    /// A p99 latency (to the response head, at the proxy) that fails it.
+    #[serde(default, with = "human_duration_opt")]
+    pub max_p99: Option<Duration>,
+}
+
+impl BakeSpec {
+    /// A bake of `duration` with the default limits: more than 1 % 5xx fails, no p99 limit.
+    pub fn with_defaults(duration: Duration) -> BakeSpec {
+        BakeSpec {
+            duration,
+            max_5xx_percent: 1,
+            max_p99: None,
+        }
+    }
 }
 
 /// How a fleet deploy proceeds across hosts.

@@ -557,3 +557,31 @@ fn plan_shows_what_would_change_and_changes_nothing() {
     let hist: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(hist.as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn a_release_that_fails_during_the_bake_is_switched_back() {
+    let host = Host::new();
+    let good = host.project(
+        "good",
+        "",
+        "bake = { duration = \"4s\", max_5xx_percent = 1 }",
+    );
+    let out = host.deploy(&good);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r1 = release_of(&out);
+    let load = Load::start(host.proxy);
+    // Healthy long enough to be admitted and switched to, then it dies.
+    let bad = host.project(
+        "bad",
+        "TESTAPP_CRASH_AFTER = \"1.5\"",
+        "bake = { duration = \"4s\", max_5xx_percent = 1 }",
+    );
+    let out = host.deploy(&bad);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the bake failed"), "{err}");
+    assert!(err.contains(&format!("`{r1}` still serves")), "{err}");
+    assert_eq!(host.serving().as_deref(), Some(r1.as_str()));
+    let (ok, _failed, _) = load.finish();
+    assert!(ok > 0);
+}
