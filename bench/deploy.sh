@@ -115,9 +115,10 @@ for i in 1 2 3 4 5; do
   prev=$("$bin" releases -c "$work/base/hoist.toml" --json | python3 -c 'import json,sys; print([r["release"] for r in json.load(sys.stdin) if r["role"]=="standby"][0])')
   t0=$(ms)
   "$bin" rollback -c "$work/base/hoist.toml" >/dev/null 2>&1 &
+  rb=$!
   until [ "$(curl -s "http://127.0.0.1:$port/" | python3 -c 'import json,sys; print(json.load(sys.stdin)["release"])' 2>/dev/null)" = "$prev" ]; do :; done
   roll+=($(( $(ms) - t0 )))
-  wait
+  wait "$rb"
 done
 echo "rollback, command to first response from the previous release: ${roll[*]} ms"
 
