@@ -40,7 +40,7 @@ for n in $FOOTPRINT_N; do
   bash "$here/supervise.sh" "$n" /bin/sleep 3600 &
   agent=$!
   for _ in $(seq 200); do
-    [ "$(pgrep -c -P "$agent" -x hoist 2>/dev/null || echo 0)" -ge "$n" ] && break
+    [ "$(pgrep -c -P "$agent" -x hoist 2>/dev/null)" -ge "$n" ] 2>/dev/null && break
     sleep 0.1
   done
   sleep 2

@@ -213,16 +213,16 @@ pub fn connect(socket: &std::path::Path) -> std::io::Result<()> {
     stdout.flush()
 }
 
-/// The background work: supervision every 200 ms, housekeeping (standby windows, the
-/// proxy's liveness) every second.
+/// The background work: supervision every 200 ms (process stats and memory limits every
+/// second), housekeeping (standby windows, the proxy's liveness, jobs) every second.
 async fn loops(agent: Arc<Agent>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u64 = 0;
     loop {
         tick.tick().await;
-        agent.supervise_once().await;
         n += 1;
+        agent.supervise_once(n % 5 == 0).await;
         if n % 5 == 0 {
             agent.housekeeping().await;
             agent.schedule_jobs().await;

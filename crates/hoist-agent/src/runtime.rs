@@ -436,8 +436,9 @@ impl Agent {
 
     /// One pass of supervision: notice exits, schedule restarts, start what is due,
     /// enforce memory limits, stop what is retired. Runs every 200 ms.
-    pub(crate) async fn supervise_once(self: &Arc<Self>) {
+    pub(crate) async fn supervise_once(self: &Arc<Self>, measure: bool) {
         let now = Instant::now();
+        let table = measure.then(hoist_supervisor::procfs::all_processes);
         let mut to_start = Vec::new();
         let mut to_restart_unhealthy = Vec::new();
         let mut changed_apps = Vec::new();
@@ -482,25 +483,28 @@ impl Agent {
                         ));
                         continue;
                     }
-                    // Memory limit: the whole process tree counts.
-                    let stats = handle.stats();
-                    if let Some(limit) = live.memory_limit {
-                        if hoist_supervisor::memory_exceeded(&stats, limit)
-                            && live.phase == Phase::Running
-                        {
-                            events.push((
-                                live.row.app.clone(),
-                                "instance.memory_limit",
-                                id.clone(),
-                                format!(
-                                    "using {} bytes, over its limit of {limit}; restarting",
-                                    stats.rss_bytes
-                                ),
-                            ));
-                            to_restart_unhealthy.push(id.clone());
+                    // Memory limit: the whole process tree counts. The process table is
+                    // read once a second for all instances, not per instance per tick.
+                    if let Some(table) = &table {
+                        let stats = handle.stats_in(table);
+                        if let Some(limit) = live.memory_limit {
+                            if hoist_supervisor::memory_exceeded(&stats, limit)
+                                && live.phase == Phase::Running
+                            {
+                                events.push((
+                                    live.row.app.clone(),
+                                    "instance.memory_limit",
+                                    id.clone(),
+                                    format!(
+                                        "using {} bytes, over its limit of {limit}; restarting",
+                                        stats.rss_bytes
+                                    ),
+                                ));
+                                to_restart_unhealthy.push(id.clone());
+                            }
                         }
+                        live.stats = Some(stats);
                     }
-                    live.stats = Some(stats);
                     // An instance that was healthy and turned unhealthy is restarted.
                     if live.tracker.was_healthy && live.tracker.state() == Health::Unhealthy {
                         events.push((

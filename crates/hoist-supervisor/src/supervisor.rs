@@ -319,9 +319,13 @@ impl Instance {
     /// Memory, CPU and process count of the instance's whole tree: every descendant of
     /// its shim (escaped ones included), read from `/proc`. Zero once it ended.
     pub fn stats(&self) -> ProcessStats {
-        let table = procfs::all_processes();
+        self.stats_in(&procfs::all_processes())
+    }
+
+    /// As [`Instance::stats`], from a process table read once for many instances.
+    pub fn stats_in(&self, table: &[procfs::Stat]) -> ProcessStats {
         if self.is_running() {
-            return procfs::sum_stats(&procfs::descendants(self.shim_pid(), &table));
+            return procfs::sum_stats(&procfs::descendants(self.shim_pid(), table));
         }
         ProcessStats::default()
     }
