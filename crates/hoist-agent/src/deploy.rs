@@ -942,7 +942,7 @@ impl Agent {
             .map_err(Failure::new)
     }
 
-    fn spec_of(&self, app: &str, release: &str) -> Option<Arc<AppSpec>> {
+    pub(crate) fn spec_of(&self, app: &str, release: &str) -> Option<Arc<AppSpec>> {
         let row = self.state().release(app, release).ok().flatten()?;
         serde_json::from_str(&row.spec).ok().map(Arc::new)
     }

@@ -71,12 +71,10 @@ impl Agent {
             Default::default();
         for row in rows {
             let key = (row.app.clone(), row.release.clone());
-            let stored = self.state().release(&row.app, &row.release).ok().flatten();
             let spec = match specs.get(&key) {
                 Some(s) => s.clone(),
-                None => match stored.and_then(|r| serde_json::from_str::<AppSpec>(&r.spec).ok()) {
+                None => match self.spec_of(&row.app, &row.release) {
                     Some(s) => {
-                        let s = Arc::new(s);
                         specs.insert(key, s.clone());
                         s
                     }
@@ -100,15 +98,10 @@ impl Agent {
         for app in apps {
             let cur = self.state().current(&app).ok().flatten();
             if let Some(cur) = cur {
-                let stored = self.state().release(&app, &cur.release).ok().flatten();
                 let spec = specs
                     .get(&(app.clone(), cur.release.clone()))
                     .cloned()
-                    .or_else(|| {
-                        stored
-                            .and_then(|r| serde_json::from_str::<AppSpec>(&r.spec).ok())
-                            .map(Arc::new)
-                    });
+                    .or_else(|| self.spec_of(&app, &cur.release));
                 if let Some(spec) = spec {
                     self.rt()
                         .specs

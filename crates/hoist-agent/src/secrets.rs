@@ -31,13 +31,6 @@ pub struct Secrets {
     dir: PathBuf,
 }
 
-/// A secret name must be usable as an environment variable name.
-pub fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 impl Secrets {
     pub fn new(dir: &Path) -> Secrets {
         Secrets {
@@ -68,7 +61,7 @@ impl Secrets {
     }
 
     pub fn set(&self, app: &str, name: &str, value: &str) -> Result<(), SecretsError> {
-        if !valid_name(name) {
+        if !hoist_core::is_env_name(name) {
             return Err(SecretsError::BadName {
                 name: name.to_string(),
             });

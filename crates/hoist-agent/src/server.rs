@@ -390,12 +390,7 @@ async fn rollback(agent: Arc<Agent>, req: RollbackRequest) -> Response<Body> {
             )
         }
     };
-    let spec = agent
-        .state()
-        .release(&req.app, &target)
-        .ok()
-        .flatten()
-        .and_then(|r| serde_json::from_str::<hoist_core::spec::AppSpec>(&r.spec).ok());
+    let spec = agent.spec_of(&req.app, &target);
     let Some(spec) = spec else {
         return http::error(
             StatusCode::NOT_FOUND,
@@ -413,7 +408,7 @@ async fn rollback(agent: Arc<Agent>, req: RollbackRequest) -> Response<Body> {
         let outcome = agent
             .activate(
                 crate::deploy::Kind::Rollback,
-                Arc::new(spec),
+                spec,
                 target,
                 req.host,
                 req.actor,

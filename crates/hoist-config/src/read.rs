@@ -462,11 +462,7 @@ pub(crate) fn read_str_list(
     }
 }
 
-pub(crate) fn is_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
+pub(crate) use hoist_core::is_env_name;
 
 pub(crate) fn env_name_fix(name: &str) -> String {
     let mut fixed: String = name

@@ -12,3 +12,11 @@ pub mod units;
 pub use schedule::{CronExpr, Schedule};
 pub use spec::AppSpec;
 pub use units::{format_duration, parse_duration, ByteSize};
+
+/// A name usable as an environment variable (and so as a secret name): letters, digits
+/// and `_`, not starting with a digit.
+pub fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}

@@ -49,10 +49,7 @@ pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
     }
     let loaded = load(&args.file)?;
     let host = local_host(&loaded.spec)?;
-    let artifact = match &args.artifact {
-        Some(a) => a.clone(),
-        None => super::build::build_release(&args.file, None)?.0,
-    };
+    let artifact = artifact_of(&args)?;
     common::block_on(async {
         let client = ensure_agent().await?;
         output::status("Uploading", &format!("`{}`", artifact.display()));
@@ -107,10 +104,7 @@ pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<()> {
 pub fn run_plan(args: DeployArgs) -> anyhow::Result<()> {
     let loaded = load(&args.file)?;
     let host = local_host(&loaded.spec)?;
-    let artifact = match &args.artifact {
-        Some(a) => a.clone(),
-        None => super::build::build_release(&args.file, None)?.0,
-    };
+    let artifact = artifact_of(&args)?;
     let manifest = hoist_artifact::read_manifest(&artifact, &hoist_artifact::Limits::default())
         .with_context(|| format!("cannot read `{}`", artifact.display()))?;
     let req = PlanRequest {
@@ -169,6 +163,14 @@ fn render_plan(plan: &Plan) -> anyhow::Result<()> {
         ))?;
     }
     Ok(())
+}
+
+/// The prebuilt artifact given with `--artifact`, or one built now.
+fn artifact_of(args: &DeployArgs) -> anyhow::Result<PathBuf> {
+    match &args.artifact {
+        Some(a) => Ok(a.clone()),
+        None => Ok(super::build::build_release(&args.file, None)?.0),
+    }
 }
 
 /// The host this machine's agent plays in the app file.

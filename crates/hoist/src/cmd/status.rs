@@ -212,7 +212,10 @@ pub fn run_logs(args: LogsArgs) -> anyhow::Result<()> {
     if let Some(since) = &args.since {
         let d = hoist_core::parse_duration(since)
             .map_err(|e| crate::exit::with_exit(Exit::Usage, anyhow::anyhow!("--since: {e}")))?;
-        path.push_str(&format!("&since={}", now_ms() - d.as_millis() as i64));
+        path.push_str(&format!(
+            "&since={}",
+            chrono::Utc::now().timestamp_millis() - d.as_millis() as i64
+        ));
     }
     if let Some(g) = &args.grep {
         path.push_str(&format!("&grep={}", encode(g)));
@@ -252,13 +255,6 @@ fn time(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_else(|| ms.to_string())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[derive(Debug, clap::Args)]
