@@ -1,7 +1,13 @@
-//! The CLI's side of the agent API: one HTTP/1.1 connection per request over the agent's
-//! Unix socket. Errors say whether the agent is absent, refused, or answered an error.
+//! The CLI's side of the agent API: one HTTP/1.1 connection per request, either over the
+//! agent's Unix socket or over the stdin/stdout of a command that bridges to it (`ssh HOST
+//! hoist agent connect`). Errors say whether the agent is absent, refused, answered an
+//! error, or the bridging command failed (with its stderr, for the fleet layer to classify).
+//! It knows nothing of ssh itself: the command and its arguments come from the caller.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -30,6 +36,25 @@ pub enum ClientError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The bridging command could not start, or ended before the answer was complete.
+    #[error("`{program}` failed{}{}", status.map(|s| format!(" with status {s}")).unwrap_or_default(), last_line(stderr))]
+    Command {
+        program: String,
+        /// The exit status, when it exited (not killed by a signal, not still running).
+        status: Option<i32>,
+        /// The last lines of its stderr.
+        stderr: String,
+    },
+}
+
+/// `: <the last non-empty line>` of a command's stderr, for the one-line message.
+fn last_line(stderr: &str) -> String {
+    stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| format!(": {}", l.trim()))
+        .unwrap_or_default()
 }
 
 impl ClientError {
@@ -47,20 +72,70 @@ impl ClientError {
 
 #[derive(Debug, Clone)]
 pub struct Client {
-    socket: PathBuf,
+    transport: Transport,
 }
+
+#[derive(Debug, Clone)]
+enum Transport {
+    Unix(PathBuf),
+    /// A command spawned per request, speaking HTTP over its stdin/stdout.
+    Command {
+        program: PathBuf,
+        args: Vec<OsString>,
+    },
+}
+
+/// How many lines of a failed command's stderr an error keeps.
+const STDERR_LINES: usize = 20;
+/// How long a command that broke the connection gets to exit before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
 
 type ReqBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
 impl Client {
     pub fn new(socket: &Path) -> Client {
         Client {
-            socket: socket.to_path_buf(),
+            transport: Transport::Unix(socket.to_path_buf()),
         }
     }
 
-    pub fn socket(&self) -> &Path {
-        &self.socket
+    /// A client that runs `program args…` for each request and speaks HTTP over its
+    /// stdin/stdout; the command lives as long as that request's connection.
+    pub fn over_command(program: impl Into<PathBuf>, args: Vec<OsString>) -> Client {
+        Client {
+            transport: Transport::Command {
+                program: program.into(),
+                args,
+            },
+        }
+    }
+
+    /// The agent's socket, for a client over a Unix socket.
+    pub fn socket(&self) -> Option<&Path> {
+        match &self.transport {
+            Transport::Unix(p) => Some(p),
+            Transport::Command { .. } => None,
+        }
+    }
+
+    /// Where the agent is, for messages: the socket path, or the command and its last
+    /// argument that is not an option (`ssh HOST` for an ssh bridge).
+    pub fn describe(&self) -> String {
+        match &self.transport {
+            Transport::Unix(p) => p.display().to_string(),
+            Transport::Command { program, args } => {
+                let name = program.file_name().map_or_else(
+                    || program.display().to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                );
+                // ssh's destination is the first argument after the options, which the
+                // remote command follows.
+                match ssh_destination(args) {
+                    Some(dest) => format!("{name} {dest}"),
+                    None => name,
+                }
+            }
+        }
     }
 
     async fn send(
@@ -69,26 +144,6 @@ impl Client {
         path: &str,
         body: ReqBody,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| {
-                if source.kind() == std::io::ErrorKind::PermissionDenied {
-                    ClientError::Forbidden {
-                        socket: self.socket.clone(),
-                    }
-                } else {
-                    ClientError::NotRunning {
-                        socket: self.socket.clone(),
-                        source,
-                    }
-                }
-            })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
         let req = Request::builder()
             .method(method)
             .uri(format!("http://agent{path}"))
@@ -96,10 +151,10 @@ impl Client {
             .header("content-type", "application/json")
             .body(body)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let resp = match &self.transport {
+            Transport::Unix(socket) => send_unix(socket, req).await?,
+            Transport::Command { program, args } => send_command(program, args, req).await?,
+        };
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -196,6 +251,161 @@ impl Client {
     }
 }
 
+type Resp = hyper::Response<hyper::body::Incoming>;
+type Req = Request<ReqBody>;
+
+async fn send_unix(socket: &Path, req: Req) -> Result<Resp, ClientError> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|source| {
+            if source.kind() == std::io::ErrorKind::PermissionDenied {
+                ClientError::Forbidden {
+                    socket: socket.to_path_buf(),
+                }
+            } else {
+                ClientError::NotRunning {
+                    socket: socket.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender
+        .send_request(req)
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+/// One request over a spawned command. The connection task owns the child: it lives
+/// while the answer streams, and when the connection ends (or breaks) the task reaps it
+/// and hands back its status and stderr, which a failed request reports.
+async fn send_command(program: &Path, args: &[OsString], req: Req) -> Result<Resp, ClientError> {
+    let name = program.display().to_string();
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| ClientError::Command {
+            program: name.clone(),
+            status: None,
+            stderr: e.to_string(),
+        })?;
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(ClientError::Command {
+            program: name,
+            status: None,
+            stderr: "the command's standard streams could not be opened".into(),
+        });
+    };
+    let stderr_task = tokio::spawn(tail(stderr));
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<(Option<i32>, String)>();
+    let io = TokioIo::new(tokio::io::join(stdout, stdin));
+    let handshake = hyper::client::conn::http1::handshake(io).await;
+    let (mut sender, conn) = match handshake {
+        Ok(pair) => pair,
+        Err(_) => {
+            let (status, stderr) = finish(child, stderr_task).await;
+            return Err(ClientError::Command {
+                program: name,
+                status,
+                stderr,
+            });
+        }
+    };
+    tokio::spawn(async move {
+        let _ = conn.await;
+        let _ = done_tx.send(finish(child, stderr_task).await);
+    });
+    match sender.send_request(req).await {
+        Ok(resp) => Ok(resp),
+        Err(e) => {
+            drop(sender);
+            let (status, stderr) = done_rx
+                .await
+                .unwrap_or((None, format!("the connection broke: {e}")));
+            Err(ClientError::Command {
+                program: name,
+                status,
+                stderr,
+            })
+        }
+    }
+}
+
+/// Waits briefly for the command to exit (its stdin is closed by now), then kills it.
+async fn finish(
+    mut child: tokio::process::Child,
+    stderr: tokio::task::JoinHandle<String>,
+) -> (Option<i32>, String) {
+    let status = match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
+        Ok(Ok(s)) => s.code(),
+        _ => {
+            let _ = child.kill().await;
+            None
+        }
+    };
+    let stderr = tokio::time::timeout(EXIT_GRACE, stderr)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    (status, stderr)
+}
+
+/// The last [`STDERR_LINES`] lines of a stream, read to its end.
+async fn tail(mut stderr: tokio::process::ChildStderr) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut kept: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stderr.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                kept.extend_from_slice(&buf[..n]);
+                // Bound memory on a chatty command: keep the tail only.
+                if kept.len() > 64 * 1024 {
+                    kept.drain(..kept.len() - 32 * 1024);
+                }
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&kept);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(STDERR_LINES)..].join("\n")
+}
+
+/// The destination of an ssh argv: the first argument that is not an option or an
+/// option's value (options that take a value are the ones OpenSSH documents).
+fn ssh_destination(args: &[OsString]) -> Option<String> {
+    const WITH_VALUE: &str = "BbcDEeFIiJLlmOoPpQRSWw";
+    let mut it = args.iter().map(|a| a.to_string_lossy());
+    while let Some(arg) = it.next() {
+        let Some(flags) = arg.strip_prefix('-') else {
+            return Some(arg.into_owned());
+        };
+        if flags == "-" {
+            return it.next().map(|a| a.into_owned());
+        }
+        // `-oX=y` carries its value; `-o X=y` takes the next argument.
+        if let Some(pos) = flags.find(|c| WITH_VALUE.contains(c)) {
+            if pos == flags.len() - 1 {
+                it.next();
+            }
+        }
+    }
+    None
+}
+
 /// A whole JSON answer.
 async fn read_json<T: DeserializeOwned>(
     resp: hyper::Response<hyper::body::Incoming>,
@@ -230,5 +440,82 @@ mod tokio_util_like {
                 Err(e) => Some((Err(e), None)),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Client {
+        Client::over_command("/bin/sh", vec!["-c".into(), script.into()])
+    }
+
+    #[tokio::test]
+    async fn a_command_that_speaks_http_answers() {
+        // Reads the request's head, then answers: a real process on the other end of the pipes.
+        let client = sh(
+            "head -n 1 >/dev/null; printf 'HTTP/1.1 200 OK\\r\\ncontent-length: 8\\r\\n\\r\\n{\"a\":41}'",
+        );
+        let v: serde_json::Value = client.get("/v1/hello").await.unwrap();
+        assert_eq!(v["a"], 41);
+    }
+
+    #[tokio::test]
+    async fn a_failing_command_reports_its_status_and_stderr() {
+        let client = sh("for i in $(seq 1 30); do echo line$i >&2; done; echo 'Permission denied (publickey).' >&2; exit 255");
+        let err = client
+            .get::<serde_json::Value>("/v1/hello")
+            .await
+            .unwrap_err();
+        let ClientError::Command { status, stderr, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(*status, Some(255));
+        assert!(
+            stderr.ends_with("Permission denied (publickey)."),
+            "{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), STDERR_LINES, "{stderr}");
+        assert!(err.to_string().contains("Permission denied"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_command_error() {
+        let client = Client::over_command("/nonexistent/ssh", vec![]);
+        let err = client
+            .get::<serde_json::Value>("/v1/hello")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ClientError::Command { status: None, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn describe_names_the_ssh_destination() {
+        let args: Vec<OsString> = [
+            "-F",
+            "/x/cfg",
+            "-p",
+            "22",
+            "-oBatchMode=yes",
+            "-o",
+            "A=b",
+            "root@h1",
+            "/usr/local/bin/hoist",
+            "agent",
+            "connect",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let c = Client::over_command("/usr/bin/ssh", args);
+        assert_eq!(c.describe(), "ssh root@h1");
+        assert_eq!(
+            Client::new(Path::new("/run/a.sock")).describe(),
+            "/run/a.sock"
+        );
     }
 }

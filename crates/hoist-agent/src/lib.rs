@@ -9,6 +9,7 @@
 
 pub mod client;
 mod deploy;
+mod fleet;
 mod health;
 mod http;
 mod jobs;

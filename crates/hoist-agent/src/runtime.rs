@@ -161,6 +161,12 @@ impl Agent {
         );
         env.extend(spec.env.clone());
         env.extend(extra.clone());
+        // The host's own `[[hosts]] env` is the most specific: it wins over the app's
+        // and the service's.
+        let host = self.host.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(h) = spec.host(&host) {
+            env.extend(h.env.clone());
+        }
         env.extend(self.secrets.values(&spec.app)?);
         env.insert("HOIST_APP".into(), spec.app.clone());
         env.insert("HOIST_SERVICE".into(), service.to_string());

@@ -55,6 +55,22 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
+    if matches!(
+        parts.as_slice(),
+        ["v1", "leases", ..] | ["v1", "releases", "offer" | "blobs"]
+    ) {
+        let query = req.uri().query().unwrap_or("").to_string();
+        if let Some(resp) =
+            crate::fleet::route(&agent, &method, &parts, &query, req.into_body()).await
+        {
+            return resp;
+        }
+        return http::error(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint `{path}`"),
+            None,
+        );
+    }
     match (method, parts.as_slice()) {
         (Method::GET, ["v1", "hello"]) => http::json(StatusCode::OK, &agent.hello()),
         (Method::GET, ["v1", "status"]) => status(&agent),
@@ -294,19 +310,7 @@ async fn upload(agent: Arc<Agent>, body: Incoming) -> Response<Body> {
     let summary = manifest.summary();
     let app = manifest.app().to_string();
     let release = manifest.release().as_str().to_string();
-    let manifest_json = String::from_utf8_lossy(&manifest.to_json()).into_owned();
-    // The spec arrives with the deploy; until then the release is stored with none.
-    let spec = agent
-        .state()
-        .release(&app, &release)
-        .ok()
-        .flatten()
-        .map(|r| r.spec)
-        .unwrap_or_else(|| "null".into());
-    if let Err(e) = agent
-        .state()
-        .put_release(&app, &release, &manifest_json, &spec)
-    {
+    if let Err(e) = crate::fleet::register(&agent, &manifest) {
         return http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None);
     }
     tracing::info!(app = %app, release = %release, files = summary.files, "release received");
@@ -325,6 +329,10 @@ async fn upload(agent: Arc<Agent>, body: Incoming) -> Response<Body> {
 /// otherwise a stream of progress lines ending with the outcome.
 async fn deploy(agent: Arc<Agent>, req: DeployRequest) -> Response<Body> {
     let app = req.spec.app.clone();
+    // A fleet deploy's lease stops everyone else before anything is written.
+    if let Err(resp) = crate::fleet::check_lease(&agent, &app, req.lease.as_deref()) {
+        return *resp;
+    }
     let Some(row) = agent.state().release(&app, &req.release).ok().flatten() else {
         return http::error(
             StatusCode::NOT_FOUND,
@@ -398,6 +406,9 @@ async fn rollback(agent: Arc<Agent>, req: RollbackRequest) -> Response<Body> {
             Some("`hoist releases` lists them"),
         );
     };
+    if let Err(resp) = crate::fleet::check_lease(&agent, &req.app, req.lease.as_deref()) {
+        return *resp;
+    }
     let guard = match lock(&agent, &req.app, &req.actor) {
         Ok(g) => g,
         Err(resp) => return *resp,

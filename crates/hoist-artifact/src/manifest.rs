@@ -362,6 +362,11 @@ impl CompactManifest {
         &self.raw.release
     }
 
+    /// The app the sender states.
+    pub fn app(&self) -> &str {
+        &self.raw.app
+    }
+
     /// Resolves each short digest with `lookup(short, size)` (a full digest this host
     /// holds with that prefix and size). When all resolve, the full manifest is parsed
     /// and validated as usual, its id included: a wrong guess is an error, on which the

@@ -155,6 +155,10 @@ pub struct DeployRequest {
     pub host: String,
     /// Who asked: `user@machine`, recorded in the history.
     pub actor: String,
+    /// The token of the fleet lease this deploy runs under (see `fleet::LeaseRequest`);
+    /// a deploy without it is refused while another holder's lease is live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 /// `POST /v1/rollback`.
@@ -165,6 +169,8 @@ pub struct RollbackRequest {
     pub release: Option<String>,
     pub host: String,
     pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 /// One release kept on the host, for `hoist releases`.

@@ -5,11 +5,14 @@
 //! Invariant: only the agent opens a host's state for writing (it holds an exclusive lock
 //! file beside the database); the CLI never touches it directly.
 
+pub mod backups;
 mod history;
+mod leases;
 mod migrate;
 mod store;
 
 pub use history::{HistoryRecord, VerifyReport};
+pub use leases::{Acquire, LeaseRow};
 pub use store::*;
 
 use std::path::PathBuf;

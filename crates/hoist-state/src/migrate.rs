@@ -90,6 +90,40 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX job_runs_by_job ON job_runs(app, job, id);
     "#,
+    // 2: fleet-wide deploy leases (one row per lease name, e.g. `deploy:APP`).
+    r#"
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        token TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        heartbeat_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    "#,
+    // 3: backups and their restores and verifies (one row per attempt).
+    r#"
+    CREATE TABLE backups (
+        id INTEGER PRIMARY KEY,
+        app TEXT NOT NULL,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        file TEXT,
+        copy TEXT,
+        sha256 TEXT,
+        size INTEGER,
+        started_at INTEGER NOT NULL,
+        finished_at INTEGER,
+        duration_ms INTEGER,
+        release TEXT,
+        trigger TEXT NOT NULL,
+        status TEXT NOT NULL,
+        error TEXT,
+        checked TEXT,
+        verified INTEGER
+    );
+    CREATE INDEX backups_by_name ON backups(app, name, id);
+    "#,
 ];
 
 /// The schema version this build knows.

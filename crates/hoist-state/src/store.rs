@@ -12,7 +12,8 @@ use crate::{now_ms, Result, StateError};
 
 /// The state of one host.
 pub struct State {
-    conn: Connection,
+    // Sibling modules (`leases`, `backups`) add their own `impl State` blocks.
+    pub(crate) conn: Connection,
 }
 
 /// A release known to this host.

@@ -37,6 +37,8 @@ enum Command {
     Plan(cmd::deploy::DeployArgs),
     /// Go back to the previous release (instant while it is warm)
     Rollback(cmd::deploy::RollbackArgs),
+    /// The app's fleet-wide deploy lease: who holds it, or drop it
+    Lock(cmd::fleet::LockArgs),
     /// Apps, services and instances on the host
     Status(cmd::status::StatusArgs),
     /// Every deploy and rollback: who, when, what, result
@@ -55,6 +57,8 @@ enum Command {
     Restart(cmd::service::ServiceArgs),
     /// Recent job runs, or `jobs run NAME` to run one now
     Jobs(cmd::service::JobsArgs),
+    /// Prepare hosts over ssh: the hoist binary, directories and a running agent
+    Setup(cmd::setup::SetupArgs),
     /// Run the host agent in the foreground
     Agent(cmd::agent::Args),
     /// Run the reverse proxy in the foreground, or switch, upgrade and inspect a running one
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         Command::Deploy(args) => cmd::deploy::run_deploy(args),
         Command::Plan(args) => cmd::deploy::run_plan(args),
         Command::Rollback(args) => cmd::deploy::run_rollback(args),
+        Command::Lock(args) => cmd::fleet::run_lock(args),
         Command::Status(args) => cmd::status::run_status(args),
         Command::History(args) => cmd::status::run_history(args),
         Command::Releases(args) => cmd::status::run_releases(args),
@@ -98,6 +103,7 @@ fn main() -> ExitCode {
         Command::Stop(args) => cmd::service::run_service("stop", args),
         Command::Restart(args) => cmd::service::run_service("restart", args),
         Command::Jobs(args) => cmd::service::run_jobs(args),
+        Command::Setup(args) => cmd::setup::run(args),
         Command::Agent(args) => cmd::agent::run(args),
         Command::Proxy(args) => cmd::proxy::run(args),
         Command::Secrets(command) => cmd::secrets::run(command),

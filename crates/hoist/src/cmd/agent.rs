@@ -1,13 +1,22 @@
-//! `hoist agent`: runs the host agent in the foreground until SIGINT or SIGTERM.
-//! Instances and the proxy are not children of this process's session, so stopping the
-//! agent (or Ctrl-C in its terminal) leaves them serving.
+//! `hoist agent`: runs the host agent in the foreground until SIGINT or SIGTERM, reading
+//! the host config (`/etc/hoist/agent.toml`, flags win); `agent connect` bridges stdio to
+//! its socket; `agent keep` (started by `hoist setup` where systemd is absent) restarts the
+//! agent whenever it dies. Instances and the proxy are not children of this process's
+//! session, so stopping the agent (or Ctrl-C in its terminal) leaves them serving.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 
 use super::common;
+use crate::exit::{with_exit, Exit};
+
+/// The host config read when `--config` is not given and the file exists.
+const HOST_CONFIG: &str = "/etc/hoist/agent.toml";
+/// The keeper's pid file, locked while it runs: one keeper per host.
+const KEEPER_PID: &str = "/run/hoist/keeper.pid";
 
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -27,30 +36,92 @@ pub struct Args {
     /// The dashboard's HTTP listener
     #[arg(long)]
     dashboard: Option<SocketAddr>,
+    /// The host config (keys `root`, `socket`, `proxy`, `dashboard`; flags override it)
+    /// [default: /etc/hoist/agent.toml when it exists]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// `/etc/hoist/agent.toml`: the same settings as the flags.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostConfig {
+    root: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    proxy: Option<SocketAddr>,
+    dashboard: Option<SocketAddr>,
+}
+
+/// The host config: the named file (which must exist), else the default one when present.
+fn host_config(path: Option<&Path>) -> anyhow::Result<HostConfig> {
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None if Path::new(HOST_CONFIG).exists() => PathBuf::from(HOST_CONFIG),
+        None => return Ok(HostConfig::default()),
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read the host config `{}`", path.display()))?;
+    let mut config: HostConfig = toml::from_str(&text).map_err(|e| {
+        with_exit(
+            Exit::Usage,
+            anyhow::anyhow!("invalid host config `{}`: {}", path.display(), e.message()),
+        )
+    })?;
+    // Relative paths are relative to the file, not to wherever the agent was started.
+    let base = path.parent().unwrap_or(Path::new("/"));
+    config.root = config.root.map(|p| base.join(p));
+    config.socket = config.socket.map(|p| base.join(p));
+    Ok(config)
 }
 
 #[derive(Debug, clap::Subcommand)]
 enum Action {
     /// Bridge standard input and output to the agent's socket (for `ssh HOST hoist agent connect`)
     Connect {
-        /// The agent's socket [default: as for every command]
+        /// The agent's socket [default: the host config's, else as for every command]
         #[arg(long)]
         socket: Option<PathBuf>,
+        /// The host config [default: /etc/hoist/agent.toml when it exists]
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Run the agent and start it again whenever it exits (for hosts without systemd)
+    #[command(hide = true)]
+    Keep {
+        /// The host config, passed to the agent
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if let Some(Action::Connect { socket }) = args.action {
-        let socket = socket.unwrap_or_else(common::default_socket);
-        return hoist_agent::connect(&socket)
-            .with_context(|| format!("cannot reach the agent on `{}`", socket.display()));
+    match args.action {
+        Some(Action::Connect { socket, config }) => {
+            let socket = match socket {
+                Some(s) => s,
+                None => host_config(config.as_deref())?
+                    .socket
+                    .unwrap_or_else(common::default_socket),
+            };
+            return hoist_agent::connect(&socket)
+                .with_context(|| format!("cannot reach the agent on `{}`", socket.display()));
+        }
+        Some(Action::Keep { config }) => {
+            init_logging();
+            return keep(config);
+        }
+        None => {}
     }
+    let file = host_config(args.config.as_deref())?;
     init_logging();
     let config = hoist_agent::AgentConfig {
-        root: args.root.unwrap_or_else(common::default_root),
-        socket: args.socket.unwrap_or_else(common::default_socket),
-        proxy: args.proxy,
-        dashboard: args.dashboard,
+        root: args.root.or(file.root).unwrap_or_else(common::default_root),
+        socket: args
+            .socket
+            .or(file.socket)
+            .unwrap_or_else(common::default_socket),
+        proxy: args.proxy.or(file.proxy),
+        dashboard: args.dashboard.or(file.dashboard),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -62,6 +133,87 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .await
             .map_err(anyhow::Error::from)
     })
+}
+
+/// The keeper: runs `hoist agent` as a child and starts it again when it exits (after
+/// 1 s, doubling to 30 s while it keeps failing fast). SIGTERM or SIGINT stops the agent
+/// and then the keeper. Its pid file is locked, so a second keeper exits at once.
+fn keep(config: Option<PathBuf>) -> anyhow::Result<()> {
+    use std::io::Write;
+    // The path is taken now: after an upgrade replaces the file, `current_exe` names the
+    // deleted inode, while the path holds the new binary.
+    let exe = std::env::current_exe().context("cannot find the hoist binary")?;
+    let pid_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(KEEPER_PID)
+        .with_context(|| format!("cannot open `{KEEPER_PID}`"))?;
+    let mut pid_file =
+        nix::fcntl::Flock::lock(pid_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| anyhow::anyhow!("another keeper holds `{KEEPER_PID}`"))?;
+    pid_file.set_len(0)?;
+    writeln!(pid_file, "{}", std::process::id())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the keeper's runtime")?;
+    let result = runtime.block_on(keep_loop(exe, config));
+    let _ = std::fs::remove_file(KEEPER_PID);
+    drop(pid_file);
+    result
+}
+
+async fn keep_loop(exe: PathBuf, config: Option<PathBuf>) -> anyhow::Result<()> {
+    const FAST_EXIT: Duration = Duration::from_secs(60);
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.arg("agent");
+        if let Some(config) = &config {
+            cmd.arg("--config").arg(config);
+        }
+        let started = tokio::time::Instant::now();
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                tracing::error!(error = %e, exe = %exe.display(), "cannot start the agent");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = &mut stop => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        tracing::info!(pid = child.id(), "agent started");
+        tokio::select! {
+            status = child.wait() => {
+                tracing::warn!(status = ?status.ok(), "the agent exited; starting it again");
+                if started.elapsed() >= FAST_EXIT {
+                    backoff = Duration::from_secs(1);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = &mut stop => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            _ = &mut stop => {
+                if let Some(pid) = child.id() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
+                let _ = child.wait().await;
+                tracing::info!("keeper stopped with its agent");
+                return Ok(());
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

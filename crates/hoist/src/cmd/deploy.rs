@@ -48,6 +48,10 @@ pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
         return run_plan(args);
     }
     let loaded = load(&args.file)?;
+    if super::fleet::is_fleet(&loaded.spec) {
+        let artifact = artifact_of(&args)?;
+        return super::fleet::deploy(&loaded, &artifact, actor(), args.json);
+    }
     let host = local_host(&loaded.spec)?;
     let artifact = artifact_of(&args)?;
     common::block_on(async {
@@ -72,6 +76,7 @@ pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
             release: up.release.clone(),
             host,
             actor: actor(),
+            lease: None,
         };
         output::status(
             "Deploying",
@@ -84,6 +89,9 @@ pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
 
 pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<()> {
     let loaded = load(&args.file)?;
+    if super::fleet::is_fleet(&loaded.spec) {
+        return super::fleet::rollback(&loaded, args.release.clone(), actor(), args.json);
+    }
     let host = local_host(&loaded.spec)?;
     let client = common::client();
     let req = RollbackRequest {
@@ -91,6 +99,7 @@ pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<()> {
         release: args.release.clone(),
         host,
         actor: actor(),
+        lease: None,
     };
     common::block_on(async {
         output::status("Rolling back", &format!("`{}`", req.app));

@@ -1,0 +1,521 @@
+//! One host reached through the system's OpenSSH: the one place that builds an `ssh`
+//! argv, so every connection gets the same safe options (batch mode, no agent or port
+//! forwarding, strict host keys, one multiplexed master per host), and the one place that
+//! turns ssh's stderr into errors the user can act on. It never disables host-key
+//! checking and never runs anything on a host but the commands its callers pass.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+
+use hoist_agent::client::{Client, ClientError};
+use hoist_core::spec::{HostSpec, SshSpec};
+use tokio::io::AsyncWriteExt;
+
+/// Where `hoist setup` installs the binary on every host.
+pub const REMOTE_BIN: &str = "/usr/local/bin/hoist";
+
+/// The local OpenSSH client, found on `PATH`.
+const SSH: &str = "ssh";
+
+/// Whether a host key not yet in known_hosts may be accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKeys {
+    /// Only known keys (every command but `hoist setup`).
+    Strict,
+    /// Trust on first use: a new key is recorded; a changed one is still refused.
+    AcceptNew,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("the host key of `{host}` has changed: it now offers `{fingerprint}`; nothing was run on it")]
+    HostKeyChanged { host: String, fingerprint: String },
+    #[error("`{host}` is not a known host: its key is not in known_hosts")]
+    UnknownHostKey { host: String },
+    #[error("cannot reach `{host}`: {detail}")]
+    Unreachable { host: String, detail: String },
+    #[error("`{host}` refused the ssh key")]
+    AuthFailed { host: String },
+    #[error("a command failed on `{host}`{}: {}", status.map(|s| format!(" with status {s}")).unwrap_or_default(), last_line(stderr))]
+    Remote {
+        host: String,
+        status: Option<i32>,
+        stderr: String,
+    },
+    #[error("host `{host}` has no `ssh` address")]
+    NoAddress { host: String },
+    #[error("cannot run `ssh` for `{host}`")]
+    Io {
+        host: String,
+        source: std::io::Error,
+    },
+}
+
+impl SshError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            SshError::HostKeyChanged { host, .. } => Some(format!(
+                "if `{host}` was reinstalled, check the new key out of band, remove the old one with `ssh-keygen -R ADDRESS` (add `-f FILE` for the known_hosts your ssh_config names), then run `hoist setup {host}`; otherwise the connection may be intercepted"
+            )),
+            SshError::UnknownHostKey { host } => Some(format!(
+                "run `hoist setup {host}` to accept its key (check its fingerprint first)"
+            )),
+            SshError::Unreachable { .. } => {
+                Some("check the address, the network, and that sshd runs on the host".into())
+            }
+            SshError::AuthFailed { .. } => Some(
+                "check `[ssh] identity` in the app file and the host's authorized_keys".into(),
+            ),
+            SshError::NoAddress { host } => Some(format!(
+                "add `ssh = \"user@address\"` to the `[[hosts]]` entry of `{host}`"
+            )),
+            SshError::Io { .. } => Some("install the OpenSSH client (`ssh`)".into()),
+            SshError::Remote { .. } => None,
+        }
+    }
+
+    /// The host the error is about.
+    pub fn host(&self) -> &str {
+        match self {
+            SshError::HostKeyChanged { host, .. }
+            | SshError::UnknownHostKey { host }
+            | SshError::Unreachable { host, .. }
+            | SshError::AuthFailed { host }
+            | SshError::Remote { host, .. }
+            | SshError::NoAddress { host }
+            | SshError::Io { host, .. } => host,
+        }
+    }
+}
+
+fn last_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("no error output")
+}
+
+/// One host: its name in the app file and the ssh argv that reaches it.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub name: String,
+    /// `user@host` as ssh takes it (the port goes in `-p`).
+    pub dest: String,
+    /// Every option before the destination.
+    options: Vec<OsString>,
+}
+
+impl Remote {
+    /// `base` is the app file's directory, for relative `[ssh] config` and `identity`;
+    /// `control_dir` holds the master sockets (created 0700 when missing; keep its path
+    /// short: a socket path is limited to about 100 bytes).
+    pub fn new(
+        host: &HostSpec,
+        ssh: &SshSpec,
+        base: &Path,
+        control_dir: &Path,
+        keys: HostKeys,
+    ) -> Result<Remote, SshError> {
+        let Some(addr) = &host.ssh else {
+            return Err(SshError::NoAddress {
+                host: host.name.clone(),
+            });
+        };
+        create_private_dir(control_dir).map_err(|source| SshError::Io {
+            host: host.name.clone(),
+            source,
+        })?;
+        let mut options: Vec<OsString> = Vec::new();
+        if let Some(config) = &ssh.config {
+            options.push("-F".into());
+            options.push(base.join(config).into_os_string());
+        }
+        if let Some(identity) = &ssh.identity {
+            options.push("-i".into());
+            options.push(base.join(identity).into_os_string());
+        }
+        if let Some(port) = addr.port.or(ssh.port) {
+            options.push("-p".into());
+            options.push(port.to_string().into());
+        }
+        let strict = match keys {
+            HostKeys::Strict => "yes",
+            HostKeys::AcceptNew => "accept-new",
+        };
+        let mut control_path = OsString::from("ControlPath=");
+        control_path.push(control_dir.join("%C"));
+        for opt in [
+            OsString::from("BatchMode=yes"),
+            "ForwardAgent=no".into(),
+            "ClearAllForwardings=yes".into(),
+            format!("StrictHostKeyChecking={strict}").into(),
+            "ControlMaster=auto".into(),
+            control_path,
+            "ControlPersist=60".into(),
+            "ConnectTimeout=10".into(),
+            "ServerAliveInterval=5".into(),
+            "ServerAliveCountMax=3".into(),
+        ] {
+            options.push("-o".into());
+            options.push(opt);
+        }
+        // On the command line an IPv6 address goes bare (the port is in `-p`).
+        let dest = match &addr.user {
+            Some(user) => format!("{user}@{}", addr.host),
+            None => addr.host.clone(),
+        };
+        Ok(Remote {
+            name: host.name.clone(),
+            dest,
+            options,
+        })
+    }
+
+    /// The full ssh argv (without the program) for a remote command.
+    pub fn ssh_args(&self, remote_argv: &[&str]) -> Vec<OsString> {
+        let mut args = self.options.clone();
+        // `--`: nothing after it is read as an ssh option.
+        args.push("--".into());
+        args.push(self.dest.clone().into());
+        if !remote_argv.is_empty() {
+            // The remote side runs this through the user's shell: quote every word.
+            let line: Vec<String> = remote_argv.iter().map(|a| shell_quote(a)).collect();
+            args.push(line.join(" ").into());
+        }
+        args
+    }
+
+    /// `ssh … HOST 'argv…'`, stdin closed unless the caller opens it, killed on drop.
+    pub fn ssh_command(&self, remote_argv: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(SSH);
+        cmd.args(self.ssh_args(remote_argv))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// An agent client whose every request runs `ssh … HOST hoist agent connect`.
+    pub fn client(&self) -> Client {
+        Client::over_command(SSH, self.ssh_args(&[REMOTE_BIN, "agent", "connect"]))
+    }
+
+    /// Connects (starting the multiplexed master, which then persists for a minute) and
+    /// checks the host answers; the error says why it does not.
+    pub async fn open(&self) -> Result<(), SshError> {
+        self.run(&["true"], None).await.map(|_| ())
+    }
+
+    /// Closes this host's master connection, if one runs (best effort).
+    pub async fn close(&self) {
+        let mut args = self.options.clone();
+        args.extend([
+            "-O".into(),
+            "exit".into(),
+            "--".into(),
+            self.dest.clone().into(),
+        ]);
+        let _ = tokio::process::Command::new(SSH)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .status()
+            .await;
+    }
+
+    /// Runs a command on the host; `stdin` is fed to it (and streamed, so a large input
+    /// does not wait for the answer). A non-zero exit is an error carrying its stderr.
+    pub async fn run(
+        &self,
+        remote_argv: &[&str],
+        stdin: Option<Vec<u8>>,
+    ) -> Result<Output, SshError> {
+        let mut cmd = self.ssh_command(remote_argv);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        if stdin.is_some() {
+            cmd.stdin(Stdio::piped());
+        }
+        tracing::debug!(host = %self.name, argv = ?remote_argv, "ssh");
+        let io = |source| SshError::Io {
+            host: self.name.clone(),
+            source,
+        };
+        let mut child = cmd.spawn().map_err(io)?;
+        let feeder = match (stdin, child.stdin.take()) {
+            (Some(bytes), Some(mut pipe)) => Some(tokio::spawn(async move {
+                // A broken pipe means the remote side ended early; its status says why.
+                let _ = pipe.write_all(&bytes).await;
+                let _ = pipe.shutdown().await;
+            })),
+            _ => None,
+        };
+        let output = child.wait_with_output().await.map_err(io)?;
+        if let Some(feeder) = feeder {
+            let _ = feeder.await;
+        }
+        if output.status.success() {
+            return Ok(output);
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        // 255 is ssh's own failure; anything else is the remote command's status.
+        Err(match output.status.code() {
+            Some(255) | None => match self.classify(&stderr) {
+                SshError::Remote { host, stderr, .. } => SshError::Remote {
+                    host,
+                    status: output.status.code(),
+                    stderr,
+                },
+                other => other,
+            },
+            Some(status) => SshError::Remote {
+                host: self.name.clone(),
+                status: Some(status),
+                stderr,
+            },
+        })
+    }
+
+    /// What ssh's stderr says went wrong (for a [`ClientError::Command`] too).
+    pub fn classify(&self, stderr: &str) -> SshError {
+        classify(&self.name, stderr)
+    }
+
+    /// An agent client's error as an ssh error when the bridge failed, else `None`.
+    pub fn client_error(&self, err: &ClientError) -> Option<SshError> {
+        match err {
+            ClientError::Command { status, stderr, .. } => Some(match self.classify(stderr) {
+                SshError::Remote { host, stderr, .. } => SshError::Remote {
+                    host,
+                    status: *status,
+                    stderr,
+                },
+                other => other,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Reads OpenSSH's messages (they are stable across versions and locales: ssh does not
+/// translate them).
+pub fn classify(host: &str, stderr: &str) -> SshError {
+    let host = host.to_string();
+    if stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+        || stderr.contains("has changed and you have requested strict checking")
+    {
+        let fingerprint = stderr
+            .split_whitespace()
+            .find(|w| w.starts_with("SHA256:") || w.starts_with("MD5:"))
+            .map(|w| w.trim_end_matches('.').to_string())
+            .unwrap_or_else(|| "unknown".into());
+        return SshError::HostKeyChanged { host, fingerprint };
+    }
+    if stderr.contains("Host key verification failed") || stderr.contains("host key is known for") {
+        return SshError::UnknownHostKey { host };
+    }
+    if stderr.contains("Permission denied (") || stderr.contains("Too many authentication failures")
+    {
+        return SshError::AuthFailed { host };
+    }
+    const UNREACHABLE: [&str; 11] = [
+        "Connection timed out",
+        "Operation timed out",
+        "No route to host",
+        "Connection refused",
+        "Could not resolve hostname",
+        "Network is unreachable",
+        "Connection closed by",
+        "Connection reset",
+        "Timeout, server",
+        "kex_exchange_identification",
+        "Broken pipe",
+    ];
+    if let Some(line) = stderr
+        .lines()
+        .find(|l| UNREACHABLE.iter().any(|p| l.contains(p)))
+    {
+        return SshError::Unreachable {
+            host,
+            detail: line.trim().to_string(),
+        };
+    }
+    SshError::Remote {
+        host,
+        status: None,
+        stderr: stderr.to_string(),
+    }
+}
+
+/// `word` quoted for a POSIX shell (left bare when it is plainly safe).
+pub fn shell_quote(word: &str) -> String {
+    let safe = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-=:,@%+".contains(&b));
+    if safe {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A short private directory for master sockets, unique to this process.
+pub fn default_control_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("hoist-ssh-{}", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hoist_core::spec::SshAddr;
+
+    fn host(addr: &str) -> HostSpec {
+        HostSpec {
+            name: "web1".into(),
+            ssh: Some(SshAddr::parse(addr).unwrap()),
+            roles: vec![],
+            env: Default::default(),
+        }
+    }
+
+    fn argv(remote: &Remote) -> Vec<String> {
+        remote
+            .ssh_args(&["echo", "it's"])
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn every_argv_is_batch_strict_and_unforwarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let ssh = SshSpec {
+            config: Some("ssh/config".into()),
+            identity: Some("/keys/id".into()),
+            port: Some(2200),
+        };
+        let r = Remote::new(
+            &host("deploy@10.0.0.5"),
+            &ssh,
+            Path::new("/app"),
+            dir.path(),
+            HostKeys::Strict,
+        )
+        .unwrap();
+        let a = argv(&r);
+        let joined = a.join(" ");
+        for want in [
+            "-F /app/ssh/config",
+            "-i /keys/id",
+            "-p 2200",
+            "-o BatchMode=yes",
+            "-o ForwardAgent=no",
+            "-o ClearAllForwardings=yes",
+            "-o StrictHostKeyChecking=yes",
+            "-o ControlMaster=auto",
+            "-o ControlPersist=60",
+            "-o ConnectTimeout=10",
+            "-o ServerAliveInterval=5",
+            "-o ServerAliveCountMax=3",
+        ] {
+            assert!(joined.contains(want), "{want} missing from {joined}");
+        }
+        assert!(joined.contains(&format!("ControlPath={}/%C", dir.path().display())));
+        assert!(!joined.contains("/dev/null") && !joined.contains("=no -o Strict"));
+        assert!(!joined.contains("StrictHostKeyChecking=no"));
+        assert_eq!(
+            &a[a.len() - 3..],
+            ["--", "deploy@10.0.0.5", r"echo 'it'\''s'"]
+        );
+        assert_eq!(r.client().describe(), "ssh deploy@10.0.0.5");
+    }
+
+    #[test]
+    fn the_hosts_port_wins_and_accept_new_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ssh = SshSpec {
+            port: Some(2200),
+            ..Default::default()
+        };
+        let r = Remote::new(
+            &host("h:2222"),
+            &ssh,
+            Path::new("/"),
+            dir.path(),
+            HostKeys::AcceptNew,
+        )
+        .unwrap();
+        let joined = argv(&r).join(" ");
+        assert!(
+            joined.contains("-p 2222") && !joined.contains("2200"),
+            "{joined}"
+        );
+        assert!(joined.contains("StrictHostKeyChecking=accept-new"));
+    }
+
+    #[test]
+    fn ssh_messages_are_classified() {
+        let changed = "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n\
+            @    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n\
+            The fingerprint for the ED25519 key sent by the remote host is\n\
+            SHA256:abcDEF123.\n\
+            Host key for 10.0.0.5 has changed and you have requested strict checking.\n\
+            Host key verification failed.";
+        match classify("web1", changed) {
+            SshError::HostKeyChanged { host, fingerprint } => {
+                assert_eq!(host, "web1");
+                assert_eq!(fingerprint, "SHA256:abcDEF123");
+            }
+            other => panic!("{other:?}"),
+        }
+        let unknown = "No ED25519 host key is known for 10.0.0.5 and you have requested strict checking.\nHost key verification failed.";
+        assert!(matches!(
+            classify("h", unknown),
+            SshError::UnknownHostKey { .. }
+        ));
+        assert!(matches!(
+            classify("h", "root@10.0.0.5: Permission denied (publickey)."),
+            SshError::AuthFailed { .. }
+        ));
+        assert!(matches!(
+            classify(
+                "h",
+                "ssh: connect to host 10.0.0.5 port 22: Connection timed out"
+            ),
+            SshError::Unreachable { .. }
+        ));
+        assert!(matches!(
+            classify("h", "cat: /x: No such file or directory"),
+            SshError::Remote { .. }
+        ));
+    }
+
+    #[test]
+    fn quoting_survives_a_shell() {
+        for word in ["plain", "", "a b", "it's", "$(id)", "a\nb", "*"] {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", shell_quote(word)))
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), word);
+        }
+    }
+}
