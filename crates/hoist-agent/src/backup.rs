@@ -43,6 +43,8 @@ pub(crate) enum BackupFail {
         name: String,
         known: Vec<String>,
     },
+    #[error("`{app}` has no backups in its app file")]
+    NoBackups { app: String },
     #[error("there is no good backup of `{name}` of `{app}`")]
     NoBackup { app: String, name: String },
     #[error("backup {id} is not a good backup of `{name}` of `{app}`")]
@@ -81,6 +83,7 @@ impl BackupFail {
     fn status(&self) -> StatusCode {
         match self {
             BackupFail::NoApp { .. }
+            | BackupFail::NoBackups { .. }
             | BackupFail::NoName { .. }
             | BackupFail::NoBackup { .. }
             | BackupFail::NotUsable { .. } => StatusCode::NOT_FOUND,
@@ -93,10 +96,15 @@ impl BackupFail {
         }
     }
 
+    fn no_known(&self) -> bool {
+        matches!(self, BackupFail::NoBackups { .. })
+            || matches!(self, BackupFail::NoName { known, .. } if known.is_empty())
+    }
+
     fn hint(&self) -> Option<String> {
         match self {
             BackupFail::NoApp { .. } => Some("deploy it first (`hoist deploy`)".into()),
-            BackupFail::NoName { known, .. } if known.is_empty() => {
+            BackupFail::NoBackups { .. } | BackupFail::NoName { .. } if self.no_known() => {
                 Some("add a `[backups.NAME]` table to the app file and deploy".into())
             }
             BackupFail::NoName { known, .. } => Some(format!(
@@ -107,7 +115,9 @@ impl BackupFail {
                     .collect::<Vec<_>>()
                     .join(", ")
             )),
-            BackupFail::NoBackup { name, .. } => Some(format!("take one with `hoist backup {name}`")),
+            BackupFail::NoBackup { name, .. } => {
+                Some(format!("take one with `hoist backup {name}`"))
+            }
             BackupFail::NotUsable { .. } | BackupFail::Refused { .. } => {
                 Some("`hoist backups` lists the good ones; restore another".into())
             }
@@ -123,7 +133,7 @@ impl BackupFail {
 /// What one attempt to take a backup came to.
 pub(crate) enum Taken {
     /// Recorded (`ok` or `failed`).
-    Recorded(BackupRow),
+    Recorded(Box<BackupRow>),
     /// Not attempted, with why (a before-deploy backup of a source not created yet, a
     /// scheduled one while another of the same name runs).
     Skipped(String),
@@ -160,8 +170,7 @@ type NameKey = (String, String, String);
 /// and the next scheduled time. Process-wide maps keyed by the agent's boot id, so that
 /// this module needs no field in `Agent`.
 fn locks() -> &'static Mutex<HashMap<NameKey, Arc<tokio::sync::Mutex<()>>>> {
-    static LOCKS: OnceLock<Mutex<HashMap<NameKey, Arc<tokio::sync::Mutex<()>>>>> =
-        OnceLock::new();
+    static LOCKS: OnceLock<Mutex<HashMap<NameKey, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
     LOCKS.get_or_init(Default::default)
 }
 
@@ -256,9 +265,18 @@ impl Agent {
             .into_iter()
             .flatten()
             .flatten()
-            .flat_map(|app| std::fs::read_dir(app.path()).into_iter().flatten().flatten());
+            .flat_map(|app| {
+                std::fs::read_dir(app.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            });
         for dir in dirs {
-            for f in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 if f.file_name().to_string_lossy().ends_with(".partial") {
                     let _ = std::fs::remove_file(f.path());
                 }
@@ -328,7 +346,9 @@ impl Agent {
             lock.lock_owned().await
         };
         let source = self.source(&app, bs)?;
-        if trigger == "before_deploy" && !source.exists() {
+        // A deploy or a schedule may come before the app created its data; an operator
+        // asking for a backup gets a failure that says so.
+        if trigger != "manual" && !source.exists() {
             let shown = match &bs.source {
                 BackupSource::Sqlite { path } | BackupSource::Directory { path } => path.clone(),
                 BackupSource::Postgres { secret } => secret.clone(),
@@ -379,10 +399,11 @@ impl Agent {
                 Some(c) => {
                     let from = sealed.path.clone();
                     let to = c.join(file.file_name().unwrap_or_default());
-                    let copied =
-                        tokio::task::spawn_blocking(move || hoist_backup::file::copy_sealed(&from, &to))
-                            .await
-                            .map_err(|_| BackupFail::Task)?;
+                    let copied = tokio::task::spawn_blocking(move || {
+                        hoist_backup::file::copy_sealed(&from, &to)
+                    })
+                    .await
+                    .map_err(|_| BackupFail::Task)?;
                     match copied {
                         Ok(c) => Some(c.path),
                         Err(e) => {
@@ -427,14 +448,11 @@ impl Agent {
                 self.event(Some(&app), "backup.failed", Some(name), &msg);
             }
         }
-        let row = self
-            .state()
-            .backup(id)?
-            .ok_or(BackupFail::NoBackup {
-                app: app.clone(),
-                name: name.to_string(),
-            })?;
-        Ok(Taken::Recorded(row))
+        let row = self.state().backup(id)?.ok_or(BackupFail::NoBackup {
+            app: app.clone(),
+            name: name.to_string(),
+        })?;
+        Ok(Taken::Recorded(Box::new(row)))
     }
 
     /// Deletes the good backups of a name that GFS retention does not keep (files and
@@ -451,7 +469,16 @@ impl Agent {
             .iter()
             .filter_map(|r| DateTime::from_timestamp_millis(r.started_at_ms).map(|t| (r.id, t)))
             .collect();
-        let keep = hoist_backup::retention::keep(&dated, bs.keep);
+        let mut keep = hoist_backup::retention::keep(&dated, bs.keep);
+        // The newest backup taken before a deploy is what a bad migration is undone
+        // with: a later scheduled backup the same day must not prune it.
+        if let Some(last) = rows
+            .iter()
+            .filter(|r| r.trigger == "before_deploy")
+            .max_by_key(|r| r.started_at_ms)
+        {
+            keep.insert(last.id);
+        }
         for r in rows.iter().filter(|r| !keep.contains(&r.id)) {
             for f in [&r.file, &r.copy].into_iter().flatten() {
                 if let Err(e) = std::fs::remove_file(f) {
@@ -518,10 +545,7 @@ impl Agent {
                         false
                     } else {
                         if let Some(n) = sched.next_after(now) {
-                            next.insert(
-                                (self.boot.clone(), spec.app.clone(), name.clone()),
-                                n,
-                            );
+                            next.insert((self.boot.clone(), spec.app.clone(), name.clone()), n);
                         }
                         true
                     }
@@ -724,7 +748,11 @@ impl Agent {
             Ok(c) => format!("`{name}` from backup {}: {}", backup.id, c.summary),
             Err(e) => crate::chain(e),
         };
-        let res = if result.is_ok() { "succeeded" } else { "failed" };
+        let res = if result.is_ok() {
+            "succeeded"
+        } else {
+            "failed"
+        };
         if let Err(e) = self
             .state()
             .finish_operation(op.id, res, Some(&reason), None)
@@ -792,10 +820,8 @@ fn names(spec: &AppSpec, name: Option<&str>) -> Result<Vec<String>, BackupFail> 
             name: n.to_string(),
             known: spec.backups.keys().cloned().collect(),
         }),
-        None if spec.backups.is_empty() => Err(BackupFail::NoName {
+        None if spec.backups.is_empty() => Err(BackupFail::NoBackups {
             app: spec.app.clone(),
-            name: "*".into(),
-            known: Vec::new(),
         }),
         None => Ok(spec.backups.keys().cloned().collect()),
     }
@@ -823,14 +849,8 @@ async fn body<T: serde::de::DeserializeOwned + Default>(
     })
 }
 
-impl Default for RestoreBody {
-    fn default() -> Self {
-        RestoreBody(None)
-    }
-}
-
 /// A restore request, optional only so that an empty body can be told apart.
-#[derive(serde::Deserialize)]
+#[derive(Default, serde::Deserialize)]
 #[serde(transparent)]
 struct RestoreBody(Option<RestoreRequest>);
 
@@ -873,7 +893,7 @@ pub(crate) async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response
             let mut out = Vec::new();
             for name in names {
                 match agent.take_backup(&spec, &name, "manual").await {
-                    Ok(Taken::Recorded(row)) => out.push(info(row)),
+                    Ok(Taken::Recorded(row)) => out.push(info(*row)),
                     Ok(Taken::Skipped(_)) => {}
                     Err(e) => return fail(&e),
                 }

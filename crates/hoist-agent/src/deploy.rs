@@ -338,8 +338,19 @@ impl Agent {
                 self.preflight(o, spec, release).await
             })
             .await?;
-            // Backups (`[backups]` with before_deploy) hook in here.
-            o.step("backup", async { Ok(()) }).await?;
+            // Every `before_deploy` backup; a failure stops the deploy before `pre_activate`.
+            o.step("backup", async {
+                let notes = self
+                    .backups_before_deploy(spec)
+                    .await
+                    .map_err(Failure::new)?;
+                for note in notes {
+                    o.journal("backup", "note", Some(&note));
+                    o.progress("backup", "note", Some(note)).await;
+                }
+                Ok(())
+            })
+            .await?;
             if let Some(cmd) = &spec.hooks.pre_activate {
                 o.step(
                     "pre_activate",

@@ -7,6 +7,7 @@
 //! It must not print (the binary does) and must not assume it is the parent of what runs:
 //! instances and the proxy outlive it and are re-adopted by identity.
 
+mod backup;
 pub mod client;
 mod deploy;
 mod fleet;
@@ -227,6 +228,7 @@ async fn loops(agent: Arc<Agent>) {
         if n % 5 == 0 {
             agent.housekeeping().await;
             agent.schedule_jobs().await;
+            agent.schedule_backups().await;
         }
     }
 }

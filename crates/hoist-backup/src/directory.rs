@@ -221,7 +221,8 @@ mod tests {
         let target = dir.path().join("data");
         std::fs::create_dir_all(&target).unwrap();
         std::fs::write(target.join("keep.txt"), "keep").unwrap();
-        let cases: Vec<(&[u8], tar::EntryType, Option<&[u8]>)> = vec![
+        type Case<'a> = (&'a [u8], tar::EntryType, Option<&'a [u8]>);
+        let cases: Vec<Case> = vec![
             (b"../evil.txt", tar::EntryType::Regular, None),
             (b"/tmp/evil.txt", tar::EntryType::Regular, None),
             (b"ln", tar::EntryType::Symlink, Some(b"/etc")),

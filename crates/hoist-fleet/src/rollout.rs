@@ -22,7 +22,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use hoist_agent::client::{Client, ClientError};
 use hoist_artifact::{transfer, Limits, Manifest};
 use hoist_core::spec::{AppSpec, OnFailure};
-use hoist_protocol::agent::{DeployRequest, Hello, Outcome, Progress, RollbackRequest};
+use hoist_protocol::agent::{DeployRequest, Hello, Outcome, Progress, RollbackRequest, Status};
 use hoist_protocol::fleet::{BlobsStored, Lease, LeaseRequest, Offer, RenewRequest};
 
 /// One host the CLI drives: its name in the app file and a client for its agent.
@@ -36,7 +36,7 @@ pub struct Target {
 
 impl Target {
     /// A client error as one line; a bridge command's stderr is classified by ssh's rules.
-    fn explain(&self, e: &ClientError) -> String {
+    pub fn explain(&self, e: &ClientError) -> String {
         match (e, &self.remote) {
             (ClientError::Command { stderr, .. }, Some(remote)) if !stderr.trim().is_empty() => {
                 remote.classify(stderr).to_string()
@@ -71,6 +71,13 @@ pub enum Event {
     Finished { host: String, state: HostState },
     /// A host already switched is being put back.
     RollingBack { host: String },
+    /// A singleton was stopped on a host that no longer runs it, before its new host
+    /// starts it (never two at once; for a moment, none).
+    SingletonStopped {
+        host: String,
+        service: String,
+        moves_to: String,
+    },
 }
 
 /// Where a host ended.
@@ -258,6 +265,7 @@ impl Fleet {
         let lease = self.lease(&spec.app, &reachable).await?;
         let result = async {
             upload_all(self, &reachable, artifact, &manifest).await?;
+            self.hand_off_singletons(&placed, &reachable).await;
             let op = Op::Deploy {
                 spec: Arc::new(placed),
                 release: release.clone(),
@@ -304,6 +312,58 @@ impl Fleet {
             order(spec, reports),
             started,
         ))
+    }
+
+    /// Stops each singleton service on the reachable hosts that run it but are not its
+    /// place in `placed`, so that its new host never runs it beside the old one. (A host
+    /// that cannot be reached cannot be stopped: that is the one case where a moved
+    /// singleton may run twice until the old host is reached again.)
+    async fn hand_off_singletons(&self, placed: &AppSpec, hosts: &[Target]) {
+        let singletons: Vec<(&str, String)> = placed
+            .services
+            .iter()
+            .filter(|(_, s)| s.singleton)
+            .filter_map(|(name, _)| {
+                let owner = placed.service_hosts(name).first()?.name.clone();
+                Some((name.as_str(), owner))
+            })
+            .collect();
+        if singletons.is_empty() {
+            return;
+        }
+        let app = placed.app.as_str();
+        join_all(hosts.iter().map(|t| {
+            let singletons = &singletons;
+            async move {
+                let Ok(status) = t.client.get::<Status>("/v1/status").await else {
+                    return;
+                };
+                let Some(mine) = status.apps.iter().find(|a| a.app == app) else {
+                    return;
+                };
+                for (service, owner) in singletons {
+                    let runs = mine
+                        .instances
+                        .iter()
+                        .any(|i| i.service == *service && i.state != "stopped");
+                    if !runs || *owner == t.name {
+                        continue;
+                    }
+                    let path = format!("/v1/services/{app}/{service}/stop");
+                    let r: Result<serde_json::Value, _> =
+                        t.client.call::<(), _>(Method::POST, &path, None).await;
+                    match r {
+                        Ok(_) => self.emit(Event::SingletonStopped {
+                            host: t.name.clone(),
+                            service: service.to_string(),
+                            moves_to: owner.clone(),
+                        }),
+                        Err(e) => tracing::warn!(host = %t.name, service, error = %e, "cannot stop a moved singleton"),
+                    }
+                }
+            }
+        }))
+        .await;
     }
 
     /// Activation in rolling batches; returns one report per reachable host.

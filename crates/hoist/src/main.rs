@@ -63,6 +63,12 @@ enum Command {
     Agent(cmd::agent::Args),
     /// Run the reverse proxy in the foreground, or switch, upgrade and inspect a running one
     Proxy(cmd::proxy::Args),
+    /// Take a backup now (all of the app's, or NAME), or `backup verify` to test a restore
+    Backup(cmd::backup::BackupArgs),
+    /// The backups kept on the host, with their checksums, sizes and results
+    Backups(cmd::backup::BackupsArgs),
+    /// Stop the app, restore a backup, check it and start the app again
+    Restore(cmd::backup::RestoreArgs),
     /// Set, unset and list an app's secrets on the agent (values never printed)
     #[command(subcommand)]
     Secrets(cmd::secrets::Command),
@@ -106,6 +112,9 @@ fn main() -> ExitCode {
         Command::Setup(args) => cmd::setup::run(args),
         Command::Agent(args) => cmd::agent::run(args),
         Command::Proxy(args) => cmd::proxy::run(args),
+        Command::Backup(args) => cmd::backup::run_backup(args),
+        Command::Backups(args) => cmd::backup::run_backups(args),
+        Command::Restore(args) => cmd::backup::run_restore(args),
         Command::Secrets(command) => cmd::secrets::run(command),
         Command::Shim(args) => cmd::shim::run(args),
     };

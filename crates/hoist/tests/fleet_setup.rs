@@ -270,11 +270,31 @@ fn host_keys_are_never_taken_on_trust_outside_setup_and_agents_never_forwarded()
     // Setup of one host is where its key is accepted.
     let (out, json) = setup(&fleet, &hoist_bin(), &["h1"]);
     if out.status.code() != Some(0) {
-        let d = fleet.exec(
-            0,
-            "cat /var/lib/hoist/agent.log; ps -eo pid,args; ls -la /run/hoist /etc/hoist",
+        let r = remote(&fleet, 0, HostKeys::Strict);
+        let args = r.ssh_args(&["/usr/local/bin/hoist", "agent", "connect"]);
+        let mut c = Command::new("ssh")
+            .arg("-v")
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(b"GET /v1/hello HTTP/1.1\r\nhost: a\r\n\r\n")
+                .unwrap();
+        }
+        let m = c.wait_with_output().unwrap();
+        panic!(
+            "DEBUG {args:?} {} {} {:?}",
+            text(&m.stdout),
+            text(&m.stderr),
+            m.status
         );
-        panic!("DEBUG {} {}", text(&d.stdout), text(&d.stderr));
     }
     assert_eq!(out.status.code(), Some(0), "{}\n{json}", text(&out.stderr));
     assert_eq!(json["hosts"].as_array().unwrap().len(), 1);

@@ -240,6 +240,21 @@ fn rolling_deploy_moves_only_missing_blobs_and_keeps_no_lease() {
     for h in &c.hosts {
         assert_eq!(h.serving().as_deref(), Some(report.release.as_str()));
     }
+
+    // A fleet rollback puts every host back on its previous release, batch by batch.
+    let (report, events) = run(c.targets(), &spec_of(&v2), None, Duration::from_secs(30));
+    let report = report.unwrap();
+    assert_eq!(report.result, "succeeded", "{report:?}");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Batch { .. }))
+            .count(),
+        3
+    );
+    for h in &c.hosts {
+        assert_eq!(h.serving().as_deref(), Some(r1.as_str()));
+    }
 }
 
 #[test]
@@ -438,4 +453,22 @@ fn an_unreachable_host_is_left_out_and_its_singleton_moves() {
         .iter()
         .any(|x| x["service"] == "worker");
     assert!(!on_h3);
+
+    // h1 is back: the singleton returns to it, stopped on h2 before h1 starts it.
+    c.hosts[0].start_agent();
+    let v3 = c.project("v3", "", "batch = \"50%\"", &c.hosts_toml(|_| ""));
+    let (report, events) = run(
+        c.targets(),
+        &spec_of(&v3),
+        Some(&build(&v3)),
+        Duration::from_secs(30),
+    );
+    assert_eq!(report.unwrap().result, "succeeded");
+    let stopped = events.iter().position(|e| {
+        matches!(e, Event::SingletonStopped { host, service, moves_to }
+            if host == "h2" && service == "worker" && moves_to == "h1")
+    });
+    let first_batch = events.iter().position(|e| matches!(e, Event::Batch { .. }));
+    assert!(stopped.is_some() && stopped < first_batch, "{events:?}");
+    assert_eq!(worker_hosts(&c), vec![0]);
 }

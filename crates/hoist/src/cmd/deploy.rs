@@ -112,23 +112,65 @@ pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<()> {
 /// are compared with what the host runs; nothing is uploaded or changed.
 pub fn run_plan(args: DeployArgs) -> anyhow::Result<()> {
     let loaded = load(&args.file)?;
-    let host = local_host(&loaded.spec)?;
+    let fleet = super::fleet::is_fleet(&loaded.spec);
+    let targets = if fleet {
+        super::fleet::targets(&loaded, hoist_fleet::HostKeys::Strict)?
+    } else {
+        vec![hoist_fleet::rollout::Target {
+            name: local_host(&loaded.spec)?,
+            client: common::client(),
+            remote: None,
+        }]
+    };
     let artifact = artifact_of(&args)?;
     let manifest = hoist_artifact::read_manifest(&artifact, &hoist_artifact::Limits::default())
         .with_context(|| format!("cannot read `{}`", artifact.display()))?;
-    let req = PlanRequest {
-        spec: loaded.spec.clone(),
-        manifest: String::from_utf8_lossy(&manifest.to_json()).into_owned(),
-        host,
-    };
-    let plan: Plan = common::block_on(common::client().call(Method::POST, "/v1/plan", Some(&req)))
-        .map_err(common::agent_error)?;
-    if args.json {
-        output::json(&plan)?;
-    } else {
-        render_plan(&plan)?;
+    let manifest = String::from_utf8_lossy(&manifest.to_json()).into_owned();
+    // Every host is asked at once; each plans against what it holds and runs.
+    let plans = common::block_on(futures_util::future::join_all(targets.iter().map(|t| {
+        let req = PlanRequest {
+            spec: loaded.spec.clone(),
+            manifest: manifest.clone(),
+            host: t.name.clone(),
+        };
+        async move {
+            let r = t
+                .client
+                .call::<_, Plan>(Method::POST, "/v1/plan", Some(&req))
+                .await;
+            (t, r)
+        }
+    })));
+    let mut failed = false;
+    let mut docs = Vec::new();
+    for (t, r) in plans {
+        let plan = match r {
+            Ok(p) => p,
+            Err(e) if !fleet => return Err(common::agent_error(e)),
+            Err(e) => {
+                failed = true;
+                let e = t.explain(&e);
+                output::error(&format!("`{}`: {e}", t.name));
+                docs.push(serde_json::json!({"host": t.name, "error": e}));
+                continue;
+            }
+        };
+        failed |= plan.checks.iter().any(|c| !c.ok);
+        if args.json && fleet {
+            docs.push(serde_json::json!({"host": t.name, "plan": plan}));
+        } else if args.json {
+            output::json(&plan)?;
+        } else {
+            if fleet {
+                output::data(&format!("── host `{}`", t.name))?;
+            }
+            render_plan(&plan)?;
+        }
     }
-    if plan.checks.iter().any(|c| !c.ok) {
+    if args.json && fleet {
+        output::json(&docs)?;
+    }
+    if failed {
         return Err(Reported(Exit::Failed).into());
     }
     Ok(())

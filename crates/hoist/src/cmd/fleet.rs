@@ -184,6 +184,14 @@ fn render(e: &Event, json: bool) {
         },
         Event::Finished { .. } => {}
         Event::RollingBack { host } => output::status("Rolling back", &format!("`{host}`")),
+        Event::SingletonStopped {
+            host,
+            service,
+            moves_to,
+        } => output::status(
+            "Moved",
+            &format!("singleton `{service}` stopped on `{host}`; `{moves_to}` runs it now"),
+        ),
     }
 }
 

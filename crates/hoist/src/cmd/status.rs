@@ -54,69 +54,148 @@ pub struct LogsArgs {
 }
 
 pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
-    let app = load(&args.file).ok().map(|l| l.spec.app);
-    let status: Status =
-        common::block_on(common::client().get("/v1/status")).map_err(common::agent_error)?;
+    let loaded = load(&args.file).ok();
+    let app = loaded.as_ref().map(|l| l.spec.app.clone());
+    let answers: Vec<(String, Result<Status, String>)> = match fleet_targets(loaded.as_ref())? {
+        Some(targets) => common::block_on(each_host(&targets, |c| async move {
+            c.get::<Status>("/v1/status").await
+        })),
+        None => {
+            let status: Status = common::block_on(common::client().get("/v1/status"))
+                .map_err(common::agent_error)?;
+            if args.json {
+                output::json(&status)?;
+                return Ok(());
+            }
+            vec![(String::new(), Ok(status))]
+        }
+    };
     if args.json {
-        output::json(&status)?;
-        return Ok(());
+        let docs: Vec<serde_json::Value> = answers
+            .iter()
+            .map(|(host, r)| match r {
+                Ok(s) => serde_json::json!({"host": host, "status": s}),
+                Err(e) => serde_json::json!({"host": host, "error": e}),
+            })
+            .collect();
+        output::json(&docs)?;
+        return partial(&answers);
     }
+    let fleet = answers.len() > 1 || answers.iter().any(|(h, _)| !h.is_empty());
     let mut rows = Vec::new();
-    for a in status
-        .apps
-        .iter()
-        .filter(|a| app.as_ref().is_none_or(|x| x == &a.app))
-    {
-        output::status(
-            "App",
-            &format!(
-                "`{}` release `{}`{}{}",
-                a.app,
-                a.release.as_deref().unwrap_or("-"),
-                a.standby
-                    .as_deref()
-                    .map(|s| format!(", standby `{s}`"))
-                    .unwrap_or_default(),
-                a.url
-                    .as_deref()
-                    .map(|u| format!(", at {u}"))
-                    .unwrap_or_default()
-            ),
-        );
-        for i in &a.instances {
-            rows.push(vec![
-                a.app.clone(),
-                i.service.clone(),
-                i.instance.clone(),
-                i.release.chars().take(12).collect(),
-                i.state.clone(),
-                i.pid.map_or("-".into(), |p| p.to_string()),
-                i.port.map_or("-".into(), |p| p.to_string()),
-                i.uptime_s.map_or("-".into(), |u| format!("{u}s")),
-                i.restarts.to_string(),
-                i.rss_bytes
-                    .map_or("-".into(), |r| format!("{:.1}MiB", r as f64 / 1048576.0)),
-                i.last_exit.clone().unwrap_or_default(),
-            ]);
+    for (host, status) in &answers {
+        let status = match status {
+            Ok(s) => s,
+            Err(e) => {
+                output::error(&format!("`{host}`: {e}"));
+                continue;
+            }
+        };
+        let prefix = if fleet {
+            format!("`{host}`: ")
+        } else {
+            String::new()
+        };
+        for a in status
+            .apps
+            .iter()
+            .filter(|a| app.as_ref().is_none_or(|x| x == &a.app))
+        {
+            output::status(
+                "App",
+                &format!(
+                    "{prefix}`{}` release `{}`{}{}",
+                    a.app,
+                    a.release.as_deref().unwrap_or("-"),
+                    a.standby
+                        .as_deref()
+                        .map(|s| format!(", standby `{s}`"))
+                        .unwrap_or_default(),
+                    a.url
+                        .as_deref()
+                        .map(|u| format!(", at {u}"))
+                        .unwrap_or_default()
+                ),
+            );
+            for i in &a.instances {
+                let mut row = if fleet {
+                    vec![host.clone()]
+                } else {
+                    Vec::new()
+                };
+                row.extend([
+                    a.app.clone(),
+                    i.service.clone(),
+                    i.instance.clone(),
+                    i.release.chars().take(12).collect(),
+                    i.state.clone(),
+                    i.pid.map_or("-".into(), |p| p.to_string()),
+                    i.port.map_or("-".into(), |p| p.to_string()),
+                    i.uptime_s.map_or("-".into(), |u| format!("{u}s")),
+                    i.restarts.to_string(),
+                    i.rss_bytes
+                        .map_or("-".into(), |r| format!("{:.1}MiB", r as f64 / 1048576.0)),
+                    i.last_exit.clone().unwrap_or_default(),
+                ]);
+                rows.push(row);
+            }
         }
     }
-    output::table(
-        &[
-            "APP",
-            "SERVICE",
-            "INSTANCE",
-            "RELEASE",
-            "STATE",
-            "PID",
-            "PORT",
-            "UPTIME",
-            "RESTARTS",
-            "RSS",
-            "LAST EXIT",
-        ],
-        &rows,
-    )?;
-    Ok(())
+    let mut header = if fleet { vec!["HOST"] } else { Vec::new() };
+    header.extend([
+        "APP",
+        "SERVICE",
+        "INSTANCE",
+        "RELEASE",
+        "STATE",
+        "PID",
+        "PORT",
+        "UPTIME",
+        "RESTARTS",
+        "RSS",
+        "LAST EXIT",
+    ]);
+    output::table(&header, &rows)?;
+    partial(&answers)
+}
+
+/// The hosts of a fleet app file (over SSH), or `None` for this machine's agent.
+fn fleet_targets(
+    loaded: Option<&hoist_config::LoadedConfig>,
+) -> anyhow::Result<Option<Vec<hoist_fleet::rollout::Target>>> {
+    match loaded {
+        Some(l) if super::fleet::is_fleet(&l.spec) => Ok(Some(super::fleet::targets(
+            l,
+            hoist_fleet::HostKeys::Strict,
+        )?)),
+        _ => Ok(None),
+    }
+}
+
+/// Asks every host at once; each answer (or its error, as one line) with its host name.
+async fn each_host<T, F, Fut>(
+    targets: &[hoist_fleet::rollout::Target],
+    ask: F,
+) -> Vec<(String, Result<T, String>)>
+where
+    F: Fn(hoist_agent::client::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, hoist_agent::client::ClientError>>,
+{
+    let asks = targets.iter().map(|t| {
+        let fut = ask(t.client.clone());
+        async move { (t.name.clone(), fut.await.map_err(|e| t.explain(&e))) }
+    });
+    futures_util::future::join_all(asks).await
+}
+
+/// Exit 3 when some hosts did not answer, 1 when none did.
+fn partial<T>(answers: &[(String, Result<T, String>)]) -> anyhow::Result<()> {
+    let failed = answers.iter().filter(|(_, r)| r.is_err()).count();
+    match failed {
+        0 => Ok(()),
+        n if n == answers.len() => Err(Reported(Exit::Failed).into()),
+        _ => Err(Reported(Exit::Partial).into()),
+    }
 }
 
 pub fn run_history(args: HistoryArgs) -> anyhow::Result<()> {
@@ -144,8 +223,11 @@ pub fn run_history(args: HistoryArgs) -> anyhow::Result<()> {
     let path = format!(
         "/v1/history?limit={}&app={}",
         args.limit,
-        app.unwrap_or_default()
+        app.clone().unwrap_or_default()
     );
+    if let Some(targets) = fleet_targets(load(&args.file).ok().as_ref())? {
+        return fleet_history(&targets, &path, args.limit, args.json);
+    }
     let records: Vec<HistoryRecord> =
         common::block_on(client.call::<(), _>(Method::GET, &path, None))
             .map_err(common::agent_error)?;
@@ -153,10 +235,57 @@ pub fn run_history(args: HistoryArgs) -> anyhow::Result<()> {
         output::json(&records)?;
         return Ok(());
     }
+    history_table(records.iter().map(|r| (None, r)))
+}
+
+/// Every host's history merged by time (newest first, as one host's is), host first.
+fn fleet_history(
+    targets: &[hoist_fleet::rollout::Target],
+    path: &str,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let answers = common::block_on(each_host(targets, |c| async move {
+        c.call::<(), Vec<HistoryRecord>>(Method::GET, path, None)
+            .await
+    }));
+    let mut merged: Vec<(&str, &HistoryRecord)> = Vec::new();
+    for (host, r) in &answers {
+        match r {
+            Ok(records) => merged.extend(records.iter().map(|rec| (host.as_str(), rec))),
+            Err(e) => output::error(&format!("`{host}`: {e}")),
+        }
+    }
+    merged.sort_by(|a, b| b.1.at_ms.cmp(&a.1.at_ms).then(a.0.cmp(b.0)));
+    merged.truncate(limit);
+    if json {
+        let docs: Vec<serde_json::Value> = merged
+            .iter()
+            .map(|(host, r)| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["host"] = serde_json::Value::from(*host);
+                v
+            })
+            .collect();
+        output::json(&docs)?;
+    } else {
+        history_table(merged.into_iter().map(|(h, r)| (Some(h), r)))?;
+    }
+    partial(&answers)
+}
+
+fn history_table<'a>(
+    records: impl Iterator<Item = (Option<&'a str>, &'a HistoryRecord)>,
+) -> anyhow::Result<()> {
+    let mut fleet = false;
     let rows: Vec<Vec<String>> = records
-        .iter()
-        .map(|r| {
-            vec![
+        .map(|(host, r)| {
+            let mut row = Vec::new();
+            if let Some(h) = host {
+                fleet = true;
+                row.push(h.to_string());
+            }
+            row.extend([
                 r.seq.to_string(),
                 time(r.at_ms),
                 r.app.clone(),
@@ -170,15 +299,15 @@ pub fn run_history(args: HistoryArgs) -> anyhow::Result<()> {
                 r.result.clone(),
                 format!("{:.2}s", r.duration_ms as f64 / 1000.0),
                 r.reason.clone().unwrap_or_default(),
-            ]
+            ]);
+            row
         })
         .collect();
-    output::table(
-        &[
-            "#", "WHEN", "APP", "KIND", "RELEASE", "COMMIT", "WHO", "RESULT", "TOOK", "REASON",
-        ],
-        &rows,
-    )?;
+    let mut header = if fleet { vec!["HOST"] } else { Vec::new() };
+    header.extend([
+        "#", "WHEN", "APP", "KIND", "RELEASE", "COMMIT", "WHO", "RESULT", "TOOK", "REASON",
+    ]);
+    output::table(&header, &rows)?;
     Ok(())
 }
 
@@ -207,7 +336,8 @@ pub fn run_releases(args: StatusArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_logs(args: LogsArgs) -> anyhow::Result<()> {
-    let app = load(&args.file)?.spec.app;
+    let loaded = load(&args.file)?;
+    let app = loaded.spec.app.clone();
     let mut path = format!("/v1/logs/{app}/{}?tail={}", args.service, args.tail);
     if let Some(since) = &args.since {
         let d = hoist_core::parse_duration(since)
@@ -223,6 +353,9 @@ pub fn run_logs(args: LogsArgs) -> anyhow::Result<()> {
     if args.follow {
         path.push_str("&follow=1");
     }
+    if let Some(targets) = fleet_targets(Some(&loaded))? {
+        return fleet_logs(&targets, &path, args.follow, args.json);
+    }
     let mut broken = false;
     common::block_on(
         common::client().stream::<(), LogLine>(Method::GET, &path, None, |l| {
@@ -237,6 +370,66 @@ pub fn run_logs(args: LogsArgs) -> anyhow::Result<()> {
     )
     .map_err(common::agent_error)?;
     Ok(())
+}
+
+/// Every host's lines, each prefixed with its host: merged by time, or (following)
+/// printed as they arrive from all hosts at once.
+fn fleet_logs(
+    targets: &[hoist_fleet::rollout::Target],
+    path: &str,
+    follow: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let print = |host: &str, l: &LogLine| -> bool {
+        let r = if json {
+            let mut v = serde_json::to_value(l).unwrap_or_default();
+            v["host"] = serde_json::Value::from(host);
+            output::json(&v)
+        } else {
+            output::data(&format!("{host} {} {} | {}", l.t, l.instance, l.line))
+        };
+        r.is_ok()
+    };
+    if follow {
+        let answers = common::block_on(futures_util::future::join_all(targets.iter().map(
+            |t| async move {
+                let r = t
+                    .client
+                    .stream::<(), LogLine>(Method::GET, path, None, |l| print(&t.name, &l))
+                    .await
+                    .map_err(|e| t.explain(&e));
+                if let Err(e) = &r {
+                    output::error(&format!("`{}`: {e}", t.name));
+                }
+                (t.name.clone(), r)
+            },
+        )));
+        return partial(&answers);
+    }
+    let answers = common::block_on(each_host(targets, |c| async move {
+        let mut lines = Vec::new();
+        c.stream::<(), LogLine>(Method::GET, path, None, |l| {
+            lines.push(l);
+            true
+        })
+        .await
+        .map(|()| lines)
+    }));
+    let mut merged: Vec<(&str, &LogLine)> = Vec::new();
+    for (host, r) in &answers {
+        match r {
+            Ok(lines) => merged.extend(lines.iter().map(|l| (host.as_str(), l))),
+            Err(e) => output::error(&format!("`{host}`: {e}")),
+        }
+    }
+    // Timestamps share one format, so text order is time order.
+    merged.sort_by(|a, b| a.1.t.cmp(&b.1.t));
+    for (host, l) in merged {
+        if !print(host, l) {
+            break;
+        }
+    }
+    partial(&answers)
 }
 
 fn encode(s: &str) -> String {

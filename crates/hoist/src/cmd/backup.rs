@@ -1,0 +1,251 @@
+//! `hoist backup [NAME]`, `hoist backup verify [NAME]`, `hoist backups` and `hoist restore
+//! NAME [BACKUP]`: the agent takes, lists, verifies and restores; this file only asks and
+//! prints. A restore without `--force` asks on a terminal and refuses in a script (exit
+//! 2), since it stops the app and replaces its data.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use hyper::Method;
+
+use hoist_protocol::backup::{BackupInfo, RestoreRequest, RestoreResult, TakeRequest};
+
+use super::common;
+use super::config::{load, ConfigArgs};
+use crate::exit::{with_exit, Exit, Reported, WithExit};
+use crate::output;
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub file: ConfigArgs,
+    #[command(subcommand)]
+    pub action: Option<BackupAction>,
+    /// The backup (a `[backups.NAME]` of the app file) [default: all of them]
+    pub name: Option<String>,
+    /// One JSON document on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BackupAction {
+    /// Restore the latest backup into a scratch place and check it
+    Verify {
+        /// The backup [default: all of them]
+        name: Option<String>,
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BackupsArgs {
+    #[command(flatten)]
+    pub file: ConfigArgs,
+    /// One JSON document on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub file: ConfigArgs,
+    /// The backup name (a `[backups.NAME]` of the app file)
+    pub name: String,
+    /// The backup's id (`hoist backups` lists them) [default: the latest good one]
+    pub backup: Option<i64>,
+    /// Do not ask: stop the app and restore
+    #[arg(long)]
+    pub force: bool,
+    /// One JSON document on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
+    let app = load(&args.file)?.spec.app;
+    let (path, name, json, verb) = match args.action {
+        Some(BackupAction::Verify { name, json }) => (
+            format!("/v1/backups/{app}/verify"),
+            name,
+            json || args.json,
+            "Verified",
+        ),
+        None => (
+            format!("/v1/backups/{app}"),
+            args.name,
+            args.json,
+            "Backed up",
+        ),
+    };
+    let req = TakeRequest {
+        name,
+        actor: actor(),
+    };
+    let rows: Vec<BackupInfo> =
+        common::block_on(common::client().call(Method::POST, &path, Some(&req)))
+            .map_err(common::agent_error)?;
+    if json {
+        output::json(&rows)?;
+    }
+    let mut failed = 0;
+    for r in &rows {
+        if r.status == "ok" {
+            if !json {
+                let what = match (&r.checked, r.size) {
+                    (Some(c), _) => c.clone(),
+                    (None, Some(s)) => format!("{} in {}", bytes(s), took(r.duration_ms)),
+                    (None, None) => String::new(),
+                };
+                output::status(verb, &format!("`{}` of `{app}` ({}): {what}", r.name, r.id));
+            }
+        } else {
+            failed += 1;
+            output::error(&format!(
+                "`{}` of `{app}` failed: {}",
+                r.name,
+                r.error.as_deref().unwrap_or("unknown error")
+            ));
+        }
+    }
+    if failed > 0 {
+        return Err(Reported(Exit::Failed).into());
+    }
+    Ok(())
+}
+
+pub fn run_backups(args: BackupsArgs) -> anyhow::Result<()> {
+    let app = load(&args.file)?.spec.app;
+    let rows: Vec<BackupInfo> =
+        common::block_on(common::client().get(&format!("/v1/backups?app={app}")))
+            .map_err(common::agent_error)?;
+    if args.json {
+        output::json(&rows)?;
+        return Ok(());
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.name.clone(),
+                r.kind.clone(),
+                chrono::DateTime::from_timestamp_millis(r.started_at_ms)
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_default(),
+                r.trigger.clone(),
+                r.status.clone(),
+                r.size.map(bytes).unwrap_or_default(),
+                r.duration_ms.map(|d| took(Some(d))).unwrap_or_default(),
+                r.release
+                    .as_deref()
+                    .unwrap_or("")
+                    .chars()
+                    .take(12)
+                    .collect(),
+                r.error
+                    .clone()
+                    .or_else(|| r.checked.clone())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "ID", "NAME", "KIND", "STARTED", "TRIGGER", "STATUS", "SIZE", "TOOK", "RELEASE", "NOTE",
+        ],
+        &table,
+    )?;
+    Ok(())
+}
+
+pub fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let app = load(&args.file)?.spec.app;
+    let which = args.backup.map_or_else(
+        || "the latest backup".to_string(),
+        |b| format!("backup {b}"),
+    );
+    if !args.force {
+        let question = format!(
+            "restore `{}` of `{app}` from {which}? this stops the app's services and replaces their data [y/N] ",
+            args.name
+        );
+        if !confirm(&question)? {
+            return Err(WithExit {
+                exit: Exit::Usage,
+                error: anyhow::anyhow!("restore of `{}` not confirmed; nothing changed", args.name),
+                hint: Some("pass `--force` to restore without asking (in a script)".into()),
+            }
+            .into());
+        }
+    }
+    let req = RestoreRequest {
+        name: args.name.clone(),
+        backup: args.backup,
+        actor: actor(),
+    };
+    let res: RestoreResult = common::block_on(common::client().call(
+        Method::POST,
+        &format!("/v1/backups/{app}/restore"),
+        Some(&req),
+    ))
+    .map_err(common::agent_error)?;
+    if args.json {
+        output::json(&res)?;
+    } else {
+        output::status(
+            "Restored",
+            &format!(
+                "`{}` of `{app}` from backup {} in {}: {}",
+                res.name,
+                res.backup,
+                took(Some(res.duration_ms)),
+                res.checked
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Asks on the terminal; false (without asking) when stdin or stderr is not one.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return Ok(false);
+    }
+    let mut err = std::io::stderr().lock();
+    err.write_all(question.as_bytes())?;
+    err.flush()?;
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| with_exit(Exit::Failed, e))?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes" | "Yes"))
+}
+
+fn actor() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "cli".into())
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn took(ms: Option<i64>) -> String {
+    ms.map(|m| format!("{:.1}s", m as f64 / 1000.0))
+        .unwrap_or_default()
+}

@@ -1,0 +1,263 @@
+//! Fleet deploys end to end: three hosts, each a network namespace with its own real
+//! sshd and private /var/lib/hoist, /run/hoist, /etc/hoist (tests/netns), prepared by
+//! `hoist setup` and driven by the real CLI over OpenSSH. Covers the deploy, a redeploy
+//! that moves only the changed blob, a release that fails on the first batch, a host cut
+//! off mid-deploy (partial failure, every host wholly old or new), a singleton on exactly
+//! one host, and status, history and logs merged across hosts. Needs root and sshd.
+
+mod netns;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use hoist_testkit::{hoist_bin, testapp_bin, wait_until, ChildGuard};
+use netns::Fleet;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Writes the app file of `version` (its own VERSION file, so its own release).
+fn project(fleet: &Fleet, version: &str, extra_env: &str) -> PathBuf {
+    let dir = fleet.dir.join(format!("app-{version}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("VERSION"), version).unwrap();
+    std::fs::write(dir.join("big.bin"), vec![42u8; 512 * 1024]).unwrap();
+    let app = testapp_bin();
+    let toml = format!(
+        r#"app = "demo"
+
+[build]
+include = ["VERSION", "big.bin"]
+
+[env]
+{extra_env}
+
+[check]
+command = "{app} check"
+
+[services.web]
+command = "{app} serve"
+replicas = 1
+stop_timeout = "5s"
+http = {{ domains = ["*"], health = {{ path = "/health", interval = "100ms", healthy_threshold = 2, min_healthy = "100ms" }}, drain_timeout = "1s" }}
+
+[services.worker]
+command = "{app} worker"
+singleton = true
+roles = ["worker"]
+stop_timeout = "5s"
+
+[deploy]
+health_deadline = "10s"
+standby = "10m"
+
+[deploy.rollout]
+batch = 1
+
+{ssh}
+{hosts}
+"#,
+        app = app.display(),
+        ssh = fleet.ssh_toml(),
+        hosts = fleet.hosts_toml(&["web", "worker"]),
+    );
+    let file = dir.join("hoist.toml");
+    std::fs::write(&file, toml).unwrap();
+    file
+}
+
+fn hoist(file: &Path, args: &[&str]) -> Output {
+    Command::new(hoist_bin())
+        .args(args)
+        .arg("-c")
+        .arg(file)
+        // A deploy cut off from a host leaves its lease there; keep that wait short.
+        .env("HOIST_LEASE_TTL_MS", "6000")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The JSON lines of a `--json` run.
+fn events(out: &Output) -> Vec<serde_json::Value> {
+    text(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn report(out: &Output) -> serde_json::Value {
+    events(out)
+        .into_iter()
+        .find(|e| e["event"] == "done")
+        .unwrap_or_else(|| panic!("no report: {}\n{}", text(&out.stdout), text(&out.stderr)))
+        ["report"]
+        .clone()
+}
+
+/// The release host `i`'s proxy serves on port 80.
+fn serving(fleet: &Fleet, i: usize) -> Option<String> {
+    let (status, body) = fleet.http_get(i, 80, "/")?;
+    if status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["release"].as_str().map(str::to_string)
+}
+
+fn host_states(report: &serde_json::Value) -> Vec<String> {
+    report["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["state"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+#[test]
+fn a_fleet_is_set_up_deployed_rolled_and_survives_a_lost_host() {
+    let fleet = Fleet::start(3);
+    let v1 = project(&fleet, "v1", "");
+    let out = hoist(&v1, &["setup"]);
+    assert!(out.status.success(), "setup: {}", text(&out.stderr));
+
+    // The first deploy: every host gets the whole release and serves it.
+    let out = hoist(&v1, &["deploy", "--json"]);
+    assert!(out.status.success(), "deploy: {}", text(&out.stderr));
+    let r = report(&out);
+    assert_eq!(r["result"], "succeeded");
+    let r1 = r["release"].as_str().unwrap().to_string();
+    for i in 0..3 {
+        assert_eq!(serving(&fleet, i).as_deref(), Some(r1.as_str()), "host {i}");
+    }
+    let uploads: Vec<serde_json::Value> = events(&out)
+        .into_iter()
+        .filter(|e| e["event"] == "uploaded")
+        .collect();
+    assert_eq!(uploads.len(), 3);
+    assert!(uploads.iter().all(|u| u["blobs"] == 2), "{uploads:?}");
+
+    // Status across hosts: the singleton worker runs on h1 only.
+    let out = hoist(&v1, &["status", "--json"]);
+    assert!(out.status.success(), "status: {}", text(&out.stderr));
+    let docs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let workers: Vec<&str> = docs
+        .iter()
+        .filter(|d| {
+            d["status"]["apps"][0]["instances"]
+                .as_array()
+                .is_some_and(|is| is.iter().any(|i| i["service"] == "worker"))
+        })
+        .map(|d| d["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(workers, vec!["h1"]);
+
+    // History and logs merged across hosts, each line naming its host.
+    let out = hoist(&v1, &["history", "--json"]);
+    assert!(out.status.success(), "history: {}", text(&out.stderr));
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut hosts: Vec<&str> = records
+        .iter()
+        .map(|r| r["host"].as_str().unwrap())
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    assert_eq!(hosts, vec!["h1", "h2", "h3"]);
+    let out = hoist(&v1, &["logs", "web"]);
+    assert!(out.status.success(), "logs: {}", text(&out.stderr));
+    for h in ["h1 ", "h2 ", "h3 "] {
+        assert!(
+            text(&out.stdout).lines().any(|l| l.starts_with(h)),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+
+    // A redeploy with one changed file moves that blob only.
+    let v2 = project(&fleet, "v2", "");
+    // The plan asks every host, and changes nothing.
+    let out = hoist(&v2, &["plan", "--json"]);
+    assert!(out.status.success(), "plan: {}", text(&out.stderr));
+    let plans: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plans.len(), 3);
+    assert!(
+        plans.iter().all(|p| p["plan"]["current"] == r1.as_str()),
+        "{plans:?}"
+    );
+    assert_eq!(serving(&fleet, 0).as_deref(), Some(r1.as_str()));
+    let out = hoist(&v2, &["deploy", "--json"]);
+    assert!(out.status.success(), "redeploy: {}", text(&out.stderr));
+    let r2 = report(&out)["release"].as_str().unwrap().to_string();
+    for u in events(&out).iter().filter(|e| e["event"] == "uploaded") {
+        assert_eq!(u["blobs"], 1, "{u}");
+        assert!(u["bytes"].as_u64().unwrap() < 64 * 1024, "{u}");
+    }
+
+    // A broken release fails on the first batch; the others are never touched.
+    let bad = project(&fleet, "bad", "TESTAPP_FAIL_CHECK = \"1\"");
+    let out = hoist(&bad, &["deploy", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(
+        host_states(&report(&out)),
+        vec!["failed", "not_started", "not_started"]
+    );
+    for i in 0..3 {
+        assert_eq!(serving(&fleet, i).as_deref(), Some(r2.as_str()), "host {i}");
+    }
+
+    // h2 is cut off while its batch runs: a partial failure, named; h1 on the new
+    // release, h3 untouched, h2 wholly old or wholly new once it is back.
+    let v3 = project(&fleet, "v3", "");
+    let mut guard = ChildGuard::spawn(
+        Command::new(hoist_bin())
+            .args(["deploy", "--json", "-c"])
+            .arg(&v3)
+            .env("HOIST_LEASE_TTL_MS", "6000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    let stdout = guard.child.stdout.take().unwrap();
+    let mut lines = Vec::new();
+    let mut cut = false;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if !cut && v["event"] == "batch" && v["index"] == 2 {
+            fleet.link_down(1);
+            cut = true;
+        }
+        lines.push(v);
+    }
+    let status = guard.child.wait().unwrap();
+    fleet.link_up(1);
+    assert!(cut, "the second batch never started: {lines:?}");
+    assert_eq!(status.code(), Some(3), "{lines:?}");
+    let r = lines.iter().find(|e| e["event"] == "done").unwrap()["report"].clone();
+    let r3 = r["release"].as_str().unwrap().to_string();
+    assert_eq!(r["result"], "partial");
+    assert_eq!(host_states(&r), vec!["deployed", "lost", "not_started"]);
+    assert_eq!(serving(&fleet, 0).as_deref(), Some(r3.as_str()));
+    assert_eq!(serving(&fleet, 2).as_deref(), Some(r2.as_str()));
+    // h2's agent went on alone: it ends on one release, whichever, and says so.
+    let mut seen = None;
+    wait_until(Duration::from_secs(30), || {
+        seen = serving(&fleet, 1);
+        seen.as_deref() == Some(r2.as_str()) || seen.as_deref() == Some(r3.as_str())
+    })
+    .unwrap_or_else(|_| panic!("h2 serves {seen:?}, neither {r2} nor {r3}"));
+    wait_until(Duration::from_secs(30), || {
+        let out = hoist(&v3, &["status", "--json"]);
+        let docs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        docs.get(1).and_then(|d| {
+            d["status"]["apps"][0]["release"]
+                .as_str()
+                .map(str::to_string)
+        }) == seen
+    })
+    .expect("h2's agent agrees with what its proxy serves");
+}
