@@ -13,6 +13,9 @@ command -v sqlite3 >/dev/null || need+=(sqlite3)
 command -v rsync >/dev/null || need+=(rsync)
 command -v zstd >/dev/null || need+=(zstd)
 command -v git >/dev/null || need+=(git)
+# The fleet tests run a real sshd per network namespace (tests/netns).
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ip >/dev/null || need+=(iproute2)
 # PostgreSQL server and client: the backup tests start their own server.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && command -v pg_dump >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then

@@ -118,8 +118,8 @@ impl Client {
         }
     }
 
-    /// Where the agent is, for messages: the socket path, or the command and its last
-    /// argument that is not an option (`ssh HOST` for an ssh bridge).
+    /// Where the agent is, for messages: the socket path, `ssh HOST` for an ssh bridge,
+    /// else the command's name.
     pub fn describe(&self) -> String {
         match &self.transport {
             Transport::Unix(p) => p.display().to_string(),
@@ -131,8 +131,8 @@ impl Client {
                 // ssh's destination is the first argument after the options, which the
                 // remote command follows.
                 match ssh_destination(args) {
-                    Some(dest) => format!("{name} {dest}"),
-                    None => name,
+                    Some(dest) if name == "ssh" => format!("{name} {dest}"),
+                    _ => name,
                 }
             }
         }

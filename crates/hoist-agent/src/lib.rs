@@ -201,18 +201,32 @@ pub async fn run(
 /// that the API runs over any byte pipe (`ssh HOST hoist agent connect`). Blocking
 /// copies on two threads: a bridge has nothing else to do.
 pub fn connect(socket: &std::path::Path) -> std::io::Result<()> {
-    use std::io::Write;
     let stream = std::os::unix::net::UnixStream::connect(socket)?;
     let mut up = stream.try_clone()?;
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut up);
+        let _ = pump(&mut std::io::stdin().lock(), &mut up);
         // The request is complete; the answer may still be streaming.
         let _ = up.shutdown(std::net::Shutdown::Write);
     });
     let mut down = stream;
-    let mut stdout = std::io::stdout().lock();
-    std::io::copy(&mut down, &mut stdout)?;
-    stdout.flush()
+    pump(&mut down, &mut std::io::stdout().lock())
+}
+
+/// Copies through a buffer until end of input. Not `std::io::copy`: it splices, and a
+/// splice from the socket into the stdout pipe holds that pipe's lock while it waits for
+/// the agent, so sshd blocks reading the pipe's other end and never passes the request on.
+fn pump(from: &mut impl std::io::Read, to: &mut impl std::io::Write) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return to.flush(),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        to.flush()?;
+    }
 }
 
 /// The background work: supervision every 200 ms (process stats and memory limits every
@@ -323,4 +337,15 @@ fn new_boot_id() -> String {
     let mut b = [0u8; 8];
     let _ = getrandom::fill(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod bridge_tests {
+    #[test]
+    fn the_bridge_copies_until_the_end() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let mut out = Vec::new();
+        super::pump(&mut &data[..], &mut out).unwrap();
+        assert_eq!(out, data);
+    }
 }

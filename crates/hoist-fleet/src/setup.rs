@@ -218,7 +218,10 @@ pub async fn setup_host(
                     &local_sha[..12]
                 )
             } else {
-                format!("{REMOTE_BIN}: `{version}` (sha256 {})", &local_sha[..12])
+                format!(
+                    "`{REMOTE_BIN}`: `{version}` (sha256 `{}`)",
+                    &local_sha[..12]
+                )
             },
         },
         &mut actions,
@@ -244,7 +247,7 @@ pub async fn setup_host(
         Action {
             name: "directories",
             state: parse_state(&dirs.stdout),
-            detail: "/var/lib/hoist (0700), /run/hoist, /etc/hoist".into(),
+            detail: "`/var/lib/hoist` (0700), `/run/hoist`, `/etc/hoist`".into(),
         },
         &mut actions,
     );
@@ -268,7 +271,7 @@ pub async fn setup_host(
         Action {
             name: "config",
             state: parse_state(&config.stdout),
-            detail: AGENT_TOML.into(),
+            detail: format!("`{AGENT_TOML}`"),
         },
         &mut actions,
     );
@@ -339,7 +342,7 @@ pub async fn setup_host(
             state: parse_state(&out.stdout),
             detail: match supervisor {
                 "systemd" => format!("systemd unit `{UNIT}`"),
-                _ => "kept by `hoist agent keep`, log in /var/lib/hoist/agent.log".into(),
+                _ => "kept by `hoist agent keep`, log in `/var/lib/hoist/agent.log`".into(),
             },
         },
         &mut actions,

@@ -245,3 +245,27 @@ fn init_logging() {
         builder.json().init();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_config_is_read_strictly_and_relative_to_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "proxy = \"0.0.0.0:80\"\nroot = \"state\"\n").unwrap();
+        let config = host_config(Some(&file)).unwrap();
+        assert_eq!(config.proxy, Some("0.0.0.0:80".parse().unwrap()));
+        assert_eq!(config.root, Some(dir.path().join("state")));
+        assert_eq!(config.socket, None);
+
+        std::fs::write(&file, "proxy = \"0.0.0.0:80\"\nproxi = 1\n").unwrap();
+        let err = format!("{:#}", host_config(Some(&file)).unwrap_err());
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        assert!(err.contains("proxi"), "{err}");
+
+        let missing = dir.path().join("nope.toml");
+        assert!(host_config(Some(&missing)).is_err());
+    }
+}

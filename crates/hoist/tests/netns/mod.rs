@@ -4,7 +4,7 @@
 //! gets a fresh key, an ssh_config and a known_hosts of its own, handed to the app file
 //! through `[ssh] config`. Needs root and sshd; everything it starts dies on drop.
 //!
-//! Names and subnets come from slots claimed atomically (a file created with O_EXCL under
+//! Names and subnets come from slots claimed atomically (a file linked into
 //! `/run/hoist-tests`, holding the owner's pid), so test binaries running at once never
 //! clash; a slot whose owner died is cleaned up and reused.
 #![allow(dead_code)]
@@ -130,13 +130,17 @@ fn claim_slot() -> u32 {
                 }
             }
         }
-        let created = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path);
-        if let Ok(mut f) = created {
-            use std::io::Write;
-            writeln!(f, "{}", std::process::id()).unwrap();
+        // The claim appears with its owner already in it (a hard link fails when the
+        // name exists), so nobody ever reads a half-written claim as a dead owner's.
+        let tmp = Path::new(CLAIMS).join(format!(
+            ".{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&tmp, format!("{}\n", std::process::id())).unwrap();
+        let claimed = std::fs::hard_link(&tmp, &path).is_ok();
+        let _ = std::fs::remove_file(&tmp);
+        if claimed {
             // A netns with no claim (a crash between the two): remove it first.
             clean_slot(slot);
             return slot;
