@@ -7,14 +7,18 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::{FutureExt, Shared};
 use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::oneshot;
 
 use hoist_protocol::agent::ApiError;
 
@@ -78,12 +82,31 @@ pub struct Client {
 #[derive(Debug, Clone)]
 enum Transport {
     Unix(PathBuf),
-    /// A command spawned per request, speaking HTTP over its stdin/stdout.
+    /// A command spawned per connection, speaking HTTP over its stdin/stdout. Its
+    /// connections are kept (HTTP/1.1 keep-alive) and reused: spawning `ssh` and the
+    /// remote bridge costs far more than a request.
     Command {
         program: PathBuf,
         args: Vec<OsString>,
+        idle: Arc<Mutex<Vec<Conn>>>,
     },
 }
+
+/// One bridged connection: its request sender, and its command's end (exit status and
+/// stderr), shared by whoever asks when the connection breaks.
+struct Conn {
+    sender: SendRequest<ReqBody>,
+    ended: Shared<oneshot::Receiver<(Option<i32>, String)>>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").finish_non_exhaustive()
+    }
+}
+
+/// Connections kept per command client; more concurrent requests open more.
+const KEEP_IDLE: usize = 4;
 
 /// How many lines of a failed command's stderr an error keeps.
 const STDERR_LINES: usize = 20;
@@ -106,6 +129,7 @@ impl Client {
             transport: Transport::Command {
                 program: program.into(),
                 args,
+                idle: Arc::default(),
             },
         }
     }
@@ -123,7 +147,7 @@ impl Client {
     pub fn describe(&self) -> String {
         match &self.transport {
             Transport::Unix(p) => p.display().to_string(),
-            Transport::Command { program, args } => {
+            Transport::Command { program, args, .. } => {
                 let name = program.file_name().map_or_else(
                     || program.display().to_string(),
                     |n| n.to_string_lossy().into_owned(),
@@ -153,7 +177,11 @@ impl Client {
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let resp = match &self.transport {
             Transport::Unix(socket) => send_unix(socket, req).await?,
-            Transport::Command { program, args } => send_command(program, args, req).await?,
+            Transport::Command {
+                program,
+                args,
+                idle,
+            } => send_command(program, args, idle, req).await?,
         };
         if resp.status().is_success() {
             return Ok(resp);
@@ -281,11 +309,76 @@ async fn send_unix(socket: &Path, req: Req) -> Result<Resp, ClientError> {
         .map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
-/// One request over a spawned command. The connection task owns the child: it lives
-/// while the answer streams, and when the connection ends (or breaks) the task reaps it
-/// and hands back its status and stderr, which a failed request reports.
-async fn send_command(program: &Path, args: &[OsString], req: Req) -> Result<Resp, ClientError> {
+/// One request over a bridged connection: an idle kept one when there is one (a request
+/// the connection could not take is sent on a new one), else a new command.
+async fn send_command(
+    program: &Path,
+    args: &[OsString],
+    idle: &Mutex<Vec<Conn>>,
+    mut req: Req,
+) -> Result<Resp, ClientError> {
     let name = program.display().to_string();
+    loop {
+        let kept = {
+            let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.retain(|c| !c.sender.is_closed());
+            idle.iter()
+                .position(|c| c.sender.is_ready())
+                .map(|i| idle.swap_remove(i))
+        };
+        let Some(mut conn) = kept else { break };
+        match conn.sender.try_send_request(req).await {
+            Ok(resp) => {
+                keep(idle, conn);
+                return Ok(resp);
+            }
+            // Never written to the connection: safe to send again elsewhere.
+            Err(mut e) => match e.take_message() {
+                Some(back) => req = back,
+                None => return Err(broken(&name, conn, e.into_error()).await),
+            },
+        }
+    }
+    let mut conn = connect_command(&name, program, args).await?;
+    match conn.sender.send_request(req).await {
+        Ok(resp) => {
+            keep(idle, conn);
+            Ok(resp)
+        }
+        Err(e) => Err(broken(&name, conn, e).await),
+    }
+}
+
+/// Returns a connection to the idle list (it serves again once its answer is read).
+fn keep(idle: &Mutex<Vec<Conn>>, conn: Conn) {
+    let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+    if idle.len() < KEEP_IDLE {
+        idle.push(conn);
+    }
+}
+
+/// The error of a request whose connection broke: the command's status and stderr.
+async fn broken(name: &str, conn: Conn, e: hyper::Error) -> ClientError {
+    drop(conn.sender);
+    let (status, stderr) = conn
+        .ended
+        .await
+        .unwrap_or((None, format!("the connection broke: {e}")));
+    ClientError::Command {
+        program: name.to_string(),
+        status,
+        stderr,
+    }
+}
+
+/// Spawns the command and opens HTTP/1.1 over its stdin/stdout. The connection task owns
+/// the child: when the connection ends (or breaks) it reaps it and publishes its status
+/// and stderr, which a failed request reports.
+async fn connect_command(
+    name: &str,
+    program: &Path,
+    args: &[OsString],
+) -> Result<Conn, ClientError> {
     let mut child = tokio::process::Command::new(program)
         .args(args)
         .stdin(Stdio::piped())
@@ -294,7 +387,7 @@ async fn send_command(program: &Path, args: &[OsString], req: Req) -> Result<Res
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| ClientError::Command {
-            program: name.clone(),
+            program: name.to_string(),
             status: None,
             stderr: e.to_string(),
         })?;
@@ -302,21 +395,21 @@ async fn send_command(program: &Path, args: &[OsString], req: Req) -> Result<Res
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
         return Err(ClientError::Command {
-            program: name,
+            program: name.to_string(),
             status: None,
             stderr: "the command's standard streams could not be opened".into(),
         });
     };
     let stderr_task = tokio::spawn(tail(stderr));
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<(Option<i32>, String)>();
+    let (done_tx, done_rx) = oneshot::channel::<(Option<i32>, String)>();
     let io = TokioIo::new(tokio::io::join(stdout, stdin));
     let handshake = hyper::client::conn::http1::handshake(io).await;
-    let (mut sender, conn) = match handshake {
+    let (sender, conn) = match handshake {
         Ok(pair) => pair,
         Err(_) => {
             let (status, stderr) = finish(child, stderr_task).await;
             return Err(ClientError::Command {
-                program: name,
+                program: name.to_string(),
                 status,
                 stderr,
             });
@@ -326,20 +419,10 @@ async fn send_command(program: &Path, args: &[OsString], req: Req) -> Result<Res
         let _ = conn.await;
         let _ = done_tx.send(finish(child, stderr_task).await);
     });
-    match sender.send_request(req).await {
-        Ok(resp) => Ok(resp),
-        Err(e) => {
-            drop(sender);
-            let (status, stderr) = done_rx
-                .await
-                .unwrap_or((None, format!("the connection broke: {e}")));
-            Err(ClientError::Command {
-                program: name,
-                status,
-                stderr,
-            })
-        }
-    }
+    Ok(Conn {
+        sender,
+        ended: done_rx.shared(),
+    })
 }
 
 /// Waits briefly for the command to exit (its stdin is closed by now), then kills it.

@@ -513,9 +513,9 @@ impl Fleet {
         }
     }
 
-    /// Takes the app's lease on every host (in name order, so two deploys never
-    /// deadlock half-way), and starts its heartbeat. On a refusal the leases taken are
-    /// given back and the refusal (naming the holder) is the error.
+    /// Takes the app's lease on every host at once. If any host refuses, the leases
+    /// taken are given back and the refusal (naming the holder) is the error: two
+    /// deploys racing for a fleet never wait on each other, at worst both are refused.
     async fn lease(&self, app: &str, hosts: &[Target]) -> Result<Held, FleetError> {
         let token = random_token();
         let ttl_ms = self.lease_ttl.as_millis() as i64;
@@ -524,26 +524,37 @@ impl Fleet {
             token: token.clone(),
             ttl_ms,
         };
-        let mut sorted: Vec<&Target> = hosts.iter().collect();
-        sorted.sort_by(|a, b| a.name.cmp(&b.name));
         let path = format!("/v1/leases/{app}");
-        let mut taken: Vec<&Target> = Vec::new();
-        for t in sorted {
-            let r: Result<Lease, _> = t.client.call(Method::POST, &path, Some(&req)).await;
-            if let Err(e) = r {
-                let held = Held {
-                    app: app.to_string(),
-                    token,
-                    heartbeat: None,
-                };
-                let owned: Vec<Target> = taken.into_iter().cloned().collect();
-                held.release(&owned).await;
-                return Err(FleetError::Lease {
-                    host: t.name.clone(),
-                    message: t.explain(&e),
-                });
+        let answers = join_all(hosts.iter().map(|t| {
+            let (req, path) = (&req, &path);
+            async move {
+                let r: Result<Lease, _> = t.client.call(Method::POST, path, Some(req)).await;
+                (t, r)
             }
-            taken.push(t);
+        }))
+        .await;
+        let mut taken: Vec<Target> = Vec::new();
+        let mut refused = None;
+        for (t, r) in answers {
+            match r {
+                Ok(_) => taken.push(t.clone()),
+                Err(e) if refused.is_none() => {
+                    refused = Some(FleetError::Lease {
+                        host: t.name.clone(),
+                        message: t.explain(&e),
+                    })
+                }
+                Err(_) => {}
+            }
+        }
+        if let Some(err) = refused {
+            let held = Held {
+                app: app.to_string(),
+                token,
+                heartbeat: None,
+            };
+            held.release(&taken).await;
+            return Err(err);
         }
         self.emit(Event::Leased {
             hosts: hosts.len(),

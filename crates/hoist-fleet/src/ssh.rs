@@ -381,6 +381,27 @@ pub fn default_control_dir() -> PathBuf {
     std::env::temp_dir().join(format!("hoist-ssh-{}", std::process::id()))
 }
 
+/// Ends every master whose socket is in `control_dir` and removes the directory, so a
+/// command leaves no ssh process or socket behind (a master would otherwise linger for
+/// `ControlPersist`). Nothing to do when the command reached no host.
+pub fn close_masters(control_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(control_dir) else {
+        return;
+    };
+    for socket in entries.flatten().map(|e| e.path()) {
+        // The destination is ignored when the control socket is named.
+        let _ = std::process::Command::new(SSH)
+            .arg("-o")
+            .arg(format!("ControlPath={}", socket.display()))
+            .args(["-O", "exit", "--", "hoist-master"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    let _ = std::fs::remove_dir_all(control_dir);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,9 @@
 //! `batch = "100%"`: a first deploy (every blob, ~8 MiB, travels to every host) and
 //! redeploys where one file changed (ROUNDS of them, default 3; the median is printed).
 //!
+//! The anchor, in the same run: plain `ssh HOST true` to the same hosts at once, with new
+//! connections, as a deploy makes them.
+//!
 //!   bash bench/fleet.sh        (builds release binaries, needs root and sshd)
 
 // A benchmark's whole job is to print its figures.
@@ -72,8 +75,7 @@ batch = "100%"
     dir.join("hoist.toml")
 }
 
-fn run(file: &Path, args: &[&str]) -> Duration {
-    let started = Instant::now();
+fn run(file: &Path, args: &[&str]) -> std::process::Output {
     let out = Command::new(hoist_bin())
         .args(args)
         .arg("-c")
@@ -81,13 +83,12 @@ fn run(file: &Path, args: &[&str]) -> Duration {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let took = started.elapsed();
     assert!(
         out.status.success(),
         "hoist {args:?} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    took
+    out
 }
 
 fn build(file: &Path) -> PathBuf {
@@ -96,8 +97,99 @@ fn build(file: &Path) -> PathBuf {
     out
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
+/// CPU seconds the whole machine has spent (user + system, every core), from /proc/stat:
+/// on this one box the "hosts" share two cores, so this tells contention from waiting.
+fn machine_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system (idle iowait skipped) irq softirq steal
+    let busy = [0usize, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum::<f64>();
+    busy / 100.0
+}
+
+/// One timed deploy: wall time, the phases from its `--json` events (connect = every
+/// host reached and leased; upload = blobs placed; activate = the batch), machine CPU.
+#[derive(Clone, Copy)]
+struct Sample {
+    wall: Duration,
+    connect: u64,
+    upload: u64,
+    activate: u64,
+    cpu: f64,
+}
+
+fn deploy(file: &Path, artifact: &Path) -> Sample {
+    let cpu = machine_cpu();
+    let started = Instant::now();
+    let out = run(
+        file,
+        &["deploy", "--json", "--artifact", artifact.to_str().unwrap()],
+    );
+    let wall = started.elapsed();
+    let cpu = machine_cpu() - cpu;
+    let at = |event: &str| -> u64 {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] == event)
+            .filter_map(|v| v["elapsed_ms"].as_u64())
+            .max()
+            .unwrap_or(0)
+    };
+    let (leased, batch, finished) = (at("leased"), at("batch"), at("finished"));
+    Sample {
+        wall,
+        connect: leased,
+        upload: batch.saturating_sub(leased),
+        activate: finished.saturating_sub(batch),
+        cpu,
+    }
+}
+
+/// The anchor: plain OpenSSH, new connections to the first `n` hosts at once running
+/// `true` (median of 3): the floor any deploy over SSH pays before it does anything.
+fn bare_ssh(fleet: &Fleet, n: usize) -> Duration {
+    let mut times: Vec<Duration> = (0..3)
+        .map(|_| {
+            let started = Instant::now();
+            let kids: Vec<_> = fleet.hosts[..n]
+                .iter()
+                .map(|h| {
+                    Command::new("ssh")
+                        .arg("-F")
+                        .arg(fleet.dir.join("ssh_config"))
+                        .args(["-o", "BatchMode=yes", "-o", "ControlPath=none"])
+                        .arg(format!("root@{}", h.addr))
+                        .arg("true")
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .unwrap()
+                })
+                .collect();
+            for mut k in kids {
+                assert!(k.wait().unwrap().success(), "plain ssh failed");
+            }
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[1]
+}
+
+fn median(mut v: Vec<Sample>) -> Sample {
+    v.sort_by_key(|s| s.wall);
     v[v.len() / 2]
 }
 
@@ -110,42 +202,75 @@ fn main() {
     eprintln!("starting {max} hosts (netns + sshd) …");
     let fleet = Fleet::start(max);
     let all = project(&fleet, max, "setup");
-    let took = run(&all, &["setup"]);
-    eprintln!("hoist setup of {max} hosts: {:.2}s", took.as_secs_f64());
+    let started = Instant::now();
+    run(&all, &["setup"]);
+    eprintln!(
+        "hoist setup of {max} hosts: {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
 
     let mut rows = Vec::new();
     for n in [1usize, 3, 10] {
         // The first deploy of this size moves every blob (~8 MiB per host); the next
         // ones change one file.
         let a = project(&fleet, n, "first");
-        let artifact = build(&a);
-        let first = run(&a, &["deploy", "--artifact", artifact.to_str().unwrap()]);
+        let first = deploy(&a, &build(&a));
         let mut again = Vec::new();
         for round in 0..rounds {
             let b = project(&fleet, n, &format!("r{round}"));
-            let artifact = build(&b);
-            again.push(run(
-                &b,
-                &["deploy", "--artifact", artifact.to_str().unwrap()],
-            ));
+            again.push(deploy(&b, &build(&b)));
         }
         eprintln!(
             "{n:>2} host(s): first deploy {} ms, redeploys {:?} ms",
-            first.as_millis(),
-            again.iter().map(|d| d.as_millis()).collect::<Vec<_>>()
+            first.wall.as_millis(),
+            again.iter().map(|d| d.wall.as_millis()).collect::<Vec<_>>()
         );
-        rows.push((n, first, median(again)));
+        rows.push((n, first, median(again), bare_ssh(&fleet, n)));
     }
-    println!("\nfleet deploy over OpenSSH, batch = 100% (ms; redeploy: median of {rounds}):");
-    println!("{:>6} {:>14} {:>10}", "hosts", "first deploy", "redeploy");
-    for (n, d, r) in &rows {
-        println!("{n:>6} {:>14} {:>10}", d.as_millis(), r.as_millis());
-    }
-    let (_, d1, r1) = rows[0];
-    let (_, d10, r10) = rows[2];
     println!(
-        "10/1 ratio: deploy {:.2}, redeploy {:.2} (goal: at most 1.5)",
-        d10.as_secs_f64() / d1.as_secs_f64(),
-        r10.as_secs_f64() / r1.as_secs_f64()
+        "\nfleet deploy over OpenSSH, batch = 100%, new ssh connections each time (ms; redeploy: median of {rounds})"
+    );
+    println!(
+        "{:>6} {:>8} {:>9} | {:>8} {:>8} {:>8} {:>7} {:>8} | {:>9}",
+        "hosts",
+        "first",
+        "redeploy",
+        "connect",
+        "upload",
+        "activate",
+        "cpu-s",
+        "cpu/wall",
+        "bare ssh"
+    );
+    for (n, f, r, ssh) in &rows {
+        println!(
+            "{n:>6} {:>8} {:>9} | {:>8} {:>8} {:>8} {:>7.2} {:>8.2} | {:>9}",
+            f.wall.as_millis(),
+            r.wall.as_millis(),
+            r.connect,
+            r.upload,
+            r.activate,
+            r.cpu,
+            r.cpu / r.wall.as_secs_f64(),
+            ssh.as_millis()
+        );
+    }
+    let (_, f1, r1, s1) = rows[0];
+    let (_, f10, r10, s10) = rows[2];
+    println!(
+        "10/1 ratio: first deploy {:.2}, redeploy {:.2} (goal: at most 1.5)",
+        f10.wall.as_secs_f64() / f1.wall.as_secs_f64(),
+        r10.wall.as_secs_f64() / r1.wall.as_secs_f64()
+    );
+    let own = |r: &Sample| (r.upload + r.activate) as f64;
+    println!(
+        "10/1 ratio of plain OpenSSH connecting (the anchor): {:.2}; of hoist's own work after connecting (upload + activate): {:.2}",
+        s10.as_secs_f64() / s1.as_secs_f64(),
+        own(&r10) / own(&r1)
+    );
+    println!(
+        "(all hosts share this machine's {} cores: cpu/wall near the core count means the\n \
+         10 simulated hosts' sshd, agents and apps are contending for CPU that separate hosts would not share)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 }

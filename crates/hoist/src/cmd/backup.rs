@@ -21,6 +21,9 @@ pub struct BackupArgs {
     pub file: ConfigArgs,
     #[command(subcommand)]
     pub action: Option<BackupAction>,
+    /// On a fleet: the host whose agent does it [default: the first host of the app file]
+    #[arg(long, value_name = "HOST", global = true)]
+    pub host: Option<String>,
     /// The backup (a `[backups.NAME]` of the app file) [default: all of them]
     pub name: Option<String>,
     /// One JSON document on stdout
@@ -44,6 +47,9 @@ pub enum BackupAction {
 pub struct BackupsArgs {
     #[command(flatten)]
     pub file: ConfigArgs,
+    /// On a fleet: the host whose agent does it [default: the first host of the app file]
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
     /// One JSON document on stdout
     #[arg(long)]
     pub json: bool,
@@ -53,6 +59,9 @@ pub struct BackupsArgs {
 pub struct RestoreArgs {
     #[command(flatten)]
     pub file: ConfigArgs,
+    /// On a fleet: the host whose agent does it [default: the first host of the app file]
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
     /// The backup name (a `[backups.NAME]` of the app file)
     pub name: String,
     /// The backup's id (`hoist backups` lists them) [default: the latest good one]
@@ -66,7 +75,9 @@ pub struct RestoreArgs {
 }
 
 pub fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
-    let app = load(&args.file)?.spec.app;
+    let loaded = load(&args.file)?;
+    let client = super::fleet::agent_for(&loaded, args.host.as_deref())?;
+    let app = loaded.spec.app;
     let (path, name, json, verb) = match args.action {
         Some(BackupAction::Verify { name, json }) => (
             format!("/v1/backups/{app}/verify"),
@@ -83,11 +94,10 @@ pub fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
     };
     let req = TakeRequest {
         name,
-        actor: actor(),
+        actor: common::actor(),
     };
-    let rows: Vec<BackupInfo> =
-        common::block_on(common::client().call(Method::POST, &path, Some(&req)))
-            .map_err(common::agent_error)?;
+    let rows: Vec<BackupInfo> = common::block_on(client.call(Method::POST, &path, Some(&req)))
+        .map_err(common::agent_error)?;
     if json {
         output::json(&rows)?;
     }
@@ -97,7 +107,7 @@ pub fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
             if !json {
                 let what = match (&r.checked, r.size) {
                     (Some(c), _) => c.clone(),
-                    (None, Some(s)) => format!("{} in {}", bytes(s), took(r.duration_ms)),
+                    (None, Some(s)) => format!("{} in {}", common::bytes(s), took(r.duration_ms)),
                     (None, None) => String::new(),
                 };
                 output::status(verb, &format!("`{}` of `{app}` ({}): {what}", r.name, r.id));
@@ -118,10 +128,11 @@ pub fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_backups(args: BackupsArgs) -> anyhow::Result<()> {
-    let app = load(&args.file)?.spec.app;
-    let rows: Vec<BackupInfo> =
-        common::block_on(common::client().get(&format!("/v1/backups?app={app}")))
-            .map_err(common::agent_error)?;
+    let loaded = load(&args.file)?;
+    let client = super::fleet::agent_for(&loaded, args.host.as_deref())?;
+    let app = loaded.spec.app;
+    let rows: Vec<BackupInfo> = common::block_on(client.get(&format!("/v1/backups?app={app}")))
+        .map_err(common::agent_error)?;
     if args.json {
         output::json(&rows)?;
         return Ok(());
@@ -138,7 +149,7 @@ pub fn run_backups(args: BackupsArgs) -> anyhow::Result<()> {
                     .unwrap_or_default(),
                 r.trigger.clone(),
                 r.status.clone(),
-                r.size.map(bytes).unwrap_or_default(),
+                r.size.map(common::bytes).unwrap_or_default(),
                 r.duration_ms.map(|d| took(Some(d))).unwrap_or_default(),
                 r.release
                     .as_deref()
@@ -163,7 +174,9 @@ pub fn run_backups(args: BackupsArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
-    let app = load(&args.file)?.spec.app;
+    let loaded = load(&args.file)?;
+    let client = super::fleet::agent_for(&loaded, args.host.as_deref())?;
+    let app = loaded.spec.app;
     let which = args.backup.map_or_else(
         || "the latest backup".to_string(),
         |b| format!("backup {b}"),
@@ -185,9 +198,9 @@ pub fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
     let req = RestoreRequest {
         name: args.name.clone(),
         backup: args.backup,
-        actor: actor(),
+        actor: common::actor(),
     };
-    let res: RestoreResult = common::block_on(common::client().call(
+    let res: RestoreResult = common::block_on(client.call(
         Method::POST,
         &format!("/v1/backups/{app}/restore"),
         Some(&req),
@@ -224,25 +237,6 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
         .read_line(&mut line)
         .map_err(|e| with_exit(Exit::Failed, e))?;
     Ok(matches!(line.trim(), "y" | "Y" | "yes" | "Yes"))
-}
-
-fn actor() -> String {
-    std::env::var("USER").unwrap_or_else(|_| "cli".into())
-}
-
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 fn took(ms: Option<i64>) -> String {

@@ -50,7 +50,7 @@ pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
     let loaded = load(&args.file)?;
     if super::fleet::is_fleet(&loaded.spec) {
         let artifact = artifact_of(&args)?;
-        return super::fleet::deploy(&loaded, &artifact, actor(), args.json);
+        return super::fleet::deploy(&loaded, &artifact, common::actor(), args.json);
     }
     let host = local_host(&loaded.spec)?;
     let artifact = artifact_of(&args)?;
@@ -75,7 +75,7 @@ pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
             spec: loaded.spec.clone(),
             release: up.release.clone(),
             host,
-            actor: actor(),
+            actor: common::actor(),
             lease: None,
         };
         output::status(
@@ -90,7 +90,7 @@ pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
 pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<()> {
     let loaded = load(&args.file)?;
     if super::fleet::is_fleet(&loaded.spec) {
-        return super::fleet::rollback(&loaded, args.release.clone(), actor(), args.json);
+        return super::fleet::rollback(&loaded, args.release.clone(), common::actor(), args.json);
     }
     let host = local_host(&loaded.spec)?;
     let client = common::client();
@@ -98,7 +98,7 @@ pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<()> {
         app: loaded.spec.app.clone(),
         release: args.release.clone(),
         host,
-        actor: actor(),
+        actor: common::actor(),
         lease: None,
     };
     common::block_on(async {
@@ -311,25 +311,6 @@ fn finish(outcome: Outcome, json: bool) -> anyhow::Result<()> {
         ));
     }
     Err(Reported(Exit::Failed).into())
-}
-
-/// `user@host`, for the history.
-fn actor() -> String {
-    let uid = nix::unistd::getuid();
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .ok()
-        .or_else(|| {
-            nix::unistd::User::from_uid(uid)
-                .ok()
-                .flatten()
-                .map(|u| u.name)
-        })
-        .unwrap_or_else(|| uid.to_string());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
-    format!("{user}@{host}")
 }
 
 /// The agent to deploy to: the one answering on the socket, or (when `HOIST_SOCKET` is

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use hyper::Method;
 
+use hoist_agent::client::Client;
 use hoist_config::LoadedConfig;
 use hoist_core::spec::AppSpec;
 use hoist_fleet::rollout::{Event, Fleet, HostState, Report, Target};
@@ -68,6 +69,34 @@ pub fn targets(loaded: &LoadedConfig, keys: HostKeys) -> anyhow::Result<Vec<Targ
         .collect()
 }
 
+/// The agent a one-host command (backups, restores) talks to: this machine's, or for a
+/// fleet the named host's over SSH (the first host of the file when none is named).
+pub fn agent_for(loaded: &LoadedConfig, host: Option<&str>) -> anyhow::Result<Client> {
+    if !is_fleet(&loaded.spec) {
+        return Ok(common::client());
+    }
+    let name = match host {
+        Some(h) => h.to_string(),
+        None => match loaded.spec.hosts.first() {
+            Some(h) => h.name.clone(),
+            None => anyhow::bail!("the app file has no host"),
+        },
+    };
+    match targets(loaded, HostKeys::Strict)?
+        .into_iter()
+        .find(|t| t.name == name)
+    {
+        Some(t) => Ok(t.client),
+        None => Err(with_hint(
+            with_exit(
+                Exit::Usage,
+                anyhow::anyhow!("the app file has no host `{name}`"),
+            ),
+            "`hoist config` lists the hosts",
+        )),
+    }
+}
+
 fn lease_ttl() -> Duration {
     std::env::var("HOIST_LEASE_TTL_MS")
         .ok()
@@ -90,10 +119,11 @@ where
         events: tx,
         lease_ttl: lease_ttl(),
     };
+    let started = std::time::Instant::now();
     let report = common::block_on(async {
         let render = async {
             while let Some(e) = rx.recv().await {
-                render(&e, json);
+                render(&e, json, started);
             }
         };
         let (report, ()) = tokio::join!(work(fleet), render);
@@ -133,9 +163,12 @@ pub fn rollback(
     })
 }
 
-fn render(e: &Event, json: bool) {
+fn render(e: &Event, json: bool, started: std::time::Instant) {
     if json {
-        let _ = output::json(e);
+        // Each event carries when it happened, for scripts that time the phases.
+        let mut v = serde_json::to_value(e).unwrap_or_default();
+        v["elapsed_ms"] = serde_json::Value::from(started.elapsed().as_millis() as u64);
+        let _ = output::json(&v);
         return;
     }
     match e {
@@ -156,7 +189,7 @@ fn render(e: &Event, json: bool) {
             "Uploaded",
             &format!(
                 "`{host}`: {blobs} blob(s), {} in {:.2}s",
-                human_bytes(*bytes),
+                common::bytes(*bytes),
                 *ms as f64 / 1000.0
             ),
         ),
@@ -251,14 +284,6 @@ fn summary(report: &Report, json: bool) -> anyhow::Result<()> {
         )),
     }
     Ok(())
-}
-
-fn human_bytes(b: u64) -> String {
-    match b {
-        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
-        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
-        b => format!("{b} B"),
-    }
 }
 
 #[derive(Debug, clap::Args)]
