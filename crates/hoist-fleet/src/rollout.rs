@@ -86,6 +86,8 @@ pub enum Event {
 pub enum HostState {
     /// It serves the new release.
     Deployed { release: String },
+    /// It already served the release: left as it was (a rerun converges).
+    Unchanged { release: String },
     /// Its deploy failed; the agent kept (or put back) the old release.
     Failed { reason: String },
     /// It was switched, then put back on its previous release by the fleet rollback.
@@ -134,13 +136,20 @@ impl Report {
     }
 
     fn judge(app: &str, release: &str, hosts: Vec<HostReport>, started: Instant) -> Report {
-        let all_new = hosts
-            .iter()
-            .all(|h| matches!(h.state, HostState::Deployed { .. }));
+        // A host that already ran the release is on the new one and also untouched.
+        let all_new = hosts.iter().all(|h| {
+            matches!(
+                h.state,
+                HostState::Deployed { .. } | HostState::Unchanged { .. }
+            )
+        });
         let all_old = hosts.iter().all(|h| {
             matches!(
                 h.state,
-                HostState::Failed { .. } | HostState::RolledBack { .. } | HostState::NotStarted
+                HostState::Failed { .. }
+                    | HostState::RolledBack { .. }
+                    | HostState::NotStarted
+                    | HostState::Unchanged { .. }
             )
         });
         let result = if all_new {
@@ -265,12 +274,42 @@ impl Fleet {
         let lease = self.lease(&spec.app, &reachable).await?;
         let result = async {
             upload_all(self, &reachable, artifact, &manifest).await?;
-            self.hand_off_singletons(&placed, &reachable).await;
+            let statuses = self.statuses(&reachable).await;
+            self.hand_off_singletons(&placed, &reachable, &statuses)
+                .await;
+            // Hosts already on the release are left alone (and never rolled back).
+            let (already, to_roll): (Vec<Target>, Vec<Target>) =
+                reachable.iter().cloned().partition(|t| {
+                    statuses
+                        .get(&t.name)
+                        .and_then(|s| s.apps.iter().find(|a| a.app == spec.app))
+                        .and_then(|a| a.release.as_deref())
+                        == Some(release.as_str())
+                });
+            let mut reports: Vec<HostReport> = already
+                .iter()
+                .map(|t| {
+                    let state = HostState::Unchanged {
+                        release: release.clone(),
+                    };
+                    self.emit(Event::Finished {
+                        host: t.name.clone(),
+                        state: state.clone(),
+                    });
+                    HostReport {
+                        host: t.name.clone(),
+                        state,
+                        previous: Some(release.clone()),
+                        ms: 0,
+                    }
+                })
+                .collect();
             let op = Op::Deploy {
                 spec: Arc::new(placed),
                 release: release.clone(),
             };
-            Ok::<_, FleetError>(self.roll(spec, &reachable, &op, &lease.token).await)
+            reports.extend(self.roll(spec, &to_roll, &op, &lease.token).await);
+            Ok::<_, FleetError>(reports)
         }
         .await;
         lease.release(&reachable).await;
@@ -318,7 +357,25 @@ impl Fleet {
     /// place in `placed`, so that its new host never runs it beside the old one. (A host
     /// that cannot be reached cannot be stopped: that is the one case where a moved
     /// singleton may run twice until the old host is reached again.)
-    async fn hand_off_singletons(&self, placed: &AppSpec, hosts: &[Target]) {
+    /// Every host's status, asked at once; a host that does not answer is missing.
+    async fn statuses(&self, hosts: &[Target]) -> HashMap<String, Status> {
+        join_all(
+            hosts.iter().map(|t| async move {
+                (t.name.clone(), t.client.get::<Status>("/v1/status").await)
+            }),
+        )
+        .await
+        .into_iter()
+        .filter_map(|(name, r)| r.ok().map(|s| (name, s)))
+        .collect()
+    }
+
+    async fn hand_off_singletons(
+        &self,
+        placed: &AppSpec,
+        hosts: &[Target],
+        statuses: &HashMap<String, Status>,
+    ) {
         let singletons: Vec<(&str, String)> = placed
             .services
             .iter()
@@ -335,7 +392,7 @@ impl Fleet {
         join_all(hosts.iter().map(|t| {
             let singletons = &singletons;
             async move {
-                let Ok(status) = t.client.get::<Status>("/v1/status").await else {
+                let Some(status) = statuses.get(&t.name) else {
                     return;
                 };
                 let Some(mine) = status.apps.iter().find(|a| a.app == app) else {

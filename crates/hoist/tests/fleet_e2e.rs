@@ -208,6 +208,81 @@ fn a_fleet_is_set_up_deployed_rolled_and_survives_a_lost_host() {
         assert_eq!(serving(&fleet, i).as_deref(), Some(r2.as_str()), "host {i}");
     }
 
+    // `hoist logs -f` follows every host at once, each line naming its host.
+    let mut follow = ChildGuard::spawn(
+        Command::new(hoist_bin())
+            .args(["logs", "web", "-f", "-n", "5", "-c"])
+            .arg(&v2)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for line in BufReader::new(follow.child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(host) = line.split_whitespace().next() {
+            seen.insert(host.to_string());
+        }
+        if seen.len() == 3 {
+            break;
+        }
+    }
+    drop(follow);
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec!["h1", "h2", "h3"]);
+
+    // A deploy killed with SIGKILL mid-rollout leaves its lease behind: it is shown as
+    // held, refuses another deploy naming its holder, and expires by itself.
+    let slow = project(&fleet, "slow", "TESTAPP_SLOW_START = \"2\"");
+    let mut killed = ChildGuard::spawn(
+        Command::new(hoist_bin())
+            .args(["deploy", "--json", "-c"])
+            .arg(&slow)
+            .env("HOIST_LEASE_TTL_MS", "6000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    for line in BufReader::new(killed.child.stdout.take().unwrap()).lines() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap_or_default();
+        if v["event"] == "batch" {
+            killed.signal_group(nix::sys::signal::Signal::SIGKILL);
+            break;
+        }
+    }
+    drop(killed);
+    let out = hoist(&slow, &["lock", "status", "--json"]);
+    let locks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        locks.iter().all(|l| l["lease"]["live"] == true),
+        "{locks:?}"
+    );
+    let out = hoist(&v2, &["deploy"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("held by"),
+        "{}",
+        text(&out.stderr)
+    );
+    wait_until(Duration::from_secs(20), || {
+        let out = hoist(&slow, &["lock", "status", "--json"]);
+        let locks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        locks.len() == 3 && locks.iter().all(|l| l["lease"]["live"] != true)
+    })
+    .expect("the abandoned lease expires");
+    // h1's agent finished the killed deploy on its own; the fleet goes back to v2.
+    let out = hoist(&v2, &["deploy", "--json"]);
+    assert!(
+        out.status.success(),
+        "after expiry: {}\n{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    for i in 0..3 {
+        assert_eq!(serving(&fleet, i).as_deref(), Some(r2.as_str()), "host {i}");
+    }
+
     // h2 is cut off while its batch runs: a partial failure, named; h1 on the new
     // release, h3 untouched, h2 wholly old or wholly new once it is back.
     let v3 = project(&fleet, "v3", "");

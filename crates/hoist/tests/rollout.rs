@@ -222,6 +222,18 @@ fn rolling_deploy_moves_only_missing_blobs_and_keeps_no_lease() {
     }
     // The singleton runs on exactly one host: the first with its role.
     assert_eq!(worker_hosts(&c), vec![0]);
+    // The same release again converges at once: every host is left as it is.
+    let (again, _) = run(
+        c.targets(),
+        &spec,
+        Some(&build(&v1)),
+        Duration::from_secs(30),
+    );
+    let again = again.unwrap();
+    assert_eq!(again.result, "succeeded", "{again:?}");
+    assert!(states(&again)
+        .iter()
+        .all(|s| matches!(s, HostState::Unchanged { .. })));
 
     // v2 changes one small file: each host receives one blob, not the big one.
     let v2 = c.project("v2", "", "batch = 1", &c.hosts_toml(|_| ""));

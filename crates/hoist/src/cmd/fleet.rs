@@ -231,6 +231,7 @@ fn render(e: &Event, json: bool, started: std::time::Instant) {
 fn describe(state: &HostState) -> (String, String) {
     match state {
         HostState::Deployed { release } => ("deployed".into(), release.clone()),
+        HostState::Unchanged { release } => ("unchanged (already current)".into(), release.clone()),
         HostState::Failed { reason } => ("failed (old release serves)".into(), reason.clone()),
         HostState::RolledBack { release } => {
             ("rolled back".into(), release.clone().unwrap_or_default())
