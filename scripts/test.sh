@@ -25,6 +25,13 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   echo "==> installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # The tests start their own sshd and PostgreSQL: keep the packages from starting
+  # system-wide ones (the standard policy-rc.d switch; removed again afterwards).
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
