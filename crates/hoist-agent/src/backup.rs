@@ -877,7 +877,9 @@ pub(crate) async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response
                 Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
             }
         }
-        (Method::POST, ["v1", "backups", app]) => {
+        // Take (`/v1/backups/APP`) or verify (`…/verify`) each named backup, or all.
+        (Method::POST, ["v1", "backups", app, rest @ ..]) if matches!(rest, [] | ["verify"]) => {
+            let verify = !rest.is_empty();
             let r: TakeRequest = match body(req).await {
                 Ok(r) => r,
                 Err(resp) => return resp,
@@ -892,31 +894,18 @@ pub(crate) async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response
             };
             let mut out = Vec::new();
             for name in names {
-                match agent.take_backup(&spec, &name, "manual").await {
-                    Ok(Taken::Recorded(row)) => out.push(info(*row)),
-                    Ok(Taken::Skipped(_)) => {}
-                    Err(e) => return fail(&e),
-                }
-            }
-            http::json(StatusCode::OK, &out)
-        }
-        (Method::POST, ["v1", "backups", app, "verify"]) => {
-            let r: TakeRequest = match body(req).await {
-                Ok(r) => r,
-                Err(resp) => return resp,
-            };
-            let spec = match agent.current_spec(app) {
-                Ok((_, s)) => s,
-                Err(e) => return fail(&e),
-            };
-            let names = match names(&spec, r.name.as_deref()) {
-                Ok(n) => n,
-                Err(e) => return fail(&e),
-            };
-            let mut out = Vec::new();
-            for name in names {
-                match agent.verify_backup(&spec, &name).await {
-                    Ok(row) => out.push(info(row)),
+                let done = if verify {
+                    agent.verify_backup(&spec, &name).await.map(Some)
+                } else {
+                    match agent.take_backup(&spec, &name, "manual").await {
+                        Ok(Taken::Recorded(row)) => Ok(Some(*row)),
+                        Ok(Taken::Skipped(_)) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                };
+                match done {
+                    Ok(Some(row)) => out.push(info(row)),
+                    Ok(None) => {}
                     Err(e) => return fail(&e),
                 }
             }

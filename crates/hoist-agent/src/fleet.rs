@@ -8,10 +8,8 @@
 
 use std::sync::Arc;
 
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Response, StatusCode};
-use tokio::io::AsyncWriteExt;
 
 use hoist_artifact::transfer;
 use hoist_artifact::{Limits, Manifest, Resolved};
@@ -309,47 +307,16 @@ pub(crate) fn register(agent: &Agent, m: &Manifest) -> Result<(), hoist_state::S
 
 /// A blob stream: spooled to a file as it arrives (the body is async, the reader is
 /// not), then read into the store, each blob checked against its digest.
-async fn blobs(agent: &Arc<Agent>, mut body: Incoming) -> Response<Body> {
+async fn blobs(agent: &Arc<Agent>, body: Incoming) -> Response<Body> {
     let tmp = agent.paths.tmp().join(format!(
         "blobs-{}-{}",
         std::process::id(),
         hoist_state::now_ms()
     ));
-    let mut file = match tokio::fs::File::create(&tmp).await {
-        Ok(f) => f,
-        Err(e) => return internal(format!("cannot store the blobs: {e}")),
+    let received = match http::spool(body, &tmp, "the blob stream").await {
+        Ok(n) => n,
+        Err(resp) => return *resp,
     };
-    let mut received: u64 = 0;
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return http::error(
-                StatusCode::BAD_REQUEST,
-                "the blob stream was cut short",
-                None,
-            );
-        };
-        if let Ok(data) = frame.into_data() {
-            received += data.len() as u64;
-            if let Err(e) = file.write_all(&data).await {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return http::error(
-                    StatusCode::INSUFFICIENT_STORAGE,
-                    format!("cannot store the blobs: {e}"),
-                    None,
-                );
-            }
-        }
-    }
-    if let Err(e) = file.flush().await {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return http::error(
-            StatusCode::INSUFFICIENT_STORAGE,
-            format!("cannot store the blobs: {e}"),
-            None,
-        );
-    }
-    drop(file);
     let _gate = agent.store_gate.read().await;
     let store = agent.store.clone();
     let path = tmp.clone();

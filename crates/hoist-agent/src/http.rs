@@ -109,3 +109,52 @@ pub fn bind_socket(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
+
+/// Streams a request body into a new file at `path` (an upload that must be read back
+/// whole), returning the bytes written. On any failure the file is removed and the
+/// answer to send is returned; `what` names the body in messages ("the upload").
+pub async fn spool(
+    mut body: hyper::body::Incoming,
+    path: &Path,
+    what: &str,
+) -> Result<u64, Box<Response<Body>>> {
+    use tokio::io::AsyncWriteExt;
+    let fail = |status: StatusCode, message: String| {
+        let path = path.to_path_buf();
+        async move {
+            let _ = tokio::fs::remove_file(&path).await;
+            Box::new(error(status, message, None))
+        }
+    };
+    let mut file = match tokio::fs::File::create(path).await {
+        Ok(f) => f,
+        Err(e) => {
+            let msg = format!("cannot store {what}: {e}");
+            return Err(Box::new(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                msg,
+                None,
+            )));
+        }
+    };
+    let mut written: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(fail(StatusCode::BAD_REQUEST, format!("{what} was cut short")).await);
+        };
+        if let Ok(data) = frame.into_data() {
+            written += data.len() as u64;
+            if let Err(e) = file.write_all(&data).await {
+                let msg = format!("cannot store {what}: {e}");
+                return Err(fail(StatusCode::INSUFFICIENT_STORAGE, msg).await);
+            }
+        }
+    }
+    // tokio writes in the background: without a flush the last chunk may not be in the
+    // file yet when it is read back.
+    if let Err(e) = file.flush().await {
+        let msg = format!("cannot store {what}: {e}");
+        return Err(fail(StatusCode::INSUFFICIENT_STORAGE, msg).await);
+    }
+    Ok(written)
+}

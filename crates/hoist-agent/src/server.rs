@@ -238,51 +238,14 @@ async fn read_json<T: serde::de::DeserializeOwned>(body: Incoming) -> Result<T, 
 /// `POST /v1/releases`: the body is an artifact; it is written to a temporary file as it
 /// arrives, then verified and put into the store in one pass.
 async fn upload(agent: Arc<Agent>, body: Incoming) -> Response<Body> {
-    use http_body_util::BodyExt;
-    use tokio::io::AsyncWriteExt;
     let tmp = agent.paths.tmp().join(format!(
         "upload-{}-{}",
         std::process::id(),
         hoist_state::now_ms()
     ));
-    let mut file = match tokio::fs::File::create(&tmp).await {
-        Ok(f) => f,
-        Err(e) => {
-            return http::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot store the upload: {e}"),
-                None,
-            )
-        }
-    };
-    let mut body = body;
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return http::error(StatusCode::BAD_REQUEST, "the upload was cut short", None);
-        };
-        if let Ok(data) = frame.into_data() {
-            if let Err(e) = file.write_all(&data).await {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return http::error(
-                    StatusCode::INSUFFICIENT_STORAGE,
-                    format!("cannot store the upload: {e}"),
-                    None,
-                );
-            }
-        }
+    if let Err(resp) = http::spool(body, &tmp, "the upload").await {
+        return *resp;
     }
-    // tokio writes in the background: without a flush the last chunk may not be in the
-    // file yet when it is read back.
-    if let Err(e) = file.flush().await {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return http::error(
-            StatusCode::INSUFFICIENT_STORAGE,
-            format!("cannot store the upload: {e}"),
-            None,
-        );
-    }
-    drop(file);
     let _gate = agent.store_gate.read().await;
     let store = agent.store.clone();
     let path = tmp.clone();

@@ -290,35 +290,20 @@ pub fn restore(target: &PgTarget, dump: &Path) -> Result<Checked> {
 /// and drops it again (also when the restore failed).
 pub fn verify(target: &PgTarget, dump: &Path, scratch_name: &str) -> Result<Checked> {
     let quoted = format!("\"{}\"", scratch_name.replace('"', "\"\""));
-    let admin = target.database().to_string();
-    let db = format!("--dbname={admin}");
-    target.run(
-        "psql",
-        &[
-            "-X",
-            "-q",
-            "--no-password",
-            &db,
-            "-c",
-            &format!("CREATE DATABASE {quoted}"),
-        ],
-        None,
-    )?;
+    let db = format!("--dbname={}", target.database());
+    // One statement on the target's own database (CREATE/DROP DATABASE cannot run in
+    // the database they name).
+    let admin = |sql: String| {
+        target.run(
+            "psql",
+            &["-X", "-q", "--no-password", &db, "-c", &sql],
+            None,
+        )
+    };
+    admin(format!("CREATE DATABASE {quoted}"))?;
     let scratch = target.with_database(scratch_name);
     let result = restore(&scratch, dump);
-    let dropped = target.run(
-        "psql",
-        &[
-            "-X",
-            "-q",
-            "--no-password",
-            &db,
-            "-c",
-            &format!("DROP DATABASE IF EXISTS {quoted}"),
-        ],
-        None,
-    );
-    if let Err(e) = dropped {
+    if let Err(e) = admin(format!("DROP DATABASE IF EXISTS {quoted}")) {
         tracing::warn!(error = %e, database = scratch_name, "cannot drop the scratch database");
     }
     result

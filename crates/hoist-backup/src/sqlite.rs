@@ -108,39 +108,33 @@ pub fn restore(backup: &Path, target: &Path) -> Result<Checked> {
     result
 }
 
+/// The first column of every row `sql` returns, as text.
+fn strings(conn: &Connection, path: &Path, sql: &str) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare(sql).map_err(BackupError::sqlite(path))?;
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(BackupError::sqlite(path))?;
+    rows.collect::<rusqlite::Result<_>>()
+        .map_err(BackupError::sqlite(path))
+}
+
 /// `PRAGMA integrity_check` and the row count of every table.
 pub fn check(path: &Path) -> Result<Checked> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
         .map_err(BackupError::sqlite(path))?;
-    let problems: Vec<String> = {
-        let mut stmt = conn
-            .prepare("PRAGMA integrity_check")
-            .map_err(BackupError::sqlite(path))?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(BackupError::sqlite(path))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(BackupError::sqlite(path))?
-    };
+    let problems = strings(&conn, path, "PRAGMA integrity_check")?;
     if problems != ["ok"] {
         return Err(BackupError::Integrity {
             path: path.to_path_buf(),
             detail: problems.join("; "),
         });
     }
-    let names: Vec<String> = {
-        let mut stmt = conn
-            .prepare(
-                "SELECT name FROM sqlite_master WHERE type = 'table' \
-                 AND name NOT LIKE 'sqlite_%' ORDER BY name",
-            )
-            .map_err(BackupError::sqlite(path))?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(BackupError::sqlite(path))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(BackupError::sqlite(path))?
-    };
+    let names = strings(
+        &conn,
+        path,
+        "SELECT name FROM sqlite_master WHERE type = 'table' \
+         AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )?;
     let mut tables = BTreeMap::new();
     for name in names {
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));

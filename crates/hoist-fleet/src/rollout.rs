@@ -37,11 +37,9 @@ pub struct Target {
 impl Target {
     /// A client error as one line; a bridge command's stderr is classified by ssh's rules.
     pub fn explain(&self, e: &ClientError) -> String {
-        match (e, &self.remote) {
-            (ClientError::Command { stderr, .. }, Some(remote)) if !stderr.trim().is_empty() => {
-                remote.classify(stderr).to_string()
-            }
-            _ => e.to_string(),
+        match self.remote.as_ref().and_then(|r| r.client_error(e)) {
+            Some(ssh) => ssh.to_string(),
+            None => e.to_string(),
         }
     }
 }
@@ -705,17 +703,14 @@ fn read_manifest(artifact: &Path) -> Result<Manifest, FleetError> {
 fn random_token() -> String {
     let mut bytes = [0u8; 16];
     if getrandom::fill(&mut bytes).is_err() {
-        // No entropy source: the pid and clock still make a token unique enough to
-        // tell holders apart (it guards against mistakes, not attackers).
-        let seed = format!("{}-{:?}", std::process::id(), std::time::SystemTime::now());
-        return hex::encode(&sha2_digest(seed.as_bytes())[..16]);
+        // No entropy source: the pid and clock still tell holders apart (the token
+        // guards against mistakes, not attackers).
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        return format!("{:08x}{:024x}", std::process::id(), nanos & ((1 << 96) - 1));
     }
     hex::encode(bytes)
-}
-
-fn sha2_digest(data: &[u8]) -> Vec<u8> {
-    use sha2::Digest;
-    sha2::Sha256::digest(data).to_vec()
 }
 
 /// Puts the release on every host in parallel: each is offered the compact manifest

@@ -5,68 +5,31 @@
 //! off mid-deploy (partial failure, every host wholly old or new), a singleton on exactly
 //! one host, and status, history and logs merged across hosts. Needs root and sshd.
 
+mod common;
 mod netns;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Lines};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{ChildStdout, Command, Output, Stdio};
 use std::time::Duration;
 
-use hoist_testkit::{hoist_bin, testapp_bin, wait_until, ChildGuard};
+use common::text;
+use hoist_testkit::{hoist_bin, wait_until, ChildGuard};
 use netns::Fleet;
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Writes the app file of `version` (its own VERSION file, so its own release).
+/// The fleet app file of `version` on every host, in rolling batches of one.
 fn project(fleet: &Fleet, version: &str, extra_env: &str) -> PathBuf {
-    let dir = fleet.dir.join(format!("app-{version}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("VERSION"), version).unwrap();
-    std::fs::write(dir.join("big.bin"), vec![42u8; 512 * 1024]).unwrap();
-    let app = testapp_bin();
-    let toml = format!(
-        r#"app = "demo"
-
-[build]
-include = ["VERSION", "big.bin"]
-
-[env]
-{extra_env}
-
-[check]
-command = "{app} check"
-
-[services.web]
-command = "{app} serve"
-replicas = 1
-stop_timeout = "5s"
-http = {{ domains = ["*"], health = {{ path = "/health", interval = "100ms", healthy_threshold = 2, min_healthy = "100ms" }}, drain_timeout = "1s" }}
-
-[services.worker]
-command = "{app} worker"
-singleton = true
-roles = ["worker"]
-stop_timeout = "5s"
-
-[deploy]
-health_deadline = "10s"
-standby = "10m"
-
-[deploy.rollout]
-batch = 1
-
-{ssh}
-{hosts}
-"#,
-        app = app.display(),
-        ssh = fleet.ssh_toml(),
-        hosts = fleet.hosts_toml(&["web", "worker"]),
+    let tail = format!(
+        "batch = 1\n\n{}\n{}",
+        fleet.ssh_toml(),
+        fleet.hosts_toml(&["web", "worker"])
     );
-    let file = dir.join("hoist.toml");
-    std::fs::write(&file, toml).unwrap();
-    file
+    common::fleet_project(
+        &fleet.dir.join(format!("app-{version}")),
+        version,
+        extra_env,
+        &tail,
+    )
 }
 
 fn hoist(file: &Path, args: &[&str]) -> Output {
@@ -79,6 +42,23 @@ fn hoist(file: &Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
+}
+
+/// `hoist ARGS -c FILE` in the background, for reading its stdout while it runs.
+fn spawn(file: &Path, args: &[&str]) -> (ChildGuard, Lines<BufReader<ChildStdout>>) {
+    let mut guard = ChildGuard::spawn(
+        Command::new(hoist_bin())
+            .args(args)
+            .arg("-c")
+            .arg(file)
+            .env("HOIST_LEASE_TTL_MS", "6000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    let stdout = guard.child.stdout.take().unwrap();
+    (guard, BufReader::new(stdout).lines())
 }
 
 /// The JSON lines of a `--json` run.
@@ -209,17 +189,9 @@ fn a_fleet_is_set_up_deployed_rolled_and_survives_a_lost_host() {
     }
 
     // `hoist logs -f` follows every host at once, each line naming its host.
-    let mut follow = ChildGuard::spawn(
-        Command::new(hoist_bin())
-            .args(["logs", "web", "-f", "-n", "5", "-c"])
-            .arg(&v2)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    )
-    .unwrap();
+    let (follow, lines) = spawn(&v2, &["logs", "web", "-f", "-n", "5"]);
     let mut seen = std::collections::BTreeSet::new();
-    for line in BufReader::new(follow.child.stdout.take().unwrap()).lines() {
+    for line in lines {
         let line = line.unwrap();
         if let Some(host) = line.split_whitespace().next() {
             seen.insert(host.to_string());
@@ -234,17 +206,8 @@ fn a_fleet_is_set_up_deployed_rolled_and_survives_a_lost_host() {
     // A deploy killed with SIGKILL mid-rollout leaves its lease behind: it is shown as
     // held, refuses another deploy naming its holder, and expires by itself.
     let slow = project(&fleet, "slow", "TESTAPP_SLOW_START = \"2\"");
-    let mut killed = ChildGuard::spawn(
-        Command::new(hoist_bin())
-            .args(["deploy", "--json", "-c"])
-            .arg(&slow)
-            .env("HOIST_LEASE_TTL_MS", "6000")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    )
-    .unwrap();
-    for line in BufReader::new(killed.child.stdout.take().unwrap()).lines() {
+    let (killed, lines) = spawn(&slow, &["deploy", "--json"]);
+    for line in lines {
         let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap_or_default();
         if v["event"] == "batch" {
             killed.signal_group(nix::sys::signal::Signal::SIGKILL);
@@ -286,20 +249,10 @@ fn a_fleet_is_set_up_deployed_rolled_and_survives_a_lost_host() {
     // h2 is cut off while its batch runs: a partial failure, named; h1 on the new
     // release, h3 untouched, h2 wholly old or wholly new once it is back.
     let v3 = project(&fleet, "v3", "");
-    let mut guard = ChildGuard::spawn(
-        Command::new(hoist_bin())
-            .args(["deploy", "--json", "-c"])
-            .arg(&v3)
-            .env("HOIST_LEASE_TTL_MS", "6000")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    )
-    .unwrap();
-    let stdout = guard.child.stdout.take().unwrap();
+    let (mut guard, stdout) = spawn(&v3, &["deploy", "--json"]);
     let mut lines = Vec::new();
     let mut cut = false;
-    for line in BufReader::new(stdout).lines() {
+    for line in stdout {
         let line = line.unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         if !cut && v["event"] == "batch" && v["index"] == 2 {

@@ -13,7 +13,7 @@ use hoist_agent::client::Client;
 use hoist_core::spec::AppSpec;
 use hoist_fleet::rollout::{Event, Fleet, HostState, Report, Target};
 use hoist_protocol::fleet::{Lease, LeaseRequest};
-use hoist_testkit::{hoist_bin, testapp_bin};
+use hoist_testkit::hoist_bin;
 
 struct Cluster {
     hosts: Vec<Host>,
@@ -40,52 +40,16 @@ impl Cluster {
             .collect()
     }
 
-    /// An app file for the test app on h1..hN; `version` goes into a shipped file so
-    /// each version is a distinct release.
+    /// The fleet app file of `version` on h1..hN (see `common::fleet_project`).
     fn project(&self, version: &str, extra_env: &str, rollout: &str, hosts: &str) -> PathBuf {
         let dir = self.dir.path().join(version);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("VERSION"), version).unwrap();
-        // A file shared by every version: a redeploy must not send it again.
-        std::fs::write(dir.join("big.bin"), vec![7u8; 256 * 1024]).unwrap();
-        let app = testapp_bin();
-        let toml = format!(
-            r#"app = "demo"
-
-[build]
-include = ["VERSION", "big.bin"]
-
-[env]
-{extra_env}
-
-[check]
-command = "{app} check"
-
-[services.web]
-command = "{app} serve"
-replicas = 1
-stop_timeout = "5s"
-http = {{ domains = ["*"], health = {{ path = "/health", interval = "100ms", healthy_threshold = 2, min_healthy = "100ms" }}, drain_timeout = "1s" }}
-
-[services.worker]
-command = "{app} worker"
-singleton = true
-roles = ["worker"]
-stop_timeout = "5s"
-
-[deploy]
-health_deadline = "5s"
-standby = "10m"
-
-[deploy.rollout]
-{rollout}
-
-{hosts}
-"#,
-            app = app.display()
-        );
-        std::fs::write(dir.join("hoist.toml"), toml).unwrap();
+        common::fleet_project(&dir, version, extra_env, &format!("{rollout}\n\n{hosts}"));
         dir
+    }
+
+    /// A fleet deploy of `project`'s app file and a fresh build of it to every host.
+    fn deploy(&self, project: &Path) -> (Result<Report, String>, Vec<Event>) {
+        run(self.targets(), &spec_of(project), Some(&build(project)))
     }
 
     fn hosts_toml(&self, env_of: impl Fn(usize) -> &'static str) -> String {
@@ -99,6 +63,15 @@ standby = "10m"
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+}
+
+/// Host env that breaks the release's health on h3 only.
+fn fail_health_on_last(i: usize) -> &'static str {
+    if i == 2 {
+        "TESTAPP_FAIL_HEALTH = \"1\""
+    } else {
+        ""
     }
 }
 
@@ -126,7 +99,6 @@ fn run(
     targets: Vec<Target>,
     spec: &AppSpec,
     artifact: Option<&Path>,
-    ttl: Duration,
 ) -> (Result<Report, String>, Vec<Event>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -137,7 +109,7 @@ fn run(
         targets,
         actor: "tester@ci".into(),
         events: tx,
-        lease_ttl: ttl,
+        lease_ttl: Duration::from_secs(30),
     };
     let report = rt.block_on(async move {
         match artifact {
@@ -193,13 +165,7 @@ fn worker_hosts(c: &Cluster) -> Vec<usize> {
 fn rolling_deploy_moves_only_missing_blobs_and_keeps_no_lease() {
     let c = Cluster::new(3);
     let v1 = c.project("v1", "", "batch = 1", &c.hosts_toml(|_| ""));
-    let spec = spec_of(&v1);
-    let (report, events) = run(
-        c.targets(),
-        &spec,
-        Some(&build(&v1)),
-        Duration::from_secs(30),
-    );
+    let (report, events) = c.deploy(&v1);
     let report = report.unwrap();
     assert_eq!(report.result, "succeeded", "{report:?}");
     assert_eq!(report.exit_code(), 0);
@@ -223,12 +189,7 @@ fn rolling_deploy_moves_only_missing_blobs_and_keeps_no_lease() {
     // The singleton runs on exactly one host: the first with its role.
     assert_eq!(worker_hosts(&c), vec![0]);
     // The same release again converges at once: every host is left as it is.
-    let (again, _) = run(
-        c.targets(),
-        &spec,
-        Some(&build(&v1)),
-        Duration::from_secs(30),
-    );
+    let (again, _) = c.deploy(&v1);
     let again = again.unwrap();
     assert_eq!(again.result, "succeeded", "{again:?}");
     assert!(states(&again)
@@ -237,12 +198,7 @@ fn rolling_deploy_moves_only_missing_blobs_and_keeps_no_lease() {
 
     // v2 changes one small file: each host receives one blob, not the big one.
     let v2 = c.project("v2", "", "batch = 1", &c.hosts_toml(|_| ""));
-    let (report, events) = run(
-        c.targets(),
-        &spec_of(&v2),
-        Some(&build(&v2)),
-        Duration::from_secs(30),
-    );
+    let (report, events) = c.deploy(&v2);
     let report = report.unwrap();
     assert_eq!(report.result, "succeeded", "{report:?}");
     for (host, blobs, bytes) in uploaded(&events) {
@@ -254,7 +210,7 @@ fn rolling_deploy_moves_only_missing_blobs_and_keeps_no_lease() {
     }
 
     // A fleet rollback puts every host back on its previous release, batch by batch.
-    let (report, events) = run(c.targets(), &spec_of(&v2), None, Duration::from_secs(30));
+    let (report, events) = run(c.targets(), &spec_of(&v2), None);
     let report = report.unwrap();
     assert_eq!(report.result, "succeeded", "{report:?}");
     assert_eq!(
@@ -273,12 +229,7 @@ fn rolling_deploy_moves_only_missing_blobs_and_keeps_no_lease() {
 fn a_failed_first_batch_stops_the_rollout_and_rollback_puts_switched_hosts_back() {
     let c = Cluster::new(3);
     let v1 = c.project("v1", "", "batch = 1", &c.hosts_toml(|_| ""));
-    let (report, _) = run(
-        c.targets(),
-        &spec_of(&v1),
-        Some(&build(&v1)),
-        Duration::from_secs(30),
-    );
+    let (report, _) = c.deploy(&v1);
     let r1 = report.unwrap().release;
 
     // Broken everywhere: the first batch fails, the others are never touched.
@@ -288,12 +239,7 @@ fn a_failed_first_batch_stops_the_rollout_and_rollback_puts_switched_hosts_back(
         "batch = 1",
         &c.hosts_toml(|_| ""),
     );
-    let (report, _) = run(
-        c.targets(),
-        &spec_of(&bad),
-        Some(&build(&bad)),
-        Duration::from_secs(30),
-    );
+    let (report, _) = c.deploy(&bad);
     let report = report.unwrap();
     assert_eq!(report.result, "failed", "{report:?}");
     assert_eq!(report.exit_code(), 1);
@@ -312,20 +258,9 @@ fn a_failed_first_batch_stops_the_rollout_and_rollback_puts_switched_hosts_back(
         "v3",
         "",
         "batch = 1\non_failure = \"rollback\"",
-        &c.hosts_toml(|i| {
-            if i == 2 {
-                "TESTAPP_FAIL_HEALTH = \"1\""
-            } else {
-                ""
-            }
-        }),
+        &c.hosts_toml(fail_health_on_last),
     );
-    let (report, events) = run(
-        c.targets(),
-        &spec_of(&v3),
-        Some(&build(&v3)),
-        Duration::from_secs(30),
-    );
+    let (report, events) = c.deploy(&v3);
     let report = report.unwrap();
     assert_eq!(report.result, "failed", "{report:?}");
     let s = states(&report);
@@ -340,24 +275,8 @@ fn a_failed_first_batch_stops_the_rollout_and_rollback_puts_switched_hosts_back(
     }
 
     // Without rollback, the same failure leaves a partial fleet: exit 3.
-    let v4 = c.project(
-        "v4",
-        "",
-        "batch = 2",
-        &c.hosts_toml(|i| {
-            if i == 2 {
-                "TESTAPP_FAIL_HEALTH = \"1\""
-            } else {
-                ""
-            }
-        }),
-    );
-    let (report, _) = run(
-        c.targets(),
-        &spec_of(&v4),
-        Some(&build(&v4)),
-        Duration::from_secs(30),
-    );
+    let v4 = c.project("v4", "", "batch = 2", &c.hosts_toml(fail_health_on_last));
+    let (report, _) = c.deploy(&v4);
     let report = report.unwrap();
     assert_eq!(report.result, "partial", "{report:?}");
     assert_eq!(report.exit_code(), 3);
@@ -391,7 +310,7 @@ fn a_live_lease_refuses_another_deploy_and_an_abandoned_one_expires() {
             Some(&other),
         ))
         .unwrap();
-    let (report, _) = run(c.targets(), &spec, Some(&artifact), Duration::from_secs(30));
+    let (report, _) = run(c.targets(), &spec, Some(&artifact));
     let err = report.unwrap_err();
     assert!(err.contains("ann@laptop"), "{err}");
     // Nothing changed, and the lease taken on h1 before the refusal was given back.
@@ -420,7 +339,7 @@ fn a_live_lease_refuses_another_deploy_and_an_abandoned_one_expires() {
         leases(&c.hosts[1]).iter().all(|l| !l.live)
     })
     .expect("the abandoned lease expires");
-    let (report, _) = run(c.targets(), &spec, Some(&artifact), Duration::from_secs(30));
+    let (report, _) = run(c.targets(), &spec, Some(&artifact));
     assert_eq!(report.unwrap().result, "succeeded");
 }
 
@@ -428,24 +347,14 @@ fn a_live_lease_refuses_another_deploy_and_an_abandoned_one_expires() {
 fn an_unreachable_host_is_left_out_and_its_singleton_moves() {
     let mut c = Cluster::new(3);
     let v1 = c.project("v1", "", "batch = \"50%\"", &c.hosts_toml(|_| ""));
-    let (report, _) = run(
-        c.targets(),
-        &spec_of(&v1),
-        Some(&build(&v1)),
-        Duration::from_secs(30),
-    );
+    let (report, _) = c.deploy(&v1);
     assert_eq!(report.unwrap().result, "succeeded");
     assert_eq!(worker_hosts(&c), vec![0]);
 
     // h1's agent is gone: the deploy goes on without it, and the singleton moves to h2.
     c.hosts[0].kill_agent();
     let v2 = c.project("v2", "", "batch = \"50%\"", &c.hosts_toml(|_| ""));
-    let (report, events) = run(
-        c.targets(),
-        &spec_of(&v2),
-        Some(&build(&v2)),
-        Duration::from_secs(30),
-    );
+    let (report, events) = c.deploy(&v2);
     let report = report.unwrap();
     assert_eq!(report.result, "partial", "{report:?}");
     assert_eq!(report.exit_code(), 3);
@@ -469,12 +378,7 @@ fn an_unreachable_host_is_left_out_and_its_singleton_moves() {
     // h1 is back: the singleton returns to it, stopped on h2 before h1 starts it.
     c.hosts[0].start_agent();
     let v3 = c.project("v3", "", "batch = \"50%\"", &c.hosts_toml(|_| ""));
-    let (report, events) = run(
-        c.targets(),
-        &spec_of(&v3),
-        Some(&build(&v3)),
-        Duration::from_secs(30),
-    );
+    let (report, events) = c.deploy(&v3);
     assert_eq!(report.unwrap().result, "succeeded");
     let stopped = events.iter().position(|e| {
         matches!(e, Event::SingletonStopped { host, service, moves_to }

@@ -199,7 +199,8 @@ fn partial<T>(answers: &[(String, Result<T, String>)]) -> anyhow::Result<()> {
 }
 
 pub fn run_history(args: HistoryArgs) -> anyhow::Result<()> {
-    let app = load(&args.file).ok().map(|l| l.spec.app);
+    let loaded = load(&args.file).ok();
+    let app = loaded.as_ref().map(|l| l.spec.app.clone());
     let client = common::client();
     if args.verify {
         let report: serde_json::Value =
@@ -225,7 +226,7 @@ pub fn run_history(args: HistoryArgs) -> anyhow::Result<()> {
         args.limit,
         app.clone().unwrap_or_default()
     );
-    if let Some(targets) = fleet_targets(load(&args.file).ok().as_ref())? {
+    if let Some(targets) = fleet_targets(loaded.as_ref())? {
         return fleet_history(&targets, &path, args.limit, args.json);
     }
     let records: Vec<HistoryRecord> =

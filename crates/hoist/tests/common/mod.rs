@@ -211,6 +211,53 @@ pub fn proxy_pid(root: &Path) -> std::io::Result<i32> {
         .ok_or_else(|| std::io::Error::other(line.clone()))
 }
 
+/// The app file the fleet suites deploy, written to `dir` with its files: the test app's
+/// web service and a singleton worker (role `worker`). `VERSION` holds `version`, so each
+/// version is its own release; `big.bin` is the same in every version, so a redeploy
+/// must not send it again. `tail` follows `[deploy.rollout]`'s own lines: the rollout
+/// keys, then `[ssh]` and `[[hosts]]`.
+pub fn fleet_project(dir: &Path, version: &str, extra_env: &str, tail: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("VERSION"), version).unwrap();
+    std::fs::write(dir.join("big.bin"), vec![7u8; 256 * 1024]).unwrap();
+    let toml = format!(
+        r#"app = "demo"
+
+[build]
+include = ["VERSION", "big.bin"]
+
+[env]
+{extra_env}
+
+[check]
+command = "{app} check"
+
+[services.web]
+command = "{app} serve"
+replicas = 1
+stop_timeout = "5s"
+http = {{ domains = ["*"], health = {{ path = "/health", interval = "100ms", healthy_threshold = 2, min_healthy = "100ms" }}, drain_timeout = "1s" }}
+
+[services.worker]
+command = "{app} worker"
+singleton = true
+roles = ["worker"]
+stop_timeout = "5s"
+
+[deploy]
+health_deadline = "5s"
+standby = "10m"
+
+[deploy.rollout]
+{tail}
+"#,
+        app = testapp_bin().display()
+    );
+    let file = dir.join("hoist.toml");
+    std::fs::write(&file, toml).unwrap();
+    file
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
