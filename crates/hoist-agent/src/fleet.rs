@@ -34,14 +34,18 @@ pub(crate) async fn route(
 ) -> Option<Response<Body>> {
     Some(match (method, parts) {
         (&Method::GET, ["v1", "leases"]) => list(agent),
-        (&Method::POST, ["v1", "leases", app]) => match json::<LeaseRequest>(body).await {
-            Ok(r) => acquire(agent, app, r),
-            Err(resp) => resp,
-        },
-        (&Method::POST, ["v1", "leases", app, "renew"]) => match json::<RenewRequest>(body).await {
-            Ok(r) => renew(agent, app, r),
-            Err(resp) => resp,
-        },
+        (&Method::POST, ["v1", "leases", app]) => {
+            match crate::server::read_json::<LeaseRequest>(body).await {
+                Ok(r) => acquire(agent, app, r),
+                Err(resp) => resp,
+            }
+        }
+        (&Method::POST, ["v1", "leases", app, "renew"]) => {
+            match crate::server::read_json::<RenewRequest>(body).await {
+                Ok(r) => renew(agent, app, r),
+                Err(resp) => resp,
+            }
+        }
         (&Method::DELETE, ["v1", "leases", app]) => release(agent, app, param(query, "token")),
         (&Method::POST, ["v1", "releases", "offer"]) => {
             offer(agent, param(query, "kind").as_deref() == Some("full"), body).await
@@ -342,19 +346,6 @@ async fn blobs(agent: &Arc<Agent>, body: Incoming) -> Response<Body> {
         ),
         Err(e) => internal(e),
     }
-}
-
-async fn json<T: serde::de::DeserializeOwned>(body: Incoming) -> Result<T, Response<Body>> {
-    let bytes = http::read_body(body, 64 * 1024)
-        .await
-        .map_err(|e| http::error(StatusCode::BAD_REQUEST, e, None))?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        http::error(
-            StatusCode::BAD_REQUEST,
-            format!("the request is not valid: {e}"),
-            None,
-        )
-    })
 }
 
 /// One `key=value` of a query string (values here are plain tokens, never encoded).

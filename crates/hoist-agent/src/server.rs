@@ -222,7 +222,9 @@ fn status(agent: &Agent) -> Response<Body> {
     )
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(body: Incoming) -> Result<T, Response<Body>> {
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    body: Incoming,
+) -> Result<T, Response<Body>> {
     let bytes = http::read_body(body, MAX_JSON_BODY)
         .await
         .map_err(|e| http::error(StatusCode::BAD_REQUEST, e, None))?;
