@@ -8,7 +8,8 @@
 //! instances and the proxy outlive it and are re-adopted by identity.
 
 mod backup;
-pub mod client;
+/// The agent client now lives in `hoist-client`; re-exported for code that reached it here.
+pub use hoist_client as client;
 mod deploy;
 mod fleet;
 mod health;

@@ -19,8 +19,8 @@ use hyper::Method;
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 
-use hoist_agent::client::{Client, ClientError};
 use hoist_artifact::{transfer, Limits, Manifest};
+use hoist_client::{Client, ClientError};
 use hoist_core::spec::{AppSpec, OnFailure};
 use hoist_protocol::agent::{DeployRequest, Hello, Outcome, Progress, RollbackRequest, Status};
 use hoist_protocol::fleet::{BlobsStored, Lease, LeaseRequest, Offer, RenewRequest};

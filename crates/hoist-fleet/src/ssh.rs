@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
-use hoist_agent::client::{Client, ClientError};
+use hoist_client::{Client, ClientError};
 use hoist_core::spec::{HostSpec, SshSpec};
 use tokio::io::AsyncWriteExt;
 

@@ -357,7 +357,7 @@ fn host_keys_are_never_taken_on_trust_outside_setup_and_agents_never_forwarded()
 /// that fails with its stderr kept. No ssh and no root needed.
 #[test]
 fn the_agent_api_runs_over_a_bridging_command() {
-    use hoist_agent::client::{Client, ClientError};
+    use hoist_client::{Client, ClientError};
     use hoist_protocol::agent::Uploaded;
 
     let mut host = common::Host::new();

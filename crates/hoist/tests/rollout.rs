@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{text, Host};
-use hoist_agent::client::Client;
+use hoist_client::Client;
 use hoist_core::spec::AppSpec;
 use hoist_fleet::rollout::{Event, Fleet, HostState, Report, Target};
 use hoist_protocol::fleet::{Lease, LeaseRequest};

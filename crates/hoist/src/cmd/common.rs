@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use hoist_agent::client::{Client, ClientError};
+use hoist_client::{Client, ClientError};
 
 use crate::exit::{with_exit, with_hint, Exit};
 

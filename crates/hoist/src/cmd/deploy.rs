@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use hyper::Method;
 
-use hoist_agent::client::Client;
+use hoist_client::Client;
 use hoist_protocol::agent::{
     Changes, DeployRequest, Hello, Outcome, Plan, PlanRequest, Progress, RollbackRequest, Uploaded,
 };

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hyper::Method;
 
-use hoist_agent::client::Client;
+use hoist_client::Client;
 use hoist_config::LoadedConfig;
 use hoist_core::spec::AppSpec;
 use hoist_fleet::rollout::{Event, Fleet, HostState, Report, Target};
@@ -336,7 +336,7 @@ pub fn run_lock(args: LockArgs) -> anyhow::Result<()> {
                     .await
                 {
                     Ok(l) => Ok(Some(l)),
-                    Err(hoist_agent::client::ClientError::Api(_, s))
+                    Err(hoist_client::ClientError::Api(_, s))
                         if s == hyper::StatusCode::NOT_FOUND =>
                     {
                         Ok(None)

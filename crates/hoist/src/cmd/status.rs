@@ -178,8 +178,8 @@ async fn each_host<T, F, Fut>(
     ask: F,
 ) -> Vec<(String, Result<T, String>)>
 where
-    F: Fn(hoist_agent::client::Client) -> Fut,
-    Fut: std::future::Future<Output = Result<T, hoist_agent::client::ClientError>>,
+    F: Fn(hoist_client::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, hoist_client::ClientError>>,
 {
     let asks = targets.iter().map(|t| {
         let fut = ask(t.client.clone());

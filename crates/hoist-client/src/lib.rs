@@ -1,8 +1,12 @@
-//! The CLI's side of the agent API: one HTTP/1.1 connection per request, either over the
-//! agent's Unix socket or over the stdin/stdout of a command that bridges to it (`ssh HOST
-//! hoist agent connect`). Errors say whether the agent is absent, refused, answered an
-//! error, or the bridging command failed (with its stderr, for the fleet layer to classify).
-//! It knows nothing of ssh itself: the command and its arguments come from the caller.
+//! The agent API's client, used by the CLI and the fleet: HTTP/1.1 either over the
+//! agent's Unix socket (a new connection per request: connecting is a syscall) or over
+//! the stdin/stdout of a command that bridges to it (`ssh HOST hoist agent connect`),
+//! whose connections are kept and reused (a few idle ones per client), since spawning the
+//! command costs far more than a request. Errors say whether the agent is absent,
+//! refused, does not answer, answered an error, or the bridging command failed (with its
+//! stderr, for the fleet layer to classify). It knows nothing of ssh itself: the command
+//! and its arguments come from the caller. It depends on the wire types only, never on
+//! the agent, so the CLI reaches the agent without linking it.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
