@@ -35,6 +35,18 @@ pub enum ClientError {
     },
     #[error("permission denied on the agent's socket `{socket}`")]
     Forbidden { socket: PathBuf },
+    /// Connected, but the agent said nothing and did not answer a hello either within
+    /// the timeout: frozen (stopped, stuck), not merely busy.
+    #[error("the agent does not answer{}", not_answering(.pid, .state, .waited))]
+    NoAnswer {
+        /// Where: the socket path or `ssh HOST`.
+        agent: String,
+        /// The agent's pid and its state letter from /proc (`T`: stopped), when the agent
+        /// is on this machine.
+        pid: Option<i32>,
+        state: Option<char>,
+        waited: Duration,
+    },
     #[error("{}", .0.error)]
     Api(ApiError, StatusCode),
     #[error("the agent's answer could not be read: {0}")]
@@ -55,6 +67,23 @@ pub enum ClientError {
     },
 }
 
+fn not_answering(pid: &Option<i32>, state: &Option<char>, waited: &Duration) -> String {
+    let within = format!("within {}s", waited.as_secs_f64());
+    match (pid, state) {
+        (Some(pid), Some(state)) => format!(
+            " (pid {pid}, state {state}{}) {within}",
+            match state {
+                'T' | 't' => ": stopped",
+                'D' => ": waiting on the disk",
+                'Z' => ": dead, not yet reaped",
+                _ => "",
+            }
+        ),
+        (Some(pid), None) => format!(" (pid {pid}) {within}"),
+        _ => format!(" {within}"),
+    }
+}
+
 /// `: <the last non-empty line>` of a command's stderr, for the one-line message.
 fn last_line(stderr: &str) -> String {
     stderr
@@ -73,6 +102,10 @@ impl ClientError {
             }
             ClientError::Forbidden { .. } => Some("the agent belongs to another user: run this as that user"),
             ClientError::Api(e, _) => e.hint.as_deref(),
+            ClientError::NoAnswer { state: Some('T' | 't'), .. } => {
+                Some("it was stopped (SIGSTOP or a debugger): resume it with `kill -CONT PID`, or restart it")
+            }
+            ClientError::NoAnswer { .. } => Some("check the agent's log; restart it if it stays silent"),
             _ => None,
         }
     }
@@ -118,6 +151,19 @@ const STDERR_LINES: usize = 20;
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 
 type ReqBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// How long the agent may stay silent (no answer, no line of a stream, no progress of a
+/// body) before it is asked for a hello on another connection; and how long that hello
+/// may take. A busy agent answers the hello and the wait goes on (a deploy's bake or a
+/// restart may take minutes); a frozen one does not, and the request fails. Idle-based,
+/// never a total: `logs -f` may run for days. `HOIST_CLIENT_TIMEOUT_MS` sets it (tests).
+fn silence() -> Duration {
+    std::env::var("HOIST_CLIENT_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(10))
+}
 
 impl Client {
     pub fn new(socket: &Path) -> Client {
@@ -179,14 +225,7 @@ impl Client {
             .header("content-type", "application/json")
             .body(body)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let resp = match &self.transport {
-            Transport::Unix(socket) => send_unix(socket, req).await?,
-            Transport::Command {
-                program,
-                args,
-                idle,
-            } => send_command(program, args, idle, req).await?,
-        };
+        let resp = self.watched(self.send_raw(req)).await?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -202,6 +241,69 @@ impl Client {
                 hint: None,
             });
         Err(ClientError::Api(err, status))
+    }
+
+    async fn send_raw(&self, req: Req) -> Result<Resp, ClientError> {
+        match &self.transport {
+            Transport::Unix(socket) => send_unix(socket, req).await,
+            Transport::Command {
+                program,
+                args,
+                idle,
+            } => send_command(program, args, idle, req).await,
+        }
+    }
+
+    /// Runs `fut` (a request, a body, the next line of a stream) for as long as the agent
+    /// is alive: whenever it has been silent for [`silence`], a hello on another
+    /// connection must be answered within the same time, else [`ClientError::NoAnswer`].
+    async fn watched<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        let wait = silence();
+        tokio::pin!(fut);
+        loop {
+            match tokio::time::timeout(wait, &mut fut).await {
+                Ok(r) => return r,
+                Err(_) => self.probe(wait).await?,
+            }
+        }
+    }
+
+    /// `GET /v1/hello` within `wait`: Ok when the agent answers.
+    async fn probe(&self, wait: Duration) -> Result<(), ClientError> {
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri("http://agent/v1/hello")
+            .header("host", "agent")
+            .body(Self::empty())
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut pid = None;
+        let hello = async {
+            match &self.transport {
+                Transport::Unix(socket) => {
+                    let stream = connect_unix(socket).await?;
+                    // Known as soon as connected, even if the agent never accepts.
+                    pid = stream.peer_cred().ok().and_then(|c| c.pid());
+                    send_on(stream, req).await
+                }
+                Transport::Command { .. } => self.send_raw(req).await,
+            }
+        };
+        match tokio::time::timeout(wait, hello).await {
+            Ok(Ok(resp)) => {
+                let _ = resp.into_body().collect().await;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ClientError::NoAnswer {
+                agent: self.describe(),
+                pid,
+                state: pid.and_then(proc_state),
+                waited: wait * 2,
+            }),
+        }
     }
 
     fn json_body<B: Serialize>(body: &B) -> ReqBody {
@@ -225,7 +327,8 @@ impl Client {
         body: Option<&B>,
     ) -> Result<T, ClientError> {
         let body = body.map_or_else(Self::empty, Self::json_body);
-        read_json(self.send(method, path, body).await?).await
+        let resp = self.send(method, path, body).await?;
+        self.watched(read_json(resp)).await
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -244,7 +347,7 @@ impl Client {
         let body = body.map_or_else(Self::empty, Self::json_body);
         let mut resp = self.send(method, path, body).await?.into_body();
         let mut buf: Vec<u8> = Vec::new();
-        while let Some(frame) = resp.frame().await {
+        while let Some(frame) = self.watched(async { Ok(resp.frame().await) }).await? {
             let frame = frame.map_err(|e| ClientError::Protocol(e.to_string()))?;
             let Ok(data) = frame.into_data() else {
                 continue;
@@ -279,15 +382,27 @@ impl Client {
             })?;
         let stream = tokio_util_like::chunks(f);
         let body = http_body_util::StreamBody::new(stream).boxed();
-        read_json(self.send(Method::POST, path, body).await?).await
+        let resp = self.send(Method::POST, path, body).await?;
+        self.watched(read_json(resp)).await
     }
 }
 
 type Resp = hyper::Response<hyper::body::Incoming>;
 type Req = Request<ReqBody>;
 
+/// The state letter of a process (`R`, `S`, `D`, `T`, `Z`, …) from `/proc/PID/stat`.
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: the state follows the last `)`.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
 async fn send_unix(socket: &Path, req: Req) -> Result<Resp, ClientError> {
-    let stream = tokio::net::UnixStream::connect(socket)
+    send_on(connect_unix(socket).await?, req).await
+}
+
+async fn connect_unix(socket: &Path) -> Result<tokio::net::UnixStream, ClientError> {
+    tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|source| {
             if source.kind() == std::io::ErrorKind::PermissionDenied {
@@ -300,7 +415,10 @@ async fn send_unix(socket: &Path, req: Req) -> Result<Resp, ClientError> {
                     source,
                 }
             }
-        })?;
+        })
+}
+
+async fn send_on(stream: tokio::net::UnixStream, req: Req) -> Result<Resp, ClientError> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -577,6 +695,35 @@ mod tests {
         assert!(
             matches!(err, ClientError::Command { status: None, .. }),
             "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_silent_agent_is_named_with_its_pid_and_state() {
+        // A listener that never accepts: connections wait in its backlog, as they do on
+        // a stopped agent's socket.
+        let dir = std::env::temp_dir().join(format!("hoist-client-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("a.sock");
+        let _ = std::fs::remove_file(&socket);
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        std::env::set_var("HOIST_CLIENT_TIMEOUT_MS", "200");
+        let err = Client::new(&socket)
+            .get::<serde_json::Value>("/v1/status")
+            .await
+            .unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
+        let ClientError::NoAnswer { pid, state, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(*pid, Some(std::process::id() as i32));
+        assert!(state.is_some(), "{err}");
+        assert!(
+            err.to_string().starts_with(&format!(
+                "the agent does not answer (pid {}",
+                std::process::id()
+            )),
+            "{err}"
         );
     }
 

@@ -2,6 +2,8 @@
 //! fresh host for hoist ([`setup`]). It never opens a port of its own on a host and never
 //! weakens OpenSSH's host-key checking; deploy logic lives elsewhere and builds on these.
 
+pub mod hosts;
+pub mod local;
 pub mod rollout;
 pub mod setup;
 pub mod ssh;

@@ -180,6 +180,9 @@ pub enum FleetError {
     WrongApp { found: String, expected: String },
     #[error("cannot read the artifact `{path}`: {message}")]
     Artifact { path: PathBuf, message: String },
+    /// The artifact is not a valid one: nothing was sent anywhere.
+    #[error("artifact refused: `{path}`: {message}")]
+    Refused { path: PathBuf, message: String },
 }
 
 /// Shared by every operation: who acts and how progress is reported.
@@ -693,7 +696,7 @@ fn order(spec: &AppSpec, mut reports: Vec<HostReport>) -> Vec<HostReport> {
 }
 
 fn read_manifest(artifact: &Path) -> Result<Manifest, FleetError> {
-    hoist_artifact::read_manifest(artifact, &Limits::default()).map_err(|e| FleetError::Artifact {
+    hoist_artifact::read_manifest(artifact, &Limits::default()).map_err(|e| FleetError::Refused {
         path: artifact.to_path_buf(),
         message: e.to_string(),
     })

@@ -370,15 +370,85 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .mode(0o700)
         .create(dir)
     {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
     }
+    check_private(dir)
 }
 
-/// A short private directory for master sockets, unique to this process.
-pub fn default_control_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("hoist-ssh-{}", std::process::id()))
+/// Refuses a directory another user could use to plant or watch a socket: it must be a
+/// real directory (not a symlink), owned by this user, with no access for anyone else.
+pub fn check_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir)?;
+    let refuse = |why: String| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("the ssh control directory `{}` {why}", dir.display()),
+        ))
+    };
+    if !meta.file_type().is_dir() {
+        return refuse("is not a directory".into());
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return refuse(format!("belongs to uid {}, not {me}", meta.uid()));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return refuse(format!("has mode {:o}, not 700", meta.mode() & 0o777));
+    }
+    Ok(())
+}
+
+/// The directory of ssh's master sockets: private to this user (0700, owned by them,
+/// checked every time) under a name nobody can guess, and shared by the user's commands,
+/// so that a master persists between them (`ControlPersist`): `hoist plan` then `hoist
+/// deploy` pay the handshakes once. `HOIST_SSH_CONTROL_DIR` names one (made when missing);
+/// else its path is remembered in `$XDG_RUNTIME_DIR/hoist/ssh-control` (or
+/// `~/.cache/hoist/ssh-control`), and a new one is made in the temp dir whenever that
+/// names none, or one that fails the checks. `None` for the pointer: a directory for
+/// this command alone.
+pub fn control_dir() -> std::io::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("HOIST_SSH_CONTROL_DIR") {
+        let dir = PathBuf::from(dir);
+        create_private_dir(&dir)?;
+        return Ok(dir);
+    }
+    let pointer = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(|d| PathBuf::from(d).join("hoist"))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hoist")))
+        .map(|d| d.join("ssh-control"));
+    control_dir_in(pointer.as_deref(), &std::env::temp_dir())
+}
+
+/// [`control_dir`] with its pointer file and temp dir given.
+pub fn control_dir_in(pointer: Option<&Path>, tmp: &Path) -> std::io::Result<PathBuf> {
+    if let Some(p) = pointer {
+        if let Ok(text) = std::fs::read_to_string(p) {
+            let dir = PathBuf::from(text.trim_end());
+            if dir.is_absolute() && check_private(&dir).is_ok() {
+                return Ok(dir);
+            }
+        }
+    }
+    // 0700 with a random name, made atomically (mkdtemp): nothing can be there before it.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("hoist-ssh-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(tmp)?
+        .keep();
+    check_private(&dir)?;
+    if let Some(p) = pointer {
+        if let Some(parent) = p.parent() {
+            create_private_dir(parent)?;
+        }
+        let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, dir.as_os_str().as_encoded_bytes())?;
+        std::fs::rename(&tmp, p)?;
+    }
+    Ok(dir)
 }
 
 /// Ends every master whose socket is in `control_dir` and removes the directory, so a
@@ -436,7 +506,7 @@ mod tests {
             &host("deploy@10.0.0.5"),
             &ssh,
             Path::new("/app"),
-            dir.path(),
+            &dir.path().join("ctl"),
             HostKeys::Strict,
         )
         .unwrap();
@@ -458,7 +528,7 @@ mod tests {
         ] {
             assert!(joined.contains(want), "{want} missing from {joined}");
         }
-        assert!(joined.contains(&format!("ControlPath={}/%C", dir.path().display())));
+        assert!(joined.contains(&format!("ControlPath={}/ctl/%C", dir.path().display())));
         assert!(!joined.contains("/dev/null") && !joined.contains("=no -o Strict"));
         assert!(!joined.contains("StrictHostKeyChecking=no"));
         assert_eq!(
@@ -479,7 +549,7 @@ mod tests {
             &host("h:2222"),
             &ssh,
             Path::new("/"),
-            dir.path(),
+            &dir.path().join("ctl"),
             HostKeys::AcceptNew,
         )
         .unwrap();
@@ -526,6 +596,40 @@ mod tests {
             classify("h", "cat: /x: No such file or directory"),
             SshError::Remote { .. }
         ));
+    }
+
+    #[test]
+    fn the_control_dir_is_private_unguessable_and_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let home = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let pointer = home.path().join("state/ssh-control");
+        let first = control_dir_in(Some(&pointer), tmp.path()).unwrap();
+        let mode = std::fs::metadata(&first).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let name = first.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("hoist-ssh-") && name.len() > "hoist-ssh-".len() + 4);
+        // The next command finds the same one, so its masters are reused.
+        assert_eq!(control_dir_in(Some(&pointer), tmp.path()).unwrap(), first);
+        // Opened up to others: never used again; a new private one replaces it.
+        std::fs::set_permissions(&first, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let second = control_dir_in(Some(&pointer), tmp.path()).unwrap();
+        assert_ne!(second, first);
+        // A symlink planted in its place, or a directory of another user: refused too.
+        std::fs::remove_dir(&second).unwrap();
+        std::os::unix::fs::symlink(tmp.path(), &second).unwrap();
+        assert!(check_private(&second).is_err());
+        assert_ne!(control_dir_in(Some(&pointer), tmp.path()).unwrap(), second);
+        if nix::unistd::geteuid().is_root() {
+            let theirs = tmp.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            let err = check_private(&theirs).unwrap_err();
+            assert!(err.to_string().contains("belongs to uid 65534"), "{err}");
+            std::fs::write(&pointer, theirs.as_os_str().as_encoded_bytes()).unwrap();
+            assert_ne!(control_dir_in(Some(&pointer), tmp.path()).unwrap(), theirs);
+        }
     }
 
     #[test]

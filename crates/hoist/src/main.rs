@@ -118,6 +118,6 @@ fn main() -> ExitCode {
         Command::Secrets(command) => cmd::secrets::run(command),
         Command::Shim(args) => cmd::shim::run(args),
     };
-    hoist_fleet::ssh::close_masters(&hoist_fleet::ssh::default_control_dir());
+    // ssh masters stay up for a minute (ControlPersist), for the next command.
     exit::report(result)
 }

@@ -367,8 +367,9 @@ fn a_second_deploy_of_the_same_app_is_refused_naming_the_holder() {
     let out = host.deploy(&host.project("v2", "", ""));
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
+    // One host takes the same road as a fleet: the second deploy is refused at the lease.
     assert!(
-        err.contains("a deploy of `demo` is already running: held by"),
+        err.contains("the deploy lease of `demo` is held by"),
         "{err}"
     );
     assert!(first.wait().unwrap().success());
@@ -586,4 +587,96 @@ fn a_release_that_fails_during_the_bake_is_switched_back() {
     assert_eq!(host.serving().as_deref(), Some(r1.as_str()));
     let (ok, _failed, _) = load.finish();
     assert!(ok > 0);
+}
+
+/// A single host is a fleet of one: deploying the release it already runs is `unchanged`,
+/// exit 0, nothing touched (no new instance, no history record), as on a fleet.
+#[test]
+fn redeploying_the_current_release_is_unchanged_and_touches_nothing() {
+    let host = Host::new();
+    let v1 = host.project("v1", "", "");
+    let out = host.deploy(&v1);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r1 = release_of(&out);
+    let pids = host.pids();
+    let out = host.deploy(&v1);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "release `{r1}` is already current; nothing was touched"
+        )),
+        "{err}"
+    );
+    assert_eq!(host.pids(), pids);
+    let cfg = v1.join("hoist.toml");
+    let out = host.hoist(&["history", "--json", "-c", cfg.to_str().unwrap()]);
+    let hist: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hist.len(), 1, "{hist:?}");
+    // `events` takes `-c` like every command.
+    let out = host.hoist(&["events", "--json", "-c", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("deploy"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+/// An agent frozen with SIGSTOP: the CLI does not hang; it names the agent's pid and
+/// state. A short silence (HOIST_CLIENT_TIMEOUT_MS) keeps the test quick.
+#[test]
+fn a_frozen_agent_is_named_not_waited_for() {
+    let host = Host::new();
+    let v1 = host.project("v1", "", "");
+    assert!(host.deploy(&v1).status.success());
+    let pid = host.agent.as_ref().unwrap().pid() as i32;
+    let agent = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let run = |args: &[&str]| {
+        let mut guard = hoist_testkit::ChildGuard::spawn(
+            std::process::Command::new(hoist_testkit::hoist_bin())
+                .args(args)
+                .env("HOIST_SOCKET", &host.socket)
+                .env("HOIST_CLIENT_TIMEOUT_MS", "500")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped()),
+        )
+        .unwrap();
+        let mut status = None;
+        let waited = wait_until(Duration::from_secs(60), || {
+            status = guard.child.try_wait().unwrap();
+            status.is_some()
+        });
+        let mut err = String::new();
+        if waited.is_ok() {
+            use std::io::Read;
+            guard
+                .child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+        }
+        (waited, status, err)
+    };
+    let cfg = v1.join("hoist.toml");
+    let status = run(&["status"]);
+    let deploy = run(&["deploy", "-c", cfg.to_str().unwrap()]);
+    nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGCONT).unwrap();
+    for (what, (waited, code, err)) in [("status", status), ("deploy", deploy)] {
+        waited.unwrap_or_else(|e| panic!("`hoist {what}` hangs on a stopped agent: {e}"));
+        assert_eq!(code.unwrap().code(), Some(1), "{what}: {err}");
+        assert!(
+            err.contains(&format!(
+                "the agent does not answer (pid {pid}, state T: stopped)"
+            )),
+            "{what}: {err}"
+        );
+        assert!(err.contains("kill -CONT"), "{what}: {err}");
+    }
+    // Resumed, it answers again.
+    assert!(host.hoist(&["status"]).status.success());
 }

@@ -1,11 +1,141 @@
-//! What several commands share: where the agent lives, a runtime for async calls, and
-//! turning the agent client's errors into messages with hints.
+//! What several commands share: where the agent lives, which hosts a command reaches
+//! (`--host`), a runtime for async calls, turning the agent client's errors into
+//! messages with hints, and rendering one answer per host.
 
 use std::path::PathBuf;
 
 use hoist_client::{Client, ClientError};
+use hoist_config::LoadedConfig;
+use hoist_fleet::hosts::Answer;
+use hoist_fleet::rollout::Target;
+use hoist_fleet::HostKeys;
 
-use crate::exit::{with_exit, with_hint, Exit};
+use crate::exit::{with_exit, with_hint, Exit, Reported};
+use crate::output;
+
+/// `--host NAME`: the hosts of the app file a command reaches.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct HostArgs {
+    /// Only these hosts of the app file (repeat it, or a comma list) [default: every host]
+    #[arg(long = "host", value_name = "NAME", value_delimiter = ',')]
+    pub hosts: Vec<String>,
+}
+
+/// Whether the app file describes a fleet reached over SSH (output then names hosts).
+pub fn is_fleet(loaded: Option<&LoadedConfig>) -> bool {
+    loaded.is_some_and(|l| hoist_fleet::hosts::is_fleet(&l.spec))
+}
+
+/// The private directory of this user's ssh master sockets.
+pub fn control_dir() -> anyhow::Result<PathBuf> {
+    hoist_fleet::ssh::control_dir().map_err(|e| {
+        with_hint(
+            anyhow::anyhow!("no private directory for ssh's connections: {e}"),
+            "set HOIST_SSH_CONTROL_DIR to a directory of yours with mode 0700",
+        )
+    })
+}
+
+/// Every host of the app file: this machine's agent alone without one, or without ssh hosts.
+pub fn all_targets(loaded: Option<&LoadedConfig>, keys: HostKeys) -> anyhow::Result<Vec<Target>> {
+    let Some(loaded) = loaded else {
+        return Ok(vec![Target {
+            name: hoist_core::spec::defaults::LOCAL_HOST.into(),
+            client: client(),
+            remote: None,
+        }]);
+    };
+    let control = if hoist_fleet::hosts::is_fleet(&loaded.spec) {
+        control_dir()?
+    } else {
+        PathBuf::new()
+    };
+    hoist_fleet::hosts::targets(
+        &loaded.spec,
+        loaded.project_dir(),
+        &client(),
+        keys,
+        &control,
+    )
+    .map_err(|e| {
+        let hint = e.hint();
+        let err = with_exit(Exit::Usage, anyhow::Error::new(e));
+        match hint {
+            Some(h) => with_hint(err, h),
+            None => err,
+        }
+    })
+}
+
+/// The hosts picked with `--host` (every host when none is named).
+pub fn targets(loaded: Option<&LoadedConfig>, hosts: &HostArgs) -> anyhow::Result<Vec<Target>> {
+    if !hosts.hosts.is_empty() && loaded.is_none() {
+        return Err(with_exit(
+            Exit::Usage,
+            anyhow::anyhow!("--host needs an app file that names its hosts"),
+        ));
+    }
+    hoist_fleet::hosts::pick(all_targets(loaded, HostKeys::Strict)?, &hosts.hosts).map_err(|e| {
+        with_hint(
+            with_exit(Exit::Usage, anyhow::Error::new(e)),
+            "`hoist config` lists the hosts",
+        )
+    })
+}
+
+/// The end of a command that asked several hosts: exit 0 when all answered, 1 when none
+/// did, 3 when some did (design §5). One host (an app file without ssh hosts) fails with
+/// the agent's own error, hint and exit code.
+pub fn finish<T>(answers: Vec<Answer<T>>, fleet: bool) -> anyhow::Result<()> {
+    if !fleet && answers.len() == 1 {
+        return match answers.into_iter().next().map(|a| a.result) {
+            Some(Err(e)) => Err(agent_error(e.source)),
+            _ => Ok(()),
+        };
+    }
+    for a in &answers {
+        if let Err(e) = &a.result {
+            output::error(&format!("`{}`: {e}", a.host));
+        }
+    }
+    match hoist_fleet::hosts::exit_code(&answers) {
+        0 => Ok(()),
+        1 => Err(Reported(Exit::Failed).into()),
+        _ => Err(Reported(Exit::Partial).into()),
+    }
+}
+
+/// `` on `h1` `` after a host's line on a fleet, nothing for one host.
+pub fn on_host(host: &str, fleet: bool) -> String {
+    if fleet {
+        format!(" on `{host}`")
+    } else {
+        String::new()
+    }
+}
+
+/// A JSON value with its host added (objects), or wrapped as `{"host", "value"}`.
+pub fn tagged(host: &str, value: impl serde::Serialize) -> serde_json::Value {
+    let mut v = serde_json::to_value(value).unwrap_or_default();
+    match v.as_object_mut() {
+        Some(o) => {
+            o.insert("host".into(), serde_json::Value::from(host));
+            v
+        }
+        None => serde_json::json!({"host": host, "value": v}),
+    }
+}
+
+/// Host-tagged JSON documents of every answer: its value, or its error.
+pub fn json_answers<T: serde::Serialize>(answers: &[Answer<T>]) -> Vec<serde_json::Value> {
+    answers
+        .iter()
+        .map(|a| match &a.result {
+            Ok(v) => tagged(&a.host, v),
+            Err(e) => serde_json::json!({"host": a.host, "error": e.message}),
+        })
+        .collect()
+}
 
 /// The agent's root when none is given: system-wide for root, per-user otherwise.
 pub fn default_root() -> PathBuf {
@@ -52,6 +182,14 @@ pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
 
 /// The agent client's error as the user should see it.
 pub fn agent_error(err: ClientError) -> anyhow::Error {
+    let err = match err {
+        // The agent's pid and state are in the message; say which agent.
+        ClientError::NoAnswer { ref agent, .. } => {
+            let hint = err.hint().unwrap_or_default().to_string();
+            return with_hint(anyhow::anyhow!("{err} (on `{agent}`)"), hint);
+        }
+        other => other,
+    };
     match (&err, err.hint().map(str::to_string)) {
         // A request the agent could not understand is a usage error; a refusal (a lock
         // held, a release missing) is a failed operation that changed nothing.

@@ -1,5 +1,8 @@
-//! `hoist deploy` and `hoist rollback`: build (or take) the artifact, upload it to the
-//! agent, ask for the activation and render its progress stream. A local deploy with no
+//! `hoist deploy`, `hoist rollback` and `hoist plan`: one road for one host and many. The
+//! app file's hosts (this machine's agent for `local`, the others over SSH) are driven by
+//! `hoist-fleet`'s rollout: reach, lease, upload by content, batches, the report. This
+//! file builds (or takes) the artifact and renders: a fleet as one line per host and a
+//! summary table, a single host as its steps and one closing line. A local deploy with no
 //! agent answering starts one in the background (the quickstart).
 
 use std::path::PathBuf;
@@ -8,15 +11,19 @@ use std::time::Duration;
 use anyhow::Context;
 use hyper::Method;
 
-use hoist_client::Client;
-use hoist_protocol::agent::{
-    Changes, DeployRequest, Hello, Outcome, Plan, PlanRequest, Progress, RollbackRequest, Uploaded,
-};
+use hoist_config::LoadedConfig;
+use hoist_fleet::hosts::each;
+use hoist_fleet::rollout::{Event, Fleet, FleetError, HostState, Report};
+use hoist_protocol::agent::{Changes, Outcome, Plan, PlanRequest, Progress};
 
 use super::common;
 use super::config::{load, ConfigArgs};
 use crate::exit::{with_exit, with_hint, Exit, Reported};
 use crate::output;
+
+/// How long a deploy lease lives without a heartbeat; `HOIST_LEASE_TTL_MS` shortens it
+/// (tests of a killed deploy).
+const LEASE_TTL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, clap::Args)]
 pub struct DeployArgs {
@@ -48,129 +55,71 @@ pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
         return run_plan(args);
     }
     let loaded = load(&args.file)?;
-    if super::fleet::is_fleet(&loaded.spec) {
-        let artifact = artifact_of(&args)?;
-        return super::fleet::deploy(&loaded, &artifact, common::actor(), args.json);
-    }
-    let host = local_host(&loaded.spec)?;
     let artifact = artifact_of(&args)?;
-    common::block_on(async {
-        let client = ensure_agent().await?;
-        output::status("Uploading", &format!("`{}`", artifact.display()));
-        let up: Uploaded = client
-            .upload("/v1/releases", &artifact)
-            .await
-            .map_err(common::agent_error)?;
-        if up.app != loaded.spec.app {
-            return Err(with_exit(
-                Exit::Usage,
-                anyhow::anyhow!(
-                    "the artifact is of app `{}`, the app file of `{}`",
-                    up.app,
-                    loaded.spec.app
-                ),
-            ));
-        }
-        let req = DeployRequest {
-            spec: loaded.spec.clone(),
-            release: up.release.clone(),
-            host,
-            actor: common::actor(),
-            lease: None,
-        };
-        output::status(
-            "Deploying",
-            &format!("`{}` release `{}`", up.app, up.release),
-        );
-        let outcome = stream(&client, "/v1/deploy", &req, args.json).await?;
-        finish(outcome, args.json)
+    let spec = loaded.spec.clone();
+    drive(&loaded, args.json, true, |fleet| async move {
+        fleet.deploy(&spec, &artifact).await
     })
 }
 
 pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<()> {
     let loaded = load(&args.file)?;
-    if super::fleet::is_fleet(&loaded.spec) {
-        return super::fleet::rollback(&loaded, args.release.clone(), common::actor(), args.json);
-    }
-    let host = local_host(&loaded.spec)?;
-    let client = common::client();
-    let req = RollbackRequest {
-        app: loaded.spec.app.clone(),
-        release: args.release.clone(),
-        host,
-        actor: common::actor(),
-        lease: None,
-    };
-    common::block_on(async {
-        output::status("Rolling back", &format!("`{}`", req.app));
-        let outcome = stream(&client, "/v1/rollback", &req, args.json).await?;
-        finish(outcome, args.json)
+    let spec = loaded.spec.clone();
+    let release = args.release.clone();
+    drive(&loaded, args.json, false, |fleet| async move {
+        fleet.rollback(&spec, release).await
     })
 }
 
 /// `hoist plan` (and `hoist deploy --plan`): the artifact's manifest and the app file
-/// are compared with what the host runs; nothing is uploaded or changed.
+/// are compared with what each host holds and runs; nothing is uploaded or changed.
 pub fn run_plan(args: DeployArgs) -> anyhow::Result<()> {
     let loaded = load(&args.file)?;
-    let fleet = super::fleet::is_fleet(&loaded.spec);
-    let targets = if fleet {
-        super::fleet::targets(&loaded, hoist_fleet::HostKeys::Strict)?
-    } else {
-        vec![hoist_fleet::rollout::Target {
-            name: local_host(&loaded.spec)?,
-            client: common::client(),
-            remote: None,
-        }]
-    };
+    let fleet = common::is_fleet(Some(&loaded));
+    if !fleet {
+        local_host(&loaded.spec)?;
+    }
+    let targets = common::targets(Some(&loaded), &common::HostArgs::default())?;
     let artifact = artifact_of(&args)?;
     let manifest = hoist_artifact::read_manifest(&artifact, &hoist_artifact::Limits::default())
         .with_context(|| format!("cannot read `{}`", artifact.display()))?;
     let manifest = String::from_utf8_lossy(&manifest.to_json()).into_owned();
     // Every host is asked at once; each plans against what it holds and runs.
-    let plans = common::block_on(futures_util::future::join_all(targets.iter().map(|t| {
+    let answers = common::block_on(each(&targets, |t| {
         let req = PlanRequest {
             spec: loaded.spec.clone(),
             manifest: manifest.clone(),
             host: t.name.clone(),
         };
+        let client = t.client.clone();
         async move {
-            let r = t
-                .client
+            client
                 .call::<_, Plan>(Method::POST, "/v1/plan", Some(&req))
-                .await;
-            (t, r)
+                .await
         }
-    })));
-    let mut failed = false;
-    let mut docs = Vec::new();
-    for (t, r) in plans {
-        let plan = match r {
-            Ok(p) => p,
-            Err(e) if !fleet => return Err(common::agent_error(e)),
-            Err(e) => {
-                failed = true;
-                let e = t.explain(&e);
-                output::error(&format!("`{}`: {e}", t.name));
-                docs.push(serde_json::json!({"host": t.name, "error": e}));
+    }));
+    let failed_checks = answers.iter().any(|a| {
+        a.result
+            .as_ref()
+            .is_ok_and(|p| p.checks.iter().any(|c| !c.ok))
+    });
+    if args.json && fleet {
+        output::json(&common::json_answers(&answers))?;
+    } else {
+        for a in &answers {
+            let Ok(plan) = &a.result else { continue };
+            if args.json {
+                output::json(plan)?;
                 continue;
             }
-        };
-        failed |= plan.checks.iter().any(|c| !c.ok);
-        if args.json && fleet {
-            docs.push(serde_json::json!({"host": t.name, "plan": plan}));
-        } else if args.json {
-            output::json(&plan)?;
-        } else {
             if fleet {
-                output::data(&format!("── host `{}`", t.name))?;
+                output::data(&format!("── host `{}`", a.host))?;
             }
-            render_plan(&plan)?;
+            render_plan(plan)?;
         }
     }
-    if args.json && fleet {
-        output::json(&docs)?;
-    }
-    if failed {
+    common::finish(answers, fleet)?;
+    if failed_checks {
         return Err(Reported(Exit::Failed).into());
     }
     Ok(())
@@ -236,146 +185,345 @@ fn local_host(spec: &hoist_core::spec::AppSpec) -> anyhow::Result<String> {
     ))
 }
 
-async fn stream<B: serde::Serialize>(
-    client: &Client,
-    path: &str,
-    body: &B,
-    json: bool,
-) -> anyhow::Result<Outcome> {
-    let mut outcome = None;
-    let mut failure_lines = Vec::new();
-    client
-        .stream::<_, Progress>(Method::POST, path, Some(body), |p| {
-            if json {
-                let _ = output::json(&p);
+fn lease_ttl() -> Duration {
+    std::env::var("HOIST_LEASE_TTL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(LEASE_TTL)
+}
+
+/// Runs a rollout (`work`) over the app file's hosts, rendering its events as they come
+/// and its report at the end. On one local host the agent is checked first (and, for a
+/// deploy, started when none answers), so its absence is told with the usual hint.
+fn drive<F, Fut>(loaded: &LoadedConfig, json: bool, may_start: bool, work: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Fleet) -> Fut,
+    Fut: std::future::Future<Output = Result<Report, FleetError>>,
+{
+    let fleet = common::is_fleet(Some(loaded));
+    if !fleet {
+        local_host(&loaded.spec)?;
+        // Started only where no socket was named: HOIST_SOCKET means "that agent".
+        let may_start = may_start && std::env::var_os("HOIST_SOCKET").is_none();
+        common::block_on(ensure_local(may_start))?;
+    }
+    let targets = common::targets(Some(loaded), &common::HostArgs::default())?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let rollout = Fleet {
+        targets,
+        actor: common::actor(),
+        events: tx,
+        lease_ttl: lease_ttl(),
+    };
+    let started = std::time::Instant::now();
+    let mut view = View {
+        fleet,
+        json,
+        started,
+        outcome: None,
+        failure_lines: Vec::new(),
+    };
+    let report = common::block_on(async {
+        let render = async {
+            while let Some(e) = rx.recv().await {
+                view.event(&e);
             }
-            match p {
+        };
+        let (report, ()) = tokio::join!(work(rollout), render);
+        report
+    });
+    let report = report.map_err(|e| {
+        let exit = match e {
+            FleetError::WrongApp { .. } => Exit::Usage,
+            _ => Exit::Failed,
+        };
+        with_exit(exit, anyhow::Error::new(e))
+    })?;
+    view.summary(&report)?;
+    match report.exit_code() {
+        0 => Ok(()),
+        1 => Err(Reported(Exit::Failed).into()),
+        _ => Err(Reported(Exit::Partial).into()),
+    }
+}
+
+/// This machine's agent, answering (or started, when `may_start`).
+async fn ensure_local(may_start: bool) -> anyhow::Result<()> {
+    let socket = common::default_socket();
+    let started = hoist_fleet::local::ensure(&socket, may_start, || {
+        let root = common::default_root();
+        std::fs::create_dir_all(&root)?;
+        Ok(hoist_fleet::local::LocalAgent {
+            exe: std::env::current_exe()?,
+            log: root.join("agent.log"),
+            root,
+            socket: socket.clone(),
+            proxy: hoist_fleet::local::default_proxy()?,
+        })
+    })
+    .await;
+    match started {
+        Ok((_, Some(agent))) => {
+            output::status(
+                "Started",
+                &format!(
+                    "a local agent (root `{}`, proxy on {}, log `{}`)",
+                    agent.root.display(),
+                    agent.proxy,
+                    agent.log.display()
+                ),
+            );
+            Ok(())
+        }
+        Ok((_, None)) => Ok(()),
+        Err(hoist_fleet::local::LocalError::Client(e)) => Err(common::agent_error(e)),
+        Err(e) => Err(anyhow::Error::new(e)),
+    }
+}
+
+/// What the rollout's events look like on the terminal (or as JSON lines).
+struct View {
+    fleet: bool,
+    json: bool,
+    started: std::time::Instant,
+    /// One host's outcome, for its closing line (its URL, what still serves).
+    outcome: Option<Outcome>,
+    /// A failed instance's last lines, shown after the failure.
+    failure_lines: Vec<String>,
+}
+
+impl View {
+    fn event(&mut self, e: &Event) {
+        if let Event::Progress {
+            progress: Progress::Done(o),
+            ..
+        } = e
+        {
+            self.outcome = Some(o.clone());
+        }
+        if self.json {
+            if !self.fleet {
+                // One host: its own progress lines, as the agent sends them.
+                if let Event::Progress { progress, .. } = e {
+                    let _ = output::json(progress);
+                }
+                return;
+            }
+            // Each event carries when it happened, for scripts that time the phases.
+            let mut v = serde_json::to_value(e).unwrap_or_default();
+            v["elapsed_ms"] = serde_json::Value::from(self.started.elapsed().as_millis() as u64);
+            let _ = output::json(&v);
+            return;
+        }
+        if self.fleet {
+            render_fleet(e);
+            return;
+        }
+        match e {
+            Event::Progress { progress, .. } => match progress {
                 Progress::Step {
                     step,
                     phase,
                     message,
                     ..
-                } if !json => match phase.as_str() {
-                    "begin" => output::status("Step", &step),
-                    "failed" => {
-                        output::error(&format!("{step} failed: {}", message.unwrap_or_default()))
-                    }
+                } => match phase.as_str() {
+                    "begin" => output::status("Step", step),
+                    "failed" => output::error(&format!(
+                        "{step} failed: {}",
+                        message.as_deref().unwrap_or_default()
+                    )),
                     _ => {}
                 },
-                Progress::Output { source, line } if !json => {
-                    if source == "failure" {
-                        failure_lines.push(line);
-                    } else {
-                        output::diagnostic(&format!("  {source} | {line}"));
-                    }
+                Progress::Output { source, line } if source == "failure" => {
+                    self.failure_lines.push(line.clone())
                 }
-                Progress::Done(o) => outcome = Some(o),
-                _ => {}
-            }
-            true
-        })
-        .await
-        .map_err(common::agent_error)?;
-    if !failure_lines.is_empty() {
-        output::diagnostic("last lines of its output:");
-        for l in failure_lines {
-            output::diagnostic(&format!("  | {l}"));
+                Progress::Output { source, line } => {
+                    output::diagnostic(&format!("  {source} | {line}"))
+                }
+                Progress::Done(_) => {}
+            },
+            Event::Unreachable { error, .. } => output::error(error),
+            Event::Uploaded {
+                bytes, blobs, ms, ..
+            } if *blobs > 0 => output::status(
+                "Uploaded",
+                &format!(
+                    "{blobs} blob(s), {} in {:.2}s",
+                    common::bytes(*bytes),
+                    *ms as f64 / 1000.0
+                ),
+            ),
+            _ => {}
         }
     }
-    outcome.ok_or_else(|| anyhow::anyhow!("the agent ended the stream without an outcome"))
-}
 
-fn finish(outcome: Outcome, json: bool) -> anyhow::Result<()> {
-    if outcome.result == "succeeded" {
-        if !json {
-            output::status(
-                "Finished",
-                &format!(
-                    "`{}` release `{}` is live in {:.2}s",
-                    outcome.app,
-                    outcome.release.as_deref().unwrap_or("?"),
-                    outcome.duration_ms as f64 / 1000.0
-                ),
-            );
-            if let Some(url) = &outcome.url {
-                output::data(url)?;
+    fn summary(&mut self, report: &Report) -> anyhow::Result<()> {
+        if self.fleet {
+            return summary(report, self.json);
+        }
+        if self.json {
+            output::json(&serde_json::json!({"event": "done", "report": report}))?;
+            return Ok(());
+        }
+        if !self.failure_lines.is_empty() {
+            output::diagnostic("last lines of its output:");
+            for l in &self.failure_lines {
+                output::diagnostic(&format!("  | {l}"));
             }
         }
+        let Some(host) = report.hosts.first() else {
+            return Ok(());
+        };
+        match (&host.state, &self.outcome) {
+            (HostState::Unchanged { release }, _) => output::status(
+                "Unchanged",
+                &format!(
+                    "`{}` release `{release}` is already current; nothing was touched",
+                    report.app
+                ),
+            ),
+            (HostState::Deployed { .. } | HostState::RolledBack { .. }, Some(o)) => {
+                output::status(
+                    "Finished",
+                    &format!(
+                        "`{}` release `{}` is live in {:.2}s",
+                        o.app,
+                        o.release.as_deref().unwrap_or("?"),
+                        o.duration_ms as f64 / 1000.0
+                    ),
+                );
+                if let Some(url) = &o.url {
+                    output::data(url)?;
+                }
+            }
+            (HostState::Failed { reason }, Some(o)) => output::error(&format!(
+                "{}; `{}` still serves",
+                o.reason.as_deref().unwrap_or(reason),
+                o.previous.as_deref().unwrap_or("no release")
+            )),
+            (state, _) => {
+                let (what, detail) = describe(state);
+                output::error(&format!("{what}: {detail}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn render_fleet(e: &Event) {
+    match e {
+        Event::Reachable { .. } => {}
+        Event::Unreachable { host, error } => {
+            output::warn(&format!("`{host}` is unreachable and is left out: {error}"))
+        }
+        Event::Leased { hosts, .. } => {
+            output::status("Locked", &format!("the deploy lease on {hosts} host(s)"))
+        }
+        Event::Uploaded {
+            host,
+            blobs,
+            bytes,
+            ms,
+            ..
+        } => output::status(
+            "Uploaded",
+            &format!(
+                "`{host}`: {blobs} blob(s), {} in {:.2}s",
+                common::bytes(*bytes),
+                *ms as f64 / 1000.0
+            ),
+        ),
+        Event::Batch { index, hosts } => {
+            output::status("Batch", &format!("{index}: {}", hosts.join(", ")))
+        }
+        Event::Progress { host, progress } => match progress {
+            Progress::Step {
+                step,
+                phase,
+                message,
+                ..
+            } => match phase.as_str() {
+                "begin" => output::status(host, step),
+                "failed" => output::error(&format!(
+                    "`{host}`: {step} failed: {}",
+                    message.as_deref().unwrap_or_default()
+                )),
+                _ => {}
+            },
+            Progress::Output { source, line } => {
+                output::diagnostic(&format!("  {host} {source} | {line}"))
+            }
+            Progress::Done(_) => {}
+        },
+        Event::Finished { .. } => {}
+        Event::RollingBack { host } => output::status("Rolling back", &format!("`{host}`")),
+        Event::SingletonStopped {
+            host,
+            service,
+            moves_to,
+        } => output::status(
+            "Moved",
+            &format!("singleton `{service}` stopped on `{host}`; `{moves_to}` runs it now"),
+        ),
+    }
+}
+
+fn describe(state: &HostState) -> (String, String) {
+    match state {
+        HostState::Deployed { release } => ("deployed".into(), release.clone()),
+        HostState::Unchanged { release } => ("unchanged (already current)".into(), release.clone()),
+        HostState::Failed { reason } => ("failed (old release serves)".into(), reason.clone()),
+        HostState::RolledBack { release } => {
+            ("rolled back".into(), release.clone().unwrap_or_default())
+        }
+        HostState::RollbackFailed { reason } => (
+            "ROLLBACK FAILED (new release serves)".into(),
+            reason.clone(),
+        ),
+        HostState::Unreachable { error } => ("unreachable (untouched)".into(), error.clone()),
+        HostState::Lost { error } => (
+            "LOST mid-deploy (old or new; check `hoist status`)".into(),
+            error.clone(),
+        ),
+        HostState::NotStarted => ("not started (old release serves)".into(), String::new()),
+    }
+}
+
+fn summary(report: &Report, json: bool) -> anyhow::Result<()> {
+    if json {
+        output::json(&serde_json::json!({"event": "done", "report": report}))?;
         return Ok(());
     }
-    if !json {
-        output::error(&format!(
-            "{}; `{}` still serves",
-            outcome.reason.as_deref().unwrap_or("failed"),
-            outcome.previous.as_deref().unwrap_or("no release")
-        ));
-    }
-    Err(Reported(Exit::Failed).into())
-}
-
-/// The agent to deploy to: the one answering on the socket, or (when `HOIST_SOCKET` is
-/// not set) a new local agent started in the background with a proxy on 127.0.0.1:8080
-/// (or a free port when 8080 is taken).
-async fn ensure_agent() -> anyhow::Result<Client> {
-    let client = common::client();
-    if client.get::<Hello>("/v1/hello").await.is_ok() || std::env::var_os("HOIST_SOCKET").is_some()
-    {
-        return Ok(client);
-    }
-    let root = common::default_root();
-    let socket = common::default_socket();
-    let proxy = match std::net::TcpListener::bind("127.0.0.1:8080") {
-        Ok(l) => l.local_addr()?,
-        Err(_) => std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?,
-    };
-    std::fs::create_dir_all(&root)
-        .with_context(|| format!("cannot create `{}`", root.display()))?;
-    let log = root.join("agent.log");
-    output::status(
-        "Starting",
-        &format!(
-            "a local agent (root `{}`, proxy on {proxy}, log `{}`)",
-            root.display(),
-            log.display()
-        ),
+    let rows: Vec<Vec<String>> = report
+        .hosts
+        .iter()
+        .map(|h| {
+            let (what, detail) = describe(&h.state);
+            vec![
+                h.host.clone(),
+                what,
+                format!("{:.2}s", h.ms as f64 / 1000.0),
+                detail,
+            ]
+        })
+        .collect();
+    output::table(&["HOST", "OUTCOME", "TIME", "DETAIL"], &rows)?;
+    let line = format!(
+        "`{}` release `{}` on {} host(s) in {:.2}s",
+        report.app,
+        report.release,
+        report.hosts.len(),
+        report.duration_ms as f64 / 1000.0
     );
-    let exe = std::env::current_exe().context("cannot find the hoist executable")?;
-    let logf = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("agent")
-        .arg("--root")
-        .arg(&root)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--proxy")
-        .arg(proxy.to_string())
-        .stdin(std::process::Stdio::null())
-        .stdout(logf.try_clone()?)
-        .stderr(logf);
-    {
-        use std::os::unix::process::CommandExt;
-        // Its own session: the agent outlives this command and its terminal.
-        // SAFETY: setsid is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid()
-                    .map(|_| ())
-                    .map_err(std::io::Error::from)
-            });
-        }
+    match report.result.as_str() {
+        "succeeded" => output::status("Finished", &line),
+        "failed" => output::error(&format!(
+            "{line}: failed; every host serves its old release"
+        )),
+        _ => output::error(&format!(
+            "{line}: PARTIAL — the hosts above that are not `deployed` need attention"
+        )),
     }
-    cmd.spawn().context("cannot start the agent")?;
-    for _ in 0..200 {
-        if client.get::<Hello>("/v1/hello").await.is_ok() {
-            return Ok(client);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(with_hint(
-        anyhow::anyhow!("the local agent did not start"),
-        format!("see `{}`", log.display()),
-    ))
+    Ok(())
 }

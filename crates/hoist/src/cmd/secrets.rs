@@ -1,15 +1,18 @@
-//! `hoist secrets set|unset|list`: an app's secret values on the agent. A value is read
-//! from standard input, never from the command line, where other users could see it in
-//! the process list; `list` prints names only.
+//! `hoist secrets set|unset|list`: an app's secret values on the agents of every host of
+//! the app file (`--host` picks some). A value is read once from standard input, never
+//! from the command line, where other users could see it in the process list, and written
+//! to every host; `list` prints names only.
 
 use std::io::Read;
 
 use anyhow::Context;
 use hyper::Method;
 
+use hoist_config::LoadedConfig;
+use hoist_fleet::hosts::each;
 use hoist_protocol::agent::{SecretNames, SecretValue};
 
-use super::common;
+use super::common::{self, HostArgs};
 use super::config::{load, ConfigArgs};
 use crate::output;
 
@@ -45,22 +48,34 @@ pub struct AppArg {
     app: Option<String>,
     #[command(flatten)]
     file: ConfigArgs,
+    #[command(flatten)]
+    hosts: HostArgs,
 }
 
 impl AppArg {
-    fn name(&self) -> anyhow::Result<String> {
-        match &self.app {
-            Some(a) => Ok(a.clone()),
-            None => Ok(load(&self.file)?.spec.app),
-        }
+    /// The app, and the app file whose hosts are reached (none: this machine's agent,
+    /// when `--app` is given and there is no app file).
+    fn resolve(&self) -> anyhow::Result<(String, Option<LoadedConfig>)> {
+        let loaded = match (&self.app, &self.file.config) {
+            (Some(_), None) if hoist_config::locate(None).is_err() => None,
+            _ => Some(load(&self.file)?),
+        };
+        let app = match (&self.app, &loaded) {
+            (Some(a), _) => a.clone(),
+            (None, Some(l)) => l.spec.app.clone(),
+            (None, None) => unreachable!("an app file is loaded when no app is named"),
+        };
+        Ok((app, loaded))
     }
 }
 
 pub fn run(command: Command) -> anyhow::Result<()> {
-    let client = common::client();
     match command {
         Command::Set { name, app } => {
-            let app = app.name()?;
+            let (app_name, loaded) = app.resolve()?;
+            let fleet = common::is_fleet(loaded.as_ref());
+            let targets = common::targets(loaded.as_ref(), &app.hosts)?;
+            // Read once, written to every host.
             let mut value = String::new();
             std::io::stdin()
                 .read_to_string(&mut value)
@@ -68,34 +83,76 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             // A trailing newline comes from `echo` or a terminal, not from the secret.
             let value = value.strip_suffix('\n').unwrap_or(&value);
             let value = value.strip_suffix('\r').unwrap_or(value).to_string();
-            let path = format!("/v1/secrets/{app}/{name}");
-            common::block_on(client.call::<_, serde_json::Value>(
-                Method::PUT,
-                &path,
-                Some(&SecretValue { value }),
-            ))
-            .map_err(common::agent_error)?;
-            output::status("Set", &format!("secret `{name}` of `{app}`"));
+            let body = SecretValue { value };
+            let path = format!("/v1/secrets/{app_name}/{name}");
+            let answers = common::block_on(each(&targets, |t| {
+                let (c, path, body) = (t.client.clone(), path.clone(), &body);
+                async move {
+                    c.call::<_, serde_json::Value>(Method::PUT, &path, Some(body))
+                        .await
+                }
+            }));
+            for a in answers.iter().filter(|a| a.result.is_ok()) {
+                output::status(
+                    "Set",
+                    &format!(
+                        "secret `{name}` of `{app_name}`{}",
+                        common::on_host(&a.host, fleet)
+                    ),
+                );
+            }
+            common::finish(answers, fleet)
         }
         Command::Unset { name, app } => {
-            let app = app.name()?;
-            let path = format!("/v1/secrets/{app}/{name}");
-            common::block_on(client.call::<(), serde_json::Value>(Method::DELETE, &path, None))
-                .map_err(common::agent_error)?;
-            output::status("Removed", &format!("secret `{name}` of `{app}`"));
+            let (app_name, loaded) = app.resolve()?;
+            let fleet = common::is_fleet(loaded.as_ref());
+            let targets = common::targets(loaded.as_ref(), &app.hosts)?;
+            let path = format!("/v1/secrets/{app_name}/{name}");
+            let answers = common::block_on(each(&targets, |t| {
+                let (c, path) = (t.client.clone(), path.clone());
+                async move {
+                    c.call::<(), serde_json::Value>(Method::DELETE, &path, None)
+                        .await
+                }
+            }));
+            for a in answers.iter().filter(|a| a.result.is_ok()) {
+                output::status(
+                    "Removed",
+                    &format!(
+                        "secret `{name}` of `{app_name}`{}",
+                        common::on_host(&a.host, fleet)
+                    ),
+                );
+            }
+            common::finish(answers, fleet)
         }
         Command::List { app, json } => {
-            let app = app.name()?;
-            let names: SecretNames = common::block_on(client.get(&format!("/v1/secrets/{app}")))
-                .map_err(common::agent_error)?;
-            if json {
-                output::json(&names)?;
-            } else {
-                for name in &names.names {
-                    output::data(name)?;
+            let (app_name, loaded) = app.resolve()?;
+            let fleet = common::is_fleet(loaded.as_ref());
+            let targets = common::targets(loaded.as_ref(), &app.hosts)?;
+            let path = format!("/v1/secrets/{app_name}");
+            let answers = common::block_on(each(&targets, |t| {
+                let (c, path) = (t.client.clone(), path.clone());
+                async move { c.get::<SecretNames>(&path).await }
+            }));
+            if json && fleet {
+                output::json(&common::json_answers(&answers))?;
+            }
+            for a in &answers {
+                let Ok(names) = &a.result else { continue };
+                if json && !fleet {
+                    output::json(names)?;
+                } else if !json {
+                    for n in &names.names {
+                        if fleet {
+                            output::data(&format!("{} {n}", a.host))?;
+                        } else {
+                            output::data(n)?;
+                        }
+                    }
                 }
             }
+            common::finish(answers, fleet)
         }
     }
-    Ok(())
 }

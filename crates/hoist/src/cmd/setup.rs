@@ -69,7 +69,7 @@ pub fn run(args: SetupArgs) -> anyhow::Result<()> {
             "add `ssh = \"user@address\"` to the `[[hosts]]` you want to set up",
         ));
     }
-    let control_dir = hoist_fleet::ssh::default_control_dir();
+    let control_dir = super::common::control_dir()?;
     let mut remotes = Vec::new();
     for h in &hosts {
         let remote = Remote::new(
@@ -118,7 +118,6 @@ pub fn run(args: SetupArgs) -> anyhow::Result<()> {
         results.sort_by_key(|(i, _, _)| *i);
         results
     });
-    let _ = std::fs::remove_dir(&control_dir);
 
     let mut rendered = Vec::new();
     let (mut ok, mut failed) = (0usize, 0usize);

@@ -1,10 +1,14 @@
-//! `hoist status`, `hoist history`, `hoist releases`, `hoist logs`: what the agent
-//! knows, as tables for people or JSON for scripts.
+//! `hoist status`, `hoist history`, `hoist releases`, `hoist logs`, `hoist events`: what
+//! the agents know, every host of the app file asked at once (`--host` picks some) and
+//! the answers merged, each line naming its host on a fleet; tables for people or JSON
+//! for scripts (host-tagged objects on a fleet).
 
+use hoist_fleet::hosts::{each, merge, Answer};
+use hoist_fleet::rollout::Target;
 use hoist_protocol::agent::{HistoryRecord, LogLine, ReleaseInfo, Status};
 use hyper::Method;
 
-use super::common;
+use super::common::{self, HostArgs};
 use super::config::{load, ConfigArgs};
 use crate::exit::{Exit, Reported};
 use crate::output;
@@ -13,6 +17,8 @@ use crate::output;
 pub struct StatusArgs {
     #[command(flatten)]
     pub file: ConfigArgs,
+    #[command(flatten)]
+    pub hosts: HostArgs,
     #[arg(long)]
     pub json: bool,
 }
@@ -21,6 +27,8 @@ pub struct StatusArgs {
 pub struct HistoryArgs {
     #[command(flatten)]
     pub file: ConfigArgs,
+    #[command(flatten)]
+    pub hosts: HostArgs,
     /// Check the hash chain: report any record altered or removed
     #[arg(long)]
     pub verify: bool,
@@ -35,6 +43,8 @@ pub struct HistoryArgs {
 pub struct LogsArgs {
     #[command(flatten)]
     pub file: ConfigArgs,
+    #[command(flatten)]
+    pub hosts: HostArgs,
     /// The service whose logs to show
     pub service: String,
     /// Keep printing new lines as they are written
@@ -56,40 +66,35 @@ pub struct LogsArgs {
 pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
     let loaded = load(&args.file).ok();
     let app = loaded.as_ref().map(|l| l.spec.app.clone());
-    let answers: Vec<(String, Result<Status, String>)> = match fleet_targets(loaded.as_ref())? {
-        Some(targets) => common::block_on(each_host(&targets, |c| async move {
-            c.get::<Status>("/v1/status").await
-        })),
-        None => {
-            let status: Status = common::block_on(common::client().get("/v1/status"))
-                .map_err(common::agent_error)?;
+    let fleet = common::is_fleet(loaded.as_ref());
+    let targets = common::targets(loaded.as_ref(), &args.hosts)?;
+    let answers: Vec<Answer<Status>> = common::block_on(each(&targets, |t| {
+        let c = t.client.clone();
+        async move { c.get::<Status>("/v1/status").await }
+    }));
+    if !fleet {
+        if let Some(Answer { result: Ok(s), .. }) = answers.first() {
             if args.json {
-                output::json(&status)?;
+                output::json(s)?;
                 return Ok(());
             }
-            vec![(String::new(), Ok(status))]
         }
-    };
+    }
     if args.json {
         let docs: Vec<serde_json::Value> = answers
             .iter()
-            .map(|(host, r)| match r {
-                Ok(s) => serde_json::json!({"host": host, "status": s}),
-                Err(e) => serde_json::json!({"host": host, "error": e}),
+            .map(|a| match &a.result {
+                Ok(s) => serde_json::json!({"host": a.host, "status": s}),
+                Err(e) => serde_json::json!({"host": a.host, "error": e.message}),
             })
             .collect();
         output::json(&docs)?;
-        return partial(&answers);
+        return common::finish(answers, fleet);
     }
-    let fleet = answers.len() > 1 || answers.iter().any(|(h, _)| !h.is_empty());
     let mut rows = Vec::new();
-    for (host, status) in &answers {
-        let status = match status {
-            Ok(s) => s,
-            Err(e) => {
-                output::error(&format!("`{host}`: {e}"));
-                continue;
-            }
+    for a in &answers {
+        let (host, Ok(status)) = (&a.host, &a.result) else {
+            continue;
         };
         let prefix = if fleet {
             format!("`{host}`: ")
@@ -156,46 +161,7 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
         "LAST EXIT",
     ]);
     output::table(&header, &rows)?;
-    partial(&answers)
-}
-
-/// The hosts of a fleet app file (over SSH), or `None` for this machine's agent.
-fn fleet_targets(
-    loaded: Option<&hoist_config::LoadedConfig>,
-) -> anyhow::Result<Option<Vec<hoist_fleet::rollout::Target>>> {
-    match loaded {
-        Some(l) if super::fleet::is_fleet(&l.spec) => Ok(Some(super::fleet::targets(
-            l,
-            hoist_fleet::HostKeys::Strict,
-        )?)),
-        _ => Ok(None),
-    }
-}
-
-/// Asks every host at once; each answer (or its error, as one line) with its host name.
-async fn each_host<T, F, Fut>(
-    targets: &[hoist_fleet::rollout::Target],
-    ask: F,
-) -> Vec<(String, Result<T, String>)>
-where
-    F: Fn(hoist_client::Client) -> Fut,
-    Fut: std::future::Future<Output = Result<T, hoist_client::ClientError>>,
-{
-    let asks = targets.iter().map(|t| {
-        let fut = ask(t.client.clone());
-        async move { (t.name.clone(), fut.await.map_err(|e| t.explain(&e))) }
-    });
-    futures_util::future::join_all(asks).await
-}
-
-/// Exit 3 when some hosts did not answer, 1 when none did.
-fn partial<T>(answers: &[(String, Result<T, String>)]) -> anyhow::Result<()> {
-    let failed = answers.iter().filter(|(_, r)| r.is_err()).count();
-    match failed {
-        0 => Ok(()),
-        n if n == answers.len() => Err(Reported(Exit::Failed).into()),
-        _ => Err(Reported(Exit::Partial).into()),
-    }
+    common::finish(answers, fleet)
 }
 
 pub fn run_history(args: HistoryArgs) -> anyhow::Result<()> {
@@ -226,53 +192,30 @@ pub fn run_history(args: HistoryArgs) -> anyhow::Result<()> {
         args.limit,
         app.clone().unwrap_or_default()
     );
-    if let Some(targets) = fleet_targets(loaded.as_ref())? {
-        return fleet_history(&targets, &path, args.limit, args.json);
-    }
-    let records: Vec<HistoryRecord> =
-        common::block_on(client.call::<(), _>(Method::GET, &path, None))
-            .map_err(common::agent_error)?;
-    if args.json {
-        output::json(&records)?;
-        return Ok(());
-    }
-    history_table(records.iter().map(|r| (None, r)))
-}
-
-/// Every host's history merged by time (newest first, as one host's is), host first.
-fn fleet_history(
-    targets: &[hoist_fleet::rollout::Target],
-    path: &str,
-    limit: usize,
-    json: bool,
-) -> anyhow::Result<()> {
-    let answers = common::block_on(each_host(targets, |c| async move {
-        c.call::<(), Vec<HistoryRecord>>(Method::GET, path, None)
-            .await
-    }));
-    let mut merged: Vec<(&str, &HistoryRecord)> = Vec::new();
-    for (host, r) in &answers {
-        match r {
-            Ok(records) => merged.extend(records.iter().map(|rec| (host.as_str(), rec))),
-            Err(e) => output::error(&format!("`{host}`: {e}")),
+    let fleet = common::is_fleet(loaded.as_ref());
+    let targets = common::targets(loaded.as_ref(), &args.hosts)?;
+    let answers = common::block_on(each(&targets, |t| {
+        let (c, path) = (t.client.clone(), path.clone());
+        async move {
+            c.call::<(), Vec<HistoryRecord>>(Method::GET, &path, None)
+                .await
         }
-    }
-    merged.sort_by(|a, b| b.1.at_ms.cmp(&a.1.at_ms).then(a.0.cmp(b.0)));
-    merged.truncate(limit);
-    if json {
-        let docs: Vec<serde_json::Value> = merged
-            .iter()
-            .map(|(host, r)| {
-                let mut v = serde_json::to_value(r).unwrap_or_default();
-                v["host"] = serde_json::Value::from(*host);
-                v
-            })
-            .collect();
+    }));
+    // Every host's history merged by time, oldest first as one host's is; the newest
+    // `limit` records are kept.
+    let mut merged = merge(&answers, |r| (r.at_ms, r.seq));
+    merged.drain(..merged.len().saturating_sub(args.limit));
+    if args.json && !fleet {
+        let records: Vec<&HistoryRecord> = merged.iter().map(|(_, r)| *r).collect();
+        output::json(&records)?;
+    } else if args.json {
+        let docs: Vec<serde_json::Value> =
+            merged.iter().map(|(h, r)| common::tagged(h, r)).collect();
         output::json(&docs)?;
     } else {
-        history_table(merged.into_iter().map(|(h, r)| (Some(h), r)))?;
+        history_table(merged.into_iter().map(|(h, r)| (fleet.then_some(h), r)))?;
     }
-    partial(&answers)
+    common::finish(answers, fleet)
 }
 
 fn history_table<'a>(
@@ -313,27 +256,52 @@ fn history_table<'a>(
 }
 
 pub fn run_releases(args: StatusArgs) -> anyhow::Result<()> {
-    let app = load(&args.file)?.spec.app;
-    let list: Vec<ReleaseInfo> =
-        common::block_on(common::client().get(&format!("/v1/releases/{app}")))
-            .map_err(common::agent_error)?;
-    if args.json {
-        output::json(&list)?;
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = list
+    let loaded = load(&args.file)?;
+    let app = loaded.spec.app.clone();
+    let fleet = common::is_fleet(Some(&loaded));
+    let targets = common::targets(Some(&loaded), &args.hosts)?;
+    let path = format!("/v1/releases/{app}");
+    let answers: Vec<Answer<Vec<ReleaseInfo>>> = common::block_on(each(&targets, |t| {
+        let (c, path) = (t.client.clone(), path.clone());
+        async move { c.get(&path).await }
+    }));
+    let listed: Vec<(&str, &ReleaseInfo)> = answers
         .iter()
-        .map(|r| {
-            vec![
+        .filter_map(|a| a.result.as_ref().ok().map(|l| (a.host.as_str(), l)))
+        .flat_map(|(h, l)| l.iter().map(move |r| (h, r)))
+        .collect();
+    if args.json {
+        if fleet {
+            let docs: Vec<serde_json::Value> =
+                listed.iter().map(|(h, r)| common::tagged(h, r)).collect();
+            output::json(&docs)?;
+        } else {
+            let list: Vec<&ReleaseInfo> = listed.iter().map(|(_, r)| *r).collect();
+            output::json(&list)?;
+        }
+        return common::finish(answers, fleet);
+    }
+    let rows: Vec<Vec<String>> = listed
+        .iter()
+        .map(|(h, r)| {
+            let mut row = if fleet {
+                vec![h.to_string()]
+            } else {
+                Vec::new()
+            };
+            row.extend([
                 r.release.clone(),
                 r.role.clone(),
                 time(r.created_at_ms),
                 r.commit.clone().unwrap_or_default(),
-            ]
+            ]);
+            row
         })
         .collect();
-    output::table(&["RELEASE", "ROLE", "RECEIVED", "COMMIT"], &rows)?;
-    Ok(())
+    let mut header = if fleet { vec!["HOST"] } else { Vec::new() };
+    header.extend(["RELEASE", "ROLE", "RECEIVED", "COMMIT"]);
+    output::table(&header, &rows)?;
+    common::finish(answers, fleet)
 }
 
 pub fn run_logs(args: LogsArgs) -> anyhow::Result<()> {
@@ -354,35 +322,26 @@ pub fn run_logs(args: LogsArgs) -> anyhow::Result<()> {
     if args.follow {
         path.push_str("&follow=1");
     }
-    if let Some(targets) = fleet_targets(Some(&loaded))? {
-        return fleet_logs(&targets, &path, args.follow, args.json);
-    }
-    let mut broken = false;
-    common::block_on(
-        common::client().stream::<(), LogLine>(Method::GET, &path, None, |l| {
-            let r = if args.json {
-                output::json(&l)
-            } else {
-                output::data(&format!("{} {} | {}", l.t, l.instance, l.line))
-            };
-            broken = r.is_err();
-            !broken
-        }),
-    )
-    .map_err(common::agent_error)?;
-    Ok(())
+    let fleet = common::is_fleet(Some(&loaded));
+    let targets = common::targets(Some(&loaded), &args.hosts)?;
+    fleet_logs(&targets, &path, args.follow, args.json, fleet)
 }
 
 /// Every host's lines, each prefixed with its host: merged by time, or (following)
 /// printed as they arrive from all hosts at once.
 fn fleet_logs(
-    targets: &[hoist_fleet::rollout::Target],
+    targets: &[Target],
     path: &str,
     follow: bool,
     json: bool,
+    fleet: bool,
 ) -> anyhow::Result<()> {
     let print = |host: &str, l: &LogLine| -> bool {
-        let r = if json {
+        let r = if json && !fleet {
+            output::json(l)
+        } else if !fleet {
+            output::data(&format!("{} {} | {}", l.t, l.instance, l.line))
+        } else if json {
             let mut v = serde_json::to_value(l).unwrap_or_default();
             v["host"] = serde_json::Value::from(host);
             output::json(&v)
@@ -392,45 +351,35 @@ fn fleet_logs(
         r.is_ok()
     };
     if follow {
-        let answers = common::block_on(futures_util::future::join_all(targets.iter().map(
-            |t| async move {
-                let r = t
-                    .client
-                    .stream::<(), LogLine>(Method::GET, path, None, |l| print(&t.name, &l))
+        // Printed as they arrive from all hosts at once.
+        let answers = common::block_on(each(targets, |t| {
+            let (c, name) = (t.client.clone(), t.name.clone());
+            async move {
+                c.stream::<(), LogLine>(Method::GET, path, None, |l| print(&name, &l))
                     .await
-                    .map_err(|e| t.explain(&e));
-                if let Err(e) = &r {
-                    output::error(&format!("`{}`: {e}", t.name));
-                }
-                (t.name.clone(), r)
-            },
-        )));
-        return partial(&answers);
+            }
+        }));
+        return common::finish(answers, fleet);
     }
-    let answers = common::block_on(each_host(targets, |c| async move {
-        let mut lines = Vec::new();
-        c.stream::<(), LogLine>(Method::GET, path, None, |l| {
-            lines.push(l);
-            true
-        })
-        .await
-        .map(|()| lines)
-    }));
-    let mut merged: Vec<(&str, &LogLine)> = Vec::new();
-    for (host, r) in &answers {
-        match r {
-            Ok(lines) => merged.extend(lines.iter().map(|l| (host.as_str(), l))),
-            Err(e) => output::error(&format!("`{host}`: {e}")),
+    let answers = common::block_on(each(targets, |t| {
+        let c = t.client.clone();
+        async move {
+            let mut lines = Vec::new();
+            c.stream::<(), LogLine>(Method::GET, path, None, |l| {
+                lines.push(l);
+                true
+            })
+            .await
+            .map(|()| lines)
         }
-    }
+    }));
     // Timestamps share one format, so text order is time order.
-    merged.sort_by(|a, b| a.1.t.cmp(&b.1.t));
-    for (host, l) in merged {
+    for (host, l) in merge(&answers, |l| l.t.clone()) {
         if !print(host, l) {
             break;
         }
     }
-    partial(&answers)
+    common::finish(answers, fleet)
 }
 
 fn encode(s: &str) -> String {
@@ -453,6 +402,10 @@ fn time(ms: i64) -> String {
 
 #[derive(Debug, clap::Args)]
 pub struct EventsArgs {
+    #[command(flatten)]
+    pub file: ConfigArgs,
+    #[command(flatten)]
+    pub hosts: HostArgs,
     /// Keep printing events as they happen
     #[arg(short = 'f', long)]
     pub follow: bool,
@@ -460,36 +413,74 @@ pub struct EventsArgs {
     pub json: bool,
 }
 
-/// `hoist events`: what happened on the host (instances exiting, health changes, crash
-/// loops, memory limits, deploys), oldest first.
+/// `hoist events`: what happened on the hosts (instances exiting, health changes, crash
+/// loops, memory limits, deploys), oldest first, merged by time across hosts; following,
+/// as they happen on any host.
 pub fn run_events(args: EventsArgs) -> anyhow::Result<()> {
+    // Without an app file, this machine's agent and every app on it.
+    let loaded = match args.file.config {
+        Some(_) => Some(load(&args.file)?),
+        None => load(&args.file).ok(),
+    };
+    let fleet = common::is_fleet(loaded.as_ref());
+    let targets = common::targets(loaded.as_ref(), &args.hosts)?;
     let path = format!(
         "/v1/events?after=0{}",
         if args.follow { "&follow=1" } else { "" }
     );
-    common::block_on(common::client().stream::<(), serde_json::Value>(
-        Method::GET,
-        &path,
-        None,
-        |e| {
-            let r = if args.json {
-                output::json(&e)
+    let print = |host: &str, e: &serde_json::Value| -> bool {
+        let r = if args.json {
+            if fleet {
+                output::json(&common::tagged(host, e))
             } else {
-                output::data(&format!(
-                    "{} {:<26} {:<10} {} {}",
-                    time(e["at_ms"].as_i64().unwrap_or(0)),
-                    e["kind"].as_str().unwrap_or(""),
-                    e["app"].as_str().unwrap_or("-"),
-                    e["subject"]
-                        .as_str()
-                        .map(|s| format!("`{s}`"))
-                        .unwrap_or_default(),
-                    e["message"].as_str().unwrap_or("")
-                ))
-            };
-            r.is_ok()
-        },
-    ))
-    .map_err(common::agent_error)?;
-    Ok(())
+                output::json(e)
+            }
+        } else {
+            output::data(&format!(
+                "{}{} {:<26} {:<10} {} {}",
+                if fleet {
+                    format!("{host} ")
+                } else {
+                    String::new()
+                },
+                time(e["at_ms"].as_i64().unwrap_or(0)),
+                e["kind"].as_str().unwrap_or(""),
+                e["app"].as_str().unwrap_or("-"),
+                e["subject"]
+                    .as_str()
+                    .map(|s| format!("`{s}`"))
+                    .unwrap_or_default(),
+                e["message"].as_str().unwrap_or("")
+            ))
+        };
+        r.is_ok()
+    };
+    if args.follow {
+        let answers = common::block_on(each(&targets, |t| {
+            let (c, name, path) = (t.client.clone(), t.name.clone(), path.clone());
+            async move {
+                c.stream::<(), serde_json::Value>(Method::GET, &path, None, |e| print(&name, &e))
+                    .await
+            }
+        }));
+        return common::finish(answers, fleet);
+    }
+    let answers = common::block_on(each(&targets, |t| {
+        let (c, path) = (t.client.clone(), path.clone());
+        async move {
+            let mut events = Vec::new();
+            c.stream::<(), serde_json::Value>(Method::GET, &path, None, |e| {
+                events.push(e);
+                true
+            })
+            .await
+            .map(|()| events)
+        }
+    }));
+    for (host, e) in merge(&answers, |e| e["at_ms"].as_i64().unwrap_or(0)) {
+        if !print(host, e) {
+            break;
+        }
+    }
+    common::finish(answers, fleet)
 }

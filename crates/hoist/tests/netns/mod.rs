@@ -181,6 +181,12 @@ impl Fleet {
             ),
         )
         .unwrap();
+        // The CLI keeps its ssh masters between commands (ControlPersist) in a private
+        // directory; this fleet's go in one of its own, closed when the fleet ends, so a
+        // later fleet reusing these addresses never meets a master of this one.
+        // SAFETY (set_var): set before this test starts any thread that reads the
+        // environment; each test runs in a process of its own under nextest.
+        std::env::set_var("HOIST_SSH_CONTROL_DIR", dir.join("ctl"));
         let mut fleet = Fleet {
             hosts: Vec::new(),
             dir,
@@ -444,6 +450,7 @@ pub fn comm(pid: i32) -> String {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
+        hoist_fleet::ssh::close_masters(&self.dir.join("ctl"));
         for h in &mut self.hosts {
             kill_netns_pids(&h.ns);
             drop(h.sshd.take());
