@@ -117,6 +117,7 @@ impl Agent {
         let supervisor = hoist_supervisor::Supervisor::new(hoist_supervisor::SupervisorConfig {
             shim_exe: exe.clone(),
             run_dir: paths.run_dir(),
+            handshake_timeout: hoist_supervisor::HANDSHAKE_TIMEOUT,
         })?;
         let store = hoist_artifact::Store::open(&paths.store())?;
         let host = std::fs::read_to_string(paths.host_file())

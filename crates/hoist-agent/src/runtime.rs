@@ -56,6 +56,8 @@ pub struct Live {
     pub stats: Option<ProcessStats>,
     /// Set while a spawn runs outside the lock, so the loop does not start it twice.
     pub spawning: bool,
+    /// Log lines its shim dropped (disk full), as last measured.
+    pub dropped_lines: u64,
 }
 
 impl Live {
@@ -223,6 +225,7 @@ impl Agent {
             generation: 0,
             stats: None,
             spawning: false,
+            dropped_lines: 0,
             row,
         })
     }
@@ -449,6 +452,7 @@ impl Agent {
         let mut to_restart_unhealthy = Vec::new();
         let mut changed_apps = Vec::new();
         let mut events = Vec::new();
+        let mut dead = Vec::new();
         {
             let mut rt = self.rt();
             for (id, live) in rt.instances.iter_mut() {
@@ -462,6 +466,8 @@ impl Agent {
                         let uptime = live
                             .started
                             .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+                        // Forgotten once whatever the shim left is gone (below).
+                        dead.push((id.clone(), handle.clone()));
                         live.handle = None;
                         live.last_exit = Some(what.clone());
                         live.generation += 1;
@@ -475,7 +481,6 @@ impl Agent {
                         live.next_start =
                             Some(now + hoist_supervisor::jittered(delay, jitter_unit(id)));
                         live.row.restarts += 1;
-                        let _ = self.supervisor.forget(id);
                         changed_apps.push(live.row.app.clone());
                         events.push((
                             live.row.app.clone(),
@@ -510,6 +515,19 @@ impl Agent {
                             }
                         }
                         live.stats = Some(stats);
+                        let dropped = handle.dropped_lines();
+                        if dropped > live.dropped_lines {
+                            events.push((
+                                live.row.app.clone(),
+                                "instance.log_dropped",
+                                id.clone(),
+                                format!(
+                                    "{} log lines dropped (the log could not be written; {dropped} in all)",
+                                    dropped - live.dropped_lines
+                                ),
+                            ));
+                        }
+                        live.dropped_lines = dropped;
                     }
                     // An instance that was healthy and turned unhealthy is restarted.
                     if live.tracker.was_healthy && live.tracker.state() == Health::Unhealthy {
@@ -527,9 +545,28 @@ impl Agent {
                 }
             }
         }
+        // A shim that was killed may have left its app running (holding its port): end
+        // it before its record, the only way to find it, is forgotten.
+        for (id, handle) in dead {
+            let sup = self.supervisor.clone();
+            let ended = tokio::task::spawn_blocking(move || {
+                let ended = handle.end_orphan();
+                if ended {
+                    let _ = sup.forget(&id);
+                }
+                (id, ended)
+            })
+            .await;
+            if let Ok((id, false)) = ended {
+                tracing::error!(instance = %id, "an app outlived its shim and could not be killed");
+            }
+        }
         for (app, kind, id, msg) in events {
             self.event(Some(&app), kind, Some(&id), &msg);
-            if kind != "instance.memory_limit" {
+            if matches!(
+                kind,
+                "instance.exited" | "instance.crash_loop" | "instance.restart_unhealthy"
+            ) {
                 let _ = self.state().bump_restarts(&id);
             }
         }

@@ -202,6 +202,7 @@ fn status(agent: &Agent) -> Response<Body> {
                 rss_bytes: l.stats.as_ref().map(|s| s.rss_bytes),
                 cpu_s: l.stats.as_ref().map(|s| s.cpu_seconds),
                 last_exit: l.last_exit.clone(),
+                dropped_lines: l.handle.as_ref().map_or(0, |h| h.dropped_lines()),
             })
             .collect();
         out.push(AppStatus {

@@ -69,6 +69,9 @@ pub struct InstanceStatus {
     pub rss_bytes: Option<u64>,
     pub cpu_s: Option<f64>,
     pub last_exit: Option<String>,
+    /// Log lines its shim could not write (disk full) since it started.
+    #[serde(default)]
+    pub dropped_lines: u64,
 }
 
 /// One app on the host.

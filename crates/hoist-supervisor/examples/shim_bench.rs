@@ -32,6 +32,7 @@ fn main() {
     let sup = Supervisor::new(SupervisorConfig {
         shim_exe: exe.clone(),
         run_dir: root.path().join("run"),
+        handshake_timeout: hoist_supervisor::HANDSHAKE_TIMEOUT,
     })
     .expect("supervisor");
     let spec = |id: &str, cmd: &str| InstanceSpec {

@@ -28,11 +28,16 @@ pub use policy::{
 pub use procfs::{ProcessId, ProcessStats};
 pub use record::{ExitInfo, IdentityRecord};
 pub use spec::InstanceSpec;
-pub use supervisor::{Adopted, Instance, Supervisor, SupervisorConfig};
+pub use supervisor::{Adopted, Instance, Supervisor, SupervisorConfig, HANDSHAKE_TIMEOUT};
 
 /// The variable every instance gets with its instance id (design §5); adoption also
 /// checks it in `/proc/PID/environ` before killing an orphan.
 pub const INSTANCE_ENV: &str = "HOIST_INSTANCE";
+
+/// The variable every instance gets with its shim's run directory (absolute): with
+/// [`INSTANCE_ENV`], it marks a process as this root's instance, so an agent never
+/// signals the same-named instance of an agent on another root.
+pub const RUN_DIR_ENV: &str = "HOIST_RUN_DIR";
 
 /// An error and its sources on one line, for logs and reports.
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {

@@ -52,6 +52,11 @@ pub struct LogWriter {
     /// Drops not yet announced in the log itself.
     unannounced: u64,
     last_error: Option<String>,
+    /// Whether the last write failed: failures are reported once, not once per line.
+    failing: bool,
+    /// The drop counter file, kept open (see [`LogWriter::with_drop_counter`]).
+    counter: Option<File>,
+    counted: u64,
 }
 
 impl LogWriter {
@@ -67,6 +72,51 @@ impl LogWriter {
             dropped: 0,
             unannounced: 0,
             last_error: None,
+            failing: false,
+            counter: None,
+            counted: 0,
+        }
+    }
+
+    /// Also keeps the number of dropped lines in `path`, for the agent to read. The file
+    /// is written whole now (while there is space), then only rewritten in place with a
+    /// number of the same width, which needs no new space on a full disk.
+    pub fn with_drop_counter(mut self, path: &Path) -> LogWriter {
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|mut f| {
+                f.write_all(&counter_bytes(0))?;
+                Ok(f)
+            });
+        match file {
+            Ok(f) => self.counter = Some(f),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot create the drop counter")
+            }
+        }
+        self
+    }
+
+    /// Counts lines lost without a write attempt (the writer itself failed).
+    pub fn count_dropped(&mut self, n: u64) {
+        self.dropped += n;
+        self.unannounced += n;
+        self.publish_drops();
+    }
+
+    fn publish_drops(&mut self) {
+        if self.counted == self.dropped {
+            return;
+        }
+        if let Some(f) = &self.counter {
+            use std::os::unix::fs::FileExt;
+            if f.write_all_at(&counter_bytes(self.dropped), 0).is_ok() {
+                self.counted = self.dropped;
+            }
         }
     }
 
@@ -96,6 +146,7 @@ impl LogWriter {
                 self.unannounced += 1;
             }
         }
+        self.publish_drops();
     }
 
     fn format(&self, t: &str, stream: &str, line: &[u8]) -> Vec<u8> {
@@ -139,6 +190,10 @@ impl LogWriter {
         match file.write_all(rec) {
             Ok(()) => {
                 self.size += rec.len() as u64;
+                if self.failing {
+                    self.failing = false;
+                    tracing::info!(path = %self.path.display(), dropped = self.dropped, "log writes resumed");
+                }
                 true
             }
             Err(e) => {
@@ -152,7 +207,12 @@ impl LogWriter {
     }
 
     fn fail(&mut self, e: std::io::Error) {
-        tracing::warn!(path = %self.path.display(), error = %e, "log write failed");
+        // Once per failing spell: a full disk fails every line, and the shim's own log is
+        // usually on the same disk.
+        if !self.failing {
+            tracing::warn!(path = %self.path.display(), error = %e, "log write failed; dropping and counting lines until it works again");
+        }
+        self.failing = true;
         self.last_error = Some(e.to_string());
         self.file = None;
     }
@@ -183,6 +243,15 @@ impl LogWriter {
         }
         rename_missing_ok(&self.path, &rotated(&self.path, 1))
     }
+}
+
+/// The counter file's content: always 21 bytes, so a rewrite never grows the file.
+fn counter_bytes(n: u64) -> [u8; 21] {
+    let mut out = [b' '; 21];
+    let digits = n.to_string();
+    out[..digits.len()].copy_from_slice(digits.as_bytes());
+    out[20] = b'\n';
+    out
 }
 
 /// `<path>.<n>`: the n-th most recent rotated file.

@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 /// A process as identified beyond its pid: the pid plus its start time in clock ticks
 /// since boot (`/proc/PID/stat` field 22). A reused pid has another start time, so a
 /// matching pair is the same process.
+///
+/// The kernel shows start times shifted by the *reader's* time namespace boot-time offset,
+/// so an agent restarted under another offset (`unshare -T --boottime`) would see every
+/// recorded process as a different one. Start times are therefore kept in the initial
+/// namespace's terms: the reader's own offset is taken off as they are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ProcessId {
     pub pid: i32,
@@ -27,8 +32,42 @@ impl ProcessId {
 
     /// Whether this very process is alive: same pid, same start time, not a zombie.
     pub fn is_alive(&self) -> bool {
-        Stat::read(self.pid).is_some_and(|s| s.start_time == self.start_time && s.state != 'Z')
+        Stat::read(self.pid).is_some_and(|s| self.same_start(s.start_time) && s.state != 'Z')
     }
+
+    /// Whether `start_time` (as read by [`Stat::read`]) is this process's. Exact, except
+    /// when this process's boot-time offset is not a whole number of ticks: then the
+    /// kernel's rounding may differ by one tick, and one tick is all that is allowed.
+    pub fn same_start(&self, start_time: u64) -> bool {
+        start_time == self.start_time
+            || (boottime_offset().1 && start_time.abs_diff(self.start_time) <= 1)
+    }
+}
+
+/// This process's time-namespace boot-time offset in clock ticks, and whether it had a
+/// fraction of a tick. Read once: a process never changes time namespace.
+fn boottime_offset() -> (i64, bool) {
+    static OFFSET: std::sync::OnceLock<(i64, bool)> = std::sync::OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        let text = fs::read_to_string("/proc/self/timens_offsets").unwrap_or_default();
+        parse_boottime_offset(&text, clock_ticks())
+    })
+}
+
+/// The `boottime` line of `/proc/self/timens_offsets` (`boottime SECS NANOS`) in ticks.
+fn parse_boottime_offset(text: &str, ticks_per_s: u64) -> (i64, bool) {
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if let ["boottime", secs, nanos] = f.as_slice() {
+            let (Ok(secs), Ok(nanos)) = (secs.parse::<i64>(), nanos.parse::<i64>()) else {
+                break;
+            };
+            let tick_ns = 1_000_000_000 / ticks_per_s.max(1) as i64;
+            let ticks = secs * ticks_per_s as i64 + nanos.div_euclid(tick_ns);
+            return (ticks, nanos.rem_euclid(tick_ns) != 0);
+        }
+    }
+    (0, false)
 }
 
 /// The fields of `/proc/PID/stat` the supervisor uses.
@@ -47,10 +86,13 @@ pub struct Stat {
 }
 
 impl Stat {
-    /// Reads `/proc/PID/stat`; `None` when the process does not exist (or vanished).
+    /// Reads `/proc/PID/stat`; `None` when the process does not exist (or vanished). The
+    /// start time is in the initial time namespace's terms (see [`ProcessId`]).
     pub fn read(pid: i32) -> Option<Stat> {
         let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        Stat::parse(pid, &text)
+        let mut stat = Stat::parse(pid, &text)?;
+        stat.start_time = (stat.start_time as i64 - boottime_offset().0).max(0) as u64;
+        Some(stat)
     }
 
     /// Parses a stat line. The command name (field 2) may hold spaces and parentheses,
@@ -184,6 +226,18 @@ mod tests {
             ..me
         }
         .is_alive());
+    }
+
+    #[test]
+    fn boottime_offsets_are_read_in_ticks() {
+        let text = "monotonic 5 0\nboottime 1000 0\n";
+        assert_eq!(parse_boottime_offset(text, 100), (100_000, false));
+        assert_eq!(
+            parse_boottime_offset("boottime -2 500000000\n", 100),
+            (-150, false)
+        );
+        assert_eq!(parse_boottime_offset("boottime 0 1\n", 100), (0, true));
+        assert_eq!(parse_boottime_offset("", 100), (0, false));
     }
 
     #[test]

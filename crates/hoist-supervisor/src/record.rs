@@ -29,6 +29,20 @@ pub fn exit_path(run_dir: &Path, instance: &str) -> PathBuf {
     run_dir.join(format!("{instance}.exit.json"))
 }
 
+/// `<run_dir>/<instance>.drops`: how many log lines the shim dropped, a fixed-width
+/// number rewritten in place (so updating it needs no new disk space).
+pub fn drops_path(run_dir: &Path, instance: &str) -> PathBuf {
+    run_dir.join(format!("{instance}.drops"))
+}
+
+/// Reads a drop counter file; 0 when it is missing or unreadable.
+pub fn read_drops(path: &Path) -> u64 {
+    fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// `<run_dir>/<instance>.shim.log`: the shim's own diagnostics (its stderr).
 pub fn shim_log_path(run_dir: &Path, instance: &str) -> PathBuf {
     run_dir.join(format!("{instance}.shim.log"))

@@ -111,7 +111,9 @@ fn start(spec_path: &Path) -> Result<Started> {
             source,
         }
     };
-    let run_dir = spec_path.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let parent = spec_path.parent().unwrap_or(Path::new("/"));
+    // Absolute, as it becomes the app's root marker and the shim moves to `/`.
+    let run_dir = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
 
     // setsid fails for a process group leader; a shim started as a session leader (by
     // hand) is where it should be anyway.
@@ -153,33 +155,56 @@ fn start(spec_path: &Path) -> Result<Started> {
         None => None,
     };
 
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(&spec.command)
+    // The run directory in the app's environment marks its processes as this root's, so
+    // recovery never mistakes another agent's instance of the same id for its own.
+    let mut env = spec.app_env();
+    env.push((
+        crate::RUN_DIR_ENV.to_string(),
+        run_dir.display().to_string(),
+    ));
+    // A command without shell syntax is executed directly: one process, whose pid is the
+    // app's. Anything else goes through `/bin/sh -c`.
+    let (program, args) = match direct_argv(&spec.command) {
+        Some(mut argv) => (argv.remove(0), argv),
+        None => (
+            "/bin/sh".to_string(),
+            vec!["-c".to_string(), spec.command.clone()],
+        ),
+    };
+    let mut cmd = Command::new(&program);
+    cmd.args(&args)
         .env_clear()
-        .envs(spec.app_env())
+        .envs(env)
         .current_dir(&spec.cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    let shim_pid = nix::unistd::getpid();
     // SAFETY: the closure runs between fork and exec. It only makes raw syscalls
-    // (sigprocmask, setgroups, setgid, setuid, prctl) on data prepared before the fork and
-    // allocates nothing; the shim is single-threaded here (the pumps start later).
+    // (sigprocmask, setgroups, setgid, setuid, prctl, getppid) on data prepared before the
+    // fork and allocates nothing; the shim is single-threaded here (the pumps start later).
     unsafe {
         cmd.pre_exec(move || {
             // The shim's blocked signals would otherwise be inherited: an app with SIGTERM
             // blocked could never stop gracefully. (Command does not reset the mask.)
             SigSet::empty().thread_set_mask()?;
-            match &creds {
-                Some(creds) => creds.apply(),
-                None => Ok(()),
+            if let Some(creds) = &creds {
+                creds.apply()?;
             }
+            // The app never outlives its shim unsupervised: the shim's death (SIGKILL
+            // included) kills it. Set after the credentials change, which clears it; and
+            // if the shim is already gone, do not start at all.
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            if nix::unistd::getppid() != shim_pid {
+                return Err(std::io::Error::other("the shim died during the start"));
+            }
+            Ok(())
         });
     }
     let mut child = cmd.spawn().map_err(|e| SupervisorError::AppSpawn {
         instance: spec.instance.clone(),
-        message: format!("cannot run `/bin/sh -c` in `{}`: {e}", spec.cwd.display()),
+        message: format!("cannot run `{program}` in `{}`: {e}", spec.cwd.display()),
     })?;
     let app_pid = child.id() as i32;
     // Not reaped yet, so its /proc entry exists even if it already exited.
@@ -201,12 +226,15 @@ fn start(spec_path: &Path) -> Result<Started> {
         started_at: Utc::now(),
     };
 
-    let writer = Arc::new(Mutex::new(LogWriter::new(
-        spec.log_path(),
-        &spec.instance,
-        spec.log_max_bytes,
-        spec.log_keep,
-    )));
+    let writer = Arc::new(Mutex::new(
+        LogWriter::new(
+            spec.log_path(),
+            &spec.instance,
+            spec.log_max_bytes,
+            spec.log_keep,
+        )
+        .with_drop_counter(&record::drops_path(&run_dir, &spec.instance)),
+    ));
     let pipes: Vec<(&'static str, Box<dyn Read + Send>)> = [
         child
             .stdout
@@ -275,10 +303,20 @@ fn pump(
                     .split(|b| *b == b'\n')
                     .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
                     .collect();
-                writer
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .write_lines(stream, &lines, Utc::now());
+                // Whatever goes wrong while writing (a full disk, a panic in a diagnostic),
+                // this thread goes on draining the pipe: an undrained pipe blocks the app.
+                let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    writer
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .write_lines(stream, &lines, Utc::now());
+                }));
+                if written.is_err() {
+                    writer
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .count_dropped(lines.len() as u64);
+                }
             };
             loop {
                 let n = match src.read(&mut buf) {
@@ -399,6 +437,32 @@ fn supervise(started: Started) {
         tracing::error!(error = %crate::error_chain(&e), "cannot write the exit record");
     }
     tracing::info!(instance = %spec.instance, ?code, signal = ?info.signal, "instance exited");
+}
+
+/// Words a command may start with that only a shell understands.
+const SHELL_WORDS: &[&str] = &[
+    "exec", "cd", "export", "set", "unset", "eval", "if", "for", "while", "until", "case", "!",
+    ".", "source", "trap", "ulimit", "umask", "wait", "command", "builtin", "alias", "exit",
+    "return", "shift", "read", "readonly", "local", "getopts", "hash", "type", "times", "jobs",
+    "fg", "bg",
+];
+
+/// The argv of `command` when it is a simple command a shell would run unchanged: words,
+/// quotes and backslashes only. `None` when it has any shell syntax (expansions,
+/// redirections, pipes, lists, globs, assignments, builtins), which needs `/bin/sh -c`.
+pub fn direct_argv(command: &str) -> Option<Vec<String>> {
+    if command
+        .chars()
+        .any(|c| ";&|<>()$`*?[]{}~#\n\r".contains(c) || (c.is_control() && c != '\t'))
+    {
+        return None;
+    }
+    let argv = shlex::split(command)?;
+    let first = argv.first()?;
+    if first.is_empty() || first.contains('=') || SHELL_WORDS.contains(&first.as_str()) {
+        return None;
+    }
+    Some(argv)
 }
 
 /// Wakes the main loop every [`STOP_TICK`] while a stop is in progress.

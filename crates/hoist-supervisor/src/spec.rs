@@ -19,7 +19,8 @@ pub struct InstanceSpec {
     pub app: String,
     pub service: String,
     pub release: String,
-    /// Run as `/bin/sh -c COMMAND`.
+    /// Executed directly when it is a simple command (see `shim::direct_argv`), else run
+    /// as `/bin/sh -c COMMAND`.
     pub command: String,
     /// The working directory, normally the release tree.
     pub cwd: PathBuf,
@@ -62,7 +63,7 @@ impl InstanceSpec {
         let mut env: Vec<(String, String)> = self
             .env
             .iter()
-            .filter(|(k, _)| k != crate::INSTANCE_ENV)
+            .filter(|(k, _)| k != crate::INSTANCE_ENV && k != crate::RUN_DIR_ENV)
             .cloned()
             .collect();
         env.push((crate::INSTANCE_ENV.to_string(), self.instance.clone()));

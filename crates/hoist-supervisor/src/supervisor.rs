@@ -29,7 +29,14 @@ pub struct SupervisorConfig {
     pub shim_exe: PathBuf,
     /// Holds `<instance>.json` (identity), `<instance>.exit.json`, `<instance>.shim.log`.
     pub run_dir: PathBuf,
+    /// How long a new shim may take to report that the app exists (or failed to start);
+    /// past it the shim is killed and the start fails.
+    pub handshake_timeout: Duration,
 }
+
+/// The default [`SupervisorConfig::handshake_timeout`]: generous, as the shim fsyncs its
+/// identity record before it reports, and a busy disk can be slow.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Spawns, stops and re-adopts instances. Cheap to share: it holds only paths.
 #[derive(Debug, Clone)]
@@ -61,8 +68,11 @@ pub enum Adopted {
 
 impl Supervisor {
     /// A supervisor keeping its records in `config.run_dir` (created, mode 0700).
-    pub fn new(config: SupervisorConfig) -> Result<Supervisor> {
+    pub fn new(mut config: SupervisorConfig) -> Result<Supervisor> {
         record::create_private_dir(&config.run_dir)?;
+        // Absolute and canonical, as the shims put it in their apps' root marker.
+        config.run_dir = fs::canonicalize(&config.run_dir)
+            .map_err(|e| SupervisorError::io("resolve", &config.run_dir, e))?;
         Ok(Supervisor { config })
     }
 
@@ -84,6 +94,19 @@ impl Supervisor {
                 return Err(SupervisorError::AlreadyRunning {
                     instance: id.clone(),
                     pid: old.shim.pid,
+                });
+            }
+            // A shim that died without recording an exit may have left its app (holding
+            // the port this start needs): end it first, and keep its record (the only way
+            // to find it) for as long as it cannot be ended.
+            let exit_recorded = record::exit_path(run_dir, id).exists();
+            if !exit_recorded && !end_orphan(&old, run_dir) {
+                return Err(SupervisorError::AppSpawn {
+                    instance: id.clone(),
+                    message: format!(
+                        "the previous app (pid {}) outlived its shim and could not be killed",
+                        old.process.pid
+                    ),
                 });
             }
         }
@@ -114,12 +137,15 @@ impl Supervisor {
                 source: e,
             })?;
 
-        let mut line = String::new();
-        let read = child
+        let shim_pid = child.id();
+        let line = child
             .stdout
             .take()
-            .map(|out| BufReader::new(out).read_line(&mut line));
-        let shim_pid = child.id();
+            .and_then(|out| read_report(out, self.config.handshake_timeout));
+        if line.is_none() {
+            // Hung or gone: a hung shim is killed (its app, if any, dies with it).
+            let _ = kill(Pid::from_raw(shim_pid as i32), Signal::SIGKILL);
+        }
         // From here the shim is on its own: reap it whenever it ends.
         let _ = thread::Builder::new()
             .name(format!("reap-{shim_pid}"))
@@ -130,10 +156,7 @@ impl Supervisor {
         // The shim has read the spec (or failed to); the secrets in it need not stay on disk.
         let _ = record::remove_if_exists(&spec_path);
 
-        let report: Option<ShimReport> = match read {
-            Some(Ok(_)) => serde_json::from_str(line.trim()).ok(),
-            _ => None,
-        };
+        let report: Option<ShimReport> = line.and_then(|l| serde_json::from_str(l.trim()).ok());
         match report {
             Some(ShimReport {
                 identity: Some(identity),
@@ -155,7 +178,8 @@ impl Supervisor {
             _ => Err(SupervisorError::AppSpawn {
                 instance: id.clone(),
                 message: format!(
-                    "the shim exited without reporting; see `{}`",
+                    "the shim exited or did not report within {:?}; see `{}`",
+                    self.config.handshake_timeout,
                     shim_log_path.display()
                 ),
             }),
@@ -196,7 +220,11 @@ impl Supervisor {
             }
             let exit = record::read::<ExitInfo>(&record::exit_path(dir, &id), "exit record")
                 .unwrap_or(None);
-            let orphan_killed = exit.is_none() && kill_orphan(&identity);
+            let orphan_killed = exit.is_none() && kill_orphan(&identity, dir);
+            if orphan_killed {
+                // Gone before the record is forgotten and the instance started again.
+                end_orphan(&identity, dir);
+            }
             out.push(Adopted::Exited {
                 identity,
                 exit,
@@ -237,6 +265,7 @@ impl Supervisor {
             record::exit_path(dir, instance),
             record::spec_path(dir, instance),
             record::shim_log_path(dir, instance),
+            record::drops_path(dir, instance),
         ] {
             record::remove_if_exists(&path)?;
         }
@@ -260,6 +289,11 @@ impl Instance {
 
     pub fn started_at(&self) -> DateTime<Utc> {
         self.identity.started_at
+    }
+
+    /// Log lines the shim has dropped so far (disk full, I/O errors).
+    pub fn dropped_lines(&self) -> u64 {
+        record::read_drops(&record::drops_path(&self.run_dir, self.id()))
     }
 
     /// Whether the instance's shim (and so the instance) is still running.
@@ -298,8 +332,17 @@ impl Instance {
         if self.is_running() {
             return self.signal_shim(Signal::SIGUSR2);
         }
-        kill_orphan(&self.identity);
+        kill_orphan(&self.identity, &self.run_dir);
         Ok(())
+    }
+
+    /// When the shim died without recording an exit (it was killed), kills what is left
+    /// of the app and waits until none of it is left; true when nothing is left.
+    pub fn end_orphan(&self) -> bool {
+        if self.is_running() || record::exit_path(&self.run_dir, self.id()).exists() {
+            return true;
+        }
+        end_orphan(&self.identity, &self.run_dir)
     }
 
     /// Waits until the instance has ended, or `timeout` passes; true if it ended.
@@ -346,24 +389,102 @@ impl Instance {
     }
 }
 
+/// Reads the shim's one-line report, waiting at most `timeout` for it.
+fn read_report(out: std::process::ChildStdout, timeout: Duration) -> Option<String> {
+    use std::os::fd::AsRawFd;
+    let deadline = Instant::now() + timeout;
+    let mut reader = BufReader::new(out);
+    let mut line = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        if reader.buffer().is_empty() {
+            let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+            let mut pfd = libc::pollfd {
+                fd: reader.get_ref().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd on the stack, for the duration of the call.
+            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if rc == 0 || (rc < 0 && nix::errno::Errno::last() == nix::Error::EINTR) {
+                continue;
+            }
+            if rc < 0 {
+                return None;
+            }
+        }
+        // The report is one short line written at once: read what is there.
+        let buf = reader.fill_buf().ok()?;
+        if buf.is_empty() {
+            return None;
+        }
+        let (take, done) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        line.extend_from_slice(&buf[..take]);
+        reader.consume(take);
+        if done || line.len() > 1 << 20 {
+            return String::from_utf8(line).ok();
+        }
+    }
+}
+
+/// Kills what is left of an orphaned instance and waits (up to 10 s) until none of its
+/// processes is left; true when none is.
+fn end_orphan(identity: &IdentityRecord, run_dir: &Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        kill_orphan(identity, run_dir);
+        if orphan_processes(identity, run_dir).is_empty() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The live processes of an instance whose shim is gone: those carrying both its markers
+/// (`HOIST_INSTANCE` = the instance, `HOIST_RUN_DIR` = this run directory) that started no
+/// earlier than its app.
+fn orphan_processes(identity: &IdentityRecord, run_dir: &Path) -> Vec<procfs::Stat> {
+    let me = std::process::id() as i32;
+    procfs::all_processes()
+        .into_iter()
+        .filter(|s| {
+            s.pid != me
+                && s.state != 'Z'
+                && s.start_time + 1 >= identity.process.start_time
+                && is_marked(s.pid, identity, run_dir)
+        })
+        .collect()
+}
+
+fn is_marked(pid: i32, identity: &IdentityRecord, run_dir: &Path) -> bool {
+    procfs::environ_has(pid, crate::INSTANCE_ENV, &identity.instance)
+        && procfs::environ_has(pid, crate::RUN_DIR_ENV, &run_dir.display().to_string())
+}
+
 /// Kills what is left of an instance whose shim is gone without recording an exit: the
 /// app's group, if the app is still the recorded process (pid + start time) and carries its
-/// `HOIST_INSTANCE` marker, and every other process carrying the marker that started no
-/// earlier than the app (descendants that escaped the group). True if anything was killed.
-fn kill_orphan(identity: &IdentityRecord) -> bool {
+/// markers (this instance, this run directory: never another root's), and every other
+/// process carrying both markers that started no earlier than the app (descendants that
+/// escaped the group, or whose leader already died). True if anything was killed.
+fn kill_orphan(identity: &IdentityRecord, run_dir: &Path) -> bool {
     let p = identity.process;
-    let marker = |pid: i32| procfs::environ_has(pid, crate::INSTANCE_ENV, &identity.instance);
     let mut killed = false;
-    if p.is_alive() && marker(p.pid) {
+    if p.is_alive() && is_marked(p.pid, identity, run_dir) {
         tracing::warn!(instance = %identity.instance, pid = p.pid, "killing an instance whose shim died");
         killed |= killpg(Pid::from_raw(p.pid), Signal::SIGKILL).is_ok();
     }
-    let me = std::process::id() as i32;
-    for s in procfs::all_processes() {
-        if s.pid != me && s.state != 'Z' && s.start_time >= p.start_time && marker(s.pid) {
-            tracing::warn!(instance = %identity.instance, pid = s.pid, "killing an escaped process of an instance whose shim died");
-            killed |= kill(Pid::from_raw(s.pid), Signal::SIGKILL).is_ok();
-        }
+    for s in orphan_processes(identity, run_dir) {
+        tracing::warn!(instance = %identity.instance, pid = s.pid, "killing an escaped process of an instance whose shim died");
+        killed |= kill(Pid::from_raw(s.pid), Signal::SIGKILL).is_ok();
     }
     killed
 }

@@ -202,7 +202,8 @@ fn an_app_whose_shim_died_is_killed_when_it_carries_its_marker() {
         Command::new("sh")
             .args(["-c", "(setsid sleep 1000 &); sleep 1000; true"])
             .env_clear()
-            .env("HOIST_INSTANCE", "orphan"),
+            .env("HOIST_INSTANCE", "orphan")
+            .env("HOIST_RUN_DIR", sup.run_dir()),
     )
     .unwrap();
     let app = ProcessId::of(orphan.pid() as i32).unwrap();
@@ -241,6 +242,47 @@ fn an_app_whose_shim_died_is_killed_when_it_carries_its_marker() {
         "{found:?}"
     );
     wait_until(LONG, || !app.is_alive() && !escapee.0.is_alive()).unwrap();
+}
+
+/// Two agents on two roots may run the same release, so the same instance ids: an
+/// orphan found under one root is killed only if it carries that root's run directory.
+#[test]
+fn an_orphan_of_the_same_id_under_another_root_is_never_signalled() {
+    let root = tempdir();
+    let other = tempdir();
+    let sup = supervisor(root.path());
+    let other_sup = supervisor(other.path());
+    let run = common::run_dir(root.path());
+    // Our app died with its shim; its record is all that is left.
+    let mut gone = ChildGuard::spawn(&mut Command::new("true")).unwrap();
+    let dead_app = ProcessId::of(gone.pid() as i32).unwrap();
+    let _ = gone.child.wait();
+    // The other root's instance of the same id, started later, marked with its root.
+    let mut theirs = ChildGuard::spawn(
+        Command::new("sleep")
+            .arg("1000")
+            .env_clear()
+            .env("HOIST_INSTANCE", "same")
+            .env("HOIST_RUN_DIR", other_sup.run_dir()),
+    )
+    .unwrap();
+    let theirs_id = ProcessId::of(theirs.pid() as i32).unwrap();
+    assert!(theirs_id.start_time >= dead_app.start_time);
+    fake_record(&run, "same", dead_app, dead_app);
+
+    let found = sup.adopt().unwrap();
+    assert!(
+        matches!(
+            found.as_slice(),
+            [Adopted::Exited {
+                orphan_killed: false,
+                ..
+            }]
+        ),
+        "{found:?}"
+    );
+    assert!(theirs_id.is_alive(), "another root's instance was killed");
+    assert_eq!(theirs.child.try_wait().unwrap(), None);
 }
 
 /// Kills a process this test started outside any ChildGuard, if it is still that process.

@@ -38,12 +38,24 @@ fn app_gets_exactly_its_env_its_own_group_and_session_and_only_fds_0_1_2() {
         .unwrap();
     let _g = Guard(inst.clone());
     let pid = inst.app_pid();
+    // Once the shell waits for `sleep`: while it starts a command, dash blocks every signal
+    // around its vfork, which would show in SigBlk below.
+    wait_until(LONG, || {
+        procfs::descendants(pid, &procfs::all_processes())
+            .iter()
+            .any(|p| {
+                std::fs::read_to_string(format!("/proc/{}/comm", p.pid))
+                    .is_ok_and(|c| c.trim() == "sleep")
+            })
+    })
+    .unwrap();
 
     let env = environ(pid);
     let want: BTreeMap<String, String> = [
         ("PATH", "/usr/bin:/bin"),
         ("GREETING", "hello world"),
         ("HOIST_INSTANCE", "web-1"),
+        ("HOIST_RUN_DIR", sup.run_dir().to_str().unwrap()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

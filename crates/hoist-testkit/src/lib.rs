@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -179,10 +179,160 @@ fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// A fresh temporary directory, removed on drop.
+/// The prefix of every test's temporary directory, which the reaper looks for.
+pub const TEMP_PREFIX: &str = "hoist-test-";
+
+/// The file in a test's temporary directory naming the test process that owns it
+/// (`PID START_TIME`), so the reaper can tell a live test's processes from leftovers.
+const OWNER_FILE: &str = ".hoist-test-owner";
+
+/// A fresh temporary directory, removed on drop, marked with its owner (this process).
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("hoist-test-")
+    let dir = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
         .tempdir()
-        .expect("tempdir")
+        .expect("tempdir");
+    if let Some(me) = proc_start_time(std::process::id() as i32) {
+        let _ = std::fs::write(
+            dir.path().join(OWNER_FILE),
+            format!("{} {me}\n", std::process::id()),
+        );
+    }
+    dir
+}
+
+/// Field 22 of `/proc/PID/stat`: the start time that, with the pid, names a process.
+fn proc_start_time(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Every live process (not this one) whose command line or `HOIST_RUN_DIR` names a path
+/// under `root`: the agent (`--root`), the proxy (`--control`), the shims (`--spec`) and
+/// the apps (their run-dir marker). Zombies are left out.
+pub fn processes_under(root: &Path) -> Vec<i32> {
+    let root = root.to_string_lossy().into_owned();
+    let under = |path: &str| {
+        path.strip_prefix(root.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    let me = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next())
+                == Some("Z");
+            !zombie && references(*pid, under)
+        })
+        .collect()
+}
+
+/// Whether `/proc/PID/cmdline` or the `HOIST_RUN_DIR` of `/proc/PID/environ` holds a
+/// string `matches` accepts.
+fn references(pid: i32, matches: impl Fn(&str) -> bool) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if cmdline
+        .split(|b| *b == 0)
+        .filter_map(|a| std::str::from_utf8(a).ok())
+        .any(&matches)
+    {
+        return true;
+    }
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    environ
+        .split(|b| *b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok()?.strip_prefix("HOIST_RUN_DIR="))
+        .any(matches)
+}
+
+/// SIGKILLs every process under `root` (see [`processes_under`]) until none is left, or
+/// 10 s pass (a process that forks while it is killed leaves a child).
+pub fn kill_processes_under(root: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pids = processes_under(root);
+        if pids.is_empty() || Instant::now() >= deadline {
+            return;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Ends, on drop, every process that runs under a test's root directory: the agent, its
+/// proxy, shims and apps live in sessions of their own, out of reach of [`ChildGuard`].
+pub struct RootGuard {
+    root: PathBuf,
+}
+
+impl RootGuard {
+    pub fn new(root: &Path) -> RootGuard {
+        RootGuard {
+            root: root.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for RootGuard {
+    fn drop(&mut self) {
+        kill_processes_under(&self.root);
+    }
+}
+
+/// Kills what earlier test runs left behind: processes under a `hoist-test-*` directory
+/// of the temp dir that no longer exists, or whose owning test process has died. A
+/// directory of a test that is still running (its owner alive, or no owner file) is never
+/// touched. Returns the pids killed. Call it when a test starts its first host.
+pub fn reap_stale() -> Vec<i32> {
+    let tmp = std::env::temp_dir();
+    let tmp_prefix = tmp.join(TEMP_PREFIX).to_string_lossy().into_owned();
+    let stale_dir = |path: &str| -> bool {
+        let Some(rest) = path.strip_prefix(&tmp_prefix) else {
+            return false;
+        };
+        let name = rest.split('/').next().unwrap_or_default();
+        let dir = tmp.join(format!("{TEMP_PREFIX}{name}"));
+        if !dir.exists() {
+            return true;
+        }
+        match std::fs::read_to_string(dir.join(OWNER_FILE)) {
+            Ok(owner) => {
+                let mut f = owner.split_whitespace();
+                let pid = f.next().and_then(|p| p.parse::<i32>().ok());
+                let start = f.next().and_then(|s| s.parse::<u64>().ok());
+                match (pid, start) {
+                    (Some(pid), Some(start)) => proc_start_time(pid) != Some(start),
+                    _ => false,
+                }
+            }
+            Err(_) => false,
+        }
+    };
+    let me = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let pids: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != me && references(*pid, stale_dir))
+        .collect();
+    for pid in &pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    pids
 }

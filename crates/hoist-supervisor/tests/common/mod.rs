@@ -42,6 +42,7 @@ pub fn supervisor(root: &Path) -> Supervisor {
     Supervisor::new(SupervisorConfig {
         shim_exe: hoist_testkit::hoist_bin(),
         run_dir: run_dir(root),
+        handshake_timeout: hoist_supervisor::HANDSHAKE_TIMEOUT,
     })
     .expect("supervisor")
 }

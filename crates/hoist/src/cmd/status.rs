@@ -133,7 +133,11 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
                     i.service.clone(),
                     i.instance.clone(),
                     i.release.chars().take(12).collect(),
-                    i.state.clone(),
+                    if i.dropped_lines > 0 {
+                        format!("{} ({} log lines dropped)", i.state, i.dropped_lines)
+                    } else {
+                        i.state.clone()
+                    },
                     i.pid.map_or("-".into(), |p| p.to_string()),
                     i.port.map_or("-".into(), |p| p.to_string()),
                     i.uptime_s.map_or("-".into(), |u| format!("{u}s")),

@@ -13,6 +13,9 @@ use std::time::Duration;
 use hoist_testkit::{free_port, hoist_bin, http_get, tempdir, testapp_bin, wait_until, ChildGuard};
 
 pub struct Host {
+    // Dropped first (fields drop in order): every process under the test's directory is
+    // killed, whatever happened, before the directory goes.
+    _procs: hoist_testkit::RootGuard,
     _dir: tempfile::TempDir,
     pub dir: PathBuf,
     pub socket: PathBuf,
@@ -21,13 +24,52 @@ pub struct Host {
     pub agent: Option<ChildGuard>,
     /// Extra environment for the agent (failpoints).
     pub agent_env: Vec<(String, String)>,
+    /// A command the agent is run under (`unshare -T ...`), if any.
+    pub agent_wrapper: Vec<String>,
+    /// The root is a tmpfs mounted by the test (unmounted on drop).
+    tmpfs: bool,
 }
 
 impl Host {
     pub fn new() -> Host {
+        let mut h = Host::unstarted();
+        h.start_agent();
+        h
+    }
+
+    /// A host whose root is a tmpfs of `size` (`"8m"`), for disk-full tests. Needs root.
+    pub fn on_tmpfs(size: &str) -> Host {
+        let mut h = Host::unstarted();
+        std::fs::create_dir_all(&h.root).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&h.root)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs (this test needs root): {}",
+            text(&out.stderr)
+        );
+        h.tmpfs = true;
+        h.start_agent();
+        h
+    }
+
+    fn unstarted() -> Host {
+        // Whatever an earlier, interrupted run left (its directory gone, or its test
+        // process dead) is ended first.
+        hoist_testkit::reap_stale();
         let dir = tempdir();
         let path = dir.path().to_path_buf();
-        let mut h = Host {
+        Host {
+            _procs: hoist_testkit::RootGuard::new(&path),
             socket: path.join("agent.sock"),
             root: path.join("root"),
             proxy: SocketAddr::from(([127, 0, 0, 1], free_port())),
@@ -35,9 +77,9 @@ impl Host {
             _dir: dir,
             agent: None,
             agent_env: Vec::new(),
-        };
-        h.start_agent();
-        h
+            agent_wrapper: Vec::new(),
+            tmpfs: false,
+        }
     }
 
     pub fn start_agent(&mut self) {
@@ -46,9 +88,16 @@ impl Host {
             .append(true)
             .open(self.dir.join("agent.log"))
             .unwrap();
+        let mut cmd = match self.agent_wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(hoist_bin());
+                c
+            }
+            None => Command::new(hoist_bin()),
+        };
         let guard = ChildGuard::spawn(
-            Command::new(hoist_bin())
-                .args(["agent", "--root"])
+            cmd.args(["agent", "--root"])
                 .arg(&self.root)
                 .arg("--socket")
                 .arg(&self.socket)
@@ -193,6 +242,12 @@ impl Drop for Host {
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
+        }
+        // And anything else still running under the test's directory (a proxy whose
+        // control socket no longer answers, a CLI still waiting).
+        hoist_testkit::kill_processes_under(&self.dir);
+        if self.tmpfs {
+            let _ = Command::new("umount").arg("-l").arg(&self.root).status();
         }
     }
 }
