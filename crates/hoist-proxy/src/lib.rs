@@ -37,7 +37,7 @@ use std::time::Duration;
 use hoist_protocol::proxy as wire;
 
 pub use access_log::AccessLogTarget;
-pub use control::{fetch_listeners, Client};
+pub use control::Client;
 pub use error::ProxyError;
 pub use upgrade::{Handoff, Inherited, INHERIT_ENV};
 

@@ -143,7 +143,18 @@ pub fn run_process(opts: ProcessOptions, args: Vec<OsString>) -> Result<(), Prox
         }) => (listeners, control, ready, routes),
         other => {
             let listeners = match other {
-                Some(i) if !i.listeners.is_empty() => i.listeners,
+                Some(i) if !i.listeners.is_empty() => {
+                    for l in &i.listeners {
+                        // The agent bound it with std's short queue; connections wait in
+                        // it while a crashed proxy is restarted, so make it as long as ours.
+                        let _ = nix::sys::socket::listen(
+                            l,
+                            nix::sys::socket::Backlog::new(4096)
+                                .unwrap_or(nix::sys::socket::Backlog::MAXCONN),
+                        );
+                    }
+                    i.listeners
+                }
                 _ => vec![bind_listener(opts.listen)?],
             };
             let control = bind_control(&opts.control)?;

@@ -1,0 +1,211 @@
+//! The proxy's edge with real processes (issues 12 and 14): nobody else can join its
+//! listening port, a second agent on the same address fails clearly, a proxy killed with
+//! SIGKILL refuses no connection (the agent keeps its listening socket and restarts it on
+//! the same one), and the agent and the proxy raise their open-files limit.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{proxy_pid, text, Host, Load};
+use hoist_testkit::{hoist_bin, http_get, wait_until, ChildGuard};
+
+fn deployed() -> Host {
+    let host = Host::new();
+    let project = host.project("v1", "", "");
+    let out = host.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(host.serving().is_some());
+    host
+}
+
+/// Tries to bind `addr` the way a process that wants a share of the traffic would
+/// (SO_REUSEADDR and SO_REUSEPORT, as a Python `socket` can); returns errno on failure.
+fn bind_with_reuseport(addr: SocketAddr) -> Result<(), i32> {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("v4 only")
+    };
+    // SAFETY: plain socket calls on a descriptor this function owns and closes.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let one: libc::c_int = 1;
+        for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            );
+        }
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(v4.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::bind(
+            fd,
+            &sa as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        let result = if rc == 0 && libc::listen(fd, 16) == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+        };
+        libc::close(fd);
+        result
+    }
+}
+
+#[test]
+fn no_other_process_can_bind_the_proxys_port_with_so_reuseport() {
+    let host = deployed();
+    let got = bind_with_reuseport(host.proxy);
+    assert_eq!(
+        got,
+        Err(libc::EADDRINUSE),
+        "a foreign SO_REUSEPORT socket joined the proxy's port"
+    );
+    // Every request is still the proxy's.
+    for _ in 0..20 {
+        assert_eq!(http_get(host.proxy, "demo.test", "/").unwrap().status, 200);
+    }
+}
+
+#[test]
+fn a_second_agent_on_the_same_proxy_address_exits_with_a_clear_message() {
+    let host = Host::new();
+    let dir = hoist_testkit::tempdir();
+    let out = Command::new(hoist_bin())
+        .args(["agent", "--root"])
+        .arg(dir.path().join("root"))
+        .arg("--socket")
+        .arg(dir.path().join("agent.sock"))
+        .arg("--proxy")
+        .arg(host.proxy.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "the second agent started: {err}");
+    assert!(
+        err.contains(&host.proxy.to_string()) && err.contains("in use"),
+        "the message names the address: {err}"
+    );
+    assert!(!err.contains("proxy started"), "{err}");
+    // The first agent's proxy still serves.
+    assert!(proxy_pid(&host.root).is_ok());
+}
+
+#[test]
+fn a_proxy_killed_with_sigkill_refuses_no_connection() {
+    let mut host = deployed();
+    let load = Load::start(host.proxy);
+    let kill_and_wait = |host: &Host| {
+        let pid = proxy_pid(&host.root).expect("the proxy answers");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        // The agent notices within a second and starts it again on the same socket.
+        wait_until(Duration::from_secs(30), || {
+            proxy_pid(&host.root).is_ok_and(|p| p != pid)
+        })
+        .expect("the agent restarted the proxy");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    for _ in 0..3 {
+        kill_and_wait(&host);
+    }
+    // An agent started while the proxy runs takes its socket from the proxy.
+    host.kill_agent();
+    host.start_agent();
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..2 {
+        kill_and_wait(&host);
+    }
+    let (ok, failed, errors) = load.finish();
+    let refused: Vec<_> = errors
+        .iter()
+        .filter(|e| e.to_ascii_lowercase().contains("refused"))
+        .collect();
+    assert!(ok > 0);
+    assert!(
+        refused.is_empty(),
+        "{} of {} requests were refused: {refused:?}",
+        refused.len(),
+        ok + failed
+    );
+    eprintln!("ok {ok}, failed {failed} (in flight at a kill): {errors:?}");
+}
+
+fn soft_and_hard_open_files(pid: i32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_string();
+    let mut fields = line.split_whitespace().skip(3);
+    (
+        fields.next().unwrap().to_string(),
+        fields.next().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn the_agent_and_the_proxy_raise_their_open_files_limit() {
+    let dir = hoist_testkit::tempdir();
+    let root = dir.path().join("root");
+    let socket = dir.path().join("agent.sock");
+    let proxy = SocketAddr::from(([127, 0, 0, 1], hoist_testkit::free_port()));
+    let mut cmd = Command::new(hoist_bin());
+    cmd.args(["agent", "--root"])
+        .arg(&root)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--proxy")
+        .arg(proxy.to_string())
+        .stderr(Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe; `ulimit -Sn 256` before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            use nix::sys::resource::{getrlimit, setrlimit, Resource};
+            let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+            setrlimit(Resource::RLIMIT_NOFILE, 256, hard)?;
+            Ok(())
+        });
+    }
+    let agent = ChildGuard::spawn(&mut cmd).unwrap();
+    wait_until(Duration::from_secs(20), || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    })
+    .expect("the agent answers");
+    let proxy_pid = proxy_pid(&root).expect("the proxy answers");
+    let _proxy_guard = KillOnDrop(proxy_pid);
+    let (soft, hard) = soft_and_hard_open_files(agent.pid() as i32);
+    assert_ne!(hard, "256", "the test needs a hard limit above 256");
+    assert_eq!(soft, hard, "the agent's soft limit");
+    let (soft, hard) = soft_and_hard_open_files(proxy_pid);
+    assert_eq!(soft, hard, "the proxy's soft limit");
+}
+
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
