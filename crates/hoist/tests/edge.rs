@@ -145,7 +145,8 @@ fn a_proxy_killed_with_sigkill_refuses_no_connection() {
         refused.len(),
         ok + failed
     );
-    eprintln!("ok {ok}, failed {failed} (in flight at a kill): {errors:?}");
+    // Requests in flight at a kill may fail (closed without an answer); none is refused.
+    assert!(failed <= 4 * 5 + 4, "{failed} failed: {errors:?}");
 }
 
 fn soft_and_hard_open_files(pid: i32) -> (String, String) {
