@@ -210,3 +210,43 @@ impl Drop for KillOnDrop {
         );
     }
 }
+
+#[test]
+fn two_apps_cannot_claim_the_same_domain_and_prefix() {
+    let host = deployed();
+    let first = host.serving().unwrap();
+    let project = host.project("other", "", "");
+    let file = project.join("hoist.toml");
+    let toml = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("app = \"demo\"", "app = \"other\"");
+    std::fs::write(&file, &toml).unwrap();
+    let config = file.to_str().unwrap();
+
+    let plan = host.hoist(&["plan", "-c", config]);
+    let said = format!("{}{}", text(&plan.stdout), text(&plan.stderr));
+    assert!(!plan.status.success(), "plan passed: {said}");
+    assert!(said.contains("`demo`") && said.contains("`*`"), "{said}");
+
+    let out = host.deploy(&project);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success(), "the deploy took the route: {said}");
+    assert!(said.contains("held by app `demo`"), "{said}");
+    // The first app still gets every request.
+    for _ in 0..10 {
+        assert_eq!(host.serving().as_deref(), Some(first.as_str()));
+    }
+
+    // Its own domain is fine.
+    std::fs::write(
+        &file,
+        toml.replace("domains = [\"*\"]", "domains = [\"other.test\"]"),
+    )
+    .unwrap();
+    let out = host.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(host.serving().as_deref(), Some(first.as_str()));
+    let other = http_get(host.proxy, "other.test", "/").unwrap();
+    assert_eq!(other.status, 200);
+    assert_ne!(other.body, "");
+}
