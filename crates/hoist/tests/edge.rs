@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{proxy_pid, text, Host, Load};
+use common::{proxy_pid, release_of, text, Host, Load};
 use hoist_testkit::{hoist_bin, http_get, wait_until, ChildGuard};
 
 fn deployed() -> Host {
@@ -249,4 +249,72 @@ fn two_apps_cannot_claim_the_same_domain_and_prefix() {
     let other = http_get(host.proxy, "other.test", "/").unwrap();
     assert_eq!(other.status, 200);
     assert_ne!(other.body, "");
+}
+
+#[test]
+fn malformed_chunked_bodies_from_a_client_do_not_fail_a_bake() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let host = Host::new();
+    let bake = "bake = { duration = \"4s\", max_5xx_percent = 1 }";
+    let v1 = host.project("v1", "", bake);
+    let out = host.deploy(&v1);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let load = Load::start(host.proxy);
+    // A hostile client sends broken chunked bodies for the whole deploy.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let bodies = [
+        "ZZZ\r\nhello\r\n0\r\n\r\n",
+        "-1\r\nhello\r\n0\r\n\r\n",
+        "12345678901234567890\r\nhello\r\n0\r\n\r\n",
+        "5\nhello\n0\n\n",
+    ];
+    let hostile = {
+        let (stop, sent, addr) = (stop.clone(), sent.clone(), host.proxy);
+        std::thread::spawn(move || {
+            let mut statuses = Vec::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(300);
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                for body in bodies {
+                    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+                        continue;
+                    };
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                    let _ = write!(
+                        s,
+                        "POST / HTTP/1.1\r\nHost: demo.test\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
+                    );
+                    let mut out = Vec::new();
+                    let _ = s.read_to_end(&mut out);
+                    statuses.push(String::from_utf8_lossy(&out[..out.len().min(12)]).into_owned());
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            statuses
+        })
+    };
+    let v2 = host.project("v2", "", bake);
+    let out = host.deploy(&v2);
+    stop.store(true, Ordering::Relaxed);
+    let statuses = hostile.join().unwrap();
+    let (ok, failed, errors) = load.finish();
+    assert!(
+        out.status.success(),
+        "the bake failed on the client's errors: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(host.serving().as_deref(), Some(release_of(&out).as_str()));
+    assert!(sent.load(Ordering::Relaxed) >= 40, "{}", sent.load(Ordering::Relaxed));
+    // 400 from the proxy (or the app's own 4xx when it answered before the body broke);
+    // never a 5xx.
+    let not_4xx: Vec<_> = statuses
+        .iter()
+        .filter(|s| !s.is_empty() && !s.starts_with("HTTP/1.1 4"))
+        .take(10)
+        .collect();
+    assert!(not_4xx.is_empty(), "{not_4xx:?}");
+    assert!(ok > 0);
+    assert_eq!(failed, 0, "{errors:?}");
 }
