@@ -684,6 +684,13 @@ impl Agent {
 
     /// Secrets present, then the app's own `check` command inside the new release.
     async fn preflight(&self, o: &Op<'_>, spec: &AppSpec, release: &str) -> Result<(), Failure> {
+        let conflicts = self.route_conflicts(spec, &self.host_name());
+        if !conflicts.is_empty() {
+            return Err(Failure::new(format!(
+                "{} (give each app its own `domains` or `path_prefix`)",
+                conflicts.join("; ")
+            )));
+        }
         let have = self.secrets.names(&spec.app).unwrap_or_default();
         let missing: Vec<&String> = spec
             .secrets

@@ -127,6 +127,7 @@ impl Agent {
             exe,
             listen,
             dir: paths.proxy_dir(),
+            listener: Default::default(),
         });
         Ok(Arc::new(Agent {
             secrets: secrets::Secrets::new(&paths.secrets_dir()),
@@ -169,6 +170,7 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    raise_nofile_limit();
     let agent = Agent::open(config)?;
     if let Some(proxy) = &agent.proxy {
         proxy.ensure_running().await?;
@@ -197,6 +199,20 @@ pub async fn run(
     }
     let _ = std::fs::remove_file(&agent.config.socket);
     Ok(())
+}
+
+/// Raises the soft limit of open files to the hard one: every instance's pipes, log
+/// files and API connection are files, and the agent may be started under a low soft
+/// limit (a shell's `ulimit -Sn 256`). Failure is logged, never fatal.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(%error, soft, hard, "cannot raise the open-files limit");
+            }
+        }
+    }
 }
 
 /// `hoist agent connect`: bridges standard input and output to the agent's socket, so

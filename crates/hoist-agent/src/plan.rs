@@ -51,7 +51,51 @@ fn files(m: &Manifest) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// A host name as the proxy matches it: lowercase, without a trailing dot.
+fn domain_key(d: &str) -> String {
+    d.strip_suffix('.').unwrap_or(d).to_ascii_lowercase()
+}
+
 impl Agent {
+    /// Domains and prefixes that `spec`'s web services on `host` would take from another
+    /// app on this agent (the same domain, `*` included, and the same path prefix): the
+    /// later deploy would otherwise silently take every request of the first.
+    pub(crate) fn route_conflicts(&self, spec: &AppSpec, host: &str) -> Vec<String> {
+        let mine: Vec<(String, &str, &str)> = spec
+            .services_on(host)
+            .keys()
+            .filter_map(|name| {
+                let http = spec.services.get(*name)?.http.as_ref()?;
+                Some(
+                    http.domains
+                        .iter()
+                        .map(move |d| (domain_key(d), http.path_prefix.as_str(), *name)),
+                )
+            })
+            .flatten()
+            .collect();
+        let rt = self.rt();
+        let mut out = Vec::new();
+        let mut others: Vec<_> = rt.specs.iter().filter(|(a, _)| **a != spec.app).collect();
+        others.sort_by(|a, b| a.0.cmp(b.0));
+        for (other, (_, theirs)) in others {
+            for (name, svc) in &theirs.services {
+                let Some(http) = &svc.http else { continue };
+                for d in &http.domains {
+                    let key = domain_key(d);
+                    for (domain, prefix, mine_name) in &mine {
+                        if *domain == key && *prefix == http.path_prefix {
+                            out.push(format!(
+                                "domain `{d}` with prefix `{prefix}` (service `{mine_name}`) is held by app `{other}` (service `{name}`)"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     pub(crate) async fn plan(&self, req: PlanRequest) -> Result<Plan, String> {
         let new = Manifest::parse(req.manifest.as_bytes(), &Limits::default())
             .map_err(|e| crate::chain(&e))?;
@@ -156,6 +200,16 @@ impl Agent {
                     "this agent runs no proxy, so web services would get no traffic".into()
                 }
                 (None, _) => "not needed (no web service)".into(),
+            },
+        });
+        let conflicts = self.route_conflicts(spec, &req.host);
+        checks.push(PlanCheck {
+            name: "routes".into(),
+            ok: conflicts.is_empty(),
+            detail: if conflicts.is_empty() {
+                "no domain and prefix held by another app".into()
+            } else {
+                conflicts.join("; ")
             },
         });
         checks.push(PlanCheck {

@@ -1,6 +1,12 @@
 //! The agent's side of the proxy: starting `hoist proxy` detached (its own session, so it
 //! outlives the agent), finding one that survived an agent restart, and sending it
 //! control requests over its socket (one JSON line each way).
+//!
+//! The agent holds a duplicate of the proxy's listening socket: it binds it before the
+//! first proxy starts (a port in use is then the agent's own clear error) or asks a
+//! running proxy for it (`Listeners`, passed with SCM_RIGHTS). A proxy that crashes is
+//! restarted on that same socket, so connections that arrive meanwhile wait in its
+//! queue instead of being refused.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +31,11 @@ pub enum ProxyError {
         exe: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot listen on `{listen}` for the proxy: {source} (is another agent or server using this address?)")]
+    Listen {
+        listen: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("the proxy did not start listening on {listen} within {waited:?}; see `{log}`")]
     NotReady {
         listen: SocketAddr,
@@ -39,6 +50,9 @@ pub struct ProxyCtl {
     pub exe: PathBuf,
     pub listen: SocketAddr,
     pub dir: PathBuf,
+    /// The proxy's listening socket, kept open across proxy crashes (close-on-exec: no
+    /// instance or shim inherits it).
+    pub listener: std::sync::Arc<std::sync::Mutex<Option<std::os::fd::OwnedFd>>>,
 }
 
 impl ProxyCtl {
@@ -63,9 +77,37 @@ impl ProxyCtl {
     /// death answers here and keeps serving, untouched.
     pub async fn ensure_running(&self) -> Result<(), ProxyError> {
         if matches!(self.request(Request::Ping).await, Ok(Reply::Pong { .. })) {
+            if self.held().is_none() {
+                let socket = self.socket();
+                match tokio::task::spawn_blocking(move || fetch_listeners(&socket)).await {
+                    Ok(Ok(mut fds)) if !fds.is_empty() => {
+                        *self.slot() = Some(fds.swap_remove(0));
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "cannot take a copy of the proxy's listening socket; a proxy crash will refuse connections until it is restarted")
+                    }
+                    Err(_) => {}
+                }
+            }
             return Ok(());
         }
-        self.spawn()?;
+        let fd = match self.held() {
+            Some(fd) => fd,
+            None => {
+                let listener = std::net::TcpListener::bind(self.listen).map_err(|source| {
+                    ProxyError::Listen {
+                        listen: self.listen,
+                        source,
+                    }
+                })?;
+                let fd = std::os::fd::OwnedFd::from(listener);
+                let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+                *self.slot() = Some(fd);
+                raw
+            }
+        };
+        self.spawn(fd)?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while tokio::time::Instant::now() < deadline {
             if matches!(self.request(Request::Ping).await, Ok(Reply::Pong { .. })) {
@@ -81,7 +123,17 @@ impl ProxyCtl {
         })
     }
 
-    fn spawn(&self) -> Result<(), ProxyError> {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<std::os::fd::OwnedFd>> {
+        self.listener.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The raw number of the listening socket the agent holds, if any.
+    fn held(&self) -> Option<std::os::fd::RawFd> {
+        self.slot().as_ref().map(std::os::fd::AsRawFd::as_raw_fd)
+    }
+
+    /// Starts a proxy on the listening socket `listen_fd` (held by the agent).
+    fn spawn(&self, listen_fd: std::os::fd::RawFd) -> Result<(), ProxyError> {
         use std::os::unix::process::CommandExt;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -111,15 +163,22 @@ impl ProxyCtl {
                 std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
             )
             .stdin(std::process::Stdio::null())
+            .env("HOIST_PROXY_INHERIT", format!("listen={listen_fd}"))
             .stdout(log)
             .stderr(log2);
-        // SAFETY: setsid is async-signal-safe and touches no memory of the parent; the
-        // proxy gets its own session so signals to the agent's terminal never reach it.
+        // SAFETY: setsid and fcntl are async-signal-safe and touch no memory of the
+        // parent; the proxy gets its own session so signals to the agent's terminal never
+        // reach it, and the listening socket (close-on-exec in the agent) is made
+        // inheritable in the child only.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 nix::unistd::setsid()
                     .map(|_| ())
-                    .map_err(std::io::Error::from)
+                    .map_err(std::io::Error::from)?;
+                if libc::fcntl(listen_fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
             });
         }
         let mut child = cmd.spawn().map_err(|source| ProxyError::Spawn {
@@ -138,6 +197,68 @@ impl ProxyCtl {
                 source,
             })?;
         Ok(())
+    }
+}
+
+/// Asks the proxy at `socket` for its listening sockets: the answer line arrives with
+/// them attached (SCM_RIGHTS). Blocking; bounded by a read timeout.
+fn fetch_listeners(socket: &Path) -> Result<Vec<std::os::fd::OwnedFd>, ProxyError> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::io::Write;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let io = |source| ProxyError::Unreachable {
+        socket: socket.to_path_buf(),
+        source,
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(io)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io)?;
+    let mut line = serde_json::to_vec(&RequestLine::new(Request::Listeners))
+        .map_err(|e| ProxyError::Protocol(e.to_string()))?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io)?;
+    let mut buf = vec![0u8; 4096];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 8]);
+    let mut fds = Vec::new();
+    let mut got = Vec::new();
+    loop {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(|e| io(e.into()))?;
+        for c in msg.cmsgs().map_err(|e| io(e.into()))? {
+            if let ControlMessageOwned::ScmRights(list) = c {
+                // SAFETY: the kernel just installed these descriptors in this process
+                // for this message; nothing else refers to them.
+                fds.extend(
+                    list.into_iter()
+                        .map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        let n = msg.bytes;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if got.ends_with(b"\n") {
+            break;
+        }
+    }
+    let resp: ResponseLine =
+        serde_json::from_slice(&got).map_err(|e| ProxyError::Protocol(e.to_string()))?;
+    match resp.response {
+        Response::Ok(Reply::Listeners { count }) if count as usize == fds.len() => Ok(fds),
+        Response::Ok(other) => Err(ProxyError::Protocol(format!(
+            "expected listening sockets, got {other:?} with {} descriptors",
+            fds.len()
+        ))),
+        Response::Error { message } => Err(ProxyError::Refused(message)),
     }
 }
 

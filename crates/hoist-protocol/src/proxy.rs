@@ -62,6 +62,10 @@ pub enum Request {
         addrs: Vec<SocketAddr>,
         timeout_ms: u64,
     },
+    /// The proxy's listening sockets, passed as file descriptors (SCM_RIGHTS) with the
+    /// answer [`Reply::Listeners`]: the agent keeps them open so that a proxy that crashes
+    /// is restarted on the same sockets and no connection is refused meanwhile.
+    Listeners,
     /// Hands the listening sockets to a fresh process of `exe` (default: the running
     /// binary), waits until it serves, then stops accepting, drains and exits.
     Upgrade {
@@ -140,6 +144,10 @@ pub enum Reply {
     },
     Upgraded {
         pid: u32,
+    },
+    /// `count` listening sockets ride along with this line.
+    Listeners {
+        count: u32,
     },
 }
 

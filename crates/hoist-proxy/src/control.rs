@@ -41,6 +41,9 @@ pub(crate) struct Control {
     routes: Mutex<Routes>,
     state_file: Option<PathBuf>,
     pub(crate) upgrade: Option<crate::upgrade::Handoff>,
+    /// The listening sockets (owned by `run` for its lifetime), passed to whoever asks
+    /// for `Listeners` on this socket (only this user or root can connect).
+    pub(crate) listen_fds: Vec<std::os::fd::RawFd>,
     /// Set when this process should stop (after handing over to a successor).
     pub(crate) stop: watch::Sender<bool>,
     /// False while a successor starts: new control connections are then left to it, so
@@ -53,6 +56,7 @@ impl Control {
         shared: Arc<Shared>,
         state_file: Option<PathBuf>,
         upgrade: Option<crate::upgrade::Handoff>,
+        listen_fds: Vec<std::os::fd::RawFd>,
         initial: Vec<wire::Route>,
     ) -> Result<Control, ProxyError> {
         let control = Control {
@@ -60,6 +64,7 @@ impl Control {
             routes: Mutex::new(Routes::default()),
             state_file,
             upgrade,
+            listen_fds,
             stop: watch::Sender::new(false),
             accepting: watch::Sender::new(true),
         };
@@ -163,11 +168,20 @@ impl Control {
             let mut routes = self.lock();
             // Members leaving get the drain timeout of the set that replaces them.
             let drain_ms = route.drain_timeout_ms;
-            let old = routes.routes.insert(route.id.clone(), route);
+            let id = route.id.clone();
+            let old = routes.routes.insert(id.clone(), route);
+            // Saved before it is published: a crash right after publishing must not
+            // bring back a table older than what clients were already served by.
+            if let Err(e) = self.persist(&routes) {
+                match old {
+                    Some(old) => routes.routes.insert(id, old),
+                    None => routes.routes.remove(&id),
+                };
+                return Err(e);
+            }
             let mut leaving = members_of(&routes, old.as_ref());
             leaving.iter_mut().for_each(|(_, ms)| *ms = drain_ms);
             self.publish(&mut routes);
-            self.persist(&routes)?;
             leaving
         };
         self.schedule_drain(leaving);
@@ -180,9 +194,12 @@ impl Control {
             let Some(old) = routes.routes.remove(id) else {
                 return Err(ProxyError::NoSuchRoute(id.to_string()));
             };
+            if let Err(e) = self.persist(&routes) {
+                routes.routes.insert(id.to_string(), old);
+                return Err(e);
+            }
             let leaving = members_of(&routes, Some(&old));
             self.publish(&mut routes);
-            self.persist(&routes)?;
             leaving
         };
         self.schedule_drain(leaving);
@@ -290,6 +307,9 @@ impl Control {
                 self.wait_drained(&addrs, Duration::from_millis(timeout_ms))
                     .await
             }
+            Request::Listeners => Reply::Listeners {
+                count: self.listen_fds.len() as u32,
+            },
             Request::Upgrade { exe } => {
                 let Some(handoff) = &self.upgrade else {
                     return Err(ProxyError::Upgrade(
@@ -369,6 +389,16 @@ pub(crate) async fn serve(
             _ = accepting.changed() => continue,
             accepted = listener.accept(), if open => match accepted {
                 Ok((stream, _)) => {
+                    // The socket is 0600, but its mode could be changed: each peer's uid
+                    // is checked too (this user or root only), as on the agent's socket.
+                    let me = nix::unistd::getuid().as_raw();
+                    match stream.peer_cred().map(|c| c.uid()) {
+                        Ok(uid) if uid == me || uid == 0 => {}
+                        other => {
+                            tracing::warn!(peer_uid = ?other.ok(), "refused a control connection from another user");
+                            continue;
+                        }
+                    }
                     let control = control.clone();
                     tokio::spawn(async move {
                         if let Err(error) = connection(control, stream).await {
@@ -396,6 +426,7 @@ async fn connection(control: Arc<Control>, stream: tokio::net::UnixStream) -> st
             return Ok(());
         }
         let mut upgraded = false;
+        let mut pass_fds = false;
         let response = match serde_json::from_str::<wire::RequestLine>(&line) {
             Err(e) => Response::Error {
                 message: format!("malformed request: {e}"),
@@ -410,6 +441,7 @@ async fn connection(control: Arc<Control>, stream: tokio::net::UnixStream) -> st
             Ok(req) => match control.answer(req.request).await {
                 Ok(reply) => {
                     upgraded = matches!(reply, Reply::Upgraded { .. });
+                    pass_fds = matches!(reply, Reply::Listeners { .. });
                     Response::Ok(reply)
                 }
                 Err(e) => Response::Error {
@@ -423,7 +455,15 @@ async fn connection(control: Arc<Control>, stream: tokio::net::UnixStream) -> st
         })
         .map_err(std::io::Error::other)?;
         out.push(b'\n');
-        wr.write_all(&out).await?;
+        if pass_fds {
+            // The answer travels with the listening sockets attached (SCM_RIGHTS).
+            let fds = control.listen_fds.clone();
+            wr.as_ref().writable().await?;
+            let stream: &tokio::net::UnixStream = wr.as_ref();
+            send_with_fds(stream, &out, &fds)?;
+        } else {
+            wr.write_all(&out).await?;
+        }
         if upgraded {
             // The successor serves now: this process stops accepting and drains.
             control.stop.send_replace(true);
@@ -432,6 +472,25 @@ async fn connection(control: Arc<Control>, stream: tokio::net::UnixStream) -> st
 }
 
 use tokio::io::AsyncReadExt as _;
+
+/// Writes `data` with `fds` attached in one `sendmsg` (the line is small, so a socket that
+/// was just reported writable takes it whole).
+fn send_with_fds(
+    stream: &tokio::net::UnixStream,
+    data: &[u8],
+    fds: &[std::os::fd::RawFd],
+) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let iov = [std::io::IoSlice::new(data)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let n = sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+        .map_err(std::io::Error::from)?;
+    if n != data.len() {
+        return Err(std::io::Error::other("short write of a control answer"));
+    }
+    Ok(())
+}
 
 /// A blocking client of the control socket.
 #[derive(Debug)]

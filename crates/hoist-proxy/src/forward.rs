@@ -109,21 +109,62 @@ fn recycle(addr: SocketAddr, mut conn: SendRequest<ClientBody>) {
     }
 }
 
+/// What became of a client's request body on its way up, shared between the body (moved
+/// into hyper's client) and the request path that reads it after a failure.
+#[derive(Debug, Default)]
+pub(crate) struct BodyState {
+    flags: std::sync::atomic::AtomicU8,
+    /// `now_ms()` when the last byte was handed on (0: not yet).
+    done_at: std::sync::atomic::AtomicU64,
+}
+
+impl BodyState {
+    const MALFORMED: u8 = 1;
+    const STALLED: u8 = 2;
+
+    fn set(&self, flag: u8) {
+        self.flags.fetch_or(flag, Ordering::Relaxed);
+    }
+
+    fn has(&self, flag: u8) -> bool {
+        self.flags.load(Ordering::Relaxed) & flag != 0
+    }
+
+    fn finish(&self) {
+        let _ = self
+            .done_at
+            .compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// When the whole body had been passed on, if it has.
+    fn done_at(&self) -> Option<u64> {
+        Some(self.done_at.load(Ordering::Relaxed)).filter(|t| *t != 0)
+    }
+}
+
 /// A client's request body on its way up: fails when the client sends nothing for
-/// `timeout` (a slow or stalled upload must not pin a connection and an upstream slot).
+/// `timeout` (a slow or stalled upload must not pin a connection and an upstream slot),
+/// and records whether it ended, or failed by the client's fault (a malformed chunk, a
+/// stall), so the failure is answered as the client's and never counted against the
+/// release.
 pub(crate) struct ClientBody {
     inner: Incoming,
     timeout: std::time::Duration,
     // Made only when the body first waits: most requests have none.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    state: Arc<BodyState>,
 }
 
 impl ClientBody {
-    fn new(inner: Incoming, timeout: std::time::Duration) -> ClientBody {
+    fn new(inner: Incoming, timeout: std::time::Duration, state: Arc<BodyState>) -> ClientBody {
+        if inner.is_end_stream() {
+            state.finish();
+        }
         ClientBody {
             inner,
             timeout,
             timer: None,
+            state,
         }
     }
 }
@@ -144,6 +185,12 @@ impl Body for ClientBody {
                         .as_mut()
                         .reset(tokio::time::Instant::now() + this.timeout);
                 }
+                match &frame {
+                    Some(Err(_)) => this.state.set(BodyState::MALFORMED),
+                    None => this.state.finish(),
+                    Some(Ok(_)) if this.inner.is_end_stream() => this.state.finish(),
+                    Some(Ok(_)) => {}
+                }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
@@ -152,6 +199,7 @@ impl Body for ClientBody {
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 if timer.as_mut().poll(cx).is_ready() {
+                    this.state.set(BodyState::STALLED);
                     return Poll::Ready(Some(Err(format!(
                         "the client sent no body data for {timeout:?}"
                     )
@@ -359,12 +407,27 @@ async fn proxy(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let shared = &worker.shared;
-    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
-        // RFC 9112 §3.2: more than one Host is a bad request (and a smuggling tool).
-        let mut resp = Response::new(ProxyBody::text("more than one `Host` header\n".into()));
-        *resp.status_mut() = StatusCode::BAD_REQUEST;
+    let checked = if peer.framing.next_request_has_both() {
+        // RFC 9112 §6.1: a request smuggling tool; never forwarded, the connection closed.
+        Err((
+            StatusCode::BAD_REQUEST,
+            "both `Content-Length` and `Transfer-Encoding`",
+        ))
+    } else {
+        check_request(&mut req)
+    };
+    if let Err((status, why)) = checked {
+        tracing::debug!(peer = %peer.addr, %status, why, "refused a malformed request (the client's fault)");
+        let mut resp = Response::new(ProxyBody::text(format!("{why}\n")));
+        *resp.status_mut() = status;
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            resp.headers_mut().insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
+        }
         return Ok(resp);
     }
     let host = host_of(&req);
@@ -403,7 +466,8 @@ async fn proxy(
     } else {
         None
     };
-    let req = req.map(|body| ClientBody::new(body, shared.limits.body_timeout));
+    let body_state = Arc::new(BodyState::default());
+    let req = req.map(|body| ClientBody::new(body, shared.limits.body_timeout, body_state.clone()));
 
     let mut req = Some(req);
     let mut tried: u64 = 0;
@@ -452,13 +516,14 @@ async fn proxy(
             }
         };
         let outgoing = req.take().expect("request present until sent");
-        let sent = tokio::time::timeout(
-            shared.limits.response_timeout,
+        let sent = await_response(
             conn.try_send_request(outgoing),
+            &body_state,
+            shared.limits.response_timeout,
         )
         .await;
         let result = match sent {
-            Err(_) => Err(SendError::Timeout),
+            Err(()) => Err(SendError::Timeout),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(mut e)) => match e.take_message() {
                 Some(back) => Err(SendError::NotSent(back)),
@@ -525,6 +590,34 @@ async fn proxy(
                 req = Some(back);
                 error = "upstream connection closed".into();
             }
+            Err(SendError::Failed(_)) if body_state.has(BodyState::MALFORMED) => {
+                // The client's body broke its own framing (a bad chunk size, a bare LF):
+                // a bad request, never an upstream error counted against the release.
+                tracing::info!(peer = %peer.addr, route = %route.id, "malformed request body from the client; answered 400");
+                let mut resp = finish_error(
+                    shared,
+                    log,
+                    StatusCode::BAD_REQUEST,
+                    "malformed request body\n".into(),
+                    Some(route),
+                );
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return Ok(resp);
+            }
+            Err(SendError::Failed(_)) if body_state.has(BodyState::STALLED) => {
+                tracing::info!(peer = %peer.addr, route = %route.id, "the client stopped sending its body; answered 408");
+                let mut resp = finish_error(
+                    shared,
+                    log,
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body stalled\n".into(),
+                    Some(route),
+                );
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return Ok(resp);
+            }
             Err(SendError::Failed(e)) => {
                 route.counters.upstream_error();
                 tracing::debug!(addr = %upstream.addr, error = %e, "upstream failed mid-request; not retried");
@@ -562,6 +655,87 @@ async fn proxy(
         r.counters.upstream_error();
     }
     Ok(finish_error(shared, log, status, msg, last_route.as_ref()))
+}
+
+/// Waits for the upstream's response head. The response timeout runs from the moment
+/// the whole request body was passed on: a slow but steady upload is not the upstream's
+/// delay (a stalled one is cut by the body-idle timeout in [`ClientBody`]).
+async fn await_response<F, T>(
+    send: F,
+    body: &BodyState,
+    timeout: std::time::Duration,
+) -> Result<T, ()>
+where
+    F: Future<Output = T>,
+{
+    tokio::pin!(send);
+    loop {
+        let wait = match body.done_at() {
+            Some(at) => timeout.saturating_sub(std::time::Duration::from_millis(
+                now_ms().saturating_sub(at),
+            )),
+            None => timeout,
+        };
+        match tokio::time::timeout(wait, send.as_mut()).await {
+            Ok(out) => return Ok(out),
+            Err(_) => {
+                if let Some(at) = body.done_at() {
+                    if now_ms().saturating_sub(at) >= timeout.as_millis() as u64 {
+                        return Err(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Refuses what no upstream should see (RFC 9112): CONNECT (405), a request target that
+/// is neither origin- nor absolute-form, HTTP/1.1 without one valid Host, a Host that is
+/// not a host name (both framings at once are caught by `framing`, since hyper drops
+/// the length before the head gets here).
+/// An absolute-form target replaces Host (§3.2.2).
+fn check_request(req: &mut Request<Incoming>) -> Result<(), (StatusCode, &'static str)> {
+    let bad = |why| Err((StatusCode::BAD_REQUEST, why));
+    if req.method() == hyper::Method::CONNECT {
+        return Err((StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not served here"));
+    }
+    let headers = req.headers();
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        // RFC 9112 §3.2: more than one Host is a bad request (and a smuggling tool).
+        return bad("more than one `Host` header");
+    }
+    if let Some(h) = host {
+        if !valid_host(h.as_bytes()) {
+            return bad("the `Host` header is not a host name");
+        }
+    } else if req.version() == hyper::Version::HTTP_11 {
+        return bad("an HTTP/1.1 request without `Host`");
+    }
+    let uri = req.uri();
+    match (uri.scheme_str(), uri.authority()) {
+        (None, None) if uri.path().starts_with('/') => Ok(()),
+        (Some(scheme), Some(authority))
+            if (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+                && valid_host(authority.as_str().as_bytes()) =>
+        {
+            let value = HeaderValue::from_str(authority.as_str())
+                .map_err(|_| (StatusCode::BAD_REQUEST, "the request target is malformed"))?;
+            req.headers_mut().insert(header::HOST, value);
+            Ok(())
+        }
+        _ => bad("the request target is neither origin- nor absolute-form"),
+    }
+}
+
+/// A host name or address with an optional port: no spaces, slashes, userinfo or
+/// anything else a router or a log could misread.
+fn valid_host(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.len() <= 255
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(b))
 }
 
 fn finish_error(
@@ -613,6 +787,8 @@ fn host_of(req: &Request<Incoming>) -> String {
     } else {
         raw.rsplit_once(':').map_or(raw, |(h, _)| h)
     };
+    // `example.com.` is the same name as `example.com` (a fully qualified form).
+    let host = host.strip_suffix('.').unwrap_or(host);
     host.to_ascii_lowercase()
 }
 
@@ -688,6 +864,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
@@ -740,6 +917,10 @@ fn prepare_request(
         }
     }
     headers.insert(X_FORWARDED_FOR.clone(), xff);
+    if !trusted || !headers.contains_key(&X_REAL_IP) {
+        // A client's own X-Real-IP would pass for one the proxy set.
+        headers.insert(X_REAL_IP.clone(), peer.ip_header.clone());
+    }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
@@ -794,13 +975,18 @@ fn new_request_id(prefix: &str) -> HeaderValue {
 pub(crate) struct Peer {
     pub addr: SocketAddr,
     pub ip_header: HeaderValue,
+    pub framing: Arc<crate::framing::ConnFraming>,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr) -> Peer {
+    pub fn new(addr: SocketAddr, framing: Arc<crate::framing::ConnFraming>) -> Peer {
         let ip_header = HeaderValue::from_str(&addr.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Peer { addr, ip_header }
+        Peer {
+            addr,
+            ip_header,
+            framing,
+        }
     }
 }
 

@@ -16,6 +16,7 @@ mod access_log;
 mod control;
 mod error;
 mod forward;
+mod framing;
 pub mod process;
 mod state;
 mod stats;
@@ -185,6 +186,7 @@ pub async fn run(
         shared.clone(),
         config.state_file.clone(),
         handoff,
+        listeners.iter().map(|l| l.as_raw_fd()).collect(),
         config.routes,
     )?);
     if let Some(path) = &config.state_file {

@@ -1,5 +1,6 @@
-//! The `hoist proxy` process: binds one SO_REUSEPORT listener per worker (or inherits
-//! them from the process it replaces), binds the control socket with mode 0600, picks
+//! The `hoist proxy` process: binds one listening socket, shared by the workers (or
+//! inherits it from the process it replaces, or from the agent that kept it open across a
+//! crash), raises its open-files limit, binds the control socket created 0600, picks
 //! the starting table (hand-over, then the state file, then `--upstream`), and serves
 //! until SIGTERM or SIGINT. It must not print; the binary reports its errors.
 //!
@@ -54,29 +55,23 @@ pub fn static_route(upstream: SocketAddr) -> wire::Route {
     }
 }
 
-/// Binds `count` listening sockets on `addr` with SO_REUSEPORT, so each worker gets its
-/// own accept queue (the kernel spreads connections across them). Must be called inside
-/// a tokio runtime (the sockets are made with tokio and handed back as std listeners).
-pub fn bind_reuseport(addr: SocketAddr, count: usize) -> Result<Vec<TcpListener>, ProxyError> {
-    let mut out: Vec<TcpListener> = Vec::with_capacity(count);
-    let mut addr = addr;
-    for _ in 0..count.max(1) {
-        let err = |error| ProxyError::Listen { addr, error };
-        let socket = if addr.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()
-        } else {
-            tokio::net::TcpSocket::new_v6()
-        }
-        .map_err(err)?;
-        socket.set_reuseaddr(true).map_err(err)?;
-        socket.set_reuseport(true).map_err(err)?;
-        socket.bind(addr).map_err(err)?;
-        let listener = socket.listen(4096).map_err(err)?.into_std().map_err(err)?;
-        // Port 0: the siblings must share the port the first one got.
-        addr = listener.local_addr().map_err(err)?;
-        out.push(listener);
+/// Binds the one listening socket of `addr`, without SO_REUSEPORT: every worker
+/// accepts on a duplicate of it, and no other process (of any uid) can bind the port and
+/// take a share of its connections while it is open. A port in use is an error naming
+/// the address.
+pub fn bind_listener(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    let err = |error| ProxyError::Listen { addr, error };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
     }
-    Ok(out)
+    .map_err(err)?;
+    // SO_REUSEADDR only lets the port be bound again while old connections sit in
+    // TIME_WAIT; Linux refuses a second bind beside a listening socket with it.
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(4096).map_err(err)?.into_std().map_err(err)
 }
 
 /// Binds the control socket at `path` (replacing a stale one), readable by its owner only.
@@ -90,9 +85,36 @@ pub fn bind_control(path: &Path) -> Result<UnixListener, ProxyError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
     }
-    let listener = UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    // The socket is created 0600 (umask for the bind), never chmod-ed after: there is no
+    // moment when another user could connect. (The umask is process-wide; the proxy binds
+    // this before it starts any thread that creates files.)
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.map_err(err)?;
+    let mode = std::fs::metadata(path).map_err(err)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(err(std::io::Error::other(format!(
+            "the socket was created with mode {mode:o}"
+        ))));
+    }
     Ok(listener)
+}
+
+/// Raises the soft limit of open files to the hard limit: every client connection and
+/// every upstream connection is a file, and a service manager or shell may start the
+/// proxy with a soft limit as low as 256. Failure is logged, never fatal.
+pub fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(%error, soft, hard, "cannot raise the open-files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot read the open-files limit"),
+    }
 }
 
 /// Runs the proxy process until SIGTERM/SIGINT or until it has handed over to a
@@ -109,10 +131,32 @@ pub fn run_process(opts: ProcessOptions, args: Vec<OsString>) -> Result<(), Prox
         .workers
         .filter(|n| *n > 0)
         .unwrap_or_else(crate::default_workers);
+    raise_nofile_limit();
+    // An upgrade hands over everything; an agent restarting a crashed proxy hands over
+    // only the listening socket it kept open (so no connection was refused meanwhile).
     let (listeners, control, ready, routes) = match inherited {
-        Some(i) => (i.listeners, i.control, Some(i.ready), i.routes),
-        None => {
-            let listeners = bind_reuseport(opts.listen, workers)?;
+        Some(Inherited {
+            listeners,
+            control: Some(control),
+            ready,
+            routes: Some(routes),
+        }) => (listeners, control, ready, routes),
+        other => {
+            let listeners = match other {
+                Some(i) if !i.listeners.is_empty() => {
+                    for l in &i.listeners {
+                        // The agent bound it with std's short queue; connections wait in
+                        // it while a crashed proxy is restarted, so make it as long as ours.
+                        let _ = nix::sys::socket::listen(
+                            l,
+                            nix::sys::socket::Backlog::new(4096)
+                                .unwrap_or(nix::sys::socket::Backlog::MAXCONN),
+                        );
+                    }
+                    i.listeners
+                }
+                _ => vec![bind_listener(opts.listen)?],
+            };
             let control = bind_control(&opts.control)?;
             let mut routes = match &opts.state {
                 Some(path) => crate::state::load(path)?.unwrap_or_default(),
@@ -127,7 +171,7 @@ pub fn run_process(opts: ProcessOptions, args: Vec<OsString>) -> Result<(), Prox
         }
     };
     let config = Config {
-        workers: listeners.len().max(1),
+        workers,
         limits: opts.limits,
         trusted_proxies: opts.trusted_proxies,
         access_log: opts.access_log,

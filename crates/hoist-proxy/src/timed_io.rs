@@ -1,7 +1,7 @@
 //! The client socket with a write timeout: a client that stops reading (or reads a byte
 //! a second) cannot hold a connection, an upstream connection and a drain open for
-//! ever. Reads pass through untouched (hyper times the request head itself; the body
-//! has its own idle timeout in `forward`).
+//! ever. Reads pass through (hyper times the request head itself; the body has its own
+//! idle timeout in `forward`), watched by `framing`'s scanner.
 
 use std::future::Future;
 use std::io;
@@ -19,15 +19,21 @@ pub(crate) struct TimedStream {
     // Made on the first write that has to wait; most never do.
     timer: Option<Pin<Box<Sleep>>>,
     waiting: bool,
+    framing: crate::framing::Scanner,
 }
 
 impl TimedStream {
-    pub fn new(inner: TcpStream, timeout: Duration) -> TimedStream {
+    pub fn new(
+        inner: TcpStream,
+        timeout: Duration,
+        framing: std::sync::Arc<crate::framing::ConnFraming>,
+    ) -> TimedStream {
         TimedStream {
             inner,
             timeout,
             timer: None,
             waiting: false,
+            framing: crate::framing::Scanner::new(framing),
         }
     }
 
@@ -75,7 +81,13 @@ impl AsyncRead for TimedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            this.framing.feed(&buf.filled()[before..]);
+        }
+        polled
     }
 }
 

@@ -136,9 +136,12 @@ impl Handoff {
 #[derive(Debug)]
 pub struct Inherited {
     pub listeners: Vec<std::net::TcpListener>,
-    pub control: std::os::unix::net::UnixListener,
-    pub ready: OwnedFd,
-    pub routes: Vec<wire::Route>,
+    /// Absent when the agent restarts a crashed proxy: it passes only the listening
+    /// socket it kept open (`listen=N`), and the proxy binds its control socket and loads
+    /// its state file as at any start.
+    pub control: Option<std::os::unix::net::UnixListener>,
+    pub ready: Option<OwnedFd>,
+    pub routes: Option<Vec<wire::Route>>,
 }
 
 impl Inherited {
@@ -181,15 +184,27 @@ impl Inherited {
                 other => return Err(bad(format!("unknown key `{other}`"))),
             }
         }
-        let table = table.ok_or_else(|| bad("no table".into()))?;
-        let data = std::fs::read(&table)
-            .map_err(|e| bad(format!("cannot read `{}`: {e}", table.display())))?;
-        let _ = std::fs::remove_file(&table);
-        let routes = serde_json::from_slice(&data).map_err(|e| bad(format!("bad table: {e}")))?;
+        // The proxy's threads start later; the hand-over must not reach a child of ours.
+        std::env::remove_var(INHERIT_ENV);
+        let routes = match table {
+            Some(table) => {
+                let data = std::fs::read(&table)
+                    .map_err(|e| bad(format!("cannot read `{}`: {e}", table.display())))?;
+                let _ = std::fs::remove_file(&table);
+                Some(serde_json::from_slice(&data).map_err(|e| bad(format!("bad table: {e}")))?)
+            }
+            None => None,
+        };
+        if listen.is_empty() {
+            return Err(bad("no listening socket".into()));
+        }
+        if control.is_some() != routes.is_some() {
+            return Err(bad("a control socket and a table go together".into()));
+        }
         Ok(Some(Inherited {
             listeners: listen,
-            control: control.ok_or_else(|| bad("no control socket".into()))?,
-            ready: ready.ok_or_else(|| bad("no ready pipe".into()))?,
+            control,
+            ready,
             routes,
         }))
     }

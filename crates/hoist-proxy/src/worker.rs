@@ -87,11 +87,12 @@ async fn serve(shared: Arc<Shared>, listener: StdListener, mut stop: watch::Rece
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let w = worker.clone();
-                    let client = crate::forward::Peer::new(peer);
+                    let framing = std::sync::Arc::new(crate::framing::ConnFraming::default());
+                    let client = crate::forward::Peer::new(peer, framing.clone());
                     let service = hyper::service::service_fn(move |req| {
                         crate::forward::handle(w.clone(), client.clone(), req)
                     });
-                    let stream = crate::timed_io::TimedStream::new(stream, shared.limits.write_timeout);
+                    let stream = crate::timed_io::TimedStream::new(stream, shared.limits.write_timeout, framing);
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     let conn = conn.with_upgrades();
                     let mut graceful = graceful_rx.clone();

@@ -236,7 +236,15 @@ fn smuggling_corpus_never_reaches_the_upstream() {
         "{:?}",
         b.seen()
     );
-    assert!(served > 0, "the well-framed cases are served");
+    // Every case here is refused now (both framings at once are 400 since issue 12);
+    // a well-framed request on the same proxy is still served.
+    let _ = served;
+    let out = raw_exchange(
+        proxy.addr,
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+        Duration::from_secs(3),
+    );
+    assert_eq!(status_of(&out), Some(200));
     for seen in b.seen() {
         let framing = (
             seen.header("content-length").is_some(),
@@ -254,6 +262,10 @@ fn smuggling_corpus_never_reaches_the_upstream() {
         "CL negative",
         "CL overflow",
         "NUL in header name",
+        "CL.TE",
+        "TE.CL",
+        "TE chunked then identity",
+        "absolute URI smuggled host",
     ] {
         assert!(
             rejected.contains(&must),
@@ -369,7 +381,7 @@ fn a_stalled_request_body_is_abandoned_at_the_body_timeout() {
     );
     let status = status_of(&out);
     assert!(
-        status.is_none() || status == Some(502),
+        status.is_none() || status == Some(408),
         "{}",
         String::from_utf8_lossy(&out)
     );

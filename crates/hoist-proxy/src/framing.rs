@@ -1,0 +1,204 @@
+//! A watch on the framing of the requests a client sends, beside hyper's own parser.
+//!
+//! hyper accepts a request that carries both `Content-Length` and `Transfer-Encoding`
+//! (it drops the length, reads the body chunked and closes the connection after), and it
+//! removes the length before the handler sees the head, so the handler cannot tell. RFC
+//! 9112 §6.1 calls such a message a smuggling attempt: the proxy answers it 400 and
+//! never forwards it. This scanner follows the message boundaries in the bytes hyper
+//! reads (heads, Content-Length bodies, chunked bodies) and records which head, counted
+//! from 1 on the connection, had both; the handler counts requests the same way.
+//! Where the bytes stop making sense the scanner turns itself off: hyper refuses such a
+//! stream anyway. An upgrade (WebSocket) also turns it off: the tunnel is not HTTP.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What the scanner and the request handler share for one connection.
+#[derive(Debug, Default)]
+pub(crate) struct ConnFraming {
+    /// The number (from 1) of the last head that carried both framings (0: none).
+    both: AtomicU64,
+    /// Requests the handler has started on this connection.
+    requests: AtomicU64,
+}
+
+impl ConnFraming {
+    /// Called once per request by the handler, in order: true when this request's head
+    /// carried both `Content-Length` and `Transfer-Encoding`.
+    pub fn next_request_has_both(&self) -> bool {
+        let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        self.both.load(Ordering::Relaxed) == n
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Head,
+    Skip(u64),
+    ChunkSize,
+    ChunkData(u64),
+    ChunkDataEnd,
+    Trailer,
+    Off,
+}
+
+/// The longest part of a line the scanner keeps (a header name and a length fit).
+const LINE_CAP: usize = 64;
+
+pub(crate) struct Scanner {
+    state: State,
+    line: [u8; LINE_CAP],
+    line_len: usize,
+    heads: u64,
+    started: bool,
+    content_length: Option<u64>,
+    chunked: bool,
+    upgrade: bool,
+    shared: std::sync::Arc<ConnFraming>,
+}
+
+impl Scanner {
+    pub fn new(shared: std::sync::Arc<ConnFraming>) -> Scanner {
+        Scanner {
+            state: State::Head,
+            line: [0; LINE_CAP],
+            line_len: 0,
+            heads: 0,
+            started: false,
+            content_length: None,
+            chunked: false,
+            upgrade: false,
+            shared,
+        }
+    }
+
+    /// Follows `data`, the next bytes read from the client.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            match self.state {
+                State::Off => return,
+                State::Skip(n) | State::ChunkData(n) => {
+                    let k = (n.min(data.len() as u64)) as usize;
+                    data = &data[k..];
+                    let left = n - k as u64;
+                    self.state = match (self.state, left) {
+                        (State::Skip(_), 0) => State::Head,
+                        (State::Skip(_), l) => State::Skip(l),
+                        (_, 0) => State::ChunkDataEnd,
+                        (_, l) => State::ChunkData(l),
+                    };
+                }
+                _ => {
+                    let (part, rest, ended) = match data.iter().position(|b| *b == b'\n') {
+                        Some(i) => (&data[..i], &data[i + 1..], true),
+                        None => (data, &data[data.len()..], false),
+                    };
+                    let room = LINE_CAP - self.line_len;
+                    let take = part.len().min(room);
+                    self.line[self.line_len..self.line_len + take].copy_from_slice(&part[..take]);
+                    self.line_len += take;
+                    data = rest;
+                    if ended {
+                        self.line_done();
+                        self.line_len = 0;
+                    }
+                }
+            }
+        }
+    }
+
+    fn line_done(&mut self) {
+        let mut line = &self.line[..self.line_len];
+        if let Some(l) = line.strip_suffix(b"\r") {
+            line = l;
+        }
+        match self.state {
+            State::Head => {
+                if line.is_empty() {
+                    if !self.started {
+                        return; // empty lines before a request line are allowed
+                    }
+                    self.heads += 1;
+                    if self.chunked && self.content_length.is_some() {
+                        self.shared.both.store(self.heads, Ordering::Relaxed);
+                    }
+                    self.state = if self.upgrade {
+                        State::Off
+                    } else if self.chunked {
+                        State::ChunkSize
+                    } else {
+                        match self.content_length {
+                            Some(n) if n > 0 => State::Skip(n),
+                            _ => State::Head,
+                        }
+                    };
+                    self.started = false;
+                    self.content_length = None;
+                    self.chunked = false;
+                    return;
+                }
+                if !self.started {
+                    self.started = true; // the request line
+                    return;
+                }
+                if let Some(v) = strip_name(line, b"content-length:") {
+                    match std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|v| v.trim().parse().ok())
+                    {
+                        Some(n) => self.content_length = Some(n),
+                        None => self.state = State::Off,
+                    }
+                } else if strip_name(line, b"transfer-encoding:").is_some() {
+                    self.chunked = true;
+                } else if strip_name(line, b"upgrade:").is_some() {
+                    self.upgrade = true;
+                }
+            }
+            State::ChunkSize => {
+                let size = line.split(|b| *b == b';').next().unwrap_or_default();
+                let size = std::str::from_utf8(size)
+                    .ok()
+                    .and_then(|s| u64::from_str_radix(s.trim(), 16).ok());
+                self.state = match size {
+                    Some(0) => State::Trailer,
+                    Some(n) => State::ChunkData(n),
+                    None => State::Off,
+                };
+            }
+            State::ChunkDataEnd => self.state = State::ChunkSize,
+            State::Trailer if line.is_empty() => self.state = State::Head,
+            _ => {}
+        }
+    }
+}
+
+fn strip_name<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    (line.len() >= name.len() && line[..name.len()].eq_ignore_ascii_case(name))
+        .then(|| &line[name.len()..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn heads_with_both(stream: &[u8], split: usize) -> (u64, u64) {
+        let shared = Arc::new(ConnFraming::default());
+        let mut s = Scanner::new(shared.clone());
+        for part in stream.chunks(split) {
+            s.feed(part);
+        }
+        (s.heads, shared.both.load(Ordering::Relaxed))
+    }
+
+    #[test]
+    fn message_boundaries_are_followed_across_reads() {
+        let stream = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n0\r\nT: 1\r\n\r\n\
+GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+GET /last HTTP/1.1\r\nHost: x\r\n\r\n";
+        for split in [1, 3, 7, 1000] {
+            assert_eq!(heads_with_both(stream, split), (4, 3), "split {split}");
+        }
+    }
+}

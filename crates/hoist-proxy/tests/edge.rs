@@ -1,0 +1,250 @@
+//! The edge tried as a hostile client would (issue 12, item 4): malformed chunked
+//! bodies are the client's fault (400, never an upstream error counted against the
+//! release), both framings at once are refused, Host handling follows RFC 9112, a
+//! client's X-Real-IP is not passed on as the proxy's, and the response timeout does not
+//! count the client's upload time.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{raw_exchange, route, status_of, Backend, Proxy};
+use hoist_protocol::proxy::{Reply, Request};
+use hoist_proxy::{Config, Limits};
+
+fn proxy_to(b: &Backend, config: Config) -> Proxy {
+    let proxy = Proxy::start(config);
+    proxy.set_route(route("app/web", &["*"], "/", "r1", &[b]));
+    proxy
+}
+
+fn stats(proxy: &Proxy) -> hoist_protocol::proxy::RouteStats {
+    match proxy.call(Request::Stats) {
+        Reply::Stats { routes } => routes.into_iter().find(|r| r.route == "app/web").unwrap(),
+        other => panic!("{other:?}"),
+    }
+}
+
+const MALFORMED_CHUNKS: &[(&str, &str)] = &[
+    ("size ZZZ", "ZZZ\r\nhello\r\n0\r\n\r\n"),
+    ("size -1", "-1\r\nhello\r\n0\r\n\r\n"),
+    (
+        "20 hex digits",
+        "12345678901234567890\r\nhello\r\n0\r\n\r\n",
+    ),
+    ("bare LF", "5\nhello\n0\n\n"),
+    ("size overflow", "ffffffffffffffffff\r\nhello\r\n0\r\n\r\n"),
+];
+
+#[test]
+fn malformed_chunked_bodies_are_the_clients_fault_and_never_count_as_5xx() {
+    let b = Backend::start("b");
+    let proxy = proxy_to(&b, common::config());
+    for round in 0..10 {
+        for (name, body) in MALFORMED_CHUNKS {
+            let raw = format!(
+                "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
+            );
+            let out = raw_exchange(proxy.addr, raw.as_bytes(), Duration::from_secs(5));
+            let status = status_of(&out);
+            assert!(
+                status == Some(400) || status.is_none(),
+                "{name} (round {round}): {}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+    }
+    let s = stats(&proxy);
+    assert_eq!(s.status[4], 0, "no 5xx counted: {s:?}");
+    assert_eq!(s.upstream_errors, 0, "no upstream error counted: {s:?}");
+    // A well-framed chunked body still goes through.
+    let out = raw_exchange(
+        proxy.addr,
+        b"POST /ok HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert_eq!(status_of(&out), Some(200));
+    assert!(b
+        .seen()
+        .iter()
+        .any(|s| s.path == "/ok" && s.body == b"hello"));
+}
+
+#[test]
+fn content_length_with_transfer_encoding_is_refused_and_closed() {
+    let b = Backend::start("b");
+    let proxy = proxy_to(&b, common::config());
+    for raw in [
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 30\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let started = Instant::now();
+        let out = raw_exchange(proxy.addr, raw.as_bytes(), Duration::from_secs(20));
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(status_of(&out), Some(400), "{text}");
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+        assert!(
+            text.to_ascii_lowercase().contains("connection: close"),
+            "{text}"
+        );
+        // The proxy closed the connection itself (the read did not wait for the timeout).
+        assert!(started.elapsed() < Duration::from_secs(15));
+    }
+    assert_eq!(b.count(), 0, "never forwarded: {:?}", b.seen());
+}
+
+#[test]
+fn host_handling_follows_rfc_9112() {
+    let b = Backend::start("b");
+    let other = Backend::start("other");
+    let proxy = proxy_to(&b, common::config());
+    proxy.set_route(route("app/other", &["other.test"], "/", "r1", &[&other]));
+    let ask = |raw: &str| {
+        let out = raw_exchange(proxy.addr, raw.as_bytes(), Duration::from_secs(5));
+        (status_of(&out), String::from_utf8_lossy(&out).into_owned())
+    };
+    // An absolute-form target names the host; the Host header is replaced by it.
+    let (status, text) =
+        ask("GET http://other.test/x HTTP/1.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, Some(200), "{text}");
+    assert!(text.ends_with("other"), "{text}");
+    let seen = other.seen().pop().unwrap();
+    assert_eq!(seen.header("host"), Some("other.test"));
+    assert_eq!(seen.path, "/x");
+    // A trailing dot is the same name.
+    let (status, text) = ask("GET / HTTP/1.1\r\nHost: other.test.\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, Some(200), "{text}");
+    assert!(text.ends_with("other"), "{text}");
+    let (status, text) =
+        ask("GET / HTTP/1.1\r\nHost: OTHER.test.:8080\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, Some(200), "{text}");
+    assert!(text.ends_with("other"), "{text}");
+    // HTTP/1.0 may omit Host; HTTP/1.1 may not.
+    assert_eq!(ask("GET / HTTP/1.0\r\n\r\n").0, Some(200));
+    let before = b.count() + other.count();
+    for (name, raw, want) in [
+        (
+            "no host",
+            "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        (
+            "host with space",
+            "GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+            400,
+        ),
+        (
+            "host with slash",
+            "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
+            400,
+        ),
+        (
+            "host with userinfo",
+            "GET / HTTP/1.1\r\nHost: u@a\r\n\r\n",
+            400,
+        ),
+        ("empty host", "GET / HTTP/1.1\r\nHost:\r\n\r\n", 400),
+        (
+            "authority form",
+            "GET other.test:80 HTTP/1.1\r\nHost: other.test\r\n\r\n",
+            400,
+        ),
+        (
+            "asterisk form on GET",
+            "GET * HTTP/1.1\r\nHost: x\r\n\r\n",
+            400,
+        ),
+        (
+            "ftp scheme",
+            "GET ftp://other.test/ HTTP/1.1\r\nHost: other.test\r\n\r\n",
+            400,
+        ),
+        (
+            "connect",
+            "CONNECT other.test:443 HTTP/1.1\r\nHost: other.test:443\r\n\r\n",
+            405,
+        ),
+    ] {
+        let (status, text) = ask(raw);
+        assert_eq!(status, Some(want), "{name}: {text}");
+    }
+    assert_eq!(b.count() + other.count(), before, "none forwarded");
+}
+
+#[test]
+fn a_clients_x_real_ip_is_not_passed_on() {
+    let b = Backend::start("b");
+    let proxy = proxy_to(&b, common::config());
+    let out = raw_exchange(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Real-IP: 6.6.6.6\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert_eq!(status_of(&out), Some(200));
+    let seen = b.seen().pop().unwrap();
+    assert_eq!(seen.all("x-real-ip"), ["127.0.0.1"]);
+}
+
+#[test]
+fn a_slow_steady_upload_outlasts_the_response_timeout_and_a_stalled_one_is_cut() {
+    let b = Backend::start("b");
+    let limits = Limits {
+        response_timeout: Duration::from_millis(1000),
+        body_timeout: Duration::from_millis(1500),
+        ..Limits::default()
+    };
+    let proxy = proxy_to(
+        &b,
+        Config {
+            limits,
+            ..common::config()
+        },
+    );
+    // 10 chunks, 300 ms apart: 3 s of upload, three times the response timeout, but
+    // never idle for the body timeout.
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    for i in 0..10u8 {
+        std::thread::sleep(Duration::from_millis(300));
+        s.write_all(&[b'0' + i]).unwrap();
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(started.elapsed() > Duration::from_millis(1000));
+    assert_eq!(
+        status_of(&out),
+        Some(200),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(b.seen().iter().any(|s| s.body == b"0123456789"));
+
+    // A stalled one is cut at the body timeout, answered as the client's fault.
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let started = Instant::now();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert_eq!(
+        status_of(&out),
+        Some(408),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let st = stats(&proxy);
+    assert_eq!(
+        (st.status[4], st.upstream_errors),
+        (0, 0),
+        "a stalled upload is not the upstream's fault: {st:?}"
+    );
+}

@@ -1,0 +1,320 @@
+//! The proxy's edge with real processes (issues 12 and 14): nobody else can join its
+//! listening port, a second agent on the same address fails clearly, a proxy killed with
+//! SIGKILL refuses no connection (the agent keeps its listening socket and restarts it on
+//! the same one), and the agent and the proxy raise their open-files limit.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{proxy_pid, release_of, text, Host, Load};
+use hoist_testkit::{hoist_bin, http_get, wait_until, ChildGuard};
+
+fn deployed() -> Host {
+    let host = Host::new();
+    let project = host.project("v1", "", "");
+    let out = host.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(host.serving().is_some());
+    host
+}
+
+/// Tries to bind `addr` the way a process that wants a share of the traffic would
+/// (SO_REUSEADDR and SO_REUSEPORT, as a Python `socket` can); returns errno on failure.
+fn bind_with_reuseport(addr: SocketAddr) -> Result<(), i32> {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("v4 only")
+    };
+    // SAFETY: plain socket calls on a descriptor this function owns and closes.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let one: libc::c_int = 1;
+        for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            );
+        }
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(v4.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::bind(
+            fd,
+            &sa as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        let result = if rc == 0 && libc::listen(fd, 16) == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+        };
+        libc::close(fd);
+        result
+    }
+}
+
+#[test]
+fn no_other_process_can_bind_the_proxys_port_with_so_reuseport() {
+    let host = deployed();
+    let got = bind_with_reuseport(host.proxy);
+    assert_eq!(
+        got,
+        Err(libc::EADDRINUSE),
+        "a foreign SO_REUSEPORT socket joined the proxy's port"
+    );
+    // Every request is still the proxy's.
+    for _ in 0..20 {
+        assert_eq!(http_get(host.proxy, "demo.test", "/").unwrap().status, 200);
+    }
+}
+
+#[test]
+fn a_second_agent_on_the_same_proxy_address_exits_with_a_clear_message() {
+    let host = Host::new();
+    let dir = hoist_testkit::tempdir();
+    let out = Command::new(hoist_bin())
+        .args(["agent", "--root"])
+        .arg(dir.path().join("root"))
+        .arg("--socket")
+        .arg(dir.path().join("agent.sock"))
+        .arg("--proxy")
+        .arg(host.proxy.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "the second agent started: {err}");
+    assert!(
+        err.contains(&host.proxy.to_string()) && err.contains("in use"),
+        "the message names the address: {err}"
+    );
+    assert!(!err.contains("proxy started"), "{err}");
+    // The first agent's proxy still serves.
+    assert!(proxy_pid(&host.root).is_ok());
+}
+
+#[test]
+fn a_proxy_killed_with_sigkill_refuses_no_connection() {
+    let mut host = deployed();
+    let load = Load::start(host.proxy);
+    let kill_and_wait = |host: &Host| {
+        let pid = proxy_pid(&host.root).expect("the proxy answers");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        // The agent notices within a second and starts it again on the same socket.
+        wait_until(Duration::from_secs(30), || {
+            proxy_pid(&host.root).is_ok_and(|p| p != pid)
+        })
+        .expect("the agent restarted the proxy");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    for _ in 0..3 {
+        kill_and_wait(&host);
+    }
+    // An agent started while the proxy runs takes its socket from the proxy.
+    host.kill_agent();
+    host.start_agent();
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..2 {
+        kill_and_wait(&host);
+    }
+    let (ok, failed, errors) = load.finish();
+    let refused: Vec<_> = errors
+        .iter()
+        .filter(|e| e.to_ascii_lowercase().contains("refused"))
+        .collect();
+    assert!(ok > 0);
+    assert!(
+        refused.is_empty(),
+        "{} of {} requests were refused: {refused:?}",
+        refused.len(),
+        ok + failed
+    );
+    // Requests in flight at a kill may fail (closed without an answer); none is refused.
+    assert!(failed <= 4 * 5 + 4, "{failed} failed: {errors:?}");
+}
+
+fn soft_and_hard_open_files(pid: i32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_string();
+    let mut fields = line.split_whitespace().skip(3);
+    (
+        fields.next().unwrap().to_string(),
+        fields.next().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn the_agent_and_the_proxy_raise_their_open_files_limit() {
+    let dir = hoist_testkit::tempdir();
+    let root = dir.path().join("root");
+    let socket = dir.path().join("agent.sock");
+    let proxy = SocketAddr::from(([127, 0, 0, 1], hoist_testkit::free_port()));
+    let mut cmd = Command::new(hoist_bin());
+    cmd.args(["agent", "--root"])
+        .arg(&root)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--proxy")
+        .arg(proxy.to_string())
+        .stderr(Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe; `ulimit -Sn 256` before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            use nix::sys::resource::{getrlimit, setrlimit, Resource};
+            let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+            setrlimit(Resource::RLIMIT_NOFILE, 256, hard)?;
+            Ok(())
+        });
+    }
+    let agent = ChildGuard::spawn(&mut cmd).unwrap();
+    wait_until(Duration::from_secs(20), || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    })
+    .expect("the agent answers");
+    let proxy_pid = proxy_pid(&root).expect("the proxy answers");
+    let _proxy_guard = KillOnDrop(proxy_pid);
+    let (soft, hard) = soft_and_hard_open_files(agent.pid() as i32);
+    assert_ne!(hard, "256", "the test needs a hard limit above 256");
+    assert_eq!(soft, hard, "the agent's soft limit");
+    let (soft, hard) = soft_and_hard_open_files(proxy_pid);
+    assert_eq!(soft, hard, "the proxy's soft limit");
+}
+
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+#[test]
+fn two_apps_cannot_claim_the_same_domain_and_prefix() {
+    let host = deployed();
+    let first = host.serving().unwrap();
+    let project = host.project("other", "", "");
+    let file = project.join("hoist.toml");
+    let toml = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("app = \"demo\"", "app = \"other\"");
+    std::fs::write(&file, &toml).unwrap();
+    let config = file.to_str().unwrap();
+
+    let plan = host.hoist(&["plan", "-c", config]);
+    let said = format!("{}{}", text(&plan.stdout), text(&plan.stderr));
+    assert!(!plan.status.success(), "plan passed: {said}");
+    assert!(said.contains("`demo`") && said.contains("`*`"), "{said}");
+
+    let out = host.deploy(&project);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success(), "the deploy took the route: {said}");
+    assert!(said.contains("held by app `demo`"), "{said}");
+    // The first app still gets every request.
+    for _ in 0..10 {
+        assert_eq!(host.serving().as_deref(), Some(first.as_str()));
+    }
+
+    // Its own domain is fine.
+    std::fs::write(
+        &file,
+        toml.replace("domains = [\"*\"]", "domains = [\"other.test\"]"),
+    )
+    .unwrap();
+    let out = host.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(host.serving().as_deref(), Some(first.as_str()));
+    let other = http_get(host.proxy, "other.test", "/").unwrap();
+    assert_eq!(other.status, 200);
+    assert_ne!(other.body, "");
+}
+
+#[test]
+fn malformed_chunked_bodies_from_a_client_do_not_fail_a_bake() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let host = Host::new();
+    let bake = "bake = { duration = \"4s\", max_5xx_percent = 1 }";
+    let v1 = host.project("v1", "", bake);
+    let out = host.deploy(&v1);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let load = Load::start(host.proxy);
+    // A hostile client sends broken chunked bodies for the whole deploy.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let bodies = [
+        "ZZZ\r\nhello\r\n0\r\n\r\n",
+        "-1\r\nhello\r\n0\r\n\r\n",
+        "12345678901234567890\r\nhello\r\n0\r\n\r\n",
+        "5\nhello\n0\n\n",
+    ];
+    let hostile = {
+        let (stop, sent, addr) = (stop.clone(), sent.clone(), host.proxy);
+        std::thread::spawn(move || {
+            let mut statuses = Vec::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(300);
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                for body in bodies {
+                    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+                        continue;
+                    };
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                    let _ = write!(
+                        s,
+                        "POST / HTTP/1.1\r\nHost: demo.test\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
+                    );
+                    let mut out = Vec::new();
+                    let _ = s.read_to_end(&mut out);
+                    statuses.push(String::from_utf8_lossy(&out[..out.len().min(12)]).into_owned());
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            statuses
+        })
+    };
+    let v2 = host.project("v2", "", bake);
+    let out = host.deploy(&v2);
+    stop.store(true, Ordering::Relaxed);
+    let statuses = hostile.join().unwrap();
+    let (ok, failed, errors) = load.finish();
+    assert!(
+        out.status.success(),
+        "the bake failed on the client's errors: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(host.serving().as_deref(), Some(release_of(&out).as_str()));
+    assert!(sent.load(Ordering::Relaxed) >= 40, "{}", sent.load(Ordering::Relaxed));
+    // 400 from the proxy (or the app's own 4xx when it answered before the body broke);
+    // never a 5xx.
+    let not_4xx: Vec<_> = statuses
+        .iter()
+        .filter(|s| !s.is_empty() && !s.starts_with("HTTP/1.1 4"))
+        .take(10)
+        .collect();
+    assert!(not_4xx.is_empty(), "{not_4xx:?}");
+    assert!(ok > 0);
+    assert_eq!(failed, 0, "{errors:?}");
+}
