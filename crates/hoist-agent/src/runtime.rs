@@ -364,7 +364,7 @@ impl Agent {
         subject: Option<&str>,
         message: &str,
     ) {
-        if let Err(e) = self.state().add_event(app, kind, subject, message) {
+        if let Err(e) = self.db(|s| s.add_event(app, kind, subject, message)) {
             tracing::warn!(error = %e, kind, "cannot record an event");
         }
     }
@@ -530,7 +530,7 @@ impl Agent {
         for (app, kind, id, msg) in events {
             self.event(Some(&app), kind, Some(&id), &msg);
             if kind != "instance.memory_limit" {
-                let _ = self.state().bump_restarts(&id);
+                let _ = self.db(|s| s.bump_restarts(&id));
             }
         }
         for app in changed_apps {
@@ -595,7 +595,7 @@ impl Agent {
             }
         }
         for (id, _, _) in &handles {
-            let _ = self.state().set_instance_desired(id, "stop");
+            let _ = self.db(|s| s.set_instance_desired(id, "stop"));
         }
         let mut waits = Vec::new();
         for (id, handle, timeout) in handles {
@@ -615,7 +615,7 @@ impl Agent {
         }
         for w in waits {
             if let Ok(id) = w.await {
-                let _ = self.state().remove_instance(&id);
+                let _ = self.db(|s| s.remove_instance(&id));
                 self.rt().instances.remove(&id);
             }
         }
@@ -658,7 +658,8 @@ impl Agent {
                     restarts: 0,
                     created_at_ms: hoist_state::now_ms(),
                 };
-                self.state().put_instance(&row).map_err(|e| e.to_string())?;
+                self.db(|s| s.put_instance(&row))
+                    .map_err(|e| e.to_string())?;
                 let live = self.live_for(spec, row)?;
                 self.rt().instances.insert(id.clone(), live);
                 ids.push(id);

@@ -101,7 +101,7 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
         (Method::GET, ["v1", "jobs"]) => {
             let q = req.uri().query().unwrap_or("").to_string();
             let app = query_param(&q, "app").filter(|a| !a.is_empty());
-            match agent.state().job_runs(app, 50) {
+            match agent.db(|s| s.job_runs(app, 50)) {
                 Ok(runs) => http::json(StatusCode::OK, &runs),
                 Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
             }
@@ -173,14 +173,14 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
 }
 
 fn status(agent: &Agent) -> Response<Body> {
-    let apps = match agent.state().apps() {
+    let apps = match agent.db(|s| s.apps()) {
         Ok(a) => a,
         Err(e) => return http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
     };
     let now = std::time::Instant::now();
     let mut out = Vec::new();
     for app in apps {
-        let cur = agent.state().current(&app).ok().flatten();
+        let cur = agent.db(|s| s.current(&app)).ok().flatten();
         let instances = agent
             .rt()
             .instances
@@ -299,7 +299,7 @@ async fn deploy(agent: Arc<Agent>, req: DeployRequest) -> Response<Body> {
     if let Err(resp) = crate::fleet::check_lease(&agent, &app, req.lease.as_deref()) {
         return *resp;
     }
-    let Some(row) = agent.state().release(&app, &req.release).ok().flatten() else {
+    let Some(row) = agent.db(|s| s.release(&app, &req.release)).ok().flatten() else {
         return http::error(
             StatusCode::NOT_FOUND,
             format!("release `{}` of `{app}` is not on this host", req.release),
@@ -307,10 +307,7 @@ async fn deploy(agent: Arc<Agent>, req: DeployRequest) -> Response<Body> {
         );
     };
     let spec_json = serde_json::to_string(&req.spec).unwrap_or_default();
-    if let Err(e) = agent
-        .state()
-        .put_release(&app, &req.release, &row.manifest, &spec_json)
-    {
+    if let Err(e) = agent.db(|s| s.put_release(&app, &req.release, &row.manifest, &spec_json)) {
         return http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None);
     }
     let guard = match lock(&agent, &app, &req.actor) {
@@ -341,7 +338,7 @@ async fn deploy(agent: Arc<Agent>, req: DeployRequest) -> Response<Body> {
 }
 
 async fn rollback(agent: Arc<Agent>, req: RollbackRequest) -> Response<Body> {
-    let cur = agent.state().current(&req.app).ok().flatten();
+    let cur = agent.db(|s| s.current(&req.app)).ok().flatten();
     let Some(cur) = cur else {
         return http::error(
             StatusCode::NOT_FOUND,
@@ -464,9 +461,7 @@ async fn service_action(
         })
         .map(|l| l.row.instance.clone())
         .collect();
-    let op = agent
-        .state()
-        .begin_operation(app, action, Some(&release), None, "api");
+    let op = agent.db(|s| s.begin_operation(app, action, Some(&release), None, "api"));
     let result: Result<(), String> = match action {
         "stop" => {
             agent.stop_instances(&ids).await;
@@ -522,16 +517,18 @@ async fn service_action(
         )),
     };
     if let Ok(op) = op {
-        let _ = agent.state().finish_operation(
-            op.id,
-            if result.is_ok() {
-                "succeeded"
-            } else {
-                "failed"
-            },
-            result.as_ref().err().map(String::as_str),
-            None,
-        );
+        let _ = agent.db(|s| {
+            s.finish_operation(
+                op.id,
+                if result.is_ok() {
+                    "succeeded"
+                } else {
+                    "failed"
+                },
+                result.as_ref().err().map(String::as_str),
+                None,
+            )
+        });
     }
     match result {
         Ok(()) => http::json(
@@ -551,7 +548,7 @@ fn filtered_spec(spec: &hoist_core::spec::AppSpec, service: &str) -> hoist_core:
 
 /// The release deployed before `current` (for a rollback outside the standby window).
 fn previous_release(agent: &Agent, app: &str, current: &str) -> Option<String> {
-    let hist = agent.state().history(Some(app), 1000).ok()?;
+    let hist = agent.db(|s| s.history(Some(app), 1000)).ok()?;
     hist.iter()
         .rev()
         .filter(|h| h.result == "succeeded")
@@ -559,8 +556,7 @@ fn previous_release(agent: &Agent, app: &str, current: &str) -> Option<String> {
         .find(|r| {
             r != current
                 && agent
-                    .state()
-                    .release(app, r)
+                    .db(|s| s.release(app, r))
                     .ok()
                     .flatten()
                     .is_some_and(|row| row.spec != "null")
@@ -576,7 +572,7 @@ fn lock(
 ) -> Result<tokio::sync::OwnedMutexGuard<()>, Box<Response<Body>>> {
     let mutex = agent.app_lock(app);
     match mutex.try_lock_owned() {
-        Ok(g) => match agent.state().acquire_lock(app, actor, &agent.boot) {
+        Ok(g) => match agent.db(|s| s.acquire_lock(app, actor, &agent.boot)) {
             Ok(()) => Ok(g),
             Err(e) => Err(Box::new(http::error(
                 StatusCode::CONFLICT,
@@ -585,7 +581,7 @@ fn lock(
             ))),
         },
         Err(_) => {
-            let holder = agent.state().lock(app).ok().flatten();
+            let holder = agent.db(|s| s.lock(app)).ok().flatten();
             let msg = match holder {
                 Some(l) => format!(
                     "a deploy of `{app}` is already running: held by {} since {}s ago",
@@ -604,8 +600,8 @@ fn lock(
 }
 
 fn releases(agent: &Agent, app: &str) -> Response<Body> {
-    let cur = agent.state().current(app).ok().flatten();
-    let rows = agent.state().releases(app).unwrap_or_default();
+    let cur = agent.db(|s| s.current(app)).ok().flatten();
+    let rows = agent.db(|s| s.releases(app)).unwrap_or_default();
     let list: Vec<ReleaseInfo> = rows
         .into_iter()
         .map(|r| {
@@ -636,7 +632,7 @@ fn releases(agent: &Agent, app: &str) -> Response<Body> {
 fn history(agent: &Agent, query: &str) -> Response<Body> {
     let app = query_param(query, "app").filter(|a| !a.is_empty());
     if query_param(query, "verify").is_some() {
-        return match agent.state().verify_history() {
+        return match agent.db(|s| s.verify_history()) {
             Ok(r) => http::json(StatusCode::OK, &r),
             Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
         };
@@ -644,7 +640,7 @@ fn history(agent: &Agent, query: &str) -> Response<Body> {
     let limit = query_param(query, "limit")
         .and_then(|l| l.parse().ok())
         .unwrap_or(50);
-    match agent.state().history(app, limit) {
+    match agent.db(|s| s.history(app, limit)) {
         Ok(h) => {
             let wire: Vec<hoist_protocol::agent::HistoryRecord> = h
                 .into_iter()
@@ -752,7 +748,7 @@ fn events(agent: Arc<Agent>, query: &str) -> Response<Body> {
     let (tx, resp) = http::stream();
     tokio::spawn(async move {
         loop {
-            let batch = agent.state().events(after, 500).unwrap_or_default();
+            let batch = agent.db(|s| s.events(after, 500)).unwrap_or_default();
             for ev in &batch {
                 if !tx.send(ev).await {
                     return;

@@ -244,8 +244,10 @@ async fn stream<B: serde::Serialize>(
 ) -> anyhow::Result<Outcome> {
     let mut outcome = None;
     let mut failure_lines = Vec::new();
-    client
+    let mut began = false;
+    let streamed = client
         .stream::<_, Progress>(Method::POST, path, Some(body), |p| {
+            began = true;
             if json {
                 let _ = output::json(&p);
             }
@@ -274,15 +276,33 @@ async fn stream<B: serde::Serialize>(
             }
             true
         })
-        .await
-        .map_err(common::agent_error)?;
+        .await;
+    // Once the operation has begun, a lost agent leaves its outcome unknown here: the
+    // agent's recovery closes it with what is true. Never claim "unchanged".
+    let lost = |why: String| {
+        with_exit(
+            Exit::Partial,
+            anyhow::anyhow!(
+                "{why}; the outcome is unknown here: the agent's recovery records it (see `hoist history` and `hoist status`)"
+            ),
+        )
+    };
+    match streamed {
+        Err(e) if began => {
+            return Err(lost(format!(
+                "the agent stopped answering during the operation ({e})"
+            )))
+        }
+        Err(e) => return Err(common::agent_error(e)),
+        Ok(_) => {}
+    }
     if !failure_lines.is_empty() {
         output::diagnostic("last lines of its output:");
         for l in failure_lines {
             output::diagnostic(&format!("  | {l}"));
         }
     }
-    outcome.ok_or_else(|| anyhow::anyhow!("the agent ended the stream without an outcome"))
+    outcome.ok_or_else(|| lost("the agent ended the operation's stream without an outcome".into()))
 }
 
 fn finish(outcome: Outcome, json: bool) -> anyhow::Result<()> {
