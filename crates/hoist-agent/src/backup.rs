@@ -496,7 +496,8 @@ impl Agent {
                     }
                 }
             }
-            let _ = self.db(|s| s.delete_backup(r.id));
+            let forgot = self.db(|s| s.delete_backup(r.id));
+            self.noted(Some(app), "forget a pruned backup", forgot);
             tracing::info!(app, backup = name, id = r.id, "backup pruned by retention");
         }
     }
@@ -790,10 +791,12 @@ impl Agent {
             let id = id.clone();
             tokio::spawn(async move { a.start_instance(&id).await });
         }
-        if let Ok(Some(mut cur)) = self.db(|s| s.current(&spec.app)) {
+        let cur = self.db(|s| s.current(&spec.app));
+        if let Some(Some(mut cur)) = self.noted(Some(&spec.app), "read the current release", cur) {
             if cur.standby.take().is_some() {
                 cur.standby_until_ms = None;
-                let _ = self.db(|s| s.set_current(&cur));
+                let set = self.db(|s| s.set_current(&cur));
+                self.noted(Some(&spec.app), "end the standby window", set);
             }
         }
         let deadline = Instant::now() + spec.deploy.health_deadline;

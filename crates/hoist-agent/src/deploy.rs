@@ -278,7 +278,8 @@ impl Agent {
             Some(&release),
             reason.as_deref().unwrap_or("ok"),
         );
-        let _ = self.db(|s| s.release_lock(&app));
+        let released = self.db(|s| s.release_lock(&app));
+        self.noted(Some(&app), "release the deploy lock", released);
         self.outcome(&app, result, &release, prev_release, started)
     }
 
@@ -634,7 +635,8 @@ impl Agent {
                 tracing::warn!(app, release = %release, error = %e, "cannot remove a pruned release tree");
                 continue;
             }
-            let _ = self.db(|s| s.delete_release(app, release));
+            let forgot = self.db(|s| s.delete_release(app, release));
+            self.noted(Some(app), "forget a pruned release", forgot);
             tracing::info!(app, release = %release, "release pruned");
         }
         if doomed.is_empty() {

@@ -93,7 +93,7 @@ impl Agent {
             let id = self
                 .db(|s| s.start_job_run(app, job, release, trigger, "skipped"))
                 .map_err(|e| e.to_string())?;
-            let _ = self.db(|s| {
+            let closed = self.db(|s| {
                 s.finish_job_run(
                     id,
                     "skipped",
@@ -101,6 +101,7 @@ impl Agent {
                     &format!("run {previous} was still going"),
                 )
             });
+            self.noted(Some(app), "record a skipped job run", closed);
             self.event(
                 Some(app),
                 "job.skipped",
@@ -149,7 +150,8 @@ impl Agent {
             }
             Err(e) => {
                 let msg = crate::chain(&e);
-                let _ = self.db(|s| s.finish_job_run(run_id, "failed", None, &msg));
+                let closed = self.db(|s| s.finish_job_run(run_id, "failed", None, &msg));
+                self.noted(Some(app), "record a failed job run", closed);
                 Err(msg)
             }
         }
@@ -198,7 +200,8 @@ impl Agent {
         let output = self
             .last_log_lines(&run_instance(run.run_id), job, 20)
             .join("\n");
-        let _ = self.db(|s| s.finish_job_run(run.run_id, status, code, &output));
+        let closed = self.db(|s| s.finish_job_run(run.run_id, status, code, &output));
+        self.noted(Some(app), "record the end of a job run", closed);
         let _ = self.supervisor.forget(&run_instance(run.run_id));
         if status != "succeeded" {
             self.event(

@@ -168,12 +168,7 @@ impl Agent {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut st)
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(run)
-            }
-            _ => run(),
-        }
+        off_workers(run)
     }
 
     /// A state write whose failure must not stop its caller (the work it records is done
@@ -319,8 +314,13 @@ impl Agent {
                 tracing::info!(app = %app, standby = ?cur.standby, "standby window over");
                 cur.standby = None;
                 cur.standby_until_ms = None;
-                let _ = self.db(|s| s.set_current(&cur));
-                self.retire(&app, false).await;
+                let ended = self.db(|s| s.set_current(&cur));
+                if self
+                    .noted(Some(&app), "end the standby window", ended)
+                    .is_some()
+                {
+                    self.retire(&app, false).await;
+                }
             }
         }
     }
@@ -336,6 +336,18 @@ impl Agent {
 
     pub(crate) fn host_name(&self) -> String {
         self.host.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Runs blocking work (SQLite, file I/O, a lock) without stalling the runtime: on the
+/// agent's multi-thread runtime the calling worker first hands its other tasks to a fresh
+/// worker (`block_in_place`); elsewhere (unit tests) it simply runs.
+pub(crate) fn off_workers<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 

@@ -444,7 +444,8 @@ impl Agent {
     /// enforce memory limits, stop what is retired. Runs every 200 ms.
     pub(crate) async fn supervise_once(self: &Arc<Self>, measure: bool) {
         let now = Instant::now();
-        let table = measure.then(hoist_supervisor::procfs::all_processes);
+        // The process table (a /proc scan) and the liveness checks below are file I/O.
+        let table = measure.then(|| crate::off_workers(hoist_supervisor::procfs::all_processes));
         let mut to_start = Vec::new();
         let mut to_restart_unhealthy = Vec::new();
         let mut changed_apps = Vec::new();
@@ -530,7 +531,8 @@ impl Agent {
         for (app, kind, id, msg) in events {
             self.event(Some(&app), kind, Some(&id), &msg);
             if kind != "instance.memory_limit" {
-                let _ = self.db(|s| s.bump_restarts(&id));
+                let bumped = self.db(|s| s.bump_restarts(&id));
+                self.noted(Some(&app), "count a restart", bumped);
             }
         }
         for app in changed_apps {
@@ -595,7 +597,8 @@ impl Agent {
             }
         }
         for (id, _, _) in &handles {
-            let _ = self.db(|s| s.set_instance_desired(id, "stop"));
+            let marked = self.db(|s| s.set_instance_desired(id, "stop"));
+            self.noted(None, "mark an instance for stopping", marked);
         }
         let mut waits = Vec::new();
         for (id, handle, timeout) in handles {
@@ -615,7 +618,8 @@ impl Agent {
         }
         for w in waits {
             if let Ok(id) = w.await {
-                let _ = self.db(|s| s.remove_instance(&id));
+                let removed = self.db(|s| s.remove_instance(&id));
+                self.noted(None, "drop a stopped instance's row", removed);
                 self.rt().instances.remove(&id);
             }
         }

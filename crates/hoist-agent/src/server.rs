@@ -118,16 +118,18 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
             let q = req.uri().query().unwrap_or("").to_string();
             logs(agent, app, service, &q)
         }
-        (Method::GET, ["v1", "secrets", app]) => match agent.secrets.names(app) {
-            Ok(names) => http::json(
-                StatusCode::OK,
-                &SecretNames {
-                    app: app.to_string(),
-                    names,
-                },
-            ),
-            Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
-        },
+        (Method::GET, ["v1", "secrets", app]) => {
+            match crate::off_workers(|| agent.secrets.names(app)) {
+                Ok(names) => http::json(
+                    StatusCode::OK,
+                    &SecretNames {
+                        app: app.to_string(),
+                        names,
+                    },
+                ),
+                Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
+            }
+        }
         (Method::PUT, ["v1", "secrets", app, name]) => {
             let (app, name) = (app.to_string(), name.to_string());
             let body = match http::read_body(req.into_body(), MAX_JSON_BODY).await {
@@ -141,7 +143,7 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
                     None,
                 );
             };
-            match agent.secrets.set(&app, &name, &v.value) {
+            match crate::off_workers(|| agent.secrets.set(&app, &name, &v.value)) {
                 Ok(()) => {
                     tracing::info!(app = %app, secret = %name, "secret set");
                     http::json(
@@ -152,18 +154,20 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
                 Err(e) => http::error(StatusCode::BAD_REQUEST, e.to_string(), None),
             }
         }
-        (Method::DELETE, ["v1", "secrets", app, name]) => match agent.secrets.unset(app, name) {
-            Ok(true) => http::json(
-                StatusCode::OK,
-                &serde_json::json!({"app": app, "name": name}),
-            ),
-            Ok(false) => http::error(
-                StatusCode::NOT_FOUND,
-                format!("no secret `{name}` for `{app}`"),
-                None,
-            ),
-            Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
-        },
+        (Method::DELETE, ["v1", "secrets", app, name]) => {
+            match crate::off_workers(|| agent.secrets.unset(app, name)) {
+                Ok(true) => http::json(
+                    StatusCode::OK,
+                    &serde_json::json!({"app": app, "name": name}),
+                ),
+                Ok(false) => http::error(
+                    StatusCode::NOT_FOUND,
+                    format!("no secret `{name}` for `{app}`"),
+                    None,
+                ),
+                Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
+            }
+        }
         _ => http::error(
             StatusCode::NOT_FOUND,
             format!("no such endpoint `{path}`"),
@@ -461,7 +465,24 @@ async fn service_action(
         })
         .map(|l| l.row.instance.clone())
         .collect();
-    let op = agent.db(|s| s.begin_operation(app, action, Some(&release), None, "api"));
+    if !matches!(action, "start" | "stop" | "restart") {
+        return http::error(
+            StatusCode::BAD_REQUEST,
+            format!("unknown action `{action}`: expected start, stop or restart"),
+            None,
+        );
+    }
+    // Nothing is done that the history could not record.
+    let op = match agent.db(|s| s.begin_operation(app, action, Some(&release), None, "api")) {
+        Ok(op) => Some(op),
+        Err(e) => {
+            return http::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot record the operation: {}", crate::chain(&e)),
+                None,
+            )
+        }
+    };
     let result: Result<(), String> = match action {
         "stop" => {
             agent.stop_instances(&ids).await;
@@ -516,8 +537,8 @@ async fn service_action(
             "unknown action `{other}`: expected start, stop or restart"
         )),
     };
-    if let Ok(op) = op {
-        let _ = agent.db(|s| {
+    if let Some(op) = op {
+        let finished = agent.db(|s| {
             s.finish_operation(
                 op.id,
                 if result.is_ok() {
@@ -529,6 +550,7 @@ async fn service_action(
                 None,
             )
         });
+        agent.noted(Some(app), "record the end of the operation", finished);
     }
     match result {
         Ok(()) => http::json(
@@ -716,26 +738,13 @@ fn to_wire(l: hoist_supervisor::LogLine) -> hoist_protocol::agent::LogLine {
     }
 }
 
+/// A query value as sent by a form or `hoist logs --grep`: `+` is a space, `%XX` a byte;
+/// bytes that are not UTF-8 are replaced, never sliced through.
 fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                Ok(b) => {
-                    out.push(b);
-                    i += 3;
-                    continue;
-                }
-                Err(_) => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let spaced = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// `GET /v1/events?after=N&follow=1`: events after id N as JSON lines; with `follow`,
@@ -782,4 +791,15 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "local".into())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_decoding_never_slices_through_a_character() {
+        assert_eq!(super::percent_decode("%\u{e9}t\u{e9}"), "%\u{e9}t\u{e9}");
+        assert_eq!(super::percent_decode("%%\u{20ac}"), "%%\u{20ac}");
+        assert_eq!(super::percent_decode("%C3%A9+x"), "\u{e9} x");
+        assert_eq!(super::percent_decode("a%e"), "a%e");
+    }
 }
