@@ -88,6 +88,10 @@ pub struct Agent {
 impl Agent {
     /// Opens the root (creating it), takes the one-agent-per-root lock and the state.
     pub fn open(config: AgentConfig) -> Result<Arc<Agent>, AgentError> {
+        // Files the agent, its shims and the proxy create (state, logs, the access log)
+        // are readable by no other user: 0640 at most, whatever the caller's umask.
+        let umask = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        nix::sys::stat::umask(umask | nix::sys::stat::Mode::from_bits_truncate(0o027));
         let paths = Paths::new(&config.root);
         paths.create().map_err(|source| AgentError::Root {
             path: config.root.clone(),
@@ -107,6 +111,11 @@ impl Agent {
                 path: config.root.clone(),
             })?;
         let state = hoist_state::State::open(&paths.state_db())?;
+        // A new database (and its WAL files) exist only now.
+        paths.make_private().map_err(|source| AgentError::Root {
+            path: config.root.clone(),
+            source,
+        })?;
         let boot = new_boot_id();
         tracing::info!(root = %config.root.display(), boot = %boot, "agent starting");
         let exe = match std::env::var_os("HOIST_EXE") {

@@ -142,3 +142,74 @@ fn concurrent_secret_sets_all_land() {
         );
     }
 }
+
+/// `--socket PATH` naming a regular file: the agent refuses and the file is untouched.
+/// A stale socket (an agent SIGKILLed) is still replaced (`agent_cli` covers that).
+#[test]
+fn the_agent_never_replaces_a_regular_file_with_its_socket() {
+    let dir = hoist_testkit::tempdir();
+    let file = dir.path().join("precious.txt");
+    std::fs::write(&file, "keep me").unwrap();
+    let out = std::process::Command::new(hoist_testkit::hoist_bin())
+        .args(["agent", "--root"])
+        .arg(dir.path().join("root"))
+        .arg("--socket")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("is not a socket"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+}
+
+/// A root the operator created 0755 beforehand, and a caller's umask of 0: the agent
+/// makes the root 0700, and its state, logs and the proxy's access log are readable by
+/// no other user.
+#[test]
+fn the_agent_keeps_its_root_private_whatever_it_finds() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // The umask is the test process's, inherited by the agent it starts.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    let host = Host::new_with(|root| {
+        std::fs::create_dir(root).unwrap();
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    });
+    nix::sys::stat::umask(old);
+    let root = host.root.clone();
+    let p = host.project("private", "", "");
+    let out = host.deploy(&p);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until(Duration::from_secs(20), || host.serving().is_some()).unwrap();
+    assert_eq!(mode(&root), 0o700, "root");
+    let mut files = vec![root.join("state.db")];
+    for e in walk(&root.join("logs"))
+        .into_iter()
+        .chain(walk(&root.join("proxy")))
+    {
+        if e.is_file() {
+            files.push(e);
+        }
+    }
+    assert!(files.len() > 2, "{files:?}");
+    for f in files {
+        assert_eq!(mode(&f) & 0o007, 0, "{} is {:o}", f.display(), mode(&f));
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -25,6 +25,11 @@ pub struct Host {
 
 impl Host {
     pub fn new() -> Host {
+        Host::new_with(|_| {})
+    }
+
+    /// As [`Host::new`], with `prepare(root)` run before the agent starts.
+    pub fn new_with(prepare: impl FnOnce(&Path)) -> Host {
         let dir = tempdir();
         let path = dir.path().to_path_buf();
         let mut h = Host {
@@ -36,6 +41,7 @@ impl Host {
             agent: None,
             agent_env: Vec::new(),
         };
+        prepare(&h.root);
         h.start_agent();
         h
     }
