@@ -255,7 +255,7 @@ impl Agent {
         {
             return;
         }
-        match self.state().close_lost_backups() {
+        match self.db(|s| s.close_lost_backups()) {
             Ok(0) => {}
             Ok(n) => tracing::warn!(count = n, "closed backups interrupted by a stopped agent"),
             Err(e) => tracing::error!(error = %e, "cannot close interrupted backups"),
@@ -365,14 +365,20 @@ impl Agent {
             None => None,
         };
         let (kind, ext) = kind_of(bs);
-        let release = self.state().current(&app).ok().flatten().map(|c| c.release);
-        let id = self.state().begin_backup(&NewBackup {
-            app: &app,
-            name,
-            kind,
-            release: release.as_deref(),
-            trigger,
-            verified: None,
+        let release = self
+            .db(|s| s.current(&app))
+            .ok()
+            .flatten()
+            .map(|c| c.release);
+        let id = self.db(|s| {
+            s.begin_backup(&NewBackup {
+                app: &app,
+                name,
+                kind,
+                release: release.as_deref(),
+                trigger,
+                verified: None,
+            })
         })?;
         let dir = self.backups_root().join(&app).join(name);
         let file = dir.join(format!(
@@ -421,16 +427,18 @@ impl Agent {
             Ok((sealed, copy)) => {
                 let file_s = sealed.path.display().to_string();
                 let copy_s = copy.map(|c| c.display().to_string());
-                self.state().finish_backup(
-                    id,
-                    &BackupDone {
-                        file: Some(&file_s),
-                        copy: copy_s.as_deref(),
-                        sha256: Some(&sealed.sha256),
-                        size: Some(sealed.size as i64),
-                        checked: None,
-                    },
-                )?;
+                self.db(|s| {
+                    s.finish_backup(
+                        id,
+                        &BackupDone {
+                            file: Some(&file_s),
+                            copy: copy_s.as_deref(),
+                            sha256: Some(&sealed.sha256),
+                            size: Some(sealed.size as i64),
+                            checked: None,
+                        },
+                    )
+                })?;
                 tracing::info!(app = %app, backup = name, id, bytes = sealed.size, trigger, "backup taken");
                 self.event(
                     Some(&app),
@@ -443,12 +451,12 @@ impl Agent {
             Err(e) => {
                 let msg = crate::chain(&e);
                 let _ = std::fs::remove_file(hoist_backup::file::partial_path(&file));
-                self.state().fail_backup(id, &msg)?;
+                self.db(|s| s.fail_backup(id, &msg))?;
                 tracing::warn!(app = %app, backup = name, id, error = %msg, "backup failed");
                 self.event(Some(&app), "backup.failed", Some(name), &msg);
             }
         }
-        let row = self.state().backup(id)?.ok_or(BackupFail::NoBackup {
+        let row = self.db(|s| s.backup(id))?.ok_or(BackupFail::NoBackup {
             app: app.clone(),
             name: name.to_string(),
         })?;
@@ -458,7 +466,7 @@ impl Agent {
     /// Deletes the good backups of a name that GFS retention does not keep (files and
     /// records; copies too).
     async fn prune_backups(&self, app: &str, name: &str, bs: &BackupSpec) {
-        let rows = match self.state().good_backups(app, name) {
+        let rows = match self.db(|s| s.good_backups(app, name)) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(app, backup = name, error = %e, "cannot list backups to prune");
@@ -488,7 +496,8 @@ impl Agent {
                     }
                 }
             }
-            let _ = self.state().delete_backup(r.id);
+            let forgot = self.db(|s| s.delete_backup(r.id));
+            self.noted(Some(app), "forget a pruned backup", forgot);
             tracing::info!(app, backup = name, id = r.id, "backup pruned by retention");
         }
     }
@@ -566,7 +575,7 @@ impl Agent {
 
     /// The latest good backup of a name, or the one asked for if it is good.
     fn pick_backup(&self, app: &str, name: &str, id: Option<i64>) -> Result<BackupRow, BackupFail> {
-        let good = self.state().good_backups(app, name)?;
+        let good = self.db(|s| s.good_backups(app, name))?;
         match id {
             Some(id) => good
                 .into_iter()
@@ -608,16 +617,18 @@ impl Agent {
         let bs = self.backup_spec(spec, name)?;
         let backup = self.pick_backup(&app, name, None)?;
         let (kind, _) = kind_of(bs);
-        let id = self.state().begin_backup(&NewBackup {
-            app: &app,
-            name,
-            kind,
-            release: backup.release.as_deref(),
-            trigger: "verify",
-            verified: Some(backup.id),
+        let id = self.db(|s| {
+            s.begin_backup(&NewBackup {
+                app: &app,
+                name,
+                kind,
+                release: backup.release.as_deref(),
+                trigger: "verify",
+                verified: Some(backup.id),
+            })
         })?;
         if let Some(f) = &backup.file {
-            self.state().set_backup_file(id, f)?;
+            self.db(|s| s.set_backup_file(id, f))?;
         }
         let scratch = self.paths.tmp().join(format!("verify-{id}"));
         let result = async {
@@ -647,22 +658,24 @@ impl Agent {
         match result {
             Ok(checked) => {
                 let summary = format!("backup {}: {}", backup.id, checked.summary);
-                self.state().finish_backup(
-                    id,
-                    &BackupDone {
-                        checked: Some(&summary),
-                        ..Default::default()
-                    },
-                )?;
+                self.db(|s| {
+                    s.finish_backup(
+                        id,
+                        &BackupDone {
+                            checked: Some(&summary),
+                            ..Default::default()
+                        },
+                    )
+                })?;
                 self.event(Some(&app), "backup.verified", Some(name), &summary);
             }
             Err(e) => {
                 let msg = crate::chain(&e);
-                self.state().fail_backup(id, &msg)?;
+                self.db(|s| s.fail_backup(id, &msg))?;
                 self.event(Some(&app), "backup.verify_failed", Some(name), &msg);
             }
         }
-        self.state().backup(id)?.ok_or(BackupFail::NoBackup {
+        self.db(|s| s.backup(id))?.ok_or(BackupFail::NoBackup {
             app,
             name: name.to_string(),
         })
@@ -692,11 +705,10 @@ impl Agent {
             });
         };
         let _name_guard = self.name_lock(app, name).lock_owned().await;
-        let op = self
-            .state()
-            .begin_operation(app, "restore", Some(&release), None, &req.actor)?;
+        let op =
+            self.db(|s| s.begin_operation(app, "restore", Some(&release), None, &req.actor))?;
         let journal = |step: &str, phase: &str, detail: Option<&str>| {
-            if let Err(e) = self.state().journal(op.id, step, phase, detail) {
+            if let Err(e) = self.db(|s| s.journal(op.id, step, phase, detail)) {
                 tracing::error!(error = %e, step, "cannot journal a restore step");
             }
         };
@@ -753,10 +765,7 @@ impl Agent {
         } else {
             "failed"
         };
-        if let Err(e) = self
-            .state()
-            .finish_operation(op.id, res, Some(&reason), None)
-        {
+        if let Err(e) = self.db(|s| s.finish_operation(op.id, res, Some(&reason), None)) {
             tracing::error!(error = %e, "cannot record the end of a restore");
         }
         self.event(Some(app), &format!("restore.{res}"), Some(name), &reason);
@@ -782,10 +791,12 @@ impl Agent {
             let id = id.clone();
             tokio::spawn(async move { a.start_instance(&id).await });
         }
-        if let Ok(Some(mut cur)) = self.state().current(&spec.app) {
+        let cur = self.db(|s| s.current(&spec.app));
+        if let Some(Some(mut cur)) = self.noted(Some(&spec.app), "read the current release", cur) {
             if cur.standby.take().is_some() {
                 cur.standby_until_ms = None;
-                let _ = self.state().set_current(&cur);
+                let set = self.db(|s| s.set_current(&cur));
+                self.noted(Some(&spec.app), "end the standby window", set);
             }
         }
         let deadline = Instant::now() + spec.deploy.health_deadline;
@@ -869,7 +880,7 @@ pub(crate) async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response
             agent.recover_backups();
             let q = req.uri().query().unwrap_or("").to_string();
             let app = crate::server::query_param(&q, "app").filter(|a| !a.is_empty());
-            match agent.state().backups(app, 1000) {
+            match agent.db(|s| s.backups(app, 1000)) {
                 Ok(rows) => http::json(
                     StatusCode::OK,
                     &rows.into_iter().map(info).collect::<Vec<_>>(),

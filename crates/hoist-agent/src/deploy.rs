@@ -180,7 +180,7 @@ impl Op<'_> {
     }
 
     fn journal(&self, step: &str, phase: &str, detail: Option<&str>) {
-        if let Err(e) = self.agent.state().journal(self.id, step, phase, detail) {
+        if let Err(e) = self.agent.db(|s| s.journal(self.id, step, phase, detail)) {
             tracing::error!(error = %e, step, "cannot journal a deploy step");
         }
     }
@@ -221,15 +221,17 @@ impl Agent {
     ) -> Outcome {
         let app = spec.app.clone();
         let started = Instant::now();
-        let previous = self.state().current(&app).ok().flatten();
+        let previous = self.db(|s| s.current(&app)).ok().flatten();
         let prev_release = previous.as_ref().map(|c| c.release.clone());
-        let op = match self.state().begin_operation(
-            &app,
-            kind.name(),
-            Some(&release),
-            prev_release.as_deref(),
-            &actor,
-        ) {
+        let op = match self.db(|s| {
+            s.begin_operation(
+                &app,
+                kind.name(),
+                Some(&release),
+                prev_release.as_deref(),
+                &actor,
+            )
+        }) {
             Ok(op) => op,
             Err(e) => {
                 return self.outcome(
@@ -266,8 +268,7 @@ impl Agent {
             Err(f) => ("failed", Some(f.reason.clone())),
         };
         if let Err(e) =
-            self.state()
-                .finish_operation(op.id, res, reason.as_deref(), commit.as_deref())
+            self.db(|s| s.finish_operation(op.id, res, reason.as_deref(), commit.as_deref()))
         {
             tracing::error!(error = %e, "cannot record the end of an operation");
         }
@@ -277,7 +278,8 @@ impl Agent {
             Some(&release),
             reason.as_deref().unwrap_or("ok"),
         );
-        let _ = self.state().release_lock(&app);
+        let released = self.db(|s| s.release_lock(&app));
+        self.noted(Some(&app), "release the deploy lock", released);
         self.outcome(&app, result, &release, prev_release, started)
     }
 
@@ -305,7 +307,7 @@ impl Agent {
     }
 
     fn commit_of(&self, app: &str, release: &str) -> Option<String> {
-        let row = self.state().release(app, release).ok().flatten()?;
+        let row = self.db(|s| s.release(app, release)).ok().flatten()?;
         let m: serde_json::Value = serde_json::from_str(&row.manifest).ok()?;
         m.pointer("/build/commit")
             .and_then(|c| c.as_str())
@@ -582,8 +584,8 @@ impl Agent {
     /// one, whatever their age) and removes the others' trees; then the blobs no kept
     /// release of any app references.
     pub(crate) async fn prune(&self, app: &str, keep: usize) {
-        let rows = self.state().releases(app).unwrap_or_default();
-        let cur = self.state().current(app).ok().flatten();
+        let rows = self.db(|s| s.releases(app)).unwrap_or_default();
+        let cur = self.db(|s| s.current(app)).ok().flatten();
         let protected = |r: &str| {
             cur.as_ref()
                 .is_some_and(|c| c.release == r || c.standby.as_deref() == Some(r))
@@ -596,8 +598,7 @@ impl Agent {
             .map(|l| l.row.release.clone())
             .collect();
         let served: std::collections::HashSet<String> = self
-            .state()
-            .history(Some(app), 10_000)
+            .db(|s| s.history(Some(app), 10_000))
             .unwrap_or_default()
             .into_iter()
             .filter(|h| h.result == "succeeded")
@@ -634,7 +635,8 @@ impl Agent {
                 tracing::warn!(app, release = %release, error = %e, "cannot remove a pruned release tree");
                 continue;
             }
-            let _ = self.state().delete_release(app, release);
+            let forgot = self.db(|s| s.delete_release(app, release));
+            self.noted(Some(app), "forget a pruned release", forgot);
             tracing::info!(app, release = %release, "release pruned");
         }
         if doomed.is_empty() {
@@ -642,9 +644,9 @@ impl Agent {
         }
         let _gate = self.store_gate.write().await;
         let mut kept = Vec::new();
-        let apps = self.state().apps().unwrap_or_default();
+        let apps = self.db(|s| s.apps()).unwrap_or_default();
         for a in apps {
-            let rows = self.state().releases(&a).unwrap_or_default();
+            let rows = self.db(|s| s.releases(&a)).unwrap_or_default();
             kept.extend(
                 rows.iter()
                     .filter_map(|r| hoist_artifact::ReleaseId::parse(&r.release)),
@@ -949,9 +951,10 @@ impl Agent {
 
     /// Records the new current release durably, then points the proxy at it.
     pub(crate) async fn switch(&self, spec: Arc<AppSpec>, cur: &Current) -> Result<(), Failure> {
-        self.state()
-            .set_current(cur)
+        self.db(|s| s.set_current(cur))
             .map_err(|e| Failure::new(e.to_string()))?;
+        // Between the durable commit and the proxy's update: the crash tests stop here.
+        crate::failpoint("switch_commit", "after");
         self.rt()
             .specs
             .insert(cur.app.clone(), (cur.release.clone(), spec));
@@ -961,14 +964,14 @@ impl Agent {
     }
 
     pub(crate) fn spec_of(&self, app: &str, release: &str) -> Option<Arc<AppSpec>> {
-        let row = self.state().release(app, release).ok().flatten()?;
+        let row = self.db(|s| s.release(app, release)).ok().flatten()?;
         serde_json::from_str(&row.spec).ok().map(Arc::new)
     }
 
     /// After a switch: workers of other releases stop; web instances of the standby
     /// release stay warm (when a standby window is set); everything else stops.
     pub(crate) async fn retire(self: &Arc<Self>, app: &str, keep_standby: bool) {
-        let cur = self.state().current(app).ok().flatten();
+        let cur = self.db(|s| s.current(app)).ok().flatten();
         let Some(cur) = cur else { return };
         let standby = cur.standby.clone().filter(|_| keep_standby);
         let ids: Vec<String> = {

@@ -62,7 +62,7 @@ pub(crate) fn check_lease(
     app: &str,
     token: Option<&str>,
 ) -> Result<(), Box<Response<Body>>> {
-    let lease = match agent.state().lease(app) {
+    let lease = match agent.db(|s| s.lease(app)) {
         Ok(l) => l,
         Err(e) => {
             return Err(Box::new(http::error(
@@ -110,7 +110,7 @@ fn internal(e: impl std::fmt::Display) -> Response<Body> {
 }
 
 fn list(agent: &Agent) -> Response<Body> {
-    match agent.state().leases() {
+    match agent.db(|s| s.leases()) {
         Ok(rows) => http::json(
             StatusCode::OK,
             &rows.into_iter().map(shown).collect::<Vec<_>>(),
@@ -143,9 +143,7 @@ fn acquire(agent: &Agent, app: &str, r: LeaseRequest) -> Response<Body> {
             None,
         );
     }
-    let result = agent
-        .state()
-        .acquire_lease(app, &r.holder, &r.token, ttl, now_ms());
+    let result = agent.db(|s| s.acquire_lease(app, &r.holder, &r.token, ttl, now_ms()));
     match result {
         Ok(Acquire::Acquired(l)) => {
             tracing::info!(app, holder = %l.holder, "deploy lease taken");
@@ -165,7 +163,7 @@ fn renew(agent: &Agent, app: &str, r: RenewRequest) -> Response<Body> {
         Ok(t) => t,
         Err(resp) => return *resp,
     };
-    let result = agent.state().renew_lease(app, &r.token, ttl, now_ms());
+    let result = agent.db(|s| s.renew_lease(app, &r.token, ttl, now_ms()));
     match result {
         Ok(Some(l)) => http::json(StatusCode::OK, &shown(l)),
         Ok(None) => http::error(
@@ -178,7 +176,7 @@ fn renew(agent: &Agent, app: &str, r: RenewRequest) -> Response<Body> {
 }
 
 fn release(agent: &Agent, app: &str, token: Option<String>) -> Response<Body> {
-    let result = agent.state().release_lease(app, token.as_deref());
+    let result = agent.db(|s| s.release_lease(app, token.as_deref()));
     match result {
         Ok(Some(l)) => {
             tracing::info!(app, holder = %l.holder, forced = token.is_none(), "deploy lease released");
@@ -299,14 +297,13 @@ pub(crate) fn register(agent: &Agent, m: &Manifest) -> Result<(), hoist_state::S
     let app = m.app();
     let release = m.release().as_str();
     let manifest_json = String::from_utf8_lossy(&m.to_json()).into_owned();
-    let state = agent.state();
-    let spec = state
-        .release(app, release)
-        .ok()
-        .flatten()
-        .map(|r| r.spec)
-        .unwrap_or_else(|| "null".into());
-    state.put_release(app, release, &manifest_json, &spec)
+    agent.db(|state| {
+        let spec = state
+            .release(app, release)?
+            .map(|r| r.spec)
+            .unwrap_or_else(|| "null".into());
+        state.put_release(app, release, &manifest_json, &spec)
+    })
 }
 
 /// A blob stream: spooled to a file as it arrives (the body is async, the reader is

@@ -9,7 +9,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hoist_core::spec::{HealthKind, HealthSpec};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the hysteresis concluded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,31 +137,49 @@ pub async fn probe(
         .unwrap_or(false)
 }
 
-/// A plain HTTP/1.1 GET: the status line is all that matters, so no client library.
+/// The most of a probe's answer that is read; a larger body fails the probe.
+const MAX_PROBE_BODY: usize = 64 * 1024;
+
+/// One HTTP/1.1 GET through hyper's client: the whole (bounded) answer is read, so the
+/// connection ends with a FIN after the app has written everything. Dropping it after
+/// the status line left the rest unread, and the kernel answered the app's next write
+/// with a reset (a `ConnectionResetError` in the app's log for every few probes).
 async fn http_probe(addr: SocketAddr, path: &str, expect: Option<u16>) -> bool {
-    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+    use http_body_util::BodyExt;
+    // A path hyper cannot parse as a URI (control characters, spaces) fails the probe
+    // instead of being written raw.
+    let Ok(req) = hyper::Request::get(path)
+        .header(hyper::header::HOST, "localhost")
+        .header(hyper::header::USER_AGENT, "hoist-health")
+        .header(hyper::header::CONNECTION, "close")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+    else {
         return false;
     };
-    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: hoist-health\r\nConnection: close\r\n\r\n");
-    if stream.write_all(req.as_bytes()).await.is_err() {
+    let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
         return false;
-    }
-    let mut buf = [0u8; 64];
-    let mut got = 0;
-    while got < 12 {
-        match stream.read(&mut buf[got..]).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got += n,
+    };
+    let Ok((mut sender, conn)) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
+    else {
+        return false;
+    };
+    let conn = tokio::spawn(conn);
+    let Ok(resp) = sender.send_request(req).await else {
+        conn.abort();
+        return false;
+    };
+    let status = resp.status().as_u16();
+    let body = http_body_util::Limited::new(resp.into_body(), MAX_PROBE_BODY);
+    let complete = body.collect().await.is_ok();
+    drop(sender);
+    // The connection task ends once the answer is complete (`Connection: close`).
+    let _ = conn.await;
+    complete
+        && match expect {
+            Some(want) => status == want,
+            None => (200..300).contains(&status),
         }
-    }
-    let head = String::from_utf8_lossy(&buf[..got]);
-    let Some(status) = head.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok()) else {
-        return false;
-    };
-    match expect {
-        Some(want) => status == want,
-        None => (200..300).contains(&status),
-    }
 }
 
 async fn exec_probe(command: &str, cwd: &Path, env: &[(String, String)]) -> bool {
@@ -273,5 +290,77 @@ mod tests {
         assert!(http_probe(addr, "/health", None).await);
         assert!(!http_probe(addr, "/health", None).await);
         assert!(!http_probe("127.0.0.1:1".parse().unwrap(), "/health", None).await);
+    }
+
+    /// An app that writes its answer in pieces, as Python's `http.server` does (status
+    /// line, then headers and body), and counts the connections that were reset under
+    /// it. Every probe must read the whole answer and close cleanly: zero resets.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http_probe_reads_the_whole_answer_and_never_resets_the_app() {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let resets = Arc::new(AtomicUsize::new(0));
+        let served = Arc::new(AtomicUsize::new(0));
+        let (r, n) = (resets.clone(), served.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut s = stream.unwrap();
+                let mut buf = [0u8; 2048];
+                let _ = s.read(&mut buf);
+                let body = "x".repeat(8 * 1024);
+                let pieces = [
+                    "HTTP/1.0 200 OK\r\n".to_string(),
+                    format!(
+                        "Server: SimpleHTTP/0.6 Python/3\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    ),
+                    body,
+                ];
+                let mut failed = false;
+                for p in pieces {
+                    // The probe has had time to act on what it got so far.
+                    std::thread::sleep(Duration::from_millis(5));
+                    if s.write_all(p.as_bytes()).and_then(|_| s.flush()).is_err() {
+                        failed = true;
+                        break;
+                    }
+                }
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                // What the peer does last: a FIN (read returns 0) or a reset.
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(_) => {
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+                if failed {
+                    r.fetch_add(1, Ordering::SeqCst);
+                }
+                n.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        for _ in 0..30 {
+            assert!(http_probe(addr, "/health", None).await);
+        }
+        for _ in 0..3000 {
+            if served.load(Ordering::SeqCst) == 30 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(served.load(Ordering::SeqCst), 30);
+        assert_eq!(
+            resets.load(Ordering::SeqCst),
+            0,
+            "connections reset under the app"
+        );
+        assert!(!http_probe(addr, "/bad\r\nX-Evil: 1", None).await);
     }
 }

@@ -88,7 +88,19 @@ pub fn peer_uid(stream: &tokio::net::UnixStream) -> Option<u32> {
 /// Binds the agent's socket with mode 0600, replacing a stale socket file.
 pub fn bind_socket(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        // Only a socket a dead agent left behind is replaced: never a regular file, a
+        // directory or a link someone put there.
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "`{}` exists and is not a socket; refusing to replace it",
+                    path.display()
+                ),
+            ));
+        }
         // A live agent answers on it; a dead one left a file that refuses connections.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(

@@ -91,15 +91,17 @@ impl Agent {
             .and_then(|s| s.running.as_ref().map(|r| r.run_id));
         if let Some(previous) = busy {
             let id = self
-                .state()
-                .start_job_run(app, job, release, trigger, "skipped")
+                .db(|s| s.start_job_run(app, job, release, trigger, "skipped"))
                 .map_err(|e| e.to_string())?;
-            let _ = self.state().finish_job_run(
-                id,
-                "skipped",
-                None,
-                &format!("run {previous} was still going"),
-            );
+            let closed = self.db(|s| {
+                s.finish_job_run(
+                    id,
+                    "skipped",
+                    None,
+                    &format!("run {previous} was still going"),
+                )
+            });
+            self.noted(Some(app), "record a skipped job run", closed);
             self.event(
                 Some(app),
                 "job.skipped",
@@ -109,8 +111,7 @@ impl Agent {
             return Err(format!("job `{job}` is still running (run {previous})"));
         }
         let run_id = self
-            .state()
-            .start_job_run(app, job, release, trigger, "running")
+            .db(|s| s.start_job_run(app, job, release, trigger, "running"))
             .map_err(|e| e.to_string())?;
         let env = self
             .app_env(spec, release, job, &BTreeMap::new())
@@ -149,7 +150,8 @@ impl Agent {
             }
             Err(e) => {
                 let msg = crate::chain(&e);
-                let _ = self.state().finish_job_run(run_id, "failed", None, &msg);
+                let closed = self.db(|s| s.finish_job_run(run_id, "failed", None, &msg));
+                self.noted(Some(app), "record a failed job run", closed);
                 Err(msg)
             }
         }
@@ -198,9 +200,8 @@ impl Agent {
         let output = self
             .last_log_lines(&run_instance(run.run_id), job, 20)
             .join("\n");
-        let _ = self
-            .state()
-            .finish_job_run(run.run_id, status, code, &output);
+        let closed = self.db(|s| s.finish_job_run(run.run_id, status, code, &output));
+        self.noted(Some(app), "record the end of a job run", closed);
         let _ = self.supervisor.forget(&run_instance(run.run_id));
         if status != "succeeded" {
             self.event(

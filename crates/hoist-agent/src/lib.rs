@@ -89,6 +89,10 @@ pub struct Agent {
 impl Agent {
     /// Opens the root (creating it), takes the one-agent-per-root lock and the state.
     pub fn open(config: AgentConfig) -> Result<Arc<Agent>, AgentError> {
+        // Files the agent, its shims and the proxy create (state, logs, the access log)
+        // are readable by no other user: 0640 at most, whatever the caller's umask.
+        let umask = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        nix::sys::stat::umask(umask | nix::sys::stat::Mode::from_bits_truncate(0o027));
         let paths = Paths::new(&config.root);
         paths.create().map_err(|source| AgentError::Root {
             path: config.root.clone(),
@@ -108,6 +112,11 @@ impl Agent {
                 path: config.root.clone(),
             })?;
         let state = hoist_state::State::open(&paths.state_db())?;
+        // A new database (and its WAL files) exist only now.
+        paths.make_private().map_err(|source| AgentError::Root {
+            path: config.root.clone(),
+            source,
+        })?;
         let boot = new_boot_id();
         tracing::info!(root = %config.root.display(), boot = %boot, "agent starting");
         let exe = match std::env::var_os("HOIST_EXE") {
@@ -157,11 +166,41 @@ impl Agent {
         }
     }
 
-    /// Locks the state database for one short operation.
-    pub(crate) fn state(&self) -> std::sync::MutexGuard<'_, hoist_state::State> {
-        // A panic while holding the lock leaves SQLite consistent (every write is a
-        // transaction), so a poisoned lock is safe to keep using.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// Runs one short operation on the state database, off the async workers.
+    ///
+    /// SQLite here is blocking I/O with `synchronous=FULL`: a commit waits for the disk.
+    /// On the agent's multi-thread runtime the calling worker hands its other tasks to a
+    /// fresh worker first (`block_in_place`), so a slow disk or a locked database stalls
+    /// only the task that needs the state — never the API, health probes or log follows.
+    /// (Outside such a runtime — unit tests — it simply runs.)
+    pub(crate) fn db<R>(&self, f: impl FnOnce(&mut hoist_state::State) -> R) -> R {
+        let run = || {
+            // A panic while holding the lock leaves SQLite consistent (every write is a
+            // transaction), so a poisoned lock is safe to keep using.
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut st)
+        };
+        off_workers(run)
+    }
+
+    /// A state write whose failure must not stop its caller (the work it records is done
+    /// already): the failure is logged and recorded as a `state.error` event, so it is
+    /// seen in `hoist events` rather than dropped.
+    pub(crate) fn noted<T>(
+        &self,
+        app: Option<&str>,
+        what: &str,
+        result: Result<T, hoist_state::StateError>,
+    ) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let msg = format!("cannot {what}: {}", chain(&e));
+                tracing::error!(app, "{msg}");
+                self.event(app, "state.error", None, &msg);
+                None
+            }
+        }
     }
 }
 
@@ -175,7 +214,7 @@ pub async fn run(
     if let Some(proxy) = &agent.proxy {
         proxy.ensure_running().await?;
     }
-    agent.recover().await;
+    agent.recover().await?;
     let apps: Vec<String> = agent.rt().specs.keys().cloned().collect();
     for app in apps {
         agent.sync_routes(&app).await;
@@ -192,11 +231,14 @@ pub async fn run(
         None,
         &format!("agent started (boot {})", agent.boot),
     );
-    tokio::select! {
-        () = server::serve(agent.clone(), listener) => {}
-        () = loops(agent.clone()) => {}
-        () = shutdown => tracing::info!("agent stopping; instances and the proxy keep running"),
-    }
+    // Separate tasks, not branches of one `select!`: a task waiting on the state (see
+    // `Agent::db`) must never hold up accepting connections.
+    let serving = tokio::spawn(server::serve(agent.clone(), listener));
+    let looping = tokio::spawn(loops(agent.clone()));
+    shutdown.await;
+    tracing::info!("agent stopping; instances and the proxy keep running");
+    serving.abort();
+    looping.abort();
     let _ = std::fs::remove_file(&agent.config.socket);
     Ok(())
 }
@@ -287,9 +329,9 @@ impl Agent {
         }
         let now = hoist_state::now_ms();
         // Bind first: a guard in a `for` head would be held for the whole loop.
-        let apps = self.state().apps().unwrap_or_default();
+        let apps = self.db(|s| s.apps()).unwrap_or_default();
         for app in apps {
-            let cur = self.state().current(&app).ok().flatten();
+            let cur = self.db(|s| s.current(&app)).ok().flatten();
             let Some(mut cur) = cur else { continue };
             if cur.standby.is_some() && cur.standby_until_ms.is_some_and(|t| t <= now) {
                 // A deploy in progress owns the instances; try again next time.
@@ -299,8 +341,13 @@ impl Agent {
                 tracing::info!(app = %app, standby = ?cur.standby, "standby window over");
                 cur.standby = None;
                 cur.standby_until_ms = None;
-                let _ = self.state().set_current(&cur);
-                self.retire(&app, false).await;
+                let ended = self.db(|s| s.set_current(&cur));
+                if self
+                    .noted(Some(&app), "end the standby window", ended)
+                    .is_some()
+                {
+                    self.retire(&app, false).await;
+                }
             }
         }
     }
@@ -316,6 +363,18 @@ impl Agent {
 
     pub(crate) fn host_name(&self) -> String {
         self.host.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Runs blocking work (SQLite, file I/O, a lock) without stalling the runtime: on the
+/// agent's multi-thread runtime the calling worker first hands its other tasks to a fresh
+/// worker (`block_in_place`); elsewhere (unit tests) it simply runs.
+pub(crate) fn off_workers<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 

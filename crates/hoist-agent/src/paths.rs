@@ -83,6 +83,35 @@ impl Paths {
                 .mode(0o700)
                 .create(&dir)?;
         }
+        self.make_private()
+    }
+
+    /// Whatever the agent finds (a root the operator made 0755, files an older agent
+    /// wrote 0644): the root and the directories holding state, secrets, logs and
+    /// identity records are 0700, the state database's files 0600. The root alone being
+    /// 0700 already keeps every other user out of everything beneath it.
+    pub fn make_private(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let private = std::fs::Permissions::from_mode(0o700);
+        for dir in [
+            self.root.clone(),
+            self.secrets_dir(),
+            self.root.join("logs"),
+            self.run_dir(),
+            self.proxy_dir(),
+            self.tmp(),
+        ] {
+            std::fs::set_permissions(&dir, private.clone())?;
+        }
+        for name in ["state.db", "state.db-wal", "state.db-shm"] {
+            match std::fs::set_permissions(
+                self.root.join(name),
+                std::fs::Permissions::from_mode(0o600),
+            ) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
         Ok(())
     }
 }

@@ -101,10 +101,10 @@ impl Agent {
             .map_err(|e| crate::chain(&e))?;
         let spec = &req.spec;
         let app = spec.app.clone();
-        let cur = self.state().current(&app).ok().flatten();
+        let cur = self.db(|s| s.current(&app)).ok().flatten();
         let (old_spec, old_manifest) = match &cur {
             Some(c) => {
-                let row = self.state().release(&app, &c.release).ok().flatten();
+                let row = self.db(|s| s.release(&app, &c.release)).ok().flatten();
                 let spec = row
                     .as_ref()
                     .and_then(|r| serde_json::from_str::<AppSpec>(&r.spec).ok());

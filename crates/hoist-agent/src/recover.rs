@@ -19,54 +19,17 @@ use crate::runtime::Phase;
 use crate::Agent;
 
 impl Agent {
-    pub(crate) async fn recover(self: &Arc<Self>) {
+    pub(crate) async fn recover(self: &Arc<Self>) -> Result<(), hoist_state::StateError> {
         // 1. Close what a dead agent left open.
-        let open = self.state().unfinished_operations().unwrap_or_default();
+        // A read error here must not pass for "nothing was interrupted": the agent
+        // refuses to start rather than act on a state it cannot read.
+        let open = self.db(|s| s.unfinished_operations())?;
         for op in open {
-            let journal = self.state().journal_of(op.id).unwrap_or_default();
-            let step = journal
-                .last()
-                .map_or("start".to_string(), |j| format!("{} ({})", j.step, j.phase));
-            let done = |name: &str| journal.iter().any(|j| j.step == name && j.phase == "end");
-            let began = |name: &str| journal.iter().any(|j| j.step == name && j.phase == "begin");
-            // Past the switch (and past a smoke hook, if one ran) the new release is the
-            // one serving: what is left (drain, retire, prune) recovery itself finishes.
-            let completed =
-                done("switch") && (!began("smoke") || done("smoke")) && !began("switch_back");
-            let (result, reason) = if completed {
-                (
-                    "succeeded",
-                    format!("completed by recovery: the agent stopped during `{step}`"),
-                )
-            } else {
-                (
-                    "failed",
-                    format!("interrupted: the agent stopped during `{step}`"),
-                )
-            };
-            tracing::warn!(app = %op.app, operation = op.id, %reason, "closing an interrupted operation");
-            if !completed && done("switch") {
-                // Switched but never verified: production goes back to what it was.
-                if let Some(previous) = &op.previous {
-                    tracing::warn!(app = %op.app, release = %previous, "switching back to the release before the interrupted deploy");
-                    let back = hoist_state::Current {
-                        app: op.app.clone(),
-                        release: previous.clone(),
-                        standby: None,
-                        standby_until_ms: None,
-                    };
-                    let _ = self.state().set_current(&back);
-                }
-            }
-            let _ = self
-                .state()
-                .finish_operation(op.id, result, Some(&reason), None);
-            let kind = format!("{}.{result}", op.kind);
-            self.event(Some(&op.app), &kind, op.release.as_deref(), &reason);
+            self.close_interrupted(&op)?;
         }
 
         // 2. Desired state from the table, with each release's spec.
-        let rows = self.state().instances().unwrap_or_default();
+        let rows = self.db(|s| s.instances())?;
         let mut specs: std::collections::HashMap<(String, String), Arc<AppSpec>> =
             Default::default();
         for row in rows {
@@ -80,7 +43,12 @@ impl Agent {
                     }
                     None => {
                         tracing::warn!(instance = %row.instance, "instance of an unknown release; dropping its row");
-                        let _ = self.state().remove_instance(&row.instance);
+                        let removed = self.db(|s| s.remove_instance(&row.instance));
+                        self.noted(
+                            Some(&row.app),
+                            "drop the row of an unknown release's instance",
+                            removed,
+                        );
                         continue;
                     }
                 },
@@ -94,9 +62,9 @@ impl Agent {
                 }
             }
         }
-        let apps = self.state().apps().unwrap_or_default();
+        let apps = self.db(|s| s.apps())?;
         for app in apps {
-            let cur = self.state().current(&app).ok().flatten();
+            let cur = self.db(|s| s.current(&app))?;
             if let Some(cur) = cur {
                 let spec = specs
                     .get(&(app.clone(), cur.release.clone()))
@@ -117,7 +85,7 @@ impl Agent {
         });
         let mut orphans = Vec::new();
         let mut adopted = Vec::new();
-        let runs = self.state().job_runs(None, 200).unwrap_or_default();
+        let runs = self.db(|s| s.job_runs(None, 200))?;
         for a in found {
             match a {
                 Adopted::Running(handle) => {
@@ -182,14 +150,14 @@ impl Agent {
             }
         }
         // Runs neither adopted above nor finished died with the agent's host or shim.
-        let _ = self.state().close_lost_job_runs_except(
-            &self
-                .rt()
-                .jobs
-                .values()
-                .filter_map(|s| s.running.as_ref().map(|r| r.run_id))
-                .collect::<Vec<_>>(),
-        );
+        let alive: Vec<i64> = self
+            .rt()
+            .jobs
+            .values()
+            .filter_map(|s| s.running.as_ref().map(|r| r.run_id))
+            .collect();
+        let closed = self.db(|s| s.close_lost_job_runs_except(&alive));
+        self.noted(None, "close the job runs a dead agent left running", closed);
         tracing::info!(
             adopted = adopted.len(),
             orphans = orphans.len(),
@@ -235,13 +203,18 @@ impl Agent {
 
         // 4. Rows marked for stopping finish stopping; releases neither current nor
         //    standby (an interrupted deploy's) go away.
+        let apps = self.db(|s| s.apps())?;
+        let mut currents = std::collections::HashMap::new();
+        for app in apps {
+            let cur = self.db(|s| s.current(&app))?;
+            currents.insert(app, cur);
+        }
         let stale: Vec<String> = {
             let rt = self.rt();
-            let st = self.state();
             rt.instances
                 .values()
                 .filter(|l| {
-                    let cur = st.current(&l.row.app).ok().flatten();
+                    let cur = currents.get(&l.row.app).cloned().flatten();
                     let keep = cur.as_ref().is_some_and(|c| {
                         c.release == l.row.release || c.standby.as_deref() == Some(&l.row.release)
                     });
@@ -279,5 +252,90 @@ impl Agent {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Closes an operation a dead agent left open with what is actually true. The truth
+    /// about traffic is the committed current release, not the journal's last line: the
+    /// agent may have died after `switch` committed but before it journaled `end`.
+    ///
+    /// - The new release is committed and everything after the switch that verifies it
+    ///   (the smoke hook, the bake window) has passed or is not configured: the operation
+    ///   succeeded; recovery finishes what is left (drain, retire).
+    /// - It is committed but not verified: production goes back to the release before
+    ///   (committed again), and the operation failed, saying so. With no release before,
+    ///   there is nothing to go back to: it stays, and the record says what did not run.
+    /// - It is not committed: the operation failed and the old release serves.
+    ///
+    /// So the history never contradicts the current release.
+    fn close_interrupted(
+        &self,
+        op: &hoist_state::Operation,
+    ) -> Result<(), hoist_state::StateError> {
+        let journal = self.db(|s| s.journal_of(op.id))?;
+        let current = self.db(|s| s.current(&op.app))?;
+        let step = journal
+            .last()
+            .map_or("start".to_string(), |j| format!("{} ({})", j.step, j.phase));
+        let done = |name: &str| journal.iter().any(|j| j.step == name && j.phase == "end");
+        let began = |name: &str| journal.iter().any(|j| j.step == name && j.phase == "begin");
+        let committed = op.release.is_some()
+            && op.release != op.previous
+            && current.as_ref().map(|c| &c.release) == op.release.as_ref()
+            && began("switch");
+        // What verifies a deploy after its switch, from the release's own spec; a spec that
+        // cannot be read counts every verification that began as required.
+        let spec = op.release.as_deref().and_then(|r| self.spec_of(&op.app, r));
+        let needs = |name: &str, configured: fn(&AppSpec) -> bool| {
+            op.kind == "deploy" && spec.as_deref().map_or(began(name), configured) && !done(name)
+        };
+        let unverified: Vec<&str> = [
+            ("smoke", needs("smoke", |s| s.hooks.smoke.is_some())),
+            ("bake", needs("bake", |s| s.deploy.bake.is_some())),
+        ]
+        .into_iter()
+        .filter_map(|(n, missing)| missing.then_some(n))
+        .collect();
+        let (result, reason) = if !committed {
+            (
+                "failed",
+                format!("interrupted: the agent stopped during `{step}`; the release before still serves"),
+            )
+        } else if unverified.is_empty() {
+            (
+                "succeeded",
+                format!("completed by recovery: the agent stopped during `{step}` after the switch was committed"),
+            )
+        } else if let Some(previous) = &op.previous {
+            // Switched but never verified: production goes back to what it was.
+            tracing::warn!(app = %op.app, release = %previous, "switching back to the release before the interrupted deploy");
+            let back = hoist_state::Current {
+                app: op.app.clone(),
+                release: previous.clone(),
+                standby: None,
+                standby_until_ms: None,
+            };
+            self.db(|s| s.set_current(&back))?;
+            (
+                "failed",
+                format!(
+                    "interrupted: the agent stopped during `{step}` before {} ran; recovery switched back to `{previous}`",
+                    unverified.join(" and ")
+                ),
+            )
+        } else {
+            (
+                "succeeded",
+                format!(
+                    "completed by recovery: the agent stopped during `{step}` after the switch was committed; {} did not run and there is no earlier release to go back to",
+                    unverified.join(" and ")
+                ),
+            )
+        };
+        tracing::warn!(app = %op.app, operation = op.id, %reason, "closing an interrupted operation");
+        self.db(|s| s.finish_operation(op.id, result, Some(&reason), None))?;
+        let kind = format!("{}.{result}", op.kind);
+        self.event(Some(&op.app), &kind, op.release.as_deref(), &reason);
+        Ok(())
     }
 }

@@ -367,7 +367,7 @@ impl Agent {
         subject: Option<&str>,
         message: &str,
     ) {
-        if let Err(e) = self.state().add_event(app, kind, subject, message) {
+        if let Err(e) = self.db(|s| s.add_event(app, kind, subject, message)) {
             tracing::warn!(error = %e, kind, "cannot record an event");
         }
     }
@@ -447,7 +447,8 @@ impl Agent {
     /// enforce memory limits, stop what is retired. Runs every 200 ms.
     pub(crate) async fn supervise_once(self: &Arc<Self>, measure: bool) {
         let now = Instant::now();
-        let table = measure.then(hoist_supervisor::procfs::all_processes);
+        // The process table (a /proc scan) and the liveness checks below are file I/O.
+        let table = measure.then(|| crate::off_workers(hoist_supervisor::procfs::all_processes));
         let mut to_start = Vec::new();
         let mut to_restart_unhealthy = Vec::new();
         let mut changed_apps = Vec::new();
@@ -567,7 +568,8 @@ impl Agent {
                 kind,
                 "instance.exited" | "instance.crash_loop" | "instance.restart_unhealthy"
             ) {
-                let _ = self.state().bump_restarts(&id);
+                let bumped = self.db(|s| s.bump_restarts(&id));
+                self.noted(Some(&app), "count a restart", bumped);
             }
         }
         for app in changed_apps {
@@ -632,7 +634,8 @@ impl Agent {
             }
         }
         for (id, _, _) in &handles {
-            let _ = self.state().set_instance_desired(id, "stop");
+            let marked = self.db(|s| s.set_instance_desired(id, "stop"));
+            self.noted(None, "mark an instance for stopping", marked);
         }
         let mut waits = Vec::new();
         for (id, handle, timeout) in handles {
@@ -652,7 +655,8 @@ impl Agent {
         }
         for w in waits {
             if let Ok(id) = w.await {
-                let _ = self.state().remove_instance(&id);
+                let removed = self.db(|s| s.remove_instance(&id));
+                self.noted(None, "drop a stopped instance's row", removed);
                 self.rt().instances.remove(&id);
             }
         }
@@ -695,7 +699,8 @@ impl Agent {
                     restarts: 0,
                     created_at_ms: hoist_state::now_ms(),
                 };
-                self.state().put_instance(&row).map_err(|e| e.to_string())?;
+                self.db(|s| s.put_instance(&row))
+                    .map_err(|e| e.to_string())?;
                 let live = self.live_for(spec, row)?;
                 self.rt().instances.insert(id.clone(), live);
                 ids.push(id);

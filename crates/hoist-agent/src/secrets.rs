@@ -3,6 +3,7 @@
 //! listing, log line or API answer ever shows.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::paths::write_atomic;
@@ -66,6 +67,7 @@ impl Secrets {
                 name: name.to_string(),
             });
         }
+        let _lock = self.lock(app)?;
         let mut all = self.values(app)?;
         all.insert(name.to_string(), value.to_string());
         self.save(app, &all)
@@ -73,12 +75,39 @@ impl Secrets {
 
     /// Removes `name`; true if it existed.
     pub fn unset(&self, app: &str, name: &str) -> Result<bool, SecretsError> {
+        let _lock = self.lock(app)?;
         let mut all = self.values(app)?;
         let existed = all.remove(name).is_some();
         if existed {
             self.save(app, &all)?;
         }
         Ok(existed)
+    }
+
+    /// Read-modify-write of the file is serialised by an exclusive `flock` on a lock file
+    /// beside it (held until the guard drops): two concurrent `set`s each keep the other's
+    /// name. A lock file, not the secrets file itself, because the latter is replaced by
+    /// rename and a lock on the old inode would not exclude a writer of the new one.
+    fn lock(&self, app: &str) -> Result<nix::fcntl::Flock<std::fs::File>, SecretsError> {
+        let path = self.dir.join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| SecretsError::Write {
+                app: app.to_string(),
+                path: path.clone(),
+                source,
+            })?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
+            SecretsError::Write {
+                app: app.to_string(),
+                path,
+                source: e.into(),
+            }
+        })
     }
 
     fn save(&self, app: &str, all: &BTreeMap<String, String>) -> Result<(), SecretsError> {
@@ -119,5 +148,23 @@ mod tests {
             s.set("notes", "1BAD", "v"),
             Err(SecretsError::BadName { .. })
         ));
+    }
+
+    /// Twenty concurrent `set`s of different names (threads, each its own lock file
+    /// descriptor, as concurrent requests are): every name is kept.
+    #[test]
+    fn concurrent_sets_keep_every_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(Secrets::new(dir.path()));
+        let threads: Vec<_> = (0..20)
+            .map(|i| {
+                let s = s.clone();
+                std::thread::spawn(move || s.set("notes", &format!("NAME_{i}"), "v").unwrap())
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(s.names("notes").unwrap().len(), 20);
     }
 }

@@ -101,7 +101,7 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
         (Method::GET, ["v1", "jobs"]) => {
             let q = req.uri().query().unwrap_or("").to_string();
             let app = query_param(&q, "app").filter(|a| !a.is_empty());
-            match agent.state().job_runs(app, 50) {
+            match agent.db(|s| s.job_runs(app, 50)) {
                 Ok(runs) => http::json(StatusCode::OK, &runs),
                 Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
             }
@@ -118,16 +118,18 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
             let q = req.uri().query().unwrap_or("").to_string();
             logs(agent, app, service, &q)
         }
-        (Method::GET, ["v1", "secrets", app]) => match agent.secrets.names(app) {
-            Ok(names) => http::json(
-                StatusCode::OK,
-                &SecretNames {
-                    app: app.to_string(),
-                    names,
-                },
-            ),
-            Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
-        },
+        (Method::GET, ["v1", "secrets", app]) => {
+            match crate::off_workers(|| agent.secrets.names(app)) {
+                Ok(names) => http::json(
+                    StatusCode::OK,
+                    &SecretNames {
+                        app: app.to_string(),
+                        names,
+                    },
+                ),
+                Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
+            }
+        }
         (Method::PUT, ["v1", "secrets", app, name]) => {
             let (app, name) = (app.to_string(), name.to_string());
             let body = match http::read_body(req.into_body(), MAX_JSON_BODY).await {
@@ -141,7 +143,7 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
                     None,
                 );
             };
-            match agent.secrets.set(&app, &name, &v.value) {
+            match crate::off_workers(|| agent.secrets.set(&app, &name, &v.value)) {
                 Ok(()) => {
                     tracing::info!(app = %app, secret = %name, "secret set");
                     http::json(
@@ -152,18 +154,20 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
                 Err(e) => http::error(StatusCode::BAD_REQUEST, e.to_string(), None),
             }
         }
-        (Method::DELETE, ["v1", "secrets", app, name]) => match agent.secrets.unset(app, name) {
-            Ok(true) => http::json(
-                StatusCode::OK,
-                &serde_json::json!({"app": app, "name": name}),
-            ),
-            Ok(false) => http::error(
-                StatusCode::NOT_FOUND,
-                format!("no secret `{name}` for `{app}`"),
-                None,
-            ),
-            Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
-        },
+        (Method::DELETE, ["v1", "secrets", app, name]) => {
+            match crate::off_workers(|| agent.secrets.unset(app, name)) {
+                Ok(true) => http::json(
+                    StatusCode::OK,
+                    &serde_json::json!({"app": app, "name": name}),
+                ),
+                Ok(false) => http::error(
+                    StatusCode::NOT_FOUND,
+                    format!("no secret `{name}` for `{app}`"),
+                    None,
+                ),
+                Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
+            }
+        }
         _ => http::error(
             StatusCode::NOT_FOUND,
             format!("no such endpoint `{path}`"),
@@ -173,14 +177,14 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
 }
 
 fn status(agent: &Agent) -> Response<Body> {
-    let apps = match agent.state().apps() {
+    let apps = match agent.db(|s| s.apps()) {
         Ok(a) => a,
         Err(e) => return http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
     };
     let now = std::time::Instant::now();
     let mut out = Vec::new();
     for app in apps {
-        let cur = agent.state().current(&app).ok().flatten();
+        let cur = agent.db(|s| s.current(&app)).ok().flatten();
         let instances = agent
             .rt()
             .instances
@@ -300,7 +304,7 @@ async fn deploy(agent: Arc<Agent>, req: DeployRequest) -> Response<Body> {
     if let Err(resp) = crate::fleet::check_lease(&agent, &app, req.lease.as_deref()) {
         return *resp;
     }
-    let Some(row) = agent.state().release(&app, &req.release).ok().flatten() else {
+    let Some(row) = agent.db(|s| s.release(&app, &req.release)).ok().flatten() else {
         return http::error(
             StatusCode::NOT_FOUND,
             format!("release `{}` of `{app}` is not on this host", req.release),
@@ -308,10 +312,7 @@ async fn deploy(agent: Arc<Agent>, req: DeployRequest) -> Response<Body> {
         );
     };
     let spec_json = serde_json::to_string(&req.spec).unwrap_or_default();
-    if let Err(e) = agent
-        .state()
-        .put_release(&app, &req.release, &row.manifest, &spec_json)
-    {
+    if let Err(e) = agent.db(|s| s.put_release(&app, &req.release, &row.manifest, &spec_json)) {
         return http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None);
     }
     let guard = match lock(&agent, &app, &req.actor) {
@@ -342,7 +343,7 @@ async fn deploy(agent: Arc<Agent>, req: DeployRequest) -> Response<Body> {
 }
 
 async fn rollback(agent: Arc<Agent>, req: RollbackRequest) -> Response<Body> {
-    let cur = agent.state().current(&req.app).ok().flatten();
+    let cur = agent.db(|s| s.current(&req.app)).ok().flatten();
     let Some(cur) = cur else {
         return http::error(
             StatusCode::NOT_FOUND,
@@ -465,9 +466,24 @@ async fn service_action(
         })
         .map(|l| l.row.instance.clone())
         .collect();
-    let op = agent
-        .state()
-        .begin_operation(app, action, Some(&release), None, "api");
+    if !matches!(action, "start" | "stop" | "restart") {
+        return http::error(
+            StatusCode::BAD_REQUEST,
+            format!("unknown action `{action}`: expected start, stop or restart"),
+            None,
+        );
+    }
+    // Nothing is done that the history could not record.
+    let op = match agent.db(|s| s.begin_operation(app, action, Some(&release), None, "api")) {
+        Ok(op) => Some(op),
+        Err(e) => {
+            return http::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot record the operation: {}", crate::chain(&e)),
+                None,
+            )
+        }
+    };
     let result: Result<(), String> = match action {
         "stop" => {
             agent.stop_instances(&ids).await;
@@ -522,17 +538,20 @@ async fn service_action(
             "unknown action `{other}`: expected start, stop or restart"
         )),
     };
-    if let Ok(op) = op {
-        let _ = agent.state().finish_operation(
-            op.id,
-            if result.is_ok() {
-                "succeeded"
-            } else {
-                "failed"
-            },
-            result.as_ref().err().map(String::as_str),
-            None,
-        );
+    if let Some(op) = op {
+        let finished = agent.db(|s| {
+            s.finish_operation(
+                op.id,
+                if result.is_ok() {
+                    "succeeded"
+                } else {
+                    "failed"
+                },
+                result.as_ref().err().map(String::as_str),
+                None,
+            )
+        });
+        agent.noted(Some(app), "record the end of the operation", finished);
     }
     match result {
         Ok(()) => http::json(
@@ -552,7 +571,7 @@ fn filtered_spec(spec: &hoist_core::spec::AppSpec, service: &str) -> hoist_core:
 
 /// The release deployed before `current` (for a rollback outside the standby window).
 fn previous_release(agent: &Agent, app: &str, current: &str) -> Option<String> {
-    let hist = agent.state().history(Some(app), 1000).ok()?;
+    let hist = agent.db(|s| s.history(Some(app), 1000)).ok()?;
     hist.iter()
         .rev()
         .filter(|h| h.result == "succeeded")
@@ -560,8 +579,7 @@ fn previous_release(agent: &Agent, app: &str, current: &str) -> Option<String> {
         .find(|r| {
             r != current
                 && agent
-                    .state()
-                    .release(app, r)
+                    .db(|s| s.release(app, r))
                     .ok()
                     .flatten()
                     .is_some_and(|row| row.spec != "null")
@@ -577,7 +595,7 @@ fn lock(
 ) -> Result<tokio::sync::OwnedMutexGuard<()>, Box<Response<Body>>> {
     let mutex = agent.app_lock(app);
     match mutex.try_lock_owned() {
-        Ok(g) => match agent.state().acquire_lock(app, actor, &agent.boot) {
+        Ok(g) => match agent.db(|s| s.acquire_lock(app, actor, &agent.boot)) {
             Ok(()) => Ok(g),
             Err(e) => Err(Box::new(http::error(
                 StatusCode::CONFLICT,
@@ -586,7 +604,7 @@ fn lock(
             ))),
         },
         Err(_) => {
-            let holder = agent.state().lock(app).ok().flatten();
+            let holder = agent.db(|s| s.lock(app)).ok().flatten();
             let msg = match holder {
                 Some(l) => format!(
                     "a deploy of `{app}` is already running: held by {} since {}s ago",
@@ -605,8 +623,8 @@ fn lock(
 }
 
 fn releases(agent: &Agent, app: &str) -> Response<Body> {
-    let cur = agent.state().current(app).ok().flatten();
-    let rows = agent.state().releases(app).unwrap_or_default();
+    let cur = agent.db(|s| s.current(app)).ok().flatten();
+    let rows = agent.db(|s| s.releases(app)).unwrap_or_default();
     let list: Vec<ReleaseInfo> = rows
         .into_iter()
         .map(|r| {
@@ -637,7 +655,7 @@ fn releases(agent: &Agent, app: &str) -> Response<Body> {
 fn history(agent: &Agent, query: &str) -> Response<Body> {
     let app = query_param(query, "app").filter(|a| !a.is_empty());
     if query_param(query, "verify").is_some() {
-        return match agent.state().verify_history() {
+        return match agent.db(|s| s.verify_history()) {
             Ok(r) => http::json(StatusCode::OK, &r),
             Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
         };
@@ -645,7 +663,7 @@ fn history(agent: &Agent, query: &str) -> Response<Body> {
     let limit = query_param(query, "limit")
         .and_then(|l| l.parse().ok())
         .unwrap_or(50);
-    match agent.state().history(app, limit) {
+    match agent.db(|s| s.history(app, limit)) {
         Ok(h) => {
             let wire: Vec<hoist_protocol::agent::HistoryRecord> = h
                 .into_iter()
@@ -721,26 +739,13 @@ fn to_wire(l: hoist_supervisor::LogLine) -> hoist_protocol::agent::LogLine {
     }
 }
 
+/// A query value as sent by a form or `hoist logs --grep`: `+` is a space, `%XX` a byte;
+/// bytes that are not UTF-8 are replaced, never sliced through.
 fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                Ok(b) => {
-                    out.push(b);
-                    i += 3;
-                    continue;
-                }
-                Err(_) => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let spaced = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// `GET /v1/events?after=N&follow=1`: events after id N as JSON lines; with `follow`,
@@ -753,7 +758,7 @@ fn events(agent: Arc<Agent>, query: &str) -> Response<Body> {
     let (tx, resp) = http::stream();
     tokio::spawn(async move {
         loop {
-            let batch = agent.state().events(after, 500).unwrap_or_default();
+            let batch = agent.db(|s| s.events(after, 500)).unwrap_or_default();
             for ev in &batch {
                 if !tx.send(ev).await {
                     return;
@@ -787,4 +792,15 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "local".into())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_decoding_never_slices_through_a_character() {
+        assert_eq!(super::percent_decode("%\u{e9}t\u{e9}"), "%\u{e9}t\u{e9}");
+        assert_eq!(super::percent_decode("%%\u{20ac}"), "%%\u{20ac}");
+        assert_eq!(super::percent_decode("%C3%A9+x"), "\u{e9} x");
+        assert_eq!(super::percent_decode("a%e"), "a%e");
+    }
 }

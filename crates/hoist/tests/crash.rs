@@ -221,3 +221,105 @@ fn sigkill_at_every_rollback_step_recovers_to_a_consistent_state() {
         }
     }
 }
+
+/// Issue 14: killed around the switch (before it, between the durable commit and the
+/// proxy's update, after it), the agent's recovery closes the deploy with what is true:
+/// the history's last record and the last deploy event agree with the release that is
+/// current and serving. With a smoke hook that never ran, a committed switch is undone
+/// (failed, switched back); without one, a committed switch is a finished deploy. The CLI
+/// that saw its agent die says the outcome is unknown (exit 3), never "unchanged" (1).
+#[test]
+fn sigkill_around_the_switch_never_leaves_history_contradicting_the_current_release() {
+    let mut host = Host::new();
+    let base = host.project("s-base", "", "");
+    assert!(host.deploy(&base).status.success());
+    for smoke in [true, false] {
+        for point in ["switch:before", "switch_commit:after", "switch:after"] {
+            let name = format!("s-{}-{}", smoke, point.replace(':', "-"));
+            let p = if smoke {
+                with_hooks(&host, &name)
+            } else {
+                host.project(&name, "", "")
+            };
+            let cfg = p.join("hoist.toml").display().to_string();
+            let mark = host.dir.join("failpoint.reached");
+            let _ = std::fs::remove_file(&mark);
+            host.kill_agent();
+            host.agent_env = vec![
+                ("HOIST_FAILPOINT".into(), point.into()),
+                ("HOIST_FAILPOINT_MARK".into(), mark.display().to_string()),
+            ];
+            host.start_agent();
+            let mut cli = hoist_testkit::ChildGuard::spawn(
+                std::process::Command::new(hoist_testkit::hoist_bin())
+                    .args(["deploy", "-c", &cfg])
+                    .env("HOIST_SOCKET", &host.socket)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped()),
+            )
+            .unwrap();
+            wait_until(Duration::from_secs(30), || mark.exists())
+                .unwrap_or_else(|_| panic!("{point}: failpoint never reached"));
+            host.kill_agent();
+            let status = cli.child.wait().unwrap();
+            let mut stderr = Vec::new();
+            std::io::Read::read_to_end(&mut cli.child.stderr.take().unwrap(), &mut stderr).unwrap();
+            let out = std::process::Output {
+                status,
+                stdout: Vec::new(),
+                stderr,
+            };
+            assert_eq!(
+                out.status.code(),
+                Some(3),
+                "{point}: the CLI lost its agent mid-deploy: {}",
+                text(&out.stderr)
+            );
+            assert!(
+                text(&out.stderr).contains("outcome is unknown"),
+                "{point}: {}",
+                text(&out.stderr)
+            );
+            host.agent_env.clear();
+            host.start_agent();
+            check_consistent(&host, point);
+
+            let st = host.status();
+            let current = st["apps"][0]["release"].as_str().unwrap().to_string();
+            let hist: serde_json::Value =
+                serde_json::from_slice(&host.hoist(&["history", "--json"]).stdout).unwrap();
+            let last = hist.as_array().unwrap().last().unwrap().clone();
+            let (result, release, previous) = (
+                last["result"].as_str().unwrap(),
+                last["release"].as_str().unwrap(),
+                last["previous"].as_str().unwrap(),
+            );
+            match result {
+                "succeeded" => assert_eq!(current, release, "{point}: {last}"),
+                _ => assert_eq!(current, previous, "{point}: {last}"),
+            }
+            // The committed switch with nothing left to verify is a finished deploy.
+            if !smoke && point != "switch:before" {
+                assert_eq!(result, "succeeded", "{point}: {last}");
+            }
+            if smoke && point != "switch:before" {
+                assert!(
+                    last["reason"].as_str().unwrap().contains("switched back"),
+                    "{point}: {last}"
+                );
+            }
+            let ev = host.hoist(&["events", "--json"]);
+            let kinds: Vec<String> = text(&ev.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|e| e["kind"].as_str().map(str::to_string))
+                .filter(|k| k.starts_with("deploy."))
+                .collect();
+            assert_eq!(
+                kinds.last().map(String::as_str),
+                Some(format!("deploy.{result}").as_str()),
+                "{point}: events {kinds:?}"
+            );
+        }
+    }
+}

@@ -32,7 +32,13 @@ pub struct Host {
 
 impl Host {
     pub fn new() -> Host {
+        Host::new_with(|_| {})
+    }
+
+    /// As [`Host::new`], with `prepare(root)` run before the agent starts.
+    pub fn new_with(prepare: impl FnOnce(&Path)) -> Host {
         let mut h = Host::unstarted();
+        prepare(&h.root);
         h.start_agent();
         h
     }

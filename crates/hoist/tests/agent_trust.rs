@@ -1,0 +1,215 @@
+//! Issue 14, the agent's side: what an operator relies on over months. The API stays
+//! answerable while the state database is held up, hostile query strings are answered
+//! instead of crashing a handler, concurrent secret writes all land.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{text, Host};
+use hoist_testkit::wait_until;
+
+/// One raw HTTP/1.1 exchange over the agent's socket; the answer as text (lossy).
+fn raw(socket: &Path, request: &[u8]) -> std::io::Result<String> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    s.write_all(request)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn get(socket: &Path, path: &str) -> std::io::Result<String> {
+    raw(
+        socket,
+        format!("GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+/// A writer holds the state database (an exclusive SQLite transaction, as a slow disk
+/// would hold a commit), and requests that must write are waiting on it. The API still
+/// answers `GET /v1/hello` while they wait: state access never occupies the runtime's
+/// workers. Before the fix the waiting writers held both workers and hello answered
+/// only after they had given up.
+#[test]
+fn the_api_answers_while_the_state_database_is_held_up() {
+    let host = Host::new();
+    let p = host.project("locked", "", "");
+    let out = host.deploy(&p);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let db = rusqlite::Connection::open(host.root.join("state.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let finished = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..3)
+        .map(|_| {
+            let socket = host.socket.clone();
+            let finished = finished.clone();
+            std::thread::spawn(move || {
+                // A service action records an operation first: a state write.
+                let _ = raw(
+                    &socket,
+                    b"POST /v1/services/demo/web/restart HTTP/1.1\r\nHost: agent\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                finished.fetch_add(1, Ordering::SeqCst);
+            })
+        })
+        .collect();
+    // Let the writers reach the database (they then wait for its lock, seconds).
+    std::thread::sleep(Duration::from_millis(500));
+    let hello = get(&host.socket, "/v1/hello").unwrap();
+    let pending = 3 - finished.load(Ordering::SeqCst);
+    db.execute_batch("ROLLBACK").unwrap();
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert!(hello.starts_with("HTTP/1.1 200"), "{hello}");
+    assert_eq!(
+        pending, 3,
+        "hello answered only after writers waiting on the state had finished"
+    );
+    // The agent is whole afterwards.
+    wait_until(Duration::from_secs(30), || host.serving().is_some()).unwrap();
+}
+
+/// `%` followed by a multi-byte character in a query value: answered (the value decoded
+/// lossily), not a panic that drops the connection.
+#[test]
+fn a_percent_before_a_multibyte_character_is_answered() {
+    let host = Host::new();
+    let p = host.project("pct", "", "");
+    let out = host.deploy(&p);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for query in [
+        "grep=%\u{e9}t\u{e9}",
+        "grep=%%\u{20ac}",
+        "grep=a%e",
+        "grep=%C3%A9+x",
+    ] {
+        let req = format!(
+            "GET /v1/logs/demo/web?tail=5&{query} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n"
+        );
+        let resp = raw(&host.socket, req.as_bytes()).unwrap();
+        assert!(
+            resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.1 400"),
+            "{query}: {resp:?}"
+        );
+    }
+    // And the CLI's encoder round-trips through the agent's decoder.
+    let out = host.hoist(&[
+        "logs",
+        "web",
+        "-c",
+        p.join("hoist.toml").to_str().unwrap(),
+        "--grep",
+        "é %+&=",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// Twenty `hoist secrets set` at once, each a different name: every one is kept.
+#[test]
+fn concurrent_secret_sets_all_land() {
+    let host = Host::new();
+    let children: Vec<_> = (0..20)
+        .map(|i| {
+            let mut c = std::process::Command::new(hoist_testkit::hoist_bin())
+                .args(["secrets", "set", &format!("NAME_{i}"), "--app", "demo"])
+                .env("HOIST_SOCKET", &host.socket)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            c.stdin.take().unwrap().write_all(b"value").unwrap();
+            c
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let out = host.hoist(&["secrets", "list", "--app", "demo"]);
+    let listed = text(&out.stdout);
+    for i in 0..20 {
+        assert!(
+            listed.contains(&format!("NAME_{i}")),
+            "NAME_{i} lost: {listed}"
+        );
+    }
+}
+
+/// `--socket PATH` naming a regular file: the agent refuses and the file is untouched.
+/// A stale socket (an agent SIGKILLed) is still replaced (`agent_cli` covers that).
+#[test]
+fn the_agent_never_replaces_a_regular_file_with_its_socket() {
+    let dir = hoist_testkit::tempdir();
+    let file = dir.path().join("precious.txt");
+    std::fs::write(&file, "keep me").unwrap();
+    let out = std::process::Command::new(hoist_testkit::hoist_bin())
+        .args(["agent", "--root"])
+        .arg(dir.path().join("root"))
+        .arg("--socket")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("is not a socket"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+}
+
+/// A root the operator created 0755 beforehand, and a caller's umask of 0: the agent
+/// makes the root 0700, and its state, logs and the proxy's access log are readable by
+/// no other user.
+#[test]
+fn the_agent_keeps_its_root_private_whatever_it_finds() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // The umask is the test process's, inherited by the agent it starts.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    let host = Host::new_with(|root| {
+        std::fs::create_dir(root).unwrap();
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    });
+    nix::sys::stat::umask(old);
+    let root = host.root.clone();
+    let p = host.project("private", "", "");
+    let out = host.deploy(&p);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until(Duration::from_secs(20), || host.serving().is_some()).unwrap();
+    assert_eq!(mode(&root), 0o700, "root");
+    let mut files = vec![root.join("state.db")];
+    for e in walk(&root.join("logs"))
+        .into_iter()
+        .chain(walk(&root.join("proxy")))
+    {
+        if e.is_file() {
+            files.push(e);
+        }
+    }
+    assert!(files.len() > 2, "{files:?}");
+    for f in files {
+        assert_eq!(mode(&f) & 0o007, 0, "{} is {:o}", f.display(), mode(&f));
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
