@@ -85,6 +85,39 @@ pub fn is_user_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
+/// Why a secret may not be stored: the same rules as the app file's names, so a secret
+/// that is stored can always be used by a deploy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretRefusal {
+    #[error("invalid app name `{0}`: expected a lowercase letter followed by lowercase letters, digits, `-` or `_` (at most 63)")]
+    App(String),
+    #[error("invalid secret name `{0}`: not a valid environment variable name (letters, digits and `_`, not starting with a digit)")]
+    Name(String),
+    #[error("secret name `{0}` is reserved: {1}")]
+    Reserved(String, &'static str),
+    #[error("the value of secret `{0}` contains a NUL character, which no environment can hold")]
+    Nul(String),
+}
+
+/// Checks a secret before it is stored: the app's name, the secret's name (the rule of
+/// `[env]`) and its value (no NUL: it could never reach an instance's environment).
+pub fn check_secret(app: &str, name: &str, value: Option<&str>) -> Result<(), SecretRefusal> {
+    if !is_app_name(app) {
+        return Err(SecretRefusal::App(app.to_string()));
+    }
+    match check_env_name(name) {
+        Ok(()) => {}
+        Err(EnvNameProblem::Invalid) => return Err(SecretRefusal::Name(name.to_string())),
+        Err(EnvNameProblem::Reserved(why)) => {
+            return Err(SecretRefusal::Reserved(name.to_string(), why))
+        }
+    }
+    if value.is_some_and(|v| v.contains('\0')) {
+        return Err(SecretRefusal::Nul(name.to_string()));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +168,30 @@ mod tests {
         ] {
             assert!(!is_user_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn secrets() {
+        assert_eq!(check_secret("notes", "API_KEY", Some("v")), Ok(()));
+        assert!(matches!(
+            check_secret("", "A", None),
+            Err(SecretRefusal::App(_))
+        ));
+        assert!(matches!(
+            check_secret("Probe", "A", None),
+            Err(SecretRefusal::App(_))
+        ));
+        assert!(matches!(
+            check_secret("notes", "1A", None),
+            Err(SecretRefusal::Name(_))
+        ));
+        assert!(matches!(
+            check_secret("notes", "LD_PRELOAD", None),
+            Err(SecretRefusal::Reserved(..))
+        ));
+        assert!(matches!(
+            check_secret("notes", "A", Some("x\0y")),
+            Err(SecretRefusal::Nul(_))
+        ));
     }
 }

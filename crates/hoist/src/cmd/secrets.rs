@@ -7,10 +7,12 @@ use std::io::Read;
 use anyhow::Context;
 use hyper::Method;
 
+use hoist_core::names::SecretRefusal;
 use hoist_protocol::agent::{SecretNames, SecretValue};
 
 use super::common;
 use super::config::{load, ConfigArgs};
+use crate::exit::{with_exit, Exit};
 use crate::output;
 
 #[derive(Debug, clap::Subcommand)]
@@ -50,10 +52,20 @@ pub struct AppArg {
 impl AppArg {
     fn name(&self) -> anyhow::Result<String> {
         match &self.app {
-            Some(a) => Ok(a.clone()),
+            Some(a) => {
+                // Checked like the app file's `app`: `--app ""` would name `secrets/.json`.
+                if !hoist_core::names::is_app_name(a) {
+                    return Err(refused(SecretRefusal::App(a.clone())));
+                }
+                Ok(a.clone())
+            }
             None => Ok(load(&self.file)?.spec.app),
         }
     }
+}
+
+fn refused(e: SecretRefusal) -> anyhow::Error {
+    with_exit(Exit::Usage, e)
 }
 
 pub fn run(command: Command) -> anyhow::Result<()> {
@@ -68,6 +80,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             // A trailing newline comes from `echo` or a terminal, not from the secret.
             let value = value.strip_suffix('\n').unwrap_or(&value);
             let value = value.strip_suffix('\r').unwrap_or(value).to_string();
+            // The agent checks the same; checking here says so before anything is sent.
+            hoist_core::names::check_secret(&app, &name, Some(&value)).map_err(refused)?;
             let path = format!("/v1/secrets/{app}/{name}");
             common::block_on(client.call::<_, serde_json::Value>(
                 Method::PUT,
