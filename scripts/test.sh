@@ -9,6 +9,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # is left alone; `apt-get update` runs at most once.
 need=()
 command -v python3 >/dev/null || need+=(python3)
+# `hoist init` → `hoist deploy` of a Flask app (pip from PyPI) and of a Node app.
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+command -v node >/dev/null || need+=(nodejs)
 command -v sqlite3 >/dev/null || need+=(sqlite3)
 command -v rsync >/dev/null || need+=(rsync)
 command -v zstd >/dev/null || need+=(zstd)

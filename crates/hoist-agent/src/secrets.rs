@@ -24,8 +24,9 @@ pub enum SecretsError {
     },
     #[error("secrets file `{path}` is not valid")]
     Corrupt { path: PathBuf },
-    #[error("`{name}` is not a valid secret name: use letters, digits and `_`, not starting with a digit")]
-    BadName { name: String },
+    /// The app, the name or the value breaks the rules the app file follows.
+    #[error(transparent)]
+    Refused(#[from] hoist_core::names::SecretRefusal),
 }
 
 pub struct Secrets {
@@ -62,11 +63,7 @@ impl Secrets {
     }
 
     pub fn set(&self, app: &str, name: &str, value: &str) -> Result<(), SecretsError> {
-        if !hoist_core::is_env_name(name) {
-            return Err(SecretsError::BadName {
-                name: name.to_string(),
-            });
-        }
+        hoist_core::names::check_secret(app, name, Some(value))?;
         let _lock = self.lock(app)?;
         let mut all = self.values(app)?;
         all.insert(name.to_string(), value.to_string());
@@ -146,7 +143,7 @@ mod tests {
         );
         assert!(matches!(
             s.set("notes", "1BAD", "v"),
-            Err(SecretsError::BadName { .. })
+            Err(SecretsError::Refused(_))
         ));
     }
 

@@ -68,6 +68,9 @@ pub struct BuildOutput {
     pub path: PathBuf,
     /// Compressed size in bytes.
     pub size: u64,
+    /// Include globs that matched nothing (`templates/**` in a project without templates):
+    /// worth a warning, not a failed build. A literal path that is missing is an error.
+    pub unmatched: Vec<String>,
 }
 
 /// Why a build failed.
@@ -88,7 +91,7 @@ pub enum BuildError {
         pattern: String,
         source: globset::Error,
     },
-    #[error("include pattern `{pattern}` matches nothing")]
+    #[error("include path `{pattern}` does not exist")]
     NothingMatched { pattern: String },
     #[error("`{}` is not valid UTF-8", path.display())]
     NonUtf8Path { path: PathBuf },
@@ -311,12 +314,17 @@ fn rel_str(root: &Path, path: &Path) -> Result<String, BuildError> {
         })
 }
 
-/// Walks the tree and hashes the included files: the manifest's entries and where
-/// each file's bytes come from.
-fn collect(
-    opts: &BuildOptions,
-    out: &Path,
-) -> Result<(Vec<Entry>, BTreeMap<String, Source>), BuildError> {
+/// Whether an include pattern is a glob (may rightly match nothing) or names one path.
+fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '[', '{'])
+}
+
+/// The manifest's entries, where each file's bytes come from, and the include globs
+/// that matched nothing.
+type Collected = (Vec<Entry>, BTreeMap<String, Source>, Vec<String>);
+
+/// Walks the tree and hashes the included files.
+fn collect(opts: &BuildOptions, out: &Path) -> Result<Collected, BuildError> {
     let root = &opts.root;
     let excludes = exclude_set(&opts.exclude)?;
     let (includes, owner) = include_set(&opts.include)?;
@@ -406,10 +414,15 @@ fn collect(
         );
         sources.insert(rel, src);
     }
-    if let Some(i) = matched.iter().position(|m| !m) {
-        return Err(BuildError::NothingMatched {
-            pattern: opts.include[i].clone(),
-        });
+    let mut unmatched = Vec::new();
+    for (pattern, _) in opts.include.iter().zip(&matched).filter(|(_, m)| !**m) {
+        if is_glob(pattern) {
+            unmatched.push(pattern.clone());
+        } else {
+            return Err(BuildError::NothingMatched {
+                pattern: pattern.clone(),
+            });
+        }
     }
     // Directories: the ones included, and every parent of an included entry.
     let mut wanted: BTreeSet<String> = BTreeSet::new();
@@ -430,7 +443,7 @@ fn collect(
             },
         );
     }
-    Ok((entries.into_values().collect(), sources))
+    Ok((entries.into_values().collect(), sources, unmatched))
 }
 
 /// Hashes the files on a few threads (hashing is most of a build's CPU besides zstd, and
@@ -529,7 +542,7 @@ pub fn build(opts: &BuildOptions, out: &Path) -> Result<BuildOutput, BuildError>
         hoist_version: opts.hoist_version.clone(),
         config_hash: opts.config_hash.clone(),
     };
-    let (entries, sources) = collect(&opts, &out)?;
+    let (entries, sources, unmatched) = collect(&opts, &out)?;
     let manifest = Manifest::new(&opts.app, info, entries, &opts.limits)?;
     let mtime = manifest.build().commit_time.max(0) as u64;
 
@@ -602,6 +615,7 @@ pub fn build(opts: &BuildOptions, out: &Path) -> Result<BuildOutput, BuildError>
         manifest,
         path: out,
         size,
+        unmatched,
     })
 }
 

@@ -232,10 +232,15 @@ fn include_globs_pick_files_and_their_parents() {
             "target/release/notes"
         ]
     );
+    // A glob that matches nothing is reported, not fatal (a starter file lists
+    // `templates/**` for projects that may have none); a missing literal path is an error.
     opts.include.push("migrations/**".into());
+    let out = build(&opts, &src.path().join("out.tar.zst")).unwrap();
+    assert_eq!(out.unmatched, vec!["migrations/**".to_string()]);
+    opts.include.push("schema.sql".into());
     let err = build(&opts, &src.path().join("out.tar.zst")).unwrap_err();
     assert!(
-        matches!(&err, BuildError::NothingMatched { pattern } if pattern == "migrations/**"),
+        matches!(&err, BuildError::NothingMatched { pattern } if pattern == "schema.sql"),
         "{err}"
     );
     assert!(err.hint().is_some());

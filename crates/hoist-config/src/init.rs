@@ -30,11 +30,17 @@ pub enum Project {
         gunicorn: bool,
         module: String,
         entry: String,
+        /// Flask's `templates` and `static` directories, those that exist.
+        dirs: Vec<String>,
     },
     /// `package.json`; `start` is how the app is started.
     Node {
         start: String,
         build_script: bool,
+        /// `dependencies` is not empty: they are installed at build time.
+        deps: bool,
+        /// `package-lock.json` exists, so `npm ci` can install exactly it.
+        lockfile: bool,
     },
     Generic,
 }
@@ -123,7 +129,7 @@ pub fn detect(dir: &Path) -> Result<Detected, InitError> {
         ));
     }
     if let Some(text) = read_optional(&dir.join("package.json"))? {
-        return Ok(detect_node(&dir_name, &text));
+        return Ok(detect_node(dir, &dir_name, &text));
     }
     Ok(Detected {
         app: app_name(&dir_name),
@@ -150,7 +156,11 @@ fn detect_rust(dir: &Path, text: &str) -> Option<Detected> {
         None => return None,
     };
     let deps = manifest.get("dependencies").and_then(|d| d.as_table());
-    let web = deps.is_some_and(|d| RUST_WEB_CRATES.iter().any(|c| d.contains_key(*c)));
+    // A server on the standard library alone reads `PORT` as hoist hands it over.
+    let reads_port = std::fs::read_to_string(dir.join("src/main.rs"))
+        .is_ok_and(|main| main.contains("\"PORT\""));
+    let web =
+        reads_port || deps.is_some_and(|d| RUST_WEB_CRATES.iter().any(|c| d.contains_key(*c)));
     let kind = if web {
         "a Rust web server"
     } else {
@@ -186,6 +196,11 @@ fn detect_python(
         .unwrap_or("app.py")
         .to_string();
     let module = format!("{}:app", entry.trim_end_matches(".py"));
+    let dirs = ["templates", "static"]
+        .into_iter()
+        .filter(|d| dir.join(d).is_dir())
+        .map(str::to_string)
+        .collect();
     let manifest = if requirements.is_some() {
         "requirements.txt"
     } else {
@@ -205,11 +220,12 @@ fn detect_python(
             gunicorn,
             module,
             entry,
+            dirs,
         },
     }
 }
 
-fn detect_node(dir_name: &str, text: &str) -> Detected {
+fn detect_node(dir: &Path, dir_name: &str, text: &str) -> Detected {
     let json: serde_json::Value = serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
     let name = json
         .get("name")
@@ -234,6 +250,11 @@ fn detect_node(dir_name: &str, text: &str) -> Detected {
         project: Project::Node {
             start,
             build_script: has_script("build"),
+            deps: json
+                .get("dependencies")
+                .and_then(|d| d.as_object())
+                .is_some_and(|d| !d.is_empty()),
+            lockfile: dir.join("package-lock.json").is_file(),
         },
     }
 }
@@ -309,18 +330,23 @@ pub fn starter(detected: &Detected) -> String {
             gunicorn,
             module,
             entry,
+            dirs,
         } => {
             let install = if manifest == "requirements.txt" {
                 "python3 -m pip install --quiet --target vendor -r requirements.txt"
             } else {
                 "python3 -m pip install --quiet --target vendor ."
             };
+            // Only what exists: `templates/**` in a project without templates would
+            // be a warning at every build.
+            let mut include = vec![q("**/*.py"), q(manifest), q("vendor/**")];
+            include.extend(dirs.iter().map(|d| q(&format!("{d}/**"))));
             out.push_str(&format!(
                 "\n[build]\n# Dependencies are vendored into the release, so every host runs exactly\n\
-                 # what was built and tested.\ncommand = {}\ninclude = [\"**/*.py\", {}, \"vendor/**\", \"templates/**\", \"static/**\"]\n\
+                 # what was built and tested.\ncommand = {}\ninclude = [{}]\n\
                  exclude = [\"**/__pycache__/**\", \".venv/**\"]\n",
                 q(install),
-                q(manifest)
+                include.join(", ")
             ));
             out.push_str("\n[env]\nPYTHONPATH = \"vendor\"\nPYTHONUNBUFFERED = \"1\"\n");
             out.push_str(secrets_section());
@@ -334,16 +360,29 @@ pub fn starter(detected: &Detected) -> String {
         Project::Node {
             start,
             build_script,
+            deps,
+            lockfile,
         } => {
-            let build = if *build_script {
-                "npm ci && npm run build"
+            // `npm ci` needs a lock file; with no dependencies there is nothing to install.
+            let mut steps = Vec::new();
+            match (*deps, *lockfile) {
+                (true, true) => steps.push("npm ci"),
+                (true, false) => steps.push("npm install"),
+                (false, _) => {}
+            }
+            if *build_script {
+                steps.push("npm run build");
+            }
+            let command = if steps.is_empty() {
+                "# No dependencies or build script; uncomment to run a step before packaging:\n# command = \"npm ci\"\n".to_string()
             } else {
-                "npm ci"
+                format!(
+                    "# Runs before packaging; node_modules goes into the release.\ncommand = {}\n",
+                    q(&steps.join(" && "))
+                )
             };
             out.push_str(&format!(
-                "\n[build]\n# Runs before packaging; node_modules goes into the release.\ncommand = {}\n\
-                 include = [\"**\"]\nexclude = [\".git/**\", \"**/*.log\"]\n",
-                q(build)
+                "\n[build]\n{command}include = [\"**\"]\nexclude = [\".git/**\", \"**/*.log\"]\n"
             ));
             out.push_str("\n[env]\nNODE_ENV = \"production\"\n");
             out.push_str(secrets_section());
@@ -390,16 +429,26 @@ mod tests {
                 gunicorn: true,
                 module: "wsgi:app".into(),
                 entry: "wsgi.py".into(),
+                dirs: vec!["templates".into(), "static".into()],
             },
             Project::Python {
                 manifest: "pyproject.toml".into(),
                 gunicorn: false,
                 module: "app:app".into(),
                 entry: "app.py".into(),
+                dirs: Vec::new(),
             },
             Project::Node {
                 start: "npm start".into(),
                 build_script: true,
+                deps: true,
+                lockfile: true,
+            },
+            Project::Node {
+                start: "node server.js".into(),
+                build_script: false,
+                deps: false,
+                lockfile: false,
             },
             Project::Generic,
         ];

@@ -259,6 +259,16 @@ pub(crate) fn type_error(
 
 pub(crate) fn read_str(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<String> {
     match &node.value {
+        // A NUL cannot cross exec or the environment: the value would be cut short
+        // there, or refused at every deploy, long after it validated.
+        Value::Str(s) if s.contains('\0') => {
+            cx.error(
+                &node.loc,
+                format!("invalid `{path}`: the string contains a NUL character (`\\u0000`)"),
+                Some("remove it: commands, paths and environment values cannot hold NUL".into()),
+            );
+            None
+        }
         Value::Str(s) => Some(s.clone()),
         Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
             let key = path.rsplit('.').next().unwrap_or(path);
@@ -462,7 +472,7 @@ pub(crate) fn read_str_list(
     }
 }
 
-pub(crate) use hoist_core::is_env_name;
+use hoist_core::names::EnvNameProblem;
 
 pub(crate) fn env_name_fix(name: &str) -> String {
     let mut fixed: String = name
@@ -481,34 +491,25 @@ pub(crate) fn env_name_fix(name: &str) -> String {
     fixed
 }
 
-pub(crate) fn is_reserved_env(name: &str) -> bool {
-    name == "PORT" || name.starts_with("HOIST_")
-}
-
 /// Checks a name used as an environment variable (an `env` key or a secret name).
 pub(crate) fn check_env_name(cx: &mut Cx<'_>, name: &str, at: &Loc, what: &str) -> bool {
-    if !is_env_name(name) {
-        cx.error(
+    match hoist_core::names::check_env_name(name) {
+        Ok(()) => return true,
+        Err(EnvNameProblem::Reserved(why)) => cx.error(
+            at,
+            format!("{what} `{name}` is reserved: {why}"),
+            Some("choose another name".to_string()),
+        ),
+        Err(EnvNameProblem::Invalid) => cx.error(
             at,
             format!("invalid {what} `{name}`: not a valid environment variable name"),
             Some(format!(
                 "use letters, digits and `_`, not starting with a digit, such as `{}`",
                 env_name_fix(name)
             )),
-        );
-        return false;
+        ),
     }
-    if is_reserved_env(name) {
-        cx.error(
-            at,
-            format!(
-                "{what} `{name}` is reserved: hoist sets `PORT` and `HOIST_*` for every instance"
-            ),
-            Some("choose another name".to_string()),
-        );
-        return false;
-    }
-    true
+    false
 }
 
 pub(crate) fn read_env(cx: &mut Cx<'_>, node: &Node, path: &str) -> BTreeMap<String, String> {
@@ -530,10 +531,7 @@ pub(crate) fn read_env(cx: &mut Cx<'_>, node: &Node, path: &str) -> BTreeMap<Str
 
 /// App, service, job and backup names end up in paths, unit names and log lines.
 pub(crate) fn check_name(cx: &mut Cx<'_>, name: &str, at: &Loc, what: &str) -> bool {
-    let mut chars = name.chars();
-    let ok = name.len() <= 63
-        && matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    let ok = hoist_core::names::is_app_name(name);
     if !ok {
         let fixed: String = name
             .trim()

@@ -97,6 +97,12 @@ pub(crate) fn home_of(key: &str) -> Option<&'static str> {
         .map(|(_, home)| *home)
 }
 
+/// Instances of one service on one host: more is a typo or an attack on the host.
+pub const MAX_REPLICAS: u32 = 256;
+/// Instances of all services of the app on one host (each is a process, a port and a
+/// shim): the whole app file is refused past it.
+pub const MAX_INSTANCES_PER_HOST: u64 = 1000;
+
 /// Where names and roles were written, for cross-reference diagnostics.
 #[derive(Default)]
 struct Refs {
@@ -108,6 +114,8 @@ struct Refs {
     routes: Vec<(String, String, String, Loc)>,
     /// Job names with where they were written, to catch a job named like a service.
     job_names: Vec<(String, Loc)>,
+    /// Service names with where their `replicas` (or name) were written.
+    service_locs: Vec<(String, Loc)>,
 }
 
 /// Builds the spec from the merged tree; every problem is pushed to `cx`.
@@ -228,6 +236,9 @@ pub(crate) fn validate(cx: &mut Cx<'_>, root: &Node) -> Option<AppSpec> {
         &secrets,
         hosts_complete.then_some(hosts.as_slice()),
     );
+    if hosts_complete {
+        instances_per_host(cx, &refs, &services, &hosts);
+    }
     // Only when nothing else is wrong: a web service dropped for an error is not "none".
     if hooks.smoke.is_some() && cx.error_count() == 0 && !services.values().any(|s| s.is_web()) {
         let smoke = top
@@ -287,8 +298,26 @@ fn build(cx: &mut Cx<'_>, node: &Node, at: Option<&Loc>) -> BuildSpec {
     let strings =
         |v: Option<Vec<(String, Loc)>>| v.unwrap_or_default().into_iter().map(|(s, _)| s).collect();
     let command = t.str(cx, "command");
-    let include = strings(t.str_list(cx, "include"));
-    let exclude = strings(t.str_list(cx, "exclude"));
+    let mut project_relative = |key: &str| -> Vec<(String, Loc)> {
+        let list = t.str_list(cx, key).unwrap_or_default();
+        list.into_iter()
+            .filter(|(p, loc)| {
+                let escapes = p.starts_with('/') || p.split('/').any(|c| c == "..");
+                if escapes {
+                    cx.error(
+                        loc,
+                        format!(
+                            "invalid `build.{key}`: `{p}` is outside the project directory"
+                        ),
+                        Some("patterns are relative to the directory of `hoist.toml` and cannot climb out of it".into()),
+                    );
+                }
+                !escapes
+            })
+            .collect()
+    };
+    let include = strings(Some(project_relative("include")));
+    let exclude = strings(Some(project_relative("exclude")));
     BuildSpec {
         command,
         include,
@@ -395,7 +424,13 @@ fn service(cx: &mut Cx<'_>, key: &Key, node: &Node, refs: &mut Refs) -> Option<S
     };
     let command = t.command(cx, "command", example);
     let singleton = t.bool(cx, "singleton").unwrap_or(false);
-    let replicas = t.uint(cx, "replicas", 1, 1000).map(|n| n as u32);
+    let replicas = t
+        .uint(cx, "replicas", 1, u64::from(MAX_REPLICAS))
+        .map(|n| n as u32);
+    refs.service_locs.push((
+        name.clone(),
+        t.get("replicas").map_or(&key.loc, |n| &n.loc).clone(),
+    ));
     if let (true, Some(r)) = (singleton, replicas) {
         if r > 1 {
             let at = t.get("replicas").map_or(&key.loc, |n| &n.loc);
@@ -449,7 +484,24 @@ fn service(cx: &mut Cx<'_>, key: &Key, node: &Node, refs: &mut Refs) -> Option<S
             .unwrap_or_default(),
         None => StopSignal::default(),
     };
-    let user = t.str(cx, "user");
+    let user = t.get("user").and_then(|n| {
+        let user = read_str(cx, n, &t.path("user"))?;
+        if hoist_core::names::is_user_name(&user) {
+            return Some(user);
+        }
+        cx.error(
+            &n.loc,
+            format!(
+                "invalid `{}`: `{user}` is not a Unix user name",
+                t.path("user")
+            ),
+            Some(format!(
+                "a user name is a lowercase letter or `_`, then lowercase letters, digits, `_` or `-` (at most {})",
+                hoist_core::names::MAX_USER_LEN
+            )),
+        );
+        None
+    });
     let env = t.env(cx, "env");
     let http = t
         .get("http")
@@ -590,6 +642,9 @@ fn check_domain(cx: &mut Cx<'_>, domain: &mut String, loc: &Loc, path: &str) -> 
 
 fn health(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<HealthSpec> {
     if let Value::Str(p) = &node.value {
+        if p.starts_with('/') && !url_path_ok(cx, &node.loc, path, p) {
+            return None;
+        }
         if !p.starts_with('/') {
             cx.error(
                 &node.loc,
@@ -644,6 +699,10 @@ fn health(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<HealthSpec> {
             );
             return None;
         }
+        let at = t.get("path").map_or(&node.loc, |n| &n.loc);
+        if !url_path_ok(cx, at, &t.path("path"), &p) {
+            return None;
+        }
         let expect_status = t.uint(cx, "expect_status", 100, 599).map(|s| s as u16);
         HealthKind::Http {
             path: p,
@@ -684,6 +743,28 @@ fn health(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<HealthSpec> {
             .duration(cx, "min_healthy")
             .unwrap_or(defaults::MIN_HEALTHY),
     })
+}
+
+/// A health path goes into the probe's request line as written: a CR or LF there would
+/// inject headers (or a second request) into what the app receives.
+fn url_path_ok(cx: &mut Cx<'_>, at: &Loc, path: &str, p: &str) -> bool {
+    let Some(bad) = p.chars().find(|c| c.is_control() || c.is_whitespace()) else {
+        return true;
+    };
+    cx.error(
+        at,
+        format!(
+            "invalid `{path}`: the URL path contains {} (U+{:04X})",
+            if bad.is_control() {
+                "a control character"
+            } else {
+                "a space"
+            },
+            bad as u32
+        ),
+        Some("percent-encode it (`%20` for a space), or remove it".into()),
+    );
+    false
 }
 
 /// `every` or `cron`: exactly one when `required`, at most one otherwise.
@@ -1117,6 +1198,47 @@ fn list_owned(items: &BTreeSet<String>) -> String {
         .map(|k| format!("`{k}`"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Refuses an app that would put more than [`MAX_INSTANCES_PER_HOST`] instances on a host
+/// (placement as the deploy computes it: every host of a service's roles runs its replicas).
+fn instances_per_host(
+    cx: &mut Cx<'_>,
+    refs: &Refs,
+    services: &BTreeMap<String, ServiceSpec>,
+    hosts: &[HostSpec],
+) {
+    for host in hosts {
+        let mut total: u64 = 0;
+        for (name, s) in services {
+            if !host.has_any_role(&s.roles) {
+                continue;
+            }
+            total += u64::from(s.replicas);
+            if total > MAX_INSTANCES_PER_HOST {
+                let at = refs
+                    .service_locs
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, loc)| loc.clone());
+                let Some(at) = at else { return };
+                let all: u64 = services
+                    .values()
+                    .filter(|s| host.has_any_role(&s.roles))
+                    .map(|s| u64::from(s.replicas))
+                    .sum();
+                cx.error(
+                    &at,
+                    format!(
+                        "host `{}` would run {all} instances; at most {MAX_INSTANCES_PER_HOST} per host",
+                        host.name
+                    ),
+                    Some("lower `replicas`, or spread the services over more hosts with `roles`".into()),
+                );
+                break;
+            }
+        }
+    }
 }
 
 fn cross_check(

@@ -351,14 +351,14 @@ fn zero_replicas() {
     check(
         &format!("app = \"notes\"\n{WEB}replicas = 0\n"),
         expect![[r#"
-        error: invalid `services.web.replicas`: expected an integer from 1 to 1000, found `0`
-         --> hoist.toml:6:12
-          |
-        6 | replicas = 0
-          |            ^
+            error: invalid `services.web.replicas`: expected an integer from 1 to 256, found `0`
+             --> hoist.toml:6:12
+              |
+            6 | replicas = 0
+              |            ^
 
-        --
-        `hoist.toml` has 1 error"#]],
+            --
+            `hoist.toml` has 1 error"#]],
     );
 }
 
@@ -808,7 +808,7 @@ fn overlay_errors_point_into_the_overlay() {
     ];
     let e = hoist_config::parse_sources(&sources).unwrap_err();
     expect![[r#"
-        error: invalid `services.web.replicas`: expected an integer from 1 to 1000, found `-1`
+        error: invalid `services.web.replicas`: expected an integer from 1 to 256, found `-1`
          --> hoist.staging.toml:2:12
           |
         2 | replicas = -1
@@ -822,14 +822,14 @@ fn float_where_an_integer_is_expected() {
     check(
         &format!("app = \"notes\"\n{WEB}replicas = 2.5\n"),
         expect![[r#"
-        error: invalid `services.web.replicas`: expected an integer from 1 to 1000, found the float `2.5`
-         --> hoist.toml:6:12
-          |
-        6 | replicas = 2.5
-          |            ^^^
+            error: invalid `services.web.replicas`: expected an integer from 1 to 256, found the float `2.5`
+             --> hoist.toml:6:12
+              |
+            6 | replicas = 2.5
+              |            ^^^
 
-        --
-        `hoist.toml` has 1 error"#]],
+            --
+            `hoist.toml` has 1 error"#]],
     );
 }
 
@@ -1015,4 +1015,200 @@ fn crlf_line_endings_and_tabs_render_cleanly() {
         --
         `hoist.toml` has 1 error"#]],
     );
+}
+
+// Hostile values that validated once and did harm later (issue 14): each is refused here,
+// located, before anything runs.
+
+#[test]
+fn health_path_with_crlf_would_inject_headers() {
+    check(
+        "app = \"notes\"\n[services.web]\ncommand = \"./app\"\nhttp = { domains = [\"*\"], health = \"/health\\r\\nX-Evil: 1\" }\n\n[services.api]\ncommand = \"./app\"\nhttp = { domains = [\"api\"], health = { path = \"/h\\u001b[2J\" } }\n",
+        expect![[r#"
+            error: invalid `services.web.http.health`: the URL path contains a control character (U+000D)
+             --> hoist.toml:4:36
+              |
+            4 | http = { domains = ["*"], health = "/health\r\nX-Evil: 1" }
+              |                                    ^^^^^^^^^^^^^^^^^^^^^^
+              = hint: percent-encode it (`%20` for a space), or remove it
+
+            error: invalid `services.api.http.health.path`: the URL path contains a control character (U+001B)
+             --> hoist.toml:8:47
+              |
+            8 | http = { domains = ["api"], health = { path = "/h\u001b[2J" } }
+              |                                               ^^^^^^^^^^^^^
+              = hint: percent-encode it (`%20` for a space), or remove it
+
+            --
+            `hoist.toml` has 2 errors"#]],
+    );
+}
+
+#[test]
+fn nul_in_commands_and_env_values() {
+    check(
+        "app = \"notes\"\n[env]\nA = \"x\\u0000y\"\n[services.worker]\ncommand = \"./app\\u0000 --evil\"\n",
+        expect![[r#"
+            error: invalid `env.A`: the string contains a NUL character (`\u0000`)
+             --> hoist.toml:3:5
+              |
+            3 | A = "x\u0000y"
+              |     ^^^^^^^^^^
+              = hint: remove it: commands, paths and environment values cannot hold NUL
+
+            error: invalid `services.worker.command`: the string contains a NUL character (`\u0000`)
+             --> hoist.toml:5:11
+              |
+            5 | command = "./app\u0000 --evil"
+              |           ^^^^^^^^^^^^^^^^^^^^
+              = hint: remove it: commands, paths and environment values cannot hold NUL
+
+            --
+            `hoist.toml` has 2 errors"#]],
+    );
+}
+
+#[test]
+fn path_and_loader_variables_are_reserved() {
+    check(
+        "app = \"notes\"\n[env]\nPATH = \"/tmp/evil\"\nLD_PRELOAD = \"/tmp/x.so\"\n[secrets]\nrequired = [\"LD_LIBRARY_PATH\"]\n",
+        expect![[r#"
+            error: environment variable `PATH` is reserved: it changes how programs are found and loaded (`PATH`, `LD_*` and the like)
+             --> hoist.toml:3:1
+              |
+            3 | PATH = "/tmp/evil"
+              | ^^^^
+              = hint: choose another name
+
+            error: environment variable `LD_PRELOAD` is reserved: it changes how programs are found and loaded (`PATH`, `LD_*` and the like)
+             --> hoist.toml:4:1
+              |
+            4 | LD_PRELOAD = "/tmp/x.so"
+              | ^^^^^^^^^^
+              = hint: choose another name
+
+            error: secret name `LD_LIBRARY_PATH` is reserved: it changes how programs are found and loaded (`PATH`, `LD_*` and the like)
+             --> hoist.toml:6:13
+              |
+            6 | required = ["LD_LIBRARY_PATH"]
+              |             ^^^^^^^^^^^^^^^^^
+              = hint: choose another name
+
+            --
+            `hoist.toml` has 3 errors"#]],
+    );
+}
+
+#[test]
+fn user_must_be_a_unix_user_name() {
+    check(
+        "app = \"notes\"\n[services.worker]\ncommand = \"./app\"\nuser = \"../../root\"\n",
+        expect![[r#"
+            error: invalid `services.worker.user`: `../../root` is not a Unix user name
+             --> hoist.toml:4:8
+              |
+            4 | user = "../../root"
+              |        ^^^^^^^^^^^^
+              = hint: a user name is a lowercase letter or `_`, then lowercase letters, digits, `_` or `-` (at most 32)
+
+            --
+            `hoist.toml` has 1 error"#]],
+    );
+}
+
+#[test]
+fn include_outside_the_project() {
+    check(
+        "app = \"notes\"\n[build]\ninclude = [\"app.py\", \"/etc/shadow\", \"../secrets/**\", \"a/../../b\"]\nexclude = [\"/tmp\"]\n",
+        expect![[r#"
+            error: invalid `build.include`: `/etc/shadow` is outside the project directory
+             --> hoist.toml:3:22
+              |
+            3 | include = ["app.py", "/etc/shadow", "../secrets/**", "a/../../b"]
+              |                      ^^^^^^^^^^^^^
+              = hint: patterns are relative to the directory of `hoist.toml` and cannot climb out of it
+
+            error: invalid `build.include`: `../secrets/**` is outside the project directory
+             --> hoist.toml:3:37
+              |
+            3 | include = ["app.py", "/etc/shadow", "../secrets/**", "a/../../b"]
+              |                                     ^^^^^^^^^^^^^^^
+              = hint: patterns are relative to the directory of `hoist.toml` and cannot climb out of it
+
+            error: invalid `build.include`: `a/../../b` is outside the project directory
+             --> hoist.toml:3:54
+              |
+            3 | include = ["app.py", "/etc/shadow", "../secrets/**", "a/../../b"]
+              |                                                      ^^^^^^^^^^^
+              = hint: patterns are relative to the directory of `hoist.toml` and cannot climb out of it
+
+            error: invalid `build.exclude`: `/tmp` is outside the project directory
+             --> hoist.toml:4:12
+              |
+            4 | exclude = ["/tmp"]
+              |            ^^^^^^
+              = hint: patterns are relative to the directory of `hoist.toml` and cannot climb out of it
+
+            --
+            `hoist.toml` has 4 errors"#]],
+    );
+}
+
+#[test]
+fn replicas_are_capped() {
+    check(
+        "app = \"notes\"\n[services.worker]\ncommand = \"./app\"\nreplicas = 257\n",
+        expect![[r#"
+            error: invalid `services.worker.replicas`: expected an integer from 1 to 256, found `257`
+             --> hoist.toml:4:12
+              |
+            4 | replicas = 257
+              |            ^^^
+
+            --
+            `hoist.toml` has 1 error"#]],
+    );
+}
+
+#[test]
+fn instances_per_host_are_capped() {
+    let mut text = String::from("app = \"notes\"\n");
+    for i in 0..5 {
+        text.push_str(&format!(
+            "[services.w{i}]\ncommand = \"./app\"\nroles = [\"all\"]\nreplicas = 250\n"
+        ));
+    }
+    check(
+        &text,
+        expect![[r#"
+        error: host `local` would run 1250 instances; at most 1000 per host
+          --> hoist.toml:21:12
+           |
+        21 | replicas = 250
+           |            ^^^
+           = hint: lower `replicas`, or spread the services over more hosts with `roles`
+
+        --
+        `hoist.toml` has 1 error"#]],
+    );
+}
+
+#[test]
+fn two_thousand_services_of_a_thousand_replicas_are_refused() {
+    let mut text = String::from("app = \"notes\"\n");
+    for i in 0..2000 {
+        text.push_str(&format!(
+            "[services.w{i}]\ncommand = \"./app\"\nreplicas = 1000\n"
+        ));
+    }
+    let err = hoist_config::parse_str("hoist.toml", &text).unwrap_err();
+    let rendered = hoist_config::render(err.diagnostics());
+    assert!(
+        rendered.contains("host `local` would run 2000 instances; at most 1000 per host"),
+        "{}",
+        &rendered[rendered.len().saturating_sub(2000)..]
+    );
+    assert!(rendered.contains(
+        "invalid `services.w0.replicas`: expected an integer from 1 to 256, found `1000`"
+    ));
 }

@@ -5,6 +5,7 @@
 //! Must not: read files, the environment or the clock, spawn processes, or log. Parsing
 //! the app file and reporting diagnostics belongs to `hoist-config`.
 
+pub mod names;
 pub mod schedule;
 pub mod spec;
 pub mod units;
@@ -13,10 +14,4 @@ pub use schedule::{CronExpr, Schedule};
 pub use spec::AppSpec;
 pub use units::{format_duration, parse_duration, ByteSize};
 
-/// A name usable as an environment variable (and so as a secret name): letters, digits
-/// and `_`, not starting with a digit.
-pub fn is_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
+pub use names::is_env_name;

@@ -308,7 +308,8 @@ fn init_node_app() {
         )],
     );
     assert_eq!(spec["app"], "site");
-    assert_eq!(spec["build"]["command"], "npm ci && npm run build");
+    // No dependencies: nothing to install, so no `npm ci` (it needs a lock file).
+    assert_eq!(spec["build"]["command"], "npm run build");
     assert_eq!(spec["services"]["web"]["command"], "node server.js");
     let (spec, _) = init_project(
         "api",
@@ -318,6 +319,61 @@ fn init_node_app() {
         )],
     );
     assert_eq!(spec["services"]["web"]["command"], "npm start");
+    let (spec, _) = init_project(
+        "locked",
+        &[
+            (
+                "package.json",
+                r#"{"name":"locked","dependencies":{"express":"^4"},"scripts":{"build":"tsc"}}"#,
+            ),
+            ("package-lock.json", "{}"),
+        ],
+    );
+    assert_eq!(spec["build"]["command"], "npm ci && npm run build");
+    let (spec, _) = init_project(
+        "unlocked",
+        &[(
+            "package.json",
+            r#"{"name":"unlocked","dependencies":{"express":"^4"}}"#,
+        )],
+    );
+    assert_eq!(spec["build"]["command"], "npm install");
+}
+
+#[test]
+fn init_python_includes_only_the_directories_that_exist() {
+    let files = [
+        (
+            "requirements.txt",
+            "flask
+gunicorn
+",
+        ),
+        (
+            "app.py",
+            "app = None
+",
+        ),
+    ];
+    let (spec, _) = init_project("plain", &files);
+    assert_eq!(
+        spec["build"]["include"],
+        serde_json::json!(["**/*.py", "requirements.txt", "vendor/**"])
+    );
+    let mut with_dirs = files.to_vec();
+    with_dirs.push(("templates/index.html", "<p>hi</p>"));
+    with_dirs.push(("static/site.css", "p {}"));
+    let (spec, _) = init_project("full", &with_dirs);
+    assert_eq!(
+        spec["build"]["include"],
+        serde_json::json!([
+            "**/*.py",
+            "requirements.txt",
+            "vendor/**",
+            "templates/**",
+            "static/**"
+        ])
+    );
 }
 
 #[test]

@@ -109,6 +109,11 @@ pub fn build_release(
             named
         }
     };
+    for pattern in &out.unmatched {
+        output::warn(&format!(
+            "include pattern `{pattern}` matches nothing; the release has no such files"
+        ));
+    }
     if out.manifest.build().dirty {
         output::warn(
             "the project has uncommitted changes: the release records its commit as `dirty`",

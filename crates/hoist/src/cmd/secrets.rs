@@ -10,10 +10,12 @@ use hyper::Method;
 
 use hoist_config::LoadedConfig;
 use hoist_fleet::hosts::each;
+use hoist_core::names::SecretRefusal;
 use hoist_protocol::agent::{SecretNames, SecretValue};
 
 use super::common::{self, HostArgs};
 use super::config::{load, ConfigArgs};
+use crate::exit::{with_exit, Exit};
 use crate::output;
 
 #[derive(Debug, clap::Subcommand)]
@@ -56,6 +58,12 @@ impl AppArg {
     /// The app, and the app file whose hosts are reached (none: this machine's agent,
     /// when `--app` is given and there is no app file).
     fn resolve(&self) -> anyhow::Result<(String, Option<LoadedConfig>)> {
+        if let Some(a) = &self.app {
+            // Checked like the app file's `app`: `--app ""` would name `secrets/.json`.
+            if !hoist_core::names::is_app_name(a) {
+                return Err(refused(SecretRefusal::App(a.clone())));
+            }
+        }
         let loaded = match (&self.app, &self.file.config) {
             (Some(_), None) if hoist_config::locate(None).is_err() => None,
             _ => Some(load(&self.file)?),
@@ -67,6 +75,10 @@ impl AppArg {
         };
         Ok((app, loaded))
     }
+}
+
+fn refused(e: SecretRefusal) -> anyhow::Error {
+    with_exit(Exit::Usage, e)
 }
 
 pub fn run(command: Command) -> anyhow::Result<()> {
@@ -83,6 +95,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             // A trailing newline comes from `echo` or a terminal, not from the secret.
             let value = value.strip_suffix('\n').unwrap_or(&value);
             let value = value.strip_suffix('\r').unwrap_or(value).to_string();
+            // The agent checks the same; checking here says so before anything is sent.
+            hoist_core::names::check_secret(&app_name, &name, Some(&value)).map_err(refused)?;
             let body = SecretValue { value };
             let path = format!("/v1/secrets/{app_name}/{name}");
             let answers = common::block_on(each(&targets, |t| {
