@@ -22,7 +22,8 @@ fn secrets_set(host: &Host, app: &str, name: &str, value: &[u8]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(value).unwrap();
+    // A refusal may come before the value is read: the pipe is then closed.
+    let _ = child.stdin.take().unwrap().write_all(value);
     child.wait_with_output().unwrap()
 }
 
@@ -99,4 +100,136 @@ fn secrets_with_bad_apps_names_or_values_are_refused_by_the_cli_and_the_agent() 
     let out = secrets_set(&host, "demo", "API_KEY", b"value\n");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(secret_files(&host), vec!["demo.json".to_string()]);
+}
+
+/// Raw ESC and bidi overrides, as an app file, an archive or an app may carry them.
+const ESC: char = '\x1b';
+const RLO: char = '\u{202e}';
+
+fn assert_no_raw_controls(what: &str, out: &str) {
+    assert!(
+        !out.contains(ESC) && !out.contains(RLO),
+        "{what} printed raw control characters: {out:?}"
+    );
+}
+
+#[test]
+fn control_characters_from_files_archives_and_apps_are_escaped() {
+    let host = Host::new();
+    // A worker whose log line carries a screen clear and a right-to-left override.
+    let dir = host.project(
+        "evil",
+        "GREETING = \"hi\\u001b]0;pwned\\u0007\\u202e\"",
+        "\n[services.evil]\ncommand = \"printf 'evil \\\\033[2J\\\\342\\\\200\\\\256gnp.exe\\\\n'; exec sleep 600\"\nroles = [\"web\"]\nstop_timeout = \"1s\"\n",
+    );
+    let file = dir.join("hoist.toml");
+    let file = file.to_str().unwrap();
+
+    // A value from the app file.
+    let out = host.hoist(&["config", "-c", file]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert_no_raw_controls("config", &shown);
+    assert!(shown.contains("hi\\x1b]0;pwned\\x07\\u{202e}"), "{shown}");
+
+    // A file name from the project tree, named in a refusal.
+    let toml = std::fs::read_to_string(file).unwrap();
+    std::fs::write(
+        file,
+        toml.replace(
+            "include = [\"VERSION\"]",
+            "include = [\"VERSION\", \"report*\"]",
+        ),
+    )
+    .unwrap();
+    let name = format!("report{ESC}[31m{RLO}fdp.exe");
+    std::fs::write(dir.join(&name), "x").unwrap();
+    let out = host.hoist(&["build", "-c", file]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let said = text(&out.stderr);
+    assert_no_raw_controls("build", &said);
+    assert!(said.contains("report\\x1b[31m\\u{202e}fdp.exe"), "{said}");
+    std::fs::remove_file(dir.join(&name)).unwrap();
+
+    // A line the app wrote to its log.
+    let out = host.deploy(&dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut shown = String::new();
+    hoist_testkit::wait_until(std::time::Duration::from_secs(20), || {
+        shown = text(&host.hoist(&["logs", "evil", "-c", file]).stdout);
+        shown.contains("evil ")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {shown}"));
+    assert_no_raw_controls("logs", &shown);
+    assert!(shown.contains("evil \\x1b[2J\\u{202e}gnp.exe"), "{shown}");
+}
+
+/// Runs `hoist ARGS` with stdout (or stderr) the write end of a pipe already closed at
+/// the other end, as `hoist … | head -1` leaves it once `head` is done.
+fn with_closed_pipe(host: &Host, args: &[&str], stderr_closed: bool) -> Output {
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let mut cmd = Command::new(hoist_bin());
+    cmd.args(args)
+        .env("HOIST_SOCKET", &host.socket)
+        .stdin(Stdio::null());
+    if stderr_closed {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::from(write));
+    } else {
+        cmd.stdout(Stdio::from(write)).stderr(Stdio::piped());
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn a_closed_pipe_ends_commands_quietly() {
+    let host = Host::new();
+    let dir = host.project("piped", "", "");
+    let file = dir.join("hoist.toml");
+    let file = file.to_str().unwrap();
+    let out = host.deploy(&dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let commands: &[&[&str]] = &[
+        &["config", "-c", file],
+        &["config", "-c", file, "--json"],
+        &["status"],
+        &["status", "--json"],
+        &["history", "-c", file],
+        &["releases", "-c", file],
+        &["logs", "web", "-c", file],
+        &["events", "--json"],
+        &["secrets", "list", "--app", "demo"],
+        &["--help"],
+    ];
+    for args in commands {
+        let out = with_closed_pipe(&host, args, false);
+        let err = text(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("error"), "{args:?}: {err}");
+    }
+    // With stderr closed, messages are lost but the exit code still tells.
+    let out = with_closed_pipe(
+        &host,
+        &["status", "-c", "/nonexistent/hoist.toml", "--json"],
+        true,
+    );
+    assert!(out.status.code() != Some(101), "{out:?}");
+    // A new release (the same one would be refused as already current).
+    std::fs::write(dir.join("VERSION"), "piped 2").unwrap();
+    let out = with_closed_pipe(&host, &["deploy", "-c", file], true);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let mut gone = host.socket.clone();
+    gone.set_file_name("nothing.sock");
+    let out = Command::new(hoist_bin())
+        .args(["status"])
+        .env("HOIST_SOCKET", &gone)
+        .stderr({
+            let (read, write) = nix::unistd::pipe().unwrap();
+            drop(read);
+            Stdio::from(write)
+        })
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
 }
