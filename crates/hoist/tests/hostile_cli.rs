@@ -233,3 +233,65 @@ fn a_closed_pipe_ends_commands_quietly() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
 }
+
+/// Every file under `dir`, relative to it.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn an_artifact_of_another_app_is_refused_before_it_is_uploaded() {
+    let host = Host::new();
+    let mine = host.project("mine", "", "");
+    let theirs = host.project("theirs", "", "");
+    let toml = std::fs::read_to_string(theirs.join("hoist.toml")).unwrap();
+    std::fs::write(
+        theirs.join("hoist.toml"),
+        toml.replacen("app = \"demo\"", "app = \"other\"", 1),
+    )
+    .unwrap();
+    let artifact = host.dir.join("other.tar.zst");
+    let out = host.hoist(&[
+        "build",
+        "-c",
+        theirs.join("hoist.toml").to_str().unwrap(),
+        "-o",
+        artifact.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = host.hoist(&[
+        "deploy",
+        "-c",
+        mine.join("hoist.toml").to_str().unwrap(),
+        "--artifact",
+        artifact.to_str().unwrap(),
+    ]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("the artifact is of app `other`, the app file of `demo`"),
+        "{err}"
+    );
+    assert!(!err.contains("Uploading"), "{err}");
+    assert_eq!(files_under(&host.root.join("store")), Vec::<String>::new());
+    assert_eq!(
+        files_under(&host.root.join("releases")),
+        Vec::<String>::new()
+    );
+}

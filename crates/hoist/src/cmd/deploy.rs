@@ -54,6 +54,7 @@ pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
     }
     let host = local_host(&loaded.spec)?;
     let artifact = artifact_of(&args)?;
+    same_app(&artifact, &loaded.spec.app)?;
     common::block_on(async {
         let client = ensure_agent().await?;
         output::status("Uploading", &format!("`{}`", artifact.display()));
@@ -222,6 +223,23 @@ fn artifact_of(args: &DeployArgs) -> anyhow::Result<PathBuf> {
         Some(a) => Ok(a.clone()),
         None => Ok(super::build::build_release(&args.file, None)?.0),
     }
+}
+
+/// Refuses an artifact of another app before anything is uploaded: the agent would
+/// otherwise store its blobs and release for nothing.
+fn same_app(artifact: &std::path::Path, app: &str) -> anyhow::Result<()> {
+    let manifest = hoist_artifact::read_manifest(artifact, &hoist_artifact::Limits::default())
+        .with_context(|| format!("cannot read `{}`", artifact.display()))?;
+    if manifest.app() != app {
+        return Err(with_exit(
+            Exit::Usage,
+            anyhow::anyhow!(
+                "the artifact is of app `{}`, the app file of `{app}`",
+                manifest.app()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The host this machine's agent plays in the app file.
