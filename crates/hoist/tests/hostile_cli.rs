@@ -295,3 +295,30 @@ fn an_artifact_of_another_app_is_refused_before_it_is_uploaded() {
         Vec::<String>::new()
     );
 }
+
+#[test]
+fn another_user_is_told_it_was_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let host = Host::new();
+    // As if the socket's mode had been loosened: the peer's uid is still checked.
+    std::fs::set_permissions(&host.dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&host.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(hoist_bin())
+        .arg("status")
+        .env("HOIST_SOCKET", &host.socket)
+        .env("HOME", "/nonexistent")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("refused: another user (uid 65534) may not use this agent"),
+        "{err}"
+    );
+    assert!(!err.contains("connection"), "{err}");
+    // The agent's owner is still served.
+    assert!(host.hoist(&["status"]).status.success());
+}
