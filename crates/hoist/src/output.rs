@@ -50,10 +50,98 @@ pub fn escape(text: &str) -> Cow<'_, str> {
 }
 
 /// One message on stderr. A closed or failing stderr loses the message: there is nowhere
-/// left to report that, and a panic would hide the command's real result.
+/// left to report that, and a panic would hide the command's real result. Progress bars
+/// step aside while it is written, so a message never lands in the middle of one.
 fn say(text: &str) {
-    let mut err = std::io::stderr().lock();
-    let _ = err.write_all(text.as_bytes());
+    bars().suspend(|| {
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(text.as_bytes());
+    });
+}
+
+/// Every progress bar of the command, drawn together on stderr (indicatif draws nothing
+/// when stderr is not a terminal).
+fn bars() -> &'static indicatif::MultiProgress {
+    static BARS: std::sync::OnceLock<indicatif::MultiProgress> = std::sync::OnceLock::new();
+    BARS.get_or_init(|| {
+        indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr())
+    })
+}
+
+/// A progress bar for long work; removed from the terminal when dropped. Hidden unless
+/// stderr is a terminal, and always with `--json` (whose stdout is for machines, and
+/// whose stderr must stay quiet too).
+pub struct Progress(indicatif::ProgressBar);
+
+/// How a bar counts.
+pub enum Unit {
+    /// Bytes sent, with the rate and the time left.
+    Bytes,
+    /// Steps of a known list (`setup`'s actions).
+    Steps,
+}
+
+impl Progress {
+    /// A bar from 0 to `total`.
+    pub fn bar(total: u64, unit: Unit, msg: &str, json: bool) -> Progress {
+        if json || !std::io::stderr().is_terminal() {
+            return Progress(indicatif::ProgressBar::hidden());
+        }
+        let template = match unit {
+            Unit::Bytes => "{prefix:>12.green.bold} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            Unit::Steps => "{prefix:>12.green.bold} {msg} [{bar:30}] {pos}/{len}",
+        };
+        let style = indicatif::ProgressStyle::with_template(template)
+            .expect("the templates above are valid")
+            .progress_chars("=> ");
+        let pb = indicatif::ProgressBar::new(total)
+            .with_style(style)
+            .with_prefix("Progress")
+            .with_message(escape(msg).into_owned());
+        Progress(bars().add(pb))
+    }
+
+    /// Work whose size nobody knows in advance (a backup the agent takes): a spinner and
+    /// the time it has taken so far, never an invented percentage.
+    pub fn spinner(msg: &str, json: bool) -> Progress {
+        if json || !std::io::stderr().is_terminal() {
+            return Progress(indicatif::ProgressBar::hidden());
+        }
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix:>12.green.bold} {spinner} {msg} {elapsed}",
+        )
+        .expect("the template above is valid");
+        let pb = bars().add(
+            indicatif::ProgressBar::new_spinner()
+                .with_style(style)
+                .with_prefix("Working")
+                .with_message(escape(msg).into_owned()),
+        );
+        pb.enable_steady_tick(std::time::Duration::from_millis(120));
+        Progress(pb)
+    }
+
+    /// A function that sets the position (bytes or steps done), for another task.
+    pub fn setter(&self) -> impl Fn(u64) + Send + Sync + 'static {
+        let pb = self.0.clone();
+        move |done| pb.set_position(done)
+    }
+
+    /// A function that counts one step done and names it, for another task.
+    pub fn stepper(&self) -> impl Fn(&str) + Send + Sync + 'static {
+        let pb = self.0.clone();
+        move |msg| {
+            pb.inc(1);
+            pb.set_message(escape(msg).into_owned());
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+        bars().remove(&self.0);
+    }
 }
 
 /// `error: …` on stderr.

@@ -322,3 +322,80 @@ fn another_user_is_told_it_was_refused() {
     // The agent's owner is still served.
     assert!(host.hoist(&["status"]).status.success());
 }
+
+/// What a bar or a spinner leaves in a stream: carriage returns and cursor movements.
+fn has_bar_traces(s: &str) -> bool {
+    s.contains('\r') || s.contains("\x1b[") || s.contains("Progress") || s.contains("Working")
+}
+
+#[test]
+fn progress_is_drawn_on_a_terminal_only() {
+    let host = Host::new();
+    let dir = host.project("bars", "", "\n[backups.files]\ndirectory = \"files\"\n");
+    let data = host.root.join("data/demo/files");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("blob"), vec![3u8; 1 << 20]).unwrap();
+    let file = dir.join("hoist.toml");
+    let file = file.to_str().unwrap();
+
+    // Not a terminal: messages only, line by line, as before.
+    let out = host.deploy(&dir);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!has_bar_traces(&err), "{err:?}");
+    let lines: Vec<&str> = err
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap_or(""))
+        .collect();
+    assert_eq!(lines[..3], ["Built", "Uploading", "Deploying"], "{err}");
+    let out = host.hoist(&["backup", "-c", file]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!has_bar_traces(&err), "{err:?}");
+    assert!(err.starts_with("   Backed up `files` of `demo`"), "{err}");
+
+    // --json: stdout is JSON lines, stderr has no bar.
+    std::fs::write(dir.join("VERSION"), "bars 2").unwrap();
+    let out = host.hoist(&["deploy", "-c", file, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !has_bar_traces(&text(&out.stderr)),
+        "{:?}",
+        text(&out.stderr)
+    );
+    for line in text(&out.stdout).lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    }
+
+    // A terminal (a pty from `script`): the upload's bar and the backup's spinner are drawn.
+    std::fs::write(dir.join("VERSION"), "bars 3").unwrap();
+    let typescript = host.dir.join("deploy.tty");
+    let run = |cmd: &str, typescript: &Path| {
+        let out = Command::new("script")
+            .args(["-qec", cmd])
+            .arg(typescript)
+            .env("HOIST_SOCKET", &host.socket)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd}: {out:?}");
+        String::from_utf8_lossy(&std::fs::read(typescript).unwrap()).into_owned()
+    };
+    let hoist = hoist_bin();
+    let shown = run(
+        &format!("{} deploy -c {file}", hoist.display()),
+        &typescript,
+    );
+    assert!(
+        shown.contains("Progress") && shown.contains("upload ["),
+        "{shown:?}"
+    );
+    let shown = run(
+        &format!("{} backup -c {file}", hoist.display()),
+        &host.dir.join("backup.tty"),
+    );
+    assert!(
+        shown.contains("Working") && shown.contains("every backup of `demo`"),
+        "{shown:?}"
+    );
+}

@@ -58,10 +58,13 @@ pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
     common::block_on(async {
         let client = ensure_agent().await?;
         output::status("Uploading", &format!("`{}`", artifact.display()));
+        let size = std::fs::metadata(&artifact).map_or(0, |m| m.len());
+        let bar = output::Progress::bar(size, output::Unit::Bytes, "upload", args.json);
         let up: Uploaded = client
-            .upload("/v1/releases", &artifact)
+            .upload_progress("/v1/releases", &artifact, bar.setter())
             .await
             .map_err(common::agent_error)?;
+        drop(bar);
         if up.app != loaded.spec.app {
             return Err(with_exit(
                 Exit::Usage,
