@@ -231,8 +231,12 @@ fn artifact_of(args: &DeployArgs) -> anyhow::Result<PathBuf> {
 /// Refuses an artifact of another app before anything is uploaded: the agent would
 /// otherwise store its blobs and release for nothing.
 fn same_app(artifact: &std::path::Path, app: &str) -> anyhow::Result<()> {
-    let manifest = hoist_artifact::read_manifest(artifact, &hoist_artifact::Limits::default())
-        .with_context(|| format!("cannot read `{}`", artifact.display()))?;
+    // An artifact whose manifest cannot be read is the agent's to refuse, with its full
+    // verification and reason; only a readable one can name another app.
+    let Ok(manifest) = hoist_artifact::read_manifest(artifact, &hoist_artifact::Limits::default())
+    else {
+        return Ok(());
+    };
     if manifest.app() != app {
         return Err(with_exit(
             Exit::Usage,
