@@ -1,14 +1,13 @@
 //! All user output. Data (tables, `--json`) goes to stdout; messages and progress to
 //! stderr, lowercase, values in backticks, readable without colour (`NO_COLOR` honoured).
 //!
-//! Every text shown to a human passes through [`escape`] here: names, paths and log lines
+//! Every text shown to a human passes through [`escape`] (`hoist_core::text`) here: names, paths and log lines
 //! come from app files, archives and apps, and a raw ESC or bidi override in them could
 //! rewrite the terminal or disguise what is shown. JSON is data and is left as serde
 //! writes it. A closed stdout ends the command quietly (see `exit::report`); a closed
 //! stderr only loses the messages, never panics.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::borrow::Cow;
 use std::io::{IsTerminal, Write};
 
 /// Whether stderr is a terminal that may get colour and progress bars.
@@ -24,30 +23,7 @@ fn paint(code: &str, text: &str) -> String {
     }
 }
 
-/// Characters that reorder the text around them (Unicode bidi embeddings, overrides,
-/// isolates and marks): shown raw, `abc\u{202e}txt.exe` reads as `abcexe.txt`.
-fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
-
-/// Text as it may reach a terminal: control characters (but newline and tab) and bidi
-/// controls are written as escapes (`\x1b`, `\r`, `\u{202e}`); everything else as is.
-pub fn escape(text: &str) -> Cow<'_, str> {
-    let bad = |c: char| (c.is_control() && c != '\n' && c != '\t') || is_bidi_control(c);
-    if !text.contains(bad) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        match c {
-            '\r' => out.push_str("\\r"),
-            c if bad(c) && (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c if bad(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    Cow::Owned(out)
-}
+pub use hoist_core::text::escape;
 
 /// One message on stderr. A closed or failing stderr loses the message: there is nowhere
 /// left to report that, and a panic would hide the command's real result. Progress bars
@@ -220,19 +196,4 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
         writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::escape;
-
-    #[test]
-    fn controls_and_bidi_are_escaped() {
-        assert_eq!(escape("plain `x`\n\tok"), "plain `x`\n\tok");
-        assert_eq!(
-            escape("a\x1b[2Jb\r\u{202e}c\u{7f}\u{9b}\0"),
-            "a\\x1b[2Jb\\r\\u{202e}c\\x7f\\x9b\\x00"
-        );
-        assert_eq!(escape("žluť 日本"), "žluť 日本");
-    }
 }
