@@ -1,14 +1,16 @@
 //! All user output. Data (tables, `--json`) goes to stdout; messages and progress to
 //! stderr, lowercase, values in backticks, readable without colour (`NO_COLOR` honoured).
 //!
-//! Every text shown to a human passes through [`escape`] (`hoist_core::text`) here: names, paths and log lines
-//! come from app files, archives and apps, and a raw ESC or bidi override in them could
-//! rewrite the terminal or disguise what is shown. JSON is data and is left as serde
+//! Every text shown to a human passes through [`escape`] (`hoist_core::text`) here:
+//! names, paths and log lines come from app files, archives and apps, and a raw ESC or
+//! bidi override in them could rewrite the terminal or disguise what is shown. JSON is data and is left as serde
 //! writes it. A closed stdout ends the command quietly (see `exit::report`); a closed
 //! stderr only loses the messages, never panics.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::io::{IsTerminal, Write};
+
+pub use hoist_core::text::escape;
 
 /// Whether stderr is a terminal that may get colour and progress bars.
 pub fn fancy() -> bool {
@@ -22,8 +24,6 @@ fn paint(code: &str, text: &str) -> String {
         text.to_string()
     }
 }
-
-pub use hoist_core::text::escape;
 
 /// One message on stderr. A closed or failing stderr loses the message: there is nowhere
 /// left to report that, and a panic would hide the command's real result. Progress bars
