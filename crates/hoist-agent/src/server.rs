@@ -33,6 +33,7 @@ pub(crate) async fn serve(agent: Arc<Agent>, listener: tokio::net::UnixListener)
             Some(uid) if uid == me || uid == 0 => {}
             other => {
                 tracing::warn!(peer_uid = ?other, "refused a connection from another user");
+                tokio::spawn(refuse(stream, other, me));
                 continue;
             }
         }
@@ -49,6 +50,27 @@ pub(crate) async fn serve(agent: Arc<Agent>, listener: tokio::net::UnixListener)
                 .await;
         });
     }
+}
+
+/// Answers every request of a peer of another uid with 403 and the reason, then closes:
+/// a bare close would read as "connection error" and leave the user guessing. Nothing
+/// of the request is acted on, and the connection gets a few seconds at most.
+async fn refuse(stream: tokio::net::UnixStream, peer: Option<u32>, me: u32) {
+    let peer = peer.map_or_else(|| "an unknown uid".to_string(), |u| format!("uid {u}"));
+    let message =
+        format!("refused: another user ({peer}) may not use this agent, which runs as uid {me}");
+    let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+        let answer = http::error(
+            StatusCode::FORBIDDEN,
+            message.clone(),
+            Some("run the command as the agent's user (or root)"),
+        );
+        async move { Ok::<_, std::convert::Infallible>(answer) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), svc);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn).await;
 }
 
 async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {

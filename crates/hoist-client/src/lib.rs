@@ -374,13 +374,24 @@ impl Client {
         path: &str,
         file: &Path,
     ) -> Result<T, ClientError> {
+        self.upload_progress(path, file, |_| {}).await
+    }
+
+    /// [`Client::upload`], calling `sent` with the bytes read from the file so far after
+    /// each chunk (a progress bar's position).
+    pub async fn upload_progress<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        file: &Path,
+        sent: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<T, ClientError> {
         let f = tokio::fs::File::open(file)
             .await
             .map_err(|source| ClientError::Read {
                 path: file.to_path_buf(),
                 source,
             })?;
-        let stream = tokio_util_like::chunks(f);
+        let stream = tokio_util_like::chunks(f, sent);
         let body = http_body_util::StreamBody::new(stream).boxed();
         let resp = self.send(Method::POST, path, body).await?;
         self.watched(read_json(resp)).await
@@ -631,18 +642,25 @@ mod tokio_util_like {
 
     pub fn chunks(
         file: tokio::fs::File,
+        sent: impl Fn(u64) + Send + Sync + 'static,
     ) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send + Sync + 'static
     {
-        futures_util::stream::unfold(Some(file), |state| async move {
-            let mut file = state?;
-            let mut buf = vec![0u8; 256 * 1024];
-            match file.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok(Frame::data(Bytes::from(buf))), Some(file)))
+        let sent = std::sync::Arc::new(sent);
+        futures_util::stream::unfold(Some((file, 0u64)), move |state| {
+            let sent = sent.clone();
+            async move {
+                let (mut file, done) = state?;
+                let mut buf = vec![0u8; 256 * 1024];
+                match file.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        let done = done + n as u64;
+                        sent(done);
+                        Some((Ok(Frame::data(Bytes::from(buf))), Some((file, done))))
+                    }
+                    Err(e) => Some((Err(e), None)),
                 }
-                Err(e) => Some((Err(e), None)),
             }
         })
     }

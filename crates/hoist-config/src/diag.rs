@@ -6,6 +6,7 @@
 use std::fmt;
 use std::ops::Range;
 
+use hoist_core::text::{escape, escape_char, needs_escape};
 use serde::Serialize;
 
 /// Whether a diagnostic stops the app file from loading.
@@ -106,20 +107,42 @@ impl fmt::Display for Diagnostic {
         };
         let number = self.line.to_string();
         let pad = " ".repeat(number.len());
-        writeln!(f, "{label}: {}", self.message)?;
+        writeln!(f, "{label}: {}", escape(&self.message))?;
         writeln!(f, "{pad}--> {}:{}:{}", self.file, self.line, self.column)?;
         writeln!(f, "{pad} |")?;
-        writeln!(f, "{number} | {}", self.source_line)?;
+        // The line is shown escaped (a bidi override in a value would reorder it), and
+        // the caret counts each escaped character at its shown width.
+        writeln!(f, "{number} | {}", escape(&self.source_line))?;
+        let shown = |c: char| {
+            if needs_escape(c) {
+                escape_char(c).chars().count()
+            } else {
+                1
+            }
+        };
         // Tabs before the column keep their width so that the caret lines up.
         let lead: String = self
             .source_line
             .chars()
             .take(self.column - 1)
-            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .map(|c| {
+                if c == '\t' {
+                    "\t".to_string()
+                } else {
+                    " ".repeat(shown(c))
+                }
+            })
             .collect();
-        writeln!(f, "{pad} | {lead}{}", "^".repeat(self.width))?;
+        let width: usize = self
+            .source_line
+            .chars()
+            .skip(self.column - 1)
+            .take(self.width)
+            .map(shown)
+            .sum();
+        writeln!(f, "{pad} | {lead}{}", "^".repeat(width.max(1)))?;
         if let Some(hint) = &self.hint {
-            writeln!(f, "{pad} = hint: {hint}")?;
+            writeln!(f, "{pad} = hint: {}", escape(hint))?;
         }
         Ok(())
     }

@@ -1212,3 +1212,20 @@ fn two_thousand_services_of_a_thousand_replicas_are_refused() {
         "invalid `services.w0.replicas`: expected an integer from 1 to 256, found `1000`"
     ));
 }
+
+#[test]
+fn bidi_overrides_in_the_source_line_are_shown_escaped_and_underlined_whole() {
+    check(
+        "app = \"gnp\u{202e}exe\"\n",
+        expect![[r#"
+            error: invalid app name `gnp\u{202e}exe`: expected a lowercase letter followed by lowercase letters, digits, `-` or `_` (at most 63)
+             --> hoist.toml:1:7
+              |
+            1 | app = "gnp\u{202e}exe"
+              |       ^^^^^^^^^^^^^^^^
+              = hint: try `gnp-exe`
+
+            --
+            `hoist.toml` has 1 error"#]],
+    );
+}

@@ -8,6 +8,7 @@
 pub mod names;
 pub mod schedule;
 pub mod spec;
+pub mod text;
 pub mod units;
 
 pub use schedule::{CronExpr, Schedule};

@@ -97,3 +97,32 @@ fn splice_manifest(a: &Path, b: &Path) -> Vec<u8> {
     out.extend_from_slice(&tb[first(&tb)..]);
     zstd::encode_all(&out[..], 3).unwrap()
 }
+
+#[test]
+fn an_include_glob_that_matches_nothing_warns_and_a_missing_path_fails() {
+    let dir = tempdir();
+    project(dir.path());
+    let toml = std::fs::read_to_string(dir.path().join("hoist.toml")).unwrap();
+    let with = |include: &str| {
+        std::fs::write(
+            dir.path().join("hoist.toml"),
+            toml.replace("\"static/**\"]", &format!("\"static/**\", {include}]")),
+        )
+        .unwrap();
+        hoist(dir.path(), &["build", "-o", "a.tar.zst"])
+    };
+    let out = with("\"templates/**\"");
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: include pattern `templates/**` matches nothing"),
+        "{err}"
+    );
+    let out = with("\"schema.sql\"");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("error: include path `schema.sql` does not exist"),
+        "{err}"
+    );
+}

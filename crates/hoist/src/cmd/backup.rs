@@ -96,8 +96,14 @@ pub fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
         name,
         actor: common::actor(),
     };
+    let what = req.name.as_deref().map_or_else(
+        || format!("every backup of `{app}`"),
+        |n| format!("`{n}` of `{app}`"),
+    );
+    let spinner = output::Progress::spinner(&what, json);
     let rows: Vec<BackupInfo> = common::block_on(client.call(Method::POST, &path, Some(&req)))
         .map_err(common::agent_error)?;
+    drop(spinner);
     if json {
         output::json(&rows)?;
     }
@@ -200,12 +206,17 @@ pub fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
         backup: args.backup,
         actor: common::actor(),
     };
+    let spinner = output::Progress::spinner(
+        &format!("restoring `{}` of `{app}` from {which}", args.name),
+        args.json,
+    );
     let res: RestoreResult = common::block_on(client.call(
         Method::POST,
         &format!("/v1/backups/{app}/restore"),
         Some(&req),
     ))
     .map_err(common::agent_error)?;
+    drop(spinner);
     if args.json {
         output::json(&res)?;
     } else {

@@ -56,6 +56,7 @@ pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
     }
     let loaded = load(&args.file)?;
     let artifact = artifact_of(&args)?;
+    same_app(&artifact, &loaded.spec.app)?;
     let spec = loaded.spec.clone();
     drive(&loaded, args.json, true, |fleet| async move {
         fleet.deploy(&spec, &artifact).await
@@ -171,6 +172,27 @@ fn artifact_of(args: &DeployArgs) -> anyhow::Result<PathBuf> {
         Some(a) => Ok(a.clone()),
         None => Ok(super::build::build_release(&args.file, None)?.0),
     }
+}
+
+/// Refuses an artifact of another app before anything is uploaded: the agent would
+/// otherwise store its blobs and release for nothing.
+fn same_app(artifact: &std::path::Path, app: &str) -> anyhow::Result<()> {
+    // An artifact whose manifest cannot be read is the agent's to refuse, with its full
+    // verification and reason; only a readable one can name another app.
+    let Ok(manifest) = hoist_artifact::read_manifest(artifact, &hoist_artifact::Limits::default())
+    else {
+        return Ok(());
+    };
+    if manifest.app() != app {
+        return Err(with_exit(
+            Exit::Usage,
+            anyhow::anyhow!(
+                "the artifact is of app `{}`, the app file of `{app}`",
+                manifest.app()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The host this machine's agent plays in the app file.

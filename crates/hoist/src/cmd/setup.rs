@@ -90,11 +90,23 @@ pub fn run(args: SetupArgs) -> anyhow::Result<()> {
     let json = args.json;
     let results = common::block_on(async move {
         let mut set = tokio::task::JoinSet::new();
+        // binary, directories, config, the optional user, agent: one bar per host.
+        let steps = if opts.user.is_some() { 5 } else { 4 };
+        let mut bars = Vec::new();
         for (i, remote) in remotes.into_iter().enumerate() {
             let opts = opts.clone();
+            let bar = output::Progress::bar(
+                steps,
+                output::Unit::Steps,
+                &format!("setup of `{}`", remote.name),
+                json,
+            );
+            let step = bar.stepper();
+            bars.push(bar);
             set.spawn(async move {
                 let name = remote.name.clone();
                 let result = setup_host(&remote, &opts, |a| {
+                    step(&format!("setup of `{name}`: {}", a.name));
                     if !json {
                         let verb = match a.state {
                             ActionState::Changed => "Changed",
@@ -115,6 +127,7 @@ pub fn run(args: SetupArgs) -> anyhow::Result<()> {
                 results.push(r);
             }
         }
+        drop(bars);
         results.sort_by_key(|(i, _, _)| *i);
         results
     });
