@@ -18,7 +18,7 @@ use hoist_protocol::agent::{Changes, Outcome, Plan, PlanRequest, Progress};
 
 use super::common;
 use super::config::{load, ConfigArgs};
-use crate::exit::{with_exit, with_hint, Exit, Reported};
+use crate::exit::{with_exit, Exit, Reported};
 use crate::output;
 
 /// How long a deploy lease lives without a heartbeat; `HOIST_LEASE_TTL_MS` shortens it
@@ -104,7 +104,14 @@ pub fn run_plan(args: DeployArgs) -> anyhow::Result<()> {
             .is_ok_and(|p| p.checks.iter().any(|c| !c.ok))
     });
     if args.json && fleet {
-        output::json(&common::json_answers(&answers))?;
+        let docs: Vec<serde_json::Value> = answers
+            .iter()
+            .map(|a| match &a.result {
+                Ok(plan) => serde_json::json!({"host": a.host, "plan": plan}),
+                Err(e) => serde_json::json!({"host": a.host, "error": e.message}),
+            })
+            .collect();
+        output::json(&docs)?;
     } else {
         for a in &answers {
             let Ok(plan) = &a.result else { continue };
@@ -179,8 +186,8 @@ fn local_host(spec: &hoist_core::spec::AppSpec) -> anyhow::Result<String> {
     if spec.host(local).is_some() {
         return Ok(local.to_string());
     }
-    Err(with_hint(
-        with_exit(Exit::Usage, anyhow::anyhow!("the app file has no host `{local}` to deploy to on this machine")),
+    Err(common::usage(
+        anyhow::anyhow!("the app file has no host `{local}` to deploy to on this machine"),
         format!("add `[[hosts]] name = \"{local}\"` with the roles to run here; deploys over SSH come with `hoist setup`"),
     ))
 }
