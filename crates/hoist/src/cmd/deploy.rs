@@ -217,11 +217,13 @@ where
     }
     let targets = common::targets(Some(loaded), &common::HostArgs::default())?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(None));
     let rollout = Fleet {
-        targets,
+        targets: targets.clone(),
         actor: common::actor(),
         events: tx,
         lease_ttl: lease_ttl(),
+        held: held.clone(),
     };
     let started = std::time::Instant::now();
     let mut view = View {
@@ -237,9 +239,25 @@ where
                 view.event(&e);
             }
         };
-        let (report, ()) = tokio::join!(work(rollout), render);
-        report
+        tokio::select! {
+            (report, ()) = async { tokio::join!(work(rollout), render) } => Some(report),
+            // Ctrl-C: the lease goes back at once, so the next deploy is not refused
+            // until it expires. What a host's agent has begun, it finishes or undoes.
+            _ = tokio::signal::ctrl_c() => {
+                let taken = held.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some((app, token)) = taken {
+                    hoist_fleet::rollout::release_lease(&targets, &app, &token).await;
+                }
+                None
+            }
+        }
     });
+    let Some(report) = report else {
+        output::warn(
+            "interrupted: the deploy lease is released; an activation already begun on a host is finished or undone by its agent (see `hoist status`)",
+        );
+        return Err(Reported(Exit::Partial).into());
+    };
     let report = report.map_err(|e| {
         let exit = match e {
             FleetError::WrongApp { .. } => Exit::Usage,
