@@ -24,12 +24,18 @@ pub enum Command {
         name: String,
         #[command(flatten)]
         app: AppArg,
+        /// One JSON document on stdout: each host's answer (never the value)
+        #[arg(long)]
+        json: bool,
     },
     /// Remove a secret
     Unset {
         name: String,
         #[command(flatten)]
         app: AppArg,
+        /// One JSON document on stdout: each host's answer
+        #[arg(long)]
+        json: bool,
     },
     /// List the names of an app's secrets
     List {
@@ -71,7 +77,7 @@ impl AppArg {
 
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Set { name, app } => {
+        Command::Set { name, app, json } => {
             let (app_name, loaded) = app.resolve()?;
             let fleet = common::is_fleet(loaded.as_ref());
             let targets = common::targets(loaded.as_ref(), &app.hosts)?;
@@ -92,6 +98,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                         .await
                 }
             }));
+            if json {
+                output::json(&common::json_answers(&answers))?;
+            }
             for a in answers.iter().filter(|a| a.result.is_ok()) {
                 output::status(
                     "Set",
@@ -103,7 +112,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             }
             common::finish(answers, fleet)
         }
-        Command::Unset { name, app } => {
+        Command::Unset { name, app, json } => {
             let (app_name, loaded) = app.resolve()?;
             let fleet = common::is_fleet(loaded.as_ref());
             let targets = common::targets(loaded.as_ref(), &app.hosts)?;
@@ -115,6 +124,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                         .await
                 }
             }));
+            if json {
+                output::json(&common::json_answers(&answers))?;
+            }
             for a in answers.iter().filter(|a| a.result.is_ok()) {
                 output::status(
                     "Removed",
