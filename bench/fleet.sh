@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Fleet figures (design §6: a deploy to 10 hosts takes at most 1.5x a deploy to one),
 # printed, never asserted: 10 network-namespace hosts with real sshd, `hoist setup`,
-# then deploys to 1, 3 and 10 hosts over OpenSSH (crates/hoist/benches/fleet.rs).
+# then deploys to 1, 3 and 10 hosts over OpenSSH, cold (ssh masters closed) and warm
+# (after `hoist plan`, masters kept by ControlPersist), beside the plain `ssh true`
+# fan-out to the same hosts (crates/hoist/benches/fleet.rs).
 #
 #   bash bench/fleet.sh        (as root; ROUNDS=3 redeploys per size by default)
 set -euo pipefail

@@ -20,17 +20,13 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use crate::Agent;
 use chrono::{DateTime, Utc};
 use hoist_backup::postgres::PgTarget;
 use hoist_backup::{BackupError, Checked};
 use hoist_core::spec::{AppSpec, BackupSource, BackupSpec};
-use hoist_protocol::backup::{BackupInfo, RestoreRequest, RestoreResult, TakeRequest};
+use hoist_protocol::backup::{BackupInfo, RestoreRequest, RestoreResult};
 use hoist_state::backups::{BackupDone, BackupRow, NewBackup};
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
-
-use crate::http::{self, Body};
-use crate::Agent;
 
 /// Why a backup, verify or restore did not happen or failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,28 +76,12 @@ pub(crate) enum BackupFail {
 }
 
 impl BackupFail {
-    fn status(&self) -> StatusCode {
-        match self {
-            BackupFail::NoApp { .. }
-            | BackupFail::NoBackups { .. }
-            | BackupFail::NoName { .. }
-            | BackupFail::NoBackup { .. }
-            | BackupFail::NotUsable { .. } => StatusCode::NOT_FOUND,
-            BackupFail::Busy { .. } => StatusCode::CONFLICT,
-            BackupFail::NoSecret { .. }
-            | BackupFail::BadPath { .. }
-            | BackupFail::RemoteCopy { .. }
-            | BackupFail::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
     fn no_known(&self) -> bool {
         matches!(self, BackupFail::NoBackups { .. })
             || matches!(self, BackupFail::NoName { known, .. } if known.is_empty())
     }
 
-    fn hint(&self) -> Option<String> {
+    pub(crate) fn hint(&self) -> Option<String> {
         match self {
             BackupFail::NoApp { .. } => Some("deploy it first (`hoist deploy`)".into()),
             BackupFail::NoBackups { .. } | BackupFail::NoName { .. } if self.no_known() => {
@@ -838,118 +818,69 @@ fn names(spec: &AppSpec, name: Option<&str>) -> Result<Vec<String>, BackupFail> 
     }
 }
 
-fn fail(e: &BackupFail) -> Response<Body> {
-    http::error(e.status(), crate::chain(e), e.hint().as_deref())
-}
-
-async fn body<T: serde::de::DeserializeOwned + Default>(
-    req: Request<Incoming>,
-) -> Result<T, Response<Body>> {
-    let bytes = http::read_body(req.into_body(), 64 * 1024)
-        .await
-        .map_err(|e| http::error(StatusCode::BAD_REQUEST, e, None))?;
-    if bytes.is_empty() {
-        return Ok(T::default());
+/// The operations the API offers, callable without HTTP (`routes.rs` maps requests and
+/// answers onto them).
+impl Agent {
+    /// Every backup record (of `app`, or of all apps), newest first.
+    pub(crate) fn list_backups(&self, app: Option<&str>) -> Result<Vec<BackupInfo>, BackupFail> {
+        self.recover_backups();
+        Ok(self
+            .db(|s| s.backups(app, 1000))?
+            .into_iter()
+            .map(info)
+            .collect())
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
-        http::error(
-            StatusCode::BAD_REQUEST,
-            format!("the request is not valid: {e}"),
-            None,
-        )
-    })
-}
 
-/// A restore request, optional only so that an empty body can be told apart.
-#[derive(Default, serde::Deserialize)]
-#[serde(transparent)]
-struct RestoreBody(Option<RestoreRequest>);
-
-/// Every `/v1/backups...` endpoint (see `hoist_protocol::backup`).
-pub(crate) async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
-    let path = req.uri().path().to_string();
-    let parts: Vec<String> = path
-        .trim_start_matches('/')
-        .split('/')
-        .map(str::to_string)
-        .collect();
-    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-    let method = req.method().clone();
-    match (method, parts.as_slice()) {
-        (Method::GET, ["v1", "backups"]) => {
-            agent.recover_backups();
-            let q = req.uri().query().unwrap_or("").to_string();
-            let app = crate::server::query_param(&q, "app").filter(|a| !a.is_empty());
-            match agent.db(|s| s.backups(app, 1000)) {
-                Ok(rows) => http::json(
-                    StatusCode::OK,
-                    &rows.into_iter().map(info).collect::<Vec<_>>(),
-                ),
-                Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
-            }
-        }
-        // Take (`/v1/backups/APP`) or verify (`…/verify`) each named backup, or all.
-        (Method::POST, ["v1", "backups", app, rest @ ..]) if matches!(rest, [] | ["verify"]) => {
-            let verify = !rest.is_empty();
-            let r: TakeRequest = match body(req).await {
-                Ok(r) => r,
-                Err(resp) => return resp,
-            };
-            let spec = match agent.current_spec(app) {
-                Ok((_, s)) => s,
-                Err(e) => return fail(&e),
-            };
-            let names = match names(&spec, r.name.as_deref()) {
-                Ok(n) => n,
-                Err(e) => return fail(&e),
-            };
-            let mut out = Vec::new();
-            for name in names {
-                let done = if verify {
-                    agent.verify_backup(&spec, &name).await.map(Some)
-                } else {
-                    match agent.take_backup(&spec, &name, "manual").await {
-                        Ok(Taken::Recorded(row)) => Ok(Some(*row)),
-                        Ok(Taken::Skipped(_)) => Ok(None),
-                        Err(e) => Err(e),
-                    }
-                };
-                match done {
-                    Ok(Some(row)) => out.push(info(row)),
-                    Ok(None) => {}
-                    Err(e) => return fail(&e),
+    /// Takes (or, with `verify`, verifies) the named backup of `app`, or all of them; a
+    /// scheduled run still going makes a take skip that name.
+    pub(crate) async fn take_or_verify(
+        self: &Arc<Self>,
+        app: &str,
+        name: Option<&str>,
+        verify: bool,
+    ) -> Result<Vec<BackupInfo>, BackupFail> {
+        let (_, spec) = self.current_spec(app)?;
+        let mut out = Vec::new();
+        for name in names(&spec, name)? {
+            let done = if verify {
+                Some(self.verify_backup(&spec, &name).await?)
+            } else {
+                match self.take_backup(&spec, &name, "manual").await? {
+                    Taken::Recorded(row) => Some(*row),
+                    Taken::Skipped(_) => None,
                 }
-            }
-            http::json(StatusCode::OK, &out)
-        }
-        (Method::POST, ["v1", "backups", app, "restore"]) => {
-            let r: RestoreBody = match body(req).await {
-                Ok(r) => r,
-                Err(resp) => return resp,
             };
-            let Some(r) = r.0 else {
-                return http::error(
-                    StatusCode::BAD_REQUEST,
-                    "expected {\"name\": \"...\"}",
-                    None,
-                );
-            };
-            match agent.restore_backup(app, &r).await {
-                Ok(res) => http::json(StatusCode::OK, &res),
-                Err(e) => fail(&e),
-            }
+            out.extend(done.map(info));
         }
-        _ => http::error(
-            StatusCode::NOT_FOUND,
-            format!("no such endpoint `{path}`"),
-            None,
-        ),
+        Ok(out)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_names_one_known_backup_or_all() {
+        let spec = |backups: &str| {
+            let text = format!("app = \"demo\"\n[services.web]\ncommand = \"x\"\n{backups}");
+            hoist_config::parse_str("hoist.toml", &text).unwrap().spec
+        };
+        let none = spec("");
+        assert!(matches!(
+            names(&none, None),
+            Err(BackupFail::NoBackups { .. })
+        ));
+        let two = spec("[backups.db]\nsqlite = \"a.db\"\n[backups.files]\nsqlite = \"b.db\"\n");
+        assert_eq!(names(&two, None).unwrap(), ["db", "files"]);
+        assert_eq!(names(&two, Some("db")).unwrap(), ["db"]);
+        match names(&two, Some("nope")) {
+            Err(e @ BackupFail::NoName { .. }) => {
+                assert_eq!(e.hint().unwrap(), "the app's backups are `db`, `files`")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn sources_stay_inside_the_data_dir() {

@@ -19,6 +19,7 @@ pub mod paths;
 mod plan;
 mod proxyctl;
 mod recover;
+mod routes;
 mod runtime;
 pub mod secrets;
 mod server;

@@ -94,7 +94,7 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
         );
     }
     match (method, parts.as_slice()) {
-        (_, ["v1", "backups", ..]) => crate::backup::route(agent, req).await,
+        (_, ["v1", "backups", ..]) => crate::routes::backups(agent, req).await,
         (Method::GET, ["v1", "hello"]) => http::json(StatusCode::OK, &agent.hello()),
         (Method::GET, ["v1", "status"]) => status(&agent),
         (Method::GET, ["v1", "events"]) => events(agent, req.uri().query().unwrap_or("")),

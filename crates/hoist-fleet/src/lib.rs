@@ -1,8 +1,12 @@
-//! Fleets: reaching hosts through the system's OpenSSH ([`ssh::Remote`]) and preparing a
-//! fresh host for hoist ([`setup`]). It never opens a port of its own on a host and never
-//! weakens OpenSSH's host-key checking; deploy logic lives elsewhere and builds on these.
+//! Driving hosts, one or many: which hosts a command reaches and asking them all at once
+//! ([`hosts`]), this machine's agent started on demand ([`local`]), hosts reached through
+//! the system's OpenSSH ([`ssh::Remote`]), the rollout of deploys and rollbacks
+//! ([`rollout`]), preparing a fresh host ([`setup`]) and the agent's keeper on hosts
+//! without systemd ([`keeper`]). It never opens a port of its own on a host, never weakens
+//! OpenSSH's host-key checking, and never prints.
 
 pub mod hosts;
+pub mod keeper;
 pub mod local;
 pub mod rollout;
 pub mod setup;

@@ -192,6 +192,9 @@ pub struct Fleet {
     pub events: UnboundedSender<Event>,
     /// How long a lease lives without a heartbeat (the heartbeat runs at a third of it).
     pub lease_ttl: Duration,
+    /// The lease held right now (app, token), for a caller interrupted mid-rollout to give
+    /// back with [`release_lease`] (the rollout's future is dropped then, not finished).
+    pub held: Arc<std::sync::Mutex<Option<(String, String)>>>,
 }
 
 /// What to activate on each host.
@@ -207,6 +210,10 @@ enum Op {
 }
 
 impl Fleet {
+    fn set_held(&self, held: Option<(String, String)>) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = held;
+    }
+
     fn emit(&self, e: Event) {
         let _ = self.events.send(e);
     }
@@ -314,6 +321,7 @@ impl Fleet {
         }
         .await;
         lease.release(&reachable).await;
+        self.set_held(None);
         reports.extend(result?);
         Ok(Report::judge(
             &spec.app,
@@ -345,6 +353,7 @@ impl Fleet {
         rolled.deploy.rollout.on_failure = OnFailure::Stop;
         reports.extend(self.roll(&rolled, &reachable, &op, &lease.token).await);
         lease.release(&reachable).await;
+        self.set_held(None);
         let shown = release.unwrap_or_else(|| "previous".into());
         Ok(Report::judge(
             &spec.app,
@@ -645,6 +654,7 @@ impl Fleet {
                 .await;
             }
         });
+        self.set_held(Some((app.to_string(), token.clone())));
         Ok(Held {
             app: app.to_string(),
             token,
@@ -665,19 +675,25 @@ impl Held {
         if let Some(h) = &self.heartbeat {
             h.abort();
         }
-        let path = format!("/v1/leases/{}?token={}", self.app, self.token);
-        join_all(hosts.iter().map(|t| {
-            let path = &path;
-            async move {
-                let r: Result<Lease, _> = t.client.call::<(), _>(Method::DELETE, path, None).await;
-                if let Err(e) = r {
-                    // It expires by itself; a host that went away keeps it until then.
-                    tracing::warn!(host = %t.name, error = %e, "cannot release the lease");
-                }
-            }
-        }))
-        .await;
+        release_lease(hosts, &self.app, &self.token).await;
     }
+}
+
+/// Gives the lease `token` of `app` back on every host (a host where it is not held by
+/// this token keeps what it has).
+pub async fn release_lease(hosts: &[Target], app: &str, token: &str) {
+    let path = format!("/v1/leases/{app}?token={token}");
+    join_all(hosts.iter().map(|t| {
+        let path = &path;
+        async move {
+            let r: Result<Lease, _> = t.client.call::<(), _>(Method::DELETE, path, None).await;
+            if let Err(e) = r {
+                // It expires by itself; a host that went away keeps it until then.
+                tracing::warn!(host = %t.name, error = %e, "cannot release the lease");
+            }
+        }
+    }))
+    .await;
 }
 
 impl Drop for Held {

@@ -167,6 +167,13 @@ fn kill_at(host: &mut Host, point: &str, run: impl FnOnce(&Host) -> std::process
     host.start_agent();
 }
 
+/// A CLI killed mid-deploy leaves its deploy lease behind (one host takes the fleet's
+/// road); it would expire by itself, the operator drops it at once.
+fn release_lease(host: &Host, cfg: &str) {
+    let out = host.hoist(&["lock", "release", "-c", cfg]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
 fn spawn_cli(host: &Host, args: &[&str]) -> std::process::Child {
     std::process::Command::new(hoist_testkit::hoist_bin())
         .args(args)
@@ -189,6 +196,7 @@ fn sigkill_at_every_deploy_step_recovers_to_a_consistent_state() {
             let cfg = p.join("hoist.toml").display().to_string();
             kill_at(&mut host, &point, |h| spawn_cli(h, &["deploy", "-c", &cfg]));
             check_consistent(&host, &point);
+            release_lease(&host, &cfg);
         }
     }
     let last = with_hooks(&host, "after-all");
@@ -218,6 +226,7 @@ fn sigkill_at_every_rollback_step_recovers_to_a_consistent_state() {
                 spawn_cli(h, &["rollback", "-c", &cfg])
             });
             check_consistent(&host, &point);
+            release_lease(&host, &cfg);
         }
     }
 }

@@ -680,3 +680,58 @@ fn a_frozen_agent_is_named_not_waited_for() {
     // Resumed, it answers again.
     assert!(host.hoist(&["status"]).status.success());
 }
+
+/// Ctrl-C during a deploy gives the deploy lease back at once (one host takes the fleet's
+/// road, and a lease left behind would refuse the next deploy until it expired); the
+/// agent finishes the activation it had begun.
+#[test]
+fn an_interrupted_deploy_gives_its_lease_back() {
+    let host = Host::new();
+    let slow = host.project("slow", "", "");
+    let marker = host.dir.join("in-hook");
+    let toml = std::fs::read_to_string(slow.join("hoist.toml")).unwrap();
+    let hook = format!(
+        "[hooks]\npre_activate = \"touch {} && sleep 2\"\n\n[deploy]",
+        marker.display()
+    );
+    std::fs::write(slow.join("hoist.toml"), toml.replacen("[deploy]", &hook, 1)).unwrap();
+    let cfg = slow.join("hoist.toml").display().to_string();
+    let mut cli = hoist_testkit::ChildGuard::spawn(
+        std::process::Command::new(hoist_testkit::hoist_bin())
+            .args(["deploy", "-c", &cfg])
+            .env("HOIST_SOCKET", &host.socket)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped()),
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(20), || marker.exists()).expect("the deploy reaches its hook");
+    let live = |host: &Host| {
+        let out = host.hoist(&["lock", "status", "--json", "-c", &cfg]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["lease"]["live"] == true
+    };
+    assert!(live(&host), "the running deploy holds the lease");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cli.pid() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = cli.child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut cli.child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("interrupted: the deploy lease is released"),
+        "{err}"
+    );
+    assert!(!live(&host), "the lease was given back");
+    // The agent finished the activation on its own: the slow release serves.
+    let mut served = None;
+    wait_until(Duration::from_secs(30), || {
+        served = host.serving();
+        host.status()["apps"][0]["release"].as_str() == served.as_deref() && served.is_some()
+    })
+    .unwrap_or_else(|_| panic!("serving {served:?}"));
+    let out = host.deploy(&slow);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

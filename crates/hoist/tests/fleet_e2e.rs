@@ -289,3 +289,227 @@ fn a_fleet_is_set_up_deployed_rolled_and_survives_a_lost_host() {
     })
     .expect("h2's agent agrees with what its proxy serves");
 }
+
+/// `hoist ARGS -c FILE` with `stdin` as its standard input.
+fn hoist_with_stdin(file: &Path, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(hoist_bin())
+        .args(args)
+        .arg("-c")
+        .arg(file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn json_docs(out: &Output) -> Vec<serde_json::Value> {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", text(&out.stdout), text(&out.stderr)))
+}
+
+/// The hosts named in host-tagged JSON documents, sorted and deduplicated.
+fn hosts_of(docs: &[serde_json::Value]) -> Vec<String> {
+    let mut hosts: Vec<String> = docs
+        .iter()
+        .filter_map(|d| d["host"].as_str().map(str::to_string))
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
+/// The web instances' pids on each host, from `hoist status --json`.
+fn web_pids(file: &Path) -> Vec<(String, Vec<u64>)> {
+    let docs = json_docs(&hoist(file, &["status", "--json"]));
+    docs.iter()
+        .map(|d| {
+            let pids = d["status"]["apps"][0]["instances"]
+                .as_array()
+                .map(|is| {
+                    is.iter()
+                        .filter(|i| i["service"] == "web" && i["state"] != "stopped")
+                        .filter_map(|i| i["pid"].as_u64())
+                        .collect()
+                })
+                .unwrap_or_default();
+            (d["host"].as_str().unwrap_or("?").to_string(), pids)
+        })
+        .collect()
+}
+
+/// Every command reaches every host of the app file (`--host` picks some): a secret set
+/// once (read from stdin once) is seen by the app on every host, after the deploy that
+/// lacked it failed preflight; restart, stop/start, jobs run (a singleton on its one
+/// host), releases and events act on and report every host; a host that cannot be
+/// reached makes the command exit 3, naming it.
+#[test]
+fn every_command_reaches_every_host() {
+    let fleet = Fleet::start(2);
+    let app = hoist_testkit::testapp_bin();
+    let file = project(&fleet, "v1", "");
+    // The web service writes the secret it sees where the test app serves `/data/*`;
+    // a per-host job and a singleton job.
+    let toml = std::fs::read_to_string(&file).unwrap();
+    let toml = toml
+        .replacen(
+            &format!("command = \"{} serve\"", app.display()),
+            &format!(
+                "command = \"sh -c 'printf %s \\\"$API_KEY\\\" > \\\"$HOIST_DATA_DIR/seen\\\"; exec {} serve'\"",
+                app.display()
+            ),
+            1,
+        )
+        .replacen(
+            "[deploy]",
+            &format!(
+                "[secrets]\nrequired = [\"API_KEY\"]\n\n\
+                 [jobs.each]\ncommand = \"{app} job --name each\"\nevery = \"1h\"\nsingleton = false\n\n\
+                 [jobs.once]\ncommand = \"{app} job --name once\"\nevery = \"1h\"\n\n[deploy]",
+                app = app.display()
+            ),
+            1,
+        );
+    std::fs::write(&file, toml).unwrap();
+    let out = hoist(&file, &["setup"]);
+    assert!(out.status.success(), "setup: {}", text(&out.stderr));
+
+    // The new user's first deploy: preflight fails for want of the secret, everywhere.
+    let out = hoist(&file, &["deploy"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("API_KEY"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Set once, from stdin, on every host.
+    let out = hoist_with_stdin(&file, &["secrets", "set", "API_KEY"], "s3cret-value\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for h in ["h1", "h2"] {
+        assert!(
+            text(&out.stderr).contains(&format!("secret `API_KEY` of `demo` on `{h}`")),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let out = hoist_with_stdin(&file, &["secrets", "set", "ONLY_H2", "--host", "h2"], "x");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lists = json_docs(&hoist(&file, &["secrets", "list", "--json"]));
+    let names = |host: &str| -> Vec<String> {
+        lists
+            .iter()
+            .find(|d| d["host"] == host)
+            .and_then(|d| d["names"].as_array())
+            .map(|n| n.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(names("h1"), ["API_KEY"]);
+    assert_eq!(names("h2"), ["API_KEY", "ONLY_H2"]);
+    assert!(!text(&hoist(&file, &["secrets", "list", "--json"]).stdout).contains("s3cret"));
+
+    // Now the deploy passes, and the app on every host sees the one value.
+    let out = hoist(&file, &["deploy"]);
+    assert!(out.status.success(), "deploy: {}", text(&out.stderr));
+    for i in 0..2 {
+        assert_eq!(
+            fleet.http_get(i, 80, "/data/seen"),
+            Some((200, "s3cret-value".to_string())),
+            "host {i}"
+        );
+    }
+
+    // restart: every host's web instances are new.
+    let before = web_pids(&file);
+    let out = hoist(&file, &["restart", "web"]);
+    assert!(out.status.success(), "restart: {}", text(&out.stderr));
+    for h in ["h1", "h2"] {
+        assert!(
+            text(&out.stderr).contains(&format!("`web` of `demo` on `{h}`")),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let after = web_pids(&file);
+    for ((host, b), (_, a)) in before.iter().zip(&after) {
+        assert!(!a.is_empty() && a != b, "{host}: {b:?} → {a:?}");
+    }
+
+    // stop on h1 only (a comma list names one host here), then start it again.
+    let out = hoist(&file, &["stop", "web", "--host", "h1"]);
+    assert!(out.status.success(), "stop: {}", text(&out.stderr));
+    let stopped = web_pids(&file);
+    assert!(stopped[0].1.is_empty(), "{stopped:?}");
+    assert_eq!(stopped[1].1, after[1].1, "h2 untouched");
+    assert_eq!(fleet.http_get(1, 80, "/data/seen").map(|r| r.0), Some(200));
+    let out = hoist(&file, &["start", "web", "--host", "h1,h1"]);
+    assert!(out.status.success(), "start: {}", text(&out.stderr));
+    wait_until(Duration::from_secs(20), || {
+        web_pids(&file).iter().all(|(_, p)| !p.is_empty())
+    })
+    .expect("web runs again on h1");
+
+    // jobs run: a per-host job runs on both hosts, the singleton on its one host.
+    let out = hoist(&file, &["jobs", "run", "each"]);
+    assert!(out.status.success(), "jobs run: {}", text(&out.stderr));
+    let out = hoist(&file, &["jobs", "run", "once"]);
+    assert!(out.status.success(), "jobs run: {}", text(&out.stderr));
+    let mut runs = Vec::new();
+    wait_until(Duration::from_secs(20), || {
+        runs = json_docs(&hoist(&file, &["jobs", "--json"]));
+        runs.iter().filter(|r| r["trigger"] == "manual").count() == 3
+            && runs.iter().all(|r| r["status"] != "running")
+    })
+    .unwrap_or_else(|_| panic!("{runs:?}"));
+    let ran_on = |job: &str| -> Vec<String> {
+        hosts_of(
+            &runs
+                .iter()
+                .filter(|r| r["job"] == job && r["trigger"] == "manual")
+                .cloned()
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(ran_on("each"), ["h1", "h2"]);
+    assert_eq!(ran_on("once"), ["h1"]);
+    let out = hoist(&file, &["jobs", "run", "once", "--host", "h2"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+
+    // releases and events: from every host, tagged with it; `--host` narrows.
+    let releases = json_docs(&hoist(&file, &["releases", "--json"]));
+    assert_eq!(hosts_of(&releases), ["h1", "h2"]);
+    let current: Vec<serde_json::Value> = releases
+        .iter()
+        .filter(|r| r["role"] == "current")
+        .cloned()
+        .collect();
+    assert_eq!(hosts_of(&current), ["h1", "h2"], "{releases:?}");
+    let out = hoist(&file, &["events", "--json"]);
+    assert!(out.status.success(), "events: {}", text(&out.stderr));
+    assert_eq!(hosts_of(&events(&out)), ["h1", "h2"]);
+    let out = hoist(&file, &["events", "--json", "--host", "h2"]);
+    assert_eq!(hosts_of(&events(&out)), ["h2"]);
+    let out = hoist(&file, &["status", "--host", "h9"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+
+    // Redeploying the current release: unchanged on every host, exit 0.
+    let out = hoist(&file, &["deploy", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(host_states(&report(&out)), ["unchanged", "unchanged"]);
+
+    // A host that cannot be reached: the others answer, it is named, exit 3.
+    fleet.link_down(1);
+    let out = hoist(&file, &["releases"]);
+    fleet.link_up(1);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("`h2`"), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("h1"), "{}", text(&out.stdout));
+}

@@ -110,6 +110,7 @@ fn run(
         actor: "tester@ci".into(),
         events: tx,
         lease_ttl: Duration::from_secs(30),
+        held: Default::default(),
     };
     let report = rt.block_on(async move {
         match artifact {

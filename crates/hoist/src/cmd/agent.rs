@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context;
 
@@ -165,55 +164,10 @@ fn keep(config: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 async fn keep_loop(exe: PathBuf, config: Option<PathBuf>) -> anyhow::Result<()> {
-    const FAST_EXIT: Duration = Duration::from_secs(60);
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        let mut cmd = tokio::process::Command::new(&exe);
-        cmd.arg("agent");
-        if let Some(config) = &config {
-            cmd.arg("--config").arg(config);
-        }
-        let started = tokio::time::Instant::now();
-        let mut child = match cmd.spawn() {
-            Ok(child) => child,
-            Err(e) => {
-                tracing::error!(error = %e, exe = %exe.display(), "cannot start the agent");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = &mut stop => return Ok(()),
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                continue;
-            }
-        };
-        tracing::info!(pid = child.id(), "agent started");
-        tokio::select! {
-            status = child.wait() => {
-                tracing::warn!(status = ?status.ok(), "the agent exited; starting it again");
-                if started.elapsed() >= FAST_EXIT {
-                    backoff = Duration::from_secs(1);
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = &mut stop => return Ok(()),
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-            _ = &mut stop => {
-                if let Some(pid) = child.id() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGTERM,
-                    );
-                }
-                let _ = child.wait().await;
-                tracing::info!("keeper stopped with its agent");
-                return Ok(());
-            }
-        }
-    }
+    hoist_fleet::keeper::Keeper::agent(exe, config)
+        .run(shutdown_signal())
+        .await;
+    Ok(())
 }
 
 async fn shutdown_signal() {

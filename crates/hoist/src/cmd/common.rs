@@ -10,7 +10,7 @@ use hoist_fleet::hosts::Answer;
 use hoist_fleet::rollout::Target;
 use hoist_fleet::HostKeys;
 
-use crate::exit::{with_exit, with_hint, Exit, Reported};
+use crate::exit::{with_exit, with_hint, Exit, Reported, WithExit};
 use crate::output;
 
 /// `--host NAME`: the hosts of the app file a command reaches.
@@ -57,13 +57,9 @@ pub fn all_targets(loaded: Option<&LoadedConfig>, keys: HostKeys) -> anyhow::Res
         keys,
         &control,
     )
-    .map_err(|e| {
-        let hint = e.hint();
-        let err = with_exit(Exit::Usage, anyhow::Error::new(e));
-        match hint {
-            Some(h) => with_hint(err, h),
-            None => err,
-        }
+    .map_err(|e| match e.hint() {
+        Some(h) => usage(anyhow::Error::new(e), h),
+        None => with_exit(Exit::Usage, anyhow::Error::new(e)),
     })
 }
 
@@ -75,12 +71,18 @@ pub fn targets(loaded: Option<&LoadedConfig>, hosts: &HostArgs) -> anyhow::Resul
             anyhow::anyhow!("--host needs an app file that names its hosts"),
         ));
     }
-    hoist_fleet::hosts::pick(all_targets(loaded, HostKeys::Strict)?, &hosts.hosts).map_err(|e| {
-        with_hint(
-            with_exit(Exit::Usage, anyhow::Error::new(e)),
-            "`hoist config` lists the hosts",
-        )
-    })
+    hoist_fleet::hosts::pick(all_targets(loaded, HostKeys::Strict)?, &hosts.hosts)
+        .map_err(|e| usage(anyhow::Error::new(e), "`hoist config` lists the hosts"))
+}
+
+/// A usage error (exit 2) with a hint.
+pub fn usage(error: anyhow::Error, hint: impl Into<String>) -> anyhow::Error {
+    WithExit {
+        exit: Exit::Usage,
+        error,
+        hint: Some(hint.into()),
+    }
+    .into()
 }
 
 /// The end of a command that asked several hosts: exit 0 when all answered, 1 when none
@@ -194,10 +196,9 @@ pub fn agent_error(err: ClientError) -> anyhow::Error {
         // A request the agent could not understand is a usage error; a refusal (a lock
         // held, a release missing) is a failed operation that changed nothing.
         (ClientError::Api(_, status), hint) if *status == hyper::StatusCode::BAD_REQUEST => {
-            let e = with_exit(Exit::Usage, anyhow::anyhow!("{err}"));
             match hint {
-                Some(h) => with_hint(e, h),
-                None => e,
+                Some(h) => usage(anyhow::anyhow!("{err}"), h),
+                None => with_exit(Exit::Usage, anyhow::anyhow!("{err}")),
             }
         }
         (_, Some(hint)) => with_hint(anyhow::anyhow!("{err}"), hint),

@@ -18,7 +18,7 @@ use hoist_protocol::agent::{Changes, Outcome, Plan, PlanRequest, Progress};
 
 use super::common;
 use super::config::{load, ConfigArgs};
-use crate::exit::{with_exit, with_hint, Exit, Reported};
+use crate::exit::{with_exit, Exit, Reported};
 use crate::output;
 
 /// How long a deploy lease lives without a heartbeat; `HOIST_LEASE_TTL_MS` shortens it
@@ -105,7 +105,14 @@ pub fn run_plan(args: DeployArgs) -> anyhow::Result<()> {
             .is_ok_and(|p| p.checks.iter().any(|c| !c.ok))
     });
     if args.json && fleet {
-        output::json(&common::json_answers(&answers))?;
+        let docs: Vec<serde_json::Value> = answers
+            .iter()
+            .map(|a| match &a.result {
+                Ok(plan) => serde_json::json!({"host": a.host, "plan": plan}),
+                Err(e) => serde_json::json!({"host": a.host, "error": e.message}),
+            })
+            .collect();
+        output::json(&docs)?;
     } else {
         for a in &answers {
             let Ok(plan) = &a.result else { continue };
@@ -201,8 +208,8 @@ fn local_host(spec: &hoist_core::spec::AppSpec) -> anyhow::Result<String> {
     if spec.host(local).is_some() {
         return Ok(local.to_string());
     }
-    Err(with_hint(
-        with_exit(Exit::Usage, anyhow::anyhow!("the app file has no host `{local}` to deploy to on this machine")),
+    Err(common::usage(
+        anyhow::anyhow!("the app file has no host `{local}` to deploy to on this machine"),
         format!("add `[[hosts]] name = \"{local}\"` with the roles to run here; deploys over SSH come with `hoist setup`"),
     ))
 }
@@ -232,11 +239,13 @@ where
     }
     let targets = common::targets(Some(loaded), &common::HostArgs::default())?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(None));
     let rollout = Fleet {
-        targets,
+        targets: targets.clone(),
         actor: common::actor(),
         events: tx,
         lease_ttl: lease_ttl(),
+        held: held.clone(),
     };
     let started = std::time::Instant::now();
     let mut view = View {
@@ -252,9 +261,25 @@ where
                 view.event(&e);
             }
         };
-        let (report, ()) = tokio::join!(work(rollout), render);
-        report
+        tokio::select! {
+            (report, ()) = async { tokio::join!(work(rollout), render) } => Some(report),
+            // Ctrl-C: the lease goes back at once, so the next deploy is not refused
+            // until it expires. What a host's agent has begun, it finishes or undoes.
+            _ = tokio::signal::ctrl_c() => {
+                let taken = held.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some((app, token)) = taken {
+                    hoist_fleet::rollout::release_lease(&targets, &app, &token).await;
+                }
+                None
+            }
+        }
     });
+    let Some(report) = report else {
+        output::warn(
+            "interrupted: the deploy lease is released; an activation already begun on a host is finished or undone by its agent (see `hoist status`)",
+        );
+        return Err(Reported(Exit::Partial).into());
+    };
     let report = report.map_err(|e| {
         let exit = match e {
             FleetError::WrongApp { .. } => Exit::Usage,

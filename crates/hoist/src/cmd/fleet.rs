@@ -9,7 +9,7 @@ use hoist_protocol::fleet::Lease;
 
 use super::common;
 use super::config::{load, ConfigArgs};
-use crate::exit::{with_exit, with_hint, Exit, Reported};
+use crate::exit::{Exit, Reported};
 use crate::output;
 
 /// The agent a one-host command (backups, restores) talks to: this machine's, or for a
@@ -30,11 +30,8 @@ pub fn agent_for(loaded: &LoadedConfig, host: Option<&str>) -> anyhow::Result<Cl
         .find(|t| t.name == name)
     {
         Some(t) => Ok(t.client),
-        None => Err(with_hint(
-            with_exit(
-                Exit::Usage,
-                anyhow::anyhow!("the app file has no host `{name}`"),
-            ),
+        None => Err(common::usage(
+            anyhow::anyhow!("the app file has no host `{name}`"),
             "`hoist config` lists the hosts",
         )),
     }

@@ -26,12 +26,18 @@ pub enum Command {
         name: String,
         #[command(flatten)]
         app: AppArg,
+        /// One JSON document on stdout: each host's answer (never the value)
+        #[arg(long)]
+        json: bool,
     },
     /// Remove a secret
     Unset {
         name: String,
         #[command(flatten)]
         app: AppArg,
+        /// One JSON document on stdout: each host's answer
+        #[arg(long)]
+        json: bool,
     },
     /// List the names of an app's secrets
     List {
@@ -83,7 +89,7 @@ fn refused(e: SecretRefusal) -> anyhow::Error {
 
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Set { name, app } => {
+        Command::Set { name, app, json } => {
             let (app_name, loaded) = app.resolve()?;
             let fleet = common::is_fleet(loaded.as_ref());
             let targets = common::targets(loaded.as_ref(), &app.hosts)?;
@@ -106,6 +112,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                         .await
                 }
             }));
+            if json {
+                output::json(&common::json_answers(&answers))?;
+            }
             for a in answers.iter().filter(|a| a.result.is_ok()) {
                 output::status(
                     "Set",
@@ -117,7 +126,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             }
             common::finish(answers, fleet)
         }
-        Command::Unset { name, app } => {
+        Command::Unset { name, app, json } => {
             let (app_name, loaded) = app.resolve()?;
             let fleet = common::is_fleet(loaded.as_ref());
             let targets = common::targets(loaded.as_ref(), &app.hosts)?;
@@ -129,6 +138,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                         .await
                 }
             }));
+            if json {
+                output::json(&common::json_answers(&answers))?;
+            }
             for a in answers.iter().filter(|a| a.result.is_ok()) {
                 output::status(
                     "Removed",

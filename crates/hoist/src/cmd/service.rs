@@ -9,7 +9,6 @@ use hoist_fleet::rollout::Target;
 
 use super::common::{self, HostArgs};
 use super::config::{load, ConfigArgs};
-use crate::exit::{with_exit, with_hint, Exit};
 use crate::output;
 
 #[derive(Debug, clap::Args)]
@@ -59,11 +58,8 @@ fn placed_targets(
         .filter(|t| placed.contains(&t.name))
         .collect();
     if targets.is_empty() {
-        return Err(with_hint(
-            with_exit(
-                Exit::Usage,
-                anyhow::anyhow!("{what} runs on none of the hosts picked"),
-            ),
+        return Err(common::usage(
+            anyhow::anyhow!("{what} runs on none of the hosts picked"),
             format!("it runs on {}", placed.join(", ")),
         ));
     }
@@ -76,11 +72,8 @@ pub fn run_service(action: &str, args: ServiceArgs) -> anyhow::Result<()> {
     let service = args.service.clone();
     if !loaded.spec.services.contains_key(&service) {
         let known: Vec<&str> = loaded.spec.services.keys().map(String::as_str).collect();
-        return Err(with_hint(
-            with_exit(
-                Exit::Usage,
-                anyhow::anyhow!("`{app}` has no service `{service}`"),
-            ),
+        return Err(common::usage(
+            anyhow::anyhow!("`{app}` has no service `{service}`"),
             format!("its services: {}", known.join(", ")),
         ));
     }
@@ -138,8 +131,8 @@ pub fn run_jobs(args: JobsArgs) -> anyhow::Result<()> {
     if let Some(JobsAction::Run { name }) = args.action {
         let Some(job) = loaded.spec.jobs.get(&name) else {
             let known: Vec<&str> = loaded.spec.jobs.keys().map(String::as_str).collect();
-            return Err(with_hint(
-                with_exit(Exit::Usage, anyhow::anyhow!("`{app}` has no job `{name}`")),
+            return Err(common::usage(
+                anyhow::anyhow!("`{app}` has no job `{name}`"),
                 format!("its jobs: {}", known.join(", ")),
             ));
         };

@@ -171,33 +171,56 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
 pub fn run_history(args: HistoryArgs) -> anyhow::Result<()> {
     let loaded = load(&args.file).ok();
     let app = loaded.as_ref().map(|l| l.spec.app.clone());
-    let client = common::client();
+    let fleet = common::is_fleet(loaded.as_ref());
+    let targets = common::targets(loaded.as_ref(), &args.hosts)?;
     if args.verify {
-        let report: serde_json::Value =
-            common::block_on(client.get("/v1/history?verify=1")).map_err(common::agent_error)?;
-        if args.json {
-            output::json(&report)?;
+        // Each host's chain is its own: every host checks its own.
+        let answers: Vec<Answer<serde_json::Value>> = common::block_on(each(&targets, |t| {
+            let c = t.client.clone();
+            async move { c.get("/v1/history?verify=1").await }
+        }));
+        let mut broken = false;
+        for a in &answers {
+            let Ok(report) = &a.result else { continue };
+            if args.json {
+                if fleet {
+                    output::json(&common::tagged(&a.host, report))?;
+                } else {
+                    output::json(report)?;
+                }
+            }
+            let problems = report["problems"].as_array().cloned().unwrap_or_default();
+            if problems.is_empty() {
+                output::status(
+                    "Verified",
+                    &format!(
+                        "{} history records, chain intact{}",
+                        report["records"],
+                        common::on_host(&a.host, fleet)
+                    ),
+                );
+            }
+            for p in problems {
+                broken = true;
+                let host = if fleet {
+                    format!("`{}`: ", a.host)
+                } else {
+                    String::new()
+                };
+                output::error(&format!("{host}{}", p.as_str().unwrap_or("?")));
+            }
         }
-        let problems = report["problems"].as_array().cloned().unwrap_or_default();
-        if problems.is_empty() {
-            output::status(
-                "Verified",
-                &format!("{} history records, chain intact", report["records"]),
-            );
-            return Ok(());
+        common::finish(answers, fleet)?;
+        if broken {
+            return Err(Reported(Exit::Failed).into());
         }
-        for p in problems {
-            output::error(p.as_str().unwrap_or("?"));
-        }
-        return Err(Reported(Exit::Failed).into());
+        return Ok(());
     }
     let path = format!(
         "/v1/history?limit={}&app={}",
         args.limit,
         app.clone().unwrap_or_default()
     );
-    let fleet = common::is_fleet(loaded.as_ref());
-    let targets = common::targets(loaded.as_ref(), &args.hosts)?;
     let answers = common::block_on(each(&targets, |t| {
         let (c, path) = (t.client.clone(), path.clone());
         async move {
