@@ -101,7 +101,7 @@ fn a_full_disk_drops_and_counts_log_lines_without_blocking_the_app_and_logging_r
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.parse::<u64>().ok())
-            .last()
+            .next_back()
             .unwrap_or(0)
     };
     wait_until(LONG, || count() > 50).expect("the logger runs");
@@ -280,8 +280,7 @@ fn an_agent_restarted_in_a_time_namespace_readopts_its_instances() {
         .args(["-T", "--boottime", "1000", "true"])
         .status();
     if !probe.is_ok_and(|s| s.success()) && !Path::new("/proc/self/timens_offsets").exists() {
-        // Time namespaces need Linux 5.6+ and util-linux's unshare -T.
-        eprintln!("skipped: this kernel or unshare has no time namespaces");
+        // Time namespaces need Linux 5.6+ and util-linux's unshare -T: nothing to test.
         return;
     }
     let mut h = Host::new();
