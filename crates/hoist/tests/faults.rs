@@ -251,8 +251,9 @@ fn recovery_never_signals_another_roots_instances_of_the_same_release() {
     let b_pids = b.pids();
     let b_marked: Vec<Vec<i32>> = ids_b.iter().map(|id| marked(&b, id)).collect();
 
+    let a_shim = shim_pid(&a, &ids_a[0]);
     a.kill_agent();
-    kill(Pid::from_raw(shim_pid(&a, &ids_a[0])), Signal::SIGKILL).unwrap();
+    kill(Pid::from_raw(a_shim), Signal::SIGKILL).unwrap();
     a.start_agent();
     wait_until(LONG, || all_healthy(&a, 2)).expect("the agent restored its instances");
 
