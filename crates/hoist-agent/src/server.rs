@@ -241,17 +241,13 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
 /// `POST /v1/releases`: the body is an artifact; it is written to a temporary file as it
 /// arrives, then verified and put into the store in one pass.
 async fn upload(agent: Arc<Agent>, body: Incoming) -> Response<Body> {
-    let tmp = agent.paths.tmp().join(format!(
-        "upload-{}-{}",
-        std::process::id(),
-        hoist_state::now_ms()
-    ));
-    if let Err(resp) = http::spool(body, &tmp, "the upload").await {
-        return *resp;
-    }
+    let tmp = match http::spool(body, &agent.paths.tmp(), "upload-", "the upload").await {
+        Ok((path, _)) => path,
+        Err(resp) => return *resp,
+    };
     let _gate = agent.store_gate.read().await;
     let store = agent.store.clone();
-    let path = tmp.clone();
+    let path = tmp.to_path_buf();
     let result = tokio::task::spawn_blocking(move || {
         let f = std::fs::File::open(&path)?;
         store
@@ -262,7 +258,7 @@ async fn upload(agent: Arc<Agent>, body: Incoming) -> Response<Body> {
             .map_err(std::io::Error::other)
     })
     .await;
-    let _ = tokio::fs::remove_file(&tmp).await;
+    drop(tmp);
     let manifest = match result {
         Ok(Ok(m)) => m,
         Ok(Err(e)) => {
@@ -314,7 +310,7 @@ async fn deploy(agent: Arc<Agent>, req: DeployRequest) -> Response<Body> {
     {
         return http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None);
     }
-    let guard = match lock(&agent, &app, &req.actor) {
+    let guard = match lock(&agent, &app, &req.actor).await {
         Ok(g) => g,
         Err(resp) => return *resp,
     };
@@ -376,7 +372,7 @@ async fn rollback(agent: Arc<Agent>, req: RollbackRequest) -> Response<Body> {
     if let Err(resp) = crate::fleet::check_lease(&agent, &req.app, req.lease.as_deref()) {
         return *resp;
     }
-    let guard = match lock(&agent, &req.app, &req.actor) {
+    let guard = match lock(&agent, &req.app, &req.actor).await {
         Ok(g) => g,
         Err(resp) => return *resp,
     };
@@ -570,7 +566,7 @@ fn previous_release(agent: &Agent, app: &str, current: &str) -> Option<String> {
 
 /// Takes the app's deploy lock: the in-process mutex serialises, the row names the
 /// holder for the refusal message and is recovered when a dead agent left it.
-fn lock(
+async fn lock(
     agent: &Arc<Agent>,
     app: &str,
     actor: &str,
@@ -586,7 +582,16 @@ fn lock(
             ))),
         },
         Err(_) => {
-            let holder = agent.state().lock(app).ok().flatten();
+            // The winner records itself just after it took the mutex: a loser that lost by
+            // a hair waits a moment for that record, so it can name the holder.
+            let mut holder = None;
+            for _ in 0..50 {
+                holder = agent.state().lock(app).ok().flatten();
+                if holder.is_some() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
             let msg = match holder {
                 Some(l) => format!(
                     "a deploy of `{app}` is already running: held by {} since {}s ago",

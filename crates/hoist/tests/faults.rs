@@ -323,3 +323,71 @@ fn status_pid_is_the_app_process_itself() {
         assert_eq!(marked(&h, &id), vec![pid as i32], "{id}: one process");
     }
 }
+
+/// Two `hoist deploy` at once, ten times over, each of another release: every upload is
+/// stored whole (no false "truncated or corrupt"), exactly one deploy wins, and the other
+/// is refused naming the holder.
+#[test]
+fn two_deploys_at_once_never_corrupt_each_other_and_exactly_one_wins() {
+    let h = Host::new();
+    let mut artifacts = Vec::new();
+    for n in 0..20 {
+        let p = h.project(&format!("r{n}"), "", "");
+        // Each deploy holds the app's lock a while, so the two always overlap.
+        let toml = std::fs::read_to_string(p.join("hoist.toml")).unwrap();
+        let toml = toml.replacen(
+            "[deploy]",
+            "[hooks]\npre_activate = \"sleep 1\"\n\n[deploy]",
+            1,
+        );
+        std::fs::write(p.join("hoist.toml"), toml).unwrap();
+        let artifact = h.dir.join(format!("r{n}.hoist"));
+        let out = h.hoist(&[
+            "build",
+            "-c",
+            p.join("hoist.toml").to_str().unwrap(),
+            "-o",
+            artifact.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        artifacts.push((p, artifact));
+    }
+    let mut corrupt = Vec::new();
+    for round in 0..10 {
+        let children: Vec<_> = artifacts[round * 2..round * 2 + 2]
+            .iter()
+            .map(|(p, artifact)| {
+                std::process::Command::new(hoist_testkit::hoist_bin())
+                    .args(["deploy", "-c"])
+                    .arg(p.join("hoist.toml"))
+                    .arg("--artifact")
+                    .arg(artifact)
+                    .env("HOIST_SOCKET", &h.socket)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outs: Vec<_> = children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
+        let errs: Vec<String> = outs.iter().map(|o| text(&o.stderr)).collect();
+        for e in &errs {
+            if e.contains("corrupt") || e.contains("truncated") {
+                corrupt.push(format!("round {round}: {e}"));
+            }
+        }
+        let won = outs.iter().filter(|o| o.status.success()).count();
+        assert_eq!(won, 1, "round {round}: {errs:#?}");
+        let lost = outs.iter().position(|o| !o.status.success()).unwrap();
+        assert!(
+            errs[lost].contains("a deploy of `demo` is already running: held by"),
+            "round {round}: {}",
+            errs[lost]
+        );
+    }
+    assert!(corrupt.is_empty(), "false corrupt artifacts: {corrupt:#?}");
+}
