@@ -391,3 +391,33 @@ fn two_deploys_at_once_never_corrupt_each_other_and_exactly_one_wins() {
     }
     assert!(corrupt.is_empty(), "false corrupt artifacts: {corrupt:#?}");
 }
+
+/// Hook output is bounded as app logs are: a 10 MiB line is cut, and output past the
+/// total bound is drained but not shown; the deploy itself is unaffected.
+#[test]
+fn a_hook_printing_a_10_mib_line_is_cut_and_its_output_bounded() {
+    let h = Host::new();
+    let p = h.project("v1", "", "");
+    let toml = std::fs::read_to_string(p.join("hoist.toml")).unwrap();
+    let hook = r#"[hooks]
+pre_activate = '''head -c 10485760 /dev/zero | tr '\0' x; echo; yes hello | head -c 3000000; echo done'''
+
+[deploy]"#;
+    std::fs::write(p.join("hoist.toml"), toml.replacen("[deploy]", hook, 1)).unwrap();
+    let out = h.deploy(&p);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{}", &err[..err.len().min(4000)]);
+    assert!(
+        err.len() < 4 * 1024 * 1024,
+        "the hook's output reached the CLI unbounded: {} bytes",
+        err.len()
+    );
+    assert!(
+        err.contains("…[cut 10469376 bytes]"),
+        "the long line is cut"
+    );
+    assert!(
+        err.contains("more bytes of output not shown"),
+        "the total is bounded"
+    );
+}
