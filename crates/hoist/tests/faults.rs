@@ -421,3 +421,101 @@ pre_activate = '''head -c 10485760 /dev/zero | tr '\0' x; echo; yes hello | head
         "the total is bounded"
     );
 }
+
+/// Fills the filesystem holding `path` with one file, which is returned.
+fn fill_disk(path: &Path) -> PathBuf {
+    let filler = path.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let small = [0u8; 512];
+    while f.write_all(&small).is_ok() {}
+    filler
+}
+
+/// Runs the CLI with a deadline: a command that hangs is killed and reported as such.
+fn hoist_within(h: &Host, args: &[&str], deadline: Duration) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(hoist_testkit::hoist_bin())
+        .args(args)
+        .env("HOIST_SOCKET", &h.socket)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let done = wait_until(deadline, || child.try_wait().ok().flatten().is_some());
+    if done.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return (None, format!("`hoist {}` hung", args.join(" ")));
+    }
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), text(&out.stderr))
+}
+
+/// On a full disk, commands end and say why: `restart` does not hang, `rollback` says the
+/// disk is full and where, and a deploy that fails for want of space is in the history.
+#[test]
+fn on_a_full_disk_commands_end_and_say_the_disk_is_full() {
+    let h = Host::on_tmpfs("16m");
+    let v1 = h.project("v1", "", "");
+    deploy_ok(&h, &v1);
+    let v2 = h.project("v2", "", "");
+    deploy_ok(&h, &v2);
+    let filler = fill_disk(&h.root);
+
+    let (code, err) = hoist_within(
+        &h,
+        &[
+            "restart",
+            "web",
+            "-c",
+            v2.join("hoist.toml").to_str().unwrap(),
+        ],
+        LONG,
+    );
+    assert!(code.is_some(), "{err}");
+    let (code, err) = hoist_within(
+        &h,
+        &["rollback", "-c", v2.join("hoist.toml").to_str().unwrap()],
+        LONG,
+    );
+    assert!(code.is_some_and(|c| c != 0), "{err}");
+    assert!(
+        err.contains("disk is full") || err.contains("No space left"),
+        "{err}"
+    );
+    let v3 = h.project("v3", "", "");
+    let (code, err) = hoist_within(
+        &h,
+        &["deploy", "-c", v3.join("hoist.toml").to_str().unwrap()],
+        LONG,
+    );
+    assert!(code.is_some_and(|c| c != 0), "{err}");
+    assert!(
+        err.contains("disk is full") || err.contains("No space left"),
+        "{err}"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    // Recorded once the state can be written again.
+    let mut hist = String::new();
+    wait_until(LONG, || {
+        let out = h.hoist(&[
+            "history",
+            "--json",
+            "-c",
+            v3.join("hoist.toml").to_str().unwrap(),
+        ]);
+        hist = text(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(&hist).unwrap_or_default();
+        v.as_array().is_some_and(|ops| {
+            ops.iter().any(|op| {
+                op["result"] == "failed"
+                    && op["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("disk is full"))
+            })
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e}: the failed deploy is not in the history: {hist}"));
+}

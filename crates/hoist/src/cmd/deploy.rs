@@ -57,8 +57,16 @@ pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
     common::block_on(async {
         let client = ensure_agent().await?;
         output::status("Uploading", &format!("`{}`", artifact.display()));
+        // App and actor let the agent record an upload that fails for want of space.
+        let actor: String = common::actor()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "-_.@".contains(*c))
+            .collect();
         let up: Uploaded = client
-            .upload("/v1/releases", &artifact)
+            .upload(
+                &format!("/v1/releases?app={}&actor={actor}", loaded.spec.app),
+                &artifact,
+            )
             .await
             .map_err(common::agent_error)?;
         if up.app != loaded.spec.app {
