@@ -519,3 +519,22 @@ fn on_a_full_disk_commands_end_and_say_the_disk_is_full() {
     })
     .unwrap_or_else(|e| panic!("{e}: the failed deploy is not in the history: {hist}"));
 }
+
+/// Test hygiene: a host dropped by a test ends everything it started, even a proxy that
+/// no longer answers its control socket (here: stopped).
+#[test]
+fn a_dropped_host_leaves_no_process_behind() {
+    let h = Host::new();
+    let p = h.project("v1", "", "");
+    deploy_ok(&h, &p);
+    let pids = hoist_testkit::processes_under(&h.dir);
+    let proxy = common::proxy_pid(&h.root).unwrap();
+    assert!(pids.contains(&proxy), "{pids:?} lacks the proxy {proxy}");
+    assert!(pids.len() >= 4, "agent, proxy, shims and apps: {pids:?}");
+    kill(Pid::from_raw(proxy), Signal::SIGSTOP).unwrap();
+    drop(h);
+    wait_until(LONG, || pids.iter().all(|p| !alive(*p as u64))).unwrap_or_else(|e| {
+        let left: Vec<_> = pids.iter().filter(|p| alive(**p as u64)).collect();
+        panic!("{e}: left running: {left:?}")
+    });
+}
