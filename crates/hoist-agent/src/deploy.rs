@@ -729,7 +729,7 @@ impl Agent {
         release: &str,
         cmd: &Command<'_>,
     ) -> Result<(), Failure> {
-        use tokio::io::AsyncBufReadExt;
+        use tokio::io::AsyncReadExt;
         let Command {
             name,
             command,
@@ -756,15 +756,29 @@ impl Agent {
             .spawn()
             .map_err(|e| Failure::new(format!("cannot run the {name} command: {e}")))?;
         let pid = child.id().map(|p| p as i32);
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+        let mut out = child.stdout.take().expect("piped");
         let mut tail: Vec<String> = Vec::new();
         let run = async {
-            while let Ok(Some(line)) = lines.next_line().await {
+            // Bounded as the shims bound app logs: a line is cut at MAX_HOOK_LINE bytes,
+            // and past MAX_HOOK_OUTPUT bytes the rest is drained but not shown or kept.
+            let mut lines = HookLines::default();
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match out.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                for line in lines.push(&buf[..n]) {
+                    o.output(name, &line).await;
+                    tail.push(o.redact(&line));
+                    if tail.len() > 20 {
+                        tail.remove(0);
+                    }
+                }
+            }
+            for line in lines.finish() {
                 o.output(name, &line).await;
                 tail.push(o.redact(&line));
-                if tail.len() > 20 {
-                    tail.remove(0);
-                }
             }
             child.wait().await
         };
@@ -1004,5 +1018,73 @@ impl Agent {
                 tokio::spawn(async move { agent.start_instance(&id).await });
             }
         }
+    }
+}
+
+/// The longest hook output line kept whole, as for app logs (`hoist-supervisor::logfile`).
+const MAX_HOOK_LINE: usize = 16 * 1024;
+/// The most hook output shown and kept per command; the rest is read and counted.
+const MAX_HOOK_OUTPUT: u64 = 1024 * 1024;
+
+/// Splits a hook's output into bounded lines: a line longer than [`MAX_HOOK_LINE`] is cut
+/// (and says how much was cut); past [`MAX_HOOK_OUTPUT`] bytes nothing more is returned
+/// but a final count. Memory stays bounded whatever the hook prints.
+#[derive(Default)]
+struct HookLines {
+    line: Vec<u8>,
+    cut: u64,
+    total: u64,
+    hidden: u64,
+}
+
+impl HookLines {
+    fn push(&mut self, mut bytes: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let (part, ended) = match bytes.iter().position(|b| *b == b'\n') {
+                Some(i) => (&bytes[..i], Some(i + 1)),
+                None => (bytes, None),
+            };
+            let room = MAX_HOOK_LINE.saturating_sub(self.line.len());
+            let keep = part.len().min(room);
+            self.line.extend_from_slice(&part[..keep]);
+            self.cut += (part.len() - keep) as u64;
+            match ended {
+                Some(i) => {
+                    out.extend(self.end_line());
+                    bytes = &bytes[i..];
+                }
+                None => bytes = &[],
+            }
+        }
+        out
+    }
+
+    fn end_line(&mut self) -> Option<String> {
+        let size = self.line.len() as u64 + self.cut;
+        let mut text = String::from_utf8_lossy(&self.line).into_owned();
+        text = text.trim_end_matches('\r').to_string();
+        if self.cut > 0 {
+            text.push_str(&format!("…[cut {} bytes]", self.cut));
+        }
+        self.line.clear();
+        self.cut = 0;
+        if self.total >= MAX_HOOK_OUTPUT {
+            self.hidden += size + 1;
+            return None;
+        }
+        self.total += size + 1;
+        Some(text)
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.line.is_empty() || self.cut > 0 {
+            out.extend(self.end_line());
+        }
+        if self.hidden > 0 {
+            out.push(format!("…[{} more bytes of output not shown]", self.hidden));
+        }
+        out
     }
 }

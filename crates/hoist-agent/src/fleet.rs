@@ -309,25 +309,21 @@ pub(crate) fn register(agent: &Agent, m: &Manifest) -> Result<(), hoist_state::S
 /// A blob stream: spooled to a file as it arrives (the body is async, the reader is
 /// not), then read into the store, each blob checked against its digest.
 async fn blobs(agent: &Arc<Agent>, body: Incoming) -> Response<Body> {
-    let tmp = agent.paths.tmp().join(format!(
-        "blobs-{}-{}",
-        std::process::id(),
-        hoist_state::now_ms()
-    ));
-    let received = match http::spool(body, &tmp, "the blob stream").await {
-        Ok(n) => n,
-        Err(resp) => return *resp,
-    };
+    let (tmp, received) =
+        match http::spool(body, &agent.paths.tmp(), "blobs-", "the blob stream").await {
+            Ok(spooled) => spooled,
+            Err(resp) => return *resp,
+        };
     let _gate = agent.store_gate.read().await;
     let store = agent.store.clone();
-    let path = tmp.clone();
+    let path = tmp.to_path_buf();
     let result = tokio::task::spawn_blocking(move || {
         let f = std::fs::File::open(&path).map_err(|e| e.to_string())?;
         transfer::read_blob_stream(std::io::BufReader::new(f), &store, &Limits::default())
             .map_err(|e| crate::chain(&e))
     })
     .await;
-    let _ = tokio::fs::remove_file(&tmp).await;
+    drop(tmp);
     match result {
         Ok(Ok(hashes)) => http::json(
             StatusCode::OK,

@@ -194,9 +194,24 @@ async fn exec_probe(command: &str, cwd: &Path, env: &[(String, String)]) -> bool
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .process_group(0);
-    match cmd.status().await {
-        Ok(s) => s.success(),
-        Err(_) => false,
+    let Ok(mut child) = cmd.spawn() else {
+        return false;
+    };
+    // Dropped at the probe's timeout (this future is cancelled) or when it ends: the whole
+    // group goes, not only the shell (a probe that forked would leave its children).
+    let _group = child.id().map(|pid| KillGroupOnDrop(pid as i32));
+    child.wait().await.is_ok_and(|s| s.success())
+}
+
+/// SIGKILLs a process group when dropped.
+struct KillGroupOnDrop(i32);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
@@ -222,6 +237,44 @@ mod tests {
         s.unhealthy_threshold = 2;
         s.min_healthy = Duration::from_secs(2);
         s
+    }
+
+    /// A probe that times out takes its whole process group with it: a forked sleeper
+    /// must not outlive it.
+    #[tokio::test]
+    async fn a_timed_out_exec_probe_kills_its_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = dir.path().join("pids");
+        let mut s = HealthSpec::with_defaults(HealthKind::Exec {
+            command: format!("sleep 1000 & echo $! > {}; wait", pids.display()),
+        });
+        s.timeout = Duration::from_millis(500);
+        let env = vec![("PATH".to_string(), "/usr/bin:/bin".to_string())];
+        assert!(!probe(&s, None, dir.path(), &env).await);
+        let pid: i32 = std::fs::read_to_string(&pids)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let gone = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| {
+                st.rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().next())
+                    == Some("Z")
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !gone() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !gone() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("the probe's sleeper {pid} outlived the probe");
+        }
     }
 
     #[test]

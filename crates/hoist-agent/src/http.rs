@@ -122,26 +122,26 @@ pub fn bind_socket(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
-/// Streams a request body into a new file at `path` (an upload that must be read back
-/// whole), returning the bytes written. On any failure the file is removed and the
-/// answer to send is returned; `what` names the body in messages ("the upload").
+/// Streams a request body into a new, uniquely named file in `dir` (an upload that must be
+/// read back whole), returning its path (removed when dropped) and the bytes written. The
+/// name is never shared: two uploads at once each get their own file. On any failure the
+/// file is removed and the answer to send is returned; `what` names the body in messages
+/// ("the upload").
 pub async fn spool(
     mut body: hyper::body::Incoming,
-    path: &Path,
+    dir: &Path,
+    prefix: &str,
     what: &str,
-) -> Result<u64, Box<Response<Body>>> {
+) -> Result<(tempfile::TempPath, u64), Box<Response<Body>>> {
     use tokio::io::AsyncWriteExt;
-    let fail = |status: StatusCode, message: String| {
-        let path = path.to_path_buf();
-        async move {
-            let _ = tokio::fs::remove_file(&path).await;
-            Box::new(error(status, message, None))
-        }
-    };
-    let mut file = match tokio::fs::File::create(path).await {
-        Ok(f) => f,
+    let created = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempfile_in(dir)
+        .map(|t| t.into_parts());
+    let (file, path) = match created {
+        Ok(parts) => parts,
         Err(e) => {
-            let msg = format!("cannot store {what}: {e}");
+            let msg = format!("cannot store {what} in `{}`: {e}", dir.display());
             return Err(Box::new(error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 msg,
@@ -149,16 +149,22 @@ pub async fn spool(
             )));
         }
     };
+    let mut file = tokio::fs::File::from_std(file);
+    // Dropping `path` removes the file.
+    let fail = |status: StatusCode, message: String| Box::new(error(status, message, None));
     let mut written: u64 = 0;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
-            return Err(fail(StatusCode::BAD_REQUEST, format!("{what} was cut short")).await);
+            return Err(fail(
+                StatusCode::BAD_REQUEST,
+                format!("{what} was cut short"),
+            ));
         };
         if let Ok(data) = frame.into_data() {
             written += data.len() as u64;
             if let Err(e) = file.write_all(&data).await {
                 let msg = format!("cannot store {what}: {e}");
-                return Err(fail(StatusCode::INSUFFICIENT_STORAGE, msg).await);
+                return Err(fail(StatusCode::INSUFFICIENT_STORAGE, msg));
             }
         }
     }
@@ -166,7 +172,7 @@ pub async fn spool(
     // file yet when it is read back.
     if let Err(e) = file.flush().await {
         let msg = format!("cannot store {what}: {e}");
-        return Err(fail(StatusCode::INSUFFICIENT_STORAGE, msg).await);
+        return Err(fail(StatusCode::INSUFFICIENT_STORAGE, msg));
     }
-    Ok(written)
+    Ok((path, written))
 }

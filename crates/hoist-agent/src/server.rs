@@ -98,7 +98,10 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
         (Method::GET, ["v1", "hello"]) => http::json(StatusCode::OK, &agent.hello()),
         (Method::GET, ["v1", "status"]) => status(&agent),
         (Method::GET, ["v1", "events"]) => events(agent, req.uri().query().unwrap_or("")),
-        (Method::POST, ["v1", "releases"]) => upload(agent, req.into_body()).await,
+        (Method::POST, ["v1", "releases"]) => {
+            let q = req.uri().query().unwrap_or("").to_string();
+            upload(agent, &q, req.into_body()).await
+        }
         (Method::GET, ["v1", "releases", app]) => releases(&agent, app),
         (Method::POST, ["v1", "deploy"]) => match read_json::<DeployRequest>(req.into_body()).await
         {
@@ -266,18 +269,40 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
 
 /// `POST /v1/releases`: the body is an artifact; it is written to a temporary file as it
 /// arrives, then verified and put into the store in one pass.
-async fn upload(agent: Arc<Agent>, body: Incoming) -> Response<Body> {
-    let tmp = agent.paths.tmp().join(format!(
-        "upload-{}-{}",
-        std::process::id(),
-        hoist_state::now_ms()
-    ));
-    if let Err(resp) = http::spool(body, &tmp, "the upload").await {
-        return *resp;
-    }
+///
+/// `?app=APP&actor=WHO` (optional, sent by `hoist deploy`): an upload that fails for want
+/// of space is then recorded as a failed deploy of APP in the history, as soon as the
+/// state database can be written.
+async fn upload(agent: Arc<Agent>, query: &str, body: Incoming) -> Response<Body> {
+    let safe = |v: &&str| {
+        !v.is_empty()
+            && v.len() <= 128
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+    };
+    let app = query_param(query, "app").filter(safe).map(str::to_string);
+    let actor = query_param(query, "actor")
+        .filter(safe)
+        .unwrap_or("unknown")
+        .to_string();
+    let tmp = match http::spool(body, &agent.paths.tmp(), "upload-", "the upload").await {
+        Ok((path, _)) => path,
+        Err(resp) => {
+            if resp.status() == StatusCode::INSUFFICIENT_STORAGE {
+                if let Some(app) = app {
+                    let reason = format!(
+                        "the upload could not be stored: the disk is full under `{}`",
+                        agent.paths.tmp().display()
+                    );
+                    record_failed_deploy(agent.clone(), app, actor, reason);
+                }
+            }
+            return *resp;
+        }
+    };
     let _gate = agent.store_gate.read().await;
     let store = agent.store.clone();
-    let path = tmp.clone();
+    let path = tmp.to_path_buf();
     let result = tokio::task::spawn_blocking(move || {
         let f = std::fs::File::open(&path)?;
         store
@@ -288,7 +313,7 @@ async fn upload(agent: Arc<Agent>, body: Incoming) -> Response<Body> {
             .map_err(std::io::Error::other)
     })
     .await;
-    let _ = tokio::fs::remove_file(&tmp).await;
+    drop(tmp);
     let manifest = match result {
         Ok(Ok(m)) => m,
         Ok(Err(e)) => {
@@ -335,9 +360,9 @@ async fn deploy(agent: Arc<Agent>, req: DeployRequest) -> Response<Body> {
     };
     let spec_json = serde_json::to_string(&req.spec).unwrap_or_default();
     if let Err(e) = agent.db(|s| s.put_release(&app, &req.release, &row.manifest, &spec_json)) {
-        return http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None);
+        return state_error(&agent, &e);
     }
-    let guard = match lock(&agent, &app, &req.actor) {
+    let guard = match lock(&agent, &app, &req.actor).await {
         Ok(g) => g,
         Err(resp) => return *resp,
     };
@@ -399,7 +424,7 @@ async fn rollback(agent: Arc<Agent>, req: RollbackRequest) -> Response<Body> {
     if let Err(resp) = crate::fleet::check_lease(&agent, &req.app, req.lease.as_deref()) {
         return *resp;
     }
-    let guard = match lock(&agent, &req.app, &req.actor) {
+    let guard = match lock(&agent, &req.app, &req.actor).await {
         Ok(g) => g,
         Err(resp) => return *resp,
     };
@@ -610,7 +635,61 @@ fn previous_release(agent: &Agent, app: &str, current: &str) -> Option<String> {
 
 /// Takes the app's deploy lock: the in-process mutex serialises, the row names the
 /// holder for the refusal message and is recovered when a dead agent left it.
-fn lock(
+/// Records a deploy that failed before it could begin (its upload found no space) in the
+/// history. The state database is likely on the same full disk: the record is retried
+/// every second (for up to an hour) until it can be written.
+fn record_failed_deploy(agent: Arc<Agent>, app: String, actor: String, reason: String) {
+    tracing::warn!(app = %app, %reason, "deploy failed before it began");
+    tokio::spawn(async move {
+        let mut begun: Option<i64> = None;
+        for _ in 0..3600 {
+            let recorded = {
+                let mut st = agent.state();
+                let id = match begun {
+                    Some(id) => Ok(id),
+                    None => st
+                        .begin_operation(&app, "deploy", None, None, &actor)
+                        .map(|op| op.id),
+                };
+                id.and_then(|id| {
+                    begun = Some(id);
+                    st.finish_operation(id, "failed", Some(&reason), None)
+                })
+            };
+            match recorded {
+                Ok(_) => {
+                    agent.event(Some(&app), "deploy.failed", None, &reason);
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot record the failed deploy yet");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+}
+
+/// A state error as the CLI sees it: a full disk says which file could not be written
+/// and where space must be freed, instead of a bare "state database error".
+pub(crate) fn state_error(agent: &Agent, e: &hoist_state::StateError) -> Response<Body> {
+    if e.is_disk_full() {
+        return http::error(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!(
+                "the disk is full: cannot write the state database `{}`",
+                agent.paths.state_db().display()
+            ),
+            Some(&format!(
+                "free space on the filesystem holding `{}`",
+                agent.paths.root.display()
+            )),
+        );
+    }
+    http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None)
+}
+
+async fn lock(
     agent: &Arc<Agent>,
     app: &str,
     actor: &str,
@@ -619,6 +698,7 @@ fn lock(
     match mutex.try_lock_owned() {
         Ok(g) => match agent.db(|s| s.acquire_lock(app, actor, &agent.boot)) {
             Ok(()) => Ok(g),
+            Err(e) if e.is_disk_full() => Err(Box::new(state_error(agent, &e))),
             Err(e) => Err(Box::new(http::error(
                 StatusCode::CONFLICT,
                 e.to_string(),
@@ -626,7 +706,16 @@ fn lock(
             ))),
         },
         Err(_) => {
-            let holder = agent.db(|s| s.lock(app)).ok().flatten();
+            // The winner records itself just after it took the mutex: a loser that lost by
+            // a hair waits a moment for that record, so it can name the holder.
+            let mut holder = None;
+            for _ in 0..50 {
+                holder = agent.db(|s| s.lock(app)).ok().flatten();
+                if holder.is_some() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
             let msg = match holder {
                 Some(l) => format!(
                     "a deploy of `{app}` is already running: held by {} since {}s ago",

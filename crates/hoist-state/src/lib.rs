@@ -25,8 +25,12 @@ pub enum StateError {
         path: PathBuf,
         source: rusqlite::Error,
     },
-    #[error("state database error")]
-    Sql(#[from] rusqlite::Error),
+    #[error("state database error: {0}")]
+    Sql(rusqlite::Error),
+    /// SQLite could not write for want of space (`SQLITE_FULL`, or an I/O error that was
+    /// ENOSPC): the agent says where (it knows the path).
+    #[error("the disk is full: the state database cannot be written")]
+    DiskFull(rusqlite::Error),
     #[error("the state database has schema version {found}, newer than this hoist knows ({known}); upgrade hoist")]
     TooNew { found: i64, known: i64 },
     #[error("a deploy of `{app}` is already running: held by {holder} since {since}")]
@@ -37,6 +41,25 @@ pub enum StateError {
     },
     #[error("corrupt record in the state database: {0}")]
     Corrupt(String),
+}
+
+impl From<rusqlite::Error> for StateError {
+    fn from(e: rusqlite::Error) -> StateError {
+        // SQLite's unix VFS reports ENOSPC on write as SQLITE_FULL.
+        let full = matches!(&e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull);
+        if full {
+            StateError::DiskFull(e)
+        } else {
+            StateError::Sql(e)
+        }
+    }
+}
+
+impl StateError {
+    /// Whether the error is a full disk.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StateError::DiskFull(_))
+    }
 }
 
 pub type Result<T, E = StateError> = std::result::Result<T, E>;

@@ -197,9 +197,12 @@ impl LogWriter {
                 true
             }
             Err(e) => {
-                // A short write may have left part of a record: start the next write on a
-                // fresh line so the file stays one JSON object per line.
-                let _ = file.write_all(b"\n");
+                // A short write may have left part of a record: cut it off (which frees
+                // space rather than needing it), or at least end it, so the file stays
+                // one JSON object per line and a dropped line never half-appears.
+                if file.set_len(self.size).is_err() {
+                    let _ = file.write_all(b"\n");
+                }
                 self.fail(e);
                 false
             }

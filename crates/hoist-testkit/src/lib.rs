@@ -336,3 +336,82 @@ pub fn reap_stale() -> Vec<i32> {
     }
     pids
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alive(pid: i32) -> bool {
+        proc_start_time(pid).is_some()
+            && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().next())
+                    != Some("Z")
+            })
+    }
+
+    /// A process in a session of its own (out of reach of a ChildGuard) that names `path`
+    /// in its arguments, and a child of it that names it only in `HOIST_RUN_DIR`.
+    fn detached_under(path: &Path) -> (i32, i32) {
+        let pids = path.with_extension("pids");
+        // `setsid -f`: forked into a session of its own; setsid itself returns at once.
+        let mut c = Command::new("setsid");
+        c.args([
+            "-f",
+            "sh",
+            "-c",
+            "sleep 1000 & echo $$ $! > \"$1\"; wait",
+            "sh",
+        ])
+        .arg(&pids)
+        .arg(path)
+        .env("HOIST_RUN_DIR", path.join("run"));
+        let mut child = c.spawn().unwrap();
+        wait_until(Duration::from_secs(30), || {
+            std::fs::read_to_string(&pids).is_ok_and(|s| s.ends_with('\n'))
+        })
+        .unwrap();
+        let _ = child.wait();
+        let text = std::fs::read_to_string(&pids).unwrap();
+        let mut f = text.split_whitespace().map(|p| p.parse::<i32>().unwrap());
+        (f.next().unwrap(), f.next().unwrap())
+    }
+
+    #[test]
+    fn a_root_guard_kills_every_process_under_its_root_on_drop() {
+        let dir = tempdir();
+        let root = dir.path().join("root");
+        let (sh, sleep) = detached_under(&root);
+        assert!(alive(sh) && alive(sleep));
+        let mut found = processes_under(&root);
+        found.sort();
+        assert_eq!(found, {
+            let mut v = vec![sh, sleep];
+            v.sort();
+            v
+        });
+        drop(RootGuard::new(&root));
+        wait_until(Duration::from_secs(30), || !alive(sh) && !alive(sleep)).unwrap();
+    }
+
+    #[test]
+    fn the_reaper_kills_leftovers_of_vanished_test_dirs_only() {
+        let gone = tempdir();
+        let (sh, sleep) = detached_under(&gone.path().join("root"));
+        let live = tempdir();
+        let (live_sh, live_sleep) = detached_under(&live.path().join("root"));
+        let _cleanup = RootGuard::new(live.path());
+        drop(gone);
+        let reaped = reap_stale();
+        assert!(
+            reaped.contains(&sh) && reaped.contains(&sleep),
+            "{reaped:?}"
+        );
+        wait_until(Duration::from_secs(30), || !alive(sh) && !alive(sleep)).unwrap();
+        assert!(
+            alive(live_sh) && alive(live_sleep),
+            "a live test's processes were reaped"
+        );
+    }
+}

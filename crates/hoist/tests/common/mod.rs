@@ -243,14 +243,9 @@ impl Drop for Host {
                 }
             }
         }
-        if let Ok(pid) = proxy_pid(&self.root) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        // And anything else still running under the test's directory (a proxy whose
-        // control socket no longer answers, a CLI still waiting).
+        // And everything else under the test's directory: the proxy (found by its
+        // arguments, not by asking it, as a stopped or wedged proxy never answers), shims
+        // and apps whose records are gone, a CLI still waiting.
         hoist_testkit::kill_processes_under(&self.dir);
         if self.tmpfs {
             let _ = Command::new("umount").arg("-l").arg(&self.root).status();
