@@ -14,6 +14,7 @@ mod fleet;
 mod health;
 mod http;
 mod jobs;
+mod lifecycle;
 pub mod paths;
 mod plan;
 mod proxyctl;
@@ -82,6 +83,8 @@ pub struct Agent {
     pub(crate) host: Mutex<String>,
     /// One mutex per app: deploys and rollbacks of an app never overlap.
     pub(crate) app_locks: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// `POST /v1/agent/stop` (`hoist agent stop`): ends [`run`] as a signal would.
+    pub(crate) stop: tokio::sync::Notify,
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
@@ -148,6 +151,7 @@ impl Agent {
             proxy,
             host: Mutex::new(host),
             app_locks: Mutex::new(Default::default()),
+            stop: tokio::sync::Notify::new(),
             _lock: lock,
         }))
     }
@@ -231,7 +235,10 @@ pub async fn run(
     // `Agent::db`) must never hold up accepting connections.
     let serving = tokio::spawn(server::serve(agent.clone(), listener));
     let looping = tokio::spawn(loops(agent.clone()));
-    shutdown.await;
+    tokio::select! {
+        () = shutdown => {}
+        () = agent.stop.notified() => tracing::info!("asked to stop over the API"),
+    }
     tracing::info!("agent stopping; instances and the proxy keep running");
     serving.abort();
     looping.abort();

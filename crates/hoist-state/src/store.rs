@@ -210,6 +210,13 @@ impl State {
         Ok(())
     }
 
+    /// `hoist down`: no release is current for `app` any more (its releases stay kept).
+    pub fn clear_current(&self, app: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM current WHERE app = ?1", params![app])?;
+        Ok(())
+    }
+
     // --- operations and journal -------------------------------------------------------
 
     pub fn begin_operation(

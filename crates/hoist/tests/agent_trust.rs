@@ -213,3 +213,84 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+fn alive(pid: u64) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty()
+        && !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z'))
+}
+
+/// `hoist agent stop`: the agent exits (status 0) and its socket goes; the instances and
+/// the proxy keep serving; a new agent re-adopts the same processes.
+#[test]
+fn agent_stop_ends_the_agent_and_leaves_the_app_serving() {
+    let mut host = Host::new();
+    let p = host.project("stop", "", "");
+    let out = host.deploy(&p);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until(Duration::from_secs(20), || host.serving().is_some()).unwrap();
+    let before = host.pids();
+    let out = host.hoist(&["agent", "stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("keep running"),
+        "{}",
+        text(&out.stderr)
+    );
+    let status = host.agent.as_mut().unwrap().child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    host.agent = None;
+    assert!(!host.socket.exists());
+    assert!(before.iter().all(|(_, pid)| alive(*pid)), "{before:?}");
+    assert!(host.serving().is_some());
+    host.start_agent();
+    wait_until(Duration::from_secs(20), || host.pids() == before).unwrap();
+}
+
+/// `hoist down`: every instance stops, the routes go, the history records it, and the
+/// next deploy brings the app back.
+#[test]
+fn down_stops_the_app_and_its_routes_and_is_in_the_history() {
+    let host = Host::new();
+    let p = host.project("down", "", "");
+    let cfg = p.join("hoist.toml").display().to_string();
+    let out = host.deploy(&p);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until(Duration::from_secs(20), || host.serving().is_some()).unwrap();
+    let pids = host.pids();
+    let out = host.hoist(&["down", "-c", &cfg]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until(Duration::from_secs(30), || {
+        pids.iter().all(|(_, pid)| !alive(*pid))
+    })
+    .unwrap_or_else(|_| panic!("instances still running: {pids:?}"));
+    assert_eq!(host.serving(), None);
+    let st = host.status();
+    assert!(st["apps"][0]["release"].is_null(), "{st}");
+    assert_eq!(
+        st["apps"][0]["instances"].as_array().unwrap().len(),
+        0,
+        "{st}"
+    );
+    let hist: serde_json::Value =
+        serde_json::from_slice(&host.hoist(&["history", "--json"]).stdout).unwrap();
+    let last = hist.as_array().unwrap().last().unwrap();
+    assert_eq!(last["kind"], "down", "{last}");
+    assert_eq!(last["result"], "succeeded", "{last}");
+    // A second `down` has nothing to stop.
+    let out = host.hoist(&["down", "-c", &cfg]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    // Nothing comes back by itself, even across an agent restart...
+    let mut host = host;
+    host.kill_agent();
+    host.start_agent();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(host.serving(), None);
+    // ...and a deploy brings it back.
+    let out = host.deploy(&p);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until(Duration::from_secs(20), || host.serving().is_some()).unwrap();
+}

@@ -85,6 +85,17 @@ enum Action {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Stop the agent answering on the socket; instances and the proxy keep running, and
+    /// the next agent re-adopts them (under systemd or `hoist setup`'s keeper, stop those
+    /// instead: they start it again)
+    Stop {
+        /// The agent's socket [default: the host config's, else as for every command]
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// The host config [default: /etc/hoist/agent.toml when it exists]
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Run the agent and start it again whenever it exits (for hosts without systemd)
     #[command(hide = true)]
     Keep {
@@ -105,6 +116,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             };
             return hoist_agent::connect(&socket)
                 .with_context(|| format!("cannot reach the agent on `{}`", socket.display()));
+        }
+        Some(Action::Stop { socket, config }) => {
+            let socket = match socket {
+                Some(s) => s,
+                None => host_config(config.as_deref())?
+                    .socket
+                    .unwrap_or_else(common::default_socket),
+            };
+            return stop(&socket);
         }
         Some(Action::Keep { config }) => {
             init_logging();
@@ -133,6 +153,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .await
             .map_err(anyhow::Error::from)
     })
+}
+
+/// `hoist agent stop`: asks the agent to exit and waits until its socket is gone.
+fn stop(socket: &Path) -> anyhow::Result<()> {
+    let client = hoist_agent::client::Client::new(socket);
+    let hello: hoist_protocol::agent::Hello =
+        common::block_on(client.call::<(), _>(hyper::Method::POST, "/v1/agent/stop", None))
+            .map_err(common::agent_error)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the agent (pid {}) did not stop within 30 s", hello.pid);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    crate::output::status(
+        "Stopped",
+        &format!(
+            "the agent (pid {}, root {}); instances and the proxy keep running",
+            hello.pid, hello.root
+        ),
+    );
+    Ok(())
 }
 
 /// The keeper: runs `hoist agent` as a child and starts it again when it exits (after
