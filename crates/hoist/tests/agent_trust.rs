@@ -294,3 +294,85 @@ fn down_stops_the_app_and_its_routes_and_is_in_the_history() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     wait_until(Duration::from_secs(20), || host.serving().is_some()).unwrap();
 }
+
+fn plan_clock(host: &Host, cfg: &str, faketime: Option<&str>) -> (Option<i32>, serde_json::Value) {
+    let mut cmd = match faketime {
+        Some(offset) => {
+            let mut c = std::process::Command::new("faketime");
+            c.args(["-f", offset]).arg(hoist_testkit::hoist_bin());
+            c
+        }
+        None => std::process::Command::new(hoist_testkit::hoist_bin()),
+    };
+    let out = cmd
+        .args(["plan", "--json", "-c", cfg])
+        .env("HOIST_SOCKET", &host.socket)
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .output()
+        .unwrap();
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {} {}", text(&out.stdout), text(&out.stderr)));
+    let clock = plan["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "clock")
+        .cloned()
+        .unwrap();
+    (out.status.code(), clock)
+}
+
+/// `hoist plan` compares the host's clock with the CLI's: a CLI whose clock is a minute
+/// behind (libfaketime) sees the check fail, naming the difference; in step, it passes.
+#[test]
+fn plan_compares_the_host_clock_with_the_cli_clock() {
+    let host = Host::new();
+    let p = host.project("clock", "", "");
+    let cfg = p.join("hoist.toml").display().to_string();
+    let (code, clock) = plan_clock(&host, &cfg, None);
+    assert_eq!(code, Some(0), "{clock}");
+    assert_eq!(clock["ok"], true, "{clock}");
+    assert!(
+        clock["detail"].as_str().unwrap().contains("within"),
+        "{clock}"
+    );
+    let (code, clock) = plan_clock(&host, &cfg, Some("-60s"));
+    assert_eq!(code, Some(1), "{clock}");
+    assert_eq!(clock["ok"], false, "{clock}");
+    let detail = clock["detail"].as_str().unwrap();
+    assert!(detail.contains("ahead of"), "{detail}");
+}
+
+/// `--dashboard` and the host config's `dashboard` key are refused (exit 2), not
+/// accepted and ignored.
+#[test]
+fn the_dashboard_is_refused_until_it_exists() {
+    let dir = hoist_testkit::tempdir();
+    let run = |extra: &[&str]| {
+        std::process::Command::new(hoist_testkit::hoist_bin())
+            .args(["agent", "--root"])
+            .arg(dir.path().join("root"))
+            .arg("--socket")
+            .arg(dir.path().join("agent.sock"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--dashboard", "127.0.0.1:9"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no dashboard"),
+        "{}",
+        text(&out.stderr)
+    );
+    let file = dir.path().join("agent.toml");
+    std::fs::write(&file, "dashboard = \"127.0.0.1:9\"\n").unwrap();
+    let out = run(&["--config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("`dashboard` key"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!dir.path().join("root").exists());
+}

@@ -33,8 +33,8 @@ pub struct Args {
     /// The proxy's HTTP listener, where web services answer (e.g. 127.0.0.1:8080)
     #[arg(long)]
     proxy: Option<SocketAddr>,
-    /// The dashboard's HTTP listener
-    #[arg(long)]
+    /// Refused: this hoist has no dashboard yet
+    #[arg(long, hide = true)]
     dashboard: Option<SocketAddr>,
     /// The host config (keys `root`, `socket`, `proxy`, `dashboard`; flags override it)
     /// [default: /etc/hoist/agent.toml when it exists]
@@ -133,6 +133,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => {}
     }
     let file = host_config(args.config.as_deref())?;
+    // Accepted and ignored would be a lie: refused until the dashboard exists.
+    if args.dashboard.is_some() || file.dashboard.is_some() {
+        let from = if args.dashboard.is_some() {
+            "`--dashboard`".to_string()
+        } else {
+            format!(
+                "the `dashboard` key of `{}`",
+                args.config
+                    .as_deref()
+                    .unwrap_or(Path::new(HOST_CONFIG))
+                    .display()
+            )
+        };
+        return Err(with_exit(
+            Exit::Usage,
+            anyhow::anyhow!(
+                "{from}: this hoist has no dashboard yet; remove it (status, history and events are in the CLI)"
+            ),
+        ));
+    }
     init_logging();
     let config = hoist_agent::AgentConfig {
         root: args.root.or(file.root).unwrap_or_else(common::default_root),
