@@ -27,6 +27,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+pub use hoist_state::Retention;
 pub use paths::Paths;
 
 /// How the agent was asked to run.
@@ -37,6 +38,8 @@ pub struct AgentConfig {
     /// The proxy's HTTP listener.
     pub proxy: Option<SocketAddr>,
     pub dashboard: Option<SocketAddr>,
+    /// How long and how many events, job runs, operations and history records are kept.
+    pub retention: Retention,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -288,6 +291,11 @@ async fn loops(agent: Arc<Agent>) {
         tick.tick().await;
         n += 1;
         agent.supervise_once(n % 5 == 0).await;
+        // Retention once a minute (and just after start): each pass is a few indexed
+        // deletes, and bounded by what a minute adds.
+        if n % 300 == 1 {
+            agent.apply_retention();
+        }
         if n % 5 == 0 {
             agent.housekeeping().await;
             agent.schedule_jobs().await;
@@ -337,6 +345,24 @@ impl Agent {
                 {
                     self.retire(&app, false).await;
                 }
+            }
+        }
+    }
+
+    /// Applies the retention of the host config to the state.
+    fn apply_retention(&self) {
+        let r = self.config.retention;
+        let pruned = self.db(|s| s.prune(&r, hoist_state::now_ms()));
+        if let Some(p) = self.noted(None, "prune old records", pruned) {
+            if !p.is_empty() {
+                tracing::info!(
+                    events = p.events,
+                    job_runs = p.job_runs,
+                    operations = p.operations,
+                    journal = p.journal,
+                    history = p.history,
+                    "retention pruned old records"
+                );
             }
         }
     }

@@ -376,3 +376,59 @@ fn the_dashboard_is_refused_until_it_exists() {
     );
     assert!(!dir.path().join("root").exists());
 }
+
+/// Retention from the host config (`[retention] history_max = 3`): an agent that
+/// starts prunes the history down to the newest records plus its own `retention`
+/// record, and `hoist history --verify` still passes; later deploys chain on.
+#[test]
+fn retention_prunes_the_history_and_it_still_verifies() {
+    let mut host = Host::new();
+    for i in 0..5 {
+        let p = host.project(&format!("ret{i}"), "", "");
+        let out = host.deploy(&p);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let config = host.dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        "[retention]\nhistory_max = 3\nevents_max = 10\noperations_max = 2\n",
+    )
+    .unwrap();
+    host.kill_agent();
+    host.agent_args = vec!["--config".into(), config.display().to_string()];
+    host.start_agent();
+    let history = |host: &Host| -> Vec<serde_json::Value> {
+        let out = host.hoist(&["history", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    wait_until(Duration::from_secs(30), || {
+        history(&host).iter().any(|r| r["kind"] == "retention")
+    })
+    .unwrap_or_else(|_| panic!("never pruned: {:?}", history(&host)));
+    let h = history(&host);
+    assert_eq!(h.len(), 4, "{h:?}");
+    assert_eq!(h[0]["seq"], 3, "{h:?}");
+    let out = host.hoist(&["history", "--verify"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let p = host.project("ret-after", "", "");
+    let out = host.deploy(&p);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = host.hoist(&["history", "--verify"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let events = text(&host.hoist(&["events", "--json"]).stdout);
+    assert!(events.lines().count() <= 10 + 20, "{events}");
+}

@@ -50,6 +50,10 @@ struct HostConfig {
     socket: Option<PathBuf>,
     proxy: Option<SocketAddr>,
     dashboard: Option<SocketAddr>,
+    /// `[retention]`: `events_days`, `events_max`, `job_runs_days`, `job_runs_max`,
+    /// `operations_days`, `operations_max`, `history_days`, `history_max` (each
+    /// defaulted when absent).
+    retention: Option<hoist_agent::Retention>,
 }
 
 /// The host config: the named file (which must exist), else the default one when present.
@@ -162,6 +166,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or_else(common::default_socket),
         proxy: args.proxy.or(file.proxy),
         dashboard: args.dashboard.or(file.dashboard),
+        retention: file.retention.unwrap_or_default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

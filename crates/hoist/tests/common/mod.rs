@@ -21,6 +21,8 @@ pub struct Host {
     pub agent: Option<ChildGuard>,
     /// Extra environment for the agent (failpoints).
     pub agent_env: Vec<(String, String)>,
+    /// Extra arguments for the agent (`--config FILE`).
+    pub agent_args: Vec<String>,
 }
 
 impl Host {
@@ -40,6 +42,7 @@ impl Host {
             _dir: dir,
             agent: None,
             agent_env: Vec::new(),
+            agent_args: Vec::new(),
         };
         prepare(&h.root);
         h.start_agent();
@@ -60,6 +63,7 @@ impl Host {
                 .arg(&self.socket)
                 .arg("--proxy")
                 .arg(self.proxy.to_string())
+                .args(&self.agent_args)
                 .envs(self.agent_env.iter().map(|(k, v)| (k, v)))
                 .stderr(log),
         )
