@@ -79,18 +79,17 @@ impl State {
     /// Removes what `r` no longer keeps, as of `now_ms`. Running job runs and unfinished
     /// operations are never removed. Each table in its own short transaction.
     pub fn prune(&mut self, r: &Retention, now_ms: i64) -> Result<Pruned> {
-        let mut out = Pruned::default();
-        out.events = self.conn.execute(
+        let events = self.conn.execute(
             "DELETE FROM events WHERE at < ?1
                OR id <= (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?2)",
             params![cutoff(now_ms, r.events_days), r.events_max as i64],
         )? as u64;
-        out.job_runs = self.conn.execute(
+        let job_runs = self.conn.execute(
             "DELETE FROM job_runs WHERE status != 'running' AND (started_at < ?1
                OR id <= (SELECT id FROM job_runs ORDER BY id DESC LIMIT 1 OFFSET ?2))",
             params![cutoff(now_ms, r.job_runs_days), r.job_runs_max as i64],
         )? as u64;
-        {
+        let (operations, journal) = {
             let tx = self.conn.transaction()?;
             tx.execute_batch(
                 "CREATE TEMP TABLE IF NOT EXISTS doomed_ops (id INTEGER PRIMARY KEY); DELETE FROM doomed_ops;",
@@ -102,19 +101,26 @@ impl State {
                              ORDER BY id DESC LIMIT 1 OFFSET ?2))",
                 params![cutoff(now_ms, r.operations_days), r.operations_max as i64],
             )?;
-            out.journal = tx.execute(
+            let journal = tx.execute(
                 "DELETE FROM journal WHERE operation IN (SELECT id FROM doomed_ops)",
                 [],
             )? as u64;
-            out.operations = tx.execute(
+            let operations = tx.execute(
                 "DELETE FROM operations WHERE id IN (SELECT id FROM doomed_ops)",
                 [],
             )? as u64;
             tx.execute("DELETE FROM doomed_ops", [])?;
             tx.commit()?;
-        }
-        out.history = self.prune_history(r, now_ms)?;
-        Ok(out)
+            (operations, journal)
+        };
+        let history = self.prune_history(r, now_ms)?;
+        Ok(Pruned {
+            events,
+            job_runs,
+            operations,
+            journal,
+            history,
+        })
     }
 
     fn prune_history(&mut self, r: &Retention, now_ms: i64) -> Result<u64> {
