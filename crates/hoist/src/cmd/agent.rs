@@ -36,7 +36,8 @@ pub struct Args {
     /// Refused: this hoist has no dashboard yet
     #[arg(long, hide = true)]
     dashboard: Option<SocketAddr>,
-    /// The host config (keys `root`, `socket`, `proxy`, `dashboard`; flags override it)
+    /// The host config (keys `root`, `socket`, `proxy`, and a `[retention]` table; flags
+    /// override it)
     /// [default: /etc/hoist/agent.toml when it exists]
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
