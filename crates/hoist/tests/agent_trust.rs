@@ -505,3 +505,40 @@ roles = ["web"]
         "connections reset under the app:\n{all}"
     );
 }
+
+/// A state write that fails (here a trigger makes SQLite refuse to count a restart, as a
+/// failing disk would refuse any write) is not dropped: the agent records a
+/// `state.error` event naming what it could not record, and keeps supervising.
+#[test]
+fn a_failed_state_write_becomes_an_event() {
+    let host = Host::new();
+    let p = host.project("staterr", "", "");
+    let out = host.deploy(&p);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let db = rusqlite::Connection::open(host.root.join("state.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse_restarts BEFORE UPDATE OF restarts ON instances
+         BEGIN SELECT RAISE(ABORT, 'the disk refused the write'); END;",
+    )
+    .unwrap();
+    let (_, pid) = host.pids()[0].clone();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let events = || text(&host.hoist(&["events", "--json"]).stdout);
+    wait_until(Duration::from_secs(30), || {
+        events().lines().any(|l| {
+            l.contains("\"state.error\"")
+                && l.contains("count a restart")
+                && l.contains("the disk refused the write")
+        })
+    })
+    .unwrap_or_else(|_| panic!("no state.error event: {}", events()));
+    // Supervision went on: the instance was started again.
+    wait_until(Duration::from_secs(30), || {
+        host.pids().iter().all(|(_, p)| *p != 0 && *p != pid)
+    })
+    .unwrap();
+}
