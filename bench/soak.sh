@@ -14,6 +14,7 @@
 #   cargo build --release -p hoist -p hoist-testapp
 #   bash bench/soak.sh                      DURATION=600 JOBS=180 WRK_CONNECTIONS=32 KEEP=1
 set -euo pipefail
+shopt -s nullglob
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root_dir=$(cd "$here/.." && pwd)
 target=${CARGO_TARGET_DIR:-$root_dir/target}
@@ -106,8 +107,9 @@ row() {
   wal=$(stat -c %s "$root/state.db-wal" 2>/dev/null || echo 0)
   disk=$(du -sb "$root" | cut -f1)
   runs=$(sqlite3 -readonly "$root/state.db" 'SELECT coalesce(max(id),0) FROM job_runs' 2>/dev/null || echo '?')
-  lines=$(cat "$root"/proxy/access.log* 2>/dev/null | wc -l)
-  local rotated; rotated=$(ls "$root"/proxy/access.log.* 2>/dev/null | wc -l)
+  local logs=("$root"/proxy/access.log*)
+  lines=$( (cat "${logs[@]}" 2>/dev/null || true) | wc -l)
+  local rotated=$(( ${#logs[@]} > 0 ? ${#logs[@]} - 1 : 0 ))
   printf '%-6s agent %6s kB  proxy %6s kB  state.db %6.1f MB (+wal %5.1f MB)  root %7.1f MB  status p50/p99 %s ms  | job runs %s  deploys %s  access lines kept %s (+%s rotated files)\n' \
     "$label" "$(rss "$agent_pid")" "$(rss "${proxy_pid:-0}")" "$(echo "$db/1048576" | bc -l)" "$(echo "$wal/1048576" | bc -l)" \
     "$(echo "$disk/1048576" | bc -l)" "$(latency)" "$runs" "$(cat "$work/deploys" 2>/dev/null || echo 0)" "$lines" "$rotated"
@@ -120,8 +122,11 @@ end=$(( $(date +%s) + DURATION ))
 ( i=0
   while [ "$(date +%s)" -lt "$end" ]; do
     i=$((i + 1)); echo "$i" > "$project/VERSION"
-    if "$HOIST" deploy -c "$project/hoist.toml" >/dev/null 2>>"$work/deploys.log"; then
-      echo "$i" > "$work/deploys"
+    if "$HOIST" deploy -c "$project/hoist.toml" >/dev/null 2>"$work/deploy-last.log"; then
+      echo $(( $(cat "$work/deploys") + 1 )) > "$work/deploys"
+    else
+      echo $(( $(cat "$work/failed" 2>/dev/null || echo 0) + 1 )) > "$work/failed"
+      cp "$work/deploy-last.log" "$work/deploy-failed-$i.log"
     fi
   done ) &
 pids+=($!)
@@ -137,6 +142,6 @@ pids=()
 sleep 5
 row end
 requests=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
-echo "totals: job runs $(sqlite3 -readonly "$root/state.db" 'SELECT max(id) FROM job_runs'), deploys $(cat "$work/deploys") (each a new release), access-log lines written $requests (wrk requests; $(grep -c . "$work/deploys.log" 2>/dev/null || echo 0) deploy error lines)"
+echo "totals: job runs $(sqlite3 -readonly "$root/state.db" 'SELECT max(id) FROM job_runs'), deploys $(cat "$work/deploys") (each a new release), access-log lines written $requests (wrk requests); failed deploys $(cat "$work/failed" 2>/dev/null || echo 0)"
 grep -E "Requests/sec|Non-2xx|Socket errors" "$work/wrk.txt" || true
 echo "history --verify: $("$HOIST" history --verify -c "$project/hoist.toml" 2>&1 | tail -1)"
