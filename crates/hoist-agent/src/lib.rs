@@ -15,6 +15,7 @@ mod fleet;
 mod health;
 mod http;
 mod jobs;
+mod lifecycle;
 pub mod paths;
 mod plan;
 mod proxyctl;
@@ -28,6 +29,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+pub use hoist_state::Retention;
 pub use paths::Paths;
 
 /// How the agent was asked to run.
@@ -38,6 +40,8 @@ pub struct AgentConfig {
     /// The proxy's HTTP listener.
     pub proxy: Option<SocketAddr>,
     pub dashboard: Option<SocketAddr>,
+    /// How long and how many events, job runs, operations and history records are kept.
+    pub retention: Retention,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +88,8 @@ pub struct Agent {
     pub(crate) host: Mutex<String>,
     /// One mutex per app: deploys and rollbacks of an app never overlap.
     pub(crate) app_locks: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// `POST /v1/agent/stop` (`hoist agent stop`): ends [`run`] as a signal would.
+    pub(crate) stop: tokio::sync::Notify,
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
@@ -152,6 +158,7 @@ impl Agent {
             proxy,
             host: Mutex::new(host),
             app_locks: Mutex::new(Default::default()),
+            stop: tokio::sync::Notify::new(),
             _lock: lock,
         }))
     }
@@ -236,7 +243,10 @@ pub async fn run(
     // `Agent::db`) must never hold up accepting connections.
     let serving = tokio::spawn(server::serve(agent.clone(), listener));
     let looping = tokio::spawn(loops(agent.clone()));
-    shutdown.await;
+    tokio::select! {
+        () = shutdown => {}
+        () = agent.stop.notified() => tracing::info!("asked to stop over the API"),
+    }
     tracing::info!("agent stopping; instances and the proxy keep running");
     serving.abort();
     looping.abort();
@@ -300,6 +310,11 @@ async fn loops(agent: Arc<Agent>) {
         tick.tick().await;
         n += 1;
         agent.supervise_once(n % 5 == 0).await;
+        // Retention once a minute (and just after start): each pass is a few indexed
+        // deletes, and bounded by what a minute adds.
+        if n % 300 == 1 {
+            agent.apply_retention();
+        }
         if n % 5 == 0 {
             agent.housekeeping().await;
             agent.schedule_jobs().await;
@@ -349,6 +364,24 @@ impl Agent {
                 {
                     self.retire(&app, false).await;
                 }
+            }
+        }
+    }
+
+    /// Applies the retention of the host config to the state.
+    fn apply_retention(&self) {
+        let r = self.config.retention;
+        let pruned = self.db(|s| s.prune(&r, hoist_state::now_ms()));
+        if let Some(p) = self.noted(None, "prune old records", pruned) {
+            if !p.is_empty() {
+                tracing::info!(
+                    events = p.events,
+                    job_runs = p.job_runs,
+                    operations = p.operations,
+                    journal = p.journal,
+                    history = p.history,
+                    "retention pruned old records"
+                );
             }
         }
     }

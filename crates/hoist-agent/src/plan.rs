@@ -10,6 +10,42 @@ use hoist_protocol::agent::{Changes, Plan, PlanCheck, PlanRequest};
 
 use crate::Agent;
 
+/// How far this host's clock may be from the CLI's before the plan flags it: backups,
+/// leases, schedules and the history are all stamped with it. The request's transit
+/// time counts against it, so it is loose enough for a slow SSH hop.
+const CLOCK_SKEW_MAX_MS: i64 = 2_000;
+
+/// The `clock` check: this host's time against the one the CLI sent.
+fn clock_check(agent_ms: i64, client_ms: Option<i64>) -> PlanCheck {
+    let Some(client_ms) = client_ms else {
+        return PlanCheck {
+            name: "clock".into(),
+            ok: true,
+            detail: "not compared: the CLI sent no clock (an older hoist)".into(),
+        };
+    };
+    let skew = agent_ms - client_ms;
+    let secs = skew as f64 / 1000.0;
+    if skew.abs() > CLOCK_SKEW_MAX_MS {
+        PlanCheck {
+            name: "clock".into(),
+            ok: false,
+            detail: format!(
+                "this host's clock is {:.1} s {} this machine's (more than {} s): fix its time (NTP) before deploying",
+                secs.abs(),
+                if skew > 0 { "ahead of" } else { "behind" },
+                CLOCK_SKEW_MAX_MS / 1000
+            ),
+        }
+    } else {
+        PlanCheck {
+            name: "clock".into(),
+            ok: true,
+            detail: format!("within {:.1} s of this machine's", secs.abs().max(0.0)),
+        }
+    }
+}
+
 /// Compares two maps by key and (serialised) value.
 fn diff<V: serde::Serialize>(old: &BTreeMap<String, V>, new: &BTreeMap<String, V>) -> Changes {
     let json = |v: &V| serde_json::to_string(v).unwrap_or_default();
@@ -221,11 +257,7 @@ impl Agent {
                 spec.services_on(&req.host).keys().collect::<Vec<_>>()
             ),
         });
-        checks.push(PlanCheck {
-            name: "clock".into(),
-            ok: true,
-            detail: format!("agent time {} ms since the epoch", hoist_state::now_ms()),
-        });
+        checks.push(clock_check(hoist_state::now_ms(), req.client_time_ms));
         Ok(Plan {
             app,
             current: cur.map(|c| c.release),

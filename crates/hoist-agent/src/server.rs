@@ -96,6 +96,37 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
     match (method, parts.as_slice()) {
         (_, ["v1", "backups", ..]) => crate::routes::backups(agent, req).await,
         (Method::GET, ["v1", "hello"]) => http::json(StatusCode::OK, &agent.hello()),
+        (Method::POST, ["v1", "agent", "stop"]) => {
+            tracing::info!("stop requested over the API");
+            // Answered first; the agent ends once the answer is on its way.
+            let a = agent.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                a.stop.notify_one();
+            });
+            http::json(StatusCode::OK, &agent.hello())
+        }
+        (Method::POST, ["v1", "apps", app, "down"]) => {
+            let q = req.uri().query().unwrap_or("").to_string();
+            let actor = query_param(&q, "actor")
+                .map(percent_decode)
+                .unwrap_or_else(|| "api".into());
+            match agent.down(app, &actor).await {
+                Ok(summary) => http::json(
+                    StatusCode::OK,
+                    &serde_json::json!({"app": app, "result": "succeeded", "summary": summary}),
+                ),
+                Err(crate::lifecycle::DownError::NotRunning(m)) => {
+                    http::error(StatusCode::NOT_FOUND, m, None)
+                }
+                Err(crate::lifecycle::DownError::Busy(m)) => {
+                    http::error(StatusCode::CONFLICT, m, None)
+                }
+                Err(crate::lifecycle::DownError::State(m)) => {
+                    http::error(StatusCode::INTERNAL_SERVER_ERROR, m, None)
+                }
+            }
+        }
         (Method::GET, ["v1", "status"]) => status(&agent),
         (Method::GET, ["v1", "events"]) => events(agent, req.uri().query().unwrap_or("")),
         (Method::POST, ["v1", "releases"]) => {

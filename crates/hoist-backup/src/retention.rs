@@ -7,7 +7,9 @@
 //! - weekly `w`: the newest backup of each of the `w` most recent ISO weeks that have one;
 //! - monthly `m`: the newest backup of each of the `m` most recent calendar months that
 //!   have one;
-//! - the newest backup overall, always (even with every count at 0).
+//! - the newest backup overall, always (even with every count at 0);
+//! - last `l`: the `l` newest backups, whatever their day (a manual backup taken minutes
+//!   before a deploy is not pruned by that deploy's own backup the same day).
 //!
 //! The kept set is the union, so a backup can count for a day, its week and its month at
 //! once. Periods without backups do not use up a slot: a host that was off for a week
@@ -26,6 +28,7 @@ pub fn keep<T: Copy + Ord>(backups: &[(T, DateTime<Utc>)], keep: Keep) -> BTreeS
     if let Some(newest) = sorted.first() {
         kept.insert(newest.0);
     }
+    kept.extend(sorted.iter().take(keep.last as usize).map(|b| b.0));
     newest_per_period(&sorted, keep.daily, &mut kept, |t| {
         (t.year(), t.ordinal(), 0)
     });
@@ -131,6 +134,7 @@ mod tests {
                 daily: 7,
                 weekly: 4,
                 monthly: 12,
+                last: 0,
             },
         );
         let last = backups.iter().map(|b| b.1).max().unwrap().date_naive();
@@ -165,6 +169,7 @@ mod tests {
                     daily: d,
                     weekly: w,
                     monthly: m,
+                    last: 0,
                 },
             )
         };
@@ -174,5 +179,27 @@ mod tests {
         assert_eq!(k(0, 0, 3), BTreeSet::from([4, 2]));
         assert_eq!(k(9, 0, 0), BTreeSet::from([1, 2, 4]));
         assert!(keep::<u32>(&[], Keep::default()).is_empty());
+    }
+
+    #[test]
+    fn the_newest_last_backups_stay_whatever_their_day() {
+        // A scheduled one at 03:00, a manual one at 14:00, a before_deploy one at 14:05.
+        let backups: Vec<(u32, DateTime<Utc>)> = vec![
+            (1, at(2026, 3, 5, 3)),
+            (2, at(2026, 3, 5, 14)),
+            (3, at(2026, 3, 5, 14) + Duration::minutes(5)),
+        ];
+        let gfs = Keep {
+            daily: 7,
+            weekly: 4,
+            monthly: 12,
+            last: 0,
+        };
+        assert_eq!(keep(&backups, gfs), BTreeSet::from([3]));
+        assert_eq!(
+            keep(&backups, Keep { last: 2, ..gfs }),
+            BTreeSet::from([2, 3])
+        );
+        assert_eq!(keep(&backups, Keep::default()), BTreeSet::from([1, 2, 3]));
     }
 }

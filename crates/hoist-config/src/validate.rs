@@ -65,7 +65,7 @@ const BACKUP_KEYS: &[&str] = &[
     "keep",
     "copy_to",
 ];
-const KEEP_KEYS: &[&str] = &["daily", "weekly", "monthly"];
+const KEEP_KEYS: &[&str] = &["last", "daily", "weekly", "monthly"];
 const DEPLOY_KEYS: &[&str] = &[
     "keep_releases",
     "standby",
@@ -933,6 +933,9 @@ fn backup(cx: &mut Cx<'_>, key: &Key, node: &Node, refs: &mut Refs) -> Option<Ba
                 monthly: k
                     .uint(cx, "monthly", 0, 10_000)
                     .map_or(defaults::KEEP_MONTHLY, |n| n as u32),
+                last: k
+                    .uint(cx, "last", 0, 10_000)
+                    .map_or(defaults::KEEP_LAST, |n| n as u32),
             },
             None => Keep::default(),
         },

@@ -36,6 +36,9 @@ pub mod defaults {
     pub const KEEP_DAILY: u32 = 7;
     pub const KEEP_WEEKLY: u32 = 4;
     pub const KEEP_MONTHLY: u32 = 12;
+    /// The newest backups kept whatever their day: a manual backup minutes before a
+    /// deploy survives that deploy's `before_deploy` backup.
+    pub const KEEP_LAST: u32 = 3;
     pub const PATH_PREFIX: &str = "/";
     /// The host an app file without `[[hosts]]` deploys to: this machine.
     pub const LOCAL_HOST: &str = "local";
@@ -318,6 +321,13 @@ pub struct Keep {
     pub daily: u32,
     pub weekly: u32,
     pub monthly: u32,
+    /// The newest `last` backups, always.
+    #[serde(default = "default_keep_last")]
+    pub last: u32,
+}
+
+fn default_keep_last() -> u32 {
+    defaults::KEEP_LAST
 }
 
 impl Default for Keep {
@@ -326,6 +336,7 @@ impl Default for Keep {
             daily: defaults::KEEP_DAILY,
             weekly: defaults::KEEP_WEEKLY,
             monthly: defaults::KEEP_MONTHLY,
+            last: defaults::KEEP_LAST,
         }
     }
 }

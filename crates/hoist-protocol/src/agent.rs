@@ -211,6 +211,10 @@ pub struct PlanRequest {
     pub spec: hoist_core::spec::AppSpec,
     pub manifest: String,
     pub host: String,
+    /// The CLI's clock (ms since the epoch) when it sent the request: the agent compares
+    /// its own with it. Absent from older CLIs.
+    #[serde(default)]
+    pub client_time_ms: Option<i64>,
 }
 
 /// Names added, removed and changed between the current release and the new one.

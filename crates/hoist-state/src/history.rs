@@ -32,6 +32,33 @@ pub struct VerifyReport {
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// The `app` of records about the host itself (retention), not about one app.
+pub(crate) const HOST_RECORD_APP: &str = "*";
+/// The kind of the record retention appends when it prunes (see `retention.rs`).
+pub(crate) const RETENTION_KIND: &str = "retention";
+
+/// How a retention record names its checkpoint; `verify` parses it back.
+pub(crate) fn checkpoint_text(seq: i64, hash: &str) -> String {
+    format!("the chain continues from checkpoint {seq}:{hash}")
+}
+
+fn parse_checkpoint(reason: &str) -> Option<(i64, String)> {
+    let rest = reason.split("checkpoint ").nth(1)?;
+    let (seq, hash) = rest.split_once(':')?;
+    Some((seq.parse().ok()?, hash.trim().to_string()))
+}
+
+/// Where the chain starts: the genesis hash, or the checkpoint left by pruning.
+fn checkpoint(conn: &Connection) -> Result<Option<(i64, String)>> {
+    Ok(conn
+        .query_row(
+            "SELECT seq, hash FROM history_checkpoint WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
+}
+
 fn chain_hash(prev: &str, record: &str) -> String {
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
@@ -48,6 +75,10 @@ pub(crate) fn append(conn: &Connection, mut rec: HistoryRecord) -> Result<Histor
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
+    let last = match last {
+        Some(l) => Some(l),
+        None => checkpoint(conn)?,
+    };
     let (seq, prev) = last.map_or((1, GENESIS.to_string()), |(s, h)| (s + 1, h));
     rec.seq = seq;
     let text =
@@ -94,9 +125,13 @@ pub(crate) fn verify(conn: &Connection) -> Result<VerifyReport> {
         ))
     })?;
     let mut problems = Vec::new();
-    let mut expected_prev = GENESIS.to_string();
-    let mut expected_seq = 1;
+    let start = checkpoint(conn)?;
+    let (mut expected_seq, mut expected_prev) = match &start {
+        Some((seq, hash)) => (seq + 1, hash.clone()),
+        None => (1, GENESIS.to_string()),
+    };
     let mut records = 0;
+    let mut named: Option<(i64, String)> = None;
     for row in rows {
         let (seq, record, prev, hash) = row?;
         records += 1;
@@ -113,11 +148,24 @@ pub(crate) fn verify(conn: &Connection) -> Result<VerifyReport> {
             Ok(rec) if rec.seq != seq => {
                 problems.push(format!("record {seq} claims to be {}", rec.seq))
             }
-            Ok(_) => {}
+            Ok(rec) => {
+                if rec.kind == RETENTION_KIND && rec.app == HOST_RECORD_APP {
+                    named = rec.reason.as_deref().and_then(parse_checkpoint);
+                }
+            }
             Err(_) => problems.push(format!("record {seq} is not readable")),
         }
         expected_prev = hash;
         expected_seq = seq + 1;
+    }
+    // A checkpoint is only as good as the chained record that names it.
+    if let Some(cp) = start {
+        if named.as_ref() != Some(&cp) {
+            problems.push(format!(
+                "the checkpoint {}:{} is not the one the newest retention record names",
+                cp.0, cp.1
+            ));
+        }
     }
     Ok(VerifyReport { records, problems })
 }

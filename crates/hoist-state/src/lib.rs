@@ -9,10 +9,12 @@ pub mod backups;
 mod history;
 mod leases;
 mod migrate;
+mod retention;
 mod store;
 
 pub use history::{HistoryRecord, VerifyReport};
 pub use leases::{Acquire, LeaseRow};
+pub use retention::{Pruned, Retention};
 pub use store::*;
 
 use std::path::PathBuf;

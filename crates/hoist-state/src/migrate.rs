@@ -124,6 +124,19 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX backups_by_name ON backups(app, name, id);
     "#,
+    // 4: retention — the history's checkpoint (the hash of the last pruned record) and
+    //    indexes for pruning by age.
+    r#"
+    CREATE TABLE history_checkpoint (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        at INTEGER NOT NULL
+    );
+    CREATE INDEX events_by_at ON events(at);
+    CREATE INDEX job_runs_by_started ON job_runs(started_at);
+    CREATE INDEX history_by_at ON history(at);
+    "#,
 ];
 
 /// The schema version this build knows.

@@ -119,6 +119,9 @@ impl State {
         })?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // The WAL is truncated back to this after a checkpoint, so it does not keep the
+        // size of its largest burst forever.
+        conn.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)?;
         conn.pragma_update(None, "foreign_keys", true)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         crate::migrate::migrate(&mut conn)?;
@@ -207,6 +210,13 @@ impl State {
                standby_until = excluded.standby_until, updated_at = excluded.updated_at",
             params![cur.app, cur.release, cur.standby, cur.standby_until_ms, now_ms()],
         )?;
+        Ok(())
+    }
+
+    /// `hoist down`: no release is current for `app` any more (its releases stay kept).
+    pub fn clear_current(&self, app: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM current WHERE app = ?1", params![app])?;
         Ok(())
     }
 

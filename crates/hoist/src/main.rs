@@ -55,6 +55,8 @@ enum Command {
     Stop(cmd::service::ServiceArgs),
     /// Restart a service one instance at a time, each healthy before the next
     Restart(cmd::service::ServiceArgs),
+    /// Stop every instance of the app and remove its routes (recorded in the history)
+    Down(cmd::service::DownArgs),
     /// Recent job runs, or `jobs run NAME` to run one now
     Jobs(cmd::service::JobsArgs),
     /// Prepare hosts over ssh: the hoist binary, directories and a running agent
@@ -108,6 +110,7 @@ fn main() -> ExitCode {
         Command::Start(args) => cmd::service::run_service("start", args),
         Command::Stop(args) => cmd::service::run_service("stop", args),
         Command::Restart(args) => cmd::service::run_service("restart", args),
+        Command::Down(args) => cmd::service::run_down(args),
         Command::Jobs(args) => cmd::service::run_jobs(args),
         Command::Setup(args) => cmd::setup::run(args),
         Command::Agent(args) => cmd::agent::run(args),

@@ -666,7 +666,7 @@ fn scheduled_backups_are_copied_and_pruned_by_retention() {
         "",
         &format!(
             "[backups.files]\ndirectory = \"uploads\"\nevery = \"1s\"\n\
-             keep = {{ daily = 1, weekly = 0, monthly = 0 }}\ncopy_to = \"{}\"\n",
+             keep = {{ last = 1, daily = 1, weekly = 0, monthly = 0 }}\ncopy_to = \"{}\"\n",
             copies.display()
         ),
     );
@@ -698,4 +698,35 @@ fn scheduled_backups_are_copied_and_pruned_by_retention() {
     let n = |d: &Path| std::fs::read_dir(d).unwrap().count();
     assert!(n(&h.root.join("backups/demo/files")) <= 2);
     assert!(n(&copies.join("demo/files")) <= 2);
+}
+
+/// Issue 14: a manual `hoist backup` taken minutes before a deploy survives that
+/// deploy's `before_deploy` backup (the same day; GFS alone keeps one per day): the
+/// newest `last` (default 3) always stay.
+#[test]
+fn a_manual_backup_survives_the_next_deploys_own_backup() {
+    let h = Host::new();
+    let extra = "[backups.db]\nsqlite = \"app.db\"\nbefore_deploy = true\n";
+    let v1 = h.project("v1", "", extra);
+    let out = h.deploy(&v1);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    sql(
+        &h.root.join("data/demo/app.db"),
+        "CREATE TABLE t (x); INSERT INTO t VALUES (1);",
+    );
+    let manual = json(&h.hoist(&["backup", "db", "--json", "-c", &cfg(&v1)]));
+    let manual_id = manual[0]["id"].as_i64().or(manual["id"].as_i64()).unwrap();
+    let v2 = h.project("v2", "", extra);
+    let out = h.deploy(&v2);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let all = backups(&h, &v2);
+    let ok: Vec<_> = all.iter().filter(|b| b["status"] == "ok").collect();
+    assert!(
+        ok.iter().any(|b| b["id"].as_i64() == Some(manual_id)),
+        "the manual backup was pruned: {all:?}"
+    );
+    assert!(
+        ok.iter().any(|b| b["trigger"] == "before_deploy"),
+        "{all:?}"
+    );
 }

@@ -332,3 +332,81 @@ fn sigkill_around_the_switch_never_leaves_history_contradicting_the_current_rele
         }
     }
 }
+
+/// A journal recovery cannot read is not "nothing was done": the agent refuses to
+/// start (saying why) and leaves the operation open; once the state reads again, the
+/// operation is closed with what is true (here the committed switch: succeeded).
+#[test]
+fn an_unreadable_journal_stops_recovery_instead_of_closing_the_operation_blind() {
+    let mut host = Host::new();
+    let base = host.project("u-base", "", "");
+    assert!(host.deploy(&base).status.success());
+    let p = host.project("u-next", "", "");
+    let cfg = p.join("hoist.toml").display().to_string();
+    kill_at_without_restart(&mut host, "switch:after", |h| {
+        spawn_cli(h, &["deploy", "-c", &cfg])
+    });
+    let db = rusqlite::Connection::open(host.root.join("state.db")).unwrap();
+    db.execute_batch("ALTER TABLE journal RENAME TO journal_away")
+        .unwrap();
+    let log = host.dir.join("refused-agent.log");
+    let mut agent = hoist_testkit::ChildGuard::spawn(
+        std::process::Command::new(hoist_testkit::hoist_bin())
+            .args(["agent", "--root"])
+            .arg(&host.root)
+            .arg("--socket")
+            .arg(&host.socket)
+            .arg("--proxy")
+            .arg(host.proxy.to_string())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    )
+    .unwrap();
+    let mut status = None;
+    wait_until(Duration::from_secs(30), || {
+        status = agent.child.try_wait().unwrap();
+        status.is_some()
+    })
+    .unwrap_or_else(|_| panic!("the agent started on an unreadable journal"));
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.unwrap().success(), "{stderr}");
+    assert!(stderr.contains("state database"), "{stderr}");
+    let open: i64 = db
+        .query_row(
+            "SELECT count(*) FROM operations WHERE result = 'running'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(open, 1, "the operation was closed without its journal");
+    db.execute_batch("ALTER TABLE journal_away RENAME TO journal")
+        .unwrap();
+    drop(db);
+    host.start_agent();
+    check_consistent(&host, "switch:after");
+    let hist: serde_json::Value =
+        serde_json::from_slice(&host.hoist(&["history", "--json"]).stdout).unwrap();
+    let last = hist.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["result"], "succeeded", "{last}");
+}
+
+fn kill_at_without_restart(
+    host: &mut Host,
+    point: &str,
+    run: impl FnOnce(&Host) -> std::process::Child,
+) {
+    let mark = host.dir.join("failpoint.reached");
+    let _ = std::fs::remove_file(&mark);
+    host.kill_agent();
+    host.agent_env = vec![
+        ("HOIST_FAILPOINT".into(), point.into()),
+        ("HOIST_FAILPOINT_MARK".into(), mark.display().to_string()),
+    ];
+    host.start_agent();
+    let mut cli = run(host);
+    wait_until(Duration::from_secs(30), || mark.exists())
+        .unwrap_or_else(|_| panic!("{point}: failpoint never reached"));
+    host.kill_agent();
+    let _ = cli.kill();
+    let _ = cli.wait();
+    host.agent_env.clear();
+}

@@ -32,10 +32,11 @@ pub struct Args {
     /// The proxy's HTTP listener, where web services answer (e.g. 127.0.0.1:8080)
     #[arg(long)]
     proxy: Option<SocketAddr>,
-    /// The dashboard's HTTP listener
-    #[arg(long)]
+    /// Refused: this hoist has no dashboard yet
+    #[arg(long, hide = true)]
     dashboard: Option<SocketAddr>,
-    /// The host config (keys `root`, `socket`, `proxy`, `dashboard`; flags override it)
+    /// The host config (keys `root`, `socket`, `proxy`, and a `[retention]` table; flags
+    /// override it)
     /// [default: /etc/hoist/agent.toml when it exists]
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -49,6 +50,10 @@ struct HostConfig {
     socket: Option<PathBuf>,
     proxy: Option<SocketAddr>,
     dashboard: Option<SocketAddr>,
+    /// `[retention]`: `events_days`, `events_max`, `job_runs_days`, `job_runs_max`,
+    /// `operations_days`, `operations_max`, `history_days`, `history_max` (each
+    /// defaulted when absent).
+    retention: Option<hoist_agent::Retention>,
 }
 
 /// The host config: the named file (which must exist), else the default one when present.
@@ -84,6 +89,17 @@ enum Action {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Stop the agent answering on the socket; instances and the proxy keep running, and
+    /// the next agent re-adopts them (under systemd or `hoist setup`'s keeper, stop those
+    /// instead: they start it again)
+    Stop {
+        /// The agent's socket [default: the host config's, else as for every command]
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// The host config [default: /etc/hoist/agent.toml when it exists]
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Run the agent and start it again whenever it exits (for hosts without systemd)
     #[command(hide = true)]
     Keep {
@@ -105,6 +121,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             return hoist_agent::connect(&socket)
                 .with_context(|| format!("cannot reach the agent on `{}`", socket.display()));
         }
+        Some(Action::Stop { socket, config }) => {
+            let socket = match socket {
+                Some(s) => s,
+                None => host_config(config.as_deref())?
+                    .socket
+                    .unwrap_or_else(common::default_socket),
+            };
+            return stop(&socket);
+        }
         Some(Action::Keep { config }) => {
             init_logging();
             return keep(config);
@@ -112,6 +137,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => {}
     }
     let file = host_config(args.config.as_deref())?;
+    // Accepted and ignored would be a lie: refused until the dashboard exists.
+    if args.dashboard.is_some() || file.dashboard.is_some() {
+        let from = if args.dashboard.is_some() {
+            "`--dashboard`".to_string()
+        } else {
+            format!(
+                "the `dashboard` key of `{}`",
+                args.config
+                    .as_deref()
+                    .unwrap_or(Path::new(HOST_CONFIG))
+                    .display()
+            )
+        };
+        return Err(with_exit(
+            Exit::Usage,
+            anyhow::anyhow!(
+                "{from}: this hoist has no dashboard yet; remove it (status, history and events are in the CLI)"
+            ),
+        ));
+    }
     init_logging();
     let config = hoist_agent::AgentConfig {
         root: args.root.or(file.root).unwrap_or_else(common::default_root),
@@ -121,6 +166,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or_else(common::default_socket),
         proxy: args.proxy.or(file.proxy),
         dashboard: args.dashboard.or(file.dashboard),
+        retention: file.retention.unwrap_or_default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -132,6 +178,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .await
             .map_err(anyhow::Error::from)
     })
+}
+
+/// `hoist agent stop`: asks the agent to exit and waits until its socket is gone.
+fn stop(socket: &Path) -> anyhow::Result<()> {
+    let client = hoist_agent::client::Client::new(socket);
+    let hello: hoist_protocol::agent::Hello =
+        common::block_on(client.call::<(), _>(hyper::Method::POST, "/v1/agent/stop", None))
+            .map_err(common::agent_error)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the agent (pid {}) did not stop within 30 s", hello.pid);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    crate::output::status(
+        "Stopped",
+        &format!(
+            "the agent (pid {}, root {}); instances and the proxy keep running",
+            hello.pid, hello.root
+        ),
+    );
+    Ok(())
 }
 
 /// The keeper: runs `hoist agent` as a child and starts it again when it exits (after

@@ -91,6 +91,11 @@ pub fn run_plan(args: DeployArgs) -> anyhow::Result<()> {
             spec: loaded.spec.clone(),
             manifest: manifest.clone(),
             host: t.name.clone(),
+            client_time_ms: Some(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64),
+            ),
         };
         let client = t.client.clone();
         async move {

@@ -124,6 +124,39 @@ pub fn run_service(action: &str, args: ServiceArgs) -> anyhow::Result<()> {
     common::finish(answers, fleet)
 }
 
+#[derive(Debug, clap::Args)]
+pub struct DownArgs {
+    #[command(flatten)]
+    pub file: ConfigArgs,
+}
+
+/// `hoist down`: the app's instances stop and its routes go; its releases stay kept, so
+/// the next `hoist deploy` brings it back.
+pub fn run_down(args: DownArgs) -> anyhow::Result<()> {
+    let loaded = load(&args.file)?;
+    if super::fleet::is_fleet(&loaded.spec) {
+        return Err(crate::exit::with_exit(
+            crate::exit::Exit::Usage,
+            anyhow::anyhow!(
+                "`hoist down` acts on the local agent only; this app file names remote hosts"
+            ),
+        ));
+    }
+    let app = loaded.spec.app;
+    let actor: String =
+        percent_encoding::utf8_percent_encode(&common::actor(), percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
+    let path = format!("/v1/apps/{app}/down?actor={actor}");
+    let v: serde_json::Value =
+        common::block_on(common::client().call::<(), _>(Method::POST, &path, None))
+            .map_err(common::agent_error)?;
+    output::status(
+        "Down",
+        &format!("`{app}`: {}", v["summary"].as_str().unwrap_or("stopped")),
+    );
+    Ok(())
+}
+
 pub fn run_jobs(args: JobsArgs) -> anyhow::Result<()> {
     let loaded = load(&args.file)?;
     let app = loaded.spec.app.clone();

@@ -28,6 +28,8 @@ pub struct Host {
     pub agent_wrapper: Vec<String>,
     /// The root is a tmpfs mounted by the test (unmounted on drop).
     tmpfs: bool,
+    /// Extra arguments for the agent (`--config FILE`).
+    pub agent_args: Vec<String>,
 }
 
 impl Host {
@@ -85,6 +87,7 @@ impl Host {
             agent_env: Vec::new(),
             agent_wrapper: Vec::new(),
             tmpfs: false,
+            agent_args: Vec::new(),
         }
     }
 
@@ -109,6 +112,7 @@ impl Host {
                 .arg(&self.socket)
                 .arg("--proxy")
                 .arg(self.proxy.to_string())
+                .args(&self.agent_args)
                 .envs(self.agent_env.iter().map(|(k, v)| (k, v)))
                 .stderr(log),
         )

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Soak: months of an agent's life compressed into minutes, through one real agent (release
+# build), its proxy and real shims. Load, all at once for DURATION seconds:
+#   - job runs: JOBS jobs, each `every = "1s"` (the real scheduler, shim and process per run);
+#   - deploys: one after another, each a new release of the test app (as many as fit);
+#   - access-log lines: wrk against the proxy (each request is one line).
+# Printed at the start, every minute and at the end: the agent's RSS (and the proxy's),
+# state.db (+ WAL) size, the disk used under the root, the API's latency (GET /v1/status,
+# p50/p99 of 50), and the work done so far. The figures must level off, not grow with the
+# work: retention prunes the tables once a minute, logs and the access log rotate by size.
+# Not a test: the machine it runs on (and how busy it is) sets the rates; it says what it
+# reached.
+#
+#   cargo build --release -p hoist -p hoist-testapp
+#   bash bench/soak.sh                      DURATION=600 JOBS=180 WRK_CONNECTIONS=32 KEEP=1
+set -euo pipefail
+shopt -s nullglob
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root_dir=$(cd "$here/.." && pwd)
+target=${CARGO_TARGET_DIR:-$root_dir/target}
+HOIST=${HOIST_BIN:-$target/release/hoist}
+TESTAPP=${TESTAPP_BIN:-$target/release/hoist-testapp}
+DURATION=${DURATION:-600}
+JOBS=${JOBS:-180}
+WRK_CONNECTIONS=${WRK_CONNECTIONS:-32}
+for b in "$HOIST" "$TESTAPP"; do
+  [ -x "$b" ] || { echo "error: no release binary at \`$b\`" >&2; echo "hint: cargo build --release -p hoist -p hoist-testapp" >&2; exit 2; }
+done
+command -v wrk >/dev/null || { echo "error: wrk is not installed (apt-get install wrk)" >&2; exit 2; }
+command -v sqlite3 >/dev/null || { echo "error: sqlite3 is not installed (apt-get install sqlite3)" >&2; exit 2; }
+
+work=$(mktemp -d /tmp/hoist-soak.XXXXXX)
+root="$work/root"
+export HOIST_SOCKET="$work/agent.sock"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+agent_pid=""
+pids=()
+
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null || true
+  local f pid
+  for f in "$root"/run/*.json; do
+    [ -f "$f" ] || continue
+    for pid in $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["shim"]["pid"], d["process"]["pid"])' "$f" 2>/dev/null); do
+      kill -9 "-$pid" 2>/dev/null || kill -9 "$pid" 2>/dev/null || true
+    done
+  done
+  pkill -9 -f "proxy --listen 127.0.0.1:$port" 2>/dev/null || true
+  if [ "${KEEP:-0}" = 1 ]; then echo "kept: $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+# The defaults, written out: what an operator's /etc/hoist/agent.toml would say.
+cat > "$work/agent.toml" <<TOML
+[retention]
+events_days = 30
+events_max = 50000
+job_runs_days = 30
+job_runs_max = 20000
+operations_days = 90
+operations_max = 5000
+history_days = 400
+history_max = 10000
+TOML
+
+"$HOIST" agent --root "$root" --socket "$HOIST_SOCKET" --proxy "127.0.0.1:$port" \
+  --config "$work/agent.toml" 2> "$work/agent.log" &
+agent_pid=$!
+for _ in $(seq 200); do [ -S "$HOIST_SOCKET" ] && break; sleep 0.1; done
+
+project="$work/app"
+mkdir -p "$project"
+{
+  printf 'app = "soak"\n\n[build]\ninclude = ["VERSION"]\n\n'
+  printf '[services.web]\ncommand = "%s serve"\nreplicas = 2\nstop_timeout = "5s"\n' "$TESTAPP"
+  printf 'http = { domains = ["*"], health = { path = "/health", interval = "1s", healthy_threshold = 1, min_healthy = "0s" }, drain_timeout = "2s" }\n\n'
+  for i in $(seq "$JOBS"); do
+    printf '[jobs.j%d]\ncommand = "true"\nevery = "1s"\ntimeout = "30s"\n\n' "$i"
+  done
+  printf '[deploy]\nhealth_deadline = "30s"\nstandby = "0s"\nkeep_releases = 3\n\n[[hosts]]\nname = "local"\nroles = ["web"]\n'
+} > "$project/hoist.toml"
+echo 0 > "$project/VERSION"
+"$HOIST" deploy -c "$project/hoist.toml" >/dev/null 2>"$work/deploy0.log" || { cat "$work/deploy0.log" >&2; exit 1; }
+
+proxy_pid=$(pgrep -f "proxy --listen 127.0.0.1:$port" | head -1 || true)
+rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+latency() {
+  python3 - "$HOIST_SOCKET" <<'PY'
+import socket, sys, time
+ts = []
+for _ in range(50):
+    t = time.perf_counter()
+    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+    s.sendall(b"GET /v1/status HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    while s.recv(65536): pass
+    s.close()
+    ts.append((time.perf_counter() - t) * 1000)
+ts.sort()
+print(f"{ts[len(ts)//2]:.1f}/{ts[int(len(ts)*0.99)-1]:.1f}")
+PY
+}
+deploys=0
+row() {
+  local label=$1 db wal disk runs lines
+  db=$(stat -c %s "$root/state.db" 2>/dev/null || echo 0)
+  wal=$(stat -c %s "$root/state.db-wal" 2>/dev/null || echo 0)
+  disk=$(du -sb "$root" | cut -f1)
+  runs=$(sqlite3 -readonly "$root/state.db" 'SELECT coalesce(max(id),0) FROM job_runs' 2>/dev/null || echo '?')
+  local logs=("$root"/proxy/access.log*)
+  lines=$( (cat "${logs[@]}" 2>/dev/null || true) | wc -l)
+  local rotated=$(( ${#logs[@]} > 0 ? ${#logs[@]} - 1 : 0 ))
+  printf '%-6s agent %6s kB  proxy %6s kB  state.db %6.1f MB (+wal %5.1f MB)  root %7.1f MB  status p50/p99 %s ms  | job runs %s  deploys %s  access lines kept %s (+%s rotated files)\n' \
+    "$label" "$(rss "$agent_pid")" "$(rss "${proxy_pid:-0}")" "$(echo "$db/1048576" | bc -l)" "$(echo "$wal/1048576" | bc -l)" \
+    "$(echo "$disk/1048576" | bc -l)" "$(latency)" "$runs" "$(cat "$work/deploys" 2>/dev/null || echo 0)" "$lines" "$rotated"
+}
+echo 0 > "$work/deploys"
+echo "soak: ${DURATION}s, $JOBS jobs every 1s, deploys back to back, wrk -c$WRK_CONNECTIONS; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+row start
+
+end=$(( $(date +%s) + DURATION ))
+( i=0
+  while [ "$(date +%s)" -lt "$end" ]; do
+    i=$((i + 1)); echo "$i" > "$project/VERSION"
+    if "$HOIST" deploy -c "$project/hoist.toml" >/dev/null 2>"$work/deploy-last.log"; then
+      echo $(( $(cat "$work/deploys") + 1 )) > "$work/deploys"
+    else
+      echo $(( $(cat "$work/failed" 2>/dev/null || echo 0) + 1 )) > "$work/failed"
+      cp "$work/deploy-last.log" "$work/deploy-failed-$i.log"
+    fi
+  done ) &
+pids+=($!)
+wrk -t2 -c"$WRK_CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/" > "$work/wrk.txt" 2>&1 &
+pids+=($!)
+minute=0
+while [ "$(date +%s)" -lt "$end" ]; do
+  sleep 60; minute=$((minute + 1))
+  row "${minute}m"
+done
+wait "${pids[@]}" 2>/dev/null || true
+pids=()
+sleep 5
+row end
+requests=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
+echo "totals: job runs $(sqlite3 -readonly "$root/state.db" 'SELECT max(id) FROM job_runs'), deploys $(cat "$work/deploys") (each a new release), access-log lines written $requests (wrk requests); failed deploys $(cat "$work/failed" 2>/dev/null || echo 0)"
+grep -E "Requests/sec|Non-2xx|Socket errors" "$work/wrk.txt" || true
+echo "history --verify: $("$HOIST" history --verify -c "$project/hoist.toml" 2>&1 | tail -1)"
