@@ -32,6 +32,9 @@ use crate::Shared;
 /// How many upstream attempts one request may make (claims on draining members, refused
 /// connects, connections that handed the request back).
 const MAX_ATTEMPTS: usize = 8;
+/// How many times a bodiless idempotent request is sent again after a kept connection
+/// failed under it.
+const MAX_REPLAYS: usize = 2;
 /// Idle upstream connections kept per upstream and worker thread.
 const POOL_MAX_IDLE: usize = 512;
 
@@ -148,7 +151,8 @@ impl BodyState {
 /// stall), so the failure is answered as the client's and never counted against the
 /// release.
 pub(crate) struct ClientBody {
-    inner: Incoming,
+    /// `None` for a request replayed without a body.
+    inner: Option<Incoming>,
     timeout: std::time::Duration,
     // Made only when the body first waits: most requests have none.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -161,7 +165,7 @@ impl ClientBody {
             state.finish();
         }
         ClientBody {
-            inner,
+            inner: Some(inner),
             timeout,
             timer: None,
             state,
@@ -178,7 +182,10 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 if let Some(timer) = this.timer.as_mut() {
                     timer
@@ -188,7 +195,9 @@ impl Body for ClientBody {
                 match &frame {
                     Some(Err(_)) => this.state.set(BodyState::MALFORMED),
                     None => this.state.finish(),
-                    Some(Ok(_)) if this.inner.is_end_stream() => this.state.finish(),
+                    Some(Ok(_)) if this.inner.as_ref().is_none_or(|i| i.is_end_stream()) => {
+                        this.state.finish()
+                    }
                     Some(Ok(_)) => {}
                 }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
@@ -211,11 +220,13 @@ impl Body for ClientBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|i| i.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |i| i.size_hint())
     }
 }
 
@@ -349,16 +360,12 @@ async fn connect(
     {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                // Passive protection: skip a refusing member for a moment.
-                let until = now_ms() + shared.limits.refused_backoff.as_millis() as u64;
-                up.skip_until.store(until, Ordering::Relaxed);
-            }
+            // Passive health: skip a member that cannot be reached, longer each time.
+            up.connect_failed(shared.limits.refused_backoff);
             return Err(format!("connect: {e}"));
         }
         Err(_) => {
-            let until = now_ms() + shared.limits.refused_backoff.as_millis() as u64;
-            up.skip_until.store(until, Ordering::Relaxed);
+            up.connect_failed(shared.limits.refused_backoff);
             return Err("connect timed out".into());
         }
     };
@@ -471,6 +478,7 @@ async fn proxy(
 
     let mut req = Some(req);
     let mut tried: u64 = 0;
+    let mut replays = 0;
     let mut last_route: Option<Arc<RouteEntry>> = None;
     let mut error = String::from("no healthy upstream");
     for _ in 0..MAX_ATTEMPTS {
@@ -502,7 +510,9 @@ async fn proxy(
             continue;
         };
         let upstream = &claim.0;
-        let conn = match pool_checkout(upstream.addr).filter(|_| !websocket) {
+        let pooled = pool_checkout(upstream.addr).filter(|_| !websocket);
+        let reused = pooled.is_some();
+        let conn = match pooled {
             Some(c) => Ok(c),
             None => connect(shared, upstream, websocket).await,
         };
@@ -516,6 +526,20 @@ async fn proxy(
             }
         };
         let outgoing = req.take().expect("request present until sent");
+        // A kept connection may die under the request (its instance was killed, or it
+        // closed it as idle at that moment). A bodiless idempotent request is then sent
+        // again elsewhere (as nginx does); anything else is not retried.
+        let replay = (reused
+            && replays < MAX_REPLAYS
+            && body_state.done_at().is_some()
+            && idempotent(outgoing.method()))
+        .then(|| {
+            (
+                outgoing.method().clone(),
+                outgoing.uri().clone(),
+                outgoing.headers().clone(),
+            )
+        });
         let sent = await_response(
             conn.try_send_request(outgoing),
             &body_state,
@@ -532,6 +556,7 @@ async fn proxy(
         };
         match result {
             Ok(mut resp) => {
+                upstream.answered();
                 let counters = &route.counters;
                 let latency = started.elapsed();
                 counters.response(resp.status().as_u16(), latency);
@@ -618,6 +643,22 @@ async fn proxy(
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 return Ok(resp);
             }
+            Err(SendError::Failed(e)) if replay.is_some() => {
+                let (method, uri, headers) = replay.expect("checked");
+                tracing::debug!(addr = %upstream.addr, error = %e, "a kept upstream connection failed under a bodiless idempotent request; sending it again");
+                replays += 1;
+                let mut again = Request::new(ClientBody {
+                    inner: None,
+                    timeout: shared.limits.body_timeout,
+                    timer: None,
+                    state: body_state.clone(),
+                });
+                *again.method_mut() = method;
+                *again.uri_mut() = uri;
+                *again.headers_mut() = headers;
+                req = Some(again);
+                error = e;
+            }
             Err(SendError::Failed(e)) => {
                 route.counters.upstream_error();
                 tracing::debug!(addr = %upstream.addr, error = %e, "upstream failed mid-request; not retried");
@@ -655,6 +696,15 @@ async fn proxy(
         r.counters.upstream_error();
     }
     Ok(finish_error(shared, log, status, msg, last_route.as_ref()))
+}
+
+/// Methods that may be sent twice (RFC 9110 §9.2.2), minus those that usually carry a
+/// body worth keeping.
+fn idempotent(m: &hyper::Method) -> bool {
+    matches!(
+        *m,
+        hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS
+    )
 }
 
 /// Waits for the upstream's response head. The response timeout runs from the moment

@@ -306,7 +306,11 @@ fn malformed_chunked_bodies_from_a_client_do_not_fail_a_bake() {
         text(&out.stderr)
     );
     assert_eq!(host.serving().as_deref(), Some(release_of(&out).as_str()));
-    assert!(sent.load(Ordering::Relaxed) >= 40, "{}", sent.load(Ordering::Relaxed));
+    assert!(
+        sent.load(Ordering::Relaxed) >= 40,
+        "{}",
+        sent.load(Ordering::Relaxed)
+    );
     // 400 from the proxy (or the app's own 4xx when it answered before the body broke);
     // never a 5xx.
     let not_4xx: Vec<_> = statuses
@@ -317,4 +321,41 @@ fn malformed_chunked_bodies_from_a_client_do_not_fail_a_bake() {
     assert!(not_4xx.is_empty(), "{not_4xx:?}");
     assert!(ok > 0);
     assert_eq!(failed, 0, "{errors:?}");
+}
+
+#[test]
+fn with_the_agent_dead_an_instance_that_dies_stops_getting_requests() {
+    let mut host = deployed();
+    // The app process groups of the two instances, from their identity records.
+    let mut groups = Vec::new();
+    for e in std::fs::read_dir(host.root.join("run")).unwrap().flatten() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(
+            &std::fs::read_to_string(e.path()).unwrap_or_default(),
+        ) else {
+            continue;
+        };
+        if let Some(pid) = v["process"]["pid"].as_i64() {
+            groups.push(pid as i32);
+        }
+    }
+    assert_eq!(groups.len(), 2, "two instances");
+    host.kill_agent();
+    let load = Load::start(host.proxy);
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(groups[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // Long enough for many passes over both members (and for backoffs to expire).
+    let mut served = 0;
+    for _ in 0..300 {
+        let r = http_get(host.proxy, "demo.test", "/").unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        served += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (ok, failed, errors) = load.finish();
+    assert!(served > 0 && ok > 0);
+    assert_eq!(failed, 0, "{:?}", &errors[..errors.len().min(10)]);
 }
