@@ -84,16 +84,31 @@ fn no_other_process_can_bind_the_proxys_port_with_so_reuseport() {
 fn a_second_agent_on_the_same_proxy_address_exits_with_a_clear_message() {
     let host = Host::new();
     let dir = hoist_testkit::tempdir();
-    let out = Command::new(hoist_bin())
-        .args(["agent", "--root"])
-        .arg(dir.path().join("root"))
-        .arg("--socket")
-        .arg(dir.path().join("agent.sock"))
-        .arg("--proxy")
-        .arg(host.proxy.to_string())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let log = dir.path().join("agent.log");
+    let mut second = ChildGuard::spawn(
+        Command::new(hoist_bin())
+            .args(["agent", "--root"])
+            .arg(dir.path().join("root"))
+            .arg("--socket")
+            .arg(dir.path().join("agent.sock"))
+            .arg("--proxy")
+            .arg(host.proxy.to_string())
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    )
+    .unwrap();
+    // It must exit by itself (before the fix it said "proxy started" and ran on).
+    let mut status = None;
+    wait_until(Duration::from_secs(60), || {
+        status = second.child.try_wait().ok().flatten();
+        status.is_some()
+    })
+    .expect("the second agent exits");
+    let out = std::process::Output {
+        status: status.unwrap(),
+        stdout: Vec::new(),
+        stderr: std::fs::read(&log).unwrap(),
+    };
     let err = text(&out.stderr);
     assert!(!out.status.success(), "the second agent started: {err}");
     assert!(
