@@ -151,8 +151,10 @@ impl BodyState {
 /// stall), so the failure is answered as the client's and never counted against the
 /// release.
 pub(crate) struct ClientBody {
-    /// `None` for a request replayed without a body.
+    /// `None` for a request replayed without a body, or whose body was read whole first.
     inner: Option<Incoming>,
+    /// A body read whole before it is sent (to enforce a route's body limit).
+    buffered: Option<Bytes>,
     timeout: std::time::Duration,
     // Made only when the body first waits: most requests have none.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -166,6 +168,7 @@ impl ClientBody {
         }
         ClientBody {
             inner: Some(inner),
+            buffered: None,
             timeout,
             timer: None,
             state,
@@ -183,7 +186,7 @@ impl Body for ClientBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
+            return Poll::Ready(this.buffered.take().map(|b| Ok(Frame::data(b))));
         };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(frame) => {
@@ -220,13 +223,17 @@ impl Body for ClientBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|i| i.is_end_stream())
+        match &self.inner {
+            Some(i) => i.is_end_stream(),
+            None => self.buffered.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), |i| i.size_hint())
+        match &self.inner {
+            Some(i) => i.size_hint(),
+            None => SizeHint::with_exact(self.buffered.as_ref().map_or(0, |b| b.len() as u64)),
+        }
     }
 }
 
@@ -439,7 +446,19 @@ async fn proxy(
     }
     let host = host_of(&req);
     let websocket = is_websocket(&req);
-    let request_id = prepare_request(&mut req, &peer, shared, websocket, &host);
+    let guarded = with_table(shared, |t| {
+        t.lookup(&host, req.uri().path())
+            .filter(|r| r.guards.active())
+            .cloned()
+    });
+    let mut route_trusted = false;
+    if let Some(route) = &guarded {
+        if let Some(resp) = guard(route, &req, &peer).await {
+            return Ok(resp);
+        }
+        route_trusted = route.guards.is_trusted(peer.addr.ip());
+    }
+    let request_id = prepare_request(&mut req, &peer, shared, websocket, &host, route_trusted);
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         // The upstream gets the origin form of an absolute-form target.
         let origin = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -474,7 +493,18 @@ async fn proxy(
         None
     };
     let body_state = Arc::new(BodyState::default());
-    let req = req.map(|body| ClientBody::new(body, shared.limits.body_timeout, body_state.clone()));
+    let mut req =
+        req.map(|body| ClientBody::new(body, shared.limits.body_timeout, body_state.clone()));
+    if let Some(max) = guarded.as_ref().and_then(|r| r.guards.max_body) {
+        // A body of unknown length is read whole (up to the limit) before anything is
+        // sent, so the upstream never sees a byte of one that is too large.
+        if !req.body().is_end_stream() && req.body().size_hint().exact().is_none() {
+            let route = guarded.as_ref().expect("checked");
+            if let Err(resp) = buffer_body(&mut req, max, route, &body_state).await {
+                return Ok(resp);
+            }
+        }
+    }
 
     let mut req = Some(req);
     let mut tried: u64 = 0;
@@ -649,6 +679,7 @@ async fn proxy(
                 replays += 1;
                 let mut again = Request::new(ClientBody {
                     inner: None,
+                    buffered: None,
                     timeout: shared.limits.body_timeout,
                     timer: None,
                     state: body_state.clone(),
@@ -696,6 +727,138 @@ async fn proxy(
         r.counters.upstream_error();
     }
     Ok(finish_error(shared, log, status, msg, last_route.as_ref()))
+}
+
+/// A guard's own answer: closes the connection when the client may still be sending a
+/// body nobody will read.
+fn guard_answer(status: StatusCode, body: Bytes, close: bool) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::Full(Some(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if close {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// The route's guards, in order: maintenance, rate limit, basic auth, a declared body
+/// length over the limit. `None` lets the request through.
+async fn guard(
+    route: &Arc<RouteEntry>,
+    req: &Request<Incoming>,
+    peer: &Peer,
+) -> Option<Response<ProxyBody>> {
+    use crate::stats::Guard;
+    let g = &route.guards;
+    let path = req.uri().path();
+    let has_body = !req.body().is_end_stream();
+    if !path.starts_with(crate::guards::ACME_PREFIX) {
+        if let Some((page, retry_after)) = &g.maintenance {
+            route.counters.guarded(Guard::Maintenance);
+            let mut resp = guard_answer(StatusCode::SERVICE_UNAVAILABLE, page.clone(), has_body);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, retry_after.clone());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            return Some(resp);
+        }
+        if let Some(rate) = &g.rate {
+            let key = rate.key(req.headers(), peer.addr.ip());
+            if let Err(wait) = rate.take(key, Instant::now()) {
+                route.counters.guarded(Guard::RateLimited);
+                let mut resp = guard_answer(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Bytes::from_static(b"too many requests\n"),
+                    has_body,
+                );
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                return Some(resp);
+            }
+        }
+        if let Some(auth) = &g.auth {
+            let exempt = auth
+                .config
+                .exempt
+                .iter()
+                .any(|p| !p.is_empty() && path.starts_with(p.as_str()));
+            if !exempt && !auth.check(req.headers().get(header::AUTHORIZATION)).await {
+                route.counters.guarded(Guard::Unauthorized);
+                let mut resp = guard_answer(
+                    StatusCode::UNAUTHORIZED,
+                    Bytes::from_static(b"authentication required\n"),
+                    has_body,
+                );
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, auth.challenge.clone());
+                return Some(resp);
+            }
+        }
+    }
+    if let Some(max) = g.max_body {
+        if req.body().size_hint().exact().is_some_and(|n| n > max) {
+            route.counters.guarded(Guard::TooLarge);
+            return Some(guard_answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Bytes::from(format!("the request body is larger than {max} bytes\n")),
+                true,
+            ));
+        }
+    }
+    None
+}
+
+/// Reads a body of unknown length whole, up to `max` bytes: 413 past it (the rest is
+/// never read; the connection closes), 400/408 when the client breaks or stalls it.
+async fn buffer_body(
+    req: &mut Request<ClientBody>,
+    max: u64,
+    route: &Arc<RouteEntry>,
+    state: &BodyState,
+) -> Result<(), Response<ProxyBody>> {
+    use http_body_util::BodyExt;
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match req.body_mut().frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    if (buf.len() + data.len()) as u64 > max {
+                        route.counters.guarded(crate::stats::Guard::TooLarge);
+                        return Err(guard_answer(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            Bytes::from(format!("the request body is larger than {max} bytes\n")),
+                            true,
+                        ));
+                    }
+                    buf.extend_from_slice(data);
+                }
+            }
+            Some(Err(_)) => {
+                let (status, why) = if state.has(BodyState::STALLED) {
+                    (StatusCode::REQUEST_TIMEOUT, "the request body stalled\n")
+                } else {
+                    (StatusCode::BAD_REQUEST, "malformed request body\n")
+                };
+                return Err(guard_answer(
+                    status,
+                    Bytes::from_static(why.as_bytes()),
+                    true,
+                ));
+            }
+        }
+    }
+    let body = req.body_mut();
+    body.inner = None;
+    body.buffered = (!buf.is_empty()).then(|| buf.freeze());
+    Ok(())
 }
 
 /// Methods that may be sent twice (RFC 9110 §9.2.2), minus those that usually carry a
@@ -925,6 +1088,7 @@ fn prepare_request(
     shared: &Shared,
     websocket: bool,
     host: &str,
+    route_trusted: bool,
 ) -> HeaderValue {
     let headers = req.headers_mut();
     let upgrade = if websocket {
@@ -937,7 +1101,7 @@ fn prepare_request(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, upgrade);
     }
-    let trusted = shared.trusted_proxies.contains(&peer.addr.ip());
+    let trusted = route_trusted || shared.trusted_proxies.contains(&peer.addr.ip());
     let xff = if trusted && headers.contains_key(&X_FORWARDED_FOR) {
         let prev: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)

@@ -17,6 +17,7 @@ mod control;
 mod error;
 mod forward;
 mod framing;
+mod guards;
 pub mod process;
 mod state;
 mod stats;

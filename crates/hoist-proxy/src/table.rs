@@ -143,6 +143,7 @@ pub(crate) struct RouteEntry {
     pub path_prefix: String,
     pub upstreams: Vec<Arc<Upstream>>,
     pub counters: Arc<Counters>,
+    pub guards: crate::guards::RouteGuards,
     next: Box<[PaddedCount]>,
 }
 
@@ -151,12 +152,14 @@ impl RouteEntry {
         route: &wire::Route,
         upstreams: Vec<Arc<Upstream>>,
         counters: Arc<Counters>,
+        guards: crate::guards::RouteGuards,
     ) -> RouteEntry {
         RouteEntry {
             id: route.id.clone(),
             path_prefix: route.path_prefix.clone(),
             upstreams,
             counters,
+            guards,
             next: (0..crate::stats::SHARDS)
                 .map(|_| PaddedCount::default())
                 .collect(),
@@ -297,8 +300,14 @@ mod tests {
             release: "r".into(),
             upstreams: vec![],
             drain_timeout_ms: 1000,
+            guards: Default::default(),
         };
-        let entry = RouteEntry::new(&wire, vec![], Arc::new(Counters::new(id, "r")));
+        let entry = RouteEntry::new(
+            &wire,
+            vec![],
+            Arc::new(Counters::new(id, "r")),
+            Default::default(),
+        );
         (Arc::new(entry), wire.domains)
     }
 
@@ -371,9 +380,11 @@ mod tests {
                 release: "r".into(),
                 upstreams: vec![],
                 drain_timeout_ms: 1,
+                guards: Default::default(),
             },
             ups.clone(),
             r.counters.clone(),
+            Default::default(),
         );
         let picks: Vec<usize> = (0..6).map(|_| r.pick(0, now_ms()).unwrap().0).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
