@@ -374,3 +374,143 @@ fn with_the_agent_dead_an_instance_that_dies_stops_getting_requests() {
     assert!(served > 0 && ok > 0);
     assert_eq!(failed, 0, "{:?}", &errors[..errors.len().min(10)]);
 }
+
+/// A project whose web service has guards in its `http` table.
+fn guarded_project(host: &Host, name: &str, guards: &str) -> std::path::PathBuf {
+    let project = host.project(name, "", "\n[secrets]\nrequired = [\"HTPASSWD\"]");
+    let file = project.join("hoist.toml");
+    let toml = std::fs::read_to_string(&file).unwrap().replace(
+        "drain_timeout = \"2s\" }",
+        &format!("drain_timeout = \"2s\", {guards} }}"),
+    );
+    std::fs::write(&file, toml).unwrap();
+    project
+}
+
+#[test]
+fn guards_declared_in_the_app_file_reach_the_proxy() {
+    use base64::Engine as _;
+    let host = Host::new();
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    let mut set = Command::new(hoist_bin())
+        .args(["secrets", "set", "HTPASSWD", "--app", "demo"])
+        .env("HOIST_SOCKET", &host.socket)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        set.stdin.as_mut().unwrap(),
+        format!("alice:{hash}\n").as_bytes(),
+    )
+    .unwrap();
+    drop(set.stdin.take());
+    assert!(set.wait().unwrap().success());
+    let project = guarded_project(
+        &host,
+        "v1",
+        "max_body = \"1KiB\", basic_auth = { secret = \"HTPASSWD\", realm = \"staff\" }, \
+         rate_limit = { requests = 1, per = \"1m\", burst = 20, key = [\"X-Client\"] }",
+    );
+    let out = host.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let auth = format!(
+        "Authorization: Basic {}\r\n",
+        base64::engine::general_purpose::STANDARD.encode("alice:pw")
+    );
+    let ask = |extra: &str, body: &str| {
+        let raw = format!(
+            "POST / HTTP/1.1\r\nHost: demo.test\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut s = std::net::TcpStream::connect(host.proxy).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        std::io::Write::write_all(&mut s, raw.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut out);
+        hoist_testkit::parse_response(&out).map(|r| r.status)
+    };
+    assert_eq!(ask("X-Client: a\r\n", ""), Some(401), "no credentials");
+    // With credentials the app answers (whatever it says to a POST /).
+    let through = ask(&format!("X-Client: a\r\n{auth}"), "x");
+    assert!(
+        through.is_some_and(|s| ![401, 413, 429].contains(&s) && s < 500),
+        "{through:?}"
+    );
+    let big = "x".repeat(2000);
+    assert_eq!(ask(&format!("X-Client: b\r\n{auth}"), &big), Some(413));
+    // The health path is exempt from auth (the agent's checks go to instances directly).
+    assert_eq!(
+        http_get(host.proxy, "demo.test", "/health").unwrap().status,
+        200
+    );
+    // Client `c` spends its burst, then gets 429.
+    let mut statuses = Vec::new();
+    for _ in 0..25 {
+        statuses.push(ask(&format!("X-Client: c\r\n{auth}"), ""));
+    }
+    assert!(
+        statuses[..20].iter().all(|s| *s != Some(429)),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[24], Some(429), "{statuses:?}");
+
+    // A malformed guard is refused with its file and line.
+    let bad = guarded_project(&host, "bad", "trusted_proxies = [\"10.0.0.0/99\"]");
+    let plan = host.hoist(&["plan", "-c", bad.join("hoist.toml").to_str().unwrap()]);
+    let err = text(&plan.stderr);
+    assert!(!plan.status.success());
+    assert!(
+        err.contains("hoist.toml:") && err.contains("10.0.0.0/99"),
+        "{err}"
+    );
+}
+
+#[test]
+fn maintenance_mode_under_load_survives_the_agent_and_keeps_instances_running() {
+    let mut host = deployed();
+    let project = host.dir.join("v1");
+    let config = project.join("hoist.toml");
+    let config = config.to_str().unwrap();
+    let pids = host.pids();
+    let load = Load::start(host.proxy);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = host.hoist(&[
+        "maintenance",
+        "on",
+        "--message",
+        "back at noon",
+        "-c",
+        config,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r = http_get(host.proxy, "demo.test", "/").unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("60"));
+    assert!(r.body.contains("back at noon"), "{}", r.body);
+    // It is the proxy's own state: it outlives the agent, and a new agent keeps it.
+    host.kill_agent();
+    assert_eq!(http_get(host.proxy, "demo.test", "/").unwrap().status, 503);
+    host.start_agent();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(http_get(host.proxy, "demo.test", "/").unwrap().status, 503);
+    assert_eq!(host.pids(), pids, "the instances kept running");
+    let out = host.hoist(&["maintenance", "off", "-c", config]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(http_get(host.proxy, "demo.test", "/").unwrap().status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, _failed, errors) = load.finish();
+    assert!(ok > 0);
+    let other: Vec<_> = errors
+        .iter()
+        .filter(|e| !e.starts_with("503 ") || !e.contains("back at noon"))
+        .take(5)
+        .collect();
+    assert!(
+        other.is_empty(),
+        "only maintenance pages, no failures: {other:?}"
+    );
+    // Off by the agent's API for an app it does not run: refused with a reason.
+    let out = host.hoist(&["maintenance", "on", "--app", "nope"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("nope"), "{}", text(&out.stderr));
+}
