@@ -58,6 +58,8 @@ pub enum Request {
     Stats,
     /// Upstreams that are draining, with what they still hold.
     Draining,
+    /// Open client connections and those refused over the cap: [`Reply::Connections`].
+    Connections,
     /// Returns when none of `addrs` has an in-flight request or an open tunnel, or at
     /// `timeout_ms` after closing the tunnels that remain (WebSocket close 1001).
     WaitDrained {
@@ -206,6 +208,12 @@ pub enum Reply {
     },
     Upgraded {
         pid: u32,
+    },
+    Connections {
+        open: u64,
+        /// Connections answered 503 and closed because `max` were open.
+        over_capacity: u64,
+        max: u64,
     },
     /// `count` listening sockets ride along with this line.
     Listeners {

@@ -333,6 +333,11 @@ impl Control {
             Request::Draining => Reply::Draining {
                 upstreams: self.draining(),
             },
+            Request::Connections => Reply::Connections {
+                open: self.shared.open_connections.load(Ordering::Relaxed) as u64,
+                over_capacity: self.shared.over_capacity.load(Ordering::Relaxed),
+                max: self.shared.max_connections as u64,
+            },
             Request::WaitDrained { addrs, timeout_ms } => {
                 self.wait_drained(&addrs, Duration::from_millis(timeout_ms))
                     .await

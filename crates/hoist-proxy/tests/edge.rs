@@ -281,3 +281,62 @@ fn a_member_that_refuses_is_ejected_and_readmitted_when_it_answers_again() {
     })
     .expect("the member that answers again is readmitted");
 }
+
+#[test]
+fn connections_over_the_cap_get_503_and_are_closed() {
+    let b = Backend::start("b");
+    let limits = Limits {
+        max_connections: 3,
+        ..Limits::default()
+    };
+    let proxy = proxy_to(
+        &b,
+        Config {
+            limits,
+            ..common::config()
+        },
+    );
+    let mut held: Vec<_> = (0..3)
+        .map(|_| {
+            let mut c = common::KeepAlive::connect(proxy.addr).unwrap();
+            assert_eq!(c.get("x", "/").unwrap().0, 200);
+            c
+        })
+        .collect();
+    let out = raw_exchange(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        status_of(&out),
+        Some(503),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(b.count(), 3);
+    match proxy.call(Request::Connections) {
+        Reply::Connections {
+            open,
+            over_capacity,
+            max,
+        } => {
+            assert_eq!((over_capacity, max), (1, 3));
+            assert!(open >= 3);
+        }
+        other => panic!("{other:?}"),
+    }
+    // One closes: a new connection is served.
+    drop(held.pop());
+    hoist_testkit::wait_until(Duration::from_secs(10), || {
+        status_of(&raw_exchange(
+            proxy.addr,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(10),
+        )) == Some(200)
+    })
+    .expect("served again under the cap");
+    for c in held.iter_mut() {
+        assert_eq!(c.get("x", "/").unwrap().0, 200);
+    }
+}
