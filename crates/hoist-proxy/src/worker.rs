@@ -1,5 +1,6 @@
-//! Worker threads: each runs one current-thread tokio runtime with its own listening
-//! socket (SO_REUSEPORT siblings, or clones of one socket), accepts connections and serves
+//! Worker threads: each runs one current-thread tokio runtime with its own duplicate of
+//! the one listening socket (no SO_REUSEPORT: nobody else may join the port), caps open
+//! connections, accepts connections and serves
 //! them with hyper's HTTP/1 server. A calibration on this machine found this ~15 % faster
 //! than one work-stealing runtime: a connection, its upstream connections and its pool
 //! stay on one core, with no cross-thread wake-ups.

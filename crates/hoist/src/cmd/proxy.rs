@@ -33,7 +33,7 @@ pub struct Args {
     /// Write a JSON line per request to this file (`-` for stdout)
     #[arg(long, value_name = "FILE")]
     access_log: Option<String>,
-    /// Worker threads, each with its own listener [default: one per core]
+    /// Worker threads, sharing the one listening socket [default: one per core]
     #[arg(long)]
     workers: Option<usize>,
     /// Send every request to ADDR (a static `*` route named `static`)
