@@ -222,6 +222,14 @@ pub async fn run(
     if let Some(proxy) = &agent.proxy {
         proxy.ensure_running().await?;
     }
+    if let Ok(data) = std::fs::read(agent.paths.root.join("maintenance.json")) {
+        match serde_json::from_slice(&data) {
+            Ok(m) => agent.rt().maintenance = m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read maintenance.json; no app is in maintenance")
+            }
+        }
+    }
     agent.recover().await?;
     let apps: Vec<String> = agent.rt().specs.keys().cloned().collect();
     for app in apps {

@@ -110,6 +110,51 @@ pub struct Runtime {
     pub specs: HashMap<String, (String, Arc<AppSpec>)>,
     /// (app, job) → its schedule and running run.
     pub jobs: HashMap<(String, String), crate::jobs::JobSlot>,
+    /// App → its maintenance message, for apps in maintenance (saved in
+    /// `<root>/maintenance.json`, and in the proxy's table through the routes).
+    pub maintenance: BTreeMap<String, String>,
+}
+
+/// The proxy's guards of one web service: its `http` guards, the app's maintenance
+/// page, and the basic-auth users read from the named secret (`user:bcrypt-hash` lines;
+/// hashes only reach the proxy).
+fn route_guards(
+    http: &hoist_core::spec::HttpSpec,
+    maintenance: Option<&String>,
+    htpasswd: Option<String>,
+) -> hoist_protocol::proxy::Guards {
+    use hoist_protocol::proxy as wire;
+    let g = &http.guards;
+    wire::Guards {
+        maintenance: maintenance.map(|m| wire::Maintenance {
+            message: m.clone(),
+            retry_after_s: 60,
+        }),
+        rate_limit: g.rate_limit.as_ref().map(|r| wire::RateLimit {
+            requests: r.requests,
+            per_ms: r.per.as_millis().max(1) as u64,
+            burst: r.burst,
+            key: r.key.clone(),
+        }),
+        basic_auth: g.basic_auth.as_ref().map(|b| wire::BasicAuth {
+            realm: b.realm.clone(),
+            users: htpasswd
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| {
+                    let (user, hash) = l.trim().split_once(':')?;
+                    (!user.is_empty() && hash.starts_with("$2"))
+                        .then(|| (user.to_string(), hash.to_string()))
+                })
+                .collect(),
+            exempt: match &http.health.kind {
+                hoist_core::spec::HealthKind::Http { path, .. } => vec![path.clone()],
+                _ => Vec::new(),
+            },
+        }),
+        max_body_bytes: g.max_body.map(|b| b.0),
+        trusted_proxies: g.trusted_proxies.clone(),
+    }
 }
 
 pub fn backoff() -> Backoff {
@@ -386,6 +431,19 @@ impl Agent {
             return Ok(());
         };
         let now = Instant::now();
+        // Basic-auth users live in a secret: read only for apps that use it.
+        let needs_secrets = self.rt().specs.get(app).is_some_and(|(_, s)| {
+            s.services.values().any(|v| {
+                v.http
+                    .as_ref()
+                    .is_some_and(|h| h.guards.basic_auth.is_some())
+            })
+        });
+        let secrets = if needs_secrets {
+            self.secrets.values(app).unwrap_or_default()
+        } else {
+            Default::default()
+        };
         let wanted: Vec<Route> = {
             let rt = self.rt();
             let Some((release, spec)) = rt.specs.get(app) else {
@@ -411,6 +469,14 @@ impl Agent {
                         .filter_map(Live::upstream)
                         .collect(),
                     drain_timeout_ms: http.drain_timeout.as_millis() as u64,
+                    guards: route_guards(
+                        http,
+                        rt.maintenance.get(app),
+                        http.guards
+                            .basic_auth
+                            .as_ref()
+                            .and_then(|b| secrets.get(&b.secret).cloned()),
+                    ),
                 })
                 .collect()
         };
@@ -436,6 +502,30 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// Turns the maintenance page of `app` on (with `message`) or off: saved first, then
+    /// sent to the proxy with the app's routes.
+    pub(crate) async fn set_maintenance(
+        &self,
+        app: &str,
+        message: Option<String>,
+    ) -> Result<(), String> {
+        if !self.rt().specs.contains_key(app) {
+            return Err(format!("no app `{app}` runs on this host"));
+        }
+        let all = {
+            let mut rt = self.rt();
+            match message {
+                Some(m) => rt.maintenance.insert(app.to_string(), m),
+                None => rt.maintenance.remove(app),
+            };
+            rt.maintenance.clone()
+        };
+        let data = serde_json::to_vec_pretty(&all).map_err(|e| e.to_string())?;
+        crate::paths::write_atomic(&self.paths.root.join("maintenance.json"), &data, 0o600)
+            .map_err(|e| format!("cannot save the maintenance state: {e}"))?;
+        self.sync_routes_checked(app).await
     }
 
     /// Forces the next `sync_routes` to send every route again (a new proxy process).

@@ -174,6 +174,46 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
             let q = req.uri().query().unwrap_or("").to_string();
             logs(agent, app, service, &q)
         }
+        (Method::POST, ["v1", "maintenance", app]) => {
+            let app = app.to_string();
+            match read_json::<hoist_protocol::agent::MaintenanceRequest>(req.into_body()).await {
+                Ok(r) => {
+                    let message = r.on.then(|| {
+                        r.message
+                            .clone()
+                            .unwrap_or_else(|| "This service is down for maintenance.".into())
+                    });
+                    match agent.set_maintenance(&app, message.clone()).await {
+                        Ok(()) => {
+                            agent.event(
+                                Some(&app),
+                                if r.on {
+                                    "maintenance.on"
+                                } else {
+                                    "maintenance.off"
+                                },
+                                None,
+                                if r.on {
+                                    "maintenance page on"
+                                } else {
+                                    "maintenance page off"
+                                },
+                            );
+                            http::json(
+                                StatusCode::OK,
+                                &hoist_protocol::agent::MaintenanceState {
+                                    app,
+                                    on: r.on,
+                                    message,
+                                },
+                            )
+                        }
+                        Err(e) => http::error(StatusCode::CONFLICT, e, None),
+                    }
+                }
+                Err(resp) => resp,
+            }
+        }
         (Method::GET, ["v1", "secrets", app]) => {
             match crate::off_workers(|| agent.secrets.names(app)) {
                 Ok(names) => http::json(

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use hoist_core::schedule::{CronExpr, Schedule};
 use hoist_core::spec::{
-    defaults, AppSpec, BackupSource, BackupSpec, BakeSpec, Batch, BuildSpec, CheckSpec, DeploySpec,
-    HealthKind, HealthSpec, HooksSpec, HostSpec, HttpSpec, JobSpec, Keep, OnFailure, RolloutSpec,
-    SecretsSpec, ServiceSpec, SshAddr, SshSpec, StopSignal,
+    defaults, AppSpec, BackupSource, BackupSpec, BakeSpec, BasicAuthSpec, Batch, BuildSpec,
+    CheckSpec, DeploySpec, HealthKind, HealthSpec, HooksSpec, HostSpec, HttpGuards, HttpSpec,
+    JobSpec, Keep, OnFailure, RateLimitSpec, RolloutSpec, SecretsSpec, ServiceSpec, SshAddr,
+    SshSpec, StopSignal,
 };
 
 use crate::diag::{did_you_mean, Loc};
@@ -41,7 +42,18 @@ const SERVICE_KEYS: &[&str] = &[
     "http",
     "health",
 ];
-const HTTP_KEYS: &[&str] = &["domains", "path_prefix", "health", "drain_timeout"];
+const HTTP_KEYS: &[&str] = &[
+    "domains",
+    "path_prefix",
+    "health",
+    "drain_timeout",
+    "rate_limit",
+    "basic_auth",
+    "max_body",
+    "trusted_proxies",
+];
+const RATE_LIMIT_KEYS: &[&str] = &["requests", "per", "burst", "key"];
+const BASIC_AUTH_KEYS: &[&str] = &["secret", "realm"];
 const HEALTH_KEYS: &[&str] = &[
     "path",
     "expect_status",
@@ -109,7 +121,7 @@ struct Refs {
     /// (owner kind, owner name, role, where the role was written).
     role_uses: Vec<(&'static str, String, String, Loc)>,
     /// (secret name, where it was referenced) for `postgres = "SECRET"` backups.
-    secret_uses: Vec<(String, Loc)>,
+    secret_uses: Vec<(String, Loc, &'static str)>,
     /// (service, domain, path prefix, where the domain was written).
     routes: Vec<(String, String, String, Loc)>,
     /// Job names with where they were written, to catch a job named like a service.
@@ -605,12 +617,132 @@ fn http(
     let drain_timeout = t
         .duration(cx, "drain_timeout")
         .unwrap_or(defaults::DRAIN_TIMEOUT);
+    let guards = http_guards(cx, &t, refs);
     Some(HttpSpec {
         domains,
         path_prefix,
         health: health?,
         drain_timeout,
+        guards,
     })
+}
+
+/// The proxy's guards of one `http` table.
+fn http_guards(cx: &mut Cx<'_>, t: &Tbl<'_>, refs: &mut Refs) -> HttpGuards {
+    let rate_limit = t.get("rate_limit").and_then(|n| {
+        let r = Tbl::open(
+            cx,
+            n,
+            &t.path("rate_limit"),
+            t.key_loc("rate_limit").unwrap_or(&n.loc),
+            RATE_LIMIT_KEYS,
+        )?;
+        let example = "for example `rate_limit = { requests = 100, per = \"1s\", burst = 50 }`";
+        let requests = match r.uint(cx, "requests", 1, 1_000_000) {
+            Some(n) => n as u32,
+            None => {
+                if r.get("requests").is_none() {
+                    r.missing(cx, "requests", Some(example.into()));
+                }
+                return None;
+            }
+        };
+        let per = r
+            .positive_duration(cx, "per")
+            .unwrap_or(Duration::from_secs(1));
+        let burst = r
+            .uint(cx, "burst", 1, 1_000_000)
+            .map_or(requests, |n| n as u32);
+        let key = r
+            .str_list(cx, "key")
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(h, loc)| {
+                let ok = !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if !ok {
+                    cx.error(
+                        &loc,
+                        format!("invalid header name `{h}` in `{}`", r.path("key")),
+                        Some("for example `key = [\"CF-Connecting-IP\"]`".into()),
+                    );
+                }
+                ok.then_some(h)
+            })
+            .collect();
+        Some(RateLimitSpec {
+            requests,
+            per,
+            burst,
+            key,
+        })
+    });
+    let basic_auth = t.get("basic_auth").and_then(|n| {
+        let b = Tbl::open(
+            cx,
+            n,
+            &t.path("basic_auth"),
+            t.key_loc("basic_auth").unwrap_or(&n.loc),
+            BASIC_AUTH_KEYS,
+        )?;
+        let Some(secret) = b.str(cx, "secret") else {
+            if b.get("secret").is_none() {
+                b.missing(
+                    cx,
+                    "secret",
+                    Some("name the secret that holds `user:bcrypt-hash` lines: `basic_auth = { secret = \"HTPASSWD\" }`".into()),
+                );
+            }
+            return None;
+        };
+        if let Some(n) = b.get("secret") {
+            refs.secret_uses.push((secret.clone(), n.loc.clone(), "`basic_auth`"));
+        }
+        let realm = b.str(cx, "realm").unwrap_or_else(|| "restricted".into());
+        Some(BasicAuthSpec { secret, realm })
+    });
+    let max_body = t
+        .get("max_body")
+        .and_then(|n| read_size(cx, n, &t.path("max_body"), "max_body"));
+    let trusted_proxies = t
+        .str_list(cx, "trusted_proxies")
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(c, loc)| {
+            let ok = valid_cidr(&c);
+            if !ok {
+                cx.error(
+                    &loc,
+                    format!(
+                        "invalid `{}`: `{c}` is not an address or CIDR block",
+                        t.path("trusted_proxies")
+                    ),
+                    Some("for example `trusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\"]`".into()),
+                );
+            }
+            ok.then_some(c)
+        })
+        .collect();
+    HttpGuards {
+        rate_limit,
+        basic_auth,
+        max_body,
+        trusted_proxies,
+    }
+}
+
+/// `10.0.0.0/8`, `2001:db8::/32` or a bare address.
+fn valid_cidr(s: &str) -> bool {
+    let (addr, bits) = match s.split_once('/') {
+        Some((a, b)) => (a, Some(b)),
+        None => (s, None),
+    };
+    let Ok(ip) = addr.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    bits.is_none_or(|b| b.parse::<u8>().is_ok_and(|b| b <= max))
 }
 
 /// A host name the proxy matches against the Host header (lowercased), or `*`.
@@ -895,7 +1027,8 @@ fn backup(cx: &mut Cx<'_>, key: &Key, node: &Node, refs: &mut Refs) -> Option<Ba
                 "sqlite" => data_path(cx, n, &path).map(|path| BackupSource::Sqlite { path }),
                 "directory" => data_path(cx, n, &path).map(|path| BackupSource::Directory { path }),
                 _ => read_str(cx, n, &path).map(|secret| {
-                    refs.secret_uses.push((secret.clone(), n.loc.clone()));
+                    refs.secret_uses
+                        .push((secret.clone(), n.loc.clone(), "backup"));
                     BackupSource::Postgres { secret }
                 }),
             }
@@ -1275,11 +1408,11 @@ fn cross_check(
             );
         }
     }
-    for (secret, loc) in &refs.secret_uses {
+    for (secret, loc, what) in &refs.secret_uses {
         if !secrets.required.contains(secret) {
             cx.error(
                 loc,
-                format!("backup uses secret `{secret}`, which is not in `secrets.required`"),
+                format!("{what} uses secret `{secret}`, which is not in `secrets.required`"),
                 Some(format!(
                     "add `{}` to `required` in `[secrets]`",
                     toml_quote(secret)

@@ -136,6 +136,40 @@ pub struct HttpSpec {
     /// How long old instances may finish in-flight requests after a switch.
     #[serde(with = "human_duration")]
     pub drain_timeout: Duration,
+    /// What the proxy checks before a request reaches an instance.
+    #[serde(default)]
+    pub guards: HttpGuards,
+}
+
+/// The `http` table's guards (`rate_limit`, `basic_auth`, `max_body`, `trusted_proxies`),
+/// enforced by the proxy per route.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpGuards {
+    pub rate_limit: Option<RateLimitSpec>,
+    pub basic_auth: Option<BasicAuthSpec>,
+    pub max_body: Option<ByteSize>,
+    /// Addresses or CIDR blocks whose X-Forwarded-* headers are believed.
+    pub trusted_proxies: Vec<String>,
+}
+
+/// `rate_limit = { requests = 100, per = "1s", burst = 50, key = ["CF-Connecting-IP"] }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimitSpec {
+    pub requests: u32,
+    #[serde(with = "human_duration")]
+    pub per: Duration,
+    pub burst: u32,
+    /// Headers tried in order for the client's key; the peer's address otherwise.
+    pub key: Vec<String>,
+}
+
+/// `basic_auth = { secret = "HTPASSWD", realm = "staff" }`: the secret holds one
+/// `user:bcrypt-hash` per line (as `htpasswd -B` writes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasicAuthSpec {
+    pub secret: String,
+    pub realm: String,
 }
 
 /// A health check with hysteresis: an instance changes state only after
@@ -773,6 +807,7 @@ mod tests {
         let mut spec = app();
         spec.services.get_mut("web").unwrap().memory_limit = Some(ByteSize(512 * 1024 * 1024));
         spec.services.get_mut("web").unwrap().http = Some(HttpSpec {
+            guards: HttpGuards::default(),
             domains: vec!["*".into()],
             path_prefix: "/".into(),
             health: HealthSpec::with_defaults(HealthKind::Http {

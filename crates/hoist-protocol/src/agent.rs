@@ -34,6 +34,23 @@ pub struct ApiError {
     pub hint: Option<String>,
 }
 
+/// `POST /v1/maintenance/{app}`: turns the app's maintenance page on or off. The proxy
+/// keeps it in its saved table, so it survives the agent's death.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MaintenanceRequest {
+    pub on: bool,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// The answer: the app's maintenance state now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MaintenanceState {
+    pub app: String,
+    pub on: bool,
+    pub message: Option<String>,
+}
+
 /// `PUT /v1/secrets/{app}/{name}`: the value travels in the body, never in a URL.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct SecretValue {

@@ -42,6 +42,8 @@ pub struct ResponseLine {
 /// What the agent asks of the proxy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+// One request per control line: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Request {
     /// Liveness and identity: answered with [`Reply::Pong`].
     Ping,
@@ -56,6 +58,8 @@ pub enum Request {
     Stats,
     /// Upstreams that are draining, with what they still hold.
     Draining,
+    /// Open client connections and those refused over the cap: [`Reply::Connections`].
+    Connections,
     /// Returns when none of `addrs` has an in-flight request or an open tunnel, or at
     /// `timeout_ms` after closing the tunnels that remain (WebSocket close 1001).
     WaitDrained {
@@ -93,6 +97,66 @@ pub struct Route {
     /// connections before the proxy closes them.
     #[serde(default = "default_drain_ms")]
     pub drain_timeout_ms: u64,
+    /// What the proxy checks before a request of this route reaches an instance.
+    #[serde(default, skip_serializing_if = "Guards::is_empty")]
+    pub guards: Guards,
+}
+
+/// Per-route guards, each answered by the proxy itself with a clear status and counted
+/// in [`GuardCounts`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Guards {
+    /// 503 with `Retry-After` for every request (health checks go to the instances
+    /// directly, so they keep running and being checked).
+    pub maintenance: Option<Maintenance>,
+    /// Token bucket per client key: 429 with `Retry-After` when empty.
+    pub rate_limit: Option<RateLimit>,
+    /// 401 unless the request carries the credentials of one of these users.
+    pub basic_auth: Option<BasicAuth>,
+    /// 413 for a body larger than this, before the upstream sees a byte.
+    pub max_body_bytes: Option<u64>,
+    /// Peers (CIDRs) whose X-Forwarded-For/Proto/Host are believed and appended to;
+    /// from anyone else they are replaced.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Guards {
+    pub fn is_empty(&self) -> bool {
+        self == &Guards::default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Maintenance {
+    pub message: String,
+    pub retry_after_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Tokens added per `per_ms`.
+    pub requests: u32,
+    pub per_ms: u64,
+    /// Bucket size: requests a quiet client may send at once.
+    pub burst: u32,
+    /// Request headers whose first present value is the client's key (e.g.
+    /// `CF-Connecting-IP`); the peer's address when none is present.
+    #[serde(default)]
+    pub key: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    pub realm: String,
+    /// `(user, bcrypt hash)`: hashes only, never passwords.
+    pub users: Vec<(String, String)>,
+    /// Path prefixes answered without credentials (the service's health check).
+    #[serde(default)]
+    pub exempt: Vec<String>,
 }
 
 fn default_prefix() -> String {
@@ -145,6 +209,12 @@ pub enum Reply {
     Upgraded {
         pid: u32,
     },
+    Connections {
+        open: u64,
+        /// Connections answered 503 and closed because `max` were open.
+        over_capacity: u64,
+        max: u64,
+    },
     /// `count` listening sockets ride along with this line.
     Listeners {
         count: u32,
@@ -163,6 +233,19 @@ pub struct RouteStats {
     pub bytes_out: u64,
     pub in_flight: u64,
     pub latency: Histogram,
+    /// Requests the route's guards answered themselves.
+    #[serde(default)]
+    pub guards: GuardCounts,
+}
+
+/// Requests answered by a guard, by guard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GuardCounts {
+    pub maintenance: u64,
+    pub rate_limited: u64,
+    pub unauthorized: u64,
+    pub too_large: u64,
 }
 
 /// Latency to the response head: `counts[i]` requests took at most `bounds_ms[i]`, and
@@ -202,6 +285,7 @@ mod tests {
                     instance: "web-1".into(),
                 }],
                 drain_timeout_ms: 5000,
+                guards: Default::default(),
             },
         });
         let text = serde_json::to_string(&line).unwrap();

@@ -32,6 +32,9 @@ struct Routes {
     routes: BTreeMap<String, wire::Route>,
     upstreams: HashMap<SocketAddr, Arc<Upstream>>,
     counters: HashMap<(String, String), Arc<Counters>>,
+    /// Guard state kept across swaps while the route's guard config is unchanged.
+    limiters: HashMap<String, Arc<crate::guards::RateLimiter>>,
+    auths: HashMap<String, Arc<crate::guards::Auth>>,
 }
 
 /// The proxy's control state, shared by the control connections.
@@ -94,7 +97,21 @@ impl Control {
             routes: specs,
             upstreams,
             counters,
+            limiters,
+            auths,
         } = routes;
+        limiters.retain(|id, l| {
+            specs
+                .get(id)
+                .and_then(|r| r.guards.rate_limit.as_ref())
+                .is_some_and(|c| *c == l.config)
+        });
+        auths.retain(|id, a| {
+            specs
+                .get(id)
+                .and_then(|r| r.guards.basic_auth.as_ref())
+                .is_some_and(|c| *c == a.config)
+        });
         let mut entries = Vec::with_capacity(specs.len());
         let mut domains = Vec::with_capacity(specs.len());
         let mut live = HashSet::new();
@@ -114,7 +131,20 @@ impl Control {
                 .entry((route.id.clone(), route.release.clone()))
                 .or_insert_with(|| Arc::new(Counters::new(&route.id, &route.release)))
                 .clone();
-            entries.push(Arc::new(RouteEntry::new(route, members, counters)));
+            let rate = route.guards.rate_limit.as_ref().map(|c| {
+                limiters
+                    .entry(route.id.clone())
+                    .or_insert_with(|| Arc::new(crate::guards::RateLimiter::new(c)))
+                    .clone()
+            });
+            let auth = route.guards.basic_auth.as_ref().map(|c| {
+                auths
+                    .entry(route.id.clone())
+                    .or_insert_with(|| Arc::new(crate::guards::Auth::new(c)))
+                    .clone()
+            });
+            let guards = crate::guards::RouteGuards::compile(&route.guards, rate, auth);
+            entries.push(Arc::new(RouteEntry::new(route, members, counters, guards)));
             domains.push(route.domains.as_slice());
         }
         // Members in the new table are live before it is published (one coming back
@@ -303,6 +333,11 @@ impl Control {
             Request::Draining => Reply::Draining {
                 upstreams: self.draining(),
             },
+            Request::Connections => Reply::Connections {
+                open: self.shared.open_connections.load(Ordering::Relaxed) as u64,
+                over_capacity: self.shared.over_capacity.load(Ordering::Relaxed),
+                max: self.shared.max_connections as u64,
+            },
             Request::WaitDrained { addrs, timeout_ms } => {
                 self.wait_drained(&addrs, Duration::from_millis(timeout_ms))
                     .await
@@ -367,6 +402,22 @@ fn validate(route: &wire::Route) -> Result<(), ProxyError> {
     }
     if !route.path_prefix.starts_with('/') {
         return bad("the path prefix must start with `/`");
+    }
+    if let Some(c) = route
+        .guards
+        .trusted_proxies
+        .iter()
+        .find(|c| crate::guards::Cidr::parse(c).is_none())
+    {
+        return Err(ProxyError::InvalidRoute {
+            id: route.id.clone(),
+            message: format!("`{c}` is not an address or CIDR block"),
+        });
+    }
+    if let Some(r) = &route.guards.rate_limit {
+        if r.requests == 0 || r.per_ms == 0 {
+            return bad("a rate limit needs requests and a period above zero");
+        }
     }
     let mut seen = HashSet::new();
     if route.upstreams.iter().any(|u| !seen.insert(u.addr)) {

@@ -32,6 +32,9 @@ use crate::Shared;
 /// How many upstream attempts one request may make (claims on draining members, refused
 /// connects, connections that handed the request back).
 const MAX_ATTEMPTS: usize = 8;
+/// How many times a bodiless idempotent request is sent again after a kept connection
+/// failed under it.
+const MAX_REPLAYS: usize = 2;
 /// Idle upstream connections kept per upstream and worker thread.
 const POOL_MAX_IDLE: usize = 512;
 
@@ -148,7 +151,10 @@ impl BodyState {
 /// stall), so the failure is answered as the client's and never counted against the
 /// release.
 pub(crate) struct ClientBody {
-    inner: Incoming,
+    /// `None` for a request replayed without a body, or whose body was read whole first.
+    inner: Option<Incoming>,
+    /// A body read whole before it is sent (to enforce a route's body limit).
+    buffered: Option<Bytes>,
     timeout: std::time::Duration,
     // Made only when the body first waits: most requests have none.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -161,7 +167,8 @@ impl ClientBody {
             state.finish();
         }
         ClientBody {
-            inner,
+            inner: Some(inner),
+            buffered: None,
             timeout,
             timer: None,
             state,
@@ -178,7 +185,10 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(this.buffered.take().map(|b| Ok(Frame::data(b))));
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 if let Some(timer) = this.timer.as_mut() {
                     timer
@@ -188,7 +198,9 @@ impl Body for ClientBody {
                 match &frame {
                     Some(Err(_)) => this.state.set(BodyState::MALFORMED),
                     None => this.state.finish(),
-                    Some(Ok(_)) if this.inner.is_end_stream() => this.state.finish(),
+                    Some(Ok(_)) if this.inner.as_ref().is_none_or(|i| i.is_end_stream()) => {
+                        this.state.finish()
+                    }
                     Some(Ok(_)) => {}
                 }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
@@ -211,11 +223,17 @@ impl Body for ClientBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Some(i) => i.is_end_stream(),
+            None => self.buffered.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Some(i) => i.size_hint(),
+            None => SizeHint::with_exact(self.buffered.as_ref().map_or(0, |b| b.len() as u64)),
+        }
     }
 }
 
@@ -349,16 +367,12 @@ async fn connect(
     {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                // Passive protection: skip a refusing member for a moment.
-                let until = now_ms() + shared.limits.refused_backoff.as_millis() as u64;
-                up.skip_until.store(until, Ordering::Relaxed);
-            }
+            // Passive health: skip a member that cannot be reached, longer each time.
+            up.connect_failed(shared.limits.refused_backoff);
             return Err(format!("connect: {e}"));
         }
         Err(_) => {
-            let until = now_ms() + shared.limits.refused_backoff.as_millis() as u64;
-            up.skip_until.store(until, Ordering::Relaxed);
+            up.connect_failed(shared.limits.refused_backoff);
             return Err("connect timed out".into());
         }
     };
@@ -432,7 +446,19 @@ async fn proxy(
     }
     let host = host_of(&req);
     let websocket = is_websocket(&req);
-    let request_id = prepare_request(&mut req, &peer, shared, websocket, &host);
+    let guarded = with_table(shared, |t| {
+        t.lookup(&host, req.uri().path())
+            .filter(|r| r.guards.active())
+            .cloned()
+    });
+    let mut route_trusted = false;
+    if let Some(route) = &guarded {
+        if let Some(resp) = guard(route, &req, &peer).await {
+            return Ok(resp);
+        }
+        route_trusted = route.guards.is_trusted(peer.addr.ip());
+    }
+    let request_id = prepare_request(&mut req, &peer, shared, websocket, &host, route_trusted);
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         // The upstream gets the origin form of an absolute-form target.
         let origin = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -467,10 +493,22 @@ async fn proxy(
         None
     };
     let body_state = Arc::new(BodyState::default());
-    let req = req.map(|body| ClientBody::new(body, shared.limits.body_timeout, body_state.clone()));
+    let mut req =
+        req.map(|body| ClientBody::new(body, shared.limits.body_timeout, body_state.clone()));
+    if let Some(max) = guarded.as_ref().and_then(|r| r.guards.max_body) {
+        // A body of unknown length is read whole (up to the limit) before anything is
+        // sent, so the upstream never sees a byte of one that is too large.
+        if !req.body().is_end_stream() && req.body().size_hint().exact().is_none() {
+            let route = guarded.as_ref().expect("checked");
+            if let Err(resp) = buffer_body(&mut req, max, route, &body_state).await {
+                return Ok(resp);
+            }
+        }
+    }
 
     let mut req = Some(req);
     let mut tried: u64 = 0;
+    let mut replays = 0;
     let mut last_route: Option<Arc<RouteEntry>> = None;
     let mut error = String::from("no healthy upstream");
     for _ in 0..MAX_ATTEMPTS {
@@ -502,7 +540,9 @@ async fn proxy(
             continue;
         };
         let upstream = &claim.0;
-        let conn = match pool_checkout(upstream.addr).filter(|_| !websocket) {
+        let pooled = pool_checkout(upstream.addr).filter(|_| !websocket);
+        let reused = pooled.is_some();
+        let conn = match pooled {
             Some(c) => Ok(c),
             None => connect(shared, upstream, websocket).await,
         };
@@ -516,6 +556,20 @@ async fn proxy(
             }
         };
         let outgoing = req.take().expect("request present until sent");
+        // A kept connection may die under the request (its instance was killed, or it
+        // closed it as idle at that moment). A bodiless idempotent request is then sent
+        // again elsewhere (as nginx does); anything else is not retried.
+        let replay = (reused
+            && replays < MAX_REPLAYS
+            && body_state.done_at().is_some()
+            && idempotent(outgoing.method()))
+        .then(|| {
+            (
+                outgoing.method().clone(),
+                outgoing.uri().clone(),
+                outgoing.headers().clone(),
+            )
+        });
         let sent = await_response(
             conn.try_send_request(outgoing),
             &body_state,
@@ -532,6 +586,7 @@ async fn proxy(
         };
         match result {
             Ok(mut resp) => {
+                upstream.answered();
                 let counters = &route.counters;
                 let latency = started.elapsed();
                 counters.response(resp.status().as_u16(), latency);
@@ -618,6 +673,23 @@ async fn proxy(
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 return Ok(resp);
             }
+            Err(SendError::Failed(e)) if replay.is_some() => {
+                let (method, uri, headers) = replay.expect("checked");
+                tracing::debug!(addr = %upstream.addr, error = %e, "a kept upstream connection failed under a bodiless idempotent request; sending it again");
+                replays += 1;
+                let mut again = Request::new(ClientBody {
+                    inner: None,
+                    buffered: None,
+                    timeout: shared.limits.body_timeout,
+                    timer: None,
+                    state: body_state.clone(),
+                });
+                *again.method_mut() = method;
+                *again.uri_mut() = uri;
+                *again.headers_mut() = headers;
+                req = Some(again);
+                error = e;
+            }
             Err(SendError::Failed(e)) => {
                 route.counters.upstream_error();
                 tracing::debug!(addr = %upstream.addr, error = %e, "upstream failed mid-request; not retried");
@@ -655,6 +727,147 @@ async fn proxy(
         r.counters.upstream_error();
     }
     Ok(finish_error(shared, log, status, msg, last_route.as_ref()))
+}
+
+/// A guard's own answer: closes the connection when the client may still be sending a
+/// body nobody will read.
+fn guard_answer(status: StatusCode, body: Bytes, close: bool) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::Full(Some(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if close {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// The route's guards, in order: maintenance, rate limit, basic auth, a declared body
+/// length over the limit. `None` lets the request through.
+async fn guard(
+    route: &Arc<RouteEntry>,
+    req: &Request<Incoming>,
+    peer: &Peer,
+) -> Option<Response<ProxyBody>> {
+    use crate::stats::Guard;
+    let g = &route.guards;
+    let path = req.uri().path();
+    let has_body = !req.body().is_end_stream();
+    if !path.starts_with(crate::guards::ACME_PREFIX) {
+        if let Some((page, retry_after)) = &g.maintenance {
+            route.counters.guarded(Guard::Maintenance);
+            let mut resp = guard_answer(StatusCode::SERVICE_UNAVAILABLE, page.clone(), has_body);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, retry_after.clone());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            return Some(resp);
+        }
+        if let Some(rate) = &g.rate {
+            let key = rate.key(req.headers(), peer.addr.ip());
+            if let Err(wait) = rate.take(key, Instant::now()) {
+                route.counters.guarded(Guard::RateLimited);
+                let mut resp = guard_answer(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Bytes::from_static(b"too many requests\n"),
+                    has_body,
+                );
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                return Some(resp);
+            }
+        }
+        if let Some(auth) = &g.auth {
+            let exempt = auth
+                .config
+                .exempt
+                .iter()
+                .any(|p| !p.is_empty() && path.starts_with(p.as_str()));
+            if !exempt && !auth.check(req.headers().get(header::AUTHORIZATION)).await {
+                route.counters.guarded(Guard::Unauthorized);
+                let mut resp = guard_answer(
+                    StatusCode::UNAUTHORIZED,
+                    Bytes::from_static(b"authentication required\n"),
+                    has_body,
+                );
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, auth.challenge.clone());
+                return Some(resp);
+            }
+        }
+    }
+    if let Some(max) = g.max_body {
+        if req.body().size_hint().exact().is_some_and(|n| n > max) {
+            route.counters.guarded(Guard::TooLarge);
+            return Some(guard_answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Bytes::from(format!("the request body is larger than {max} bytes\n")),
+                true,
+            ));
+        }
+    }
+    None
+}
+
+/// Reads a body of unknown length whole, up to `max` bytes: 413 past it (the rest is
+/// never read; the connection closes), 400/408 when the client breaks or stalls it.
+async fn buffer_body(
+    req: &mut Request<ClientBody>,
+    max: u64,
+    route: &Arc<RouteEntry>,
+    state: &BodyState,
+) -> Result<(), Response<ProxyBody>> {
+    use http_body_util::BodyExt;
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match req.body_mut().frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    if (buf.len() + data.len()) as u64 > max {
+                        route.counters.guarded(crate::stats::Guard::TooLarge);
+                        return Err(guard_answer(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            Bytes::from(format!("the request body is larger than {max} bytes\n")),
+                            true,
+                        ));
+                    }
+                    buf.extend_from_slice(data);
+                }
+            }
+            Some(Err(_)) => {
+                let (status, why) = if state.has(BodyState::STALLED) {
+                    (StatusCode::REQUEST_TIMEOUT, "the request body stalled\n")
+                } else {
+                    (StatusCode::BAD_REQUEST, "malformed request body\n")
+                };
+                return Err(guard_answer(
+                    status,
+                    Bytes::from_static(why.as_bytes()),
+                    true,
+                ));
+            }
+        }
+    }
+    let body = req.body_mut();
+    body.inner = None;
+    body.buffered = (!buf.is_empty()).then(|| buf.freeze());
+    Ok(())
+}
+
+/// Methods that may be sent twice (RFC 9110 §9.2.2), minus those that usually carry a
+/// body worth keeping.
+fn idempotent(m: &hyper::Method) -> bool {
+    matches!(
+        *m,
+        hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS
+    )
 }
 
 /// Waits for the upstream's response head. The response timeout runs from the moment
@@ -875,6 +1088,7 @@ fn prepare_request(
     shared: &Shared,
     websocket: bool,
     host: &str,
+    route_trusted: bool,
 ) -> HeaderValue {
     let headers = req.headers_mut();
     let upgrade = if websocket {
@@ -887,7 +1101,7 @@ fn prepare_request(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, upgrade);
     }
-    let trusted = shared.trusted_proxies.contains(&peer.addr.ip());
+    let trusted = route_trusted || shared.trusted_proxies.contains(&peer.addr.ip());
     let xff = if trusted && headers.contains_key(&X_FORWARDED_FOR) {
         let prev: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)

@@ -17,6 +17,7 @@ mod control;
 mod error;
 mod forward;
 mod framing;
+mod guards;
 pub mod process;
 mod state;
 mod stats;
@@ -60,6 +61,10 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// How long a member that refused a connection is skipped.
     pub refused_backoff: Duration,
+    /// Most open client connections (all workers); one more is answered 503 and closed
+    /// at once. 0: derived from the open-files limit (half of it, less a reserve: each
+    /// client connection may hold an upstream connection too).
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -73,6 +78,7 @@ impl Default for Limits {
             body_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
             refused_backoff: Duration::from_secs(2),
+            max_connections: 0,
         }
     }
 }
@@ -112,6 +118,18 @@ pub(crate) struct Shared {
     pub close_all_tunnels: tokio::sync::watch::Sender<u64>,
     /// Set when the workers stop accepting: responses then say `Connection: close`.
     pub closing: std::sync::atomic::AtomicBool,
+    /// Open client connections, the cap on them, and those refused over it.
+    pub open_connections: std::sync::atomic::AtomicUsize,
+    pub max_connections: usize,
+    pub over_capacity: std::sync::atomic::AtomicU64,
+}
+
+/// The connection cap when none is configured: half the open-files limit less a reserve
+/// for logs, the control socket and the listeners.
+fn auto_max_connections() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    (soft.saturating_sub(64) / 2).clamp(16, 1 << 20) as usize
 }
 
 /// Waits until a flag turns true (or its sender is gone), holding no borrow across
@@ -167,6 +185,12 @@ pub async fn run(
         },
         close_all_tunnels: tokio::sync::watch::Sender::new(0),
         closing: std::sync::atomic::AtomicBool::new(false),
+        open_connections: std::sync::atomic::AtomicUsize::new(0),
+        max_connections: match config.limits.max_connections {
+            0 => auto_max_connections(),
+            n => n,
+        },
+        over_capacity: std::sync::atomic::AtomicU64::new(0),
     });
     let control_path = control_listener
         .local_addr()

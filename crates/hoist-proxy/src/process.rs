@@ -52,6 +52,7 @@ pub fn static_route(upstream: SocketAddr) -> wire::Route {
             instance: format!("{STATIC_ROUTE}-1"),
         }],
         drain_timeout_ms: 30_000,
+        guards: Default::default(),
     }
 }
 

@@ -39,6 +39,17 @@ struct Shard {
     in_flight: AtomicI64,
     buckets: [AtomicU64; BOUNDS_MS.len() + 1],
     sum_us: AtomicU64,
+    /// Answered by a guard: maintenance, rate limited, unauthorized, too large.
+    guards: [AtomicU64; 4],
+}
+
+/// Which guard answered a request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Guard {
+    Maintenance = 0,
+    RateLimited = 1,
+    Unauthorized = 2,
+    TooLarge = 3,
 }
 
 /// The counters of one route and release.
@@ -88,6 +99,10 @@ impl Counters {
         shard.sum_us.fetch_add(latency.as_micros() as u64, Relaxed);
     }
 
+    pub fn guarded(&self, guard: Guard) {
+        self.mine().guards[guard as usize].fetch_add(1, Relaxed);
+    }
+
     pub fn upstream_error(&self) {
         self.mine().upstream_errors.fetch_add(1, Relaxed);
     }
@@ -108,6 +123,12 @@ impl Counters {
                     .map(|i| sum(&|s| s.buckets[i].load(Relaxed)))
                     .collect(),
                 sum_ms: sum(&|s| s.sum_us.load(Relaxed)) as f64 / 1000.0,
+            },
+            guards: wire::GuardCounts {
+                maintenance: sum(&|s| s.guards[0].load(Relaxed)),
+                rate_limited: sum(&|s| s.guards[1].load(Relaxed)),
+                unauthorized: sum(&|s| s.guards[2].load(Relaxed)),
+                too_large: sum(&|s| s.guards[3].load(Relaxed)),
             },
         }
     }

@@ -33,6 +33,9 @@ pub(crate) struct Upstream {
     pub drain_epoch: AtomicU64,
     /// `now_ms()` until which a refused upstream is skipped (0: not skipped).
     pub skip_until: AtomicU64,
+    /// Connects that failed in a row: each doubles how long the member is skipped (up
+    /// to [`MAX_EJECTION_MS`]); the first answer resets it.
+    pub connect_failures: std::sync::atomic::AtomicU32,
     /// Bumped to tell this upstream's tunnels to close (drain timeout reached).
     pub close_tunnels: tokio::sync::watch::Sender<u64>,
 }
@@ -49,6 +52,7 @@ impl Upstream {
             draining: AtomicBool::new(false),
             drain_epoch: AtomicU64::new(0),
             skip_until: AtomicU64::new(0),
+            connect_failures: std::sync::atomic::AtomicU32::new(0),
             close_tunnels: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -80,10 +84,41 @@ impl Upstream {
         until != 0 && now < until
     }
 
+    /// Passive health: a failed connect ejects the member for `base`, doubled for each
+    /// failure in a row (an instance that died while nobody updates the set stops
+    /// getting requests); after that one request tries it again.
+    pub fn connect_failed(&self, base: std::time::Duration) {
+        let n = self
+            .connect_failures
+            .fetch_add(1, Ordering::Relaxed)
+            .min(16);
+        let ms = (base.as_millis() as u64)
+            .saturating_mul(1 << n)
+            .min(MAX_EJECTION_MS);
+        let until = now_ms() + ms;
+        self.skip_until.store(until, Ordering::Relaxed);
+        if n == 2 {
+            tracing::warn!(addr = %self.addr, instance = %self.instance, "upstream ejected: connects keep failing (it is tried again now and then)");
+        }
+    }
+
+    /// The member answered: it is admitted again at once.
+    pub fn answered(&self) {
+        if self.connect_failures.load(Ordering::Relaxed) != 0 {
+            if self.connect_failures.swap(0, Ordering::Relaxed) >= 3 {
+                tracing::info!(addr = %self.addr, instance = %self.instance, "upstream answers again; readmitted");
+            }
+            self.skip_until.store(0, Ordering::Relaxed);
+        }
+    }
+
     pub fn is_idle(&self) -> bool {
         self.in_flight() == 0 && self.tunnels.load(Ordering::SeqCst) == 0
     }
 }
+
+/// The longest a member that refuses connections is skipped before it is tried again.
+pub(crate) const MAX_EJECTION_MS: u64 = 30_000;
 
 /// A count on its own cache line.
 #[derive(Debug, Default)]
@@ -108,6 +143,7 @@ pub(crate) struct RouteEntry {
     pub path_prefix: String,
     pub upstreams: Vec<Arc<Upstream>>,
     pub counters: Arc<Counters>,
+    pub guards: crate::guards::RouteGuards,
     next: Box<[PaddedCount]>,
 }
 
@@ -116,12 +152,14 @@ impl RouteEntry {
         route: &wire::Route,
         upstreams: Vec<Arc<Upstream>>,
         counters: Arc<Counters>,
+        guards: crate::guards::RouteGuards,
     ) -> RouteEntry {
         RouteEntry {
             id: route.id.clone(),
             path_prefix: route.path_prefix.clone(),
             upstreams,
             counters,
+            guards,
             next: (0..crate::stats::SHARDS)
                 .map(|_| PaddedCount::default())
                 .collect(),
@@ -262,8 +300,14 @@ mod tests {
             release: "r".into(),
             upstreams: vec![],
             drain_timeout_ms: 1000,
+            guards: Default::default(),
         };
-        let entry = RouteEntry::new(&wire, vec![], Arc::new(Counters::new(id, "r")));
+        let entry = RouteEntry::new(
+            &wire,
+            vec![],
+            Arc::new(Counters::new(id, "r")),
+            Default::default(),
+        );
         (Arc::new(entry), wire.domains)
     }
 
@@ -293,6 +337,29 @@ mod tests {
     }
 
     #[test]
+    fn failed_connects_eject_longer_each_time_and_an_answer_readmits() {
+        let u = Upstream::new("127.0.0.1:1".parse().unwrap(), "x");
+        let base = std::time::Duration::from_millis(1000);
+        let mut last = 0;
+        for _ in 0..8 {
+            u.connect_failed(base);
+            let until = u.skip_until.load(Ordering::Relaxed) - now_ms();
+            assert!(
+                until >= last.min(MAX_EJECTION_MS - 10),
+                "{until} after {last}"
+            );
+            assert!(until <= MAX_EJECTION_MS);
+            last = until;
+        }
+        assert!(last > 20_000, "{last}");
+        assert!(u.skipped(now_ms()));
+        u.answered();
+        assert!(!u.skipped(now_ms()));
+        u.connect_failed(base);
+        assert!(u.skip_until.load(Ordering::Relaxed) - now_ms() <= 1000);
+    }
+
+    #[test]
     fn pick_rotates_and_skips_refused_and_tried() {
         let ups: Vec<_> = (0..3)
             .map(|i| {
@@ -313,9 +380,11 @@ mod tests {
                 release: "r".into(),
                 upstreams: vec![],
                 drain_timeout_ms: 1,
+                guards: Default::default(),
             },
             ups.clone(),
             r.counters.clone(),
+            Default::default(),
         );
         let picks: Vec<usize> = (0..6).map(|_| r.pick(0, now_ms()).unwrap().0).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);

@@ -1,5 +1,6 @@
-//! Worker threads: each runs one current-thread tokio runtime with its own listening
-//! socket (SO_REUSEPORT siblings, or clones of one socket), accepts connections and serves
+//! Worker threads: each runs one current-thread tokio runtime with its own duplicate of
+//! the one listening socket (no SO_REUSEPORT: nobody else may join the port), caps open
+//! connections, accepts connections and serves
 //! them with hyper's HTTP/1 server. A calibration on this machine found this ~15 % faster
 //! than one work-stealing runtime: a connection, its upstream connections and its pool
 //! stay on one core, with no cross-thread wake-ups.
@@ -20,6 +21,20 @@ use crate::Shared;
 /// How long a stopping worker keeps idle keep-alive connections open, answering what
 /// arrives with `Connection: close`, before it closes them.
 const CLOSE_LINGER: Duration = Duration::from_millis(1000);
+
+/// The answer to a connection over the cap.
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 26\r\nretry-after: 1\r\nconnection: close\r\n\r\ntoo many open connections\n";
+
+/// One open client connection, counted until it closes.
+struct ConnSlot(Arc<Shared>);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0
+            .open_connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// What one worker thread holds; cloned per request, so only this thread touches its
 /// reference count.
@@ -85,6 +100,23 @@ async fn serve(shared: Arc<Shared>, listener: StdListener, mut stop: watch::Rece
             _ = crate::until_true(&mut stop) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let open = shared.open_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let slot = ConnSlot(shared.clone());
+                    if open >= shared.max_connections {
+                        // Over the cap: a short answer instead of a queue that grows until
+                        // the process runs out of files.
+                        shared.over_capacity.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tokio::spawn(async move {
+                            let _slot = slot;
+                            let mut stream = stream;
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(1),
+                                tokio::io::AsyncWriteExt::write_all(&mut stream, OVER_CAPACITY),
+                            )
+                            .await;
+                        });
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
                     let w = worker.clone();
                     let framing = std::sync::Arc::new(crate::framing::ConnFraming::default());
@@ -99,6 +131,7 @@ async fn serve(shared: Arc<Shared>, listener: StdListener, mut stop: watch::Rece
                     let token = worker.token.clone();
                     tokio::spawn(async move {
                         let _token = token;
+                        let _slot = slot;
                         tokio::pin!(conn);
                         tokio::select! {
                             res = conn.as_mut() => {

@@ -248,3 +248,95 @@ fn a_slow_steady_upload_outlasts_the_response_timeout_and_a_stalled_one_is_cut()
         "a stalled upload is not the upstream's fault: {st:?}"
     );
 }
+
+#[test]
+fn a_member_that_refuses_is_ejected_and_readmitted_when_it_answers_again() {
+    let b1 = Backend::start("b1");
+    // A member whose process is gone: its port refuses connections.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr2 = gone.local_addr().unwrap();
+    drop(gone);
+    let limits = Limits {
+        refused_backoff: Duration::from_millis(50),
+        ..Limits::default()
+    };
+    let proxy = Proxy::start(Config {
+        limits,
+        ..common::config()
+    });
+    let mut r = route("app/web", &["*"], "/", "r1", &[&b1]);
+    r.upstreams.push(hoist_protocol::proxy::Upstream {
+        addr: addr2,
+        instance: "b2".into(),
+    });
+    proxy.set_route(r);
+    let mut client = common::KeepAlive::connect(proxy.addr).unwrap();
+    for _ in 0..200 {
+        assert_eq!(client.get("x", "/").unwrap(), (200, "b1".to_string()));
+    }
+    // It comes back on the same address: it is tried again and gets requests.
+    let b2 = Backend::start_at("b2", addr2);
+    hoist_testkit::wait_until(Duration::from_secs(60), || {
+        client.get("x", "/").is_ok_and(|(s, _)| s == 200) && b2.count() > 0
+    })
+    .expect("the member that answers again is readmitted");
+}
+
+#[test]
+fn connections_over_the_cap_get_503_and_are_closed() {
+    let b = Backend::start("b");
+    let limits = Limits {
+        max_connections: 3,
+        ..Limits::default()
+    };
+    let proxy = proxy_to(
+        &b,
+        Config {
+            limits,
+            ..common::config()
+        },
+    );
+    let mut held: Vec<_> = (0..3)
+        .map(|_| {
+            let mut c = common::KeepAlive::connect(proxy.addr).unwrap();
+            assert_eq!(c.get("x", "/").unwrap().0, 200);
+            c
+        })
+        .collect();
+    let out = raw_exchange(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        status_of(&out),
+        Some(503),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(b.count(), 3);
+    match proxy.call(Request::Connections) {
+        Reply::Connections {
+            open,
+            over_capacity,
+            max,
+        } => {
+            assert_eq!((over_capacity, max), (1, 3));
+            assert!(open >= 3);
+        }
+        other => panic!("{other:?}"),
+    }
+    // One closes: a new connection is served.
+    drop(held.pop());
+    hoist_testkit::wait_until(Duration::from_secs(10), || {
+        status_of(&raw_exchange(
+            proxy.addr,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(10),
+        )) == Some(200)
+    })
+    .expect("served again under the cap");
+    for c in held.iter_mut() {
+        assert_eq!(c.get("x", "/").unwrap().0, 200);
+    }
+}

@@ -71,6 +71,8 @@ enum Command {
     Backups(cmd::backup::BackupsArgs),
     /// Stop the app, restore a backup, check it and start the app again
     Restore(cmd::backup::RestoreArgs),
+    /// Serve a 503 maintenance page for an app (`on [--message TEXT]`) or the app again (`off`)
+    Maintenance(cmd::maintenance::Args),
     /// Set, unset and list an app's secrets on the agent (values never printed)
     #[command(subcommand)]
     Secrets(cmd::secrets::Command),
@@ -119,6 +121,7 @@ fn main() -> ExitCode {
         Command::Backups(args) => cmd::backup::run_backups(args),
         Command::Restore(args) => cmd::backup::run_restore(args),
         Command::Secrets(command) => cmd::secrets::run(command),
+        Command::Maintenance(args) => cmd::maintenance::run(args),
         Command::Shim(args) => cmd::shim::run(args),
     };
     // ssh masters stay up for a minute (ControlPersist), for the next command.

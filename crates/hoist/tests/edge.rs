@@ -84,16 +84,31 @@ fn no_other_process_can_bind_the_proxys_port_with_so_reuseport() {
 fn a_second_agent_on_the_same_proxy_address_exits_with_a_clear_message() {
     let host = Host::new();
     let dir = hoist_testkit::tempdir();
-    let out = Command::new(hoist_bin())
-        .args(["agent", "--root"])
-        .arg(dir.path().join("root"))
-        .arg("--socket")
-        .arg(dir.path().join("agent.sock"))
-        .arg("--proxy")
-        .arg(host.proxy.to_string())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let log = dir.path().join("agent.log");
+    let mut second = ChildGuard::spawn(
+        Command::new(hoist_bin())
+            .args(["agent", "--root"])
+            .arg(dir.path().join("root"))
+            .arg("--socket")
+            .arg(dir.path().join("agent.sock"))
+            .arg("--proxy")
+            .arg(host.proxy.to_string())
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    )
+    .unwrap();
+    // It must exit by itself (before the fix it said "proxy started" and ran on).
+    let mut status = None;
+    wait_until(Duration::from_secs(60), || {
+        status = second.child.try_wait().ok().flatten();
+        status.is_some()
+    })
+    .expect("the second agent exits");
+    let out = std::process::Output {
+        status: status.unwrap(),
+        stdout: Vec::new(),
+        stderr: std::fs::read(&log).unwrap(),
+    };
     let err = text(&out.stderr);
     assert!(!out.status.success(), "the second agent started: {err}");
     assert!(
@@ -306,7 +321,11 @@ fn malformed_chunked_bodies_from_a_client_do_not_fail_a_bake() {
         text(&out.stderr)
     );
     assert_eq!(host.serving().as_deref(), Some(release_of(&out).as_str()));
-    assert!(sent.load(Ordering::Relaxed) >= 40, "{}", sent.load(Ordering::Relaxed));
+    assert!(
+        sent.load(Ordering::Relaxed) >= 40,
+        "{}",
+        sent.load(Ordering::Relaxed)
+    );
     // 400 from the proxy (or the app's own 4xx when it answered before the body broke);
     // never a 5xx.
     let not_4xx: Vec<_> = statuses
@@ -317,4 +336,181 @@ fn malformed_chunked_bodies_from_a_client_do_not_fail_a_bake() {
     assert!(not_4xx.is_empty(), "{not_4xx:?}");
     assert!(ok > 0);
     assert_eq!(failed, 0, "{errors:?}");
+}
+
+#[test]
+fn with_the_agent_dead_an_instance_that_dies_stops_getting_requests() {
+    let mut host = deployed();
+    // The app process groups of the two instances, from their identity records.
+    let mut groups = Vec::new();
+    for e in std::fs::read_dir(host.root.join("run")).unwrap().flatten() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(
+            &std::fs::read_to_string(e.path()).unwrap_or_default(),
+        ) else {
+            continue;
+        };
+        if let Some(pid) = v["process"]["pid"].as_i64() {
+            groups.push(pid as i32);
+        }
+    }
+    assert_eq!(groups.len(), 2, "two instances");
+    host.kill_agent();
+    let load = Load::start(host.proxy);
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(groups[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // Long enough for many passes over both members (and for backoffs to expire).
+    let mut served = 0;
+    for _ in 0..300 {
+        let r = http_get(host.proxy, "demo.test", "/").unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        served += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (ok, failed, errors) = load.finish();
+    assert!(served > 0 && ok > 0);
+    assert_eq!(failed, 0, "{:?}", &errors[..errors.len().min(10)]);
+}
+
+/// A project whose web service has guards in its `http` table.
+fn guarded_project(host: &Host, name: &str, guards: &str) -> std::path::PathBuf {
+    let project = host.project(name, "", "\n[secrets]\nrequired = [\"HTPASSWD\"]");
+    let file = project.join("hoist.toml");
+    let toml = std::fs::read_to_string(&file).unwrap().replace(
+        "drain_timeout = \"2s\" }",
+        &format!("drain_timeout = \"2s\", {guards} }}"),
+    );
+    std::fs::write(&file, toml).unwrap();
+    project
+}
+
+#[test]
+fn guards_declared_in_the_app_file_reach_the_proxy() {
+    use base64::Engine as _;
+    let host = Host::new();
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    let mut set = Command::new(hoist_bin())
+        .args(["secrets", "set", "HTPASSWD", "--app", "demo"])
+        .env("HOIST_SOCKET", &host.socket)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        set.stdin.as_mut().unwrap(),
+        format!("alice:{hash}\n").as_bytes(),
+    )
+    .unwrap();
+    drop(set.stdin.take());
+    assert!(set.wait().unwrap().success());
+    let project = guarded_project(
+        &host,
+        "v1",
+        "max_body = \"1KiB\", basic_auth = { secret = \"HTPASSWD\", realm = \"staff\" }, \
+         rate_limit = { requests = 1, per = \"1m\", burst = 20, key = [\"X-Client\"] }",
+    );
+    let out = host.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let auth = format!(
+        "Authorization: Basic {}\r\n",
+        base64::engine::general_purpose::STANDARD.encode("alice:pw")
+    );
+    let ask = |extra: &str, body: &str| {
+        let raw = format!(
+            "POST / HTTP/1.1\r\nHost: demo.test\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut s = std::net::TcpStream::connect(host.proxy).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        std::io::Write::write_all(&mut s, raw.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut out);
+        hoist_testkit::parse_response(&out).map(|r| r.status)
+    };
+    assert_eq!(ask("X-Client: a\r\n", ""), Some(401), "no credentials");
+    // With credentials the app answers (whatever it says to a POST /).
+    let through = ask(&format!("X-Client: a\r\n{auth}"), "x");
+    assert!(
+        through.is_some_and(|s| ![401, 413, 429].contains(&s) && s < 500),
+        "{through:?}"
+    );
+    let big = "x".repeat(2000);
+    assert_eq!(ask(&format!("X-Client: b\r\n{auth}"), &big), Some(413));
+    // The health path is exempt from auth (the agent's checks go to instances directly).
+    assert_eq!(
+        http_get(host.proxy, "demo.test", "/health").unwrap().status,
+        200
+    );
+    // Client `c` spends its burst, then gets 429.
+    let mut statuses = Vec::new();
+    for _ in 0..25 {
+        statuses.push(ask(&format!("X-Client: c\r\n{auth}"), ""));
+    }
+    assert!(
+        statuses[..20].iter().all(|s| *s != Some(429)),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[24], Some(429), "{statuses:?}");
+
+    // A malformed guard is refused with its file and line.
+    let bad = guarded_project(&host, "bad", "trusted_proxies = [\"10.0.0.0/99\"]");
+    let plan = host.hoist(&["plan", "-c", bad.join("hoist.toml").to_str().unwrap()]);
+    let err = text(&plan.stderr);
+    assert!(!plan.status.success());
+    assert!(
+        err.contains("hoist.toml:") && err.contains("10.0.0.0/99"),
+        "{err}"
+    );
+}
+
+#[test]
+fn maintenance_mode_under_load_survives_the_agent_and_keeps_instances_running() {
+    let mut host = deployed();
+    let project = host.dir.join("v1");
+    let config = project.join("hoist.toml");
+    let config = config.to_str().unwrap();
+    let pids = host.pids();
+    let load = Load::start(host.proxy);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = host.hoist(&[
+        "maintenance",
+        "on",
+        "--message",
+        "back at noon",
+        "-c",
+        config,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r = http_get(host.proxy, "demo.test", "/").unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("60"));
+    assert!(r.body.contains("back at noon"), "{}", r.body);
+    // It is the proxy's own state: it outlives the agent, and a new agent keeps it.
+    host.kill_agent();
+    assert_eq!(http_get(host.proxy, "demo.test", "/").unwrap().status, 503);
+    host.start_agent();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(http_get(host.proxy, "demo.test", "/").unwrap().status, 503);
+    assert_eq!(host.pids(), pids, "the instances kept running");
+    let out = host.hoist(&["maintenance", "off", "-c", config]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(http_get(host.proxy, "demo.test", "/").unwrap().status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, _failed, errors) = load.finish();
+    assert!(ok > 0);
+    let other: Vec<_> = errors
+        .iter()
+        .filter(|e| !e.starts_with("503 ") || !e.contains("back at noon"))
+        .take(5)
+        .collect();
+    assert!(
+        other.is_empty(),
+        "only maintenance pages, no failures: {other:?}"
+    );
+    // Off by the agent's API for an app it does not run: refused with a reason.
+    let out = host.hoist(&["maintenance", "on", "--app", "nope"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("nope"), "{}", text(&out.stderr));
 }

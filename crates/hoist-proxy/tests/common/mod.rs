@@ -116,6 +116,7 @@ pub fn route(
             })
             .collect(),
         drain_timeout_ms: 30_000,
+        guards: Default::default(),
     }
 }
 
@@ -157,7 +158,12 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(name: &str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Backend::start_at(name, "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// A backend on a given address (a member that comes back on its old port).
+    pub fn start_at(name: &str, addr: SocketAddr) -> Backend {
+        let listener = TcpListener::bind(addr).unwrap();
         let addr = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));

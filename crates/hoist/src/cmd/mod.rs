@@ -8,6 +8,7 @@ pub mod config;
 pub mod deploy;
 pub mod fleet;
 pub mod init;
+pub mod maintenance;
 pub mod proxy;
 pub mod secrets;
 pub mod service;

@@ -33,7 +33,7 @@ pub struct Args {
     /// Write a JSON line per request to this file (`-` for stdout)
     #[arg(long, value_name = "FILE")]
     access_log: Option<String>,
-    /// Worker threads, each with its own listener [default: one per core]
+    /// Worker threads, sharing the one listening socket [default: one per core]
     #[arg(long)]
     workers: Option<usize>,
     /// Send every request to ADDR (a static `*` route named `static`)
@@ -45,6 +45,10 @@ pub struct Args {
     /// Close a connection whose request head is not complete within this many seconds
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     header_timeout: f64,
+    /// Most open client connections; more are answered 503 and closed [default: half the
+    /// open-files limit]
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -121,6 +125,7 @@ fn serve(args: Args) -> anyhow::Result<()> {
     });
     let limits = Limits {
         header_read_timeout: Duration::from_secs_f64(args.header_timeout),
+        max_connections: args.max_connections.unwrap_or(0),
         ..Limits::default()
     };
     let opts = ProcessOptions {

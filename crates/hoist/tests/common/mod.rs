@@ -224,6 +224,9 @@ roles = ["web"]
 
 impl Drop for Host {
     fn drop(&mut self) {
+        // The agent first: alive, it would start the proxy again right after it is killed
+        // below (and that proxy would outlive the test).
+        drop(self.agent.take());
         // The shims and the proxy are in sessions of their own: stop them by their pids.
         if let Ok(entries) = std::fs::read_dir(self.root.join("run")) {
             for e in entries.flatten() {
