@@ -704,8 +704,6 @@ fn previous_release(agent: &Agent, app: &str, current: &str) -> Option<String> {
         })
 }
 
-/// Takes the app's deploy lock: the in-process mutex serialises, the row names the
-/// holder for the refusal message and is recovered when a dead agent left it.
 /// Records a deploy that failed before it could begin (its upload found no space) in the
 /// history. The state database is likely on the same full disk: the record is retried
 /// every second (for up to an hour) until it can be written.
@@ -714,8 +712,7 @@ fn record_failed_deploy(agent: Arc<Agent>, app: String, actor: String, reason: S
     tokio::spawn(async move {
         let mut begun: Option<i64> = None;
         for _ in 0..3600 {
-            let recorded = {
-                let mut st = agent.state();
+            let recorded = agent.db(|st| {
                 let id = match begun {
                     Some(id) => Ok(id),
                     None => st
@@ -726,7 +723,7 @@ fn record_failed_deploy(agent: Arc<Agent>, app: String, actor: String, reason: S
                     begun = Some(id);
                     st.finish_operation(id, "failed", Some(&reason), None)
                 })
-            };
+            });
             match recorded {
                 Ok(_) => {
                     agent.event(Some(&app), "deploy.failed", None, &reason);
@@ -760,6 +757,8 @@ pub(crate) fn state_error(agent: &Agent, e: &hoist_state::StateError) -> Respons
     http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None)
 }
 
+/// Takes the app's deploy lock: the in-process mutex serialises, the row names the
+/// holder for the refusal message and is recovered when a dead agent left it.
 async fn lock(
     agent: &Arc<Agent>,
     app: &str,

@@ -128,33 +128,47 @@ pub fn run_service(action: &str, args: ServiceArgs) -> anyhow::Result<()> {
 pub struct DownArgs {
     #[command(flatten)]
     pub file: ConfigArgs,
+    #[command(flatten)]
+    pub hosts: HostArgs,
+    #[arg(long)]
+    pub json: bool,
 }
 
-/// `hoist down`: the app's instances stop and its routes go; its releases stay kept, so
-/// the next `hoist deploy` brings it back.
+/// `hoist down`: the app's instances stop and its routes go, on every host picked; its
+/// releases stay kept, so the next `hoist deploy` brings it back.
 pub fn run_down(args: DownArgs) -> anyhow::Result<()> {
     let loaded = load(&args.file)?;
-    if super::fleet::is_fleet(&loaded.spec) {
-        return Err(crate::exit::with_exit(
-            crate::exit::Exit::Usage,
-            anyhow::anyhow!(
-                "`hoist down` acts on the local agent only; this app file names remote hosts"
-            ),
-        ));
-    }
-    let app = loaded.spec.app;
+    let app = loaded.spec.app.clone();
+    let fleet = common::is_fleet(Some(&loaded));
+    let targets = common::targets(Some(&loaded), &args.hosts)?;
     let actor: String =
         percent_encoding::utf8_percent_encode(&common::actor(), percent_encoding::NON_ALPHANUMERIC)
             .to_string();
     let path = format!("/v1/apps/{app}/down?actor={actor}");
-    let v: serde_json::Value =
-        common::block_on(common::client().call::<(), _>(Method::POST, &path, None))
-            .map_err(common::agent_error)?;
-    output::status(
-        "Down",
-        &format!("`{app}`: {}", v["summary"].as_str().unwrap_or("stopped")),
-    );
-    Ok(())
+    let answers: Vec<Answer<serde_json::Value>> = common::block_on(each(&targets, |t| {
+        let (c, path) = (t.client.clone(), path.clone());
+        async move {
+            c.call::<(), serde_json::Value>(Method::POST, &path, None)
+                .await
+        }
+    }));
+    if args.json {
+        output::json(&common::json_answers(&answers))?;
+    } else {
+        for a in &answers {
+            if let Ok(v) = &a.result {
+                output::status(
+                    "Down",
+                    &format!(
+                        "`{app}`{}: {}",
+                        common::on_host(&a.host, fleet),
+                        v["summary"].as_str().unwrap_or("stopped")
+                    ),
+                );
+            }
+        }
+    }
+    common::finish(answers, fleet)
 }
 
 pub fn run_jobs(args: JobsArgs) -> anyhow::Result<()> {
