@@ -61,6 +61,10 @@ pub enum Event {
         bytes: u64,
         ms: u64,
     },
+    /// Bytes of the blob stream sent to the host so far, out of `total` (a progress
+    /// bar's position; frequent, so not part of the JSON lines).
+    #[serde(skip)]
+    Sending { host: String, sent: u64, total: u64 },
     /// A batch starts.
     Batch { index: usize, hosts: Vec<String> },
     /// A line of the host agent's own progress stream.
@@ -762,7 +766,7 @@ async fn upload_all(
     let (compact, full, packs) = (&compact, &full, &packs);
     let results = join_all(hosts.iter().map(|t| async move {
         let started = Instant::now();
-        let r = upload_one(t, compact, full, packs).await;
+        let r = upload_one(t, compact, full, packs, fleet.events.clone()).await;
         (t, r, started.elapsed())
     }))
     .await;
@@ -835,6 +839,7 @@ async fn upload_one(
     compact: &Path,
     full: &Path,
     packs: &Packs,
+    events: UnboundedSender<Event>,
 ) -> Result<(usize, u64), String> {
     let offer = |kind: &'static str| async move {
         let path = if kind == "full" { full } else { compact };
@@ -855,9 +860,16 @@ async fn upload_one(
             continue;
         }
         let (pack, bytes) = packs.get(kind == "full", &o.missing).await?;
+        let (host, events) = (t.name.clone(), events.clone());
         let stored: BlobsStored = t
             .client
-            .upload("/v1/releases/blobs", &pack)
+            .upload_progress("/v1/releases/blobs", &pack, move |sent| {
+                let _ = events.send(Event::Sending {
+                    host: host.clone(),
+                    sent,
+                    total: bytes,
+                });
+            })
             .await
             .map_err(|e| t.explain(&e))?;
         sent = (sent.0 + stored.blobs, sent.1 + bytes);

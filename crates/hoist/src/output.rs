@@ -97,10 +97,9 @@ impl Progress {
         Progress(pb)
     }
 
-    /// A function that sets the position (bytes or steps done), for another task.
-    pub fn setter(&self) -> impl Fn(u64) + Send + Sync + 'static {
-        let pb = self.0.clone();
-        move |done| pb.set_position(done)
+    /// Sets the position (bytes or steps done).
+    pub fn set(&self, done: u64) {
+        self.0.set_position(done)
     }
 
     /// A function that counts one step done and names it, for another task.

@@ -259,6 +259,7 @@ where
         started,
         outcome: None,
         failure_lines: Vec::new(),
+        upload: None,
     };
     let report = common::block_on(async {
         let render = async {
@@ -343,10 +344,27 @@ struct View {
     outcome: Option<Outcome>,
     /// A failed instance's last lines, shown after the failure.
     failure_lines: Vec<String>,
+    /// The upload's bar while blobs travel (a terminal only).
+    upload: Option<output::Progress>,
 }
 
 impl View {
     fn event(&mut self, e: &Event) {
+        if let Event::Sending { sent, total, .. } = e {
+            // One host: its upload as a bar (hidden with --json or off a terminal).
+            if !self.fleet {
+                let json = self.json;
+                self.upload
+                    .get_or_insert_with(|| {
+                        output::Progress::bar(*total, output::Unit::Bytes, "upload", json)
+                    })
+                    .set(*sent);
+            }
+            return;
+        }
+        if let Event::Uploaded { .. } = e {
+            self.upload = None;
+        }
         if let Event::Progress {
             progress: Progress::Done(o),
             ..
@@ -465,7 +483,7 @@ impl View {
 
 fn render_fleet(e: &Event) {
     match e {
-        Event::Reachable { .. } => {}
+        Event::Reachable { .. } | Event::Sending { .. } => {}
         Event::Unreachable { host, error } => {
             output::warn(&format!("`{host}` is unreachable and is left out: {error}"))
         }

@@ -9,8 +9,8 @@ use anyhow::Context;
 use hyper::Method;
 
 use hoist_config::LoadedConfig;
-use hoist_fleet::hosts::each;
 use hoist_core::names::SecretRefusal;
+use hoist_fleet::hosts::each;
 use hoist_protocol::agent::{SecretNames, SecretValue};
 
 use super::common::{self, HostArgs};
