@@ -212,6 +212,15 @@ impl Control {
             let mut leaving = members_of(&routes, old.as_ref());
             leaving.iter_mut().for_each(|(_, ms)| *ms = drain_ms);
             self.publish(&mut routes);
+            // The agent checked these members' health just now: whatever the proxy's own
+            // ejection thought of an address (an instance restarted on it), it is tried.
+            if let Some(route) = routes.routes.get(&id) {
+                for u in &route.upstreams {
+                    if let Some(up) = routes.upstreams.get(&u.addr) {
+                        up.answered();
+                    }
+                }
+            }
             leaving
         };
         self.schedule_drain(leaving);

@@ -340,3 +340,88 @@ fn connections_over_the_cap_get_503_and_are_closed() {
         assert_eq!(c.get("x", "/").unwrap().0, 200);
     }
 }
+
+#[test]
+fn a_table_that_cannot_be_saved_is_not_published() {
+    let old = Backend::start("old");
+    let new = Backend::start("new");
+    let dir = hoist_testkit::tempdir();
+    let state = dir.path().join("routes.json");
+    let proxy = Proxy::start(Config {
+        state_file: Some(state.clone()),
+        ..common::config()
+    });
+    proxy.set_route(route("app/web", &["*"], "/", "r1", &[&old]));
+    // The state file can no longer be replaced (a non-empty directory sits there).
+    std::fs::remove_file(&state).unwrap();
+    std::fs::create_dir(&state).unwrap();
+    std::fs::write(state.join("x"), "x").unwrap();
+    let refused = proxy.client().call(Request::SetRoute {
+        route: route("app/web", &["*"], "/", "r2", &[&new]),
+    });
+    assert!(refused.is_err(), "{refused:?}");
+    // What clients are served is what a restarted proxy would load: the old table.
+    for _ in 0..5 {
+        let out = raw_exchange(
+            proxy.addr,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        );
+        assert!(String::from_utf8_lossy(&out).ends_with("old"));
+    }
+    assert_eq!(new.count(), 0);
+}
+
+#[test]
+fn the_control_socket_refuses_other_users() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let proxy = Proxy::start(common::config());
+    if !nix::unistd::getuid().is_root() {
+        return; // needs root to act as another user
+    }
+    // Open the path to anyone, as a mistaken chmod would: the uid check still refuses.
+    let mut dir = proxy.control.parent().unwrap().to_path_buf();
+    std::fs::set_permissions(&proxy.control, std::fs::Permissions::from_mode(0o777)).unwrap();
+    while dir != std::path::Path::new("/") {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode | 0o005)).unwrap();
+        if !dir.pop() {
+            break;
+        }
+    }
+    let script = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+s.sendall(b'{"version":1,"request":{"type":"routes"}}\n')
+try:
+    print(repr(s.recv(4096)))
+except Exception as e:
+    print("error", e)
+"#;
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg("-c").arg(script).arg(&proxy.control);
+    // SAFETY: setgid/setuid are async-signal-safe; the child drops to `nobody`.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setgid(nix::unistd::Gid::from_raw(65534))?;
+            nix::unistd::setuid(nix::unistd::Uid::from_raw(65534))?;
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !said.contains("routes"),
+        "another user was answered: {said}"
+    );
+    // The owner still is.
+    assert!(proxy.client().call(Request::Routes).is_ok());
+}
