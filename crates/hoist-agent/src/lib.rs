@@ -113,8 +113,15 @@ impl Agent {
             Some(p) => PathBuf::from(p),
             None => std::env::current_exe().map_err(AgentError::Exe)?,
         };
+        // The small shim binary beside ours, when installed: far less memory per instance.
+        let small_shim = exe.with_file_name("hoist-shim");
+        let shim_exe = if small_shim.is_file() {
+            small_shim
+        } else {
+            exe.clone()
+        };
         let supervisor = hoist_supervisor::Supervisor::new(hoist_supervisor::SupervisorConfig {
-            shim_exe: exe.clone(),
+            shim_exe,
             run_dir: paths.run_dir(),
             handshake_timeout: hoist_supervisor::HANDSHAKE_TIMEOUT,
         })?;
