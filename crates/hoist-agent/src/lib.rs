@@ -114,8 +114,20 @@ impl Agent {
             None => std::env::current_exe().map_err(AgentError::Exe)?,
         };
         // The small shim binary beside ours, when installed: far less memory per instance.
+        // Only of this very version: an old `hoist-shim` left beside a newer `hoist` might
+        // not read the specs this agent writes.
         let small_shim = exe.with_file_name("hoist-shim");
-        let shim_exe = if small_shim.is_file() {
+        let same_version = std::process::Command::new(&small_shim)
+            .arg("--version")
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .is_ok_and(|o| {
+                o.status.success()
+                    && o.stdout == format!("hoist-shim {}\n", env!("CARGO_PKG_VERSION")).as_bytes()
+            });
+        let shim_exe = if same_version {
             small_shim
         } else {
             exe.clone()
