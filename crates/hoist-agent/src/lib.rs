@@ -130,8 +130,27 @@ impl Agent {
             Some(p) => PathBuf::from(p),
             None => std::env::current_exe().map_err(AgentError::Exe)?,
         };
+        // The small shim binary beside ours, when installed: far less memory per instance.
+        // Only of this very version: an old `hoist-shim` left beside a newer `hoist` might
+        // not read the specs this agent writes.
+        let small_shim = exe.with_file_name("hoist-shim");
+        let same_version = std::process::Command::new(&small_shim)
+            .arg("--version")
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .is_ok_and(|o| {
+                o.status.success()
+                    && o.stdout == format!("hoist-shim {}\n", env!("CARGO_PKG_VERSION")).as_bytes()
+            });
+        let shim_exe = if same_version {
+            small_shim
+        } else {
+            exe.clone()
+        };
         let supervisor = hoist_supervisor::Supervisor::new(hoist_supervisor::SupervisorConfig {
-            shim_exe: exe.clone(),
+            shim_exe,
             run_dir: paths.run_dir(),
             handshake_timeout: hoist_supervisor::HANDSHAKE_TIMEOUT,
         })?;

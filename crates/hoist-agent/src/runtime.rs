@@ -314,6 +314,8 @@ impl Agent {
                     live.started = Some(Instant::now());
                     live.next_start = None;
                     live.tracker = Tracker::default();
+                    // A new shim counts its drops from zero.
+                    live.dropped_lines = 0;
                     live.generation += 1;
                     live.generation
                 }

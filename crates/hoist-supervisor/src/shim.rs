@@ -49,6 +49,46 @@ const STOP_TICK: Duration = Duration::from_millis(50);
 /// How long the shim keeps draining pipes held open by processes it could not kill.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The shim's whole program (`hoist shim --spec FILE`, or the small `hoist-shim` binary
+/// with the same arguments): sets up its diagnostics on stderr, runs, exits with the code.
+/// `None` if `argv` is not `[_, "shim", "--spec", FILE]` (or `--spec=FILE`).
+pub fn main(argv: &[std::ffi::OsString]) -> Option<std::convert::Infallible> {
+    let spec = match argv {
+        [_, cmd, flag, spec] if cmd == "shim" && flag == "--spec" => std::path::PathBuf::from(spec),
+        [_, cmd, flag] if cmd == "shim" => {
+            std::path::PathBuf::from(flag.to_str()?.strip_prefix("--spec=")?)
+        }
+        _ => return None,
+    };
+    // stderr is `<run_dir>/<instance>.shim.log`, opened by the supervisor, often on the
+    // disk the app's logs fill: a failed diagnostic is dropped, never a panic (tracing's
+    // own error report would `eprintln!`, which panics when stderr cannot be written, and
+    // took the log pumps down with it). A fixed level, not an `EnvFilter`: its parser and
+    // tables would cost every shim memory.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(|| Diagnostics)
+        .log_internal_errors(false)
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
+    let code = run(&spec, std::io::stdout());
+    std::process::exit(code)
+}
+
+/// The shim's stderr, with write errors ignored.
+struct Diagnostics;
+
+impl Write for Diagnostics {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Runs the shim for the spec at `spec_path`, reporting start-up to `report` (the shim's
 /// stdout). Returns the shim's exit code: 0 once the app ran and its exit was recorded,
 /// 1 when the app could not be started.
@@ -123,6 +163,10 @@ fn start(spec_path: &Path) -> Result<Started> {
         }
     }
     nix::sys::prctl::set_child_subreaper(true).map_err(setup("become a child subreaper"))?;
+    // One malloc arena for the shim's few threads: a per-thread arena each would add its
+    // own dirty pages to every shim.
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let _ = std::env::set_current_dir("/");
     mark_inherited_fds_cloexec();
 
@@ -296,7 +340,9 @@ fn pump(
         .name(format!("pump-{stream}"))
         .stack_size(256 * 1024)
         .spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
+            // Small reads: a pipe holds 64 KiB, but a shim per instance keeps its buffers
+            // for life, and a long line is assembled in `pending` anyway.
+            let mut buf = vec![0u8; 8 * 1024];
             let mut pending: Vec<u8> = Vec::new();
             let flush = |bytes: &[u8]| {
                 let lines: Vec<&[u8]> = bytes

@@ -82,6 +82,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A shim (one long-lived process per instance) skips clap, whose command tree it would
+    // keep in memory for nothing.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    hoist_supervisor::shim::main(&argv);
+    drop(argv);
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {

@@ -193,22 +193,23 @@ fn a_sigkilled_shim_leaves_no_orphan_and_its_instance_heals() {
     kill(Pid::from_raw(shim_pid(&h, &id)), Signal::SIGKILL).unwrap();
 
     wait_until(LONG, || !alive(old_pid)).expect("the app died with its shim");
+    // One snapshot of the status: the instance healthy again, with a new pid.
+    let mut new_pid = 0;
     wait_until(LONG, || {
-        all_healthy(&h, 2)
-            && instances(&h, "web")
-                .iter()
-                .any(|i| i["instance"] == id && i["pid"].as_u64() != Some(old_pid))
+        let web = instances(&h, "web");
+        web.len() == 2
+            && web.iter().all(|i| i["state"] == "healthy")
+            && web.iter().any(|i| {
+                i["instance"] == id
+                    && i["pid"].as_u64().is_some_and(|p| {
+                        new_pid = p;
+                        p != old_pid
+                    })
+            })
     })
     .expect("the instance is healthy again");
     let procs = marked(&h, &id);
-    assert_eq!(procs.len(), 1, "only the new app runs: {procs:?}");
-    let new_pid = instances(&h, "web")
-        .into_iter()
-        .find(|i| i["instance"] == id)
-        .unwrap()["pid"]
-        .as_u64()
-        .unwrap();
-    assert_eq!(procs[0] as u64, new_pid);
+    assert_eq!(procs, vec![new_pid as i32], "only the new app runs");
 }
 
 /// Two agents on two roots run the same release (so the same instance ids). One agent
@@ -321,6 +322,9 @@ fn status_pid_is_the_app_process_itself() {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
         assert_eq!(exe, app, "{id}: pid {pid} is not the app");
         assert_eq!(marked(&h, &id), vec![pid as i32], "{id}: one process");
+        // And its shim is the small binary, not the whole `hoist` (memory per instance).
+        let shim = std::fs::read_link(format!("/proc/{}/exe", shim_pid(&h, &id))).unwrap();
+        assert_eq!(shim.file_name().unwrap(), "hoist-shim", "{id}");
     }
 }
 
