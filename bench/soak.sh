@@ -13,6 +13,8 @@
 #
 #   cargo build --release -p hoist -p hoist-testapp
 #   bash bench/soak.sh                      DURATION=600 JOBS=180 WRK_CONNECTIONS=32 KEEP=1
+#   (JOB_RUNS_MAX=5000 EVENTS_MAX=5000: lower retention caps, so that a short run reaches
+#   them and shows the state file holding at its cap)
 set -euo pipefail
 shopt -s nullglob
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -51,13 +53,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The defaults, written out: what an operator's /etc/hoist/agent.toml would say.
+# The defaults (unless overridden above), written out: what an operator's
+# /etc/hoist/agent.toml would say.
 cat > "$work/agent.toml" <<TOML
 [retention]
 events_days = 30
-events_max = 50000
+events_max = ${EVENTS_MAX:-50000}
 job_runs_days = 30
-job_runs_max = 20000
+job_runs_max = ${JOB_RUNS_MAX:-20000}
 operations_days = 90
 operations_max = 5000
 history_days = 400
@@ -105,7 +108,7 @@ row() {
   local label=$1 db wal disk runs lines
   db=$(stat -c %s "$root/state.db" 2>/dev/null || echo 0)
   wal=$(stat -c %s "$root/state.db-wal" 2>/dev/null || echo 0)
-  disk=$(du -sb "$root" | cut -f1)
+  disk=$( (du -sb "$root" 2>/dev/null || true) | cut -f1)
   runs=$(sqlite3 -readonly "$root/state.db" 'SELECT coalesce(max(id),0) FROM job_runs' 2>/dev/null || echo '?')
   local logs=("$root"/proxy/access.log*)
   lines=$( (cat "${logs[@]}" 2>/dev/null || true) | wc -l)
