@@ -36,6 +36,7 @@ root="$work/root"
 export HOIST_SOCKET="$work/agent.sock"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 agent_pid=""
+proxy_pid=""
 pids=()
 
 cleanup() {
@@ -48,7 +49,7 @@ cleanup() {
       kill -9 "-$pid" 2>/dev/null || kill -9 "$pid" 2>/dev/null || true
     done
   done
-  pkill -9 -f "proxy --listen 127.0.0.1:$port" 2>/dev/null || true
+  [ -n "${proxy_pid:-}" ] && kill -9 "$proxy_pid" 2>/dev/null || true
   if [ "${KEEP:-0}" = 1 ]; then echo "kept: $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -81,7 +82,7 @@ mkdir -p "$project"
   for i in $(seq "$JOBS"); do
     printf '[jobs.j%d]\ncommand = "true"\nevery = "1s"\ntimeout = "30s"\n\n' "$i"
   done
-  printf '[deploy]\nhealth_deadline = "30s"\nstandby = "0s"\nkeep_releases = 3\n\n[[hosts]]\nname = "local"\nroles = ["web"]\n'
+  printf '[deploy]\nhealth_deadline = "30s"\nstandby = "0s"\nkeep_releases = 20\n\n[[hosts]]\nname = "local"\nroles = ["web"]\n'
 } > "$project/hoist.toml"
 echo 0 > "$project/VERSION"
 "$HOIST" deploy -c "$project/hoist.toml" >/dev/null 2>"$work/deploy0.log" || { cat "$work/deploy0.log" >&2; exit 1; }
