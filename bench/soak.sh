@@ -13,6 +13,8 @@
 #
 #   cargo build --release -p hoist -p hoist-testapp
 #   bash bench/soak.sh                      DURATION=600 JOBS=180 WRK_CONNECTIONS=32 KEEP=1
+#   (JOB_RUNS_MAX=5000 EVENTS_MAX=5000: lower retention caps, so that a short run reaches
+#   them and shows the state file holding at its cap)
 set -euo pipefail
 shopt -s nullglob
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -34,6 +36,7 @@ root="$work/root"
 export HOIST_SOCKET="$work/agent.sock"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 agent_pid=""
+proxy_pid=""
 pids=()
 
 cleanup() {
@@ -46,18 +49,19 @@ cleanup() {
       kill -9 "-$pid" 2>/dev/null || kill -9 "$pid" 2>/dev/null || true
     done
   done
-  pkill -9 -f "proxy --listen 127.0.0.1:$port" 2>/dev/null || true
+  [ -n "${proxy_pid:-}" ] && kill -9 "$proxy_pid" 2>/dev/null || true
   if [ "${KEEP:-0}" = 1 ]; then echo "kept: $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
-# The defaults, written out: what an operator's /etc/hoist/agent.toml would say.
+# The defaults (unless overridden above), written out: what an operator's
+# /etc/hoist/agent.toml would say.
 cat > "$work/agent.toml" <<TOML
 [retention]
 events_days = 30
-events_max = 50000
+events_max = ${EVENTS_MAX:-50000}
 job_runs_days = 30
-job_runs_max = 20000
+job_runs_max = ${JOB_RUNS_MAX:-20000}
 operations_days = 90
 operations_max = 5000
 history_days = 400
@@ -78,7 +82,7 @@ mkdir -p "$project"
   for i in $(seq "$JOBS"); do
     printf '[jobs.j%d]\ncommand = "true"\nevery = "1s"\ntimeout = "30s"\n\n' "$i"
   done
-  printf '[deploy]\nhealth_deadline = "30s"\nstandby = "0s"\nkeep_releases = 3\n\n[[hosts]]\nname = "local"\nroles = ["web"]\n'
+  printf '[deploy]\nhealth_deadline = "30s"\nstandby = "0s"\nkeep_releases = 20\n\n[[hosts]]\nname = "local"\nroles = ["web"]\n'
 } > "$project/hoist.toml"
 echo 0 > "$project/VERSION"
 "$HOIST" deploy -c "$project/hoist.toml" >/dev/null 2>"$work/deploy0.log" || { cat "$work/deploy0.log" >&2; exit 1; }
@@ -105,7 +109,7 @@ row() {
   local label=$1 db wal disk runs lines
   db=$(stat -c %s "$root/state.db" 2>/dev/null || echo 0)
   wal=$(stat -c %s "$root/state.db-wal" 2>/dev/null || echo 0)
-  disk=$(du -sb "$root" | cut -f1)
+  disk=$( (du -sb "$root" 2>/dev/null || true) | cut -f1)
   runs=$(sqlite3 -readonly "$root/state.db" 'SELECT coalesce(max(id),0) FROM job_runs' 2>/dev/null || echo '?')
   local logs=("$root"/proxy/access.log*)
   lines=$( (cat "${logs[@]}" 2>/dev/null || true) | wc -l)

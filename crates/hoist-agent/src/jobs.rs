@@ -152,6 +152,11 @@ impl Agent {
                 let msg = crate::chain(&e);
                 let closed = self.db(|s| s.finish_job_run(run_id, "failed", None, &msg));
                 self.noted(Some(app), "record a failed job run", closed);
+                // Its records (the shim's own log at least) would otherwise stay in the
+                // run directory forever, one file per failed start.
+                if let Err(e) = self.supervisor.forget(&run_instance(run_id)) {
+                    tracing::warn!(app, job, error = %e, "cannot remove a failed job run's records");
+                }
                 Err(msg)
             }
         }

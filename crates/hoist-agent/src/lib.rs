@@ -333,13 +333,16 @@ async fn loops(agent: Arc<Agent>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u64 = 0;
+    let mut pruned_at: Option<std::time::Instant> = None;
     loop {
         tick.tick().await;
         n += 1;
         agent.supervise_once(n % 5 == 0).await;
-        // Retention once a minute (and just after start): each pass is a few indexed
-        // deletes, and bounded by what a minute adds.
-        if n % 300 == 1 {
+        // Retention once a minute by the clock (and just after start), not by a tick
+        // count: under load a pass of this loop takes longer than its 200 ms. Each pass
+        // is a few indexed deletes, bounded by what a minute adds.
+        if pruned_at.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
+            pruned_at = Some(std::time::Instant::now());
             agent.apply_retention();
         }
         if n % 5 == 0 {
