@@ -50,7 +50,7 @@ pub(crate) async fn route(
         (&Method::POST, ["v1", "releases", "offer"]) => {
             offer(agent, param(query, "kind").as_deref() == Some("full"), body).await
         }
-        (&Method::POST, ["v1", "releases", "blobs"]) => blobs(agent, body).await,
+        (&Method::POST, ["v1", "releases", "blobs"]) => blobs(agent, query, body).await,
         _ => return None,
     })
 }
@@ -131,7 +131,7 @@ fn valid_ttl(ttl_ms: i64) -> Result<i64, Box<Response<Body>>> {
     }
 }
 
-fn acquire(agent: &Agent, app: &str, r: LeaseRequest) -> Response<Body> {
+fn acquire(agent: &Arc<Agent>, app: &str, r: LeaseRequest) -> Response<Body> {
     let ttl = match valid_ttl(r.ttl_ms) {
         Ok(t) => t,
         Err(resp) => return *resp,
@@ -154,6 +154,22 @@ fn acquire(agent: &Agent, app: &str, r: LeaseRequest) -> Response<Body> {
             held_message(app, &l),
             Some("wait for it to finish, or `hoist lock release` if its holder is gone (it also expires by itself)"),
         ),
+        // A deploy that cannot even take its lease for want of space is still a failed
+        // deploy: recorded once the state database can be written again.
+        Err(e) if e.is_disk_full() => {
+            let actor = r.holder.split(" (").next().unwrap_or(&r.holder).to_string();
+            let resp = crate::server::state_error(agent, &e);
+            crate::server::record_failed_deploy(
+                agent.clone(),
+                app.to_string(),
+                actor,
+                format!(
+                    "the disk is full: cannot write the state database `{}`",
+                    agent.paths.state_db().display()
+                ),
+            );
+            resp
+        }
         Err(e) => internal(e),
     }
 }
@@ -307,12 +323,27 @@ pub(crate) fn register(agent: &Agent, m: &Manifest) -> Result<(), hoist_state::S
 }
 
 /// A blob stream: spooled to a file as it arrives (the body is async, the reader is
-/// not), then read into the store, each blob checked against its digest.
-async fn blobs(agent: &Arc<Agent>, body: Incoming) -> Response<Body> {
+/// not), then read into the store, each blob checked against its digest. With
+/// `?app=APP&actor=WHO`, a stream that finds no space is recorded as a failed deploy.
+async fn blobs(agent: &Arc<Agent>, query: &str, body: Incoming) -> Response<Body> {
+    let (app, actor) = crate::server::deploy_of(query);
+    let no_space = |why: String| {
+        if let Some(app) = app.clone() {
+            crate::server::record_failed_deploy(agent.clone(), app, actor.clone(), why);
+        }
+    };
     let (tmp, received) =
         match http::spool(body, &agent.paths.tmp(), "blobs-", "the blob stream").await {
             Ok(spooled) => spooled,
-            Err(resp) => return *resp,
+            Err(resp) => {
+                if resp.status() == StatusCode::INSUFFICIENT_STORAGE {
+                    no_space(format!(
+                        "the release could not be stored: the disk is full under `{}`",
+                        agent.paths.tmp().display()
+                    ));
+                }
+                return *resp;
+            }
         };
     let _gate = agent.store_gate.read().await;
     let store = agent.store.clone();
@@ -332,6 +363,15 @@ async fn blobs(agent: &Arc<Agent>, body: Incoming) -> Response<Body> {
                 bytes: received,
             },
         ),
+        // ENOSPC from the store, as the chain of errors words it.
+        Ok(Err(e)) if e.contains("No space left") => {
+            let why = format!(
+                "the release could not be stored: the disk is full under `{}`",
+                agent.paths.root.display()
+            );
+            no_space(why.clone());
+            http::error(StatusCode::INSUFFICIENT_STORAGE, why, None)
+        }
         Ok(Err(e)) => http::error(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("blob stream refused: {e}"),

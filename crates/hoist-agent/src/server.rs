@@ -345,17 +345,7 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
 /// of space is then recorded as a failed deploy of APP in the history, as soon as the
 /// state database can be written.
 async fn upload(agent: Arc<Agent>, query: &str, body: Incoming) -> Response<Body> {
-    let safe = |v: &&str| {
-        !v.is_empty()
-            && v.len() <= 128
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
-    };
-    let app = query_param(query, "app").filter(safe).map(str::to_string);
-    let actor = query_param(query, "actor")
-        .filter(safe)
-        .unwrap_or("unknown")
-        .to_string();
+    let (app, actor) = deploy_of(query);
     let tmp = match http::spool(body, &agent.paths.tmp(), "upload-", "the upload").await {
         Ok((path, _)) => path,
         Err(resp) => {
@@ -704,10 +694,27 @@ fn previous_release(agent: &Agent, app: &str, current: &str) -> Option<String> {
         })
 }
 
+/// The app and actor a transfer belongs to (`?app=APP&actor=WHO`, sent by `hoist deploy`),
+/// so that one that fails for want of space is recorded as a failed deploy of APP.
+pub(crate) fn deploy_of(query: &str) -> (Option<String>, String) {
+    let safe = |v: &&str| {
+        !v.is_empty()
+            && v.len() <= 128
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+    };
+    let app = query_param(query, "app").filter(safe).map(str::to_string);
+    let actor = query_param(query, "actor")
+        .filter(safe)
+        .unwrap_or("unknown")
+        .to_string();
+    (app, actor)
+}
+
 /// Records a deploy that failed before it could begin (its upload found no space) in the
 /// history. The state database is likely on the same full disk: the record is retried
 /// every second (for up to an hour) until it can be written.
-fn record_failed_deploy(agent: Arc<Agent>, app: String, actor: String, reason: String) {
+pub(crate) fn record_failed_deploy(agent: Arc<Agent>, app: String, actor: String, reason: String) {
     tracing::warn!(app = %app, %reason, "deploy failed before it began");
     tokio::spawn(async move {
         let mut begun: Option<i64> = None;

@@ -766,7 +766,15 @@ async fn upload_all(
     let (compact, full, packs) = (&compact, &full, &packs);
     let results = join_all(hosts.iter().map(|t| async move {
         let started = Instant::now();
-        let r = upload_one(t, compact, full, packs, fleet.events.clone()).await;
+        // The app and actor let a host record an upload that finds no space as a
+        // failed deploy in its history.
+        let actor: String = fleet
+            .actor
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "-_.@".contains(*c))
+            .collect();
+        let blobs = format!("/v1/releases/blobs?app={}&actor={actor}", manifest.app());
+        let r = upload_one(t, compact, full, packs, &blobs, fleet.events.clone()).await;
         (t, r, started.elapsed())
     }))
     .await;
@@ -839,6 +847,7 @@ async fn upload_one(
     compact: &Path,
     full: &Path,
     packs: &Packs,
+    blobs_path: &str,
     events: UnboundedSender<Event>,
 ) -> Result<(usize, u64), String> {
     let offer = |kind: &'static str| async move {
@@ -863,7 +872,7 @@ async fn upload_one(
         let (host, events) = (t.name.clone(), events.clone());
         let stored: BlobsStored = t
             .client
-            .upload_progress("/v1/releases/blobs", &pack, move |sent| {
+            .upload_progress(blobs_path, &pack, move |sent| {
                 let _ = events.send(Event::Sending {
                     host: host.clone(),
                     sent,

@@ -388,7 +388,8 @@ fn two_deploys_at_once_never_corrupt_each_other_and_exactly_one_wins() {
         assert_eq!(won, 1, "round {round}: {errs:#?}");
         let lost = outs.iter().position(|o| !o.status.success()).unwrap();
         assert!(
-            errs[lost].contains("a deploy of `demo` is already running: held by"),
+            errs[lost].contains("a deploy of `demo` is already running: held by")
+                || errs[lost].contains("the deploy lease of `demo` is held by"),
             "round {round}: {}",
             errs[lost]
         );
