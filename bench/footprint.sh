@@ -40,11 +40,11 @@ for n in $FOOTPRINT_N; do
   bash "$here/supervise.sh" "$n" /bin/sleep 3600 &
   agent=$!
   for _ in $(seq 200); do
-    [ "$(pgrep -c -P "$agent" -x hoist 2>/dev/null)" -ge "$n" ] 2>/dev/null && break
+    [ "$(pgrep -c -P "$agent" -x "hoist|hoist-shim" 2>/dev/null)" -ge "$n" ] 2>/dev/null && break
     sleep 0.1
   done
   sleep 2
-  shims=$(pgrep -P "$agent" -x hoist | paste -sd' ')
+  shims=$(pgrep -P "$agent" -x "hoist|hoist-shim" | paste -sd' ')
   total=0
   for s in $shims; do total=$((total + $(rss_kb "$s"))); done
   c0=$(ticks "$agent"); sleep 10; c1=$(ticks "$agent")
