@@ -35,22 +35,27 @@ cleanup
 
 # Our own pass: agent alone, and agent + shims, after the same settle and idle window.
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# PSS: shared pages (the shim binary's text, libc) counted once across the processes.
+pss_kb() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup" 2>/dev/null || echo 0; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 for n in $FOOTPRINT_N; do
   bash "$here/supervise.sh" "$n" /bin/sleep 3600 &
   agent=$!
   for _ in $(seq 200); do
-    [ "$(pgrep -c -P "$agent" -x hoist 2>/dev/null)" -ge "$n" ] 2>/dev/null && break
+    [ "$(pgrep -c -P "$agent" -x "hoist|hoist-shim" 2>/dev/null)" -ge "$n" ] 2>/dev/null && break
     sleep 0.1
   done
   sleep 2
-  shims=$(pgrep -P "$agent" -x hoist | paste -sd' ')
+  shims=$(pgrep -P "$agent" -x "hoist|hoist-shim" | paste -sd' ')
   total=0
   for s in $shims; do total=$((total + $(rss_kb "$s"))); done
+  pss=0
+  for s in $shims; do pss=$((pss + $(pss_kb "$s"))); done
   c0=$(ticks "$agent"); sleep 10; c1=$(ticks "$agent")
   printf 'hoist agent with %s instances: agent RSS %s kB, shims RSS %s kB (%s shims, %s kB each on average), agent idle CPU %.2f%%\n' \
     "$n" "$(rss_kb "$agent")" "$total" "$(echo "$shims" | wc -w)" "$((total / ($(echo "$shims" | wc -w) + 0 == 0 ? 1 : $(echo "$shims" | wc -w))))" \
     "$(awk -v a="$c0" -v b="$c1" -v t="$(getconf CLK_TCK)" 'BEGIN{printf "%.2f", 100*(b-a)/t/10}')"
+  printf 'hoist agent with %s instances: agent PSS %s kB, shims PSS %s kB in all\n' "$n" "$(pss_kb "$agent")" "$pss"
   kill "$agent" 2>/dev/null || true
   wait "$agent" 2>/dev/null || true
   cleanup
