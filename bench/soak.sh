@@ -41,6 +41,8 @@ pids=()
 
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # The agent stops the app's instances itself; the loop below catches any left.
+  [ -f "${project:-/nonexistent}/hoist.toml" ] && "$HOIST" down -c "$project/hoist.toml" >/dev/null 2>&1 || true
   [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null || true
   local f pid
   for f in "$root"/run/*.json; do
