@@ -27,6 +27,7 @@ fn count_files(dir: &Path) -> usize {
     walkdir::WalkDir::new(dir)
         .into_iter()
         .filter(|e| e.as_ref().unwrap().file_type().is_file())
+        .filter(|e| e.as_ref().unwrap().file_name() != hoist_testkit::OWNER_FILE)
         .count()
 }
 

@@ -184,7 +184,7 @@ pub const TEMP_PREFIX: &str = "hoist-test-";
 
 /// The file in a test's temporary directory naming the test process that owns it
 /// (`PID START_TIME`), so the reaper can tell a live test's processes from leftovers.
-const OWNER_FILE: &str = ".hoist-test-owner";
+pub const OWNER_FILE: &str = ".hoist-test-owner";
 
 /// A fresh temporary directory, removed on drop, marked with its owner (this process).
 pub fn tempdir() -> tempfile::TempDir {
