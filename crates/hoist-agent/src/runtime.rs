@@ -408,6 +408,7 @@ impl Agent {
                         .filter_map(Live::upstream)
                         .collect(),
                     drain_timeout_ms: http.drain_timeout.as_millis() as u64,
+                    tls: None,
                 })
                 .collect()
         };

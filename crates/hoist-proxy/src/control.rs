@@ -122,6 +122,9 @@ impl Control {
             }
         }
         self.shared
+            .tls
+            .set_routes(&specs.values().collect::<Vec<_>>());
+        self.shared
             .published
             .publish(Table::build(&entries, &domains));
         for (addr, up) in upstreams.iter() {
@@ -265,6 +268,7 @@ impl Control {
 
     async fn answer(&self, request: Request) -> Result<Reply, ProxyError> {
         Ok(match request {
+            Request::Tls { request } => self.shared.tls.answer(request)?,
             Request::Ping => Reply::Pong {
                 pid: std::process::id(),
                 version: wire::VERSION,

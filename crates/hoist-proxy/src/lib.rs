@@ -21,6 +21,7 @@ mod state;
 mod stats;
 mod table;
 mod timed_io;
+pub mod tls;
 mod upgrade;
 mod websocket;
 mod worker;
@@ -91,6 +92,10 @@ pub struct Config {
     pub routes: Vec<wire::Route>,
     /// Arguments for a successor process; without them `Upgrade` is refused.
     pub upgrade_args: Option<Vec<std::ffi::OsString>>,
+    /// The HTTPS listener (every TLS worker thread gets a clone), if any.
+    pub tls_listener: Option<TcpListener>,
+    /// Where certificates are saved (0600) and loaded from at start.
+    pub certs_file: Option<PathBuf>,
     /// Written to (one byte) and closed once the proxy serves.
     pub ready: Option<OwnedFd>,
     /// How long connections may finish after a shutdown before tunnels are closed and
@@ -111,6 +116,8 @@ pub(crate) struct Shared {
     pub close_all_tunnels: tokio::sync::watch::Sender<u64>,
     /// Set when the workers stop accepting: responses then say `Connection: close`.
     pub closing: std::sync::atomic::AtomicBool,
+    /// Certificates and ACME challenges (`tls.rs`).
+    pub tls: tls::TlsState,
 }
 
 /// Waits until a flag turns true (or its sender is gone), holding no borrow across
@@ -166,6 +173,7 @@ pub async fn run(
         },
         close_all_tunnels: tokio::sync::watch::Sender::new(0),
         closing: std::sync::atomic::AtomicBool::new(false),
+        tls: tls::TlsState::load(config.certs_file.clone())?,
     });
     let control_path = control_listener
         .local_addr()
@@ -178,6 +186,7 @@ pub async fn run(
     };
     let handoff = config.upgrade_args.clone().map(|args| Handoff {
         listen_fds: listeners.iter().map(|l| l.as_raw_fd()).collect(),
+        tls_fd: config.tls_listener.as_ref().map(|l| l.as_raw_fd()),
         control_fd: control_listener.as_raw_fd(),
         args,
     });
@@ -206,6 +215,14 @@ pub async fn run(
             worker::spawn(i, shared.clone(), listener, stop_rx.clone())
                 .map_err(ProxyError::Runtime)?,
         );
+    }
+    if let Some(tls_listener) = &config.tls_listener {
+        done.extend(tls::spawn_workers(
+            workers,
+            shared.clone(),
+            tls_listener,
+            stop_rx.clone(),
+        )?);
     }
     control_listener
         .set_nonblocking(true)
@@ -237,6 +254,7 @@ pub async fn run(
     }
     // The original sockets close here; a successor holds its own references.
     drop(listeners);
+    drop(config.tls_listener);
     drop(control_listener);
     Ok(())
 }

@@ -28,6 +28,9 @@ pub const STATIC_ROUTE: &str = "static";
 #[derive(Debug, Clone)]
 pub struct ProcessOptions {
     pub listen: SocketAddr,
+    /// The HTTPS listener's address (certificates come over the control socket and
+    /// are kept in `certs.json` beside the state file).
+    pub https: Option<SocketAddr>,
     pub control: PathBuf,
     pub state: Option<PathBuf>,
     pub access_log: Option<AccessLogTarget>,
@@ -51,6 +54,7 @@ pub fn static_route(upstream: SocketAddr) -> wire::Route {
             instance: format!("{STATIC_ROUTE}-1"),
         }],
         drain_timeout_ms: 30_000,
+        tls: None,
     }
 }
 
@@ -109,10 +113,17 @@ pub fn run_process(opts: ProcessOptions, args: Vec<OsString>) -> Result<(), Prox
         .workers
         .filter(|n| *n > 0)
         .unwrap_or_else(crate::default_workers);
-    let (listeners, control, ready, routes) = match inherited {
-        Some(i) => (i.listeners, i.control, Some(i.ready), i.routes),
+    let (listeners, tls_listener, control, ready, routes) = match inherited {
+        Some(i) => (
+            i.listeners,
+            i.tls_listener,
+            i.control,
+            Some(i.ready),
+            i.routes,
+        ),
         None => {
             let listeners = bind_reuseport(opts.listen, workers)?;
+            let tls_listener = opts.https.map(crate::tls::bind).transpose()?;
             let control = bind_control(&opts.control)?;
             let mut routes = match &opts.state {
                 Some(path) => crate::state::load(path)?.unwrap_or_default(),
@@ -123,7 +134,7 @@ pub fn run_process(opts: ProcessOptions, args: Vec<OsString>) -> Result<(), Prox
                     routes.push(static_route(up));
                 }
             }
-            (listeners, control, None, routes)
+            (listeners, tls_listener, control, None, routes)
         }
     };
     let config = Config {
@@ -131,6 +142,11 @@ pub fn run_process(opts: ProcessOptions, args: Vec<OsString>) -> Result<(), Prox
         limits: opts.limits,
         trusted_proxies: opts.trusted_proxies,
         access_log: opts.access_log,
+        certs_file: opts
+            .state
+            .as_ref()
+            .map(|s| s.with_file_name(crate::tls::CERTS_FILE)),
+        tls_listener,
         state_file: opts.state,
         routes,
         upgrade_args: Some(args),

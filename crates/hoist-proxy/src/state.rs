@@ -96,6 +96,7 @@ mod tests {
                 instance: "i".into(),
             }],
             drain_timeout_ms: 10,
+            tls: None,
         };
         save(&path, std::slice::from_ref(&route)).unwrap();
         assert_eq!(load(&path).unwrap().unwrap(), vec![route]);

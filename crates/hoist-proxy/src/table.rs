@@ -108,6 +108,8 @@ pub(crate) struct RouteEntry {
     pub path_prefix: String,
     pub upstreams: Vec<Arc<Upstream>>,
     pub counters: Arc<Counters>,
+    /// HTTPS settings (redirect, HSTS); see `tls.rs`.
+    pub tls: Option<wire::RouteTls>,
     next: Box<[PaddedCount]>,
 }
 
@@ -122,6 +124,7 @@ impl RouteEntry {
             path_prefix: route.path_prefix.clone(),
             upstreams,
             counters,
+            tls: route.tls.clone(),
             next: (0..crate::stats::SHARDS)
                 .map(|_| PaddedCount::default())
                 .collect(),
@@ -262,6 +265,7 @@ mod tests {
             release: "r".into(),
             upstreams: vec![],
             drain_timeout_ms: 1000,
+            tls: None,
         };
         let entry = RouteEntry::new(&wire, vec![], Arc::new(Counters::new(id, "r")));
         (Arc::new(entry), wire.domains)
@@ -313,6 +317,7 @@ mod tests {
                 release: "r".into(),
                 upstreams: vec![],
                 drain_timeout_ms: 1,
+                tls: None,
             },
             ups.clone(),
             r.counters.clone(),

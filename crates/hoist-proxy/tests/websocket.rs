@@ -76,6 +76,7 @@ fn ws_route(release: &str, backend: &WsBackend, drain_timeout_ms: u64) -> Route 
             instance: release.into(),
         }],
         drain_timeout_ms,
+        tls: None,
     }
 }
 

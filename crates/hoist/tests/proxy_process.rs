@@ -191,6 +191,7 @@ fn a_restarted_proxy_serves_its_saved_routes() {
             instance: "web-1".into(),
         }],
         drain_timeout_ms: 1000,
+        tls: None,
     };
     Client::connect(&control)
         .unwrap()

@@ -116,6 +116,7 @@ pub fn route(
             })
             .collect(),
         drain_timeout_ms: 30_000,
+        tls: None,
     }
 }
 
