@@ -7,6 +7,7 @@
 //! It must not print (the binary does) and must not assume it is the parent of what runs:
 //! instances and the proxy outlive it and are re-adopted by identity.
 
+mod acme;
 mod backup;
 pub mod client;
 mod deploy;
@@ -21,6 +22,7 @@ mod recover;
 mod runtime;
 pub mod secrets;
 mod server;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +37,8 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     /// The proxy's HTTP listener.
     pub proxy: Option<SocketAddr>,
+    /// The proxy's HTTPS listener (needs `proxy`).
+    pub https: Option<SocketAddr>,
     pub dashboard: Option<SocketAddr>,
 }
 
@@ -82,6 +86,8 @@ pub struct Agent {
     pub(crate) host: Mutex<String>,
     /// One mutex per app: deploys and rollbacks of an app never overlap.
     pub(crate) app_locks: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Certificates handed to the proxy; one issuance at a time (`tls.rs`).
+    pub(crate) tls: tls::Keeper,
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
@@ -124,6 +130,7 @@ impl Agent {
         let proxy = config.proxy.map(|listen| proxyctl::ProxyCtl {
             exe,
             listen,
+            https: config.https,
             dir: paths.proxy_dir(),
         });
         Ok(Arc::new(Agent {
@@ -139,6 +146,7 @@ impl Agent {
             proxy,
             host: Mutex::new(host),
             app_locks: Mutex::new(Default::default()),
+            tls: tls::Keeper::default(),
             _lock: lock,
         }))
     }
@@ -260,6 +268,7 @@ impl Agent {
                 tracing::warn!("the proxy does not answer; starting it again");
                 if proxy.ensure_running().await.is_ok() {
                     self.forget_sent_routes();
+                    self.tls.forget_sent();
                     let apps: Vec<String> = self.rt().specs.keys().cloned().collect();
                     for app in apps {
                         self.sync_routes(&app).await;
@@ -267,6 +276,7 @@ impl Agent {
                 }
             }
         }
+        self.renew_due();
         let now = hoist_state::now_ms();
         // Bind first: a guard in a `for` head would be held for the whole loop.
         let apps = self.state().apps().unwrap_or_default();

@@ -158,6 +158,13 @@ impl Agent {
                 (None, _) => "not needed (no web service)".into(),
             },
         });
+        for (ok, detail) in self.plan_tls(spec) {
+            checks.push(PlanCheck {
+                name: "tls".into(),
+                ok,
+                detail,
+            });
+        }
         checks.push(PlanCheck {
             name: "host".into(),
             ok: spec.host(&req.host).is_some(),

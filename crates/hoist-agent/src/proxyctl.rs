@@ -38,6 +38,7 @@ pub enum ProxyError {
 pub struct ProxyCtl {
     pub exe: PathBuf,
     pub listen: SocketAddr,
+    pub https: Option<SocketAddr>,
     pub dir: PathBuf,
 }
 
@@ -105,6 +106,11 @@ impl ProxyCtl {
             .arg(self.state_file())
             .arg("--access-log")
             .arg(self.dir.join("access.log"))
+            .args(
+                self.https
+                    .iter()
+                    .flat_map(|a| ["--https".to_string(), a.to_string()]),
+            )
             .env_clear()
             .env(
                 "PATH",

@@ -382,6 +382,11 @@ impl Agent {
         let Some(proxy) = &self.proxy else {
             return Ok(());
         };
+        let spec = self.rt().specs.get(app).map(|(_, s)| s.clone());
+        let tls = match &spec {
+            Some(spec) => self.route_tls(spec).await,
+            None => Default::default(),
+        };
         let now = Instant::now();
         let wanted: Vec<Route> = {
             let rt = self.rt();
@@ -408,7 +413,7 @@ impl Agent {
                         .filter_map(Live::upstream)
                         .collect(),
                     drain_timeout_ms: http.drain_timeout.as_millis() as u64,
-                    tls: None,
+                    tls: tls.get(name).cloned(),
                 })
                 .collect()
         };

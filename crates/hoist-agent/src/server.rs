@@ -75,6 +75,7 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
         (_, ["v1", "backups", ..]) => crate::backup::route(agent, req).await,
         (Method::GET, ["v1", "hello"]) => http::json(StatusCode::OK, &agent.hello()),
         (Method::GET, ["v1", "status"]) => status(&agent),
+        (Method::GET, ["v1", "certs"]) => http::json(StatusCode::OK, &agent.cert_statuses()),
         (Method::GET, ["v1", "events"]) => events(agent, req.uri().query().unwrap_or("")),
         (Method::POST, ["v1", "releases"]) => upload(agent, req.into_body()).await,
         (Method::GET, ["v1", "releases", app]) => releases(&agent, app),

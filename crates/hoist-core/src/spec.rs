@@ -41,6 +41,8 @@ pub mod defaults {
     pub const LOCAL_HOST: &str = "local";
     /// The app file format version this build reads.
     pub const VERSION: u32 = 1;
+    /// The ACME directory `[acme]` uses unless told otherwise: Let's Encrypt production.
+    pub const ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
 }
 
 /// One app, fully resolved.
@@ -62,6 +64,40 @@ pub struct AppSpec {
     /// In file order; never empty (an app file without `[[hosts]]` gets `local`).
     pub hosts: Vec<HostSpec>,
     pub ssh: SshSpec,
+    /// `[acme]`: the CA that issues `tls = "acme"` certificates.
+    #[serde(default)]
+    pub acme: AcmeSpec,
+}
+
+/// Where ACME certificates come from (RFC 8555).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcmeSpec {
+    /// The account's contact (`mailto:`), if given.
+    pub email: Option<String>,
+    /// The directory URL (default: Let's Encrypt production).
+    pub directory: String,
+    /// A PEM file of roots trusted when talking to the directory (a private or test CA).
+    pub ca_roots: Option<String>,
+}
+
+impl Default for AcmeSpec {
+    fn default() -> AcmeSpec {
+        AcmeSpec {
+            email: None,
+            directory: defaults::ACME_DIRECTORY.to_string(),
+            ca_roots: None,
+        }
+    }
+}
+
+/// Where a web service's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "lowercase")]
+pub enum TlsSpec {
+    /// Issued and renewed by the agent over ACME for every domain of the service.
+    Acme,
+    /// PEM files on the host: the chain and its private key.
+    File { cert: String, key: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -133,6 +169,15 @@ pub struct HttpSpec {
     /// How long old instances may finish in-flight requests after a switch.
     #[serde(with = "human_duration")]
     pub drain_timeout: Duration,
+    /// Served over HTTPS with this certificate.
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
+    /// Plain-HTTP requests get a 308 to HTTPS (default: true when `tls` is set).
+    #[serde(default)]
+    pub redirect_https: bool,
+    /// `Strict-Transport-Security: max-age` (off unless set).
+    #[serde(default, with = "human_duration_opt")]
+    pub hsts: Option<Duration>,
 }
 
 /// A health check with hysteresis: an instance changes state only after
@@ -666,6 +711,7 @@ mod tests {
                 host("c", &["worker"]),
             ],
             ssh: SshSpec::default(),
+            acme: AcmeSpec::default(),
         }
     }
 
@@ -769,6 +815,12 @@ mod tests {
                 expect_status: None,
             }),
             drain_timeout: defaults::DRAIN_TIMEOUT,
+            tls: Some(TlsSpec::File {
+                cert: "/etc/c.pem".into(),
+                key: "/etc/k.pem".into(),
+            }),
+            redirect_https: true,
+            hsts: Some(Duration::from_secs(86400 * 365)),
         });
         let json = serde_json::to_value(&spec).unwrap();
         assert_eq!(json["services"]["web"]["memory_limit"], "512MiB");

@@ -33,10 +33,13 @@ pub struct Args {
     /// The proxy's HTTP listener, where web services answer (e.g. 127.0.0.1:8080)
     #[arg(long)]
     proxy: Option<SocketAddr>,
+    /// The proxy's HTTPS listener, for services with `tls` (e.g. 0.0.0.0:443)
+    #[arg(long, value_name = "ADDR")]
+    https: Option<SocketAddr>,
     /// The dashboard's HTTP listener
     #[arg(long)]
     dashboard: Option<SocketAddr>,
-    /// The host config (keys `root`, `socket`, `proxy`, `dashboard`; flags override it)
+    /// The host config (keys `root`, `socket`, `proxy`, `https`, `dashboard`; flags override it)
     /// [default: /etc/hoist/agent.toml when it exists]
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -49,6 +52,7 @@ struct HostConfig {
     root: Option<PathBuf>,
     socket: Option<PathBuf>,
     proxy: Option<SocketAddr>,
+    https: Option<SocketAddr>,
     dashboard: Option<SocketAddr>,
 }
 
@@ -121,6 +125,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .or(file.socket)
             .unwrap_or_else(common::default_socket),
         proxy: args.proxy.or(file.proxy),
+        https: args.https.or(file.https),
         dashboard: args.dashboard.or(file.dashboard),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -254,6 +259,13 @@ mod tests {
     fn the_host_config_is_read_strictly_and_relative_to_its_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("agent.toml");
+        std::fs::write(&file, hoist_fleet::setup::DEFAULT_AGENT_TOML).unwrap();
+        let config = host_config(Some(&file)).unwrap();
+        assert_eq!(
+            config.https,
+            Some("0.0.0.0:443".parse().unwrap()),
+            "what setup writes"
+        );
         std::fs::write(&file, "proxy = \"0.0.0.0:80\"\nroot = \"state\"\n").unwrap();
         let config = host_config(Some(&file)).unwrap();
         assert_eq!(config.proxy, Some("0.0.0.0:80".parse().unwrap()));

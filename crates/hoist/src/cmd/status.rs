@@ -160,7 +160,7 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
 }
 
 /// The hosts of a fleet app file (over SSH), or `None` for this machine's agent.
-fn fleet_targets(
+pub(crate) fn fleet_targets(
     loaded: Option<&hoist_config::LoadedConfig>,
 ) -> anyhow::Result<Option<Vec<hoist_fleet::rollout::Target>>> {
     match loaded {
@@ -173,7 +173,7 @@ fn fleet_targets(
 }
 
 /// Asks every host at once; each answer (or its error, as one line) with its host name.
-async fn each_host<T, F, Fut>(
+pub(crate) async fn each_host<T, F, Fut>(
     targets: &[hoist_fleet::rollout::Target],
     ask: F,
 ) -> Vec<(String, Result<T, String>)>

@@ -21,10 +21,17 @@ pub struct Host {
     pub agent: Option<ChildGuard>,
     /// Extra environment for the agent (failpoints).
     pub agent_env: Vec<(String, String)>,
+    /// Extra arguments for the agent (e.g. `--https ADDR`).
+    pub agent_args: Vec<String>,
 }
 
 impl Host {
     pub fn new() -> Host {
+        Host::with_agent_args(&[])
+    }
+
+    /// A host whose agent also gets `args`.
+    pub fn with_agent_args(args: &[&str]) -> Host {
         let dir = tempdir();
         let path = dir.path().to_path_buf();
         let mut h = Host {
@@ -35,6 +42,7 @@ impl Host {
             _dir: dir,
             agent: None,
             agent_env: Vec::new(),
+            agent_args: args.iter().map(|a| a.to_string()).collect(),
         };
         h.start_agent();
         h
@@ -54,6 +62,7 @@ impl Host {
                 .arg(&self.socket)
                 .arg("--proxy")
                 .arg(self.proxy.to_string())
+                .args(&self.agent_args)
                 .envs(self.agent_env.iter().map(|(k, v)| (k, v)))
                 .stderr(log),
         )

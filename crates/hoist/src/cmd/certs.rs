@@ -1,0 +1,108 @@
+//! `hoist certs`: every domain with `tls` on every host, its issuer, expiry, source and
+//! last renewal. Exit 0 when all serve and nothing needs attention, 3 when something
+//! does (named), 1 when no host answered.
+
+use hoist_protocol::agent::CertStatus;
+
+use super::common;
+use super::config::{load, ConfigArgs};
+use super::status::{each_host, fleet_targets};
+use crate::exit::{Exit, Reported};
+use crate::output;
+
+#[derive(Debug, clap::Args)]
+pub struct CertsArgs {
+    #[command(flatten)]
+    pub file: ConfigArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: CertsArgs) -> anyhow::Result<()> {
+    let loaded = load(&args.file).ok();
+    let app = loaded.as_ref().map(|l| l.spec.app.clone());
+    let answers: Vec<(String, Result<Vec<CertStatus>, String>)> =
+        match fleet_targets(loaded.as_ref())? {
+            Some(targets) => common::block_on(each_host(&targets, |c| async move {
+                c.get::<Vec<CertStatus>>("/v1/certs").await
+            })),
+            None => {
+                let certs: Vec<CertStatus> = common::block_on(common::client().get("/v1/certs"))
+                    .map_err(common::agent_error)?;
+                vec![(String::new(), Ok(certs))]
+            }
+        };
+    let keep = |c: &CertStatus| app.as_ref().is_none_or(|a| a == &c.app);
+    let fleet = answers.iter().any(|(h, _)| !h.is_empty());
+    let mut rows = Vec::new();
+    let mut docs = Vec::new();
+    let mut attention = false;
+    let mut failed = 0;
+    for (host, answer) in &answers {
+        let certs = match answer {
+            Ok(c) => c,
+            Err(e) => {
+                failed += 1;
+                if args.json {
+                    docs.push(serde_json::json!({"host": host, "error": e}));
+                } else {
+                    output::error(&format!("`{host}`: {e}"));
+                }
+                continue;
+            }
+        };
+        for c in certs.iter().filter(|c| keep(c)) {
+            if let Some(p) = &c.problem {
+                attention = true;
+                if !args.json {
+                    output::warn(&format!("`{}`: {p}", c.domain));
+                }
+            }
+            if args.json {
+                let mut doc = serde_json::to_value(c)?;
+                if fleet {
+                    doc["host"] = serde_json::Value::String(host.clone());
+                }
+                docs.push(doc);
+                continue;
+            }
+            let mut row = if fleet {
+                vec![host.clone()]
+            } else {
+                Vec::new()
+            };
+            row.extend([
+                c.domain.clone(),
+                c.issuer.clone().unwrap_or_else(|| "-".into()),
+                c.not_after.clone().unwrap_or_else(|| "-".into()),
+                c.source.clone(),
+                if c.serving { "yes" } else { "no" }.into(),
+                c.last.as_ref().map_or("-".into(), |l| {
+                    format!("{} {}", if l.ok { "ok" } else { "failed" }, l.at)
+                }),
+            ]);
+            rows.push(row);
+        }
+    }
+    if args.json {
+        output::json(&docs)?;
+    } else {
+        let mut header = if fleet { vec!["HOST"] } else { Vec::new() };
+        header.extend([
+            "DOMAIN",
+            "ISSUER",
+            "NOT AFTER",
+            "SOURCE",
+            "SERVING",
+            "LAST RENEWAL",
+        ]);
+        output::table(&header, &rows)?;
+    }
+    if failed == answers.len() && failed > 0 {
+        return Err(Reported(Exit::Failed).into());
+    }
+    if failed > 0 || attention {
+        return Err(Reported(Exit::Partial).into());
+    }
+    Ok(())
+}
