@@ -98,6 +98,24 @@ pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, Stri
     })
 }
 
+/// The self-signed certificate of a TLS-ALPN-01 answer: it carries a critical
+/// `acmeIdentifier` extension that certificate parsers used for the consistency check
+/// refuse, so it is loaded as is (it is never validated by anyone but the CA).
+fn challenge_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("the certificate is not valid PEM: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| format!("the key is not a PEM private key: {e}"))?;
+    #[allow(deprecated)]
+    let provider = rustls::crypto::ring::default_provider();
+    let signer = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("the key cannot be used: {e}"))?;
+    Ok(CertifiedKey::new(chain, signer))
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CertsFile {
@@ -276,7 +294,7 @@ impl TlsState {
                     .remove(&token);
             }
             TlsRequest::SetAlpnChallenge { cert } => {
-                let key = Arc::new(certified_key(&cert.cert_pem, &cert.key_pem).map_err(
+                let key = Arc::new(challenge_key(&cert.cert_pem, &cert.key_pem).map_err(
                     |message| ProxyError::InvalidRoute {
                         id: cert.domains.join(","),
                         message,
