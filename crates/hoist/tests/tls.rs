@@ -285,6 +285,29 @@ fn file_certificates_serve_h2_and_http1_by_sni_redirect_hsts_and_survive_agent_d
         let (code, _, _, _) = curl(https, &ca_file, "--http2", name, "/").unwrap();
         assert_eq!(code, 200, "{name} while the agent is dead");
     }
+    // Still without the agent, the proxy hands its sockets to a new process, which
+    // serves the same certificates from its own saved copy.
+    let before = common::proxy_pid(&host.root).unwrap();
+    let out = Command::new(hoist_testkit::hoist_bin())
+        .args(["proxy", "upgrade", "--control"])
+        .arg(host.root.join("proxy/control.sock"))
+        .output()
+        .unwrap();
+    ok(&out, "proxy upgrade");
+    let after = common::proxy_pid(&host.root).unwrap();
+    assert_ne!(before, after, "a new proxy process serves");
+    for name in ["a.test", "b.test"] {
+        let (code, version, _, _) = curl(https, &ca_file, "--http2", name, "/").unwrap();
+        assert_eq!(
+            (code, version.as_str()),
+            (200, "2"),
+            "{name} after the upgrade"
+        );
+    }
+    assert_eq!(
+        served_fingerprint(https, "a.test"),
+        fingerprint_of(&std::fs::read_to_string(&a_cert).unwrap())
+    );
     host.start_agent();
     let (code, _, _, _) = curl(https, &ca_file, "--http1.1", "a.test", "/").unwrap();
     assert_eq!(code, 200);
