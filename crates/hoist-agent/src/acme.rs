@@ -163,7 +163,19 @@ pub(crate) async fn issue(
     if agent.config.https.is_some() {
         kinds.push(ChallengeType::TlsAlpn01);
     }
-    let account = agent.acme_account(acme).await?;
+    // The account request is retried like an order (a badNonce three times in a row,
+    // a CA that is restarting).
+    let mut account = Err(String::new());
+    for attempt in 1..=ORDER_ATTEMPTS {
+        account = agent.acme_account(acme).await;
+        if account.is_ok() {
+            break;
+        }
+        if attempt < ORDER_ATTEMPTS {
+            tokio::time::sleep(Duration::from_secs(attempt as u64)).await;
+        }
+    }
+    let account = account?;
     let mut errors = Vec::new();
     for kind in kinds {
         for attempt in 1..=ORDER_ATTEMPTS {

@@ -506,7 +506,13 @@ impl Agent {
                 if let Some(mut stored) = old {
                     stored.failures += 1;
                     let left = stored.not_after - now_secs();
-                    stored.retry_at = Some(now_secs() + retry_delay(stored.failures, left));
+                    let mut delay = retry_delay(stored.failures, left);
+                    if e.contains("rateLimited") {
+                        // The CA said to slow down: wait at least an hour (bounded by
+                        // the time left, so a certificate is still renewed in time).
+                        delay = delay.max((left / 4).min(3600));
+                    }
+                    stored.retry_at = Some(now_secs() + delay);
                     stored.last = Some(Attempt {
                         at_ms: now_ms,
                         ok: false,
