@@ -664,3 +664,22 @@ fn a_failed_renewal_is_an_event_and_the_old_certificate_keeps_serving() {
         text(&events.stdout)
     );
 }
+
+#[test]
+fn https_without_a_proxy_listener_is_bad_usage() {
+    let dir = hoist_testkit::tempdir();
+    let out = Command::new(hoist_testkit::hoist_bin())
+        .args(["agent", "--https", "127.0.0.1:0", "--root"])
+        .arg(dir.path().join("root"))
+        .arg("--socket")
+        .arg(dir.path().join("agent.sock"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("needs `--proxy`"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -117,6 +117,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => {}
     }
     let file = host_config(args.config.as_deref())?;
+    if args.https.or(file.https).is_some() && args.proxy.or(file.proxy).is_none() {
+        // The HTTPS listener belongs to the proxy, which only runs with `--proxy`.
+        return Err(with_exit(
+            Exit::Usage,
+            anyhow::anyhow!("`--https` (or `https` in the host config) needs `--proxy`"),
+        ));
+    }
     init_logging();
     let config = hoist_agent::AgentConfig {
         root: args.root.or(file.root).unwrap_or_else(common::default_root),
