@@ -292,6 +292,24 @@ mod tests {
     }
 
     #[test]
+    fn a_certificate_key_never_shows_in_debug_output() {
+        let cert = Cert {
+            domains: vec!["a.test".into()],
+            cert_pem: "CERT".into(),
+            key_pem: "-----BEGIN PRIVATE KEY-----secret".into(),
+            source: "file".into(),
+        };
+        let request = Request::Tls {
+            request: TlsRequest::SetCert { cert },
+        };
+        let shown = format!("{request:?}");
+        assert!(
+            !shown.contains("secret") && shown.contains("a.test"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         // (serde ignores extra keys beside the tag of a unit variant; struct variants and
         // the envelope refuse them.)

@@ -272,6 +272,13 @@ fn file_certificates_serve_h2_and_http1_by_sni_redirect_hsts_and_survive_agent_d
         !certs.to_string().contains("PRIVATE KEY"),
         "no key in --json"
     );
+    let table = host.hoist(&["certs", "-c", &cfg(&a)]);
+    ok(&table, "certs");
+    let shown = text(&table.stdout);
+    assert!(
+        shown.contains("DOMAIN") && shown.contains("www.a.test") && shown.contains("hoist e2e CA"),
+        "{shown}"
+    );
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(host.root.join("proxy/certs.json"))
             .unwrap()
