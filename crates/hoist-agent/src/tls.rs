@@ -251,9 +251,15 @@ impl Agent {
         self.paths.root.join("acme")
     }
 
+    /// `<first domain>-<hash of all>.json`: readable in a listing, and two services
+    /// whose domain lists share a first name never share a file.
     fn stored_path(&self, domains: &[String]) -> PathBuf {
+        use sha2::Digest;
         let name = domains.first().map_or("none", |d| d.as_str());
-        self.acme_dir().join("certs").join(format!("{name}.json"))
+        let hash = hex::encode(&sha2::Sha256::digest(domains.join(",").as_bytes())[..4]);
+        self.acme_dir()
+            .join("certs")
+            .join(format!("{name}-{hash}.json"))
     }
 
     /// The ACME certificate kept for exactly `domains`, if any.
