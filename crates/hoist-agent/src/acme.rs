@@ -21,7 +21,66 @@ use sha2::Digest;
 use crate::Agent;
 
 /// Whole orders attempted per challenge type before giving up (badNonce, a CA hiccup).
-const ORDER_ATTEMPTS: u32 = 3;
+const ORDER_ATTEMPTS: u32 = 5;
+/// Times one ACME request is sent again after `instant-acme`'s own three tries all got
+/// `badNonce` (each try carries the fresh nonce of the rejection, RFC 8555 §6.5).
+const NONCE_RETRIES: u32 = 8;
+const BAD_NONCE: &str = "urn:ietf:params:acme:error:badNonce";
+
+fn is_bad_nonce(e: &instant_acme::Error) -> bool {
+    matches!(e, instant_acme::Error::Api(p) if p.r#type.as_deref() == Some(BAD_NONCE))
+}
+
+/// Evaluates an ACME request future again while it fails with `badNonce`.
+macro_rules! nonce_retry {
+    ($request:expr) => {{
+        let mut tries = 0;
+        loop {
+            match $request.await {
+                Err(e) if is_bad_nonce(&e) && tries < NONCE_RETRIES => tries += 1,
+                other => break other,
+            }
+        }
+    }};
+}
+
+/// The directory client, logging every `badNonce` answer it passes on (so they are
+/// visible although `instant-acme` retries them itself).
+struct Logged(Box<dyn instant_acme::HttpClient>);
+
+impl instant_acme::HttpClient for Logged {
+    fn request(
+        &self,
+        req: hyper::Request<instant_acme::BodyWrapper<bytes::Bytes>>,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<instant_acme::BytesResponse, instant_acme::Error>,
+                > + Send,
+        >,
+    > {
+        let fut = self.0.request(req);
+        Box::pin(async move {
+            let mut rsp = fut.await?;
+            if rsp.parts.status != hyper::StatusCode::BAD_REQUEST {
+                return Ok(rsp);
+            }
+            let body = rsp
+                .body
+                .into_bytes()
+                .await
+                .map_err(instant_acme::Error::Other)?;
+            if body
+                .windows(BAD_NONCE.len())
+                .any(|w| w == BAD_NONCE.as_bytes())
+            {
+                tracing::info!("the CA rejected a nonce (badNonce); the request is sent again with a fresh one");
+            }
+            rsp.body = Box::new(body);
+            Ok(rsp)
+        })
+    }
+}
 
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -36,6 +95,10 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// An HTTP client for the directory: the system's roots, or those of `ca_roots`.
 fn http_client(acme: &AcmeSpec) -> Result<Box<dyn instant_acme::HttpClient>, String> {
+    Ok(Box::new(Logged(base_client(acme)?)))
+}
+
+fn base_client(acme: &AcmeSpec) -> Result<Box<dyn instant_acme::HttpClient>, String> {
     let Some(path) = &acme.ca_roots else {
         return Ok(Box::new(hyper_util_client(None)?));
     };
@@ -116,6 +179,7 @@ impl Agent {
         if let Ok(data) = std::fs::read(&path) {
             let creds: AccountCredentials = serde_json::from_slice(&data)
                 .map_err(|e| format!("the account file `{}` is unreadable: {e}", path.display()))?;
+            // (Only the directory is fetched here: no signed request, no nonce.)
             return Account::builder_with_http(http_client(acme)?)
                 .from_credentials(creds)
                 .await
@@ -123,24 +187,23 @@ impl Agent {
         }
         let contact = acme.email.as_ref().map(|e| format!("mailto:{e}"));
         let contacts: Vec<&str> = contact.iter().map(|c| c.as_str()).collect();
-        let (account, creds) = Account::builder_with_http(http_client(acme)?)
-            .create(
-                &NewAccount {
-                    contact: &contacts,
-                    terms_of_service_agreed: true,
-                    only_return_existing: false,
-                },
-                acme.directory.clone(),
-                None,
+        let new = NewAccount {
+            contact: &contacts,
+            terms_of_service_agreed: true,
+            only_return_existing: false,
+        };
+        let (account, creds) = nonce_retry!(Account::builder_with_http(http_client(acme)?).create(
+            &new,
+            acme.directory.clone(),
+            None
+        ))
+        .map_err(|e| {
+            format!(
+                "cannot create an ACME account at `{}`: {}",
+                acme.directory,
+                chain(&e)
             )
-            .await
-            .map_err(|e| {
-                format!(
-                    "cannot create an ACME account at `{}`: {}",
-                    acme.directory,
-                    chain(&e)
-                )
-            })?;
+        })?;
         let data = serde_json::to_vec(&creds).map_err(|e| e.to_string())?;
         crate::paths::write_atomic(&path, &data, 0o600)
             .map_err(|e| format!("cannot keep the account key `{}`: {e}", path.display()))?;
@@ -228,10 +291,7 @@ async fn order(
 ) -> Result<(String, String), OrderError> {
     let other = |e: instant_acme::Error| OrderError::Other(chain(&e));
     let identifiers: Vec<Identifier> = domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
-    let mut order = account
-        .new_order(&NewOrder::new(&identifiers))
-        .await
-        .map_err(other)?;
+    let mut order = nonce_retry!(account.new_order(&NewOrder::new(&identifiers))).map_err(other)?;
     let mut answers = Answers {
         proxy,
         set: Vec::new(),
@@ -282,12 +342,11 @@ async fn order(
                     OrderError::Other(format!("the proxy did not take the challenge: {e}"))
                 })?;
             answers.set.push(undo);
-            challenge.set_ready().await.map_err(other)?;
+            nonce_retry!(challenge.set_ready()).map_err(other)?;
         }
-        let status = order
-            .poll_ready(&RetryPolicy::new().timeout(Duration::from_secs(90)))
-            .await
-            .map_err(other)?;
+        let status =
+            nonce_retry!(order.poll_ready(&RetryPolicy::new().timeout(Duration::from_secs(90))))
+                .map_err(other)?;
         if status == OrderStatus::Invalid {
             let mut why = Vec::new();
             let mut authorizations = order.authorizations();
@@ -309,11 +368,11 @@ async fn order(
                 "the order is {status:?}, not ready"
             )));
         }
-        let key_pem = order.finalize().await.map_err(other)?;
-        let cert_pem = order
-            .poll_certificate(&RetryPolicy::new().timeout(Duration::from_secs(90)))
-            .await
-            .map_err(other)?;
+        let key_pem = nonce_retry!(order.finalize()).map_err(other)?;
+        let cert_pem = nonce_retry!(
+            order.poll_certificate(&RetryPolicy::new().timeout(Duration::from_secs(90)))
+        )
+        .map_err(other)?;
         Ok((cert_pem, key_pem))
     }
     .await;

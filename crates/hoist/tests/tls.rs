@@ -428,6 +428,16 @@ struct Pebble {
 impl Pebble {
     /// `http_port`/`tls_port`: where Pebble's validator connects (the proxy's listeners).
     fn start(dir: &Path, http_port: u16, tls_port: u16, validity_secs: Option<u64>) -> Pebble {
+        Pebble::start_with(dir, http_port, tls_port, validity_secs, &[])
+    }
+
+    fn start_with(
+        dir: &Path,
+        http_port: u16,
+        tls_port: u16,
+        validity_secs: Option<u64>,
+        env: &[(&str, &str)],
+    ) -> Pebble {
         let dir = dir.join(format!("pebble-{}", free_port()));
         std::fs::create_dir_all(&dir).unwrap();
         let ca = TestCa::new("pebble web CA");
@@ -486,6 +496,7 @@ impl Pebble {
                 // No artificial validation delays; nonces are rejected at Pebble's
                 // default rate (PEBBLE_WFE_NONCEREJECT unset), which the client survives.
                 .env("PEBBLE_VA_NOSLEEP", "1")
+                .envs(env.iter().copied())
                 .stdout(std::fs::File::create(dir.join("pebble.log")).unwrap())
                 .stderr(std::fs::File::create(dir.join("pebble.err")).unwrap()),
         )
@@ -688,5 +699,26 @@ fn https_without_a_proxy_listener_is_bad_usage() {
         text(&out.stderr).contains("needs `--proxy`"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+#[test]
+fn acme_survives_a_ca_that_rejects_half_of_all_nonces() {
+    let (host, https) = tls_host();
+    let pebble = Pebble::start_with(
+        &host.dir,
+        host.proxy.port(),
+        https.port(),
+        None,
+        &[("PEBBLE_WFE_NONCEREJECT", "50")],
+    );
+    deploy_acme(&host, &pebble, "nonce1", "alpha", "nonce.test");
+    let root = pebble.issuing_root(&host.dir);
+    let (code, _, _, _) = curl(https, &root, "--http2", "nonce.test", "/").unwrap();
+    assert_eq!(code, 200);
+    let log = std::fs::read_to_string(host.dir.join("agent.log")).unwrap();
+    assert!(
+        log.contains("badNonce"),
+        "with half of all nonces rejected, some were (and were retried)"
     );
 }
