@@ -5,8 +5,9 @@
 //!
 //! An order tries HTTP-01 first (when the proxy has a plain listener) and, if that
 //! authorization fails, a fresh order with TLS-ALPN-01 (when it has an HTTPS one).
-//! `badNonce` answers are retried by `instant-acme` (RFC 8555 §6.5); a whole order that
-//! fails on one is retried here a few times more, with a pause, before giving up.
+//! `badNonce` answers are retried by `instant-acme` with the fresh nonce of the rejection
+//! (RFC 8555 §6.5); a request whose three tries all got one is sent again here
+//! (`nonce_retry!`), and a whole order that fails anyway is retried a few times.
 
 use std::time::Duration;
 
