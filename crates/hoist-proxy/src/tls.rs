@@ -44,6 +44,8 @@ const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 pub(crate) const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 /// A handshake must finish within this (a client that opens and stalls holds a slot).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopping worker keeps idle HTTP/1.1 connections (see `worker.rs`).
+const CLOSE_LINGER: Duration = Duration::from_millis(1000);
 
 /// Marks a request that arrived over TLS.
 #[derive(Debug, Clone, Copy)]
@@ -483,6 +485,7 @@ async fn serve(
         }
     }
     drop(listener);
+    shared.closing.store(true, Ordering::Relaxed);
     let _ = graceful_tx.send(true);
     let deadline = tokio::time::Instant::now() + shared.shutdown_grace;
     while Arc::strong_count(&worker.token) > 1 && tokio::time::Instant::now() < deadline {
@@ -542,6 +545,14 @@ async fn serve_connection<S>(
                 }
             }
             _ = crate::until_true(&mut graceful) => {
+                // As the plain workers do: for a moment, requests still arriving are
+                // answered with `Connection: close` (the process is `closing`), so a
+                // keep-alive client moves to the successor without a failed request.
+                let linger = tokio::time::sleep(CLOSE_LINGER);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = linger => {}
+                }
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
             }

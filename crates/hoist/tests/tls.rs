@@ -722,3 +722,93 @@ fn acme_survives_a_ca_that_rejects_half_of_all_nonces() {
         "with half of all nonces rejected, some were (and were retried)"
     );
 }
+
+#[test]
+fn https_keeps_serving_keep_alive_clients_through_proxy_upgrades() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let (host, https) = tls_host();
+    let ca = TestCa::new("hoist e2e CA");
+    let ca_file = host.dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+    let (cert, key) = write_leaf(&host.dir, "a", &ca.issue(&["a.test"]));
+    let p = project(
+        &host,
+        "up1",
+        "alpha",
+        &["a.test"],
+        &file_tls(&cert, &key),
+        "",
+    );
+    ok(&host.deploy(&p), "deploy");
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    // Each curl sends 40 requests on one kept connection (HTTP/1.1 or HTTP/2).
+    let load: Vec<_> = (0..4)
+        .map(|i| {
+            let (stop, served, failures) = (stop.clone(), served.clone(), failures.clone());
+            let ca_file = ca_file.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let url = format!("https://a.test:{}/", https.port());
+                    let out = Command::new("curl")
+                        .args(["-sS", if i % 2 == 0 { "--http1.1" } else { "--http2" }])
+                        .args(["--max-time", "30", "--cacert"])
+                        .arg(&ca_file)
+                        .arg("--resolve")
+                        .arg(format!("a.test:{}:127.0.0.1", https.port()))
+                        .args(["-w", "%{http_code}\n"])
+                        .args((0..40).flat_map(|_| ["-o", "/dev/null", url.as_str()]))
+                        .output()
+                        .unwrap();
+                    for code in text(&out.stdout).lines() {
+                        if code == "200" {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failures
+                                .lock()
+                                .unwrap()
+                                .push(format!("{code}: {}", text(&out.stderr)));
+                        }
+                    }
+                    if !out.status.success() {
+                        failures.lock().unwrap().push(text(&out.stderr));
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_until(Duration::from_secs(30), || {
+        served.load(Ordering::Relaxed) > 200
+    })
+    .unwrap();
+    let mut pids = vec![common::proxy_pid(&host.root).unwrap()];
+    for _ in 0..2 {
+        let out = Command::new(hoist_testkit::hoist_bin())
+            .args(["proxy", "upgrade", "--control"])
+            .arg(host.root.join("proxy/control.sock"))
+            .output()
+            .unwrap();
+        ok(&out, "proxy upgrade");
+        let pid = common::proxy_pid(&host.root).unwrap();
+        assert!(!pids.contains(&pid));
+        pids.push(pid);
+        let before = served.load(Ordering::Relaxed);
+        wait_until(Duration::from_secs(30), || {
+            served.load(Ordering::Relaxed) > before + 200
+        })
+        .unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} served, failures: {:?}",
+        served.load(Ordering::Relaxed),
+        &failures[..failures.len().min(5)]
+    );
+}
