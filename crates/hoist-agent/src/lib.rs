@@ -277,6 +277,7 @@ impl Agent {
             }
         }
         self.renew_due();
+        self.refresh_file_certs().await;
         let now = hoist_state::now_ms();
         // Bind first: a guard in a `for` head would be held for the whole loop.
         let apps = self.state().apps().unwrap_or_default();

@@ -238,7 +238,13 @@ pub(crate) struct Keeper {
     sent: Mutex<HashMap<String, String>>,
     /// Issuance and renewal run one at a time (one ACME account, one proxy).
     pub busy: tokio::sync::Mutex<()>,
+    /// When certificate files were last read again (see `refresh_file_certs`).
+    files_checked: Mutex<Option<std::time::Instant>>,
 }
+
+/// How often certificate files are read again, so a file replaced on the host (by
+/// certbot, by hand) is served without a deploy.
+const FILE_RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Keeper {
     pub fn forget_sent(&self) {
@@ -548,6 +554,40 @@ impl Agent {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// Reads certificate files again every [`FILE_RECHECK`] (from housekeeping): a
+    /// changed and valid file is handed to the proxy, which serves it from the next
+    /// handshake on; a file that went bad is logged and the proxy keeps what it has.
+    pub(crate) async fn refresh_file_certs(&self) {
+        {
+            let mut last = self
+                .tls
+                .files_checked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            if last.is_some_and(|t| now.duration_since(t) < FILE_RECHECK) {
+                return;
+            }
+            *last = Some(now);
+        }
+        let apps: Vec<String> = self
+            .rt()
+            .specs
+            .iter()
+            .filter(|(_, (_, spec))| {
+                spec.services.values().any(|s| {
+                    s.http
+                        .as_ref()
+                        .is_some_and(|h| matches!(h.tls, Some(TlsSpec::File { .. })))
+                })
+            })
+            .map(|(app, _)| app.clone())
+            .collect();
+        for app in apps {
+            self.sync_routes(&app).await;
         }
     }
 

@@ -812,3 +812,32 @@ fn https_keeps_serving_keep_alive_clients_through_proxy_upgrades() {
         &failures[..failures.len().min(5)]
     );
 }
+
+#[test]
+fn a_certificate_file_replaced_on_the_host_is_served_without_a_deploy() {
+    let (host, https) = tls_host();
+    let ca = TestCa::new("hoist e2e CA");
+    let first = ca.issue(&["a.test"]);
+    let (cert, key) = write_leaf(&host.dir, "a", &first);
+    let p = project(
+        &host,
+        "rot1",
+        "alpha",
+        &["a.test"],
+        &file_tls(&cert, &key),
+        "",
+    );
+    ok(&host.deploy(&p), "deploy");
+    assert_eq!(
+        served_fingerprint(https, "a.test"),
+        fingerprint_of(&first.cert_pem)
+    );
+    // As certbot would: both files replaced (key first, then the certificate).
+    let second = ca.issue(&["a.test"]);
+    std::fs::write(&key, &second.key_pem).unwrap();
+    std::fs::write(&cert, &second.cert_pem).unwrap();
+    wait_until(Duration::from_secs(60), || {
+        served_fingerprint(https, "a.test") == fingerprint_of(&second.cert_pem)
+    })
+    .expect("the new certificate serves");
+}
