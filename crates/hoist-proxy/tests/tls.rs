@@ -419,3 +419,59 @@ fn certificates_are_kept_0600_and_a_restarted_proxy_serves_them_and_bad_ones_are
     assert_eq!((code, body.as_str()), (200, "app-a"));
     drop(t.dir);
 }
+
+/// Sends `request` over TLS (SNI `host`, ALPN http/1.1) and returns all the proxy said.
+fn openssl_exchange(t: &Tls, host: &str, request: &str) -> String {
+    let mut child = Command::new("timeout")
+        .args([
+            "20", "openssl", "s_client", "-quiet", "-ign_eof", "-connect",
+        ])
+        .arg(format!("127.0.0.1:{}", t.https.port()))
+        .args(["-servername", host, "-alpn", "http/1.1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run openssl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn http1_over_tls_gets_the_same_framing_and_host_checks_as_plain_http() {
+    let t = start(None, None);
+    let a = Backend::start("app-a");
+    t.proxy.set_route(tls_route("a/web", "a.test", &a, None));
+    assert_eq!(
+        set_cert(&t.proxy, &["a.test"], &t.ca.issue(&["a.test"])),
+        Ok(Reply::Done)
+    );
+    // Both framings in one head (RFC 9112 §6.1): refused, never forwarded.
+    let said = openssl_exchange(
+        &t,
+        "a.test",
+        "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    );
+    assert!(said.starts_with("HTTP/1.1 400"), "{said}");
+    assert!(said.contains("Transfer-Encoding"), "{said}");
+    // Two Host headers (RFC 9112 §3.2).
+    let said = openssl_exchange(
+        &t,
+        "a.test",
+        "GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\nConnection: close\r\n\r\n",
+    );
+    assert!(said.starts_with("HTTP/1.1 400"), "{said}");
+    // A well-formed request on the same path is served.
+    let said = openssl_exchange(
+        &t,
+        "a.test",
+        "GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    );
+    assert!(said.starts_with("HTTP/1.1 200"), "{said}");
+}
