@@ -22,6 +22,11 @@ command -v faketime >/dev/null || need+=(faketime)
 command -v ip >/dev/null || need+=(iproute2)
 # PostgreSQL server and client: the backup tests start their own server.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && command -v pg_dump >/dev/null || need+=(postgresql)
+# HTTPS: curl (h2 and http/1.1 checks), openssl (served certificates), and Pebble with
+# pebble-challtestsrv (one Debian package) as the ACME CA of the TLS tests.
+command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
+{ command -v pebble >/dev/null && command -v pebble-challtestsrv >/dev/null; } || need+=(pebble)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing packages: ${need[*]} (run as root or install them)" >&2

@@ -708,6 +708,11 @@ impl Agent {
                 spec.app
             )));
         }
+        // Certificates before anything starts: a bad file fails here with the running
+        // release untouched, and a missing ACME certificate is issued now.
+        for note in self.preflight_tls(spec).await.map_err(Failure::new)? {
+            o.output("tls", &note).await;
+        }
         if let Some(check) = &spec.check {
             let cmd = Command {
                 name: "check",

@@ -7,6 +7,7 @@
 //! It must not print (the binary does) and must not assume it is the parent of what runs:
 //! instances and the proxy outlive it and are re-adopted by identity.
 
+mod acme;
 mod backup;
 /// The agent client now lives in `hoist-client`; re-exported for code that reached it here.
 pub use hoist_client as client;
@@ -24,6 +25,7 @@ mod routes;
 mod runtime;
 pub mod secrets;
 mod server;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +41,8 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     /// The proxy's HTTP listener.
     pub proxy: Option<SocketAddr>,
+    /// The proxy's HTTPS listener (needs `proxy`).
+    pub https: Option<SocketAddr>,
     pub dashboard: Option<SocketAddr>,
     /// How long and how many events, job runs, operations and history records are kept.
     pub retention: Retention,
@@ -90,6 +94,8 @@ pub struct Agent {
     pub(crate) app_locks: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// `POST /v1/agent/stop` (`hoist agent stop`): ends [`run`] as a signal would.
     pub(crate) stop: tokio::sync::Notify,
+    /// Certificates handed to the proxy; one issuance at a time (`tls.rs`).
+    pub(crate) tls: tls::Keeper,
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
@@ -161,6 +167,7 @@ impl Agent {
         let proxy = config.proxy.map(|listen| proxyctl::ProxyCtl {
             exe,
             listen,
+            https: config.https,
             dir: paths.proxy_dir(),
             listener: Default::default(),
         });
@@ -178,6 +185,7 @@ impl Agent {
             host: Mutex::new(host),
             app_locks: Mutex::new(Default::default()),
             stop: tokio::sync::Notify::new(),
+            tls: tls::Keeper::default(),
             _lock: lock,
         }))
     }
@@ -366,6 +374,7 @@ impl Agent {
                 tracing::warn!("the proxy does not answer; starting it again");
                 if proxy.ensure_running().await.is_ok() {
                     self.forget_sent_routes();
+                    self.tls.forget_sent();
                     let apps: Vec<String> = self.rt().specs.keys().cloned().collect();
                     for app in apps {
                         self.sync_routes(&app).await;
@@ -373,6 +382,8 @@ impl Agent {
                 }
             }
         }
+        self.renew_due();
+        self.refresh_file_certs().await;
         let now = hoist_state::now_ms();
         // Bind first: a guard in a `for` head would be held for the whole loop.
         let apps = self.db(|s| s.apps()).unwrap_or_default();

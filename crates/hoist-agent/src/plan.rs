@@ -248,6 +248,13 @@ impl Agent {
                 conflicts.join("; ")
             },
         });
+        for (ok, detail) in self.plan_tls(spec) {
+            checks.push(PlanCheck {
+                name: "tls".into(),
+                ok,
+                detail,
+            });
+        }
         checks.push(PlanCheck {
             name: "host".into(),
             ok: spec.host(&req.host).is_some(),

@@ -2,11 +2,11 @@
 //! outlives the agent), finding one that survived an agent restart, and sending it
 //! control requests over its socket (one JSON line each way).
 //!
-//! The agent holds a duplicate of the proxy's listening socket: it binds it before the
-//! first proxy starts (a port in use is then the agent's own clear error) or asks a
-//! running proxy for it (`Listeners`, passed with SCM_RIGHTS). A proxy that crashes is
-//! restarted on that same socket, so connections that arrive meanwhile wait in its
-//! queue instead of being refused.
+//! The agent holds a duplicate of the proxy's listening sockets (HTTP, and HTTPS with
+//! `--https`): it binds them before the first proxy starts (a port in use is then the
+//! agent's own clear error) or asks a running proxy for them (`Listeners`, passed with
+//! SCM_RIGHTS). A proxy that crashes is restarted on those same sockets, so connections
+//! that arrive meanwhile wait in their queues instead of being refused.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -49,10 +49,19 @@ pub enum ProxyError {
 pub struct ProxyCtl {
     pub exe: PathBuf,
     pub listen: SocketAddr,
+    pub https: Option<SocketAddr>,
     pub dir: PathBuf,
-    /// The proxy's listening socket, kept open across proxy crashes (close-on-exec: no
-    /// instance or shim inherits it).
-    pub listener: std::sync::Arc<std::sync::Mutex<Option<std::os::fd::OwnedFd>>>,
+    /// The proxy's listening sockets, kept open across proxy crashes (close-on-exec: no
+    /// instance or shim inherits them).
+    pub listener: std::sync::Arc<std::sync::Mutex<Option<Held>>>,
+}
+
+/// The listening sockets the agent keeps for its proxy.
+#[derive(Debug)]
+pub struct Held {
+    pub plain: std::os::fd::OwnedFd,
+    /// The HTTPS listener, when the proxy has one.
+    pub https: Option<std::os::fd::OwnedFd>,
 }
 
 impl ProxyCtl {
@@ -80,8 +89,12 @@ impl ProxyCtl {
             if self.held().is_none() {
                 let socket = self.socket();
                 match tokio::task::spawn_blocking(move || fetch_listeners(&socket)).await {
-                    Ok(Ok(mut fds)) if !fds.is_empty() => {
-                        *self.slot() = Some(fds.swap_remove(0));
+                    Ok(Ok((mut fds, https))) if fds.len() > usize::from(https) => {
+                        let https = if https { fds.pop() } else { None };
+                        *self.slot() = Some(Held {
+                            plain: fds.swap_remove(0),
+                            https,
+                        });
                     }
                     Ok(Ok(_)) => {}
                     Ok(Err(error)) => {
@@ -92,22 +105,8 @@ impl ProxyCtl {
             }
             return Ok(());
         }
-        let fd = match self.held() {
-            Some(fd) => fd,
-            None => {
-                let listener = std::net::TcpListener::bind(self.listen).map_err(|source| {
-                    ProxyError::Listen {
-                        listen: self.listen,
-                        source,
-                    }
-                })?;
-                let fd = std::os::fd::OwnedFd::from(listener);
-                let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-                *self.slot() = Some(fd);
-                raw
-            }
-        };
-        self.spawn(fd)?;
+        let (fd, https_fd) = self.bind_held()?;
+        self.spawn(fd, https_fd)?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while tokio::time::Instant::now() < deadline {
             if matches!(self.request(Request::Ping).await, Ok(Reply::Pong { .. })) {
@@ -123,17 +122,51 @@ impl ProxyCtl {
         })
     }
 
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<std::os::fd::OwnedFd>> {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Held>> {
         self.listener.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The raw number of the listening socket the agent holds, if any.
+    /// The raw number of the plain listening socket the agent holds, if any.
     fn held(&self) -> Option<std::os::fd::RawFd> {
-        self.slot().as_ref().map(std::os::fd::AsRawFd::as_raw_fd)
+        self.slot()
+            .as_ref()
+            .map(|h| std::os::fd::AsRawFd::as_raw_fd(&h.plain))
     }
 
-    /// Starts a proxy on the listening socket `listen_fd` (held by the agent).
-    fn spawn(&self, listen_fd: std::os::fd::RawFd) -> Result<(), ProxyError> {
+    /// The sockets a new proxy starts on: those the agent holds, the missing ones bound
+    /// now (and kept). Returns their raw numbers (plain, HTTPS).
+    fn bind_held(&self) -> Result<(std::os::fd::RawFd, Option<std::os::fd::RawFd>), ProxyError> {
+        use std::os::fd::{AsRawFd, OwnedFd};
+        let bind = |listen: SocketAddr| {
+            std::net::TcpListener::bind(listen)
+                .map(OwnedFd::from)
+                .map_err(|source| ProxyError::Listen { listen, source })
+        };
+        let mut slot = self.slot();
+        let held = match slot.take() {
+            Some(h) => h,
+            None => Held {
+                plain: bind(self.listen)?,
+                https: None,
+            },
+        };
+        let held = slot.insert(held);
+        if let (Some(addr), None) = (self.https, &held.https) {
+            held.https = Some(bind(addr)?);
+        }
+        Ok((
+            held.plain.as_raw_fd(),
+            held.https.as_ref().map(|fd| fd.as_raw_fd()),
+        ))
+    }
+
+    /// Starts a proxy on the listening sockets `listen_fd` and `https_fd` (held by the
+    /// agent).
+    fn spawn(
+        &self,
+        listen_fd: std::os::fd::RawFd,
+        https_fd: Option<std::os::fd::RawFd>,
+    ) -> Result<(), ProxyError> {
         use std::os::unix::process::CommandExt;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -157,13 +190,24 @@ impl ProxyCtl {
             .arg(self.state_file())
             .arg("--access-log")
             .arg(self.dir.join("access.log"))
+            .args(
+                self.https
+                    .iter()
+                    .flat_map(|a| ["--https".to_string(), a.to_string()]),
+            )
             .env_clear()
             .env(
                 "PATH",
                 std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
             )
             .stdin(std::process::Stdio::null())
-            .env("HOIST_PROXY_INHERIT", format!("listen={listen_fd}"))
+            .env(
+                "HOIST_PROXY_INHERIT",
+                match https_fd {
+                    Some(t) => format!("listen={listen_fd};tls={t}"),
+                    None => format!("listen={listen_fd}"),
+                },
+            )
             .stdout(log)
             .stderr(log2);
         // SAFETY: setsid and fcntl are async-signal-safe and touch no memory of the
@@ -175,8 +219,10 @@ impl ProxyCtl {
                 nix::unistd::setsid()
                     .map(|_| ())
                     .map_err(std::io::Error::from)?;
-                if libc::fcntl(listen_fd, libc::F_SETFD, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
+                for fd in std::iter::once(listen_fd).chain(https_fd) {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -201,8 +247,9 @@ impl ProxyCtl {
 }
 
 /// Asks the proxy at `socket` for its listening sockets: the answer line arrives with
-/// them attached (SCM_RIGHTS). Blocking; bounded by a read timeout.
-fn fetch_listeners(socket: &Path) -> Result<Vec<std::os::fd::OwnedFd>, ProxyError> {
+/// them attached (SCM_RIGHTS); `true` when the last one is the HTTPS listener. Blocking;
+/// bounded by a read timeout.
+fn fetch_listeners(socket: &Path) -> Result<(Vec<std::os::fd::OwnedFd>, bool), ProxyError> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     use std::io::Write;
     use std::os::fd::{AsRawFd, FromRawFd};
@@ -253,7 +300,9 @@ fn fetch_listeners(socket: &Path) -> Result<Vec<std::os::fd::OwnedFd>, ProxyErro
     let resp: ResponseLine =
         serde_json::from_slice(&got).map_err(|e| ProxyError::Protocol(e.to_string()))?;
     match resp.response {
-        Response::Ok(Reply::Listeners { count }) if count as usize == fds.len() => Ok(fds),
+        Response::Ok(Reply::Listeners { count, https }) if count as usize == fds.len() => {
+            Ok((fds, https))
+        }
         Response::Ok(other) => Err(ProxyError::Protocol(format!(
             "expected listening sockets, got {other:?} with {} descriptors",
             fds.len()

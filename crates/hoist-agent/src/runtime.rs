@@ -432,6 +432,11 @@ impl Agent {
         let Some(proxy) = &self.proxy else {
             return Ok(());
         };
+        let spec = self.rt().specs.get(app).map(|(_, s)| s.clone());
+        let tls = match &spec {
+            Some(spec) => self.route_tls(spec).await,
+            None => Default::default(),
+        };
         let now = Instant::now();
         // Basic-auth users live in a secret: read only for apps that use it.
         let needs_secrets = self.rt().specs.get(app).is_some_and(|(_, s)| {
@@ -479,6 +484,7 @@ impl Agent {
                             .as_ref()
                             .and_then(|b| secrets.get(&b.secret).cloned()),
                     ),
+                    tls: tls.get(name).cloned(),
                 })
                 .collect()
         };

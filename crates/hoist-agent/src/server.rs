@@ -128,6 +128,7 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
             }
         }
         (Method::GET, ["v1", "status"]) => status(&agent),
+        (Method::GET, ["v1", "certs"]) => http::json(StatusCode::OK, &agent.cert_statuses()),
         (Method::GET, ["v1", "events"]) => events(agent, req.uri().query().unwrap_or("")),
         (Method::POST, ["v1", "releases"]) => {
             let q = req.uri().query().unwrap_or("").to_string();

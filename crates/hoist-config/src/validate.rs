@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use hoist_core::schedule::{CronExpr, Schedule};
 use hoist_core::spec::{
-    defaults, AppSpec, BackupSource, BackupSpec, BakeSpec, BasicAuthSpec, Batch, BuildSpec,
-    CheckSpec, DeploySpec, HealthKind, HealthSpec, HooksSpec, HostSpec, HttpGuards, HttpSpec,
-    JobSpec, Keep, OnFailure, RateLimitSpec, RolloutSpec, SecretsSpec, ServiceSpec, SshAddr,
-    SshSpec, StopSignal,
+    defaults, AcmeSpec, AppSpec, BackupSource, BackupSpec, BakeSpec, BasicAuthSpec, Batch,
+    BuildSpec, CheckSpec, DeploySpec, HealthKind, HealthSpec, HooksSpec, HostSpec, HttpGuards,
+    HttpSpec, JobSpec, Keep, OnFailure, RateLimitSpec, RolloutSpec, SecretsSpec, ServiceSpec,
+    SshAddr, SshSpec, StopSignal, TlsSpec,
 };
 
 use crate::diag::{did_you_mean, Loc};
@@ -24,7 +24,7 @@ use crate::tree::{toml_quote, Key, Node, Value};
 
 const TOP_KEYS: &[&str] = &[
     "version", "app", "build", "env", "secrets", "check", "services", "jobs", "hooks", "backups",
-    "deploy", "hosts", "ssh",
+    "deploy", "hosts", "ssh", "acme",
 ];
 const BUILD_KEYS: &[&str] = &["command", "include", "exclude"];
 const SECRETS_KEYS: &[&str] = &["required"];
@@ -51,9 +51,14 @@ const HTTP_KEYS: &[&str] = &[
     "basic_auth",
     "max_body",
     "trusted_proxies",
+    "tls",
+    "redirect_https",
+    "hsts",
 ];
 const RATE_LIMIT_KEYS: &[&str] = &["requests", "per", "burst", "key"];
 const BASIC_AUTH_KEYS: &[&str] = &["secret", "realm"];
+const TLS_FILE_KEYS: &[&str] = &["cert", "key"];
+const ACME_KEYS: &[&str] = &["email", "directory", "ca_roots"];
 const HEALTH_KEYS: &[&str] = &[
     "path",
     "expect_status",
@@ -101,6 +106,7 @@ pub(crate) fn home_of(key: &str) -> Option<&'static str> {
         (BACKUP_KEYS, "a `[backups.NAME]` table"),
         (HOST_KEYS, "a `[[hosts]]` table"),
         (HOOKS_KEYS, "`[hooks]`"),
+        (ACME_KEYS, "`[acme]`"),
         (TOP_KEYS, "the top level"),
     ];
     HOMES
@@ -222,6 +228,9 @@ pub(crate) fn validate(cx: &mut Cx<'_>, root: &Node) -> Option<AppSpec> {
     let ssh = top
         .get("ssh")
         .map_or_else(SshSpec::default, |n| ssh(cx, n, top.key_loc("ssh")));
+    let acme = top
+        .get("acme")
+        .map_or_else(AcmeSpec::default, |n| acme(cx, n, top.key_loc("acme")));
 
     let used_roles: BTreeSet<String> = refs
         .role_uses
@@ -280,6 +289,7 @@ pub(crate) fn validate(cx: &mut Cx<'_>, root: &Node) -> Option<AppSpec> {
         deploy,
         hosts,
         ssh,
+        acme,
     })
 }
 
@@ -602,7 +612,7 @@ fn http(
             loc.clone(),
         ));
     }
-    let domains = domains.into_iter().map(|(d, _)| d).collect();
+    let domains: Vec<String> = domains.into_iter().map(|(d, _)| d).collect();
     let health = match t.get("health") {
         Some(n) => health(cx, n, &t.path("health")),
         None => {
@@ -618,12 +628,48 @@ fn http(
         .duration(cx, "drain_timeout")
         .unwrap_or(defaults::DRAIN_TIMEOUT);
     let guards = http_guards(cx, &t, refs);
+    let tls = t.get("tls").and_then(|n| tls(cx, n, &t.path("tls")));
+    if tls.is_some() {
+        // A certificate names hosts: `*` (or a wildcard) cannot be issued or matched.
+        let domains_at = t.get("domains").map_or(&t.at, |n| &n.loc);
+        for d in &domains {
+            if d == "*" || d.contains('*') || !is_dns_name(d) {
+                cx.error(
+                    domains_at,
+                    format!(
+                        "`{}` needs host names in `{}`, found `{d}`",
+                        t.path("tls"),
+                        t.path("domains")
+                    ),
+                    Some("list the names the certificate covers, e.g. `domains = [\"example.com\"]` (wildcards are not supported)".into()),
+                );
+            }
+        }
+    }
+    let needs_tls = |cx: &mut Cx<'_>, key: &str| {
+        if tls.is_none() {
+            if let Some(n) = t.get(key) {
+                cx.error(
+                    &n.loc,
+                    format!("`{}` needs `{}`", t.path(key), t.path("tls")),
+                    Some("add `tls = \"acme\"` or `tls = { cert = \"/path/cert.pem\", key = \"/path/key.pem\" }`".into()),
+                );
+            }
+        }
+    };
+    needs_tls(cx, "redirect_https");
+    needs_tls(cx, "hsts");
+    let redirect_https = t.bool(cx, "redirect_https").unwrap_or(tls.is_some()) && tls.is_some();
+    let hsts = t.positive_duration(cx, "hsts").filter(|_| tls.is_some());
     Some(HttpSpec {
         domains,
         path_prefix,
         health: health?,
         drain_timeout,
         guards,
+        tls,
+        redirect_https,
+        hsts,
     })
 }
 
@@ -743,6 +789,129 @@ fn valid_cidr(s: &str) -> bool {
     };
     let max = if ip.is_ipv4() { 32 } else { 128 };
     bits.is_none_or(|b| b.parse::<u8>().is_ok_and(|b| b <= max))
+}
+
+/// A plain DNS name a certificate can carry.
+fn is_dns_name(d: &str) -> bool {
+    let d = d.strip_suffix('.').unwrap_or(d);
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// `tls = "acme"` or `tls = { cert = "PATH", key = "PATH" }` (absolute paths on the host).
+fn tls(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<TlsSpec> {
+    let example = "write `tls = \"acme\"` or `tls = { cert = \"/etc/ssl/example.pem\", key = \"/etc/ssl/example.key\" }`";
+    match &node.value {
+        Value::Str(s) if s == "acme" => Some(TlsSpec::Acme),
+        Value::Str(s) => {
+            cx.error(
+                &node.loc,
+                format!("invalid `{path}`: `{s}` is neither `acme` nor a table of files"),
+                Some(example.into()),
+            );
+            None
+        }
+        Value::Table(_) => {
+            let t = Tbl::open(cx, node, path, &node.loc, TLS_FILE_KEYS)?;
+            let mut file = |key: &str| -> Option<String> {
+                let Some(n) = t.get(key) else {
+                    t.missing(cx, key, Some(example.into()));
+                    return None;
+                };
+                let p = read_str(cx, n, &t.path(key))?;
+                if !p.starts_with('/') {
+                    cx.error(
+                        &n.loc,
+                        format!("invalid `{}`: `{p}` is not an absolute path", t.path(key)),
+                        Some(
+                            "the file is read on the host by the agent: give its absolute path"
+                                .into(),
+                        ),
+                    );
+                    return None;
+                }
+                Some(p)
+            };
+            let cert = file("cert");
+            let key = file("key");
+            Some(TlsSpec::File {
+                cert: cert?,
+                key: key?,
+            })
+        }
+        _ => {
+            type_error(
+                cx,
+                node,
+                path,
+                "`\"acme\"` or a table",
+                Some(example.into()),
+            );
+            None
+        }
+    }
+}
+
+fn acme(cx: &mut Cx<'_>, node: &Node, at: Option<&Loc>) -> AcmeSpec {
+    let Some(t) = Tbl::open(cx, node, "acme", at.unwrap_or(&node.loc), ACME_KEYS) else {
+        return AcmeSpec::default();
+    };
+    let email = t.str(cx, "email").filter(|e| {
+        let ok = e.contains('@') && !e.contains(char::is_whitespace) && !e.starts_with("mailto:");
+        if !ok {
+            if let Some(n) = t.get("email") {
+                cx.error(
+                    &n.loc,
+                    format!("invalid `acme.email`: `{e}` is not an email address"),
+                    Some("write just the address: `email = \"ops@example.com\"`".into()),
+                );
+            }
+        }
+        ok
+    });
+    let directory = t
+        .str(cx, "directory")
+        .filter(|d| {
+            let ok = d.starts_with("https://") && d.len() > "https://".len();
+            if !ok {
+                if let Some(n) = t.get("directory") {
+                    cx.error(
+                        &n.loc,
+                        format!("invalid `acme.directory`: `{d}` is not an https:// URL"),
+                        Some(format!("the default is `{}`", defaults::ACME_DIRECTORY)),
+                    );
+                }
+            }
+            ok
+        })
+        .unwrap_or_else(|| defaults::ACME_DIRECTORY.to_string());
+    let ca_roots = t.str(cx, "ca_roots").filter(|p| {
+        let ok = p.starts_with('/');
+        if !ok {
+            if let Some(n) = t.get("ca_roots") {
+                cx.error(
+                    &n.loc,
+                    format!("invalid `acme.ca_roots`: `{p}` is not an absolute path"),
+                    Some("the PEM file is read on the host by the agent".into()),
+                );
+            }
+        }
+        ok
+    });
+    AcmeSpec {
+        email,
+        directory,
+        ca_roots,
+    }
 }
 
 /// A host name the proxy matches against the Host header (lowercased), or `*`.

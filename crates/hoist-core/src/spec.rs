@@ -44,6 +44,8 @@ pub mod defaults {
     pub const LOCAL_HOST: &str = "local";
     /// The app file format version this build reads.
     pub const VERSION: u32 = 1;
+    /// The ACME directory `[acme]` uses unless told otherwise: Let's Encrypt production.
+    pub const ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
 }
 
 /// One app, fully resolved.
@@ -65,6 +67,40 @@ pub struct AppSpec {
     /// In file order; never empty (an app file without `[[hosts]]` gets `local`).
     pub hosts: Vec<HostSpec>,
     pub ssh: SshSpec,
+    /// `[acme]`: the CA that issues `tls = "acme"` certificates.
+    #[serde(default)]
+    pub acme: AcmeSpec,
+}
+
+/// Where ACME certificates come from (RFC 8555).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcmeSpec {
+    /// The account's contact (`mailto:`), if given.
+    pub email: Option<String>,
+    /// The directory URL (default: Let's Encrypt production).
+    pub directory: String,
+    /// A PEM file of roots trusted when talking to the directory (a private or test CA).
+    pub ca_roots: Option<String>,
+}
+
+impl Default for AcmeSpec {
+    fn default() -> AcmeSpec {
+        AcmeSpec {
+            email: None,
+            directory: defaults::ACME_DIRECTORY.to_string(),
+            ca_roots: None,
+        }
+    }
+}
+
+/// Where a web service's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "lowercase")]
+pub enum TlsSpec {
+    /// Issued and renewed by the agent over ACME for every domain of the service.
+    Acme,
+    /// PEM files on the host: the chain and its private key.
+    File { cert: String, key: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -139,6 +175,15 @@ pub struct HttpSpec {
     /// What the proxy checks before a request reaches an instance.
     #[serde(default)]
     pub guards: HttpGuards,
+    /// Served over HTTPS with this certificate.
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
+    /// Plain-HTTP requests get a 308 to HTTPS (default: true when `tls` is set).
+    #[serde(default)]
+    pub redirect_https: bool,
+    /// `Strict-Transport-Security: max-age` (off unless set).
+    #[serde(default, with = "human_duration_opt")]
+    pub hsts: Option<Duration>,
 }
 
 /// The `http` table's guards (`rate_limit`, `basic_auth`, `max_body`, `trusted_proxies`),
@@ -711,6 +756,7 @@ mod tests {
                 host("c", &["worker"]),
             ],
             ssh: SshSpec::default(),
+            acme: AcmeSpec::default(),
         }
     }
 
@@ -815,6 +861,12 @@ mod tests {
                 expect_status: None,
             }),
             drain_timeout: defaults::DRAIN_TIMEOUT,
+            tls: Some(TlsSpec::File {
+                cert: "/etc/c.pem".into(),
+                key: "/etc/k.pem".into(),
+            }),
+            redirect_https: true,
+            hsts: Some(Duration::from_secs(86400 * 365)),
         });
         let json = serde_json::to_value(&spec).unwrap();
         assert_eq!(json["services"]["web"]["memory_limit"], "512MiB");

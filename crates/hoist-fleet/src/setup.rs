@@ -14,11 +14,12 @@ use sha2::{Digest, Sha256};
 
 use crate::ssh::{shell_quote, Remote, SshError, REMOTE_BIN};
 
-/// The host config written when a host has none: the proxy takes port 80.
+/// The host config written when a host has none: the proxy takes ports 80 and 443.
 pub const DEFAULT_AGENT_TOML: &str =
     "# Written by `hoist setup`; edit freely: setup never overwrites it.\n\
-# Keys: root, socket, proxy, dashboard (as `hoist agent` flags).\n\
-proxy = \"0.0.0.0:80\"\n";
+# Keys: root, socket, proxy, https, dashboard (as `hoist agent` flags).\n\
+proxy = \"0.0.0.0:80\"\n\
+https = \"0.0.0.0:443\"\n";
 
 const AGENT_TOML: &str = "/etc/hoist/agent.toml";
 const UNIT: &str = "/etc/systemd/system/hoist-agent.service";

@@ -248,6 +248,33 @@ impl Changes {
     }
 }
 
+/// A domain of a web service with `tls`, as `hoist certs` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertStatus {
+    pub domain: String,
+    pub app: String,
+    pub service: String,
+    /// `acme`, or `file \`PATH\``.
+    pub source: String,
+    pub issuer: Option<String>,
+    /// RFC 3339.
+    pub not_after: Option<String>,
+    /// Whether the proxy was handed a certificate for the domain by this agent.
+    pub serving: bool,
+    /// The last issuance or renewal (ACME).
+    pub last: Option<CertAttempt>,
+    /// What needs attention, if anything.
+    pub problem: Option<String>,
+}
+
+/// One issuance or renewal attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertAttempt {
+    pub at: String,
+    pub ok: bool,
+    pub message: String,
+}
+
 /// One preflight check of the host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanCheck {

@@ -68,7 +68,8 @@ pub enum Request {
     },
     /// The proxy's listening sockets, passed as file descriptors (SCM_RIGHTS) with the
     /// answer [`Reply::Listeners`]: the agent keeps them open so that a proxy that crashes
-    /// is restarted on the same sockets and no connection is refused meanwhile.
+    /// is restarted on the same sockets and no connection is refused meanwhile. The HTTPS
+    /// listener, if any, comes last.
     Listeners,
     /// Hands the listening sockets to a fresh process of `exe` (default: the running
     /// binary), waits until it serves, then stops accepting, drains and exits.
@@ -76,6 +77,86 @@ pub enum Request {
         #[serde(default)]
         exe: Option<PathBuf>,
     },
+    /// Certificates and ACME challenges of the HTTPS listener (see [`TlsRequest`]).
+    Tls { request: TlsRequest },
+}
+
+/// What the agent asks of the proxy's TLS side. Certificates are keyed by domain; a
+/// route with [`RouteTls`] is served on the HTTPS listener with the certificate of the
+/// domain the client names (SNI).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TlsRequest {
+    /// Installs (or replaces, without touching open connections) the certificate of
+    /// each of its domains; persisted with the routes (0600).
+    SetCert {
+        cert: Cert,
+    },
+    /// Forgets the certificate of `domain`.
+    RemoveCert {
+        domain: String,
+    },
+    /// The certificates held, without keys: answered with [`Reply::Certs`].
+    Certs,
+    /// Answers `GET /.well-known/acme-challenge/TOKEN` on the HTTP listener with
+    /// `key_authorization` (ACME HTTP-01) until removed.
+    SetHttpChallenge {
+        token: String,
+        key_authorization: String,
+    },
+    RemoveHttpChallenge {
+        token: String,
+    },
+    /// Presents `cert` to clients that offer only the `acme-tls/1` protocol for
+    /// `domain` (ACME TLS-ALPN-01) until removed. Kept in memory only.
+    SetAlpnChallenge {
+        cert: Cert,
+    },
+    RemoveAlpnChallenge {
+        domain: String,
+    },
+}
+
+/// A certificate chain and its private key, PEM. The key never appears in a reply.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cert {
+    pub domains: Vec<String>,
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// `acme` or `file`: what `hoist certs` reports.
+    #[serde(default)]
+    pub source: String,
+}
+
+impl std::fmt::Debug for Cert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cert")
+            .field("domains", &self.domains)
+            .field("source", &self.source)
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// A certificate the proxy holds, as listed (no key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertInfo {
+    pub domain: String,
+    pub source: String,
+    /// The leaf certificate, PEM (public).
+    pub cert_pem: String,
+}
+
+/// TLS settings of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTls {
+    /// Plain-HTTP requests get 308 to `https://` (ACME challenge paths excepted).
+    pub redirect_https: bool,
+    /// `Strict-Transport-Security: max-age=…` on HTTPS responses when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts_secs: Option<u64>,
 }
 
 /// A route: requests whose Host matches one of `domains` (`*` matches any) and whose
@@ -100,6 +181,9 @@ pub struct Route {
     /// What the proxy checks before a request of this route reaches an instance.
     #[serde(default, skip_serializing_if = "Guards::is_empty")]
     pub guards: Guards,
+    /// Served over HTTPS too (certificates by domain, see [`TlsRequest::SetCert`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RouteTls>,
 }
 
 /// Per-route guards, each answered by the proxy itself with a clear status and counted
@@ -215,9 +299,15 @@ pub enum Reply {
         over_capacity: u64,
         max: u64,
     },
-    /// `count` listening sockets ride along with this line.
+    /// `count` listening sockets ride along with this line; with `https`, the last of
+    /// them is the HTTPS listener.
     Listeners {
         count: u32,
+        #[serde(default)]
+        https: bool,
+    },
+    Certs {
+        certs: Vec<CertInfo>,
     },
 }
 
@@ -286,6 +376,7 @@ mod tests {
                 }],
                 drain_timeout_ms: 5000,
                 guards: Default::default(),
+                tls: None,
             },
         });
         let text = serde_json::to_string(&line).unwrap();
@@ -294,6 +385,24 @@ mod tests {
         let ping: RequestLine =
             serde_json::from_str(r#"{"version":1,"request":{"type":"ping"}}"#).unwrap();
         assert_eq!(ping.request, Request::Ping);
+    }
+
+    #[test]
+    fn a_certificate_key_never_shows_in_debug_output() {
+        let cert = Cert {
+            domains: vec!["a.test".into()],
+            cert_pem: "CERT".into(),
+            key_pem: "-----BEGIN PRIVATE KEY-----secret".into(),
+            source: "file".into(),
+        };
+        let request = Request::Tls {
+            request: TlsRequest::SetCert { cert },
+        };
+        let shown = format!("{request:?}");
+        assert!(
+            !shown.contains("secret") && shown.contains("a.test"),
+            "{shown}"
+        );
     }
 
     #[test]

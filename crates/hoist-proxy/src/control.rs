@@ -47,6 +47,8 @@ pub(crate) struct Control {
     /// The listening sockets (owned by `run` for its lifetime), passed to whoever asks
     /// for `Listeners` on this socket (only this user or root can connect).
     pub(crate) listen_fds: Vec<std::os::fd::RawFd>,
+    /// The HTTPS listener (owned by `run` too), passed after the others.
+    pub(crate) tls_fd: Option<std::os::fd::RawFd>,
     /// Set when this process should stop (after handing over to a successor).
     pub(crate) stop: watch::Sender<bool>,
     /// False while a successor starts: new control connections are then left to it, so
@@ -60,6 +62,7 @@ impl Control {
         state_file: Option<PathBuf>,
         upgrade: Option<crate::upgrade::Handoff>,
         listen_fds: Vec<std::os::fd::RawFd>,
+        tls_fd: Option<std::os::fd::RawFd>,
         initial: Vec<wire::Route>,
     ) -> Result<Control, ProxyError> {
         let control = Control {
@@ -68,6 +71,7 @@ impl Control {
             state_file,
             upgrade,
             listen_fds,
+            tls_fd,
             stop: watch::Sender::new(false),
             accepting: watch::Sender::new(true),
         };
@@ -156,6 +160,9 @@ impl Control {
                 up.draining.store(false, Ordering::SeqCst);
             }
         }
+        self.shared
+            .tls
+            .set_routes(&specs.values().collect::<Vec<_>>());
         self.shared
             .published
             .publish(Table::build(&entries, &domains));
@@ -321,6 +328,7 @@ impl Control {
 
     async fn answer(&self, request: Request) -> Result<Reply, ProxyError> {
         Ok(match request {
+            Request::Tls { request } => self.shared.tls.answer(request)?,
             Request::Ping => Reply::Pong {
                 pid: std::process::id(),
                 version: wire::VERSION,
@@ -352,7 +360,8 @@ impl Control {
                     .await
             }
             Request::Listeners => Reply::Listeners {
-                count: self.listen_fds.len() as u32,
+                count: (self.listen_fds.len() + usize::from(self.tls_fd.is_some())) as u32,
+                https: self.tls_fd.is_some(),
             },
             Request::Upgrade { exe } => {
                 let Some(handoff) = &self.upgrade else {
@@ -517,7 +526,8 @@ async fn connection(control: Arc<Control>, stream: tokio::net::UnixStream) -> st
         out.push(b'\n');
         if pass_fds {
             // The answer travels with the listening sockets attached (SCM_RIGHTS).
-            let fds = control.listen_fds.clone();
+            let mut fds = control.listen_fds.clone();
+            fds.extend(control.tls_fd);
             wr.as_ref().writable().await?;
             let stream: &tokio::net::UnixStream = wr.as_ref();
             send_with_fds(stream, &out, &fds)?;

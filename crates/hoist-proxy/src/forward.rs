@@ -50,7 +50,7 @@ thread_local! {
 }
 
 /// Runs `f` on this thread's current snapshot.
-fn with_table<R>(shared: &Shared, f: impl FnOnce(&Table) -> R) -> R {
+pub(crate) fn with_table<R>(shared: &Shared, f: impl FnOnce(&Table) -> R) -> R {
     let version = shared.published.version();
     TABLE.with(|slot| {
         let mut slot = slot.borrow_mut();
@@ -442,6 +442,9 @@ async fn proxy(
                 HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
             );
         }
+        return Ok(resp);
+    }
+    if let Some(resp) = crate::tls::on_plain_request(shared, &req) {
         return Ok(resp);
     }
     let host = host_of(&req);
@@ -982,7 +985,7 @@ fn finish_error(
 }
 
 /// The request's host, lowercase, without a port.
-fn host_of(req: &Request<Incoming>) -> String {
+pub(crate) fn host_of(req: &Request<Incoming>) -> String {
     // An absolute-form target names the host; it wins over the Host header (RFC 9112 §3.2.2).
     let raw = req
         .uri()
@@ -1090,6 +1093,7 @@ fn prepare_request(
     host: &str,
     route_trusted: bool,
 ) -> HeaderValue {
+    let https = req.extensions().get::<crate::tls::Https>().is_some();
     let headers = req.headers_mut();
     let upgrade = if websocket {
         headers.get(header::UPGRADE).cloned()
@@ -1136,7 +1140,8 @@ fn prepare_request(
         headers.insert(X_REAL_IP.clone(), peer.ip_header.clone());
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        let proto = if https { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
     if !headers.contains_key(&X_FORWARDED_HOST) && !host.is_empty() {
         if let Some(v) = headers.get(header::HOST).cloned() {

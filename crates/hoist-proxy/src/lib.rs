@@ -23,6 +23,7 @@ mod state;
 mod stats;
 mod table;
 mod timed_io;
+pub mod tls;
 mod upgrade;
 mod websocket;
 mod worker;
@@ -98,6 +99,10 @@ pub struct Config {
     pub routes: Vec<wire::Route>,
     /// Arguments for a successor process; without them `Upgrade` is refused.
     pub upgrade_args: Option<Vec<std::ffi::OsString>>,
+    /// The HTTPS listener (every TLS worker thread gets a clone), if any.
+    pub tls_listener: Option<TcpListener>,
+    /// Where certificates are saved (0600) and loaded from at start.
+    pub certs_file: Option<PathBuf>,
     /// Written to (one byte) and closed once the proxy serves.
     pub ready: Option<OwnedFd>,
     /// How long connections may finish after a shutdown before tunnels are closed and
@@ -122,6 +127,8 @@ pub(crate) struct Shared {
     pub open_connections: std::sync::atomic::AtomicUsize,
     pub max_connections: usize,
     pub over_capacity: std::sync::atomic::AtomicU64,
+    /// Certificates and ACME challenges (`tls.rs`).
+    pub tls: tls::TlsState,
 }
 
 /// The connection cap when none is configured: half the open-files limit less a reserve
@@ -191,6 +198,7 @@ pub async fn run(
             n => n,
         },
         over_capacity: std::sync::atomic::AtomicU64::new(0),
+        tls: tls::TlsState::load(config.certs_file.clone())?,
     });
     let control_path = control_listener
         .local_addr()
@@ -203,6 +211,7 @@ pub async fn run(
     };
     let handoff = config.upgrade_args.clone().map(|args| Handoff {
         listen_fds: listeners.iter().map(|l| l.as_raw_fd()).collect(),
+        tls_fd: config.tls_listener.as_ref().map(|l| l.as_raw_fd()),
         control_fd: control_listener.as_raw_fd(),
         args,
     });
@@ -211,6 +220,7 @@ pub async fn run(
         config.state_file.clone(),
         handoff,
         listeners.iter().map(|l| l.as_raw_fd()).collect(),
+        config.tls_listener.as_ref().map(|l| l.as_raw_fd()),
         config.routes,
     )?);
     if let Some(path) = &config.state_file {
@@ -232,6 +242,14 @@ pub async fn run(
             worker::spawn(i, shared.clone(), listener, stop_rx.clone())
                 .map_err(ProxyError::Runtime)?,
         );
+    }
+    if let Some(tls_listener) = &config.tls_listener {
+        done.extend(tls::spawn_workers(
+            workers,
+            shared.clone(),
+            tls_listener,
+            stop_rx.clone(),
+        )?);
     }
     control_listener
         .set_nonblocking(true)
@@ -263,6 +281,7 @@ pub async fn run(
     }
     // The original sockets close here; a successor holds its own references.
     drop(listeners);
+    drop(config.tls_listener);
     drop(control_listener);
     Ok(())
 }

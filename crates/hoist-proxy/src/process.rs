@@ -29,6 +29,9 @@ pub const STATIC_ROUTE: &str = "static";
 #[derive(Debug, Clone)]
 pub struct ProcessOptions {
     pub listen: SocketAddr,
+    /// The HTTPS listener's address (certificates come over the control socket and
+    /// are kept in `certs.json` beside the state file).
+    pub https: Option<SocketAddr>,
     pub control: PathBuf,
     pub state: Option<PathBuf>,
     pub access_log: Option<AccessLogTarget>,
@@ -53,6 +56,7 @@ pub fn static_route(upstream: SocketAddr) -> wire::Route {
         }],
         drain_timeout_ms: 30_000,
         guards: Default::default(),
+        tls: None,
     }
 }
 
@@ -134,29 +138,38 @@ pub fn run_process(opts: ProcessOptions, args: Vec<OsString>) -> Result<(), Prox
         .unwrap_or_else(crate::default_workers);
     raise_nofile_limit();
     // An upgrade hands over everything; an agent restarting a crashed proxy hands over
-    // only the listening socket it kept open (so no connection was refused meanwhile).
-    let (listeners, control, ready, routes) = match inherited {
+    // only the listening sockets it kept open (so no connection was refused meanwhile).
+    let (listeners, tls_listener, control, ready, routes) = match inherited {
         Some(Inherited {
             listeners,
+            tls_listener,
             control: Some(control),
             ready,
             routes: Some(routes),
-        }) => (listeners, control, ready, routes),
+        }) => (listeners, tls_listener, control, ready, routes),
         other => {
-            let listeners = match other {
+            // The agent bound them with std's short queue; connections wait in it while a
+            // crashed proxy is restarted, so make it as long as ours.
+            let lengthen = |l: &TcpListener| {
+                let _ = nix::sys::socket::listen(
+                    l,
+                    nix::sys::socket::Backlog::new(4096)
+                        .unwrap_or(nix::sys::socket::Backlog::MAXCONN),
+                );
+            };
+            let (listeners, tls_listener) = match other {
                 Some(i) if !i.listeners.is_empty() => {
-                    for l in &i.listeners {
-                        // The agent bound it with std's short queue; connections wait in
-                        // it while a crashed proxy is restarted, so make it as long as ours.
-                        let _ = nix::sys::socket::listen(
-                            l,
-                            nix::sys::socket::Backlog::new(4096)
-                                .unwrap_or(nix::sys::socket::Backlog::MAXCONN),
-                        );
-                    }
-                    i.listeners
+                    i.listeners.iter().for_each(lengthen);
+                    i.tls_listener.iter().for_each(lengthen);
+                    (i.listeners, i.tls_listener)
                 }
-                _ => vec![bind_listener(opts.listen)?],
+                _ => (vec![bind_listener(opts.listen)?], None),
+            };
+            // An HTTPS listener the agent did not pass (none was asked for before) is
+            // bound here like at any start.
+            let tls_listener = match tls_listener {
+                Some(l) => Some(l),
+                None => opts.https.map(crate::tls::bind).transpose()?,
             };
             let control = bind_control(&opts.control)?;
             let mut routes = match &opts.state {
@@ -168,7 +181,7 @@ pub fn run_process(opts: ProcessOptions, args: Vec<OsString>) -> Result<(), Prox
                     routes.push(static_route(up));
                 }
             }
-            (listeners, control, None, routes)
+            (listeners, tls_listener, control, None, routes)
         }
     };
     let config = Config {
@@ -176,6 +189,11 @@ pub fn run_process(opts: ProcessOptions, args: Vec<OsString>) -> Result<(), Prox
         limits: opts.limits,
         trusted_proxies: opts.trusted_proxies,
         access_log: opts.access_log,
+        certs_file: opts
+            .state
+            .as_ref()
+            .map(|s| s.with_file_name(crate::tls::CERTS_FILE)),
+        tls_listener,
         state_file: opts.state,
         routes,
         upgrade_args: Some(args),

@@ -144,6 +144,8 @@ pub(crate) struct RouteEntry {
     pub upstreams: Vec<Arc<Upstream>>,
     pub counters: Arc<Counters>,
     pub guards: crate::guards::RouteGuards,
+    /// HTTPS settings (redirect, HSTS); see `tls.rs`.
+    pub tls: Option<wire::RouteTls>,
     next: Box<[PaddedCount]>,
 }
 
@@ -160,6 +162,7 @@ impl RouteEntry {
             upstreams,
             counters,
             guards,
+            tls: route.tls.clone(),
             next: (0..crate::stats::SHARDS)
                 .map(|_| PaddedCount::default())
                 .collect(),
@@ -301,6 +304,7 @@ mod tests {
             upstreams: vec![],
             drain_timeout_ms: 1000,
             guards: Default::default(),
+            tls: None,
         };
         let entry = RouteEntry::new(
             &wire,
@@ -381,6 +385,7 @@ mod tests {
                 upstreams: vec![],
                 drain_timeout_ms: 1,
                 guards: Default::default(),
+                tls: None,
             },
             ups.clone(),
             r.counters.clone(),

@@ -19,21 +19,23 @@ pub(crate) struct TimedStream {
     // Made on the first write that has to wait; most never do.
     timer: Option<Pin<Box<Sleep>>>,
     waiting: bool,
-    framing: crate::framing::Scanner,
+    /// `None` under TLS: these bytes are ciphertext, scanned after decryption instead
+    /// ([`crate::framing::Scanned`]).
+    framing: Option<crate::framing::Scanner>,
 }
 
 impl TimedStream {
     pub fn new(
         inner: TcpStream,
         timeout: Duration,
-        framing: std::sync::Arc<crate::framing::ConnFraming>,
+        framing: Option<std::sync::Arc<crate::framing::ConnFraming>>,
     ) -> TimedStream {
         TimedStream {
             inner,
             timeout,
             timer: None,
             waiting: false,
-            framing: crate::framing::Scanner::new(framing),
+            framing: framing.map(crate::framing::Scanner::new),
         }
     }
 
@@ -84,8 +86,8 @@ impl AsyncRead for TimedStream {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            this.framing.feed(&buf.filled()[before..]);
+        if let (Poll::Ready(Ok(())), Some(framing)) = (&polled, &mut this.framing) {
+            framing.feed(&buf.filled()[before..]);
         }
         polled
     }

@@ -30,6 +30,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Handoff {
     /// Listening sockets and the control socket, kept open by `run` for its lifetime.
     pub listen_fds: Vec<RawFd>,
+    /// The HTTPS listener, if any.
+    pub tls_fd: Option<RawFd>,
     pub control_fd: RawFd,
     /// Arguments of the successor (this process's own, without the program name).
     pub args: Vec<OsString>,
@@ -79,6 +81,7 @@ impl Handoff {
         let (ready_rd, ready_wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
             .map_err(|e| fail("cannot create the ready pipe", &e))?;
         let mut fds = self.listen_fds.clone();
+        fds.extend(self.tls_fd);
         fds.push(self.control_fd);
         fds.push(ready_wr.as_raw_fd());
         let listen = self
@@ -87,12 +90,15 @@ impl Handoff {
             .map(|fd| fd.to_string())
             .collect::<Vec<_>>()
             .join(",");
-        let value = format!(
+        let mut value = format!(
             "listen={listen};control={};ready={};table={}",
             self.control_fd,
             ready_wr.as_raw_fd(),
             table.display()
         );
+        if let Some(fd) = self.tls_fd {
+            value.push_str(&format!(";tls={fd}"));
+        }
         // The fds are inherited only across this one spawn; nothing else in this process
         // starts children, so clearing close-on-exec for a moment leaks them nowhere.
         for fd in &fds {
@@ -136,6 +142,7 @@ impl Handoff {
 #[derive(Debug)]
 pub struct Inherited {
     pub listeners: Vec<std::net::TcpListener>,
+    pub tls_listener: Option<std::net::TcpListener>,
     /// Absent when the agent restarts a crashed proxy: it passes only the listening
     /// socket it kept open (`listen=N`), and the proxy binds its control socket and loads
     /// its state file as at any start.
@@ -156,6 +163,7 @@ impl Inherited {
             message,
         };
         let (mut listen, mut control, mut ready, mut table) = (Vec::new(), None, None, None);
+        let mut tls = None;
         for part in value.split(';') {
             let (key, val) = part
                 .split_once('=')
@@ -180,6 +188,7 @@ impl Inherited {
                 }
                 "control" => control = Some(std::os::unix::net::UnixListener::from(fd(val)?)),
                 "ready" => ready = Some(fd(val)?),
+                "tls" => tls = Some(std::net::TcpListener::from(fd(val)?)),
                 "table" => table = Some(PathBuf::from(val)),
                 other => return Err(bad(format!("unknown key `{other}`"))),
             }
@@ -203,6 +212,7 @@ impl Inherited {
         }
         Ok(Some(Inherited {
             listeners: listen,
+            tls_listener: tls,
             control,
             ready,
             routes,

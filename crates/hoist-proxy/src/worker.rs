@@ -26,7 +26,7 @@ const CLOSE_LINGER: Duration = Duration::from_millis(1000);
 const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 26\r\nretry-after: 1\r\nconnection: close\r\n\r\ntoo many open connections\n";
 
 /// One open client connection, counted until it closes.
-struct ConnSlot(Arc<Shared>);
+pub(crate) struct ConnSlot(pub(crate) Arc<Shared>);
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
@@ -124,7 +124,7 @@ async fn serve(shared: Arc<Shared>, listener: StdListener, mut stop: watch::Rece
                     let service = hyper::service::service_fn(move |req| {
                         crate::forward::handle(w.clone(), client.clone(), req)
                     });
-                    let stream = crate::timed_io::TimedStream::new(stream, shared.limits.write_timeout, framing);
+                    let stream = crate::timed_io::TimedStream::new(stream, shared.limits.write_timeout, Some(framing));
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     let conn = conn.with_upgrades();
                     let mut graceful = graceful_rx.clone();

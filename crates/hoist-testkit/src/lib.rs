@@ -4,6 +4,8 @@
 //!
 //! Tests never use fixed ports, sleeps as synchronisation, or `pkill`.
 
+pub mod certs;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;

@@ -49,6 +49,8 @@ enum Command {
     Logs(cmd::status::LogsArgs),
     /// What happened on the host: exits, health changes, crash loops, deploys
     Events(cmd::status::EventsArgs),
+    /// Every domain served over HTTPS: issuer, expiry, source and last renewal
+    Certs(cmd::certs::CertsArgs),
     /// Start a stopped service of the current release
     Start(cmd::service::ServiceArgs),
     /// Stop a service (it stays stopped until `start` or the next deploy)
@@ -114,6 +116,7 @@ fn main() -> ExitCode {
         Command::Releases(args) => cmd::status::run_releases(args),
         Command::Logs(args) => cmd::status::run_logs(args),
         Command::Events(args) => cmd::status::run_events(args),
+        Command::Certs(args) => cmd::certs::run(args),
         Command::Start(args) => cmd::service::run_service("start", args),
         Command::Stop(args) => cmd::service::run_service("stop", args),
         Command::Restart(args) => cmd::service::run_service("restart", args),

@@ -161,7 +161,9 @@ fn setup_from_scratch_then_no_change_then_an_upgrade() {
         let installed = text(&installed.stdout);
         assert!(installed.starts_with(&local_sha), "{installed}");
         assert!(
-            installed.contains("\n700\n") && installed.contains("proxy = \"0.0.0.0:80\""),
+            installed.contains("\n700\n")
+                && installed.contains("proxy = \"0.0.0.0:80\"")
+                && installed.contains("https = \"0.0.0.0:443\""),
             "{installed}"
         );
         // The proxy listens on port 80 of the host's address, reachable from outside.

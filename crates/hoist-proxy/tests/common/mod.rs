@@ -117,6 +117,7 @@ pub fn route(
             .collect(),
         drain_timeout_ms: 30_000,
         guards: Default::default(),
+        tls: None,
     }
 }
 

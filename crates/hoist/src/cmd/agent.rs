@@ -33,11 +33,14 @@ pub struct Args {
     /// The proxy's HTTP listener, where web services answer (e.g. 127.0.0.1:8080)
     #[arg(long)]
     proxy: Option<SocketAddr>,
+    /// The proxy's HTTPS listener, for services with `tls` (e.g. 0.0.0.0:443)
+    #[arg(long, value_name = "ADDR")]
+    https: Option<SocketAddr>,
     /// Refused: this hoist has no dashboard yet
     #[arg(long, hide = true)]
     dashboard: Option<SocketAddr>,
-    /// The host config (keys `root`, `socket`, `proxy`, and a `[retention]` table; flags
-    /// override it)
+    /// The host config (keys `root`, `socket`, `proxy`, `https`, and a `[retention]` table;
+    /// flags override it)
     /// [default: /etc/hoist/agent.toml when it exists]
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -50,6 +53,7 @@ struct HostConfig {
     root: Option<PathBuf>,
     socket: Option<PathBuf>,
     proxy: Option<SocketAddr>,
+    https: Option<SocketAddr>,
     dashboard: Option<SocketAddr>,
     /// `[retention]`: `events_days`, `events_max`, `job_runs_days`, `job_runs_max`,
     /// `operations_days`, `operations_max`, `history_days`, `history_max` (each
@@ -158,6 +162,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ),
         ));
     }
+    if args.https.or(file.https).is_some() && args.proxy.or(file.proxy).is_none() {
+        // The HTTPS listener belongs to the proxy, which only runs with `--proxy`.
+        return Err(with_exit(
+            Exit::Usage,
+            anyhow::anyhow!("`--https` (or `https` in the host config) needs `--proxy`"),
+        ));
+    }
     init_logging();
     let config = hoist_agent::AgentConfig {
         root: args.root.or(file.root).unwrap_or_else(common::default_root),
@@ -166,6 +177,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .or(file.socket)
             .unwrap_or_else(common::default_socket),
         proxy: args.proxy.or(file.proxy),
+        https: args.https.or(file.https),
         dashboard: args.dashboard.or(file.dashboard),
         retention: file.retention.unwrap_or_default(),
     };
@@ -278,6 +290,13 @@ mod tests {
     fn the_host_config_is_read_strictly_and_relative_to_its_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("agent.toml");
+        std::fs::write(&file, hoist_fleet::setup::DEFAULT_AGENT_TOML).unwrap();
+        let config = host_config(Some(&file)).unwrap();
+        assert_eq!(
+            config.https,
+            Some("0.0.0.0:443".parse().unwrap()),
+            "what setup writes"
+        );
         std::fs::write(&file, "proxy = \"0.0.0.0:80\"\nroot = \"state\"\n").unwrap();
         let config = host_config(Some(&file)).unwrap();
         assert_eq!(config.proxy, Some("0.0.0.0:80".parse().unwrap()));

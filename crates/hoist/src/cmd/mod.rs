@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod backup;
 pub mod build;
+pub mod certs;
 pub mod common;
 pub mod config;
 pub mod deploy;

@@ -24,6 +24,10 @@ pub struct Args {
     /// The HTTP listener (e.g. 127.0.0.1:8080)
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// The HTTPS listener (e.g. 0.0.0.0:443); certificates are set over the control
+    /// socket and kept in `certs.json` beside `--state`
+    #[arg(long, value_name = "ADDR")]
+    https: Option<SocketAddr>,
     /// The control socket (created with mode 0600)
     #[arg(long)]
     control: Option<PathBuf>,
@@ -130,6 +134,7 @@ fn serve(args: Args) -> anyhow::Result<()> {
     };
     let opts = ProcessOptions {
         listen,
+        https: args.https,
         control,
         state: args.state,
         access_log,

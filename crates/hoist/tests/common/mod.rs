@@ -28,7 +28,7 @@ pub struct Host {
     pub agent_wrapper: Vec<String>,
     /// The root is a tmpfs mounted by the test (unmounted on drop).
     tmpfs: bool,
-    /// Extra arguments for the agent (`--config FILE`).
+    /// Extra arguments for the agent (`--config FILE`, `--https ADDR`).
     pub agent_args: Vec<String>,
 }
 
@@ -66,6 +66,14 @@ impl Host {
             text(&out.stderr)
         );
         h.tmpfs = true;
+        h.start_agent();
+        h
+    }
+
+    /// A host whose agent also gets `args`.
+    pub fn with_agent_args(args: &[&str]) -> Host {
+        let mut h = Host::unstarted();
+        h.agent_args = args.iter().map(|a| a.to_string()).collect();
         h.start_agent();
         h
     }

@@ -1,0 +1,682 @@
+//! TLS termination: the HTTPS listener, certificates picked by SNI, ALPN (h2,
+//! http/1.1, and acme-tls/1 for TLS-ALPN-01), session resumption, and the ACME HTTP-01
+//! answers and HTTPS redirects of the plain listener.
+//!
+//! Certificates are keyed by domain and swapped whole: a handshake reads the map once,
+//! so a new certificate serves the next handshake while open connections keep theirs.
+//! They are persisted (0600, temp → fsync → rename) beside the route table so a proxy
+//! restarted while the agent is dead, or a successor after an upgrade, serves HTTPS at
+//! once. Challenge answers are kept in memory only: an issuance outlives neither.
+//!
+//! TLS connections are served by their own threads (one current-thread runtime each, as
+//! the plain workers), through the same request path (`forward::handle`): requests are
+//! marked [`Https`] so the upstream sees `X-Forwarded-Proto: https`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::TcpListener as StdListener;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hoist_protocol::proxy::{self as wire, Reply, TlsRequest};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::watch;
+
+use crate::error::ProxyError;
+use crate::forward::ProxyBody;
+use crate::worker::Worker;
+use crate::Shared;
+
+/// The ALPN protocol of ACME TLS-ALPN-01 (RFC 8737).
+const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+/// Where ACME HTTP-01 challenges are fetched (RFC 8555 §8.3); never redirected.
+pub(crate) const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+/// A handshake must finish within this (a client that opens and stalls holds a slot).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopping worker keeps idle HTTP/1.1 connections (see `worker.rs`).
+const CLOSE_LINGER: Duration = Duration::from_millis(1000);
+
+/// Marks a request that arrived over TLS.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Https;
+
+#[derive(Clone)]
+struct Held {
+    key: Arc<CertifiedKey>,
+    cert: wire::Cert,
+}
+
+/// Certificates, challenges and the TLS configuration shared by every worker.
+pub(crate) struct TlsState {
+    certs: RwLock<Arc<HashMap<String, Held>>>,
+    alpn: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    http_challenges: RwLock<HashMap<String, String>>,
+    file: Option<PathBuf>,
+    /// Whether any route asks for TLS (the plain path looks routes up again only then).
+    any_tls_route: AtomicBool,
+    /// The HTTPS listener's port (0: none), for redirects.
+    https_port: AtomicU16,
+}
+
+impl std::fmt::Debug for TlsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsState")
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses a PEM chain and key into a key rustls can serve, checking that they belong
+/// together.
+pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("the certificate is not valid PEM: {e}"))?;
+    if chain.is_empty() {
+        return Err("no certificate in the PEM data".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| format!("the key is not a PEM private key: {e}"))?;
+    // ring (not aws-lc-rs) builds in a fraction of the time here; its lack of
+    // post-quantum key exchange is why rustls marks it deprecated.
+    #[allow(deprecated)]
+    let provider = rustls::crypto::ring::default_provider();
+    CertifiedKey::from_der(chain, key, &provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => {
+            "the key does not belong to the certificate".to_string()
+        }
+        other => format!("the certificate or key cannot be used: {other}"),
+    })
+}
+
+/// The self-signed certificate of a TLS-ALPN-01 answer: it carries a critical
+/// `acmeIdentifier` extension that certificate parsers used for the consistency check
+/// refuse, so it is loaded as is (it is never validated by anyone but the CA).
+fn challenge_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("the certificate is not valid PEM: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| format!("the key is not a PEM private key: {e}"))?;
+    #[allow(deprecated)]
+    let provider = rustls::crypto::ring::default_provider();
+    let signer = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("the key cannot be used: {e}"))?;
+    Ok(CertifiedKey::new(chain, signer))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertsFile {
+    version: u32,
+    certs: Vec<wire::Cert>,
+}
+
+impl TlsState {
+    /// Loads the certificates saved in `file` (none when it does not exist yet).
+    pub fn load(file: Option<PathBuf>) -> Result<TlsState, ProxyError> {
+        let state = TlsState {
+            certs: RwLock::new(Arc::new(HashMap::new())),
+            alpn: RwLock::new(HashMap::new()),
+            http_challenges: RwLock::new(HashMap::new()),
+            file,
+            any_tls_route: AtomicBool::new(false),
+            https_port: AtomicU16::new(0),
+        };
+        if let Some(path) = &state.file {
+            let bad = |message: String| ProxyError::StateRead {
+                path: path.clone(),
+                message,
+            };
+            match std::fs::read(path) {
+                Ok(data) => {
+                    let file: CertsFile =
+                        serde_json::from_slice(&data).map_err(|e| bad(e.to_string()))?;
+                    let mut map = HashMap::new();
+                    for cert in file.certs {
+                        match certified_key(&cert.cert_pem, &cert.key_pem) {
+                            Ok(key) => {
+                                let key = Arc::new(key);
+                                for d in &cert.domains {
+                                    map.insert(
+                                        d.to_ascii_lowercase(),
+                                        Held {
+                                            key: key.clone(),
+                                            cert: cert.clone(),
+                                        },
+                                    );
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(domains = ?cert.domains, error = %e, "saved certificate skipped")
+                            }
+                        }
+                    }
+                    *state.certs.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(bad(e.to_string())),
+            }
+        }
+        Ok(state)
+    }
+
+    pub fn set_https_port(&self, port: u16) {
+        self.https_port.store(port, Ordering::Relaxed);
+    }
+
+    /// Called whenever the route table is published.
+    pub fn set_routes(&self, routes: &[&wire::Route]) {
+        self.any_tls_route
+            .store(routes.iter().any(|r| r.tls.is_some()), Ordering::Relaxed);
+    }
+
+    fn held(&self) -> Arc<HashMap<String, Held>> {
+        self.certs.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn persist(&self, map: &HashMap<String, Held>) -> Result<(), ProxyError> {
+        let Some(path) = &self.file else {
+            return Ok(());
+        };
+        // One entry per certificate, not per domain.
+        let mut certs: Vec<wire::Cert> = Vec::new();
+        let mut domains: Vec<&String> = map.keys().collect();
+        domains.sort();
+        for d in domains {
+            let held = &map[d];
+            match certs
+                .iter_mut()
+                .find(|c| c.cert_pem == held.cert.cert_pem && c.key_pem == held.cert.key_pem)
+            {
+                Some(c) => {
+                    if !c.domains.contains(d) {
+                        c.domains.push(d.clone())
+                    }
+                }
+                None => certs.push(wire::Cert {
+                    domains: vec![d.clone()],
+                    ..held.cert.clone()
+                }),
+            }
+        }
+        let data = serde_json::to_vec(&CertsFile {
+            version: wire::VERSION,
+            certs,
+        })
+        .map_err(|e| ProxyError::StateWrite {
+            path: path.clone(),
+            error: std::io::Error::other(e),
+        })?;
+        write_private(path, &data).map_err(|error| ProxyError::StateWrite {
+            path: path.clone(),
+            error,
+        })
+    }
+
+    fn set_cert(&self, cert: wire::Cert) -> Result<(), ProxyError> {
+        let invalid = |message: String| ProxyError::InvalidRoute {
+            id: cert.domains.join(","),
+            message,
+        };
+        if cert.domains.is_empty() {
+            return Err(invalid("a certificate needs at least one domain".into()));
+        }
+        let key = Arc::new(certified_key(&cert.cert_pem, &cert.key_pem).map_err(invalid)?);
+        let mut slot = self.certs.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = (**slot).clone();
+        for d in &cert.domains {
+            map.insert(
+                d.to_ascii_lowercase(),
+                Held {
+                    key: key.clone(),
+                    cert: cert.clone(),
+                },
+            );
+        }
+        self.persist(&map)?;
+        *slot = Arc::new(map);
+        tracing::info!(domains = ?cert.domains, source = %cert.source, "certificate installed");
+        Ok(())
+    }
+
+    fn remove_cert(&self, domain: &str) -> Result<(), ProxyError> {
+        let mut slot = self.certs.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = (**slot).clone();
+        map.remove(&domain.to_ascii_lowercase());
+        self.persist(&map)?;
+        *slot = Arc::new(map);
+        Ok(())
+    }
+
+    /// Answers a [`TlsRequest`] of the control socket.
+    pub fn answer(&self, request: TlsRequest) -> Result<Reply, ProxyError> {
+        match request {
+            TlsRequest::SetCert { cert } => self.set_cert(cert)?,
+            TlsRequest::RemoveCert { domain } => self.remove_cert(&domain)?,
+            TlsRequest::Certs => {
+                let map = self.held();
+                let mut certs: Vec<wire::CertInfo> = map
+                    .iter()
+                    .map(|(d, h)| wire::CertInfo {
+                        domain: d.clone(),
+                        source: h.cert.source.clone(),
+                        cert_pem: h.cert.cert_pem.clone(),
+                    })
+                    .collect();
+                certs.sort_by(|a, b| a.domain.cmp(&b.domain));
+                return Ok(Reply::Certs { certs });
+            }
+            TlsRequest::SetHttpChallenge {
+                token,
+                key_authorization,
+            } => {
+                self.http_challenges
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(token, key_authorization);
+            }
+            TlsRequest::RemoveHttpChallenge { token } => {
+                self.http_challenges
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&token);
+            }
+            TlsRequest::SetAlpnChallenge { cert } => {
+                let key = Arc::new(challenge_key(&cert.cert_pem, &cert.key_pem).map_err(
+                    |message| ProxyError::InvalidRoute {
+                        id: cert.domains.join(","),
+                        message,
+                    },
+                )?);
+                let mut alpn = self.alpn.write().unwrap_or_else(|e| e.into_inner());
+                for d in &cert.domains {
+                    alpn.insert(d.to_ascii_lowercase(), key.clone());
+                }
+            }
+            TlsRequest::RemoveAlpnChallenge { domain } => {
+                self.alpn
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&domain.to_ascii_lowercase());
+            }
+        }
+        Ok(Reply::Done)
+    }
+}
+
+/// Writes `data` to `path` readable by the owner only, atomically.
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "certs".into());
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Picks the certificate for a handshake: the ACME challenge certificate when the
+/// client offers `acme-tls/1`, else the certificate of the SNI name.
+#[derive(Debug)]
+struct Resolver(Arc<Shared>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello
+            .server_name()?
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        let tls = &self.0.tls;
+        let acme = hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        if acme {
+            return tls
+                .alpn
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&name)
+                .cloned();
+        }
+        tls.held().get(&name).map(|h| h.key.clone())
+    }
+}
+
+/// The rustls configuration of the HTTPS listener.
+fn server_config(shared: Arc<Shared>) -> Result<Arc<rustls::ServerConfig>, ProxyError> {
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ProxyError::Runtime(std::io::Error::other(e)))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Resolver(shared)));
+    // Order matters: rustls picks the first of these the client offers.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+    // Resumption: stateless tickets (TLS 1.3 and 1.2) and a session cache beside them.
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
+    config.ticketer = rustls::crypto::ring::Ticketer::new()
+        .map_err(|e| ProxyError::Runtime(std::io::Error::other(e)))?;
+    Ok(Arc::new(config))
+}
+
+/// Starts `count` threads serving TLS connections from `listener` until `stop` turns
+/// true; each handle finishes when its connections are done.
+pub(crate) fn spawn_workers(
+    count: usize,
+    shared: Arc<Shared>,
+    listener: &StdListener,
+    stop: watch::Receiver<bool>,
+) -> Result<Vec<tokio::sync::oneshot::Receiver<()>>, ProxyError> {
+    let addr = listener.local_addr().map_err(ProxyError::Runtime)?;
+    let listen_err = |error| ProxyError::Listen { addr, error };
+    shared.tls.set_https_port(addr.port());
+    let config = server_config(shared.clone())?;
+    let mut done = Vec::with_capacity(count);
+    for i in 0..count.max(1) {
+        let listener = listener.try_clone().map_err(listen_err)?;
+        listener.set_nonblocking(true).map_err(listen_err)?;
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(ProxyError::Runtime)?;
+        let shared = shared.clone();
+        let stop = stop.clone();
+        let config = config.clone();
+        std::thread::Builder::new()
+            .name(format!("hoist-proxy-tls-{i}"))
+            .spawn(move || {
+                crate::stats::set_shard(i);
+                runtime.block_on(serve(shared, config, listener, stop));
+                drop(runtime);
+                let _ = done_tx.send(());
+            })
+            .map_err(ProxyError::Runtime)?;
+        done.push(done_rx);
+    }
+    Ok(done)
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    config: Arc<rustls::ServerConfig>,
+    listener: StdListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(error) => {
+            tracing::error!(%error, "TLS worker cannot use its listener");
+            return;
+        }
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let worker = Arc::new(Worker {
+        shared: shared.clone(),
+        token: Arc::new(()),
+    });
+    let (graceful_tx, graceful_rx) = watch::channel(false);
+    loop {
+        tokio::select! {
+            biased;
+            _ = crate::until_true(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    // The plain workers' connection cap counts these too; one over it is
+                    // closed (a plain-text 503 would mean nothing to a TLS client).
+                    let open = shared.open_connections.fetch_add(1, Ordering::Relaxed);
+                    let slot = crate::worker::ConnSlot(shared.clone());
+                    if open >= shared.max_connections {
+                        shared.over_capacity.fetch_add(1, Ordering::Relaxed);
+                        drop((stream, slot));
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    let acceptor = acceptor.clone();
+                    let worker = worker.clone();
+                    let graceful = graceful_rx.clone();
+                    tokio::spawn(async move {
+                        let _token = worker.token.clone();
+                        let _slot = slot;
+                        let stream = crate::timed_io::TimedStream::new(stream, worker.shared.limits.write_timeout, None);
+                        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%peer, %error, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                        let alpn = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+                        if alpn.as_deref() == Some(ACME_TLS_ALPN) {
+                            // TLS-ALPN-01: the handshake was the answer (RFC 8737 §3).
+                            return;
+                        }
+                        serve_connection(worker, peer, tls, alpn.as_deref() == Some(b"h2"), graceful).await;
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "TLS accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    shared.closing.store(true, Ordering::Relaxed);
+    let _ = graceful_tx.send(true);
+    let deadline = tokio::time::Instant::now() + shared.shutdown_grace;
+    while Arc::strong_count(&worker.token) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn serve_connection<S>(
+    worker: Arc<Worker>,
+    peer: std::net::SocketAddr,
+    stream: S,
+    h2: bool,
+    mut graceful: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // RFC 9112's framing checks see the decrypted bytes of HTTP/1.1; HTTP/2 frames its
+    // messages itself (and hyper refuses `Transfer-Encoding` there), so its scanner stays
+    // unfed and never reports a request.
+    let framing = Arc::new(crate::framing::ConnFraming::default());
+    let client = crate::forward::Peer::new(peer, framing.clone());
+    let w = worker.clone();
+    let service =
+        hyper::service::service_fn(move |req| https_request(w.clone(), client.clone(), req));
+    let limits = &worker.shared.limits;
+    if h2 {
+        let io = TokioIo::new(stream);
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(limits.max_header_bytes as u32)
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        let conn = builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(error) = res {
+                    tracing::debug!(%peer, %error, "h2 client connection ended");
+                }
+            }
+            _ = crate::until_true(&mut graceful) => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(limits.header_read_timeout)
+            .max_header_size(limits.max_header_bytes)
+            .max_headers(limits.max_headers)
+            .max_buf_size(limits.max_header_bytes.max(8192) + 1024);
+        let io = TokioIo::new(crate::framing::Scanned::new(stream, framing));
+        let conn = builder.serve_connection(io, service).with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(error) = res {
+                    tracing::debug!(%peer, %error, "TLS client connection ended");
+                }
+            }
+            _ = crate::until_true(&mut graceful) => {
+                // As the plain workers do: for a moment, requests still arriving are
+                // answered with `Connection: close` (the process is `closing`), so a
+                // keep-alive client moves to the successor without a failed request.
+                let linger = tokio::time::sleep(CLOSE_LINGER);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = linger => {}
+                }
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }
+}
+
+/// One request that arrived over TLS: marked [`Https`], given a Host from the
+/// `:authority` of HTTP/2, forwarded, and given HSTS when its route asks.
+async fn https_request(
+    worker: Arc<Worker>,
+    peer: crate::forward::Peer,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    req.extensions_mut().insert(Https);
+    if !req.headers().contains_key(header::HOST) {
+        if let Some(v) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    let hsts = route_tls(&worker.shared, &req).and_then(|t| t.hsts_secs);
+    let mut resp = crate::forward::handle(worker, peer, req).await?;
+    if let Some(secs) = hsts {
+        if let Ok(v) = HeaderValue::from_str(&format!("max-age={secs}")) {
+            resp.headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, v);
+        }
+    }
+    Ok(resp)
+}
+
+fn route_tls(shared: &Shared, req: &Request<Incoming>) -> Option<wire::RouteTls> {
+    let host = crate::forward::host_of(req);
+    let host = host.trim_end_matches('.');
+    crate::forward::with_table(shared, |t| {
+        t.lookup(host, req.uri().path()).and_then(|r| r.tls.clone())
+    })
+}
+
+/// The plain listener's part: answers ACME HTTP-01 challenges the agent registered and
+/// redirects requests for TLS routes to `https://` (308, method and body kept).
+pub(crate) fn on_plain_request(
+    shared: &Shared,
+    req: &Request<Incoming>,
+) -> Option<Response<ProxyBody>> {
+    if req.extensions().get::<Https>().is_some() {
+        return None;
+    }
+    let path = req.uri().path();
+    if let Some(token) = path.strip_prefix(ACME_CHALLENGE_PREFIX) {
+        let answer = shared
+            .tls
+            .http_challenges
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+            .cloned();
+        if let Some(answer) = answer {
+            let mut resp = Response::new(ProxyBody::Full(Some(Bytes::from(answer))));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            return Some(resp);
+        }
+        return None;
+    }
+    let port = shared.tls.https_port.load(Ordering::Relaxed);
+    if port == 0 || !shared.tls.any_tls_route.load(Ordering::Relaxed) {
+        return None;
+    }
+    if !route_tls(shared, req).is_some_and(|t| t.redirect_https) {
+        return None;
+    }
+    let host = crate::forward::host_of(req);
+    let host = host.trim_end_matches('.');
+    let authority = if port == 443 {
+        host.to_string()
+    } else if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = HeaderValue::from_str(&format!("https://{authority}{target}")).ok()?;
+    let mut resp = Response::new(ProxyBody::Full(None));
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    resp.headers_mut().insert(header::LOCATION, location);
+    Some(resp)
+}
+
+/// The certificates file, beside the route table.
+pub const CERTS_FILE: &str = "certs.json";
+
+/// Binds the HTTPS listener: one socket, shared by the TLS worker threads (no
+/// SO_REUSEPORT, so no other process can join it).
+pub fn bind(addr: std::net::SocketAddr) -> Result<StdListener, ProxyError> {
+    let err = |error| ProxyError::Listen { addr, error };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(4096).map_err(err)?.into_std().map_err(err)
+}
