@@ -15,6 +15,7 @@ mod fleet;
 mod health;
 mod http;
 mod jobs;
+pub mod metrics;
 pub mod paths;
 mod plan;
 mod proxyctl;
@@ -37,6 +38,8 @@ pub struct AgentConfig {
     /// The proxy's HTTP listener.
     pub proxy: Option<SocketAddr>,
     pub dashboard: Option<SocketAddr>,
+    /// Where `/metrics` is served (Prometheus text, bearer token required).
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +66,11 @@ pub enum AgentError {
     Exe(#[source] std::io::Error),
     #[error(transparent)]
     Proxy(#[from] proxyctl::ProxyError),
+    #[error("cannot serve metrics on `{addr}`")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// The live agent: shared by every request handler and background task.
@@ -235,12 +243,41 @@ pub async fn run(
     // `Agent::db`) must never hold up accepting connections.
     let serving = tokio::spawn(server::serve(agent.clone(), listener));
     let looping = tokio::spawn(loops(agent.clone()));
+    let metrics = match metrics_listener(&agent).await {
+        Ok(Some((listener, token))) => {
+            Some(tokio::spawn(metrics::serve(agent.clone(), listener, token)))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            serving.abort();
+            looping.abort();
+            let _ = std::fs::remove_file(&agent.config.socket);
+            return Err(e);
+        }
+    };
     shutdown.await;
     tracing::info!("agent stopping; instances and the proxy keep running");
     serving.abort();
     looping.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     let _ = std::fs::remove_file(&agent.config.socket);
     Ok(())
+}
+
+/// The metrics listener and its token, when `--metrics` is set.
+async fn metrics_listener(
+    agent: &Agent,
+) -> Result<Option<(tokio::net::TcpListener, String)>, AgentError> {
+    let Some(addr) = agent.config.metrics else {
+        return Ok(None);
+    };
+    let failed = |source| AgentError::Metrics { addr, source };
+    let token = metrics::ensure_token(&agent.config.root).map_err(failed)?;
+    let listener = metrics::bind(addr).await.map_err(failed)?;
+    tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving /metrics");
+    Ok(Some((listener, token)))
 }
 
 /// Raises the soft limit of open files to the hard one: every instance's pipes, log

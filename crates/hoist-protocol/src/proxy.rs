@@ -163,6 +163,17 @@ pub struct RouteStats {
     pub bytes_out: u64,
     pub in_flight: u64,
     pub latency: Histogram,
+    /// Responses by method and exact status code (only those seen).
+    #[serde(default)]
+    pub requests: Vec<CodeCount>,
+}
+
+/// How many responses had this method and status code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeCount {
+    pub method: String,
+    pub code: u16,
+    pub count: u64,
 }
 
 /// Latency to the response head: `counts[i]` requests took at most `bounds_ms[i]`, and

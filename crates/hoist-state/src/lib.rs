@@ -8,11 +8,13 @@
 pub mod backups;
 mod history;
 mod leases;
+mod metrics;
 mod migrate;
 mod store;
 
 pub use history::{HistoryRecord, VerifyReport};
 pub use leases::{Acquire, LeaseRow};
+pub use metrics::MetricCounts;
 pub use store::*;
 
 use std::path::PathBuf;

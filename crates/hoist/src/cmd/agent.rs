@@ -36,7 +36,11 @@ pub struct Args {
     /// The dashboard's HTTP listener
     #[arg(long)]
     dashboard: Option<SocketAddr>,
-    /// The host config (keys `root`, `socket`, `proxy`, `dashboard`; flags override it)
+    /// Serve `/metrics` (Prometheus text) here; scrapes need the bearer token in
+    /// `<root>/metrics.token`
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// The host config (keys `root`, `socket`, `proxy`, `dashboard`, `metrics`; flags override it)
     /// [default: /etc/hoist/agent.toml when it exists]
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -50,6 +54,7 @@ struct HostConfig {
     socket: Option<PathBuf>,
     proxy: Option<SocketAddr>,
     dashboard: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
 }
 
 /// The host config: the named file (which must exist), else the default one when present.
@@ -122,6 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or_else(common::default_socket),
         proxy: args.proxy.or(file.proxy),
         dashboard: args.dashboard.or(file.dashboard),
+        metrics: args.metrics.or(file.metrics),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -267,5 +273,16 @@ mod tests {
 
         let missing = dir.path().join("nope.toml");
         assert!(host_config(Some(&missing)).is_err());
+    }
+
+    #[test]
+    fn the_host_config_names_the_metrics_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "metrics = \"127.0.0.1:9464\"\n").unwrap();
+        let config = host_config(Some(&file)).unwrap();
+        assert_eq!(config.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        std::fs::write(&file, "metrics = \"not an address\"\n").unwrap();
+        assert!(host_config(Some(&file)).is_err());
     }
 }
