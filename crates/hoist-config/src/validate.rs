@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use hoist_core::schedule::{CronExpr, Schedule};
 use hoist_core::spec::{
-    defaults, AppSpec, BackupSource, BackupSpec, BakeSpec, Batch, BuildSpec, CheckSpec, DeploySpec,
-    HealthKind, HealthSpec, HooksSpec, HostSpec, HttpSpec, JobSpec, Keep, OnFailure, RolloutSpec,
-    SecretsSpec, ServiceSpec, SshAddr, SshSpec, StopSignal,
+    defaults, AlertsSpec, AppSpec, BackupSource, BackupSpec, BakeSpec, Batch, BuildSpec, CheckSpec,
+    DeploySpec, HealthKind, HealthSpec, HooksSpec, HostSpec, HttpSpec, JobSpec, Keep, OnFailure,
+    RolloutSpec, SecretsSpec, ServiceSpec, SshAddr, SshSpec, StopSignal,
 };
 
 use crate::diag::{did_you_mean, Loc};
@@ -23,8 +23,9 @@ use crate::tree::{toml_quote, Key, Node, Value};
 
 const TOP_KEYS: &[&str] = &[
     "version", "app", "build", "env", "secrets", "check", "services", "jobs", "hooks", "backups",
-    "deploy", "hosts", "ssh",
+    "deploy", "hosts", "ssh", "alerts",
 ];
+
 const BUILD_KEYS: &[&str] = &["command", "include", "exclude"];
 const SECRETS_KEYS: &[&str] = &["required"];
 const CHECK_KEYS: &[&str] = &["command", "timeout"];
@@ -211,6 +212,10 @@ pub(crate) fn validate(cx: &mut Cx<'_>, root: &Node) -> Option<AppSpec> {
         .get("ssh")
         .map_or_else(SshSpec::default, |n| ssh(cx, n, top.key_loc("ssh")));
 
+    let alerts = top.get("alerts").map_or_else(AlertsSpec::default, |n| {
+        crate::alerts::alerts(cx, n, top.key_loc("alerts"), &services)
+    });
+
     let used_roles: BTreeSet<String> = refs
         .role_uses
         .iter()
@@ -268,6 +273,7 @@ pub(crate) fn validate(cx: &mut Cx<'_>, root: &Node) -> Option<AppSpec> {
         deploy,
         hosts,
         ssh,
+        alerts,
     })
 }
 
