@@ -7,6 +7,7 @@
 //! It must not print (the binary does) and must not assume it is the parent of what runs:
 //! instances and the proxy outlive it and are re-adopted by identity.
 
+mod alerts;
 mod backup;
 /// The agent client now lives in `hoist-client`; re-exported for code that reached it here.
 pub use hoist_client as client;
@@ -91,6 +92,8 @@ pub struct Agent {
     pub(crate) host: Mutex<String>,
     /// One mutex per app: deploys and rollbacks of an app never overlap.
     pub(crate) app_locks: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The alert evaluator's memory (see `alerts.rs`).
+    pub(crate) alerts: Mutex<alerts::Engine>,
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
@@ -159,6 +162,7 @@ impl Agent {
             proxy,
             host: Mutex::new(host),
             app_locks: Mutex::new(Default::default()),
+            alerts: Mutex::new(Default::default()),
             _lock: lock,
         }))
     }
@@ -332,6 +336,7 @@ async fn loops(agent: Arc<Agent>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u64 = 0;
+    let mut alerting: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tick.tick().await;
         n += 1;
@@ -340,6 +345,12 @@ async fn loops(agent: Arc<Agent>) {
             agent.housekeeping().await;
             agent.schedule_jobs().await;
             agent.schedule_backups().await;
+        }
+        // Alerts every 2 s, in their own task: a slow proxy answer must not hold up
+        // supervision, and a pass still running is not started twice.
+        if n % 10 == 0 && alerting.as_ref().is_none_or(|t| t.is_finished()) {
+            let agent = agent.clone();
+            alerting = Some(tokio::spawn(async move { agent.evaluate_alerts().await }));
         }
     }
 }
@@ -396,6 +407,10 @@ impl Agent {
             .entry(app.to_string())
             .or_default()
             .clone()
+    }
+
+    pub(crate) fn alert_engine(&self) -> std::sync::MutexGuard<'_, alerts::Engine> {
+        self.alerts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn host_name(&self) -> String {

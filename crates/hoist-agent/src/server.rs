@@ -97,6 +97,22 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
         (_, ["v1", "backups", ..]) => crate::backup::route(agent, req).await,
         (Method::GET, ["v1", "hello"]) => http::json(StatusCode::OK, &agent.hello()),
         (Method::GET, ["v1", "status"]) => status(&agent),
+        (Method::GET, ["v1", "alerts"]) => {
+            let firing = agent.alert_engine().firing();
+            // Deliveries recorded lately (the URL is never in them).
+            let recent: Vec<_> = agent
+                .db(|s| s.events(0, 100_000))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| e.kind.starts_with("alert."))
+                .rev()
+                .take(50)
+                .collect();
+            http::json(
+                StatusCode::OK,
+                &serde_json::json!({"firing": firing, "recent": recent}),
+            )
+        }
         (Method::GET, ["v1", "events"]) => events(agent, req.uri().query().unwrap_or("")),
         (Method::POST, ["v1", "releases"]) => upload(agent, req.into_body()).await,
         (Method::GET, ["v1", "releases", app]) => releases(&agent, app),

@@ -1,0 +1,166 @@
+//! Built-in alerts driven by the test app, delivered to a webhook receiver run by the
+//! test (Alertmanager's webhook JSON), and a receiver that is down (retried, recorded,
+//! the agent unaffected).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{text, Host};
+use hoist_testkit::wait_until;
+
+/// A webhook receiver: records every JSON body posted to it and answers 200.
+struct Receiver {
+    addr: SocketAddr,
+    got: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = got.clone();
+        // The thread ends with the test process; it holds no child process.
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; len];
+                if reader.read_exact(&mut body).is_ok() {
+                    if let Ok(v) = serde_json::from_slice(&body) {
+                        sink.lock().unwrap().push(v);
+                    }
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        Receiver { addr, got }
+    }
+
+    /// The first notification with this status for this rule.
+    fn find(&self, status: &str, rule: &str) -> Option<serde_json::Value> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|v| v["status"] == status && v["alerts"][0]["labels"]["alertname"] == rule)
+            .cloned()
+    }
+}
+
+#[test]
+fn a_crash_loop_fires_and_resolves_at_the_webhook() {
+    let receiver = Receiver::start();
+    let host = Host::new();
+    let alerts = format!(
+        "\n[alerts]\nwebhook = \"http://{}/hook\"\n\n[alerts.rules.instance_down]\nenabled = false\n",
+        receiver.addr
+    );
+    // Healthy long enough for the deploy to finish, then exits every few seconds.
+    let project = host.project("v1", "TESTAPP_CRASH_AFTER = \"4\"", &alerts);
+    let out = host.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    wait_until(Duration::from_secs(150), || {
+        receiver.find("firing", "crash_loop").is_some()
+    })
+    .expect("the crash loop is notified");
+    let fired = receiver.find("firing", "crash_loop").unwrap();
+    assert_eq!(fired["version"], "4", "{fired}");
+    assert_eq!(fired["receiver"], "hoist");
+    let alert = &fired["alerts"][0];
+    assert_eq!(alert["labels"]["app"], "demo");
+    assert_eq!(alert["labels"]["service"], "web");
+    assert!(
+        alert["annotations"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("hoist logs web"),
+        "the message says what to do: {alert}"
+    );
+    assert_eq!(alert["endsAt"], "0001-01-01T00:00:00Z");
+    assert!(alert["fingerprint"].as_str().is_some_and(|f| !f.is_empty()));
+
+    // `hoist alerts` reads the same state over the API.
+    let listed = host.hoist(&["alerts", "--json"]);
+    if listed.status.success() {
+        let v: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+        assert!(v["firing"].as_array().is_some_and(|a| !a.is_empty()), "{v}");
+    }
+
+    // Stopping the service ends the loop: the alert resolves.
+    let out = host.hoist(&[
+        "stop",
+        "web",
+        "-c",
+        project.join("hoist.toml").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until(Duration::from_secs(60), || {
+        receiver.find("resolved", "crash_loop").is_some()
+    })
+    .expect("the resolution is notified");
+    let firing_count = receiver
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| {
+            v["status"] == "firing"
+                && v["alerts"][0]["labels"]["alertname"] == "crash_loop"
+                && v["alerts"][0]["labels"]["instance"] == alert["labels"]["instance"]
+        })
+        .count();
+    assert_eq!(
+        firing_count, 1,
+        "one notification per instance while it fires"
+    );
+}
+
+#[test]
+fn a_webhook_that_is_down_is_retried_and_the_agent_keeps_answering() {
+    // A port nothing listens on.
+    let dead = SocketAddr::from(([127, 0, 0, 1], hoist_testkit::free_port()));
+    let host = Host::new();
+    let alerts = format!("\n[alerts]\nwebhook = \"http://{dead}/hook\"\n");
+    let project = host.project("v1", "TESTAPP_CRASH_AFTER = \"4\"", &alerts);
+    let out = host.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let failed = || {
+        let out = host.hoist(&["events", "--json"]);
+        text(&out.stdout).contains("alert.failed")
+    };
+    wait_until(Duration::from_secs(180), || {
+        // The API answers throughout.
+        let status = host.hoist(&["status", "--json"]);
+        assert!(status.status.success(), "{}", text(&status.stderr));
+        failed()
+    })
+    .expect("the failed delivery is recorded");
+    let out = host.hoist(&["events", "--json"]);
+    let events = text(&out.stdout);
+    assert!(events.contains("after 5 attempts"), "{events}");
+    assert!(
+        !events.contains(&dead.to_string()),
+        "the webhook URL (it may carry a token) is not recorded"
+    );
+}
