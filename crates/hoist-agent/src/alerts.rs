@@ -116,6 +116,8 @@ impl Agent {
             .filter(|fs| fs.blocks() > 0)
             .map(|fs| fs.blocks_available() as f64 / fs.blocks() as f64);
         let job_runs = self.db(|s| s.job_runs(None, 500)).unwrap_or_default();
+        let counts = self.db(|s| s.metric_counts()).unwrap_or_default();
+        let now_ms = hoist_state::now_ms();
         let now = Instant::now();
         let mut firing: Vec<Firing> = Vec::new();
         let mut engine = std::mem::take(&mut *self.alert_engine());
@@ -166,6 +168,9 @@ impl Agent {
                     }
                 }
             }
+        }
+        for (app, spec) in &specs {
+            stale_rules(app, spec, &counts, now_ms, &mut firing);
         }
         let changes = engine.update(firing, now);
         *self.alert_engine() = engine;
@@ -385,6 +390,101 @@ impl Agent {
                 ),
             );
         });
+    }
+}
+
+/// The interval of a schedule (`every`; a cron schedule has none and is not judged).
+pub(crate) fn interval(s: &hoist_core::schedule::Schedule) -> Option<Duration> {
+    match s {
+        hoist_core::schedule::Schedule::Every(d) => Some(*d),
+        hoist_core::schedule::Schedule::Cron(_) => None,
+    }
+}
+
+/// Backups older than `backup_stale` × their schedule, and jobs whose last success is
+/// older than `job_missed` × theirs. Judged from the last success only: a backup or job
+/// that never succeeded yet is left to `job_failed` and the deploy's own checks.
+fn stale_rules(
+    app: &str,
+    spec: &AppSpec,
+    counts: &hoist_state::MetricCounts,
+    now_ms: i64,
+    firing: &mut Vec<Firing>,
+) {
+    let age = |at: i64| Duration::from_millis(now_ms.saturating_sub(at).max(0) as u64);
+    if let Some(k) = threshold(spec, "backup_stale") {
+        for (a, name, at) in &counts.backup_last_success {
+            let every = spec
+                .backups
+                .get(name)
+                .and_then(|b| b.schedule.as_ref())
+                .and_then(interval);
+            if let (true, Some(every)) = (a == app, every) {
+                if age(*at) > every.mul_f64(k) {
+                    firing.push(Firing {
+                        app: app.to_string(),
+                        labels: labels(&[("alertname", "backup_stale"), ("app", app), ("backup", name)]),
+                        summary: format!("backup `{name}` of `{app}` is {}s old", age(*at).as_secs()),
+                        description: format!(
+                            "its schedule is every {}s: see `hoist backups` for failed attempts, and run `hoist backup {name}`",
+                            every.as_secs()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    if let Some(k) = threshold(spec, "job_missed") {
+        for (a, job, at) in &counts.job_last_success {
+            let every = spec.jobs.get(job).and_then(|j| interval(&j.schedule));
+            if let (true, Some(every)) = (a == app, every) {
+                if age(*at) > every.mul_f64(k) {
+                    firing.push(Firing {
+                        app: app.to_string(),
+                        labels: labels(&[("alertname", "job_missed"), ("app", app), ("job", job)]),
+                        summary: format!("job `{job}` of `{app}` last succeeded {}s ago", age(*at).as_secs()),
+                        description: format!(
+                            "it should run every {}s: check `hoist jobs` and `hoist events`; `hoist jobs run {job}` runs it now",
+                            every.as_secs()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Agent {
+    /// `hoist alerts test`: a firing notification named `hoist_test` sent to the app's
+    /// receivers now (not kept as firing). False when the app is not deployed here.
+    pub(crate) fn test_alert(self: &Arc<Self>, app: &str) -> Result<(), String> {
+        let spec = self.rt().specs.get(app).map(|(_, s)| s.clone());
+        let Some(spec) = spec else {
+            return Err(format!("`{app}` is not deployed on this host"));
+        };
+        if spec.alerts.webhook.is_none()
+            && spec.alerts.webhook_secret.is_none()
+            && spec.alerts.alertmanager.is_none()
+        {
+            return Err(format!("`{app}` has no `[alerts]` webhook or alertmanager"));
+        }
+        let a = Active {
+            firing: Firing {
+                app: app.to_string(),
+                labels: labels(&[
+                    ("alertname", "hoist_test"),
+                    ("app", app),
+                    ("severity", "none"),
+                ]),
+                summary: format!("a test notification from hoist for `{app}`"),
+                description: "sent by `hoist alerts test`; nothing is wrong".into(),
+            },
+            starts_at: chrono::Utc::now(),
+            notified: Instant::now(),
+            pushed: Instant::now(),
+        };
+        self.notify(&[(app.to_string(), spec)], "firing", a, true);
+        Ok(())
     }
 }
 

@@ -196,6 +196,11 @@ impl Agent {
             "gauge",
             "Resident memory of the instance's process tree.",
         );
+        let mut limit = Family::new(
+            "hoist_instance_memory_limit_bytes",
+            "gauge",
+            "The instance's memory_limit (restarted when it goes above).",
+        );
         // The releases whose series are shown: those with instances now.
         let mut live: BTreeSet<(String, String)> = BTreeSet::new();
         {
@@ -212,6 +217,9 @@ impl Agent {
                 if let Some(stats) = &l.stats {
                     memory.sample("", &labels, stats.rss_bytes);
                 }
+                if let Some(bytes) = l.memory_limit {
+                    limit.sample("", &labels, bytes);
+                }
                 live.insert((l.row.app.clone(), l.row.release.clone()));
             }
         }
@@ -220,18 +228,30 @@ impl Agent {
         up.write(&mut out);
         restarts.write(&mut out);
         memory.write(&mut out);
+        limit.write(&mut out);
         self.render_state(&mut out);
         let mut disk = Family::new(
             "hoist_host_disk_free_bytes",
             "gauge",
             "Bytes available to the agent on the file system of its root.",
         );
+        let mut size = Family::new(
+            "hoist_host_disk_size_bytes",
+            "gauge",
+            "Size of the file system of the agent's root.",
+        );
         let root = self.config.root.display().to_string();
         if let Ok(fs) = nix::sys::statvfs::statvfs(&self.config.root) {
             let free = fs.blocks_available().saturating_mul(fs.fragment_size());
             disk.sample("", &[("path", root.as_str())], free);
+            size.sample(
+                "",
+                &[("path", root.as_str())],
+                fs.blocks().saturating_mul(fs.fragment_size()),
+            );
         }
         disk.write(&mut out);
+        size.write(&mut out);
         out
     }
 

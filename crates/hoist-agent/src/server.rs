@@ -97,6 +97,10 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
         (_, ["v1", "backups", ..]) => crate::backup::route(agent, req).await,
         (Method::GET, ["v1", "hello"]) => http::json(StatusCode::OK, &agent.hello()),
         (Method::GET, ["v1", "status"]) => status(&agent),
+        (Method::POST, ["v1", "alerts", "test", app]) => match agent.test_alert(app) {
+            Ok(()) => http::json(StatusCode::OK, &serde_json::json!({"sent": true})),
+            Err(e) => http::error(StatusCode::UNPROCESSABLE_ENTITY, e, None),
+        },
         (Method::GET, ["v1", "alerts"]) => {
             let firing = agent.alert_engine().firing();
             // Deliveries recorded lately (the URL is never in them).

@@ -49,6 +49,9 @@ enum Command {
     Logs(cmd::status::LogsArgs),
     /// What happened on the host: exits, health changes, crash loops, deploys
     Events(cmd::status::EventsArgs),
+    /// Firing alerts and recent deliveries; `alerts test` sends a test notification,
+    /// `alerts export` prints the rules for Prometheus
+    Alerts(cmd::alerts::Args),
     /// Start a stopped service of the current release
     Start(cmd::service::ServiceArgs),
     /// Stop a service (it stays stopped until `start` or the next deploy)
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
         Command::Releases(args) => cmd::status::run_releases(args),
         Command::Logs(args) => cmd::status::run_logs(args),
         Command::Events(args) => cmd::status::run_events(args),
+        Command::Alerts(args) => cmd::alerts::run(args),
         Command::Start(args) => cmd::service::run_service("start", args),
         Command::Stop(args) => cmd::service::run_service("stop", args),
         Command::Restart(args) => cmd::service::run_service("restart", args),

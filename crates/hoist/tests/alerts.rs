@@ -62,7 +62,12 @@ impl Receiver {
             .lock()
             .unwrap()
             .iter()
-            .find(|v| v["status"] == status && v["alerts"][0]["labels"]["alertname"] == rule)
+            .find(|v| {
+                v["alerts"].as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|x| x["status"] == status && x["labels"]["alertname"] == rule)
+                })
+            })
             .cloned()
     }
 }
@@ -102,10 +107,20 @@ fn a_crash_loop_fires_and_resolves_at_the_webhook() {
 
     // `hoist alerts` reads the same state over the API.
     let listed = host.hoist(&["alerts", "--json"]);
-    if listed.status.success() {
-        let v: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-        assert!(v["firing"].as_array().is_some_and(|a| !a.is_empty()), "{v}");
-    }
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(
+        v["firing"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["labels"]["alertname"] == "crash_loop")),
+        "{v}"
+    );
+    assert!(
+        v["recent"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["kind"] == "alert.sent")),
+        "the delivery is recorded: {v}"
+    );
 
     // Stopping the service ends the loop: the alert resolves.
     let out = host.hoist(&[
@@ -162,5 +177,108 @@ fn a_webhook_that_is_down_is_retried_and_the_agent_keeps_answering() {
     assert!(
         !events.contains(&dead.to_string()),
         "the webhook URL (it may carry a token) is not recorded"
+    );
+}
+
+#[test]
+fn alerts_test_reaches_a_real_alertmanager_which_routes_to_a_webhook() {
+    use hoist_testkit::{free_port, ChildGuard};
+    let receiver = Receiver::start();
+    let host = Host::new();
+    let am = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = host.dir.join("alertmanager.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "route:\n  receiver: test\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: test\n    webhook_configs:\n      - url: 'http://{}/am'\n        send_resolved: true\n",
+            receiver.addr
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(host.dir.join("alertmanager.log")).unwrap();
+    let _am = ChildGuard::spawn(
+        std::process::Command::new("prometheus-alertmanager")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.path={}", host.dir.join("am").display()))
+            .arg(format!("--web.listen-address={am}"))
+            .arg("--cluster.listen-address=")
+            .stdout(std::process::Stdio::null())
+            .stderr(log),
+    )
+    .expect("prometheus-alertmanager (Debian package) is installed");
+    wait_until(Duration::from_secs(30), || {
+        hoist_testkit::http_get(am, "localhost", "/-/ready").is_ok_and(|r| r.status == 200)
+    })
+    .expect("alertmanager is ready");
+    let alerts = format!("\n[alerts]\nalertmanager = \"http://{am}\"\n");
+    let project = host.project("v1", "", &alerts);
+    let out = host.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = host.hoist(&[
+        "alerts",
+        "test",
+        "-c",
+        project.join("hoist.toml").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until(Duration::from_secs(60), || {
+        receiver.find("firing", "hoist_test").is_some()
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: Alertmanager never routed the test alert; its log:\n{}\nevents: {}",
+            std::fs::read_to_string(host.dir.join("alertmanager.log")).unwrap_or_default(),
+            text(&host.hoist(&["events", "--json"]).stdout)
+        )
+    });
+    let routed = receiver.find("firing", "hoist_test").unwrap();
+    assert_eq!(
+        routed["receiver"], "test",
+        "routed by Alertmanager: {routed}"
+    );
+    assert!(
+        routed["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["labels"]["alertname"] == "hoist_test" && a["labels"]["app"] == "demo"),
+        "{routed}"
+    );
+}
+
+#[test]
+fn alerts_export_is_a_valid_prometheus_rules_file() {
+    let host = Host::new();
+    let alerts = "\n[alerts]\nwebhook = \"http://127.0.0.1:9/x\"\n\n[alerts.rules.http_5xx_ratio]\nthreshold = 0.2\n\n[alerts.rules.disk_free_low]\nenabled = false\n\n[alerts.logs.sandboxes]\nservice = \"web\"\npattern = \"no sandboxes available\"\n\n[jobs.nightly]\ncommand = \"true\"\nevery = \"1h\"\n";
+    let project = host.project("v1", "", alerts);
+    let out = host.hoist(&[
+        "alerts",
+        "export",
+        "-c",
+        project.join("hoist.toml").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rules = text(&out.stdout);
+    assert!(rules.contains("> 0.2"), "the override is used: {rules}");
+    assert!(
+        !rules.contains("hoist_disk_free_low"),
+        "a rule turned off is left out: {rules}"
+    );
+    assert!(
+        rules.contains("job=\"nightly\"") && rules.contains("> 7200"),
+        "{rules}"
+    );
+    let file = host.dir.join("rules.yml");
+    std::fs::write(&file, &rules).unwrap();
+    let checked = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool is installed");
+    assert!(
+        checked.status.success(),
+        "promtool check rules: {}{}\n{rules}",
+        text(&checked.stdout),
+        text(&checked.stderr)
     );
 }
