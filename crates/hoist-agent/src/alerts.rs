@@ -61,6 +61,128 @@ pub(crate) struct Engine {
     active: HashMap<String, Active>,
     down_since: HashMap<String, Instant>,
     samples: HashMap<(String, String), VecDeque<Sample>>,
+    logs: LogWatch,
+}
+
+/// What the log-pattern rules have read: an offset per log file, compiled patterns, and
+/// when each rule's matches happened (only those within its window are kept).
+#[derive(Default)]
+struct LogWatch {
+    offsets: HashMap<std::path::PathBuf, u64>,
+    /// Apps whose existing files were skipped to their end (old lines never fire).
+    primed: std::collections::HashSet<String>,
+    patterns: HashMap<String, regex_lite::Regex>,
+    hits: HashMap<(String, String), VecDeque<Instant>>,
+}
+
+/// Bytes read per log file per pass, at most: a flood is sampled, never slurped.
+const LOG_READ_MAX: u64 = 1 << 20;
+
+impl LogWatch {
+    fn evaluate(
+        &mut self,
+        dir: &std::path::Path,
+        app: &str,
+        spec: &AppSpec,
+        now: Instant,
+        firing: &mut Vec<Firing>,
+    ) {
+        use std::io::{Read, Seek};
+        if spec.alerts.logs.is_empty() {
+            return;
+        }
+        let first = self.primed.insert(app.to_string());
+        let services: std::collections::BTreeSet<&str> = spec
+            .alerts
+            .logs
+            .values()
+            .map(|r| r.service.as_str())
+            .collect();
+        for service in services {
+            let Ok(entries) = std::fs::read_dir(dir.join(service)) else {
+                continue;
+            };
+            let mut lines = String::new();
+            for e in entries.flatten() {
+                let path = e.path();
+                if path.extension().and_then(|x| x.to_str()) != Some("log") {
+                    continue;
+                }
+                let Ok(len) = e.metadata().map(|m| m.len()) else {
+                    continue;
+                };
+                let from = match self.offsets.get(&path) {
+                    // A file shorter than what was read was rotated: read it anew.
+                    Some(&o) if o <= len => o,
+                    Some(_) => 0,
+                    None if first => len,
+                    None => 0,
+                };
+                let from = from.max(len.saturating_sub(LOG_READ_MAX));
+                if from < len {
+                    if let Ok(mut f) = std::fs::File::open(&path) {
+                        if f.seek(std::io::SeekFrom::Start(from)).is_ok() {
+                            let _ = f.take(len - from).read_to_string(&mut lines);
+                        }
+                    }
+                }
+                self.offsets.insert(path, len);
+            }
+            for (name, rule) in spec
+                .alerts
+                .logs
+                .iter()
+                .filter(|(_, r)| r.service == service)
+            {
+                let Some(re) = self.pattern(&rule.pattern) else {
+                    continue;
+                };
+                let n = lines.lines().filter(|l| re.is_match(l)).count();
+                let hits = self
+                    .hits
+                    .entry((app.to_string(), name.clone()))
+                    .or_default();
+                hits.extend(std::iter::repeat_n(now, n));
+                while hits
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > rule.within)
+                {
+                    hits.pop_front();
+                }
+                if hits.len() >= rule.count as usize {
+                    firing.push(Firing {
+                        app: app.to_string(),
+                        labels: labels(&[
+                            ("alertname", "log_pattern"),
+                            ("app", app),
+                            ("service", service),
+                            ("rule", name),
+                        ]),
+                        summary: format!(
+                            "`{service}` logged {} lines matching `{}` within {}s",
+                            hits.len(),
+                            rule.pattern,
+                            rule.within.as_secs()
+                        ),
+                        description: format!(
+                            "log rule `{name}`: see `hoist logs {service}` around now"
+                        ),
+                    });
+                }
+            }
+        }
+        // Files that went away (rotated out, instances removed) are forgotten.
+        self.offsets.retain(|p, _| p.exists());
+    }
+
+    fn pattern(&mut self, p: &str) -> Option<&regex_lite::Regex> {
+        if !self.patterns.contains_key(p) {
+            // Validated with the app file; a pattern that fails here is skipped.
+            let re = regex_lite::Regex::new(p).ok()?;
+            self.patterns.insert(p.to_string(), re);
+        }
+        self.patterns.get(p)
+    }
 }
 
 fn threshold(spec: &AppSpec, rule: &str) -> Option<f64> {
@@ -171,6 +293,8 @@ impl Agent {
         }
         for (app, spec) in &specs {
             stale_rules(app, spec, &counts, now_ms, &mut firing);
+            let dir = self.paths.logs(app);
+            crate::off_workers(|| engine.logs.evaluate(&dir, app, spec, now, &mut firing));
         }
         let changes = engine.update(firing, now);
         *self.alert_engine() = engine;

@@ -282,3 +282,68 @@ fn alerts_export_is_a_valid_prometheus_rules_file() {
         text(&checked.stderr)
     );
 }
+
+#[test]
+fn log_pattern_memory_and_failed_job_rules_fire() {
+    let receiver = Receiver::start();
+    let host = Host::new();
+    let app = hoist_testkit::testapp_bin();
+    let app = app.display();
+    let extra = format!(
+        r#"
+[alerts]
+webhook = "http://{hook}/hook"
+
+[alerts.rules.instance_down]
+enabled = false
+
+[alerts.logs.ticks]
+service = "web"
+pattern = "seq [0-9]+"
+count = 10
+within = "5s"
+
+[services.leaky]
+command = "{app} worker"
+roles = ["web"]
+memory_limit = "64MiB"
+env = {{ TESTAPP_LEAK_MIB_PER_SEC = "2" }}
+
+[jobs.nightly]
+command = "{app} job --exit 3"
+every = "2s"
+roles = ["web"]
+"#,
+        hook = receiver.addr
+    );
+    let project = host.project("v1", "TESTAPP_LOG_RATE = \"5\"", &extra);
+    let out = host.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for rule in ["log_pattern", "memory_near_limit", "job_failed"] {
+        wait_until(Duration::from_secs(120), || {
+            receiver.find("firing", rule).is_some()
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}: `{rule}` never fired; events:\n{}",
+                text(&host.hoist(&["events", "--json"]).stdout)
+            )
+        });
+    }
+    let log = receiver.find("firing", "log_pattern").unwrap();
+    assert_eq!(log["alerts"][0]["labels"]["rule"], "ticks", "{log}");
+    let job = receiver.find("firing", "job_failed").unwrap();
+    assert_eq!(job["alerts"][0]["labels"]["job"], "nightly", "{job}");
+    // The lines stop with the service: the log rule resolves once its window passes.
+    let out = host.hoist(&[
+        "stop",
+        "web",
+        "-c",
+        project.join("hoist.toml").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until(Duration::from_secs(60), || {
+        receiver.find("resolved", "log_pattern").is_some()
+    })
+    .expect("the log rule resolves");
+}
