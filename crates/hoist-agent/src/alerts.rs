@@ -62,6 +62,9 @@ pub(crate) struct Engine {
     down_since: HashMap<String, Instant>,
     samples: HashMap<(String, String), VecDeque<Sample>>,
     logs: LogWatch,
+    /// Evaluation passes so far: a service first seen after the first pass is new, and
+    /// its counters started at zero within the window.
+    passes: u64,
 }
 
 /// What the log-pattern rules have read: an offset per log file, compiled patterns, and
@@ -243,6 +246,7 @@ impl Agent {
         let now = Instant::now();
         let mut firing: Vec<Firing> = Vec::new();
         let mut engine = std::mem::take(&mut *self.alert_engine());
+        engine.passes += 1;
         for (app, spec) in &specs {
             self.instance_rules(&mut engine, app, spec, now, &mut firing);
             if let Some(routes) = &stats {
@@ -638,11 +642,21 @@ impl Engine {
                 *b += n;
             }
         }
+        let fresh = self.passes > 1;
         for (service, sample) in per_service {
             let ring = self
                 .samples
                 .entry((app.to_string(), service.clone()))
                 .or_default();
+            if ring.is_empty() && fresh {
+                ring.push_back(Sample {
+                    at: now,
+                    total: 0,
+                    errors: 0,
+                    bounds_ms: sample.bounds_ms.clone(),
+                    buckets: vec![0; sample.buckets.len()],
+                });
+            }
             ring.push_back(sample);
             while ring.len() > 2 && now.duration_since(ring[1].at) >= WINDOW {
                 ring.pop_front();
@@ -656,6 +670,7 @@ impl Engine {
             }
             let errors = new.errors.saturating_sub(old.errors);
             let ratio = errors as f64 / total as f64;
+            tracing::debug!(app, service = %service, total, errors, samples = ring.len(), "traffic window");
             if let Some(limit) = threshold(spec, "http_5xx_ratio") {
                 if ratio > limit {
                     firing.push(Firing {
@@ -868,5 +883,49 @@ mod tests {
         let c = e.update(vec![], now + REPEAT + Duration::from_secs(5));
         assert_eq!(kinds(c), [("resolved", true)], "resolves");
         assert!(e.firing().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod traffic_tests {
+    use super::*;
+
+    fn stats(total_2xx: u64, errors: u64) -> Vec<hoist_protocol::proxy::RouteStats> {
+        vec![hoist_protocol::proxy::RouteStats {
+            route: "demo/web".into(),
+            release: "r1".into(),
+            status: [0, total_2xx, 0, 0, errors],
+            upstream_errors: 0,
+            bytes_out: 0,
+            in_flight: 0,
+            latency: hoist_protocol::proxy::Histogram {
+                bounds_ms: vec![1.0],
+                counts: vec![total_2xx + errors, 0],
+                sum_ms: 0.0,
+            },
+            requests: vec![],
+        }]
+    }
+
+    #[test]
+    fn a_burst_of_5xx_fires_the_ratio_rule() {
+        let spec: AppSpec = hoist_config::parse_str(
+            "hoist.toml",
+            "app = \"demo\"\n[services.web]\ncommand = \"x\"\nhttp = { domains = [\"*\"], health = \"/health\" }\n",
+        )
+        .unwrap()
+        .spec;
+        let mut e = Engine {
+            passes: 2,
+            ..Default::default()
+        };
+        let now = Instant::now();
+        let mut firing = Vec::new();
+        e.traffic_rules("demo", &spec, &stats(0, 20), now, &mut firing);
+        let names: Vec<_> = firing
+            .iter()
+            .map(|f| f.labels["alertname"].clone())
+            .collect();
+        assert_eq!(names, ["http_5xx_ratio"]);
     }
 }

@@ -347,3 +347,58 @@ roles = ["web"]
     })
     .expect("the log rule resolves");
 }
+
+#[test]
+fn a_5xx_burst_and_slow_answers_fire_and_resolve() {
+    use hoist_testkit::http_get;
+    let receiver = Receiver::start();
+    let host = Host::new();
+    let extra = format!(
+        "\n[alerts]\nwebhook = \"http://{}/hook\"\n\n[alerts.rules.latency_p99]\nthreshold = 0.3\n",
+        receiver.addr
+    );
+    let project = host.project("v1", "", &extra);
+    let out = host.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The slow answers first: they take long enough for the agent to have sampled the
+    // service before the burst (see the note on the first sample in alerts.rs).
+    for _ in 0..12 {
+        assert_eq!(
+            http_get(host.proxy, "demo.test", "/sleep?ms=700")
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    for _ in 0..20 {
+        assert_eq!(
+            http_get(host.proxy, "demo.test", "/status/500")
+                .unwrap()
+                .status,
+            500
+        );
+    }
+    for rule in ["http_5xx_ratio", "latency_p99"] {
+        wait_until(Duration::from_secs(60), || {
+            receiver.find("firing", rule).is_some()
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}: `{rule}` never fired; got {:?}\nagent log:\n{}",
+                receiver.got.lock().unwrap(),
+                std::fs::read_to_string(host.dir.join("agent.log")).unwrap_or_default()
+            )
+        });
+    }
+    let burst = receiver.find("firing", "http_5xx_ratio").unwrap();
+    assert_eq!(burst["alerts"][0]["labels"]["service"], "web", "{burst}");
+    // Good traffic only: once the burst leaves the one-minute window both resolve.
+    wait_until(Duration::from_secs(180), || {
+        for _ in 0..5 {
+            let _ = http_get(host.proxy, "demo.test", "/");
+        }
+        receiver.find("resolved", "http_5xx_ratio").is_some()
+            && receiver.find("resolved", "latency_p99").is_some()
+    })
+    .expect("both resolve");
+}
