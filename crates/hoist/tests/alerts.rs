@@ -349,6 +349,7 @@ roles = ["web"]
 }
 
 #[test]
+#[allow(clippy::print_stderr)] // prints its figure (burst to webhook)
 fn a_5xx_burst_and_slow_answers_fire_and_resolve() {
     use hoist_testkit::http_get;
     let receiver = Receiver::start();
