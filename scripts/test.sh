@@ -17,6 +17,8 @@ command -v rsync >/dev/null || need+=(rsync)
 command -v zstd >/dev/null || need+=(zstd)
 command -v git >/dev/null || need+=(git)
 command -v faketime >/dev/null || need+=(faketime)
+command -v prometheus >/dev/null && command -v promtool >/dev/null || need+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
 # The fleet tests run a real sshd per network namespace (tests/netns).
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ip >/dev/null || need+=(iproute2)

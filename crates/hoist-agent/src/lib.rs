@@ -8,6 +8,7 @@
 //! instances and the proxy outlive it and are re-adopted by identity.
 
 mod acme;
+mod alerts;
 mod backup;
 /// The agent client now lives in `hoist-client`; re-exported for code that reached it here.
 pub use hoist_client as client;
@@ -17,6 +18,7 @@ mod health;
 mod http;
 mod jobs;
 mod lifecycle;
+pub mod metrics;
 pub mod paths;
 mod plan;
 mod proxyctl;
@@ -46,6 +48,8 @@ pub struct AgentConfig {
     pub dashboard: Option<SocketAddr>,
     /// How long and how many events, job runs, operations and history records are kept.
     pub retention: Retention,
+    /// Where `/metrics` is served (Prometheus text, bearer token required).
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +76,11 @@ pub enum AgentError {
     Exe(#[source] std::io::Error),
     #[error(transparent)]
     Proxy(#[from] proxyctl::ProxyError),
+    #[error("cannot serve metrics on `{addr}`")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// The live agent: shared by every request handler and background task.
@@ -96,6 +105,8 @@ pub struct Agent {
     pub(crate) stop: tokio::sync::Notify,
     /// Certificates handed to the proxy; one issuance at a time (`tls.rs`).
     pub(crate) tls: tls::Keeper,
+    /// The alert evaluator's memory (see `alerts.rs`).
+    pub(crate) alerts: Mutex<alerts::Engine>,
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
@@ -186,6 +197,7 @@ impl Agent {
             app_locks: Mutex::new(Default::default()),
             stop: tokio::sync::Notify::new(),
             tls: tls::Keeper::default(),
+            alerts: Mutex::new(Default::default()),
             _lock: lock,
         }))
     }
@@ -278,6 +290,18 @@ pub async fn run(
     // `Agent::db`) must never hold up accepting connections.
     let serving = tokio::spawn(server::serve(agent.clone(), listener));
     let looping = tokio::spawn(loops(agent.clone()));
+    let metrics = match metrics_listener(&agent).await {
+        Ok(Some((listener, token))) => {
+            Some(tokio::spawn(metrics::serve(agent.clone(), listener, token)))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            serving.abort();
+            looping.abort();
+            let _ = std::fs::remove_file(&agent.config.socket);
+            return Err(e);
+        }
+    };
     tokio::select! {
         () = shutdown => {}
         () = agent.stop.notified() => tracing::info!("asked to stop over the API"),
@@ -285,8 +309,25 @@ pub async fn run(
     tracing::info!("agent stopping; instances and the proxy keep running");
     serving.abort();
     looping.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     let _ = std::fs::remove_file(&agent.config.socket);
     Ok(())
+}
+
+/// The metrics listener and its token, when `--metrics` is set.
+async fn metrics_listener(
+    agent: &Agent,
+) -> Result<Option<(tokio::net::TcpListener, String)>, AgentError> {
+    let Some(addr) = agent.config.metrics else {
+        return Ok(None);
+    };
+    let failed = |source| AgentError::Metrics { addr, source };
+    let token = metrics::ensure_token(&agent.config.root).map_err(failed)?;
+    let listener = metrics::bind(addr).await.map_err(failed)?;
+    tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving /metrics");
+    Ok(Some((listener, token)))
 }
 
 /// Raises the soft limit of open files to the hard one: every instance's pipes, log
@@ -342,6 +383,7 @@ async fn loops(agent: Arc<Agent>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u64 = 0;
     let mut pruned_at: Option<std::time::Instant> = None;
+    let mut alerting: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tick.tick().await;
         n += 1;
@@ -357,6 +399,12 @@ async fn loops(agent: Arc<Agent>) {
             agent.housekeeping().await;
             agent.schedule_jobs().await;
             agent.schedule_backups().await;
+        }
+        // Alerts every 2 s, in their own task: a slow proxy answer must not hold up
+        // supervision, and a pass still running is not started twice.
+        if n % 10 == 0 && alerting.as_ref().is_none_or(|t| t.is_finished()) {
+            let agent = agent.clone();
+            alerting = Some(tokio::spawn(async move { agent.evaluate_alerts().await }));
         }
     }
 }
@@ -434,6 +482,10 @@ impl Agent {
             .entry(app.to_string())
             .or_default()
             .clone()
+    }
+
+    pub(crate) fn alert_engine(&self) -> std::sync::MutexGuard<'_, alerts::Engine> {
+        self.alerts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn host_name(&self) -> String {

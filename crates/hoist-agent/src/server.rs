@@ -129,6 +129,26 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
         }
         (Method::GET, ["v1", "status"]) => status(&agent),
         (Method::GET, ["v1", "certs"]) => http::json(StatusCode::OK, &agent.cert_statuses()),
+        (Method::POST, ["v1", "alerts", "test", app]) => match agent.test_alert(app) {
+            Ok(()) => http::json(StatusCode::OK, &serde_json::json!({"sent": true})),
+            Err(e) => http::error(StatusCode::UNPROCESSABLE_ENTITY, e, None),
+        },
+        (Method::GET, ["v1", "alerts"]) => {
+            let firing = agent.alert_engine().firing();
+            // Deliveries recorded lately (the URL is never in them).
+            let recent: Vec<_> = agent
+                .db(|s| s.events(0, 100_000))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| e.kind.starts_with("alert."))
+                .rev()
+                .take(50)
+                .collect();
+            http::json(
+                StatusCode::OK,
+                &serde_json::json!({"firing": firing, "recent": recent}),
+            )
+        }
         (Method::GET, ["v1", "events"]) => events(agent, req.uri().query().unwrap_or("")),
         (Method::POST, ["v1", "releases"]) => {
             let q = req.uri().query().unwrap_or("").to_string();

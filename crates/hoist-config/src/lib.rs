@@ -10,6 +10,7 @@
 //! from it; `validate` knows the sections, defaults and cross-references; `diag` locates
 //! and renders problems. `init` is `hoist init`'s detection and starter template.
 
+mod alerts;
 pub mod diag;
 pub mod init;
 mod read;

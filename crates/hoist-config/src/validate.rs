@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use hoist_core::schedule::{CronExpr, Schedule};
 use hoist_core::spec::{
-    defaults, AcmeSpec, AppSpec, BackupSource, BackupSpec, BakeSpec, BasicAuthSpec, Batch,
-    BuildSpec, CheckSpec, DeploySpec, HealthKind, HealthSpec, HooksSpec, HostSpec, HttpGuards,
-    HttpSpec, JobSpec, Keep, OnFailure, RateLimitSpec, RolloutSpec, SecretsSpec, ServiceSpec,
-    SshAddr, SshSpec, StopSignal, TlsSpec,
+    defaults, AcmeSpec, AlertsSpec, AppSpec, BackupSource, BackupSpec, BakeSpec, BasicAuthSpec,
+    Batch, BuildSpec, CheckSpec, DeploySpec, HealthKind, HealthSpec, HooksSpec, HostSpec,
+    HttpGuards, HttpSpec, JobSpec, Keep, OnFailure, RateLimitSpec, RolloutSpec, SecretsSpec,
+    ServiceSpec, SshAddr, SshSpec, StopSignal, TlsSpec,
 };
 
 use crate::diag::{did_you_mean, Loc};
@@ -24,8 +24,9 @@ use crate::tree::{toml_quote, Key, Node, Value};
 
 const TOP_KEYS: &[&str] = &[
     "version", "app", "build", "env", "secrets", "check", "services", "jobs", "hooks", "backups",
-    "deploy", "hosts", "ssh", "acme",
+    "deploy", "hosts", "ssh", "acme", "alerts",
 ];
+
 const BUILD_KEYS: &[&str] = &["command", "include", "exclude"];
 const SECRETS_KEYS: &[&str] = &["required"];
 const CHECK_KEYS: &[&str] = &["command", "timeout"];
@@ -232,6 +233,10 @@ pub(crate) fn validate(cx: &mut Cx<'_>, root: &Node) -> Option<AppSpec> {
         .get("acme")
         .map_or_else(AcmeSpec::default, |n| acme(cx, n, top.key_loc("acme")));
 
+    let alerts = top.get("alerts").map_or_else(AlertsSpec::default, |n| {
+        crate::alerts::alerts(cx, n, top.key_loc("alerts"), &services)
+    });
+
     let used_roles: BTreeSet<String> = refs
         .role_uses
         .iter()
@@ -290,6 +295,7 @@ pub(crate) fn validate(cx: &mut Cx<'_>, root: &Node) -> Option<AppSpec> {
         hosts,
         ssh,
         acme,
+        alerts,
     })
 }
 

@@ -70,6 +70,9 @@ pub struct AppSpec {
     /// `[acme]`: the CA that issues `tls = "acme"` certificates.
     #[serde(default)]
     pub acme: AcmeSpec,
+    /// `[alerts]`: where notifications go and how the built-in rules are tuned.
+    #[serde(default)]
+    pub alerts: AlertsSpec,
 }
 
 /// Where ACME certificates come from (RFC 8555).
@@ -640,6 +643,95 @@ pub struct SshSpec {
     pub port: Option<u16>,
 }
 
+/// `[alerts]`: receivers, overrides of the built-in rules, and log-pattern rules.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct AlertsSpec {
+    /// A URL receiving Alertmanager-format webhook JSON.
+    pub webhook: Option<String>,
+    /// The name of an app secret holding the webhook URL (chat webhooks carry tokens).
+    pub webhook_secret: Option<String>,
+    /// An Alertmanager base URL; alerts are posted to its `/api/v2/alerts`.
+    pub alertmanager: Option<String>,
+    /// `[alerts.rules.NAME]`, NAME one of [`alert_rules::NAMES`].
+    pub rules: BTreeMap<String, RuleOverride>,
+    /// `[alerts.logs.NAME]`.
+    pub logs: BTreeMap<String, LogRule>,
+}
+
+/// A built-in rule's threshold changed, or the rule turned off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleOverride {
+    pub enabled: bool,
+    pub threshold: Option<f64>,
+}
+
+/// Fires when `count` lines of `service` matching `pattern` are logged within `within`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRule {
+    pub service: String,
+    pub pattern: String,
+    pub count: u32,
+    #[serde(with = "human_duration")]
+    pub within: Duration,
+}
+
+/// The built-in alert rules and their default thresholds.
+pub mod alert_rules {
+    /// (name, default threshold, what the threshold means).
+    pub const RULES: &[(&str, f64, &str)] = &[
+        ("instance_down", 60.0, "seconds an instance may stay down"),
+        (
+            "crash_loop",
+            0.0,
+            "unused (fires while the supervisor reports a crash loop)",
+        ),
+        (
+            "http_5xx_ratio",
+            0.05,
+            "share of 5xx responses over 5 minutes",
+        ),
+        ("latency_p99", 1.0, "seconds, p99 over 5 minutes"),
+        ("memory_near_limit", 0.9, "share of memory_limit in use"),
+        (
+            "disk_free_low",
+            0.1,
+            "share of the root's file system still free",
+        ),
+        (
+            "backup_stale",
+            2.0,
+            "backup age in multiples of its schedule",
+        ),
+        (
+            "job_failed",
+            0.0,
+            "unused (fires when a job's last run failed)",
+        ),
+        (
+            "job_missed",
+            2.0,
+            "time since the last run in multiples of the schedule",
+        ),
+    ];
+    /// The rule names, in order.
+    pub const NAMES: [&str; 9] = [
+        "instance_down",
+        "crash_loop",
+        "http_5xx_ratio",
+        "latency_p99",
+        "memory_near_limit",
+        "disk_free_low",
+        "backup_stale",
+        "job_failed",
+        "job_missed",
+    ];
+
+    /// The default threshold of `name`.
+    pub fn default_threshold(name: &str) -> Option<f64> {
+        RULES.iter().find(|r| r.0 == name).map(|r| r.1)
+    }
+}
+
 impl AppSpec {
     /// The hosts that run `service`, in file order: every host with one of its roles, or
     /// only the first of them for a singleton (so placement is stable across deploys).
@@ -757,6 +849,7 @@ mod tests {
             ],
             ssh: SshSpec::default(),
             acme: AcmeSpec::default(),
+            alerts: AlertsSpec::default(),
         }
     }
 

@@ -326,6 +326,9 @@ pub struct RouteStats {
     /// Requests the route's guards answered themselves.
     #[serde(default)]
     pub guards: GuardCounts,
+    /// Responses by method and exact status code (only those seen).
+    #[serde(default)]
+    pub requests: Vec<CodeCount>,
 }
 
 /// Requests answered by a guard, by guard.
@@ -336,6 +339,14 @@ pub struct GuardCounts {
     pub rate_limited: u64,
     pub unauthorized: u64,
     pub too_large: u64,
+}
+
+/// How many responses had this method and status code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeCount {
+    pub method: String,
+    pub code: u16,
+    pub count: u64,
 }
 
 /// Latency to the response head: `counts[i]` requests took at most `bounds_ms[i]`, and

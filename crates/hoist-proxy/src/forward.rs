@@ -448,6 +448,7 @@ async fn proxy(
         return Ok(resp);
     }
     let host = host_of(&req);
+    let method = crate::stats::method_index(req.method());
     let websocket = is_websocket(&req);
     let guarded = with_table(shared, |t| {
         t.lookup(&host, req.uri().path())
@@ -525,6 +526,7 @@ async fn proxy(
         let Some((route, claim)) = picked else {
             return Ok(finish_error(
                 shared,
+                method,
                 log,
                 StatusCode::NOT_FOUND,
                 format!("no route for host `{host}`\n"),
@@ -592,7 +594,7 @@ async fn proxy(
                 upstream.answered();
                 let counters = &route.counters;
                 let latency = started.elapsed();
-                counters.response(resp.status().as_u16(), latency);
+                counters.response(method, resp.status().as_u16(), latency);
                 if let Some(entry) = log.as_mut() {
                     entry.route.clone_from(&route.id);
                     entry.release.clone_from(&counters.release);
@@ -605,6 +607,7 @@ async fn proxy(
                         counters.upstream_error();
                         return Ok(finish_error(
                             shared,
+                            method,
                             log,
                             StatusCode::BAD_GATEWAY,
                             "upstream switched protocols unasked\n".into(),
@@ -654,6 +657,7 @@ async fn proxy(
                 tracing::info!(peer = %peer.addr, route = %route.id, "malformed request body from the client; answered 400");
                 let mut resp = finish_error(
                     shared,
+                    method,
                     log,
                     StatusCode::BAD_REQUEST,
                     "malformed request body\n".into(),
@@ -667,6 +671,7 @@ async fn proxy(
                 tracing::info!(peer = %peer.addr, route = %route.id, "the client stopped sending its body; answered 408");
                 let mut resp = finish_error(
                     shared,
+                    method,
                     log,
                     StatusCode::REQUEST_TIMEOUT,
                     "the request body stalled\n".into(),
@@ -698,6 +703,7 @@ async fn proxy(
                 tracing::debug!(addr = %upstream.addr, error = %e, "upstream failed mid-request; not retried");
                 return Ok(finish_error(
                     shared,
+                    method,
                     log,
                     StatusCode::BAD_GATEWAY,
                     "upstream failed\n".into(),
@@ -708,6 +714,7 @@ async fn proxy(
                 route.counters.upstream_error();
                 return Ok(finish_error(
                     shared,
+                    method,
                     log,
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream timed out\n".into(),
@@ -729,7 +736,14 @@ async fn proxy(
     if let Some(r) = &last_route {
         r.counters.upstream_error();
     }
-    Ok(finish_error(shared, log, status, msg, last_route.as_ref()))
+    Ok(finish_error(
+        shared,
+        method,
+        log,
+        status,
+        msg,
+        last_route.as_ref(),
+    ))
 }
 
 /// A guard's own answer: closes the connection when the client may still be sending a
@@ -956,6 +970,7 @@ fn valid_host(v: &[u8]) -> bool {
 
 fn finish_error(
     shared: &Shared,
+    method: u8,
     log: Option<crate::access_log::Entry>,
     status: StatusCode,
     body: String,
@@ -964,7 +979,7 @@ fn finish_error(
     if let Some(route) = route {
         route
             .counters
-            .response(status.as_u16(), std::time::Duration::ZERO);
+            .response(method, status.as_u16(), std::time::Duration::ZERO);
     }
     if let (Some(mut entry), Some(access)) = (log, shared.access_log.as_ref()) {
         entry.status = status.as_u16();

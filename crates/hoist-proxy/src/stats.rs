@@ -52,12 +52,32 @@ pub(crate) enum Guard {
     TooLarge = 3,
 }
 
+/// Methods counted by name in `hoist_http_requests_total`; any other is `OTHER`.
+pub(crate) const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER",
+];
+/// Status codes 100..=599 each have a counter per method (unsharded: 32 KiB per route
+/// and release; a response adds to one of them, so contention stays low).
+const CODES: usize = 500;
+
+/// The index of `method` in [`METHODS`]: computed once per request, before the request
+/// is moved into the upstream exchange.
+pub(crate) fn method_index(method: &hyper::Method) -> u8 {
+    let i = METHODS[..7]
+        .iter()
+        .position(|m| *m == method.as_str())
+        .unwrap_or(7);
+    i as u8
+}
+
 /// The counters of one route and release.
 #[derive(Debug)]
 pub(crate) struct Counters {
     pub route: String,
     pub release: String,
     shards: Box<[Shard]>,
+    /// Responses by method and exact status code: `[method * CODES + code - 100]`.
+    codes: Box<[AtomicU64]>,
 }
 
 impl Counters {
@@ -66,6 +86,9 @@ impl Counters {
             route: route.to_string(),
             release: release.to_string(),
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            codes: (0..METHODS.len() * CODES)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         }
     }
 
@@ -85,8 +108,12 @@ impl Counters {
         }
     }
 
-    /// Records a response head: its status and how long the upstream took to send it.
-    pub fn response(&self, status: u16, latency: Duration) {
+    /// Records a response head: the request's method (see [`method_index`]), its status
+    /// and how long the upstream took to send it.
+    pub fn response(&self, method: u8, status: u16, latency: Duration) {
+        let code = usize::from(status.clamp(100, 599) - 100);
+        let m = usize::from(method).min(METHODS.len() - 1);
+        self.codes[m * CODES + code].fetch_add(1, Relaxed);
         let shard = self.mine();
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         shard.status[class].fetch_add(1, Relaxed);
@@ -130,6 +157,19 @@ impl Counters {
                 unauthorized: sum(&|s| s.guards[2].load(Relaxed)),
                 too_large: sum(&|s| s.guards[3].load(Relaxed)),
             },
+            requests: self
+                .codes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| {
+                    let count = n.load(Relaxed);
+                    (count > 0).then(|| wire::CodeCount {
+                        method: METHODS[i / CODES].to_string(),
+                        code: (i % CODES + 100) as u16,
+                        count,
+                    })
+                })
+                .collect(),
         }
     }
 }
@@ -141,16 +181,34 @@ mod tests {
     #[test]
     fn responses_land_in_their_class_and_bucket() {
         let c = Counters::new("a/web", "r1");
-        c.response(200, Duration::from_micros(300));
+        c.response(0, 200, Duration::from_micros(300));
         // Another thread writes another shard; the snapshot adds them up.
         std::thread::scope(|s| {
             s.spawn(|| {
                 set_shard(3);
-                c.response(503, Duration::from_millis(30));
+                c.response(
+                    method_index(&hyper::Method::POST),
+                    503,
+                    Duration::from_millis(30),
+                );
             });
         });
-        c.response(204, Duration::from_secs(20));
+        c.response(
+            method_index(&hyper::Method::TRACE),
+            204,
+            Duration::from_secs(20),
+        );
         let s = c.snapshot();
+        let by = |m: &str, code: u16| {
+            s.requests
+                .iter()
+                .find(|r| r.method == m && r.code == code)
+                .map(|r| r.count)
+        };
+        assert_eq!(by("GET", 200), Some(1));
+        assert_eq!(by("POST", 503), Some(1));
+        assert_eq!(by("OTHER", 204), Some(1), "TRACE is counted as OTHER");
+        assert_eq!(s.requests.len(), 3);
         assert_eq!(s.status, [0, 2, 0, 0, 1]);
         assert_eq!(s.latency.counts[0], 1, "0.3 ms is in the first bucket");
         assert_eq!(s.latency.counts[6], 1, "30 ms is in the ≤50 ms bucket");

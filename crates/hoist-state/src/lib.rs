@@ -8,6 +8,7 @@
 pub mod backups;
 mod history;
 mod leases;
+mod metrics;
 mod migrate;
 mod retention;
 mod store;
@@ -15,6 +16,7 @@ mod store;
 pub use history::{HistoryRecord, VerifyReport};
 pub use leases::{Acquire, LeaseRow};
 pub use retention::{Pruned, Retention};
+pub use metrics::MetricCounts;
 pub use store::*;
 
 use std::path::PathBuf;

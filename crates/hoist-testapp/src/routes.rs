@@ -49,6 +49,7 @@ pub async fn handle(
         (Method::GET, "/stats") => stats(&state),
         (Method::GET, "/sleep") => sleep(&state, &req).await,
         (Method::GET, "/headers") => headers(&req),
+        (Method::GET, p) if p.starts_with("/status/") => status_reply(&state, p),
         (Method::POST, "/echo") => echo(&state, req).await.unwrap_or_else(Refused::into_reply),
         (Method::GET, "/ws") => websocket(state.clone(), token, req),
         (Method::PUT, p) if p.starts_with("/data/") => put_data(&state, req)
@@ -193,6 +194,21 @@ async fn sleep(state: &State, req: &Request<Incoming>) -> Reply {
         StatusCode::OK,
         json!({ "slept_ms": ms, "release": state.release, "pid": std::process::id() }),
     )
+}
+
+/// `/status/NNN`: answers with that status (a release that fails some requests).
+fn status_reply(state: &State, path: &str) -> Reply {
+    match path["/status/".len()..]
+        .parse::<u16>()
+        .ok()
+        .and_then(|c| StatusCode::from_u16(c).ok())
+    {
+        Some(code) => json_reply(
+            code,
+            json!({ "status": code.as_u16(), "release": state.release }),
+        ),
+        None => error(StatusCode::BAD_REQUEST, "expected `/status/NNN`".to_owned()),
+    }
 }
 
 /// The request headers as a JSON object; repeated headers are joined with `, ` as

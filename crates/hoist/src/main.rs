@@ -51,6 +51,9 @@ enum Command {
     Events(cmd::status::EventsArgs),
     /// Every domain served over HTTPS: issuer, expiry, source and last renewal
     Certs(cmd::certs::CertsArgs),
+    /// Firing alerts and recent deliveries; `alerts test` sends a test notification,
+    /// `alerts export` prints the rules for Prometheus
+    Alerts(cmd::alerts::Args),
     /// Start a stopped service of the current release
     Start(cmd::service::ServiceArgs),
     /// Stop a service (it stays stopped until `start` or the next deploy)
@@ -117,6 +120,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => cmd::status::run_logs(args),
         Command::Events(args) => cmd::status::run_events(args),
         Command::Certs(args) => cmd::certs::run(args),
+        Command::Alerts(args) => cmd::alerts::run(args),
         Command::Start(args) => cmd::service::run_service("start", args),
         Command::Stop(args) => cmd::service::run_service("stop", args),
         Command::Restart(args) => cmd::service::run_service("restart", args),

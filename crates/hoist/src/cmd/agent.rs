@@ -39,8 +39,12 @@ pub struct Args {
     /// Refused: this hoist has no dashboard yet
     #[arg(long, hide = true)]
     dashboard: Option<SocketAddr>,
-    /// The host config (keys `root`, `socket`, `proxy`, `https`, and a `[retention]` table;
-    /// flags override it)
+    /// Serve `/metrics` (Prometheus text) here; scrapes need the bearer token in
+    /// `<root>/metrics.token`
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// The host config (keys `root`, `socket`, `proxy`, `https`, `metrics`, and a
+    /// `[retention]` table; flags override it)
     /// [default: /etc/hoist/agent.toml when it exists]
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -59,6 +63,7 @@ struct HostConfig {
     /// `operations_days`, `operations_max`, `history_days`, `history_max` (each
     /// defaulted when absent).
     retention: Option<hoist_agent::Retention>,
+    metrics: Option<SocketAddr>,
 }
 
 /// The host config: the named file (which must exist), else the default one when present.
@@ -180,6 +185,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         https: args.https.or(file.https),
         dashboard: args.dashboard.or(file.dashboard),
         retention: file.retention.unwrap_or_default(),
+        metrics: args.metrics.or(file.metrics),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -310,5 +316,16 @@ mod tests {
 
         let missing = dir.path().join("nope.toml");
         assert!(host_config(Some(&missing)).is_err());
+    }
+
+    #[test]
+    fn the_host_config_names_the_metrics_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "metrics = \"127.0.0.1:9464\"\n").unwrap();
+        let config = host_config(Some(&file)).unwrap();
+        assert_eq!(config.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        std::fs::write(&file, "metrics = \"not an address\"\n").unwrap();
+        assert!(host_config(Some(&file)).is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! One module per command: its clap arguments and a `run` that calls a library operation.
 
 pub mod agent;
+pub mod alerts;
 pub mod backup;
 pub mod build;
 pub mod certs;

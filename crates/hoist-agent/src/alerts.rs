@@ -1,0 +1,932 @@
+//! Built-in alert rules, evaluated by the agent every few seconds from what it already
+//! holds (instances, the proxy's counters, job runs, the root's free disk), and their
+//! notifications: firing when a rule starts to hold, resolved when it stops, repeated
+//! every [`REPEAT`] while it holds. Receivers are the app's `[alerts]`: a webhook (JSON
+//! in Alertmanager's webhook format, so receivers written for Alertmanager work as they
+//! are) and/or an Alertmanager (`POST /api/v2/alerts`, re-sent every [`AM_RESEND`] while
+//! firing, as Alertmanager expects).
+//!
+//! Deliveries run in their own tasks with retries and never hold a lock the agent needs;
+//! each outcome is recorded as an event (`alert.sent`, `alert.failed`).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hoist_core::spec::{alert_rules, AppSpec};
+
+use crate::Agent;
+
+/// How often a firing alert is notified again.
+pub const REPEAT: Duration = Duration::from_secs(4 * 3600);
+/// How often firing alerts are pushed to Alertmanager again (its resolve_timeout is 5m).
+const AM_RESEND: Duration = Duration::from_secs(60);
+/// The window of the ratio and latency rules.
+pub const WINDOW: Duration = Duration::from_secs(60);
+/// Fewer requests than this in the window never fire the 5xx or latency rules.
+const MIN_REQUESTS: u64 = 10;
+/// Attempts per delivery (1 s, 2 s, 4 s, 8 s apart).
+const ATTEMPTS: u32 = 5;
+
+/// One alert as evaluated now.
+#[derive(Debug, Clone)]
+struct Firing {
+    app: String,
+    labels: BTreeMap<String, String>,
+    summary: String,
+    description: String,
+}
+
+#[derive(Debug, Clone)]
+struct Active {
+    firing: Firing,
+    starts_at: chrono::DateTime<chrono::Utc>,
+    notified: Instant,
+    pushed: Instant,
+}
+
+/// The proxy's counters of one service at one moment.
+#[derive(Debug, Clone)]
+struct Sample {
+    at: Instant,
+    total: u64,
+    errors: u64,
+    bounds_ms: Vec<f64>,
+    buckets: Vec<u64>,
+}
+
+/// What the evaluator remembers between passes.
+#[derive(Default)]
+pub(crate) struct Engine {
+    active: HashMap<String, Active>,
+    down_since: HashMap<String, Instant>,
+    samples: HashMap<(String, String), VecDeque<Sample>>,
+    logs: LogWatch,
+    /// Evaluation passes so far: a service first seen after the first pass is new, and
+    /// its counters started at zero within the window.
+    passes: u64,
+}
+
+/// What the log-pattern rules have read: an offset per log file, compiled patterns, and
+/// when each rule's matches happened (only those within its window are kept).
+#[derive(Default)]
+struct LogWatch {
+    offsets: HashMap<std::path::PathBuf, u64>,
+    /// Apps whose existing files were skipped to their end (old lines never fire).
+    primed: std::collections::HashSet<String>,
+    patterns: HashMap<String, regex_lite::Regex>,
+    hits: HashMap<(String, String), VecDeque<Instant>>,
+}
+
+/// Bytes read per log file per pass, at most: a flood is sampled, never slurped.
+const LOG_READ_MAX: u64 = 1 << 20;
+
+impl LogWatch {
+    fn evaluate(
+        &mut self,
+        dir: &std::path::Path,
+        app: &str,
+        spec: &AppSpec,
+        now: Instant,
+        firing: &mut Vec<Firing>,
+    ) {
+        use std::io::{Read, Seek};
+        if spec.alerts.logs.is_empty() {
+            return;
+        }
+        let first = self.primed.insert(app.to_string());
+        let services: std::collections::BTreeSet<&str> = spec
+            .alerts
+            .logs
+            .values()
+            .map(|r| r.service.as_str())
+            .collect();
+        for service in services {
+            let Ok(entries) = std::fs::read_dir(dir.join(service)) else {
+                continue;
+            };
+            let mut lines = String::new();
+            for e in entries.flatten() {
+                let path = e.path();
+                if path.extension().and_then(|x| x.to_str()) != Some("log") {
+                    continue;
+                }
+                let Ok(len) = e.metadata().map(|m| m.len()) else {
+                    continue;
+                };
+                let from = match self.offsets.get(&path) {
+                    // A file shorter than what was read was rotated: read it anew.
+                    Some(&o) if o <= len => o,
+                    Some(_) => 0,
+                    None if first => len,
+                    None => 0,
+                };
+                let from = from.max(len.saturating_sub(LOG_READ_MAX));
+                if from < len {
+                    if let Ok(mut f) = std::fs::File::open(&path) {
+                        if f.seek(std::io::SeekFrom::Start(from)).is_ok() {
+                            let _ = f.take(len - from).read_to_string(&mut lines);
+                        }
+                    }
+                }
+                self.offsets.insert(path, len);
+            }
+            for (name, rule) in spec
+                .alerts
+                .logs
+                .iter()
+                .filter(|(_, r)| r.service == service)
+            {
+                let Some(re) = self.pattern(&rule.pattern) else {
+                    continue;
+                };
+                let n = lines.lines().filter(|l| re.is_match(l)).count();
+                let hits = self
+                    .hits
+                    .entry((app.to_string(), name.clone()))
+                    .or_default();
+                hits.extend(std::iter::repeat_n(now, n));
+                while hits
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > rule.within)
+                {
+                    hits.pop_front();
+                }
+                if hits.len() >= rule.count as usize {
+                    firing.push(Firing {
+                        app: app.to_string(),
+                        labels: labels(&[
+                            ("alertname", "log_pattern"),
+                            ("app", app),
+                            ("service", service),
+                            ("rule", name),
+                        ]),
+                        summary: format!(
+                            "`{service}` logged {} lines matching `{}` within {}s",
+                            hits.len(),
+                            rule.pattern,
+                            rule.within.as_secs()
+                        ),
+                        description: format!(
+                            "log rule `{name}`: see `hoist logs {service}` around now"
+                        ),
+                    });
+                }
+            }
+        }
+        // Files that went away (rotated out, instances removed) are forgotten.
+        self.offsets.retain(|p, _| p.exists());
+    }
+
+    fn pattern(&mut self, p: &str) -> Option<&regex_lite::Regex> {
+        if !self.patterns.contains_key(p) {
+            // Validated with the app file; a pattern that fails here is skipped.
+            let re = regex_lite::Regex::new(p).ok()?;
+            self.patterns.insert(p.to_string(), re);
+        }
+        self.patterns.get(p)
+    }
+}
+
+fn threshold(spec: &AppSpec, rule: &str) -> Option<f64> {
+    match spec.alerts.rules.get(rule) {
+        Some(o) if !o.enabled => None,
+        Some(o) => o.threshold.or_else(|| alert_rules::default_threshold(rule)),
+        None => alert_rules::default_threshold(rule),
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A stable identity of a label set (FNV-1a, hex), as Alertmanager's `fingerprint`.
+fn fingerprint(labels: &BTreeMap<String, String>) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (k, v) in labels {
+        for b in k.bytes().chain([0xff]).chain(v.bytes()).chain([0xfe]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Agent {
+    /// One pass: evaluates every app's rules and sends what changed.
+    pub(crate) async fn evaluate_alerts(self: &Arc<Self>) {
+        let specs: Vec<(String, Arc<AppSpec>)> = self
+            .rt()
+            .specs
+            .iter()
+            .map(|(app, (_, spec))| (app.clone(), spec.clone()))
+            .collect();
+        let stats = match &self.proxy {
+            Some(p) => match p.request(hoist_protocol::proxy::Request::Stats).await {
+                Ok(hoist_protocol::proxy::Reply::Stats { routes }) => Some(routes),
+                _ => None,
+            },
+            None => None,
+        };
+        let disk_free = nix::sys::statvfs::statvfs(&self.config.root)
+            .ok()
+            .filter(|fs| fs.blocks() > 0)
+            .map(|fs| fs.blocks_available() as f64 / fs.blocks() as f64);
+        let job_runs = self.db(|s| s.job_runs(None, 500)).unwrap_or_default();
+        let counts = self.db(|s| s.metric_counts()).unwrap_or_default();
+        let now_ms = hoist_state::now_ms();
+        let now = Instant::now();
+        let mut firing: Vec<Firing> = Vec::new();
+        let mut engine = std::mem::take(&mut *self.alert_engine());
+        engine.passes += 1;
+        for (app, spec) in &specs {
+            self.instance_rules(&mut engine, app, spec, now, &mut firing);
+            if let Some(routes) = &stats {
+                engine.traffic_rules(app, spec, routes, now, &mut firing);
+            }
+            if let (Some(free), Some(limit)) = (disk_free, threshold(spec, "disk_free_low")) {
+                if free < limit {
+                    firing.push(Firing {
+                        app: app.clone(),
+                        labels: labels(&[("alertname", "disk_free_low"), ("app", app)]),
+                        summary: format!(
+                            "{:.1}% of the disk holding hoist's root is free",
+                            free * 100.0
+                        ),
+                        description: format!(
+                            "below {:.1}%: remove old releases (`[deploy] keep_releases`), logs or backups, or grow the disk under {}",
+                            limit * 100.0,
+                            self.config.root.display()
+                        ),
+                    });
+                }
+            }
+            if threshold(spec, "job_failed").is_some() {
+                // The last finished run of each job decides.
+                let mut last: BTreeMap<&str, &hoist_state::JobRun> = BTreeMap::new();
+                for r in job_runs
+                    .iter()
+                    .filter(|r| &r.app == app && r.finished_at_ms.is_some())
+                {
+                    if last.get(r.job.as_str()).is_none_or(|l| l.id < r.id) {
+                        last.insert(&r.job, r);
+                    }
+                }
+                for (job, r) in last {
+                    if r.status != "succeeded" && spec.jobs.contains_key(job) {
+                        firing.push(Firing {
+                            app: app.clone(),
+                            labels: labels(&[("alertname", "job_failed"), ("app", app), ("job", job)]),
+                            summary: format!("job `{job}` of `{app}`: its last run {}", r.status),
+                            description: format!(
+                                "see `hoist jobs` and the run's output; `hoist jobs run {job}` tries it again (run {}, exit code {:?})",
+                                r.id, r.exit_code
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        for (app, spec) in &specs {
+            stale_rules(app, spec, &counts, now_ms, &mut firing);
+            let dir = self.paths.logs(app);
+            crate::off_workers(|| engine.logs.evaluate(&dir, app, spec, now, &mut firing));
+        }
+        let changes = engine.update(firing, now);
+        *self.alert_engine() = engine;
+        for (status, a, webhook) in changes {
+            self.notify(&specs, status, a, webhook);
+        }
+    }
+
+    fn instance_rules(
+        &self,
+        engine: &mut Engine,
+        app: &str,
+        spec: &AppSpec,
+        now: Instant,
+        firing: &mut Vec<Firing>,
+    ) {
+        let rt = self.rt();
+        let mut seen = Vec::new();
+        for (id, l) in rt.instances.iter().filter(|(_, l)| l.row.app == app) {
+            seen.push(id.clone());
+            let svc = l.row.service.as_str();
+            let base = |name: &str| {
+                labels(&[
+                    ("alertname", name),
+                    ("app", app),
+                    ("service", svc),
+                    ("instance", id),
+                ])
+            };
+            let crash = l.phase == crate::runtime::Phase::CrashLoop;
+            if crash && threshold(spec, "crash_loop").is_some() {
+                firing.push(Firing {
+                    app: app.to_string(),
+                    labels: base("crash_loop"),
+                    summary: format!("instance {id} of `{svc}` is crash-looping"),
+                    description: format!(
+                        "it exited {} times; read `hoist logs {svc}` for the cause, then fix and deploy, or `hoist rollback` (last exit: {})",
+                        l.row.restarts,
+                        l.last_exit.as_deref().unwrap_or("unknown")
+                    ),
+                });
+            }
+            let wanted = l.row.desired == "running";
+            let down = wanted && !l.admitted(now);
+            let since = if down {
+                Some(*engine.down_since.entry(id.clone()).or_insert(now))
+            } else {
+                engine.down_since.remove(id);
+                None
+            };
+            if let (Some(since), Some(secs)) = (since, threshold(spec, "instance_down")) {
+                if !crash && now.duration_since(since) >= Duration::from_secs_f64(secs) {
+                    firing.push(Firing {
+                        app: app.to_string(),
+                        labels: base("instance_down"),
+                        summary: format!(
+                            "instance {id} of `{svc}` has been down for {}s",
+                            now.duration_since(since).as_secs()
+                        ),
+                        description: format!(
+                            "state `{}`: check `hoist status` and `hoist logs {svc}`; a failing health check or a crash keeps it out of traffic",
+                            l.state_word(now)
+                        ),
+                    });
+                }
+            }
+            if let (Some(limit), Some(stats), Some(share)) = (
+                l.memory_limit,
+                l.stats.as_ref(),
+                threshold(spec, "memory_near_limit"),
+            ) {
+                if limit > 0 && stats.rss_bytes as f64 >= share * limit as f64 {
+                    firing.push(Firing {
+                        app: app.to_string(),
+                        labels: base("memory_near_limit"),
+                        summary: format!(
+                            "instance {id} of `{svc}` uses {} MiB of its {} MiB memory_limit",
+                            stats.rss_bytes >> 20,
+                            limit >> 20
+                        ),
+                        description:
+                            "it is restarted at the limit: look for a leak, or raise `memory_limit`"
+                                .into(),
+                    });
+                }
+            }
+        }
+        engine
+            .down_since
+            .retain(|id, _| !id.starts_with(&format!("{app}-")) || seen.contains(id));
+    }
+
+    /// Sends one change to the app's receivers (`webhook` false: Alertmanager's re-send only).
+    fn notify(
+        self: &Arc<Self>,
+        specs: &[(String, Arc<AppSpec>)],
+        status: &'static str,
+        a: Active,
+        webhook: bool,
+    ) {
+        let Some((_, spec)) = specs.iter().find(|(app, _)| *app == a.firing.app) else {
+            return;
+        };
+        let webhook = match (&spec.alerts.webhook, &spec.alerts.webhook_secret) {
+            _ if !webhook => None,
+            (Some(url), _) => Some(url.clone()),
+            (None, Some(name)) => self
+                .secrets
+                .values(&a.firing.app)
+                .ok()
+                .and_then(|v| v.get(name).cloned()),
+            (None, None) => None,
+        };
+        let now = chrono::Utc::now();
+        let ends = if status == "resolved" {
+            rfc3339(now)
+        } else {
+            "0001-01-01T00:00:00Z".to_string()
+        };
+        let alert = serde_json::json!({
+            "status": status,
+            "labels": a.firing.labels,
+            "annotations": {"summary": a.firing.summary, "description": a.firing.description},
+            "startsAt": rfc3339(a.starts_at),
+            "endsAt": ends,
+            "generatorURL": "",
+            "fingerprint": fingerprint(&a.firing.labels),
+        });
+        let name = a
+            .firing
+            .labels
+            .get("alertname")
+            .cloned()
+            .unwrap_or_default();
+        if let Some(url) = webhook {
+            let body = serde_json::json!({
+                "version": "4",
+                "groupKey": format!("{{}}:{{alertname=\"{name}\",app=\"{}\"}}", a.firing.app),
+                "truncatedAlerts": 0,
+                "status": status,
+                "receiver": "hoist",
+                "groupLabels": {"alertname": name},
+                "commonLabels": a.firing.labels,
+                "commonAnnotations": {"summary": a.firing.summary, "description": a.firing.description},
+                "externalURL": "",
+                "alerts": [alert],
+            });
+            self.deliver(&a.firing.app, "webhook", url, body, &name, status);
+        }
+        if let Some(am) = &spec.alerts.alertmanager {
+            let mut pushed = serde_json::json!({
+                "labels": a.firing.labels,
+                "annotations": {"summary": a.firing.summary, "description": a.firing.description},
+                "startsAt": rfc3339(a.starts_at),
+                "generatorURL": "http://hoist/alerts",
+            });
+            if status == "resolved" {
+                pushed["endsAt"] = serde_json::Value::String(ends);
+            }
+            let url = format!("{}/api/v2/alerts", am.trim_end_matches('/'));
+            self.deliver(
+                &a.firing.app,
+                "alertmanager",
+                url,
+                serde_json::json!([pushed]),
+                &name,
+                status,
+            );
+        }
+    }
+
+    /// Posts `body` in its own task, retrying; the outcome is recorded as an event (the
+    /// URL is not: a webhook URL may carry a token).
+    fn deliver(
+        self: &Arc<Self>,
+        app: &str,
+        receiver: &'static str,
+        url: String,
+        body: serde_json::Value,
+        name: &str,
+        status: &'static str,
+    ) {
+        let agent = self.clone();
+        let app = app.to_string();
+        let subject = format!("{name} {status}");
+        tokio::spawn(async move {
+            let bytes = serde_json::to_vec(&body).unwrap_or_default();
+            let mut last = String::new();
+            for attempt in 0..ATTEMPTS {
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
+                }
+                match post(&url, &bytes).await {
+                    Ok(code) if (200..300).contains(&code) => {
+                        agent.event(
+                            Some(&app),
+                            "alert.sent",
+                            Some(&subject),
+                            &format!(
+                                "{subject} delivered to the {receiver} (attempt {})",
+                                attempt + 1
+                            ),
+                        );
+                        return;
+                    }
+                    Ok(code) => last = format!("answered {code}"),
+                    Err(e) => last = e,
+                }
+                tracing::warn!(app = %app, receiver, attempt, error = %last, "alert delivery failed");
+            }
+            agent.event(
+                Some(&app),
+                "alert.failed",
+                Some(&subject),
+                &format!(
+                    "{subject} not delivered to the {receiver} after {ATTEMPTS} attempts: {last}"
+                ),
+            );
+        });
+    }
+}
+
+/// The interval of a schedule (`every`; a cron schedule has none and is not judged).
+pub(crate) fn interval(s: &hoist_core::schedule::Schedule) -> Option<Duration> {
+    match s {
+        hoist_core::schedule::Schedule::Every(d) => Some(*d),
+        hoist_core::schedule::Schedule::Cron(_) => None,
+    }
+}
+
+/// Backups older than `backup_stale` × their schedule, and jobs whose last success is
+/// older than `job_missed` × theirs. Judged from the last success only: a backup or job
+/// that never succeeded yet is left to `job_failed` and the deploy's own checks.
+fn stale_rules(
+    app: &str,
+    spec: &AppSpec,
+    counts: &hoist_state::MetricCounts,
+    now_ms: i64,
+    firing: &mut Vec<Firing>,
+) {
+    let age = |at: i64| Duration::from_millis(now_ms.saturating_sub(at).max(0) as u64);
+    if let Some(k) = threshold(spec, "backup_stale") {
+        for (a, name, at) in &counts.backup_last_success {
+            let every = spec
+                .backups
+                .get(name)
+                .and_then(|b| b.schedule.as_ref())
+                .and_then(interval);
+            if let (true, Some(every)) = (a == app, every) {
+                if age(*at) > every.mul_f64(k) {
+                    firing.push(Firing {
+                        app: app.to_string(),
+                        labels: labels(&[("alertname", "backup_stale"), ("app", app), ("backup", name)]),
+                        summary: format!("backup `{name}` of `{app}` is {}s old", age(*at).as_secs()),
+                        description: format!(
+                            "its schedule is every {}s: see `hoist backups` for failed attempts, and run `hoist backup {name}`",
+                            every.as_secs()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    if let Some(k) = threshold(spec, "job_missed") {
+        for (a, job, at) in &counts.job_last_success {
+            let every = spec.jobs.get(job).and_then(|j| interval(&j.schedule));
+            if let (true, Some(every)) = (a == app, every) {
+                if age(*at) > every.mul_f64(k) {
+                    firing.push(Firing {
+                        app: app.to_string(),
+                        labels: labels(&[("alertname", "job_missed"), ("app", app), ("job", job)]),
+                        summary: format!("job `{job}` of `{app}` last succeeded {}s ago", age(*at).as_secs()),
+                        description: format!(
+                            "it should run every {}s: check `hoist jobs` and `hoist events`; `hoist jobs run {job}` runs it now",
+                            every.as_secs()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Agent {
+    /// `hoist alerts test`: a firing notification named `hoist_test` sent to the app's
+    /// receivers now (not kept as firing). False when the app is not deployed here.
+    pub(crate) fn test_alert(self: &Arc<Self>, app: &str) -> Result<(), String> {
+        let spec = self.rt().specs.get(app).map(|(_, s)| s.clone());
+        let Some(spec) = spec else {
+            return Err(format!("`{app}` is not deployed on this host"));
+        };
+        if spec.alerts.webhook.is_none()
+            && spec.alerts.webhook_secret.is_none()
+            && spec.alerts.alertmanager.is_none()
+        {
+            return Err(format!("`{app}` has no `[alerts]` webhook or alertmanager"));
+        }
+        let a = Active {
+            firing: Firing {
+                app: app.to_string(),
+                labels: labels(&[
+                    ("alertname", "hoist_test"),
+                    ("app", app),
+                    ("severity", "none"),
+                ]),
+                summary: format!("a test notification from hoist for `{app}`"),
+                description: "sent by `hoist alerts test`; nothing is wrong".into(),
+            },
+            starts_at: chrono::Utc::now(),
+            notified: Instant::now(),
+            pushed: Instant::now(),
+        };
+        self.notify(&[(app.to_string(), spec)], "firing", a, true);
+        Ok(())
+    }
+}
+
+impl Engine {
+    fn traffic_rules(
+        &mut self,
+        app: &str,
+        spec: &AppSpec,
+        routes: &[hoist_protocol::proxy::RouteStats],
+        now: Instant,
+        firing: &mut Vec<Firing>,
+    ) {
+        let prefix = format!("{app}/");
+        let mut per_service: BTreeMap<String, Sample> = BTreeMap::new();
+        for r in routes.iter().filter(|r| r.route.starts_with(&prefix)) {
+            let service = r.route[prefix.len()..].to_string();
+            let s = per_service.entry(service).or_insert_with(|| Sample {
+                at: now,
+                total: 0,
+                errors: 0,
+                bounds_ms: r.latency.bounds_ms.clone(),
+                buckets: vec![0; r.latency.counts.len()],
+            });
+            s.total += r.status.iter().sum::<u64>();
+            s.errors += r.status[4];
+            for (b, n) in s.buckets.iter_mut().zip(&r.latency.counts) {
+                *b += n;
+            }
+        }
+        let fresh = self.passes > 1;
+        for (service, sample) in per_service {
+            let ring = self
+                .samples
+                .entry((app.to_string(), service.clone()))
+                .or_default();
+            if ring.is_empty() && fresh {
+                ring.push_back(Sample {
+                    at: now,
+                    total: 0,
+                    errors: 0,
+                    bounds_ms: sample.bounds_ms.clone(),
+                    buckets: vec![0; sample.buckets.len()],
+                });
+            }
+            ring.push_back(sample);
+            while ring.len() > 2 && now.duration_since(ring[1].at) >= WINDOW {
+                ring.pop_front();
+            }
+            let (Some(old), Some(new)) = (ring.front(), ring.back()) else {
+                continue;
+            };
+            let total = new.total.saturating_sub(old.total);
+            if total < MIN_REQUESTS {
+                continue;
+            }
+            let errors = new.errors.saturating_sub(old.errors);
+            let ratio = errors as f64 / total as f64;
+            tracing::debug!(app, service = %service, total, errors, samples = ring.len(), "traffic window");
+            if let Some(limit) = threshold(spec, "http_5xx_ratio") {
+                if ratio > limit {
+                    firing.push(Firing {
+                        app: app.to_string(),
+                        labels: labels(&[("alertname", "http_5xx_ratio"), ("app", app), ("service", &service)]),
+                        summary: format!(
+                            "`{service}` answered {:.1}% 5xx in the last minute ({errors} of {total})",
+                            ratio * 100.0
+                        ),
+                        description: format!(
+                            "above {:.1}%: read `hoist logs {service}`; if it began with the last deploy, `hoist rollback`",
+                            limit * 100.0
+                        ),
+                    });
+                }
+            }
+            if let Some(limit) = threshold(spec, "latency_p99") {
+                let counts: Vec<u64> = new
+                    .buckets
+                    .iter()
+                    .zip(old.buckets.iter().chain(std::iter::repeat(&0)))
+                    .map(|(n, o)| n.saturating_sub(*o))
+                    .collect();
+                let p99 = quantile(&new.bounds_ms, &counts, 0.99) / 1000.0;
+                if p99 > limit {
+                    firing.push(Firing {
+                        app: app.to_string(),
+                        labels: labels(&[("alertname", "latency_p99"), ("app", app), ("service", &service)]),
+                        summary: format!("`{service}`: p99 latency {p99:.2}s in the last minute"),
+                        description: format!(
+                            "above {limit}s: look for slow queries or an overloaded host (`hoist status`); add replicas if it is load"
+                        ),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Folds this pass in; returns the alerts to notify as firing and as resolved.
+    /// `(status, alert, to the webhook too)`.
+    fn update(&mut self, firing: Vec<Firing>, now: Instant) -> Vec<(&'static str, Active, bool)> {
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for f in firing {
+            let key = fingerprint(&f.labels);
+            seen.insert(key.clone());
+            match self.active.get_mut(&key) {
+                Some(a) => {
+                    a.firing = f;
+                    let repeat = now.duration_since(a.notified) >= REPEAT;
+                    if repeat || now.duration_since(a.pushed) >= AM_RESEND {
+                        a.pushed = now;
+                        if repeat {
+                            a.notified = now;
+                        }
+                        out.push(("firing", a.clone(), repeat));
+                    }
+                }
+                None => {
+                    let a = Active {
+                        firing: f,
+                        starts_at: chrono::Utc::now(),
+                        notified: now,
+                        pushed: now,
+                    };
+                    out.push(("firing", a.clone(), true));
+                    self.active.insert(key, a);
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .active
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            if let Some(a) = self.active.remove(&k) {
+                out.push(("resolved", a, true));
+            }
+        }
+        out
+    }
+
+    /// Firing and recent alerts for `hoist alerts`.
+    pub(crate) fn firing(&self) -> Vec<serde_json::Value> {
+        let mut out: Vec<_> = self
+            .active
+            .values()
+            .map(|a| {
+                serde_json::json!({
+                    "labels": a.firing.labels,
+                    "summary": a.firing.summary,
+                    "description": a.firing.description,
+                    "startsAt": rfc3339(a.starts_at),
+                })
+            })
+            .collect();
+        out.sort_by_key(|v| v["startsAt"].as_str().unwrap_or_default().to_string());
+        out
+    }
+}
+
+/// The upper bound of the bucket holding quantile `q` (the last bound when it is above
+/// them all).
+fn quantile(bounds_ms: &[f64], counts: &[u64], q: f64) -> f64 {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let rank = (q * total as f64).ceil() as u64;
+    let mut seen = 0;
+    for (i, n) in counts.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return bounds_ms
+                .get(i)
+                .copied()
+                .unwrap_or_else(|| bounds_ms.last().copied().unwrap_or(0.0) * 2.0);
+        }
+    }
+    0.0
+}
+
+/// One HTTP/1.1 POST of JSON (plain http only: no TLS client in the agent yet); the
+/// status code, or why there is none. Bounded by 10 s.
+async fn post(url: &str, body: &[u8]) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| "only http:// receivers are supported".to_string())?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let host_port = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let work = async {
+        let mut s = tokio::net::TcpStream::connect(&host_port)
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: hoist\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        s.write_all(body).await.map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 512];
+        let mut got = 0;
+        while got < 12 {
+            let n = s.read(&mut buf[got..]).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        let line = String::from_utf8_lossy(&buf[..got]);
+        line.split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| "no HTTP status in the answer".to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .map_err(|_| "timed out after 10s".to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantile_picks_the_bucket_bound() {
+        let bounds = [1.0, 10.0, 100.0];
+        assert_eq!(quantile(&bounds, &[99, 0, 1, 0], 0.99), 1.0);
+        assert_eq!(quantile(&bounds, &[90, 0, 10, 0], 0.99), 100.0);
+        assert_eq!(quantile(&bounds, &[0, 0, 0, 5], 0.99), 200.0);
+    }
+
+    #[test]
+    fn alerts_fire_once_and_resolve() {
+        let mut e = Engine::default();
+        let f = Firing {
+            app: "a".into(),
+            labels: labels(&[("alertname", "crash_loop"), ("app", "a")]),
+            summary: "s".into(),
+            description: "d".into(),
+        };
+        let now = Instant::now();
+        let kinds = |c: Vec<(&'static str, Active, bool)>| {
+            c.into_iter().map(|(s, _, w)| (s, w)).collect::<Vec<_>>()
+        };
+        let c = e.update(vec![f.clone()], now);
+        assert_eq!(kinds(c), [("firing", true)], "fires");
+        let c = e.update(vec![f.clone()], now + Duration::from_secs(5));
+        assert!(c.is_empty(), "deduplicated");
+        let c = e.update(vec![f.clone()], now + AM_RESEND);
+        assert_eq!(
+            kinds(c),
+            [("firing", false)],
+            "re-sent to Alertmanager only"
+        );
+        let c = e.update(vec![f], now + REPEAT);
+        assert_eq!(kinds(c), [("firing", true)], "repeated");
+        let c = e.update(vec![], now + REPEAT + Duration::from_secs(5));
+        assert_eq!(kinds(c), [("resolved", true)], "resolves");
+        assert!(e.firing().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod traffic_tests {
+    use super::*;
+
+    fn stats(total_2xx: u64, errors: u64) -> Vec<hoist_protocol::proxy::RouteStats> {
+        vec![hoist_protocol::proxy::RouteStats {
+            route: "demo/web".into(),
+            release: "r1".into(),
+            status: [0, total_2xx, 0, 0, errors],
+            upstream_errors: 0,
+            bytes_out: 0,
+            in_flight: 0,
+            latency: hoist_protocol::proxy::Histogram {
+                bounds_ms: vec![1.0],
+                counts: vec![total_2xx + errors, 0],
+                sum_ms: 0.0,
+            },
+            requests: vec![],
+            guards: Default::default(),
+        }]
+    }
+
+    #[test]
+    fn a_burst_of_5xx_fires_the_ratio_rule() {
+        let spec: AppSpec = hoist_config::parse_str(
+            "hoist.toml",
+            "app = \"demo\"\n[services.web]\ncommand = \"x\"\nhttp = { domains = [\"*\"], health = \"/health\" }\n",
+        )
+        .unwrap()
+        .spec;
+        let mut e = Engine {
+            passes: 2,
+            ..Default::default()
+        };
+        let now = Instant::now();
+        let mut firing = Vec::new();
+        e.traffic_rules("demo", &spec, &stats(0, 20), now, &mut firing);
+        let names: Vec<_> = firing
+            .iter()
+            .map(|f| f.labels["alertname"].clone())
+            .collect();
+        assert_eq!(names, ["http_5xx_ratio"]);
+    }
+}
