@@ -252,6 +252,29 @@ impl Agent {
         }
         disk.write(&mut out);
         size.write(&mut out);
+        let mut certs = Family::new(
+            "hoist_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "When the certificate of each HTTPS domain expires (Unix time).",
+        );
+        for c in self.cert_statuses() {
+            let expiry = c
+                .not_after
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+            if let Some(t) = expiry {
+                certs.sample(
+                    "",
+                    &[
+                        ("app", c.app.as_str()),
+                        ("service", c.service.as_str()),
+                        ("domain", c.domain.as_str()),
+                    ],
+                    t.timestamp(),
+                );
+            }
+        }
+        certs.write(&mut out);
         out
     }
 

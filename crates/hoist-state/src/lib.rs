@@ -15,8 +15,8 @@ mod store;
 
 pub use history::{HistoryRecord, VerifyReport};
 pub use leases::{Acquire, LeaseRow};
-pub use retention::{Pruned, Retention};
 pub use metrics::MetricCounts;
+pub use retention::{Pruned, Retention};
 pub use store::*;
 
 use std::path::PathBuf;

@@ -903,3 +903,55 @@ fn a_crashed_proxy_is_restarted_on_the_https_socket_the_agent_holds() {
         200
     );
 }
+
+/// `/metrics` carries each HTTPS domain's certificate expiry, in the future for a fresh
+/// certificate (the series an expiry alert is written on).
+#[test]
+fn metrics_show_each_domains_certificate_expiry() {
+    let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let host = Host::with_agent_args(&[
+        "--https",
+        &https.to_string(),
+        "--metrics",
+        &metrics.to_string(),
+    ]);
+    let ca = TestCa::new("hoist metrics CA");
+    let (cert, key) = write_leaf(&host.dir, "a", &ca.issue(&["a.test"]));
+    let a = project(
+        &host,
+        "m1",
+        "alpha",
+        &["a.test"],
+        &file_tls(&cert, &key),
+        "",
+    );
+    ok(&host.deploy(&a), "deploy");
+    let token = std::fs::read_to_string(host.root.join("metrics.token")).unwrap();
+    let mut s = std::net::TcpStream::connect(metrics).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        format!(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            token.trim()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut s, &mut body).unwrap();
+    let line = body
+        .lines()
+        .find(|l| {
+            l.starts_with("hoist_certificate_expiry_timestamp_seconds{")
+                && l.contains("domain=\"a.test\"")
+                && l.contains("app=\"alpha\"")
+        })
+        .unwrap_or_else(|| panic!("no expiry series: {body}"));
+    let at: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(at > now, "{line}");
+}
