@@ -1,4 +1,4 @@
-//! `hoist alerts [--json]` (firing and recent deliveries on this host's agent),
+//! `hoist alerts [--json]` (firing and recent deliveries on every host's agent),
 //! `hoist alerts test` (a test notification to the app's receivers) and
 //! `hoist alerts export` (the app's built-in rules as a Prometheus rules file).
 
@@ -7,7 +7,9 @@ use std::fmt::Write as _;
 use hoist_core::spec::{alert_rules, AppSpec};
 use hyper::Method;
 
-use super::common;
+use hoist_fleet::hosts::each;
+
+use super::common::{self, HostArgs};
 use super::config::{load, ConfigArgs};
 use crate::output;
 
@@ -18,6 +20,8 @@ pub struct Args {
     action: Option<Action>,
     #[command(flatten)]
     file: ConfigArgs,
+    #[command(flatten)]
+    hosts: HostArgs,
     #[arg(long)]
     json: bool,
 }
@@ -28,6 +32,8 @@ enum Action {
     Test {
         #[command(flatten)]
         file: ConfigArgs,
+        #[command(flatten)]
+        hosts: HostArgs,
     },
     /// Print the app's alert rules as a Prometheus rules file (for `promtool check rules`)
     Export {
@@ -38,15 +44,29 @@ enum Action {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.action {
-        Some(Action::Test { file }) => {
+        Some(Action::Test { file, hosts }) => {
             let loaded = load(&file)?;
             let app = loaded.spec.app.clone();
-            let client = common::client();
+            let fleet = common::is_fleet(Some(&loaded));
+            let targets = common::targets(Some(&loaded), &hosts)?;
             let path = format!("/v1/alerts/test/{app}");
-            common::block_on(client.call::<(), serde_json::Value>(Method::POST, &path, None))
-                .map_err(common::agent_error)?;
-            output::status("Sent", &format!("a test notification for `{app}`"));
-            Ok(())
+            let answers = common::block_on(each(&targets, |t| {
+                let (c, path) = (t.client.clone(), path.clone());
+                async move {
+                    c.call::<(), serde_json::Value>(Method::POST, &path, None)
+                        .await
+                }
+            }));
+            for a in answers.iter().filter(|a| a.result.is_ok()) {
+                output::status(
+                    "Sent",
+                    &format!(
+                        "a test notification for `{app}`{}",
+                        common::on_host(&a.host, fleet)
+                    ),
+                );
+            }
+            common::finish(answers, fleet)
         }
         Some(Action::Export { file }) => {
             let loaded = load(&file)?;
@@ -54,37 +74,58 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         None => {
-            let client = common::client();
-            let v: serde_json::Value =
-                common::block_on(client.get("/v1/alerts")).map_err(common::agent_error)?;
+            // Without an app file here (and none named), this machine's agent.
+            let loaded = match &args.file.config {
+                None if hoist_config::locate(None).is_err() => None,
+                _ => Some(load(&args.file)?),
+            };
+            let fleet = common::is_fleet(loaded.as_ref());
+            let targets = common::targets(loaded.as_ref(), &args.hosts)?;
+            let answers = common::block_on(each(&targets, |t| {
+                let c = t.client.clone();
+                async move { c.get::<serde_json::Value>("/v1/alerts").await }
+            }));
             if args.json {
-                return Ok(output::json(&v)?);
+                if fleet {
+                    output::json(&common::json_answers(&answers))?;
+                } else if let Some(Ok(v)) = answers.first().map(|a| &a.result) {
+                    output::json(v)?;
+                }
+                return common::finish(answers, fleet);
             }
-            let firing = v["firing"].as_array().cloned().unwrap_or_default();
-            if firing.is_empty() {
-                output::data("no alert is firing")?;
+            for a in &answers {
+                let Ok(v) = &a.result else { continue };
+                let at = if fleet {
+                    format!("{} ", a.host)
+                } else {
+                    String::new()
+                };
+                let firing = v["firing"].as_array().cloned().unwrap_or_default();
+                if firing.is_empty() {
+                    output::data(&format!("{at}no alert is firing"))?;
+                }
+                for f in &firing {
+                    output::data(&format!(
+                        "{at}FIRING {:<18} {} (since {})\n       {}",
+                        f["labels"]["alertname"].as_str().unwrap_or(""),
+                        f["summary"].as_str().unwrap_or(""),
+                        f["startsAt"].as_str().unwrap_or(""),
+                        f["description"].as_str().unwrap_or("")
+                    ))?;
+                }
+                let recent = v["recent"].as_array().cloned().unwrap_or_default();
+                if !recent.is_empty() {
+                    output::data(&format!("{at}recent deliveries:"))?;
+                }
+                for e in recent.iter().take(20) {
+                    output::data(&format!(
+                        "{at}  {:<13} {}",
+                        e["kind"].as_str().unwrap_or(""),
+                        e["message"].as_str().unwrap_or("")
+                    ))?;
+                }
             }
-            for a in &firing {
-                output::data(&format!(
-                    "FIRING {:<18} {} (since {})\n       {}",
-                    a["labels"]["alertname"].as_str().unwrap_or(""),
-                    a["summary"].as_str().unwrap_or(""),
-                    a["startsAt"].as_str().unwrap_or(""),
-                    a["description"].as_str().unwrap_or("")
-                ))?;
-            }
-            let recent = v["recent"].as_array().cloned().unwrap_or_default();
-            if !recent.is_empty() {
-                output::data("recent deliveries:")?;
-            }
-            for e in recent.iter().take(20) {
-                output::data(&format!(
-                    "  {:<13} {}",
-                    e["kind"].as_str().unwrap_or(""),
-                    e["message"].as_str().unwrap_or("")
-                ))?;
-            }
-            Ok(())
+            common::finish(answers, fleet)
         }
     }
 }

@@ -1,12 +1,14 @@
 //! `hoist maintenance on [--message TEXT] | off`: the proxy answers every request of the
 //! app with a 503 page (and `Retry-After`) while its instances keep running. The state is
-//! saved by the agent and in the proxy's table, so it survives either one's restart.
+//! saved by the agent and in the proxy's table, so it survives either one's restart. Every
+//! host of the app file is asked (`--host` picks some).
 
 use hyper::Method;
 
+use hoist_fleet::hosts::each;
 use hoist_protocol::agent::{MaintenanceRequest, MaintenanceState};
 
-use super::common;
+use super::common::{self, HostArgs};
 use super::config::{load, ConfigArgs};
 use crate::output;
 
@@ -43,6 +45,8 @@ struct AppArg {
     json: bool,
     #[command(flatten)]
     file: ConfigArgs,
+    #[command(flatten)]
+    hosts: HostArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -50,29 +54,52 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Action::On { message, app } => (true, message, app),
         Action::Off { app } => (false, None, app),
     };
-    let name = match &app.app {
-        Some(a) => a.clone(),
-        None => load(&app.file)?.spec.app,
+    // With `--app` and no app file here, this machine's agent.
+    let loaded = match (&app.app, &app.file.config) {
+        (Some(_), None) if hoist_config::locate(None).is_err() => None,
+        _ => Some(load(&app.file)?),
     };
-    let client = common::client();
-    let state: MaintenanceState = common::block_on(client.call(
-        Method::POST,
-        &format!("/v1/maintenance/{name}"),
-        Some(&MaintenanceRequest { on, message }),
-    ))
-    .map_err(common::agent_error)?;
+    let name = match (&app.app, &loaded) {
+        (Some(a), _) => a.clone(),
+        (None, Some(l)) => l.spec.app.clone(),
+        (None, None) => unreachable!("an app file is loaded when no app is named"),
+    };
+    let fleet = common::is_fleet(loaded.as_ref());
+    let targets = common::targets(loaded.as_ref(), &app.hosts)?;
+    let path = format!("/v1/maintenance/{name}");
+    let body = MaintenanceRequest { on, message };
+    let answers = common::block_on(each(&targets, |t| {
+        let (c, path, body) = (t.client.clone(), path.clone(), &body);
+        async move {
+            c.call::<_, MaintenanceState>(Method::POST, &path, Some(body))
+                .await
+        }
+    }));
     if app.json {
-        output::json(&state)?;
-    } else if state.on {
-        output::status(
-            "Maintenance",
-            &format!("on for `{}`: every request gets the 503 page", state.app),
-        );
+        if fleet {
+            output::json(&common::json_answers(&answers))?;
+        } else if let Some(Ok(state)) = answers.first().map(|a| &a.result) {
+            output::json(state)?;
+        }
     } else {
-        output::status(
-            "Maintenance",
-            &format!("off for `{}`: the app serves again", state.app),
-        );
+        for a in &answers {
+            let Ok(state) = &a.result else { continue };
+            let at = common::on_host(&a.host, fleet);
+            if state.on {
+                output::status(
+                    "Maintenance",
+                    &format!(
+                        "on for `{}`{at}: every request gets the 503 page",
+                        state.app
+                    ),
+                );
+            } else {
+                output::status(
+                    "Maintenance",
+                    &format!("off for `{}`{at}: the app serves again", state.app),
+                );
+            }
+        }
     }
-    Ok(())
+    common::finish(answers, fleet)
 }
