@@ -500,6 +500,19 @@ fn every_command_reaches_every_host() {
     let out = hoist(&file, &["status", "--host", "h9"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 
+    // maintenance and alerts: every host answers, tagged with it.
+    let out = hoist(&file, &["maintenance", "on", "--json"]);
+    assert!(out.status.success(), "maintenance: {}", text(&out.stderr));
+    let on = json_docs(&out);
+    assert_eq!(hosts_of(&on), ["h1", "h2"], "{on:?}");
+    assert!(on.iter().all(|d| d["on"] == true), "{on:?}");
+    let out = hoist(&file, &["maintenance", "off", "--json"]);
+    assert!(out.status.success(), "maintenance: {}", text(&out.stderr));
+    assert!(json_docs(&out).iter().all(|d| d["on"] == false));
+    let out = hoist(&file, &["alerts", "--json"]);
+    assert!(out.status.success(), "alerts: {}", text(&out.stderr));
+    assert_eq!(hosts_of(&json_docs(&out)), ["h1", "h2"]);
+
     // Redeploying the current release: unchanged on every host, exit 0.
     let out = hoist(&file, &["deploy", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -512,4 +525,15 @@ fn every_command_reaches_every_host() {
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("`h2`"), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("h1"), "{}", text(&out.stdout));
+
+    // down: the app stops on every host (its releases stay for the next deploy).
+    let mut down = None;
+    hoist_testkit::wait_until(std::time::Duration::from_secs(60), || {
+        let out = hoist(&file, &["down", "--json"]);
+        let ok = out.status.success();
+        down = Some(out);
+        ok
+    })
+    .unwrap_or_else(|e| panic!("{e}: down: {:?}", down.as_ref().map(|o| text(&o.stderr))));
+    assert_eq!(hosts_of(&json_docs(down.as_ref().unwrap())), ["h1", "h2"]);
 }
