@@ -27,6 +27,14 @@ pub(crate) fn save(path: &Path, routes: &[wire::Route]) -> Result<(), ProxyError
         routes: routes.to_vec(),
     })
     .map_err(|e| err(std::io::Error::other(e)))?;
+    write_private(path, &data).map_err(err)
+}
+
+/// Writes `data` to `path` readable by the owner only, never torn: a temp file beside
+/// it, fsync, rename, fsync of the directory (route tables carry guards' password hashes,
+/// and the certificate file private keys).
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -37,19 +45,19 @@ pub(crate) fn save(path: &Path, routes: &[wire::Route]) -> Result<(), ProxyError
         .unwrap_or_else(|| "state".into());
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let write = || -> std::io::Result<()> {
+        let _ = std::fs::remove_file(&tmp);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .mode(0o600)
             .open(&tmp)?;
-        f.write_all(&data)?;
+        f.write_all(data)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         std::fs::File::open(dir)?.sync_all()
     };
-    write().map_err(|e| {
+    write().inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
-        err(e)
     })
 }
 

@@ -13,10 +13,8 @@
 //! marked [`Https`] so the upstream sees `X-Forwarded-Proto: https`.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::TcpListener as StdListener;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -221,7 +219,7 @@ impl TlsState {
             path: path.clone(),
             error: std::io::Error::other(e),
         })?;
-        write_private(path, &data).map_err(|error| ProxyError::StateWrite {
+        crate::state::write_private(path, &data).map_err(|error| ProxyError::StateWrite {
             path: path.clone(),
             error,
         })
@@ -316,34 +314,6 @@ impl TlsState {
         }
         Ok(Reply::Done)
     }
-}
-
-/// Writes `data` to `path` readable by the owner only, atomically.
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "certs".into());
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
 }
 
 /// Picks the certificate for a handshake: the ACME challenge certificate when the
@@ -669,14 +639,5 @@ pub const CERTS_FILE: &str = "certs.json";
 /// Binds the HTTPS listener: one socket, shared by the TLS worker threads (no
 /// SO_REUSEPORT, so no other process can join it).
 pub fn bind(addr: std::net::SocketAddr) -> Result<StdListener, ProxyError> {
-    let err = |error| ProxyError::Listen { addr, error };
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()
-    } else {
-        tokio::net::TcpSocket::new_v6()
-    }
-    .map_err(err)?;
-    socket.set_reuseaddr(true).map_err(err)?;
-    socket.bind(addr).map_err(err)?;
-    socket.listen(4096).map_err(err)?.into_std().map_err(err)
+    crate::process::bind_listener(addr)
 }
