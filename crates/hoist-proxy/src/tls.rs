@@ -42,8 +42,6 @@ const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 pub(crate) const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 /// A handshake must finish within this (a client that opens and stalls holds a slot).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a stopping worker keeps idle HTTP/1.1 connections (see `worker.rs`).
-const CLOSE_LINGER: Duration = Duration::from_millis(1000);
 
 /// Marks a request that arrived over TLS.
 #[derive(Debug, Clone, Copy)]
@@ -522,26 +520,7 @@ async fn serve_connection<S>(
             .max_buf_size(limits.max_header_bytes.max(8192) + 1024);
         let io = TokioIo::new(crate::framing::Scanned::new(stream, framing));
         let conn = builder.serve_connection(io, service).with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(error) = res {
-                    tracing::debug!(%peer, %error, "TLS client connection ended");
-                }
-            }
-            _ = crate::until_true(&mut graceful) => {
-                // As the plain workers do: for a moment, requests still arriving are
-                // answered with `Connection: close` (the process is `closing`), so a
-                // keep-alive client moves to the successor without a failed request.
-                let linger = tokio::time::sleep(CLOSE_LINGER);
-                tokio::select! {
-                    _ = conn.as_mut() => return,
-                    _ = linger => {}
-                }
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
-        }
+        crate::worker::serve_http1(conn, &mut graceful, peer, "TLS client connection ended").await;
     }
 }
 

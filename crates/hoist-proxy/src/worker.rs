@@ -22,6 +22,41 @@ use crate::Shared;
 /// arrives with `Connection: close`, before it closes them.
 const CLOSE_LINGER: Duration = Duration::from_millis(1000);
 
+/// Serves an HTTP/1 connection until it ends or `graceful` turns true. Then requests that
+/// arrive in the next moment are answered with `Connection: close` (see `forward`), so
+/// keep-alive clients move to a successor without a failed request; whatever is still
+/// idle after that is closed. Plain and TLS workers both end their connections this way.
+pub(crate) async fn serve_http1<I, S, B>(
+    conn: http1::UpgradeableConnection<I, S>,
+    graceful: &mut watch::Receiver<bool>,
+    peer: std::net::SocketAddr,
+    ended: &str,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(error) = res {
+                tracing::debug!(%peer, %error, "{ended}");
+            }
+        }
+        _ = crate::until_true(graceful) => {
+            let linger = tokio::time::sleep(CLOSE_LINGER);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = linger => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
 /// The answer to a connection over the cap.
 const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 26\r\nretry-after: 1\r\nconnection: close\r\n\r\ntoo many open connections\n";
 
@@ -132,27 +167,7 @@ async fn serve(shared: Arc<Shared>, listener: StdListener, mut stop: watch::Rece
                     tokio::spawn(async move {
                         let _token = token;
                         let _slot = slot;
-                        tokio::pin!(conn);
-                        tokio::select! {
-                            res = conn.as_mut() => {
-                                if let Err(error) = res {
-                                    tracing::debug!(%peer, %error, "client connection ended");
-                                }
-                            }
-                            _ = crate::until_true(&mut graceful) => {
-                                // Requests that arrive in the next moment are answered
-                                // with `Connection: close` (see `forward`), so keep-alive
-                                // clients move to a successor without a failed request;
-                                // whatever is still idle after that is closed.
-                                let linger = tokio::time::sleep(CLOSE_LINGER);
-                                tokio::select! {
-                                    _ = conn.as_mut() => return,
-                                    _ = linger => {}
-                                }
-                                conn.as_mut().graceful_shutdown();
-                                let _ = conn.await;
-                            }
-                        }
+                        serve_http1(conn, &mut graceful, peer, "client connection ended").await;
                     });
                 }
                 Err(error) => {
