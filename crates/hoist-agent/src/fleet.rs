@@ -348,10 +348,11 @@ async fn blobs(agent: &Arc<Agent>, query: &str, body: Incoming) -> Response<Body
     let _gate = agent.store_gate.read().await;
     let store = agent.store.clone();
     let path = tmp.to_path_buf();
+    // Errors keep whether the disk was full (told apart from a refused stream).
     let result = tokio::task::spawn_blocking(move || {
-        let f = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+        let f = std::fs::File::open(&path).map_err(|e| (false, e.to_string()))?;
         transfer::read_blob_stream(std::io::BufReader::new(f), &store, &Limits::default())
-            .map_err(|e| crate::chain(&e))
+            .map_err(|e| (e.is_disk_full(), crate::chain(&e)))
     })
     .await;
     drop(tmp);
@@ -363,8 +364,7 @@ async fn blobs(agent: &Arc<Agent>, query: &str, body: Incoming) -> Response<Body
                 bytes: received,
             },
         ),
-        // ENOSPC from the store, as the chain of errors words it.
-        Ok(Err(e)) if e.contains("No space left") => {
+        Ok(Err((true, _))) => {
             let why = format!(
                 "the release could not be stored: the disk is full under `{}`",
                 agent.paths.root.display()
@@ -372,7 +372,7 @@ async fn blobs(agent: &Arc<Agent>, query: &str, body: Incoming) -> Response<Body
             no_space(why.clone());
             http::error(StatusCode::INSUFFICIENT_STORAGE, why, None)
         }
-        Ok(Err(e)) => http::error(
+        Ok(Err((false, e))) => http::error(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("blob stream refused: {e}"),
             None,

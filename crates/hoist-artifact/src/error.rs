@@ -121,6 +121,16 @@ pub enum ArtifactError {
 }
 
 impl ArtifactError {
+    /// Whether the file system ran out of space (ENOSPC or EDQUOT) under this error.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            ArtifactError::Io { source, .. } | ArtifactError::Corrupt { source, .. } => {
+                matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn entry(entry: impl Into<String>, reason: Refusal) -> Self {
         ArtifactError::Entry {
             entry: entry.into(),
