@@ -113,6 +113,10 @@ pub struct Runtime {
     /// App → its maintenance message, for apps in maintenance (saved in
     /// `<root>/maintenance.json`, and in the proxy's table through the routes).
     pub maintenance: BTreeMap<String, String>,
+    /// App → (release, weight in basis points) of a canary in progress: its admitted
+    /// instances ride on the app's routes as their canary side. In memory only: a dead
+    /// agent's canary is undone at start (the proxy is told the routes without it).
+    pub canaries: HashMap<String, (String, u32)>,
 }
 
 /// The proxy's guards of one web service: its `http` guards, the app's maintenance
@@ -485,6 +489,23 @@ impl Agent {
                             .and_then(|b| secrets.get(&b.secret).cloned()),
                     ),
                     tls: tls.get(name).cloned(),
+                    canary: rt.canaries.get(app).filter(|(r, _)| r != release).map(
+                        |(r, weight_bp)| hoist_protocol::proxy::Canary {
+                            release: r.clone(),
+                            upstreams: rt
+                                .instances
+                                .values()
+                                .filter(|l| {
+                                    l.row.app == app
+                                        && &l.row.service == name
+                                        && &l.row.release == r
+                                })
+                                .filter(|l| l.row.desired == "run" && l.admitted(now))
+                                .filter_map(Live::upstream)
+                                .collect(),
+                            weight_bp: *weight_bp,
+                        },
+                    ),
                 })
                 .collect()
         };

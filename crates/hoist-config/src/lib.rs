@@ -11,6 +11,7 @@
 //! and renders problems. `init` is `hoist init`'s detection and starter template.
 
 mod alerts;
+mod canary;
 pub mod diag;
 pub mod init;
 mod read;

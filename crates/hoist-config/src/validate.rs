@@ -90,6 +90,14 @@ const DEPLOY_KEYS: &[&str] = &[
     "health_deadline",
     "bake",
     "rollout",
+    "canary",
+];
+const CANARY_KEYS: &[&str] = &[
+    "steps",
+    "interval",
+    "max_error_rate",
+    "max_p99",
+    "min_requests",
 ];
 const BAKE_KEYS: &[&str] = &["duration", "max_5xx_percent", "max_p99"];
 const ROLLOUT_KEYS: &[&str] = &["batch", "on_failure"];
@@ -1306,6 +1314,15 @@ fn deploy(cx: &mut Cx<'_>, node: &Node, at: Option<&Loc>) -> DeploySpec {
         ),
         None => RolloutSpec::default(),
     };
+    let canary = t.get("canary").and_then(|n| {
+        crate::canary::canary(
+            cx,
+            n,
+            &t.path("canary"),
+            t.key_loc("canary").unwrap_or(&n.loc),
+            CANARY_KEYS,
+        )
+    });
     DeploySpec {
         keep_releases: t
             .uint(cx, "keep_releases", 1, 1000)
@@ -1316,6 +1333,7 @@ fn deploy(cx: &mut Cx<'_>, node: &Node, at: Option<&Loc>) -> DeploySpec {
             .unwrap_or(defaults::HEALTH_DEADLINE),
         bake,
         rollout,
+        canary,
     }
 }
 

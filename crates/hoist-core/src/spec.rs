@@ -434,6 +434,9 @@ pub struct DeploySpec {
     pub health_deadline: Duration,
     pub bake: Option<BakeSpec>,
     pub rollout: RolloutSpec,
+    /// Send a growing share of clients to the new release before the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanarySpec>,
 }
 
 impl Default for DeploySpec {
@@ -444,7 +447,48 @@ impl Default for DeploySpec {
             health_deadline: defaults::HEALTH_DEADLINE,
             bake: None,
             rollout: RolloutSpec::default(),
+            canary: None,
         }
+    }
+}
+
+/// `[deploy.canary]`: once the new release is healthy, the proxy sends it each step's
+/// share of clients for `interval`, judged on the new release's own counters; after the
+/// last step comes the full switch (and the bake window, if any).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanarySpec {
+    /// Shares of clients in basis points (1/100 of a percent): strictly increasing, each
+    /// in (0, 10000). Integers keep the spec `Eq` and the proxy's arithmetic exact.
+    pub steps_bp: Vec<u32>,
+    /// How long each step runs before it is judged.
+    #[serde(with = "human_duration")]
+    pub interval: Duration,
+    /// The share of 5xx answers (basis points) above which a step fails.
+    pub max_error_bp: u32,
+    /// A p99 latency (to the response head, at the proxy) above which a step fails.
+    #[serde(default, with = "human_duration_opt")]
+    pub max_p99: Option<Duration>,
+    /// Answers a step needs before it is judged; a step waits (up to
+    /// [`CanarySpec::MAX_EXTENSIONS`] more intervals) for them.
+    pub min_requests: u64,
+}
+
+impl CanarySpec {
+    /// How many extra intervals a step waits for `min_requests` before it fails.
+    pub const MAX_EXTENSIONS: u32 = 3;
+    /// The default `min_requests`.
+    pub const DEFAULT_MIN_REQUESTS: u64 = 20;
+    /// The default `max_error_rate`: 1 %.
+    pub const DEFAULT_MAX_ERROR_BP: u32 = 100;
+}
+
+/// Basis points as a percentage for people: `500` → `5%`, `50` → `0.5%`.
+pub fn percent_of_bp(bp: u32) -> String {
+    if bp % 100 == 0 {
+        format!("{}%", bp / 100)
+    } else {
+        let s = format!("{:.2}", bp as f64 / 100.0);
+        format!("{}%", s.trim_end_matches('0').trim_end_matches('.'))
     }
 }
 

@@ -184,6 +184,22 @@ pub struct Route {
     /// Served over HTTPS too (certificates by domain, see [`TlsRequest::SetCert`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RouteTls>,
+    /// A second release that gets a share of clients (a canary deploy); `release` and
+    /// `upstreams` above keep the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+}
+
+/// The canary side of a route: a client goes to it when its sticky bucket (from the
+/// proxy's `hoist_canary` cookie, else a hash of its rate-limit key or address) is below
+/// `weight_bp`, so raising the weight only moves clients towards the canary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    pub release: String,
+    pub upstreams: Vec<Upstream>,
+    /// The share of clients, in basis points (0 to 10000).
+    pub weight_bp: u32,
 }
 
 /// Per-route guards, each answered by the proxy itself with a clear status and counted
@@ -388,6 +404,7 @@ mod tests {
                 drain_timeout_ms: 5000,
                 guards: Default::default(),
                 tls: None,
+                canary: None,
             },
         });
         let text = serde_json::to_string(&line).unwrap();

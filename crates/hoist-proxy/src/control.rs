@@ -131,7 +131,7 @@ impl Control {
                         .clone()
                 })
                 .collect();
-            let counters = counters
+            let own = counters
                 .entry((route.id.clone(), route.release.clone()))
                 .or_insert_with(|| Arc::new(Counters::new(&route.id, &route.release)))
                 .clone();
@@ -147,8 +147,36 @@ impl Control {
                     .or_insert_with(|| Arc::new(crate::guards::Auth::new(c)))
                     .clone()
             });
-            let guards = crate::guards::RouteGuards::compile(&route.guards, rate, auth);
-            entries.push(Arc::new(RouteEntry::new(route, members, counters, guards)));
+            let guards =
+                crate::guards::RouteGuards::compile(&route.guards, rate.clone(), auth.clone());
+            let mut entry = RouteEntry::new(route, members, own, guards);
+            if let Some(c) = &route.canary {
+                // The canary side is a whole entry of its own (same route, guards and
+                // prefix; its release's members and counters).
+                let members = c
+                    .upstreams
+                    .iter()
+                    .map(|u| {
+                        live.insert(u.addr);
+                        upstreams
+                            .entry(u.addr)
+                            .or_insert_with(|| Arc::new(Upstream::new(u.addr, &u.instance)))
+                            .clone()
+                    })
+                    .collect();
+                let own = counters
+                    .entry((route.id.clone(), c.release.clone()))
+                    .or_insert_with(|| Arc::new(Counters::new(&route.id, &c.release)))
+                    .clone();
+                let guards = crate::guards::RouteGuards::compile(&route.guards, rate, auth);
+                let side = RouteEntry::new(route, members, own, guards);
+                entry.canary = Some(Box::new(crate::canary::CanarySide::new(
+                    c.weight_bp,
+                    &c.release,
+                    Arc::new(side),
+                )));
+            }
+            entries.push(Arc::new(entry));
             domains.push(route.domains.as_slice());
         }
         // Members in the new table are live before it is published (one coming back
@@ -222,7 +250,7 @@ impl Control {
             // The agent checked these members' health just now: whatever the proxy's own
             // ejection thought of an address (an instance restarted on it), it is tried.
             if let Some(route) = routes.routes.get(&id) {
-                for u in &route.upstreams {
+                for u in members(route) {
                     if let Some(up) = routes.upstreams.get(&u.addr) {
                         up.answered();
                     }
@@ -386,10 +414,9 @@ fn members_of(routes: &Routes, old: Option<&wire::Route>) -> Vec<(Arc<Upstream>,
     let live: HashSet<SocketAddr> = routes
         .routes
         .values()
-        .flat_map(|r| r.upstreams.iter().map(|u| u.addr))
+        .flat_map(|r| members(r).map(|u| u.addr))
         .collect();
-    old.upstreams
-        .iter()
+    members(old)
         .filter(|u| !live.contains(&u.addr))
         .filter_map(|u| {
             routes
@@ -398,6 +425,14 @@ fn members_of(routes: &Routes, old: Option<&wire::Route>) -> Vec<(Arc<Upstream>,
                 .map(|up| (up.clone(), old.drain_timeout_ms))
         })
         .collect()
+}
+
+/// Every member of a route: its release's and its canary's.
+fn members(route: &wire::Route) -> impl Iterator<Item = &wire::Upstream> {
+    route
+        .upstreams
+        .iter()
+        .chain(route.canary.iter().flat_map(|c| c.upstreams.iter()))
 }
 
 fn validate(route: &wire::Route) -> Result<(), ProxyError> {
@@ -437,8 +472,16 @@ fn validate(route: &wire::Route) -> Result<(), ProxyError> {
             return bad("a rate limit needs requests and a period above zero");
         }
     }
+    if let Some(c) = &route.canary {
+        if c.release.is_empty() || c.release == route.release {
+            return bad("a canary needs a release other than the route's");
+        }
+        if c.weight_bp > 10_000 {
+            return bad("a canary's weight is at most 10000 basis points");
+        }
+    }
     let mut seen = HashSet::new();
-    if route.upstreams.iter().any(|u| !seen.insert(u.addr)) {
+    if members(route).any(|u| !seen.insert(u.addr)) {
         return bad("an upstream address is listed twice");
     }
     Ok(())

@@ -515,11 +515,16 @@ async fn proxy(
     let mut replays = 0;
     let mut last_route: Option<Arc<RouteEntry>> = None;
     let mut error = String::from("no healthy upstream");
+    let mut sticky = crate::canary::Sticky::default();
     for _ in 0..MAX_ATTEMPTS {
         // The claim is taken inside the lookup: one reference count per request on
         // shared state instead of two (they bounce between cores).
         let picked = with_table(shared, |table| {
-            let route = table.lookup(&host, &path)?.clone();
+            let route = table.lookup(&host, &path)?;
+            // A route with a canary sends a share of clients to its canary side.
+            let route = sticky
+                .side(route, req.as_ref().map(|r| r.headers()), peer.addr.ip())
+                .clone();
             let claim = route.pick(tried, now_ms()).map(|(i, u)| (i, u.claim()));
             Some((route, claim))
         });
@@ -628,6 +633,9 @@ async fn proxy(
                     return Ok(Response::from_parts(parts, ProxyBody::empty()));
                 }
                 strip_hop_by_hop(resp.headers_mut());
+                if let Some(cookie) = sticky.cookie() {
+                    resp.headers_mut().append(header::SET_COOKIE, cookie);
+                }
                 counters.start();
                 let (parts, body) = resp.into_parts();
                 let exchange = Exchange {

@@ -13,6 +13,7 @@
 //! [`Client`] talks to a running proxy's control socket.
 
 mod access_log;
+mod canary;
 mod control;
 mod error;
 mod forward;

@@ -57,6 +57,7 @@ pub fn static_route(upstream: SocketAddr) -> wire::Route {
         drain_timeout_ms: 30_000,
         guards: Default::default(),
         tls: None,
+        canary: None,
     }
 }
 

@@ -106,6 +106,7 @@ mod tests {
             drain_timeout_ms: 10,
             guards: Default::default(),
             tls: None,
+            canary: None,
         };
         save(&path, std::slice::from_ref(&route)).unwrap();
         assert_eq!(load(&path).unwrap().unwrap(), vec![route]);

@@ -146,6 +146,8 @@ pub(crate) struct RouteEntry {
     pub guards: crate::guards::RouteGuards,
     /// HTTPS settings (redirect, HSTS); see `tls.rs`.
     pub tls: Option<wire::RouteTls>,
+    /// The canary release's side of this route, if a canary deploy is in progress.
+    pub canary: Option<Box<crate::canary::CanarySide>>,
     next: Box<[PaddedCount]>,
 }
 
@@ -163,6 +165,7 @@ impl RouteEntry {
             counters,
             guards,
             tls: route.tls.clone(),
+            canary: None,
             next: (0..crate::stats::SHARDS)
                 .map(|_| PaddedCount::default())
                 .collect(),
@@ -305,6 +308,7 @@ mod tests {
             drain_timeout_ms: 1000,
             guards: Default::default(),
             tls: None,
+            canary: None,
         };
         let entry = RouteEntry::new(
             &wire,
@@ -386,6 +390,7 @@ mod tests {
                 drain_timeout_ms: 1,
                 guards: Default::default(),
                 tls: None,
+                canary: None,
             },
             ups.clone(),
             r.counters.clone(),

@@ -78,6 +78,7 @@ fn ws_route(release: &str, backend: &WsBackend, drain_timeout_ms: u64) -> Route 
         drain_timeout_ms,
         guards: Default::default(),
         tls: None,
+        canary: None,
     }
 }
 

@@ -193,6 +193,7 @@ fn a_restarted_proxy_serves_its_saved_routes() {
         drain_timeout_ms: 1000,
         guards: Default::default(),
         tls: None,
+        canary: None,
     };
     Client::connect(&control)
         .unwrap()

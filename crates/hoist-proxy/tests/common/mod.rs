@@ -118,6 +118,7 @@ pub fn route(
         drain_timeout_ms: 30_000,
         guards: Default::default(),
         tls: None,
+        canary: None,
     }
 }
 
