@@ -97,6 +97,46 @@ impl Counters {
     }
 }
 
+/// A canary step's figures: `12 of 40 answers 5xx (30.0%, limit 1%), p99 ≤ 25 ms`.
+fn canary_figures(c: &Counters, canary: &hoist_core::spec::CanarySpec) -> String {
+    let rate = if c.total == 0 {
+        0.0
+    } else {
+        c.errors as f64 * 100.0 / c.total as f64
+    };
+    let mut s = format!(
+        "{} of {} answers 5xx ({rate:.1}%, limit {})",
+        c.errors,
+        c.total,
+        hoist_core::spec::percent_of_bp(canary.max_error_bp)
+    );
+    if let Some(p99) = c.p99_ms() {
+        if p99.is_finite() {
+            s.push_str(&format!(", p99 ≤ {p99} ms"));
+        } else {
+            s.push_str(", p99 above the last bucket");
+        }
+        if let Some(limit) = canary.max_p99 {
+            s.push_str(&format!(" (limit {} ms)", limit.as_millis()));
+        }
+    }
+    s
+}
+
+/// Why a canary step fails on these counters, if it does.
+fn canary_verdict(c: &Counters, canary: &hoist_core::spec::CanarySpec) -> Option<String> {
+    // Compared in integers: errors / total > max_bp / 10000.
+    if u128::from(c.errors) * 10_000 > u128::from(c.total) * u128::from(canary.max_error_bp) {
+        return Some("error rate over max_error_rate".into());
+    }
+    if let (Some(limit), Some(p99)) = (canary.max_p99, c.p99_ms()) {
+        if p99 > limit.as_secs_f64() * 1000.0 {
+            return Some("p99 over max_p99".into());
+        }
+    }
+    None
+}
+
 /// A check or hook to run in a release.
 #[derive(Clone, Copy)]
 struct Command<'a> {
@@ -140,6 +180,8 @@ struct Op<'a> {
     id: i64,
     tx: &'a LineSender,
     redact: Vec<String>,
+    /// What a succeeded operation's history record says (the canary's steps).
+    notes: std::sync::Mutex<Vec<String>>,
 }
 
 impl Op<'_> {
@@ -254,6 +296,7 @@ impl Agent {
             id: op.id,
             tx: &tx,
             redact,
+            notes: Default::default(),
         };
         let result = self
             .run_steps(&o, kind, &spec, &release, &host, previous.as_ref())
@@ -263,7 +306,9 @@ impl Agent {
                 o.output("failure", line).await;
             }
         }
+        let notes = std::mem::take(&mut *o.notes.lock().unwrap_or_else(|e| e.into_inner()));
         let (res, reason) = match &result {
+            Ok(()) if !notes.is_empty() => ("succeeded", Some(notes.join("; "))),
             Ok(()) => ("succeeded", None),
             Err(f) => ("failed", Some(f.reason.clone())),
         };
@@ -399,6 +444,25 @@ impl Agent {
             }
             self.restart_stopped_singletons(&app, previous).await;
             return Err(f);
+        }
+        let has_web = spec.services.values().any(|s| s.http.is_some());
+        if let (Kind::Deploy, Some(canary), Some(_), true, Some(_)) =
+            (kind, &spec.deploy.canary, previous, has_web, &self.proxy)
+        {
+            if let Err(f) = self.canary(o, spec, release, canary, &new_ids).await {
+                // Nothing was switched: every client goes back to the release that
+                // serves (the route without its canary side), then the new one stops.
+                self.rt().canaries.remove(&app);
+                if let Err(e) = self.sync_routes_checked(&app).await {
+                    tracing::error!(app = %app, error = %e, "cannot take the canary off the routes");
+                }
+                self.stop_instances(&new_ids).await;
+                self.restart_stopped_singletons(&app, previous).await;
+                return Err(f);
+            }
+            // The switch below replaces each route whole: its release becomes the
+            // canary's and the canary side goes, in one table.
+            self.rt().canaries.remove(&app);
         }
         let standby_until = hoist_state::now_ms() + spec.deploy.standby.as_millis() as i64;
         let cur = Current {
@@ -578,6 +642,129 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// The proxy's counters of `release` of `app` now.
+    async fn release_counters(&self, app: &str, release: &str) -> Result<Counters, Failure> {
+        let Some(proxy) = &self.proxy else {
+            return Ok(Counters::default());
+        };
+        match proxy.request(Request::Stats).await {
+            Ok(hoist_protocol::proxy::Reply::Stats { routes }) => {
+                Ok(Counters::of(&routes, app, release))
+            }
+            Ok(other) => Err(Failure::new(format!(
+                "the proxy answered {other:?} to a stats request"
+            ))),
+            Err(e) => Err(Failure::new(format!(
+                "cannot read the proxy's counters: {e}"
+            ))),
+        }
+    }
+
+    /// The canary: for each step, the proxy sends that share of clients to the new
+    /// release (sticky per client), and after `interval` the step is judged on the new
+    /// release's own counters over that step — 5xx share (upstream errors count) and p99
+    /// — once `min_requests` answers were seen (a step short of them waits up to
+    /// [`CanarySpec::MAX_EXTENSIONS`] more intervals, saying so, then fails: a canary
+    /// nobody used proves nothing). A step fails early as soon as it has `min_requests`
+    /// answers over a limit, so a bad release reaches as few clients as possible. Each
+    /// step is journaled (`canary 5%`), its figures shown and kept for the history.
+    ///
+    /// [`CanarySpec::MAX_EXTENSIONS`]: hoist_core::spec::CanarySpec::MAX_EXTENSIONS
+    async fn canary(
+        self: &Arc<Self>,
+        o: &Op<'_>,
+        spec: &Arc<AppSpec>,
+        release: &str,
+        canary: &hoist_core::spec::CanarySpec,
+        new_ids: &[String],
+    ) -> Result<(), Failure> {
+        use hoist_core::spec::{percent_of_bp, CanarySpec};
+        let app = &spec.app;
+        let steps = canary.steps_bp.len();
+        for (i, &bp) in canary.steps_bp.iter().enumerate() {
+            let pct = percent_of_bp(bp);
+            let name = format!("canary {pct}");
+            let judged = o
+                .step(&name, async {
+                    self.rt()
+                        .canaries
+                        .insert(app.clone(), (release.to_string(), bp));
+                    self.sync_routes_checked(app).await.map_err(Failure::new)?;
+                    let base = self.release_counters(app, release).await?;
+                    let started = Instant::now();
+                    let mut until = started + canary.interval;
+                    let mut extended = 0;
+                    let at = format!("canary step {} of {steps} ({pct} of clients)", i + 1);
+                    loop {
+                        let left = until.saturating_duration_since(Instant::now());
+                        tokio::time::sleep(Duration::from_millis(250).min(left)).await;
+                        let now = self.release_counters(app, release).await?.minus(&base);
+                        let figures = canary_figures(&now, canary);
+                        if now.total >= canary.min_requests {
+                            if let Some(why) = canary_verdict(&now, canary) {
+                                return Err(Failure::new(format!(
+                                    "{at} failed after {:.1}s: {why} ({figures})",
+                                    started.elapsed().as_secs_f64()
+                                )));
+                            }
+                        }
+                        if let Some(id) = self.sick_instance(new_ids) {
+                            return Err(Failure::new(format!(
+                                "{at} failed: instance `{id}` turned unhealthy or exited ({figures})"
+                            )));
+                        }
+                        if Instant::now() < until {
+                            continue;
+                        }
+                        if now.total >= canary.min_requests {
+                            return Ok(format!("{pct}: {figures}: promoted"));
+                        }
+                        if extended == CanarySpec::MAX_EXTENSIONS {
+                            return Err(Failure::new(format!(
+                                "{at} failed: only {} answers in {:.0}s, fewer than min_requests = {}; not enough traffic to judge the new release",
+                                now.total,
+                                started.elapsed().as_secs_f64(),
+                                canary.min_requests
+                            )));
+                        }
+                        extended += 1;
+                        o.output(
+                            "canary",
+                            &format!(
+                                "{pct}: {} of min_requests = {} answers seen; waiting {:?} more ({extended} of {})",
+                                now.total,
+                                canary.min_requests,
+                                canary.interval,
+                                CanarySpec::MAX_EXTENSIONS
+                            ),
+                        )
+                        .await;
+                        until += canary.interval;
+                    }
+                })
+                .await?;
+            o.output("canary", &judged).await;
+            o.journal(&name, "note", Some(&judged));
+            o.notes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(format!("canary {judged}"));
+        }
+        Ok(())
+    }
+
+    /// The first of `ids` that exited or turned unhealthy.
+    fn sick_instance(&self, ids: &[String]) -> Option<String> {
+        let rt = self.rt();
+        ids.iter()
+            .find(|id| {
+                rt.instances.get(*id).is_some_and(|l| {
+                    l.handle.is_none() || l.tracker.state() == crate::health::Health::Unhealthy
+                })
+            })
+            .cloned()
     }
 
     /// Keeps the newest `keep` releases of `app` (never dropping the current or standby

@@ -166,9 +166,26 @@ impl Agent {
         // What the proxy serves now is the truth about traffic: adopted instances in its
         // sets stay there (their checks resume and correct it), so the routes never empty.
         if let Some(proxy) = &self.proxy {
-            if let Ok(hoist_protocol::proxy::Reply::Routes { routes }) =
+            if let Ok(hoist_protocol::proxy::Reply::Routes { mut routes }) =
                 proxy.request(hoist_protocol::proxy::Request::Routes).await
             {
+                // A canary a dead agent left in the proxy is undone before its instances
+                // are stopped below: every client goes back to the route's release (the
+                // committed one), so none is sent to an instance that is going away.
+                for route in routes.iter_mut().filter(|r| r.canary.is_some()) {
+                    route.canary = None;
+                    let set = hoist_protocol::proxy::Request::SetRoute {
+                        route: route.clone(),
+                    };
+                    match proxy.request(set).await {
+                        Ok(_) => {
+                            tracing::warn!(route = %route.id, "took off the canary an interrupted deploy left")
+                        }
+                        Err(e) => {
+                            tracing::error!(route = %route.id, error = %e, "cannot take off the canary an interrupted deploy left")
+                        }
+                    }
+                }
                 let serving: std::collections::HashSet<&str> = routes
                     .iter()
                     .flat_map(|r| r.upstreams.iter().map(|u| u.instance.as_str()))

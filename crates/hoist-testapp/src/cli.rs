@@ -81,6 +81,11 @@ pub struct ServeArgs {
     /// Answer `/health` with 500 from this many seconds after starting.
     #[arg(long, env = "TESTAPP_UNHEALTHY_AFTER", value_name = "SECS")]
     pub unhealthy_after: Option<f64>,
+    /// Answer this share (percent, 0-100) of `GET /` with 500, spread evenly over the
+    /// requests (a bad release that fails some of its traffic; `/health` stays fine).
+    #[arg(long, env = "TESTAPP_FAIL_PERCENT", value_name = "PERCENT", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=100))]
+    pub fail_percent: u64,
     #[command(flatten)]
     pub faults: Faults,
 }

@@ -126,8 +126,15 @@ fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
 }
 
 fn index(state: &State) -> Reply {
+    // `n * p % 100 < p` holds for exactly p of every 100 consecutive n, evenly spread.
+    let n = state.index_seq.fetch_add(1, Ordering::Relaxed);
+    let status = if n * state.fail_percent % 100 < state.fail_percent {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
     json_reply(
-        StatusCode::OK,
+        status,
         json!({
             "release": state.release,
             "instance": state.instance,

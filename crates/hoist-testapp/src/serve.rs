@@ -44,6 +44,9 @@ pub struct State {
     pub side_effects: AtomicU64,
     pub in_flight: AtomicU64,
     pub open_websockets: AtomicU64,
+    /// `--fail-percent`, and the `GET /` requests it has judged.
+    pub fail_percent: u64,
+    pub index_seq: AtomicU64,
 }
 
 impl State {
@@ -65,6 +68,8 @@ impl State {
             side_effects: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             open_websockets: AtomicU64::new(0),
+            fail_percent: args.fail_percent,
+            index_seq: AtomicU64::new(0),
         })
     }
 }
