@@ -322,7 +322,13 @@ fn an_agent_killed_mid_canary_recovers_with_every_client_on_the_old_release() {
                 .all(|i| i["release"] == v1.as_str())
     })
     .expect("recovery takes the canary off and stops its instances");
-    let _ = clients.take();
+    // Through the restart and the recovery, no client got a failure (the canary's
+    // instances stop only once no client is sent to them).
+    let during = clients.take();
+    assert!(
+        during.values().all(|(_, failed)| *failed == 0) && !during.contains_key(""),
+        "failures while the agent recovered: {during:?}"
+    );
     std::thread::sleep(Duration::from_millis(500));
     let after = clients.take();
     assert!(
