@@ -2,8 +2,8 @@
 //! undoes itself when anything fails. Every step is journaled before and after it runs.
 //!
 //! ```text
-//! materialise → preflight → backup → pre_activate → start → healthy → switch → smoke
-//!   → drain → retire
+//! materialise → preflight → backup → pre_activate → start → healthy
+//!   → [canary 5% → canary 25% → …] → switch → smoke → bake → drain → retire
 //! ```
 //!
 //! A failure before `switch` stops the new instances and leaves the old release serving;
