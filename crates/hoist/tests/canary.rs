@@ -361,6 +361,7 @@ fn an_agent_killed_mid_canary_recovers_with_every_client_on_the_old_release() {
 /// with a bake window of the same limit, and as a canary.
 #[test]
 #[ignore = "a figure, not a check: bench/canary.sh runs it"]
+#[allow(clippy::print_stdout)] // the figure is its output
 fn figure_failed_share_under_canary_and_plain_deploys() {
     const WINDOW: Duration = Duration::from_secs(12);
     let host = Host::new();
