@@ -446,6 +446,15 @@ impl Agent {
             return Err(f);
         }
         let has_web = spec.services.values().any(|s| s.http.is_some());
+        if kind == Kind::Deploy && spec.deploy.canary.is_some() && (previous.is_none() || !has_web)
+        {
+            let why = if has_web {
+                "no release serves yet, so there is nothing to compare with"
+            } else {
+                "the app has no web service"
+            };
+            o.output("canary", &format!("skipped: {why}")).await;
+        }
         if let (Kind::Deploy, Some(canary), Some(_), true, Some(_)) =
             (kind, &spec.deploy.canary, previous, has_web, &self.proxy)
         {

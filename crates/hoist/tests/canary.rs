@@ -230,7 +230,7 @@ fn a_client_keeps_its_release_during_a_canary() {
     let p = host.project(
         "v2",
         "",
-        "[deploy.canary]\nsteps = [50]\ninterval = \"3s\"\nmin_requests = 5\n",
+        "[deploy.canary]\nsteps = [50]\ninterval = \"5s\"\nmin_requests = 5\n",
     );
     let mut cli = std::process::Command::new(hoist_testkit::hoist_bin())
         .args(["deploy", "-c", p.join("hoist.toml").to_str().unwrap()])
@@ -265,7 +265,7 @@ fn a_client_keeps_its_release_during_a_canary() {
     }
     assert!(
         proxy_routes(&host).iter().any(|r| !r["canary"].is_null()),
-        "still in the canary step while checking (interval 3s)"
+        "still in the canary step while checking (interval 5s)"
     );
     let status = cli.wait().unwrap();
     let mut err = String::new();
