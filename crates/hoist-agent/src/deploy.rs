@@ -1289,3 +1289,61 @@ impl HookLines {
         out
     }
 }
+
+#[cfg(test)]
+mod canary_tests {
+    use super::*;
+    use hoist_core::spec::CanarySpec;
+
+    fn spec(max_error_bp: u32, max_p99_ms: Option<u64>) -> CanarySpec {
+        CanarySpec {
+            steps_bp: vec![500],
+            interval: Duration::from_secs(1),
+            max_error_bp,
+            max_p99: max_p99_ms.map(Duration::from_millis),
+            min_requests: 20,
+        }
+    }
+
+    fn counters(total: u64, errors: u64, slow: u64) -> Counters {
+        // `slow` answers in the 250–500 ms bucket, the rest under 5 ms.
+        Counters {
+            total,
+            errors,
+            bounds_ms: vec![5.0, 250.0, 500.0],
+            buckets: vec![total - slow, 0, slow, 0],
+        }
+    }
+
+    #[test]
+    fn a_step_fails_over_its_error_rate_or_p99_and_passes_at_the_limit() {
+        // 1 % of 200 is 2: two errors pass, three fail.
+        assert_eq!(canary_verdict(&counters(200, 2, 0), &spec(100, None)), None);
+        assert_eq!(
+            canary_verdict(&counters(200, 3, 0), &spec(100, None)).as_deref(),
+            Some("error rate over max_error_rate")
+        );
+        // 0.5 %: a basis-point limit below a percent.
+        assert!(canary_verdict(&counters(1000, 6, 0), &spec(50, None)).is_some());
+        assert!(canary_verdict(&counters(1000, 5, 0), &spec(50, None)).is_none());
+        // p99: 2 slow answers of 100 put the 99th percentile in the ≤500 ms bucket.
+        let c = counters(100, 0, 2);
+        assert_eq!(c.p99_ms(), Some(500.0));
+        assert!(canary_verdict(&c, &spec(100, Some(300))).is_some());
+        assert!(canary_verdict(&c, &spec(100, Some(500))).is_none());
+        assert!(canary_verdict(&counters(100, 0, 1), &spec(100, Some(300))).is_none());
+    }
+
+    #[test]
+    fn the_figures_say_what_was_seen_and_the_limits() {
+        let f = canary_figures(&counters(40, 12, 0), &spec(100, Some(300)));
+        assert_eq!(
+            f,
+            "12 of 40 answers 5xx (30.0%, limit 1%), p99 ≤ 5 ms (limit 300 ms)"
+        );
+        assert_eq!(
+            canary_figures(&Counters::default(), &spec(150, None)),
+            "0 of 0 answers 5xx (0.0%, limit 1.5%)"
+        );
+    }
+}

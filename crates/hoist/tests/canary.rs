@@ -271,7 +271,22 @@ fn a_client_keeps_its_release_during_a_canary() {
     let mut err = String::new();
     cli.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(status.success(), "{err}");
-    assert_ne!(host.serving().as_deref(), Some(v1.as_str()));
+    let v2 = host.serving().expect("serving");
+    assert_ne!(v2, v1);
+
+    // Nobody asks: a step short of min_requests waits (saying so) a bounded number of
+    // intervals, then fails: a canary nobody used proves nothing.
+    let p = host.project(
+        "v3",
+        "",
+        "[deploy.canary]\nsteps = [10]\ninterval = \"300ms\"\nmin_requests = 5\n",
+    );
+    let out = host.deploy(&p);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("waiting 300ms more (3 of 3)"), "{err}");
+    assert!(err.contains("not enough traffic to judge"), "{err}");
+    assert_eq!(host.serving(), Some(v2));
 }
 
 #[test]
