@@ -169,3 +169,38 @@ fn a_canary_of_the_same_release_or_a_shared_member_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("listed twice"), "{err}");
 }
+
+#[test]
+fn a_cookieless_client_is_sticky_by_its_rate_limit_key() {
+    let (blue, green) = (Backend::start("blue"), Backend::start("green"));
+    let proxy = Proxy::start(common::config());
+    let mut r = with_canary(&blue, &green, 5000);
+    r.guards.rate_limit = Some(hoist_protocol::proxy::RateLimit {
+        requests: 1_000_000,
+        per_ms: 1000,
+        burst: 1_000_000,
+        key: vec!["X-Client".into()],
+    });
+    proxy.set_route(r);
+    let as_client = |key: &str| {
+        let mut s = TcpStream::connect(proxy.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(
+            s,
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Client: {key}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out.split_once("\r\n\r\n").unwrap().1.to_string()
+    };
+    // Clients behind one address, told apart by their key: spread over both sides, each
+    // on the same side every time.
+    let first: Vec<String> = (0..40).map(|i| as_client(&format!("client-{i}"))).collect();
+    assert!(first.iter().any(|b| b == "green") && first.iter().any(|b| b == "blue"));
+    for (i, was) in first.iter().enumerate() {
+        for _ in 0..3 {
+            assert_eq!(&as_client(&format!("client-{i}")), was, "client-{i} moved");
+        }
+    }
+}
