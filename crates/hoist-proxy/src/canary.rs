@@ -131,23 +131,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buckets_are_spread_and_monotone_in_the_weight() {
-        let salt = fnv1a(b"r-new");
+    fn buckets_are_spread_and_each_release_picks_its_own_clients() {
         let n = 20_000u32;
-        let at = |w: u32| {
-            (0..n)
-                .filter(|s| bucket(fnv1a(&s.to_le_bytes()), salt) < w)
-                .count()
+        let seeds: Vec<u32> = (0..n).map(|s| fnv1a(&s.to_le_bytes())).collect();
+        let picked = |release: &[u8], w: u32| -> Vec<bool> {
+            let salt = fnv1a(release);
+            seeds.iter().map(|s| bucket(*s, salt) < w).collect()
         };
-        let five = at(500) as f64 / n as f64;
-        assert!((0.04..0.06).contains(&five), "{five}");
-        let half = at(5000) as f64 / n as f64;
-        assert!((0.47..0.53).contains(&half), "{half}");
-        // A client on the canary at 5 % is still there at 25 %.
-        for s in 0..n {
-            let b = bucket(fnv1a(&s.to_le_bytes()), salt);
-            assert!(b >= 500 || b < 2500);
-        }
+        let share = |v: &[bool]| v.iter().filter(|b| **b).count() as f64 / n as f64;
+        let five = picked(b"r-new", 500);
+        assert!((0.04..0.06).contains(&share(&five)), "{}", share(&five));
+        let half = picked(b"r-new", 5000);
+        assert!((0.47..0.53).contains(&share(&half)), "{}", share(&half));
+        // Another release's 5 % are mostly other clients (about 5 % of 5 % overlap).
+        let other = picked(b"r-other", 500);
+        let both = five.iter().zip(&other).filter(|(a, b)| **a && **b).count();
+        assert!(both < (n / 100) as usize, "{both} clients in both canaries");
     }
 
     #[test]
