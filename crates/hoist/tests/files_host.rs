@@ -8,6 +8,7 @@
 //! history, releases, status, backup and the refusal of agent-only commands.
 //! Needs root, sshd, apache2 and libapache2-mod-passenger (scripts/test.sh installs them).
 
+mod common;
 mod netns;
 
 use std::net::SocketAddr;
@@ -50,7 +51,15 @@ fn ensure_user() -> (u32, u32) {
         assert!(o.status.success(), "useradd: {}", text(&o));
     }
     // `*`, not useradd's `!`: sshd without PAM refuses every key of a locked account.
-    let o = sh(&format!("usermod -p '*' {USER}"));
+    // Tests running at once may hold /etc/shadow's lock for a moment: try again.
+    let mut o = sh(&format!("usermod -p '*' {USER}"));
+    for _ in 0..20 {
+        if o.status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        o = sh(&format!("usermod -p '*' {USER}"));
+    }
     assert!(o.status.success(), "usermod: {}", text(&o));
     let uid = String::from_utf8_lossy(&sh(&format!("id -u {USER}")).stdout)
         .trim()
@@ -585,4 +594,121 @@ fn a_passenger_host_is_deployed_without_an_agent() {
         "{}",
         text(&o)
     );
+}
+
+/// `[[hosts]]` of a files host reached as the unprivileged user, without a web server:
+/// the default restart (`touch tmp/restart.txt`) and no health URL.
+fn files_host_toml(name: &str, addr: std::net::Ipv4Addr, path: &Path) -> String {
+    format!(
+        "[[hosts]]\nname = \"{name}\"\nssh = \"{USER}@{addr}\"\nmode = \"files\"\npath = \"{}\"\n",
+        path.display()
+    )
+}
+
+fn agent_host_toml(name: &str, addr: std::net::Ipv4Addr) -> String {
+    format!("[[hosts]]\nname = \"{name}\"\nssh = \"root@{addr}\"\nroles = [\"web\", \"worker\"]\n")
+}
+
+fn run(file: &Path, args: &[&str]) -> Output {
+    Command::new(hoist_bin())
+        .args(args)
+        .arg("-c")
+        .arg(file)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// One app file with an agent host and a files host: setup, deploy, status and history
+/// reach both; and the time of a files-host deploy beside an agent host's, each deployed
+/// alone from its own app file with the same artifact.
+#[test]
+#[allow(clippy::print_stderr)] // prints its figure (deploy times)
+fn a_fleet_mixes_an_agent_host_and_a_files_host() {
+    let fleet = Fleet::start(2);
+    let (uid, gid) = ensure_user();
+    std::fs::set_permissions(&fleet.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let www = fleet.dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::os::unix::fs::chown(&www, Some(uid), Some(gid)).unwrap();
+    let served = www.join("app");
+    let (a1, a2) = (fleet.hosts[0].addr, fleet.hosts[1].addr);
+    let tail = |hosts: &str| format!("batch = 1\n\n{}\n{hosts}", fleet.ssh_toml());
+    let both = format!(
+        "{}\n{}",
+        agent_host_toml("h1", a1),
+        files_host_toml("h2", a2, &served)
+    );
+    let dir = fleet.dir.join("project");
+    let file = hoist_testkit_project(&dir, "v1", &tail(&both));
+    let o = run(&file, &["setup"]);
+    assert!(o.status.success(), "setup: {}", text(&o));
+    let o = run(&file, &["deploy"]);
+    assert!(o.status.success(), "mixed deploy: {}", text(&o));
+    assert_eq!(
+        std::fs::read_to_string(served.join("VERSION")).unwrap(),
+        "v1"
+    );
+    let o = run(&file, &["status"]);
+    assert!(o.status.success(), "status: {}", text(&o));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(all.contains("`h2`") && all.contains("h1"), "{all}");
+    let o = run(&file, &["history"]);
+    assert!(o.status.success(), "history: {}", text(&o));
+    // `logs` reaches agent hosts only: with a files host selected it is refused.
+    let o = run(&file, &["logs", "web", "--host", "h2"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = run(&file, &["logs", "web", "--host", "h1"]);
+    assert!(o.status.success(), "logs on the agent host: {}", text(&o));
+
+    // The same artifact to each kind alone: the time of each deploy.
+    let agent_only = dir.join("agent.toml");
+    let files_only = dir.join("files.toml");
+    let text_of = |hosts: &str| {
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .replace(&both, hosts)
+    };
+    std::fs::write(&agent_only, text_of(&agent_host_toml("h1", a1))).unwrap();
+    std::fs::write(&files_only, text_of(&files_host_toml("h2", a2, &served))).unwrap();
+    let (mut agent_ms, mut files_ms) = (Vec::new(), Vec::new());
+    for v in ["v2", "v3", "v4"] {
+        std::fs::write(dir.join("VERSION"), v).unwrap();
+        let o = run(&file, &["build"]);
+        assert!(o.status.success(), "build: {}", text(&o));
+        let artifact = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .last()
+            .map(|id| dir.join(format!(".hoist/demo-{}.tar.zst", id.trim())))
+            .unwrap();
+        assert!(artifact.exists(), "{}", artifact.display());
+        let a = artifact.to_str().unwrap();
+        for (f, times) in [(&agent_only, &mut agent_ms), (&files_only, &mut files_ms)] {
+            let t = Instant::now();
+            let o = run(f, &["deploy", "--artifact", a]);
+            times.push(t.elapsed().as_millis());
+            assert!(
+                o.status.success(),
+                "deploy {v} with {}: {}",
+                f.display(),
+                text(&o)
+            );
+        }
+        assert_eq!(std::fs::read_to_string(served.join("VERSION")).unwrap(), v);
+    }
+    agent_ms.sort();
+    files_ms.sort();
+    eprintln!(
+        "FIGURE deploy of one changed file (median of 3): files host {} ms, agent host {} ms",
+        files_ms[1], agent_ms[1]
+    );
+}
+
+/// The fleet test app (services `web` and `worker`) with `tail` after `[deploy.rollout]`.
+fn hoist_testkit_project(dir: &Path, version: &str, tail: &str) -> PathBuf {
+    common::fleet_project(dir, version, "", tail)
 }
