@@ -181,7 +181,7 @@ fn start() -> Host {
     std::fs::write(
         project.join("hoist.toml"),
         format!(
-            "app = \"wsgi\"\n\n[deploy]\nkeep_releases = 3\nhealth_deadline = \"8s\"\n\n\
+            "app = \"wsgi\"\n\n[deploy]\nkeep_releases = 3\nhealth_deadline = \"5s\"\n\n\
              [backups.db]\nsqlite = \"app.db\"\nbefore_deploy = true\nkeep = {{ last = 2, daily = 0, weekly = 0, monthly = 0 }}\n\n{}\n\
              [[hosts]]\nname = \"shared\"\nssh = \"{USER}@{addr}\"\nmode = \"files\"\n\
              path = \"{}\"\nhealth = \"http://{addr}:{PORT}/health\"\nexpect = \"ok\"\n",
@@ -519,7 +519,7 @@ fn a_passenger_host_is_deployed_without_an_agent() {
             .args(["deploy", "-c"])
             .arg(h.project.join("hoist.toml"))
             .env("HOIST_FAILPOINT", "files-switch")
-            .env("HOIST_LEASE_TTL_MS", "20000")
+            .env("HOIST_LEASE_TTL_MS", "12000")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
@@ -643,8 +643,20 @@ fn a_fleet_mixes_an_agent_host_and_a_files_host() {
     let file = hoist_testkit_project(&dir, "v1", &tail(&both));
     let o = run(&file, &["setup"]);
     assert!(o.status.success(), "setup: {}", text(&o));
+    // The plan reaches both kinds, and changes nothing.
+    let o = run(&file, &["plan"]);
+    assert!(o.status.success(), "plan: {}", text(&o));
+    let plan = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(plan.contains("host `h2` (files host)"), "{plan}");
+    assert!(plan.contains("does not exist yet"), "{plan}");
+    assert!(plan.contains("host `h1`"), "{plan}");
+    assert!(!served.exists(), "a plan changes nothing");
     let o = run(&file, &["deploy"]);
     assert!(o.status.success(), "mixed deploy: {}", text(&o));
+    // A second setup changes nothing on the files host.
+    let o = run(&file, &["setup", "h2"]);
+    assert!(o.status.success(), "setup again: {}", text(&o));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("Created"), "{}", text(&o));
     assert_eq!(
         std::fs::read_to_string(served.join("VERSION")).unwrap(),
         "v1"
