@@ -656,7 +656,11 @@ fn a_fleet_mixes_an_agent_host_and_a_files_host() {
     // A second setup changes nothing on the files host.
     let o = run(&file, &["setup", "h2"]);
     assert!(o.status.success(), "setup again: {}", text(&o));
-    assert!(!String::from_utf8_lossy(&o.stderr).contains("Created"), "{}", text(&o));
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("Created"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(
         std::fs::read_to_string(served.join("VERSION")).unwrap(),
         "v1"

@@ -90,7 +90,17 @@ pub fn refuse_agent_command(loaded: &LoadedConfig, names: &[String]) -> anyhow::
     if files.is_empty() {
         return Ok(());
     }
-    let command = std::env::args().nth(1).unwrap_or_default();
+    // The subcommand: the first word that is neither an option nor an option's value.
+    let mut command = String::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if matches!(a.as_str(), "-c" | "--config" | "-d" | "--destination") {
+            args.next();
+        } else if !a.starts_with('-') {
+            command = a;
+            break;
+        }
+    }
     let command = if command == "logs" && std::env::args().any(|a| a == "-f" || a == "--follow") {
         "logs -f".to_string()
     } else {
@@ -313,6 +323,7 @@ pub fn history(
     loaded: &LoadedConfig,
     names: &[String],
     verify: bool,
+    limit: usize,
     json: bool,
 ) -> anyhow::Result<i32> {
     let hosts = targets(loaded, names, HostKeys::Strict)?;
@@ -344,8 +355,9 @@ pub fn history(
             continue;
         }
         match common::block_on(t.history()) {
-            Ok(records) => {
+            Ok(mut records) => {
                 ok += 1;
+                records.drain(..records.len().saturating_sub(limit));
                 if json {
                     let docs: Vec<serde_json::Value> =
                         records.iter().map(|r| common::tagged(&t.name, r)).collect();

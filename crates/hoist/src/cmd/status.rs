@@ -187,7 +187,7 @@ pub fn run_history(mut args: HistoryArgs) -> anyhow::Result<()> {
     let loaded = load(&args.file).ok();
     if let Some((files, agents)) = files::split(loaded.as_ref(), &args.hosts.hosts) {
         let l = loaded.as_ref().expect("split needs an app file");
-        let code = files::history(l, &files, args.verify, args.json)?;
+        let code = files::history(l, &files, args.verify, args.limit, args.json)?;
         if agents.is_empty() {
             return files::finish(code);
         }
