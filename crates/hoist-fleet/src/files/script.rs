@@ -293,3 +293,100 @@ cat > "$S/.secrets.json.tmp"
 chmod 600 "$S/.secrets.json.tmp"
 mv -f "$S/.secrets.json.tmp" "$S/secrets.json"
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `body` locally as a files host would (POSIX sh), in `dir`.
+    fn run(dir: &std::path::Path, extra: &[(&str, &str)], body: &str) -> std::process::Output {
+        let d = dir.to_str().unwrap();
+        let mut all = vec![("D", d), ("B", "app")];
+        all.extend_from_slice(extra);
+        let text = format!("{}{PRELUDE}{body}", vars(&all));
+        std::process::Command::new("sh")
+            .args(["-c", &text])
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_lock_refuses_while_it_lives_and_is_taken_over_once_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let who = |t: &'static str, ttl: &'static str| {
+            vec![("TOKEN", t), ("HOLDER", "alice@laptop"), ("TTL", ttl)]
+        };
+        // A holder whose lock is already past its expiry (TTL -5).
+        let o = run(dir.path(), &who("t1", "-5"), LOCK);
+        assert!(o.status.success(), "{o:?}");
+        let o = run(dir.path(), &who("t2", "100"), LOCK);
+        assert!(o.status.success(), "an expired lock is taken over: {o:?}");
+        assert!(String::from_utf8_lossy(&o.stdout)
+            .contains("took over an expired lock of alice@laptop"));
+        // Now t2's lives: t3 is refused with the holder named, status 75.
+        let o = run(dir.path(), &who("t3", "100"), LOCK);
+        assert_eq!(o.status.code(), Some(75));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("held by alice@laptop"),
+            "{o:?}"
+        );
+        // Only its holder renews or releases it.
+        let o = run(dir.path(), &who("t3", "100"), "renew\n");
+        assert_eq!(o.status.code(), Some(75), "{o:?}");
+        let o = run(dir.path(), &who("t3", "100"), UNLOCK);
+        assert!(o.status.success());
+        assert!(std::fs::symlink_metadata(dir.path().join("app.hoist/lock")).is_ok());
+        let o = run(dir.path(), &who("t2", "100"), UNLOCK);
+        assert!(o.status.success());
+        assert!(std::fs::symlink_metadata(dir.path().join("app.hoist/lock")).is_err());
+    }
+
+    #[test]
+    fn the_switch_moves_a_plain_directory_aside_and_renames_a_link_over_the_served_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = [("TOKEN", "t"), ("HOLDER", "me"), ("TTL", "100")];
+        assert!(run(dir.path(), &lock, LOCK).status.success());
+        std::fs::create_dir_all(dir.path().join("app")).unwrap();
+        std::fs::write(dir.path().join("app/index"), "old").unwrap();
+        for r in ["r1", "r2"] {
+            let rel = dir.path().join(format!("app.hoist/releases/{r}"));
+            std::fs::create_dir_all(&rel).unwrap();
+            std::fs::write(rel.join("index"), r).unwrap();
+        }
+        let mut v = lock.to_vec();
+        v.extend([("T", "app.hoist/releases/r1"), ("PAUSE", "")]);
+        let o = run(dir.path(), &v, SWITCH);
+        assert!(o.status.success(), "{o:?}");
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let aside = out
+            .lines()
+            .find_map(|l| l.strip_prefix("moved_aside="))
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(aside).join("index")).unwrap(),
+            "old"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("app/index")).unwrap(),
+            "r1"
+        );
+        let mut v = lock.to_vec();
+        v.extend([("T", "app.hoist/releases/r2"), ("PAUSE", "")]);
+        let o = run(dir.path(), &v, SWITCH);
+        assert!(o.status.success(), "{o:?}");
+        assert!(String::from_utf8_lossy(&o.stdout).contains("previous=app.hoist/releases/r1"));
+        assert_eq!(
+            std::fs::read_link(dir.path().join("app")).unwrap(),
+            std::path::Path::new("app.hoist/releases/r2"),
+            "a relative link"
+        );
+        // Without the lock nothing is switched.
+        let mut v = vec![("TOKEN", "other"), ("HOLDER", "x"), ("TTL", "100")];
+        v.extend([("T", "app.hoist/releases/r1"), ("PAUSE", "")]);
+        assert_eq!(run(dir.path(), &v, SWITCH).status.code(), Some(75));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("app/index")).unwrap(),
+            "r2"
+        );
+    }
+}
