@@ -578,6 +578,31 @@ fn a_passenger_host_is_deployed_without_an_agent() {
     })
     .expect("v12 serves");
 
+    // Ctrl-C mid-switch: the lock goes back at once (the next deploy is not refused), and
+    // the switch still pending on the host never renames.
+    h.write_version("v13");
+    let first = ChildGuard::spawn(
+        Command::new(hoist_bin())
+            .args(["deploy", "-c"])
+            .arg(h.project.join("hoist.toml"))
+            .env("HOIST_FAILPOINT", "files-switch")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(60), pending_link).expect("the deploy reaches its switch");
+    first.signal_group(nix::sys::signal::Signal::SIGINT);
+    let mut first = first;
+    let status = first.child.wait().unwrap();
+    assert_eq!(status.code(), Some(3), "an interrupted deploy exits 3");
+    assert!(!pending_link(), "the pending link went with the lock");
+    assert_eq!(h.served_version().as_deref(), Some("v12"), "wholly old");
+    h.write_version("v14");
+    let o = h.hoist(&["deploy"], &[]);
+    assert!(o.status.success(), "deploy after Ctrl-C: {}", text(&o));
+    assert_eq!(h.served_version().as_deref(), Some("v14"));
+
     // A backup on demand, and its restore.
     let o = h.hoist(&["backup", "db"], &[]);
     assert!(o.status.success(), "backup: {}", text(&o));
@@ -594,6 +619,12 @@ fn a_passenger_host_is_deployed_without_an_agent() {
         "{}",
         text(&o)
     );
+    // The switch the Ctrl-C left pending on the host ended without renaming.
+    wait_until(Duration::from_secs(60), || {
+        !sh(&format!("pgrep -u {USER} -x sleep")).status.success()
+    })
+    .expect("the interrupted switch's wait ends");
+    assert_eq!(h.served_version().as_deref(), Some("v14"));
 }
 
 /// `[[hosts]]` of a files host reached as the unprivileged user, without a web server:

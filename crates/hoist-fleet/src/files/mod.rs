@@ -38,6 +38,9 @@ pub struct FilesTarget {
     pub name: String,
     pub remote: Remote,
     pub host: FilesHost,
+    /// The token of the lock held right now, for a caller interrupted mid-deploy to give
+    /// back with [`FilesTarget::release_held`] (the deploy's future is dropped then).
+    held: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +81,7 @@ fn new_target(
         name: h.name.clone(),
         remote: Remote::new(h, ssh, base, control, keys)?,
         host,
+        held: Default::default(),
     })
 }
 
@@ -227,7 +231,10 @@ impl FilesTarget {
         let ttl = lock_ttl().as_secs().max(1).to_string();
         let lock = Lock { token, holder, ttl };
         match self.sh(&lock.vars(), script::LOCK, None).await {
-            Ok(_) => Ok(lock),
+            Ok(_) => {
+                self.set_held(Some(lock.token.clone()));
+                Ok(lock)
+            }
             Err(SshError::Remote {
                 status: Some(LOCKED),
                 stderr,
@@ -243,6 +250,26 @@ impl FilesTarget {
     async fn unlock(&self, lock: &Lock) {
         if let Err(e) = self.sh(&lock.vars(), script::UNLOCK, None).await {
             tracing::warn!(host = %self.name, error = %e, "cannot release the files host's lock");
+        }
+        self.set_held(None);
+    }
+
+    fn set_held(&self, token: Option<String>) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = token;
+    }
+
+    /// Gives back the lock an interrupted operation holds (its pending link with it), so
+    /// the next deploy is not refused until it expires; a switch still running on the
+    /// host then finds the lock gone and does not rename.
+    pub async fn release_held(&self) {
+        let token = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(token) = token {
+            let lock = Lock {
+                token,
+                holder: String::new(),
+                ttl: "1".into(),
+            };
+            self.unlock(&lock).await;
         }
     }
 

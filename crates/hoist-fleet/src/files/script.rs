@@ -120,6 +120,8 @@ ln -s "$T" "$tmp"
 if [ -L "$B" ]; then
   echo "previous=$(readlink "$B")"
   [ -z "${PAUSE:-}" ] || sleep "$PAUSE"
+  # A deploy given up (Ctrl-C, lock expired) while this ran must not switch now.
+  lock_mine
   swap "$tmp" "$B"
 elif [ -d "$B" ]; then
   aside="$S/before-hoist-$(date -u +%Y%m%dT%H%M%SZ)"

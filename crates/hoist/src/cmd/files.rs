@@ -238,7 +238,23 @@ pub fn deploy(
                 output::status("Step", &format!("`{name}`: {s}"));
             }
         };
-        match common::block_on(t.deploy(&loaded.spec, artifact, &actor, &on)) {
+        let r = common::block_on(async {
+            tokio::select! {
+                r = t.deploy(&loaded.spec, artifact, &actor, &on) => Some(r),
+                _ = tokio::signal::ctrl_c() => {
+                    t.release_held().await;
+                    None
+                }
+            }
+        });
+        let Some(r) = r else {
+            output::warn(&format!(
+                "interrupted: the lock on `{}` is released; its served path is wholly the old release or the new one (a next deploy of the same release finishes it)",
+                t.name
+            ));
+            return Ok(3);
+        };
+        match r {
             Ok(o) => {
                 render_outcome(&o, "Deployed", json)?;
                 if o.result != "failed" {
@@ -268,7 +284,23 @@ pub fn rollback(loaded: &LoadedConfig, release: Option<&str>, json: bool) -> any
                 output::status("Step", &format!("`{name}`: {s}"));
             }
         };
-        match common::block_on(t.rollback(&loaded.spec, release, &actor, &on)) {
+        let r = common::block_on(async {
+            tokio::select! {
+                r = t.rollback(&loaded.spec, release, &actor, &on) => Some(r),
+                _ = tokio::signal::ctrl_c() => {
+                    t.release_held().await;
+                    None
+                }
+            }
+        });
+        let Some(r) = r else {
+            output::warn(&format!(
+                "interrupted: the lock on `{}` is released; its served path is wholly one release",
+                t.name
+            ));
+            return Ok(3);
+        };
+        match r {
             Ok(o) => {
                 render_outcome(&o, "Rolled back", json)?;
                 if o.result != "failed" {
