@@ -22,6 +22,9 @@ command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
 # The fleet tests run a real sshd per network namespace (tests/netns).
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ip >/dev/null || need+=(iproute2)
+# Files hosts (tests/files_host.rs): a real Apache 2 with Phusion Passenger serving a WSGI app.
+[ -x /usr/sbin/apache2 ] || need+=(apache2)
+[ -e /usr/lib/apache2/modules/mod_passenger.so ] || need+=(libapache2-mod-passenger)
 # PostgreSQL server and client: the backup tests start their own server.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && command -v pg_dump >/dev/null || need+=(postgresql)
 # HTTPS: curl (h2 and http/1.1 checks), openssl (served certificates), and Pebble with

@@ -10,9 +10,9 @@ use std::time::Duration;
 use hoist_core::schedule::{CronExpr, Schedule};
 use hoist_core::spec::{
     defaults, AcmeSpec, AlertsSpec, AppSpec, BackupSource, BackupSpec, BakeSpec, BasicAuthSpec,
-    Batch, BuildSpec, CheckSpec, DeploySpec, HealthKind, HealthSpec, HooksSpec, HostSpec,
-    HttpGuards, HttpSpec, JobSpec, Keep, OnFailure, RateLimitSpec, RolloutSpec, SecretsSpec,
-    ServiceSpec, SshAddr, SshSpec, StopSignal, TlsSpec,
+    Batch, BuildSpec, CheckSpec, DeploySpec, FilesHost, HealthKind, HealthSpec, HooksSpec,
+    HostSpec, HttpGuards, HttpSpec, JobSpec, Keep, OnFailure, RateLimitSpec, RolloutSpec,
+    SecretsSpec, ServiceSpec, SshAddr, SshSpec, StopSignal, TlsSpec,
 };
 
 use crate::diag::{did_you_mean, Loc};
@@ -101,7 +101,9 @@ const CANARY_KEYS: &[&str] = &[
 ];
 const BAKE_KEYS: &[&str] = &["duration", "max_5xx_percent", "max_p99"];
 const ROLLOUT_KEYS: &[&str] = &["batch", "on_failure"];
-const HOST_KEYS: &[&str] = &["name", "ssh", "roles", "env"];
+const HOST_KEYS: &[&str] = &[
+    "name", "ssh", "roles", "env", "mode", "path", "restart", "health", "expect",
+];
 const SSH_KEYS: &[&str] = &["config", "identity", "port"];
 
 /// Where a key that is unknown in one table does belong, for a hint: keys put in the
@@ -258,6 +260,7 @@ pub(crate) fn validate(cx: &mut Cx<'_>, root: &Node) -> Option<AppSpec> {
             ssh: None,
             roles: used_roles.iter().cloned().collect(),
             env: BTreeMap::new(),
+            files: None,
         }],
     };
 
@@ -1502,12 +1505,14 @@ fn hosts(cx: &mut Cx<'_>, node: &Node, used_roles: &BTreeSet<String>) -> Vec<Hos
             None => used_roles.iter().cloned().collect(),
         };
         let env = t.env(cx, "env");
+        let files = files_host(cx, &t, ssh.is_some());
         if let Some(name) = name {
             out.push(HostSpec {
                 name,
                 ssh,
                 roles,
                 env,
+                files,
             });
         }
     }
@@ -1519,6 +1524,107 @@ fn hosts(cx: &mut Cx<'_>, node: &Node, used_roles: &BTreeSet<String>) -> Vec<Hos
         );
     }
     out
+}
+
+/// `mode = "files"` and its keys (`path`, `restart`, `health`, `expect`); those keys on
+/// an agent host are refused, as they would do nothing there.
+fn files_host(cx: &mut Cx<'_>, t: &Tbl<'_>, has_ssh: bool) -> Option<FilesHost> {
+    let mode = t.str(cx, "mode");
+    let files = match mode.as_deref() {
+        None | Some("agent") => false,
+        Some("files") => true,
+        Some(other) => {
+            if let Some(n) = t.get("mode") {
+                cx.error(
+                    &n.loc,
+                    format!("unknown host mode `{other}`"),
+                    Some("`mode` is `agent` (the default) or `files`".into()),
+                );
+            }
+            return None;
+        }
+    };
+    let path = t.str(cx, "path");
+    let restart = t.str(cx, "restart");
+    let health = t.str(cx, "health");
+    let expect = t.str(cx, "expect");
+    if !files {
+        for key in ["path", "restart", "health", "expect"] {
+            if let Some(n) = t.get(key) {
+                cx.error(
+                    &n.loc,
+                    format!("`{}` is only for a files host", t.path(key)),
+                    Some("add `mode = \"files\"` to this `[[hosts]]`, or remove the key".into()),
+                );
+            }
+        }
+        return None;
+    }
+    if !has_ssh {
+        if let Some(n) = t.get("mode") {
+            cx.error(
+                &n.loc,
+                "a files host needs an `ssh` address",
+                Some("add `ssh = \"user@host\"`".into()),
+            );
+        }
+    }
+    for (key, value) in [
+        ("restart", &restart),
+        ("health", &health),
+        ("expect", &expect),
+    ] {
+        if value
+            .as_ref()
+            .is_some_and(|v| v.contains(['\0', '\n', '\r']))
+        {
+            if let Some(n) = t.get(key) {
+                cx.error(&n.loc, format!("`{}` must be one line", t.path(key)), None);
+            }
+        }
+    }
+    if let (Some(h), Some(n)) = (&health, t.get("health")) {
+        if !h.starts_with("http://") {
+            cx.error(
+                &n.loc,
+                format!(
+                    "`{}` must be an http:// URL (https is not checked yet)",
+                    t.path("health")
+                ),
+                None,
+            );
+        }
+    }
+    let Some(path) = path else {
+        t.missing(
+            cx,
+            "path",
+            Some(
+                "a files host needs the served directory, such as `path = \"/home/me/app\"`".into(),
+            ),
+        );
+        return None;
+    };
+    let bad = path.is_empty()
+        || path.ends_with('/')
+        || path.contains(['\0', '\n', '\r'])
+        || path.split('/').any(|c| c == ".." || c == ".");
+    if bad {
+        if let Some(n) = t.get("path") {
+            cx.error(
+                &n.loc,
+                format!("invalid `{}` `{path}`", t.path("path")),
+                Some("a directory without `.`, `..` or a trailing `/`".into()),
+            );
+        }
+        return None;
+    }
+    Some(FilesHost {
+        path,
+        restart: restart.unwrap_or_else(|| FilesHost::DEFAULT_RESTART.to_string()),
+        health,
+        expect,
+    })
 }
 
 fn list_owned(items: &BTreeSet<String>) -> String {

@@ -565,6 +565,28 @@ pub struct HostSpec {
     pub roles: Vec<String>,
     /// Environment for everything on this host, over the app's `env`.
     pub env: BTreeMap<String, String>,
+    /// `mode = "files"`: a host without an agent (shared hosting), driven over ssh with
+    /// POSIX shell tools only. `None` is an agent host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesHost>,
+}
+
+/// A files host (`mode = "files"`): releases unpacked beside `path`, which is a symlink
+/// switched atomically; the web server already there (Passenger, …) serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilesHost {
+    /// The directory the web server serves the app from (becomes a symlink).
+    pub path: String,
+    /// Run in the new release after the switch (default `touch tmp/restart.txt`).
+    pub restart: String,
+    /// A URL the CLI checks after the restart.
+    pub health: Option<String>,
+    /// Text the health answer must contain.
+    pub expect: Option<String>,
+}
+
+impl FilesHost {
+    pub const DEFAULT_RESTART: &'static str = "touch tmp/restart.txt";
 }
 
 impl HostSpec {
@@ -856,6 +878,7 @@ mod tests {
             ssh: None,
             roles: roles.iter().map(|r| r.to_string()).collect(),
             env: BTreeMap::new(),
+            files: None,
         }
     }
 

@@ -39,6 +39,8 @@ pub fn targets(
     }
     spec.hosts
         .iter()
+        // Files hosts have no agent: they are driven by `files`, never through a client.
+        .filter(|h| h.files.is_none())
         .map(|h| {
             if h.ssh.is_none() && h.name == LOCAL_HOST {
                 return Ok(local_target(&h.name));

@@ -479,6 +479,7 @@ mod tests {
 
     fn host(addr: &str) -> HostSpec {
         HostSpec {
+            files: None,
             name: "web1".into(),
             ssh: Some(SshAddr::parse(addr).unwrap()),
             roles: vec![],

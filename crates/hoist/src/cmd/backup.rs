@@ -76,6 +76,18 @@ pub struct RestoreArgs {
 
 pub fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
     let loaded = load(&args.file)?;
+    if let Some(host) = super::files::one_host(&loaded, args.host.as_deref()) {
+        if args.action.is_some() {
+            return Err(with_exit(
+                Exit::Usage,
+                anyhow::anyhow!(
+                    "`hoist backup verify` needs hoist's agent, and `{host}` is a files host"
+                ),
+            ));
+        }
+        let code = super::files::backup(&loaded, Some(&host), args.name.as_deref(), args.json)?;
+        return super::files::finish(code);
+    }
     let client = super::fleet::agent_for(&loaded, args.host.as_deref())?;
     let app = loaded.spec.app;
     let (path, name, json, verb) = match args.action {
@@ -135,6 +147,10 @@ pub fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
 
 pub fn run_backups(args: BackupsArgs) -> anyhow::Result<()> {
     let loaded = load(&args.file)?;
+    if let Some(host) = super::files::one_host(&loaded, args.host.as_deref()) {
+        let code = super::files::backups(&loaded, Some(&host), args.json)?;
+        return super::files::finish(code);
+    }
     let client = super::fleet::agent_for(&loaded, args.host.as_deref())?;
     let app = loaded.spec.app;
     let rows: Vec<BackupInfo> = common::block_on(client.get(&format!("/v1/backups?app={app}")))
@@ -181,8 +197,28 @@ pub fn run_backups(args: BackupsArgs) -> anyhow::Result<()> {
 
 pub fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
     let loaded = load(&args.file)?;
+    if let Some(host) = super::files::one_host(&loaded, args.host.as_deref()) {
+        if args.backup.is_some() {
+            return Err(with_exit(
+                Exit::Usage,
+                anyhow::anyhow!("`{host}` is a files host: it restores the newest backup (backup ids are the agent's)"),
+            ));
+        }
+        let question = format!(
+            "restore `{}` on the files host `{host}` from its newest backup? this replaces the data and restarts the app [y/N] ",
+            args.name
+        );
+        if !args.force && !confirm(&question)? {
+            return Err(with_exit(
+                Exit::Usage,
+                anyhow::anyhow!("restore of `{}` not confirmed; nothing changed", args.name),
+            ));
+        }
+        let code = super::files::restore(&loaded, Some(&host), &args.name, None)?;
+        return super::files::finish(code);
+    }
     let client = super::fleet::agent_for(&loaded, args.host.as_deref())?;
-    let app = loaded.spec.app;
+    let app = loaded.spec.app.clone();
     let which = args.backup.map_or_else(
         || "the latest backup".to_string(),
         |b| format!("backup {b}"),

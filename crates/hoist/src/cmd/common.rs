@@ -63,8 +63,20 @@ pub fn all_targets(loaded: Option<&LoadedConfig>, keys: HostKeys) -> anyhow::Res
     })
 }
 
-/// The hosts picked with `--host` (every host when none is named).
+/// The hosts picked with `--host` (every host when none is named), for a command that
+/// needs an agent: a files host among them is refused (exit 2), naming it.
 pub fn targets(loaded: Option<&LoadedConfig>, hosts: &HostArgs) -> anyhow::Result<Vec<Target>> {
+    if let Some(l) = loaded {
+        super::files::refuse_agent_command(l, &hosts.hosts)?;
+    }
+    agent_targets(loaded, hosts)
+}
+
+/// The agent hosts picked with `--host` (files hosts are left to `cmd::files`).
+pub fn agent_targets(
+    loaded: Option<&LoadedConfig>,
+    hosts: &HostArgs,
+) -> anyhow::Result<Vec<Target>> {
     if !hosts.hosts.is_empty() && loaded.is_none() {
         return Err(with_exit(
             Exit::Usage,

@@ -234,7 +234,19 @@ fn summary(loaded: &LoadedConfig) -> Vec<String> {
             .ssh
             .as_ref()
             .map_or_else(|| "this machine".to_string(), |a| format!("ssh {a}"));
-        out.push(format!("  {}: {via}, roles {}", h.name, h.roles.join(",")));
+        match &h.files {
+            Some(f) => out.push(format!(
+                "  {}: {via}, files host (no agent) serving {}, restart `{}`{}",
+                h.name,
+                f.path,
+                f.restart,
+                f.health
+                    .as_deref()
+                    .map(|u| format!(", health {u}"))
+                    .unwrap_or_default()
+            )),
+            None => out.push(format!("  {}: {via}, roles {}", h.name, h.roles.join(","))),
+        }
     }
     out
 }

@@ -18,6 +18,7 @@ use hoist_protocol::agent::{Changes, Outcome, Plan, PlanRequest, Progress};
 
 use super::common;
 use super::config::{load, ConfigArgs};
+use super::files;
 use crate::exit::{with_exit, Exit, Reported};
 use crate::output;
 
@@ -58,18 +59,44 @@ pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
     let artifact = artifact_of(&args)?;
     same_app(&artifact, &loaded.spec.app)?;
     let spec = loaded.spec.clone();
-    drive(&loaded, args.json, true, |fleet| async move {
-        fleet.deploy(&spec, &artifact).await
-    })
+    let files = if files::any(Some(&loaded)) {
+        hoist_artifact::verify(&artifact, &hoist_artifact::Limits::default())
+            .with_context(|| format!("artifact refused: `{}`", artifact.display()))?;
+        Some(files::deploy(&loaded, &artifact, args.json)?)
+    } else {
+        None
+    };
+    let agents = || {
+        drive(&loaded, args.json, true, |fleet| async move {
+            fleet.deploy(&spec, &artifact).await
+        })
+    };
+    match files {
+        None => agents(),
+        Some(code) if !files::has_agent_hosts(&loaded) => files::finish(code),
+        Some(code) => files::combine(code, agents()),
+    }
 }
 
 pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<()> {
     let loaded = load(&args.file)?;
     let spec = loaded.spec.clone();
     let release = args.release.clone();
-    drive(&loaded, args.json, false, |fleet| async move {
-        fleet.rollback(&spec, release).await
-    })
+    let files = if files::any(Some(&loaded)) {
+        Some(files::rollback(&loaded, release.as_deref(), args.json)?)
+    } else {
+        None
+    };
+    let agents = || {
+        drive(&loaded, args.json, false, |fleet| async move {
+            fleet.rollback(&spec, release).await
+        })
+    };
+    match files {
+        None => agents(),
+        Some(code) if !files::has_agent_hosts(&loaded) => files::finish(code),
+        Some(code) => files::combine(code, agents()),
+    }
 }
 
 /// `hoist plan` (and `hoist deploy --plan`): the artifact's manifest and the app file
@@ -80,7 +107,24 @@ pub fn run_plan(args: DeployArgs) -> anyhow::Result<()> {
     if !fleet {
         local_host(&loaded.spec)?;
     }
-    let targets = common::targets(Some(&loaded), &common::HostArgs::default())?;
+    if files::any(Some(&loaded)) {
+        let artifact = artifact_of(&args)?;
+        let code = files::plan(&loaded, &artifact, args.json)?;
+        if !files::has_agent_hosts(&loaded) {
+            return files::finish(code);
+        }
+        let args = DeployArgs {
+            artifact: Some(artifact),
+            ..args
+        };
+        return files::combine(code, plan_agents(args, loaded));
+    }
+    plan_agents(args, loaded)
+}
+
+fn plan_agents(args: DeployArgs, loaded: LoadedConfig) -> anyhow::Result<()> {
+    let fleet = common::is_fleet(Some(&loaded));
+    let targets = common::agent_targets(Some(&loaded), &common::HostArgs::default())?;
     let artifact = artifact_of(&args)?;
     let manifest = hoist_artifact::read_manifest(&artifact, &hoist_artifact::Limits::default())
         .with_context(|| format!("cannot read `{}`", artifact.display()))?;
@@ -242,7 +286,7 @@ where
         let may_start = may_start && std::env::var_os("HOIST_SOCKET").is_none();
         common::block_on(ensure_local(may_start))?;
     }
-    let targets = common::targets(Some(loaded), &common::HostArgs::default())?;
+    let targets = common::agent_targets(Some(loaded), &common::HostArgs::default())?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let held = std::sync::Arc::new(std::sync::Mutex::new(None));
     let rollout = Fleet {

@@ -25,6 +25,12 @@ pub fn agent_for(loaded: &LoadedConfig, host: Option<&str>) -> anyhow::Result<Cl
             None => anyhow::bail!("the app file has no host"),
         },
     };
+    if loaded.spec.host(&name).is_some_and(|h| h.files.is_some()) {
+        return Err(common::usage(
+            anyhow::anyhow!("`{name}` is a files host (`mode = \"files\"`): no agent runs there"),
+            "pick an agent host with --host",
+        ));
+    }
     match common::all_targets(Some(loaded), hoist_fleet::HostKeys::Strict)?
         .into_iter()
         .find(|t| t.name == name)

@@ -83,6 +83,22 @@ impl AppArg {
     }
 }
 
+/// The files hosts selected, when every selected host is one; a selection of both kinds
+/// is refused (the two are written differently: pick each kind with `--host`).
+fn files_only(
+    loaded: Option<&LoadedConfig>,
+    hosts: &HostArgs,
+) -> anyhow::Result<Option<Vec<String>>> {
+    match super::files::split(loaded, &hosts.hosts) {
+        None => Ok(None),
+        Some((files, agents)) if agents.is_empty() => Ok(Some(files)),
+        Some(_) => Err(common::usage(
+            anyhow::anyhow!("the selected hosts mix files hosts and agent hosts"),
+            "set secrets on each kind with --host",
+        )),
+    }
+}
+
 fn refused(e: SecretRefusal) -> anyhow::Error {
     with_exit(Exit::Usage, e)
 }
@@ -91,6 +107,18 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Set { name, app, json } => {
             let (app_name, loaded) = app.resolve()?;
+            if let Some(hosts) = files_only(loaded.as_ref(), &app.hosts)? {
+                let mut value = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut value)
+                    .context("cannot read the value from standard input")?;
+                let value = value.strip_suffix('\n').unwrap_or(&value);
+                let value = value.strip_suffix('\r').unwrap_or(value).to_string();
+                hoist_core::names::check_secret(&app_name, &name, Some(&value)).map_err(refused)?;
+                let l = loaded.as_ref().expect("files hosts come from an app file");
+                let code = super::files::secret(l, &hosts, &name, Some(Some(value)), json)?;
+                return super::files::finish(code);
+            }
             let fleet = common::is_fleet(loaded.as_ref());
             let targets = common::targets(loaded.as_ref(), &app.hosts)?;
             // Read once, written to every host.
@@ -128,6 +156,11 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Unset { name, app, json } => {
             let (app_name, loaded) = app.resolve()?;
+            if let Some(hosts) = files_only(loaded.as_ref(), &app.hosts)? {
+                let l = loaded.as_ref().expect("files hosts come from an app file");
+                let code = super::files::secret(l, &hosts, &name, Some(None), json)?;
+                return super::files::finish(code);
+            }
             let fleet = common::is_fleet(loaded.as_ref());
             let targets = common::targets(loaded.as_ref(), &app.hosts)?;
             let path = format!("/v1/secrets/{app_name}/{name}");
@@ -154,6 +187,11 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::List { app, json } => {
             let (app_name, loaded) = app.resolve()?;
+            if let Some(hosts) = files_only(loaded.as_ref(), &app.hosts)? {
+                let l = loaded.as_ref().expect("files hosts come from an app file");
+                let code = super::files::secret(l, &hosts, "", None, json)?;
+                return super::files::finish(code);
+            }
             let fleet = common::is_fleet(loaded.as_ref());
             let targets = common::targets(loaded.as_ref(), &app.hosts)?;
             let path = format!("/v1/secrets/{app_name}");

@@ -70,6 +70,8 @@ pub fn run_service(action: &str, args: ServiceArgs) -> anyhow::Result<()> {
     let loaded = load(&args.file)?;
     let app = loaded.spec.app.clone();
     let service = args.service.clone();
+    // On a files host no service runs under hoist: say that before anything else.
+    super::files::refuse_agent_command(&loaded, &args.hosts.hosts)?;
     if !loaded.spec.services.contains_key(&service) {
         let known: Vec<&str> = loaded.spec.services.keys().map(String::as_str).collect();
         return Err(common::usage(

@@ -55,9 +55,34 @@ pub fn run(args: SetupArgs) -> anyhow::Result<()> {
             Some(_) => {}
         }
     }
+    // Files hosts get their state directory and a check of their tools, no agent.
+    let files_code = if spec
+        .hosts
+        .iter()
+        .any(|h| h.files.is_some() && (args.hosts.is_empty() || args.hosts.contains(&h.name)))
+    {
+        let names = if args.hosts.is_empty() {
+            Vec::new()
+        } else {
+            args.hosts.clone()
+        };
+        let code = super::files::setup(&loaded, &names, args.json)?;
+        let agents = spec.hosts.iter().any(|h| {
+            h.files.is_none()
+                && h.ssh.is_some()
+                && (args.hosts.is_empty() || args.hosts.contains(&h.name))
+        });
+        if !agents {
+            return super::files::finish(code);
+        }
+        Some(code)
+    } else {
+        None
+    };
     let hosts: Vec<_> = spec
         .hosts
         .iter()
+        .filter(|h| h.files.is_none())
         .filter(|h| h.ssh.is_some() && (args.hosts.is_empty() || args.hosts.contains(&h.name)))
         .collect();
     if hosts.is_empty() {
@@ -200,9 +225,13 @@ pub fn run(args: SetupArgs) -> anyhow::Result<()> {
             ),
         );
     }
-    match (ok, failed) {
+    let agents = match (ok, failed) {
         (_, 0) => Ok(()),
         (0, _) => Err(Reported(Exit::Failed).into()),
         _ => Err(Reported(Exit::Partial).into()),
+    };
+    match files_code {
+        Some(code) => super::files::combine(code, agents),
+        None => agents,
     }
 }

@@ -10,6 +10,7 @@ use hyper::Method;
 
 use super::common::{self, HostArgs};
 use super::config::{load, ConfigArgs};
+use super::files;
 use crate::exit::{Exit, Reported};
 use crate::output;
 
@@ -63,7 +64,21 @@ pub struct LogsArgs {
     pub json: bool,
 }
 
-pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
+pub fn run_status(mut args: StatusArgs) -> anyhow::Result<()> {
+    let loaded = load(&args.file).ok();
+    if let Some((files, agents)) = files::split(loaded.as_ref(), &args.hosts.hosts) {
+        let l = loaded.as_ref().expect("split needs an app file");
+        let code = files::status(l, &files, args.json)?;
+        if agents.is_empty() {
+            return files::finish(code);
+        }
+        args.hosts.hosts = agents;
+        return files::combine(code, run_status_agents(args));
+    }
+    run_status_agents(args)
+}
+
+fn run_status_agents(args: StatusArgs) -> anyhow::Result<()> {
     let loaded = load(&args.file).ok();
     let app = loaded.as_ref().map(|l| l.spec.app.clone());
     let fleet = common::is_fleet(loaded.as_ref());
@@ -168,7 +183,21 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
     common::finish(answers, fleet)
 }
 
-pub fn run_history(args: HistoryArgs) -> anyhow::Result<()> {
+pub fn run_history(mut args: HistoryArgs) -> anyhow::Result<()> {
+    let loaded = load(&args.file).ok();
+    if let Some((files, agents)) = files::split(loaded.as_ref(), &args.hosts.hosts) {
+        let l = loaded.as_ref().expect("split needs an app file");
+        let code = files::history(l, &files, args.verify, args.limit, args.json)?;
+        if agents.is_empty() {
+            return files::finish(code);
+        }
+        args.hosts.hosts = agents;
+        return files::combine(code, run_history_agents(args));
+    }
+    run_history_agents(args)
+}
+
+fn run_history_agents(args: HistoryArgs) -> anyhow::Result<()> {
     let loaded = load(&args.file).ok();
     let app = loaded.as_ref().map(|l| l.spec.app.clone());
     let fleet = common::is_fleet(loaded.as_ref());
@@ -282,7 +311,21 @@ fn history_table<'a>(
     Ok(())
 }
 
-pub fn run_releases(args: StatusArgs) -> anyhow::Result<()> {
+pub fn run_releases(mut args: StatusArgs) -> anyhow::Result<()> {
+    let loaded = load(&args.file).ok();
+    if let Some((files, agents)) = files::split(loaded.as_ref(), &args.hosts.hosts) {
+        let l = loaded.as_ref().expect("split needs an app file");
+        let code = files::releases(l, &files, args.json)?;
+        if agents.is_empty() {
+            return files::finish(code);
+        }
+        args.hosts.hosts = agents;
+        return files::combine(code, run_releases_agents(args));
+    }
+    run_releases_agents(args)
+}
+
+fn run_releases_agents(args: StatusArgs) -> anyhow::Result<()> {
     let loaded = load(&args.file)?;
     let app = loaded.spec.app.clone();
     let fleet = common::is_fleet(Some(&loaded));
