@@ -11,8 +11,8 @@ use hoist_core::schedule::{CronExpr, Schedule};
 use hoist_core::spec::{
     defaults, AcmeSpec, AlertsSpec, AppSpec, BackupSource, BackupSpec, BakeSpec, BasicAuthSpec,
     Batch, BuildSpec, CheckSpec, DeploySpec, HealthKind, HealthSpec, HooksSpec, HostSpec,
-    HttpGuards, HttpSpec, JobSpec, Keep, OnFailure, RateLimitSpec, RolloutSpec, SecretsSpec,
-    ServiceSpec, SshAddr, SshSpec, StopSignal, TlsSpec,
+    HttpGuards, HttpSpec, JobSpec, Keep, OnFailure, RateLimitSpec, RolloutSpec, RunSpec,
+    SecretsSpec, ServiceSpec, SshAddr, SshSpec, StopSignal, TlsSpec,
 };
 
 use crate::diag::{did_you_mean, Loc};
@@ -24,7 +24,7 @@ use crate::tree::{toml_quote, Key, Node, Value};
 
 const TOP_KEYS: &[&str] = &[
     "version", "app", "build", "env", "secrets", "check", "services", "jobs", "hooks", "backups",
-    "deploy", "hosts", "ssh", "acme", "alerts",
+    "deploy", "hosts", "ssh", "acme", "alerts", "run",
 ];
 
 const BUILD_KEYS: &[&str] = &["command", "include", "exclude"];
@@ -73,6 +73,7 @@ const HEALTH_KEYS: &[&str] = &[
 ];
 const JOB_KEYS: &[&str] = &["command", "every", "cron", "timeout", "singleton", "roles"];
 const HOOKS_KEYS: &[&str] = &["pre_activate", "smoke", "timeout"];
+const RUN_KEYS: &[&str] = &["test", "seed"];
 const BACKUP_KEYS: &[&str] = &[
     "sqlite",
     "postgres",
@@ -213,6 +214,10 @@ pub(crate) fn validate(cx: &mut Cx<'_>, root: &Node) -> Option<AppSpec> {
         .get("hooks")
         .map_or_else(HooksSpec::default, |n| hooks(cx, n, top.key_loc("hooks")));
 
+    let run = top
+        .get("run")
+        .map_or_else(RunSpec::default, |n| run(cx, n, top.key_loc("run")));
+
     let mut backups = BTreeMap::new();
     for (key, node) in named_tables(cx, &top, "backups") {
         if !check_name(cx, &key.name, &key.loc, "backup") {
@@ -296,6 +301,7 @@ pub(crate) fn validate(cx: &mut Cx<'_>, root: &Node) -> Option<AppSpec> {
         ssh,
         acme,
         alerts,
+        run,
     })
 }
 
@@ -1158,6 +1164,21 @@ fn hooks(cx: &mut Cx<'_>, node: &Node, at: Option<&Loc>) -> HooksSpec {
         timeout: t
             .positive_duration(cx, "timeout")
             .unwrap_or(defaults::HOOK_TIMEOUT),
+    }
+}
+
+/// `[run]`: `hoist run`'s test and seed commands (each optional; an empty one refused).
+fn run(cx: &mut Cx<'_>, node: &Node, at: Option<&Loc>) -> RunSpec {
+    let Some(t) = Tbl::open(cx, node, "run", at.unwrap_or(&node.loc), RUN_KEYS) else {
+        return RunSpec::default();
+    };
+    let command = |cx: &mut Cx<'_>, key: &str| {
+        t.get(key)?;
+        t.command(cx, key, "")
+    };
+    RunSpec {
+        test: command(cx, "test"),
+        seed: command(cx, "seed"),
     }
 }
 

@@ -33,6 +33,8 @@ enum Command {
     Inspect(cmd::build::VerifyArgs),
     /// Build (or take) a release and make it current, without downtime
     Deploy(cmd::deploy::DeployArgs),
+    /// Test the release as it will run: build, start it under a private agent, run the tests
+    Run(cmd::run::RunArgs),
     /// What a deploy would change on the host, and whether the host is ready; changes nothing
     Plan(cmd::deploy::DeployArgs),
     /// Go back to the previous release (instant while it is warm)
@@ -111,6 +113,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => cmd::build::run_verify(args),
         Command::Inspect(args) => cmd::build::run_inspect(args),
         Command::Deploy(args) => cmd::deploy::run_deploy(args),
+        Command::Run(args) => cmd::run::run(args),
         Command::Plan(args) => cmd::deploy::run_plan(args),
         Command::Rollback(args) => cmd::deploy::run_rollback(args),
         Command::Lock(args) => cmd::fleet::run_lock(args),
