@@ -14,6 +14,7 @@ mod alerts;
 pub mod diag;
 pub mod init;
 mod read;
+pub mod reference;
 mod tree;
 mod validate;
 

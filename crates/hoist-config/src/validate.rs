@@ -22,15 +22,15 @@ use crate::read::{
 };
 use crate::tree::{toml_quote, Key, Node, Value};
 
-const TOP_KEYS: &[&str] = &[
+pub(crate) const TOP_KEYS: &[&str] = &[
     "version", "app", "build", "env", "secrets", "check", "services", "jobs", "hooks", "backups",
     "deploy", "hosts", "ssh", "acme", "alerts", "run",
 ];
 
-const BUILD_KEYS: &[&str] = &["command", "include", "exclude"];
-const SECRETS_KEYS: &[&str] = &["required"];
-const CHECK_KEYS: &[&str] = &["command", "timeout"];
-const SERVICE_KEYS: &[&str] = &[
+pub(crate) const BUILD_KEYS: &[&str] = &["command", "include", "exclude"];
+pub(crate) const SECRETS_KEYS: &[&str] = &["required"];
+pub(crate) const CHECK_KEYS: &[&str] = &["command", "timeout"];
+pub(crate) const SERVICE_KEYS: &[&str] = &[
     "command",
     "replicas",
     "singleton",
@@ -43,7 +43,7 @@ const SERVICE_KEYS: &[&str] = &[
     "http",
     "health",
 ];
-const HTTP_KEYS: &[&str] = &[
+pub(crate) const HTTP_KEYS: &[&str] = &[
     "domains",
     "path_prefix",
     "health",
@@ -56,11 +56,11 @@ const HTTP_KEYS: &[&str] = &[
     "redirect_https",
     "hsts",
 ];
-const RATE_LIMIT_KEYS: &[&str] = &["requests", "per", "burst", "key"];
-const BASIC_AUTH_KEYS: &[&str] = &["secret", "realm"];
-const TLS_FILE_KEYS: &[&str] = &["cert", "key"];
-const ACME_KEYS: &[&str] = &["email", "directory", "ca_roots"];
-const HEALTH_KEYS: &[&str] = &[
+pub(crate) const RATE_LIMIT_KEYS: &[&str] = &["requests", "per", "burst", "key"];
+pub(crate) const BASIC_AUTH_KEYS: &[&str] = &["secret", "realm"];
+pub(crate) const TLS_FILE_KEYS: &[&str] = &["cert", "key"];
+pub(crate) const ACME_KEYS: &[&str] = &["email", "directory", "ca_roots"];
+pub(crate) const HEALTH_KEYS: &[&str] = &[
     "path",
     "expect_status",
     "tcp",
@@ -71,10 +71,10 @@ const HEALTH_KEYS: &[&str] = &[
     "unhealthy_threshold",
     "min_healthy",
 ];
-const JOB_KEYS: &[&str] = &["command", "every", "cron", "timeout", "singleton", "roles"];
-const HOOKS_KEYS: &[&str] = &["pre_activate", "smoke", "timeout"];
-const RUN_KEYS: &[&str] = &["test", "seed"];
-const BACKUP_KEYS: &[&str] = &[
+pub(crate) const JOB_KEYS: &[&str] = &["command", "every", "cron", "timeout", "singleton", "roles"];
+pub(crate) const HOOKS_KEYS: &[&str] = &["pre_activate", "smoke", "timeout"];
+pub(crate) const RUN_KEYS: &[&str] = &["test", "seed"];
+pub(crate) const BACKUP_KEYS: &[&str] = &[
     "sqlite",
     "postgres",
     "directory",
@@ -84,18 +84,18 @@ const BACKUP_KEYS: &[&str] = &[
     "keep",
     "copy_to",
 ];
-const KEEP_KEYS: &[&str] = &["last", "daily", "weekly", "monthly"];
-const DEPLOY_KEYS: &[&str] = &[
+pub(crate) const KEEP_KEYS: &[&str] = &["last", "daily", "weekly", "monthly"];
+pub(crate) const DEPLOY_KEYS: &[&str] = &[
     "keep_releases",
     "standby",
     "health_deadline",
     "bake",
     "rollout",
 ];
-const BAKE_KEYS: &[&str] = &["duration", "max_5xx_percent", "max_p99"];
-const ROLLOUT_KEYS: &[&str] = &["batch", "on_failure"];
-const HOST_KEYS: &[&str] = &["name", "ssh", "roles", "env"];
-const SSH_KEYS: &[&str] = &["config", "identity", "port"];
+pub(crate) const BAKE_KEYS: &[&str] = &["duration", "max_5xx_percent", "max_p99"];
+pub(crate) const ROLLOUT_KEYS: &[&str] = &["batch", "on_failure"];
+pub(crate) const HOST_KEYS: &[&str] = &["name", "ssh", "roles", "env"];
+pub(crate) const SSH_KEYS: &[&str] = &["config", "identity", "port"];
 
 /// Where a key that is unknown in one table does belong, for a hint: keys put in the
 /// wrong section are a common slip (`every` under a service, `replicas` at the top).

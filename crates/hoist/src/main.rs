@@ -83,6 +83,11 @@ enum Command {
     /// Set, unset and list an app's secrets on the agent (values never printed)
     #[command(subcommand)]
     Secrets(cmd::secrets::Command),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell)
+    Completions(cmd::docs::CompletionsArgs),
+    /// Generate or check the reference docs, man pages and completions (for developers)
+    #[command(hide = true)]
+    Docs(cmd::docs::DocsArgs),
     /// Run one app instance under the supervisor (started by the agent)
     #[command(hide = true)]
     Shim(cmd::shim::Args),
@@ -137,6 +142,8 @@ fn main() -> ExitCode {
         Command::Restore(args) => cmd::backup::run_restore(args),
         Command::Secrets(command) => cmd::secrets::run(command),
         Command::Maintenance(args) => cmd::maintenance::run(args),
+        Command::Completions(args) => cmd::docs::run_completions(args),
+        Command::Docs(args) => cmd::docs::run(args),
         Command::Shim(args) => cmd::shim::run(args),
     };
     // ssh masters stay up for a minute (ControlPersist), for the next command.

@@ -8,6 +8,7 @@ pub mod certs;
 pub mod common;
 pub mod config;
 pub mod deploy;
+pub mod docs;
 pub mod fleet;
 pub mod init;
 pub mod maintenance;
