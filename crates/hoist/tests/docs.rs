@@ -112,7 +112,9 @@ fn completions_print_and_install_idempotently() {
     let o = hoist(&["docs", "install", "--prefix", prefix]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains(" 0 unchanged"), "{}", text(&o));
-    let bash = d.path().join("usr/share/bash-completion/completions/hoist");
+    let bash = d
+        .path()
+        .join("usr/local/share/bash-completion/completions/hoist");
     assert_eq!(
         std::fs::read(&bash).unwrap(),
         hoist(&["completions", "bash"]).stdout

@@ -242,3 +242,57 @@ fn sigterm_mid_test_stops_everything_and_removes_the_scratch() {
 fn ctrl_c_mid_test_stops_everything_and_removes_the_scratch() {
     interrupted(nix::sys::signal::Signal::SIGINT);
 }
+
+/// Issue 17 item 3: `examples/greeter` vendors Flask (from PyPI) into `vendor/` at build
+/// time; `hoist inspect` lists the vendored packages; `hoist run` serves the release, whose
+/// Flask is imported from its own `vendor/` (the system's Flask is not used).
+#[test]
+fn the_vendored_flask_example_is_inspected_and_passes_hoist_run() {
+    let d = tempdir();
+    let dir = d.path().to_path_buf();
+    let _procs = hoist_testkit::RootGuard::new(&dir);
+    let app = dir.join("greeter");
+    std::fs::create_dir(&app).unwrap();
+    for e in std::fs::read_dir(workspace_root().join("examples/greeter")).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), app.join(e.file_name())).unwrap();
+        }
+    }
+    let o = Command::new(hoist_bin())
+        .arg("run")
+        .current_dir(&app)
+        .env("TMPDIR", &dir)
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(out.contains("/vendor/flask/"), "{out}");
+    let release = line_after(&out, "release ");
+
+    let artifact = app.join(format!(".hoist/greeter-{release}.tar.zst"));
+    let o = Command::new(hoist_bin())
+        .args(["inspect", "--json"])
+        .arg(&artifact)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = v["vendored"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["dir"] == "vendor")
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for dep in ["flask", "werkzeug", "jinja2"] {
+        assert!(names.contains(&dep), "{dep} not listed: {names:?}");
+    }
+    let o = Command::new(hoist_bin())
+        .arg("inspect")
+        .arg(&artifact)
+        .output()
+        .unwrap();
+    assert!(text(&o).0.contains("vendored"), "{:?}", text(&o));
+    assert!(processes_under(&dir).is_empty());
+}

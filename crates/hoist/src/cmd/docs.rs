@@ -122,14 +122,16 @@ pub fn run(args: DocsArgs) -> anyhow::Result<()> {
                 "Installed",
                 &format!("man pages and bash completion: {changed} changed, {unchanged} unchanged"),
             );
+            // The last line is for `hoist setup`, which reports the step.
+            output::data(if changed > 0 { "changed" } else { "unchanged" })?;
             Ok(())
         }
     }
 }
 
 /// Installs every man page under `PREFIX/usr/local/share/man/man1` and the bash
-/// completion as `PREFIX/usr/share/bash-completion/completions/hoist`; files already
-/// equal are left alone. Returns (changed, unchanged).
+/// completion as `PREFIX/usr/local/share/bash-completion/completions/hoist` (bash-completion
+/// looks there, through `XDG_DATA_DIRS`); files already equal are left alone. Returns (changed, unchanged).
 pub fn install(prefix: &Path) -> anyhow::Result<(usize, usize)> {
     let mut files: Vec<(PathBuf, Vec<u8>)> = man_pages()?
         .into_iter()
@@ -143,7 +145,7 @@ pub fn install(prefix: &Path) -> anyhow::Result<(usize, usize)> {
         &mut bash,
     );
     files.push((
-        prefix.join("usr/share/bash-completion/completions/hoist"),
+        prefix.join("usr/local/share/bash-completion/completions/hoist"),
         bash,
     ));
     let (mut changed, mut unchanged) = (0, 0);
