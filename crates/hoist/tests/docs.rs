@@ -126,3 +126,74 @@ fn completions_print_and_install_idempotently() {
     let o = hoist(&["docs", "install", "--prefix", prefix]);
     assert!(text(&o).contains(": 0 changed"), "{}", text(&o));
 }
+
+/// Every `hoist …` command line in the guide and the README exists with the flags it is
+/// shown with: `--help` appended, clap parses everything before it (an unknown command or
+/// flag is an error, exit 2) and prints the help.
+#[test]
+fn every_command_in_the_guide_exists() {
+    let mut checked = 0;
+    for doc in ["docs/guide.md", "README.md"] {
+        let text = std::fs::read_to_string(workspace_root().join(doc)).unwrap();
+        let mut in_sh = false;
+        for line in text.lines() {
+            if line.starts_with("```") {
+                in_sh = line == "```sh";
+                continue;
+            }
+            let line = line.trim();
+            if !in_sh || !line.starts_with("hoist ") {
+                continue;
+            }
+            // The command alone: no comment, redirection, pipe or alternatives.
+            let cmd = line.split(" #").next().unwrap();
+            let cmd = cmd.split(['<', '>', '|']).next().unwrap();
+            let words = split_quoted(cmd);
+            let args: Vec<&str> = words
+                .iter()
+                .skip(1)
+                .map(String::as_str)
+                .filter(|a| !a.starts_with('[') && !a.ends_with(']'))
+                .collect();
+            let o = hoist(&[args.as_slice(), &["--help"]].concat());
+            assert!(
+                o.status.success(),
+                "{doc}: `{line}` is not a hoist command line:\n{}",
+                text_of(&o)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "only {checked} command lines found");
+}
+
+fn text_of(o: &std::process::Output) -> String {
+    text(o)
+}
+
+/// Words as the shell splits them, for double quotes.
+fn split_quoted(s: &str) -> Vec<String> {
+    let (mut out, mut cur, mut quoted, mut any) = (Vec::new(), String::new(), false, false);
+    for c in s.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    out
+}
