@@ -33,12 +33,12 @@ fn project(run: &str) -> Project {
     }
     std::fs::write(app.join("seed.py"), SEED).unwrap();
     std::fs::write(app.join("check_seeded.py"), CHECK).unwrap();
-    let toml = std::fs::read_to_string(app.join("hoist.toml"))
-        .unwrap()
-        .replace(
-            "\"notes_db.py\"]",
-            "\"notes_db.py\", \"seed.py\", \"check_seeded.py\"]",
-        );
+    let toml = std::fs::read_to_string(app.join("hoist.toml")).unwrap();
+    // The example's own `[run]` (its last section) gives way to the test's.
+    let toml = toml.split("\n[run]").next().unwrap().replace(
+        "\"notes_db.py\"]",
+        "\"notes_db.py\", \"seed.py\", \"check_seeded.py\"]",
+    );
     std::fs::write(app.join("hoist.toml"), format!("{toml}\n{run}\n")).unwrap();
     Project {
         _procs: hoist_testkit::RootGuard::new(&dir),
@@ -295,4 +295,23 @@ fn the_vendored_flask_example_is_inspected_and_passes_hoist_run() {
         .unwrap();
     assert!(text(&o).0.contains("vendored"), "{:?}", text(&o));
     assert!(processes_under(&dir).is_empty());
+}
+
+/// A seed that fails stops the run before the tests: exit 1 naming the step, the results
+/// folder still printed with the agent's log, nothing left behind.
+#[test]
+fn a_failing_seed_stops_before_the_tests_and_cleans_up() {
+    let p = project("[run]\nseed = \"python3 -c 'raise SystemExit(\\\"no seed today\\\")'\"\ntest = \"touch $HOIST_RESULTS/tests-ran\"");
+    let o = p.run(&[]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+    assert!(err.contains("pre_activate failed"), "{err}");
+    assert!(err.contains("no seed today"), "{err}");
+    let results = PathBuf::from(line_after(&out, "results "));
+    assert!(results.join("agent.log").exists());
+    assert!(
+        !results.join("tests-ran").exists(),
+        "the tests ran after a failed seed"
+    );
+    p.assert_clean();
 }
