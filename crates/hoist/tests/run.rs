@@ -315,3 +315,46 @@ fn a_failing_seed_stops_before_the_tests_and_cleans_up() {
     );
     p.assert_clean();
 }
+
+/// `[secrets] required`: refused (exit 2, naming it) when the environment lacks one;
+/// given to the private agent from the environment otherwise (the seed, a hook, sees it).
+#[test]
+fn required_secrets_come_from_the_environment() {
+    let p = project(
+        "[secrets]\nrequired = [\"NOTES_TOKEN\"]\n[run]\nseed = \"python3 -c 'import os; assert os.environ[\\\"NOTES_TOKEN\\\"] == \\\"s3cret\\\", \\\"wrong secret\\\"'\"\ntest = \"true\"",
+    );
+    let o = p.run(&[]);
+    assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+    assert!(text(&o).1.contains("NOTES_TOKEN"), "{:?}", text(&o));
+
+    let o = p
+        .hoist()
+        .arg("run")
+        .env("NOTES_TOKEN", "s3cret")
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    let results = PathBuf::from(line_after(&out, "results "));
+    let mut leaked = Vec::new();
+    for f in walk(&results) {
+        if std::fs::read(&f).is_ok_and(|b| b.windows(6).any(|w| w == b"s3cret")) {
+            leaked.push(f);
+        }
+    }
+    assert!(leaked.is_empty(), "the secret's value is in {leaked:?}");
+    p.assert_clean();
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

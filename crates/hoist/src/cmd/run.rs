@@ -59,6 +59,24 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             "add `[run] test = \"COMMAND\"` to the app file, or pass it: `hoist run -- COMMAND`",
         ));
     };
+    // The private agent gets each required secret from this environment: no value is in
+    // the app file or the artifact, and `hoist run` never writes one to its results.
+    let missing: Vec<&str> = spec
+        .secrets
+        .required
+        .iter()
+        .filter(|n| std::env::var_os(n).is_none())
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Err(common::usage(
+            anyhow::anyhow!(
+                "the app requires secrets this environment does not set: {}",
+                missing.join(", ")
+            ),
+            "export them for the run (`NAME=value hoist run`); the private agent gets their values",
+        ));
+    }
     let project = loaded.files[0]
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -448,6 +466,21 @@ async fn work(
             scratch.dir.display()
         ),
     );
+    for name in &spec.secrets.required {
+        let value = std::env::var(name).with_context(|| {
+            format!("the secret `{name}` is not valid UTF-8 in this environment")
+        })?;
+        client
+            .call::<_, serde_json::Value>(
+                hyper::Method::PUT,
+                &format!("/v1/secrets/{}/{name}", spec.app),
+                Some(&hoist_protocol::agent::SecretValue { value }),
+            )
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("cannot give the private agent the secret `{name}`: {e}")
+            })?;
+    }
 
     // The deploy road every host takes: upload, preflight, pre_activate (+ seed), start,
     // health, switch, smoke.
