@@ -339,6 +339,35 @@ mod tests {
         );
     }
 
+    /// A key whose value is a table has its own section listing that table's keys, so a
+    /// new nested table (a `deploy.canary`) cannot be documented as one line.
+    #[test]
+    fn every_table_valued_key_has_its_section() {
+        let tables = tables();
+        for k in KEYS {
+            let nested = k.ty.contains("table") && !k.ty.contains("table of strings");
+            if !nested {
+                continue;
+            }
+            let path = dotted(k.table, k.key);
+            // A worker's `health` takes the same keys as a web service's.
+            if path == "services.NAME.health" {
+                assert!(tables.iter().any(|t| t.path == "services.NAME.http.health"));
+                continue;
+            }
+            let found = tables.iter().any(|t| {
+                t.path == path
+                    || t.path.starts_with(&format!("{path}."))
+                    || (k.table.is_empty() && t.path == format!("[{}]", k.key))
+                    || (k.table.is_empty() && t.path.starts_with(&format!("{}.", k.key)))
+            });
+            assert!(
+                found,
+                "`{path}` is a table but reference::tables() has no section for it"
+            );
+        }
+    }
+
     /// Each table's examples, put together under their table, make an app file the
     /// validator reads without an unknown-key error: the examples are real keys.
     #[test]
