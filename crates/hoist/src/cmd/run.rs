@@ -498,7 +498,6 @@ async fn work(
         held: Arc::new(Mutex::new(None)),
     };
     let mut failure = Vec::new();
-    let mut url = None;
     let render = async {
         while let Some(e) = rx.recv().await {
             if let Event::Progress { progress, .. } = &e {
@@ -522,7 +521,7 @@ async fn work(
                     Progress::Output { source, line } => {
                         output::diagnostic(&format!("  {source} | {line}"))
                     }
-                    Progress::Done(o) => url = o.url.clone(),
+                    Progress::Done(_) => {}
                 }
             }
         }
@@ -545,7 +544,13 @@ async fn work(
         let why = report
             .hosts
             .first()
-            .map(|h| format!("{:?}", h.state))
+            .map(|h| match &h.state {
+                HostState::Failed { reason } | HostState::RollbackFailed { reason } => {
+                    reason.clone()
+                }
+                HostState::Lost { error } | HostState::Unreachable { error } => error.clone(),
+                other => format!("{other:?}"),
+            })
             .unwrap_or_default();
         return Err(with_exit(
             Exit::Failed,
@@ -559,7 +564,6 @@ async fn work(
         .find_map(|s| s.http.as_ref().map(|h| h.path_prefix.clone()))
         .unwrap_or_default();
     let hoist_url = format!("http://{proxy}{}", prefix.trim_end_matches('/'));
-    let _ = url;
     output::status("Serving", &hoist_url);
 
     // The test, in the unpacked release, in a process group of its own (ended whole).
