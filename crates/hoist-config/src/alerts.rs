@@ -10,9 +10,10 @@ use crate::diag::{did_you_mean, Loc};
 use crate::read::{check_name, join, read_uint, type_error, Cx, Tbl};
 use crate::tree::{Node, Value};
 
-const ALERTS_KEYS: &[&str] = &["webhook", "webhook_secret", "alertmanager", "rules", "logs"];
-const RULE_KEYS: &[&str] = &["enabled", "threshold"];
-const LOG_RULE_KEYS: &[&str] = &["service", "pattern", "count", "within"];
+pub(crate) const ALERTS_KEYS: &[&str] =
+    &["webhook", "webhook_secret", "alertmanager", "rules", "logs"];
+pub(crate) const RULE_KEYS: &[&str] = &["enabled", "threshold"];
+pub(crate) const LOG_RULE_KEYS: &[&str] = &["service", "pattern", "count", "within"];
 
 pub(crate) fn alerts(
     cx: &mut Cx<'_>,

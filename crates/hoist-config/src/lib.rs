@@ -15,6 +15,7 @@ mod canary;
 pub mod diag;
 pub mod init;
 mod read;
+pub mod reference;
 mod tree;
 mod validate;
 

@@ -12,6 +12,7 @@ use hoist_core::spec::{
     defaults, AcmeSpec, AlertsSpec, AppSpec, BackupSource, BackupSpec, BakeSpec, BasicAuthSpec,
     Batch, BuildSpec, CheckSpec, DeploySpec, FilesHost, HealthKind, HealthSpec, HooksSpec,
     HostSpec, HttpGuards, HttpSpec, JobSpec, Keep, OnFailure, RateLimitSpec, RolloutSpec,
+    RunSpec,
     SecretsSpec, ServiceSpec, SshAddr, SshSpec, StopSignal, TlsSpec,
 };
 
@@ -22,15 +23,15 @@ use crate::read::{
 };
 use crate::tree::{toml_quote, Key, Node, Value};
 
-const TOP_KEYS: &[&str] = &[
+pub(crate) const TOP_KEYS: &[&str] = &[
     "version", "app", "build", "env", "secrets", "check", "services", "jobs", "hooks", "backups",
-    "deploy", "hosts", "ssh", "acme", "alerts",
+    "deploy", "hosts", "ssh", "acme", "alerts", "run",
 ];
 
-const BUILD_KEYS: &[&str] = &["command", "include", "exclude"];
-const SECRETS_KEYS: &[&str] = &["required"];
-const CHECK_KEYS: &[&str] = &["command", "timeout"];
-const SERVICE_KEYS: &[&str] = &[
+pub(crate) const BUILD_KEYS: &[&str] = &["command", "include", "exclude"];
+pub(crate) const SECRETS_KEYS: &[&str] = &["required"];
+pub(crate) const CHECK_KEYS: &[&str] = &["command", "timeout"];
+pub(crate) const SERVICE_KEYS: &[&str] = &[
     "command",
     "replicas",
     "singleton",
@@ -43,7 +44,7 @@ const SERVICE_KEYS: &[&str] = &[
     "http",
     "health",
 ];
-const HTTP_KEYS: &[&str] = &[
+pub(crate) const HTTP_KEYS: &[&str] = &[
     "domains",
     "path_prefix",
     "health",
@@ -56,11 +57,11 @@ const HTTP_KEYS: &[&str] = &[
     "redirect_https",
     "hsts",
 ];
-const RATE_LIMIT_KEYS: &[&str] = &["requests", "per", "burst", "key"];
-const BASIC_AUTH_KEYS: &[&str] = &["secret", "realm"];
-const TLS_FILE_KEYS: &[&str] = &["cert", "key"];
-const ACME_KEYS: &[&str] = &["email", "directory", "ca_roots"];
-const HEALTH_KEYS: &[&str] = &[
+pub(crate) const RATE_LIMIT_KEYS: &[&str] = &["requests", "per", "burst", "key"];
+pub(crate) const BASIC_AUTH_KEYS: &[&str] = &["secret", "realm"];
+pub(crate) const TLS_FILE_KEYS: &[&str] = &["cert", "key"];
+pub(crate) const ACME_KEYS: &[&str] = &["email", "directory", "ca_roots"];
+pub(crate) const HEALTH_KEYS: &[&str] = &[
     "path",
     "expect_status",
     "tcp",
@@ -71,9 +72,10 @@ const HEALTH_KEYS: &[&str] = &[
     "unhealthy_threshold",
     "min_healthy",
 ];
-const JOB_KEYS: &[&str] = &["command", "every", "cron", "timeout", "singleton", "roles"];
-const HOOKS_KEYS: &[&str] = &["pre_activate", "smoke", "timeout"];
-const BACKUP_KEYS: &[&str] = &[
+pub(crate) const JOB_KEYS: &[&str] = &["command", "every", "cron", "timeout", "singleton", "roles"];
+pub(crate) const HOOKS_KEYS: &[&str] = &["pre_activate", "smoke", "timeout"];
+pub(crate) const RUN_KEYS: &[&str] = &["test", "seed"];
+pub(crate) const BACKUP_KEYS: &[&str] = &[
     "sqlite",
     "postgres",
     "directory",
@@ -83,8 +85,8 @@ const BACKUP_KEYS: &[&str] = &[
     "keep",
     "copy_to",
 ];
-const KEEP_KEYS: &[&str] = &["last", "daily", "weekly", "monthly"];
-const DEPLOY_KEYS: &[&str] = &[
+pub(crate) const KEEP_KEYS: &[&str] = &["last", "daily", "weekly", "monthly"];
+pub(crate) const DEPLOY_KEYS: &[&str] = &[
     "keep_releases",
     "standby",
     "health_deadline",
@@ -92,19 +94,19 @@ const DEPLOY_KEYS: &[&str] = &[
     "rollout",
     "canary",
 ];
-const CANARY_KEYS: &[&str] = &[
+pub(crate) const CANARY_KEYS: &[&str] = &[
     "steps",
     "interval",
     "max_error_rate",
     "max_p99",
     "min_requests",
 ];
-const BAKE_KEYS: &[&str] = &["duration", "max_5xx_percent", "max_p99"];
-const ROLLOUT_KEYS: &[&str] = &["batch", "on_failure"];
-const HOST_KEYS: &[&str] = &[
+pub(crate) const BAKE_KEYS: &[&str] = &["duration", "max_5xx_percent", "max_p99"];
+pub(crate) const ROLLOUT_KEYS: &[&str] = &["batch", "on_failure"];
+pub(crate) const HOST_KEYS: &[&str] = &[
     "name", "ssh", "roles", "env", "mode", "path", "restart", "health", "expect",
 ];
-const SSH_KEYS: &[&str] = &["config", "identity", "port"];
+pub(crate) const SSH_KEYS: &[&str] = &["config", "identity", "port"];
 
 /// Where a key that is unknown in one table does belong, for a hint: keys put in the
 /// wrong section are a common slip (`every` under a service, `replicas` at the top).
@@ -223,6 +225,10 @@ pub(crate) fn validate(cx: &mut Cx<'_>, root: &Node) -> Option<AppSpec> {
         .get("hooks")
         .map_or_else(HooksSpec::default, |n| hooks(cx, n, top.key_loc("hooks")));
 
+    let run = top
+        .get("run")
+        .map_or_else(RunSpec::default, |n| run(cx, n, top.key_loc("run")));
+
     let mut backups = BTreeMap::new();
     for (key, node) in named_tables(cx, &top, "backups") {
         if !check_name(cx, &key.name, &key.loc, "backup") {
@@ -307,6 +313,7 @@ pub(crate) fn validate(cx: &mut Cx<'_>, root: &Node) -> Option<AppSpec> {
         ssh,
         acme,
         alerts,
+        run,
     })
 }
 
@@ -1169,6 +1176,21 @@ fn hooks(cx: &mut Cx<'_>, node: &Node, at: Option<&Loc>) -> HooksSpec {
         timeout: t
             .positive_duration(cx, "timeout")
             .unwrap_or(defaults::HOOK_TIMEOUT),
+    }
+}
+
+/// `[run]`: `hoist run`'s test and seed commands (each optional; an empty one refused).
+fn run(cx: &mut Cx<'_>, node: &Node, at: Option<&Loc>) -> RunSpec {
+    let Some(t) = Tbl::open(cx, node, "run", at.unwrap_or(&node.loc), RUN_KEYS) else {
+        return RunSpec::default();
+    };
+    let command = |cx: &mut Cx<'_>, key: &str| {
+        t.get(key)?;
+        t.command(cx, key, "")
+    };
+    RunSpec {
+        test: command(cx, "test"),
+        seed: command(cx, "seed"),
     }
 }
 

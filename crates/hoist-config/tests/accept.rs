@@ -286,3 +286,41 @@ fn files_are_absolute_and_give_the_project_dir() {
     let from_text = parse_str("hoist.toml", "app = \"x\"\n").unwrap();
     assert_eq!(from_text.project_dir(), Path::new("."));
 }
+
+/// `[run]` (issue 17): `test` and `seed` are read; empty commands and unknown keys are
+/// refused; an app file without `[run]` keeps its resolved hash (the section is left out
+/// of the canonical JSON when empty, so existing release ids do not change).
+#[test]
+fn run_section_is_read_and_checked() {
+    let base = "app = \"demo\"\n[services.web]\ncommand = \"x\"\n";
+    let with = parse_str(
+        "hoist.toml",
+        &format!("{base}[run]\ntest = \"pytest\"\nseed = \"python3 seed.py\"\n"),
+    )
+    .unwrap();
+    assert_eq!(with.spec.run.test.as_deref(), Some("pytest"));
+    assert_eq!(with.spec.run.seed.as_deref(), Some("python3 seed.py"));
+
+    let without = parse_str("hoist.toml", base).unwrap();
+    assert!(without.spec.run.is_empty());
+    let json = serde_json::to_string(&without.spec).unwrap();
+    assert!(!json.contains("\"run\""), "{json}");
+    assert_ne!(with.resolved_hash, without.resolved_hash);
+
+    for (text, expect) in [
+        ("[run]\ntest = \"  \"\n", "the command is empty"),
+        (
+            "[run]\ntests = \"pytest\"\n",
+            "unknown key `tests` in `run`",
+        ),
+        ("[run]\nseed = 3\n", "expected a string"),
+    ] {
+        let err = parse_str("hoist.toml", &format!("{base}{text}")).unwrap_err();
+        let msgs: Vec<String> = err
+            .diagnostics()
+            .iter()
+            .map(|d| d.message.clone())
+            .collect();
+        assert!(msgs.iter().any(|m| m.contains(expect)), "{text}: {msgs:?}");
+    }
+}

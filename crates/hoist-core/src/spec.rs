@@ -73,6 +73,26 @@ pub struct AppSpec {
     /// `[alerts]`: where notifications go and how the built-in rules are tuned.
     #[serde(default)]
     pub alerts: AlertsSpec,
+    /// `[run]`: what `hoist run` does around the release on this machine. Left out of
+    /// the canonical JSON when empty, so app files without it keep their release ids.
+    #[serde(default, skip_serializing_if = "RunSpec::is_empty")]
+    pub run: RunSpec,
+}
+
+/// `[run]`: `hoist run`'s commands, run in the unpacked release.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// The test command, run with `HOIST_URL` once every service is healthy.
+    pub test: Option<String>,
+    /// Run once against the fresh data directory, after `pre_activate`, before the
+    /// services start.
+    pub seed: Option<String>,
+}
+
+impl RunSpec {
+    pub fn is_empty(&self) -> bool {
+        self.test.is_none() && self.seed.is_none()
+    }
 }
 
 /// Where ACME certificates come from (RFC 8555).
@@ -917,6 +937,7 @@ mod tests {
             ssh: SshSpec::default(),
             acme: AcmeSpec::default(),
             alerts: AlertsSpec::default(),
+            run: RunSpec::default(),
         }
     }
 

@@ -277,6 +277,22 @@ pub async fn setup_host(
         &mut actions,
     );
 
+    // Man pages and the bash completion, from the binary just installed (so they match it).
+    let docs = remote
+        .run(&[REMOTE_BIN, "docs", "install"], None)
+        .await
+        .map_err(|e| step_err("installing man pages and completions", e))?;
+    record(
+        Action {
+            name: "docs",
+            state: parse_state(&docs.stdout),
+            detail: "man pages in `/usr/local/share/man/man1`, bash completion in \
+                     `/usr/local/share/bash-completion/completions/hoist`"
+                .into(),
+        },
+        &mut actions,
+    );
+
     if let Some(user) = &opts.user {
         let q = shell_quote(user);
         let out = remote

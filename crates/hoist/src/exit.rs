@@ -32,6 +32,19 @@ impl std::fmt::Display for Reported {
 
 impl std::error::Error for Reported {}
 
+/// Already reported, and the process ends with another program's exit code (`hoist run`
+/// passes on its test command's status).
+#[derive(Debug)]
+pub struct PassOn(pub u8);
+
+impl std::fmt::Display for PassOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "already reported (exit {})", self.0)
+    }
+}
+
+impl std::error::Error for PassOn {}
+
 /// An error that carries its exit code and, where the user can fix it, a hint;
 /// anything else exits 1.
 #[derive(Debug)]
@@ -76,6 +89,9 @@ pub fn report(result: anyhow::Result<()>) -> ExitCode {
     };
     if let Some(Reported(exit)) = err.downcast_ref::<Reported>() {
         return (*exit).into();
+    }
+    if let Some(PassOn(code)) = err.downcast_ref::<PassOn>() {
+        return ExitCode::from(*code);
     }
     if is_broken_pipe(&err) {
         // `hoist logs | head` must not end in an error.

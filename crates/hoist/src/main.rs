@@ -33,6 +33,8 @@ enum Command {
     Inspect(cmd::build::VerifyArgs),
     /// Build (or take) a release and make it current, without downtime
     Deploy(cmd::deploy::DeployArgs),
+    /// Test the release as it will run: build, start it under a private agent, run the tests
+    Run(cmd::run::RunArgs),
     /// What a deploy would change on the host, and whether the host is ready; changes nothing
     Plan(cmd::deploy::DeployArgs),
     /// Go back to the previous release (instant while it is warm)
@@ -81,6 +83,11 @@ enum Command {
     /// Set, unset and list an app's secrets on the agent (values never printed)
     #[command(subcommand)]
     Secrets(cmd::secrets::Command),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell)
+    Completions(cmd::docs::CompletionsArgs),
+    /// Generate or check the reference docs, man pages and completions (for developers)
+    #[command(hide = true)]
+    Docs(cmd::docs::DocsArgs),
     /// Run one app instance under the supervisor (started by the agent)
     #[command(hide = true)]
     Shim(cmd::shim::Args),
@@ -111,6 +118,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => cmd::build::run_verify(args),
         Command::Inspect(args) => cmd::build::run_inspect(args),
         Command::Deploy(args) => cmd::deploy::run_deploy(args),
+        Command::Run(args) => cmd::run::run(args),
         Command::Plan(args) => cmd::deploy::run_plan(args),
         Command::Rollback(args) => cmd::deploy::run_rollback(args),
         Command::Lock(args) => cmd::fleet::run_lock(args),
@@ -134,6 +142,8 @@ fn main() -> ExitCode {
         Command::Restore(args) => cmd::backup::run_restore(args),
         Command::Secrets(command) => cmd::secrets::run(command),
         Command::Maintenance(args) => cmd::maintenance::run(args),
+        Command::Completions(args) => cmd::docs::run_completions(args),
+        Command::Docs(args) => cmd::docs::run(args),
         Command::Shim(args) => cmd::shim::run(args),
     };
     // ssh masters stay up for a minute (ControlPersist), for the next command.

@@ -156,14 +156,17 @@ fn setup_from_scratch_then_no_change_then_an_upgrade() {
         assert_eq!(h["report"]["supervisor"], "keeper");
         let installed = fleet.exec(
             i,
-            "sha256sum /usr/local/bin/hoist; stat -c %a /var/lib/hoist; cat /etc/hoist/agent.toml",
+            "sha256sum /usr/local/bin/hoist; stat -c %a /var/lib/hoist; cat /etc/hoist/agent.toml; \
+             ls /usr/local/share/man/man1/hoist-deploy.1 /usr/local/share/bash-completion/completions/hoist",
         );
         let installed = text(&installed.stdout);
         assert!(installed.starts_with(&local_sha), "{installed}");
         assert!(
             installed.contains("\n700\n")
                 && installed.contains("proxy = \"0.0.0.0:80\"")
-                && installed.contains("https = \"0.0.0.0:443\""),
+                && installed.contains("https = \"0.0.0.0:443\"")
+                && installed.contains("man1/hoist-deploy.1")
+                && installed.contains("completions/hoist"),
             "{installed}"
         );
         // The proxy listens on port 80 of the host's address, reachable from outside.

@@ -66,6 +66,23 @@ struct HostConfig {
     metrics: Option<SocketAddr>,
 }
 
+/// The keys of [`HostConfig`], from its serde derive (the docs list exactly these).
+pub(crate) fn host_config_keys() -> &'static [&'static str] {
+    super::docs::serde_fields::<HostConfig>()
+}
+
+/// `docs/reference/host-config.md`'s rows: key, type, default, example, meaning. A key
+/// of [`HostConfig`] missing here fails `every_host_config_key_is_documented`.
+pub(crate) const HOST_CONFIG_DOCS: &[(&str, &str, &str, &str, &str)] = &[
+    ("root", "path", "`/var/lib/hoist` as root, `~/.local/state/hoist` otherwise", "root = \"/srv/hoist\"", "State, releases, logs and app data (`--root`)."),
+    ("socket", "path", "`/run/hoist/agent.sock` as root", "socket = \"/run/hoist/agent.sock\"", "The API socket (`--socket`)."),
+    ("proxy", "address", "`127.0.0.1:8080`", "proxy = \"0.0.0.0:80\"", "The proxy's HTTP listener (`--proxy`)."),
+    ("https", "address", "none (no HTTPS)", "https = \"0.0.0.0:443\"", "The proxy's HTTPS listener (`--https`). DNS-01 and wildcard certificates are not supported yet."),
+    ("dashboard", "address", "none", "dashboard = \"127.0.0.1:9000\"", "Refused for now: this hoist has no dashboard yet."),
+    ("retention", "table", "see `[retention]`", "[retention]", "How long records are kept."),
+    ("metrics", "address", "none", "metrics = \"127.0.0.1:9464\"", "Serve `/metrics` (Prometheus text; bearer token in `<root>/metrics.token`)."),
+];
+
 /// The host config: the named file (which must exist), else the default one when present.
 fn host_config(path: Option<&Path>) -> anyhow::Result<HostConfig> {
     let path = match path {

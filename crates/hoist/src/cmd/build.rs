@@ -180,11 +180,33 @@ pub fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Python packages vendored into the release: every `<dir>/NAME-VERSION.dist-info` (what
+/// `pip install --target <dir>` writes) under a top-level directory, as (dir, name, version).
+pub fn vendored(manifest: &Manifest) -> Vec<(String, String, String)> {
+    let mut out: Vec<(String, String, String)> = manifest
+        .entries()
+        .iter()
+        .filter_map(|e| {
+            let (dir, rest) = e.path.split_once('/')?;
+            let info = rest.strip_suffix(".dist-info")?;
+            if info.contains('/') {
+                return None;
+            }
+            let (name, version) = info.rsplit_once('-')?;
+            Some((dir.to_string(), name.to_string(), version.to_string()))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 pub fn run_inspect(args: VerifyArgs) -> anyhow::Result<()> {
     let manifest = hoist_artifact::read_manifest(&args.artifact, &Limits::default())
         .with_context(|| format!("cannot read the manifest of `{}`", args.artifact.display()))?;
     let s = manifest.summary();
     let b = manifest.build();
+    let vendor = vendored(&manifest);
     if args.json {
         let full: serde_json::Value =
             serde_json::from_slice(&manifest.to_json()).context("the manifest is not JSON")?;
@@ -192,6 +214,7 @@ pub fn run_inspect(args: VerifyArgs) -> anyhow::Result<()> {
             "app": manifest.app(),
             "release": manifest.release().as_str(),
             "summary": { "files": s.files, "directories": s.directories, "symlinks": s.symlinks, "bytes": s.total_bytes },
+            "vendored": vendor.iter().map(|(dir, name, version)| serde_json::json!({"dir": dir, "name": name, "version": version})).collect::<Vec<_>>(),
             "manifest": full,
         }))?;
         return Ok(());
@@ -217,6 +240,13 @@ pub fn run_inspect(args: VerifyArgs) -> anyhow::Result<()> {
         vec!["directories".into(), s.directories.to_string()],
         vec!["symlinks".into(), s.symlinks.to_string()],
     ];
+    let mut rows = rows;
+    for (dir, name, version) in &vendor {
+        rows.push(vec![
+            "vendored".into(),
+            format!("{name} {version} ({dir}/)"),
+        ]);
+    }
     output::table(&["field", "value"], &rows)?;
     Ok(())
 }

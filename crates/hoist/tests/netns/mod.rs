@@ -21,11 +21,13 @@ const CLAIMS: &str = "/run/hoist-tests";
 /// Slots 1..=MAX_SLOT give subnets 10.213.N.0/30.
 const MAX_SLOT: u32 = 250;
 /// Directories each host gets a private tmpfs over.
-const PRIVATE_DIRS: [&str; 4] = [
+const PRIVATE_DIRS: [&str; 5] = [
     "/var/lib/hoist",
     "/run/hoist",
     "/etc/hoist",
     "/usr/local/bin",
+    // `hoist setup` installs man pages and the bash completion here.
+    "/usr/local/share",
 ];
 
 pub struct Fleet {
