@@ -169,6 +169,7 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
                 Err(resp) => resp,
             }
         }
+        (Method::GET, ["v1", "doctor"]) => http::json(StatusCode::OK, &agent.doctor().await),
         (Method::POST, ["v1", "rollback", "check"]) => {
             match read_json::<RollbackRequest>(req.into_body()).await {
                 Ok(r) => rollback_check(agent, r).await,

@@ -14,6 +14,7 @@ mod alerts;
 pub mod diag;
 pub mod init;
 mod read;
+pub mod review;
 mod tree;
 mod validate;
 

@@ -364,3 +364,52 @@ pub struct Plan {
     pub upload_bytes: u64,
     pub checks: Vec<PlanCheck>,
 }
+
+/// One finding of `hoist doctor` (`GET /v1/doctor` answers a host's own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Stable, e.g. `disk.space`; its runbook page is `docs/runbook/<id>.md`.
+    pub id: String,
+    /// `pass`, `warn` or `fail`.
+    pub status: String,
+    pub why: String,
+    /// What to do; empty for a pass.
+    pub fix: String,
+    /// What was measured or seen (log lines, pids, figures).
+    #[serde(default)]
+    pub evidence: Vec<String>,
+    /// The runbook page for this finding.
+    pub runbook: String,
+}
+
+impl Finding {
+    pub fn new(id: &str, status: &str, why: impl Into<String>, fix: impl Into<String>) -> Finding {
+        Finding {
+            id: id.to_string(),
+            status: status.to_string(),
+            why: why.into(),
+            fix: if status == "pass" {
+                String::new()
+            } else {
+                fix.into()
+            },
+            evidence: Vec::new(),
+            runbook: format!("docs/runbook/{id}.md"),
+        }
+    }
+
+    pub fn with_evidence(mut self, evidence: Vec<String>) -> Finding {
+        self.evidence = evidence;
+        self
+    }
+}
+
+/// `GET /v1/doctor`: what the host found about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorReport {
+    pub host: String,
+    pub version: String,
+    /// The host's clock when it answered (ms since the epoch).
+    pub now_ms: i64,
+    pub findings: Vec<Finding>,
+}

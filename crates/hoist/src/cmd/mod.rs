@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod init;
 pub mod maintenance;
 pub mod proxy;
+pub mod readiness;
 pub mod secrets;
 pub mod service;
 pub mod setup;
