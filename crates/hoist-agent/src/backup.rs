@@ -861,9 +861,12 @@ impl Agent {
 
     /// Restores what `prepare_rollback_restore` checked (the app's instances are stopped
     /// by the caller), each checked by its engine; a summary line per backup.
+    /// `restored` is told each line as soon as its backup is in place (the caller journals
+    /// it, so recovery knows the data was restored even if the agent dies right after).
     pub(crate) async fn run_rollback_restore(
         &self,
         prepared: PreparedRestore,
+        restored: impl Fn(&str),
     ) -> Result<Vec<String>, String> {
         let mut lines = Vec::new();
         for (name, id, file, source) in prepared.items {
@@ -876,7 +879,9 @@ impl Agent {
             .await
             .map_err(|_| "the restore task stopped unexpectedly".to_string())?
             .map_err(|e| format!("restoring `{name}` from backup {id}: {}", crate::chain(&e)))?;
-            lines.push(format!("`{name}` from backup {id}: {}", checked.summary));
+            let line = format!("`{name}` from backup {id}: {}", checked.summary);
+            restored(&line);
+            lines.push(line);
             self.event(
                 Some(&prepared.app),
                 "restore.succeeded",

@@ -543,15 +543,16 @@ impl Agent {
         .await?;
         let restored = o
             .step("restore", async {
-                self.run_rollback_restore(prepared)
-                    .await
-                    .map_err(Failure::new)
+                self.run_rollback_restore(prepared, |line| {
+                    o.journal("restore", "restored", Some(line))
+                })
+                .await
+                .map_err(Failure::new)
             })
             .await;
         match restored {
             Ok(lines) => {
                 for line in lines {
-                    o.journal("restore", "note", Some(&line));
                     o.progress("restore", "note", Some(line)).await;
                 }
                 Ok(())

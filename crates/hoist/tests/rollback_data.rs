@@ -164,3 +164,76 @@ fn a_rollback_across_a_migration_is_refused_then_done_keeping_or_restoring_the_d
     let hist = history(&h, &cfg3);
     assert!(hist.iter().all(|r| r["kind"] != "restore"), "{hist:?}");
 }
+
+/// The agent SIGKILLed right after a rollback's restore (before the target started): the
+/// data is the target's, so recovery makes the target current and starts it, instead of
+/// the migrated release running on restored data.
+#[test]
+fn an_agent_killed_after_the_restore_recovers_to_the_old_release() {
+    let mut h = Host::new();
+    let db = h.root.join("data/demo/app.db");
+    let extra = |migration: &str| {
+        format!(
+            "[hooks]\npre_activate = \"sqlite3 {} '{migration}'\"\n\n[backups.db]\nsqlite = \"app.db\"\nbefore_deploy = true\n",
+            db.display()
+        )
+    };
+    let v1 = h.project("v1", "", &extra("CREATE TABLE IF NOT EXISTS t (x)"));
+    let out = h.deploy(&v1);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r1 = release_of(&out);
+    sql(&db, "INSERT INTO t VALUES (1);");
+    let before = sql(&db, "SELECT * FROM t");
+    let v2 = h.project(
+        "v2",
+        "",
+        &extra("ALTER TABLE t ADD COLUMN y; INSERT INTO t VALUES (2, 2)"),
+    );
+    let cfg2 = v2.join("hoist.toml").display().to_string();
+    let out = h.deploy(&v2);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let mark = h.dir.join("failpoint.reached");
+    h.kill_agent();
+    h.agent_env = vec![
+        ("HOIST_FAILPOINT".into(), "restore:after".into()),
+        ("HOIST_FAILPOINT_MARK".into(), mark.display().to_string()),
+    ];
+    h.start_agent();
+    let mut cli = Command::new(hoist_testkit::hoist_bin())
+        .args(["rollback", "--with-backup", "-c", &cfg2])
+        .env("HOIST_SOCKET", &h.socket)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    hoist_testkit::wait_until(std::time::Duration::from_secs(30), || mark.exists())
+        .expect("the failpoint after `restore` is reached");
+    h.kill_agent();
+    let _ = cli.kill();
+    let _ = cli.wait();
+    h.agent_env.clear();
+    h.start_agent();
+
+    hoist_testkit::wait_until(std::time::Duration::from_secs(30), || {
+        h.serving().as_deref() == Some(r1.as_str())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:#}", h.status()));
+    assert_eq!(
+        sql(&db, "SELECT * FROM t"),
+        before,
+        "the data is the backup's"
+    );
+    let last = history(&h, &cfg2).last().cloned().unwrap();
+    assert_eq!(last["kind"], "rollback", "{last}");
+    assert_eq!(last["result"], "succeeded", "{last}");
+    assert!(
+        last["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("data restored"),
+        "{last}"
+    );
+    let out = h.hoist(&["lock", "release", "-c", &cfg2]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
