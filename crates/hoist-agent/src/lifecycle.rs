@@ -146,13 +146,32 @@ impl Agent {
             .map_or(0, |i| i + 1);
         let mut out = Vec::new();
         for op in &ops[since..] {
-            if op.kind != "deploy" {
+            if op.kind != "deploy" && op.kind != "rollback" {
                 continue;
             }
             let Some(release) = op.release.clone() else {
                 continue;
             };
             let journal = self.db(|s| s.journal_of(op.id))?;
+            if op.kind == "rollback" {
+                // A rollback that restored data: moving past it again needs a decision.
+                let restored: Vec<&str> = journal
+                    .iter()
+                    .filter(|j| j.step == "restore" && j.phase == "restored")
+                    .filter_map(|j| j.detail.as_deref())
+                    .collect();
+                if !restored.is_empty() {
+                    out.push(hoist_protocol::agent::Migration {
+                        release,
+                        hook: restored.join("; "),
+                        operation: op.id,
+                        at_ms: op.finished_at_ms.unwrap_or(op.started_at_ms),
+                        backups: Vec::new(),
+                        kind: "restore".into(),
+                    });
+                }
+                continue;
+            }
             let ran = journal
                 .iter()
                 .any(|j| j.step == "pre_activate" && j.phase == "end");
@@ -180,6 +199,7 @@ impl Agent {
                 operation: op.id,
                 at_ms: op.finished_at_ms.unwrap_or(op.started_at_ms),
                 backups,
+                kind: "pre_activate".into(),
             });
         }
         Ok(out)

@@ -222,6 +222,14 @@ pub struct Migration {
     pub at_ms: i64,
     /// The `before_deploy` backups taken on this host just before the hook ran.
     pub backups: Vec<MigrationBackup>,
+    /// `pre_activate` (a deploy migrated the data), or `restore` (a rollback restored
+    /// data from before a migration: going forward past it runs new code on old data).
+    #[serde(default = "pre_activate")]
+    pub kind: String,
+}
+
+fn pre_activate() -> String {
+    "pre_activate".into()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,6 +251,12 @@ pub struct RollbackCheck {
 impl Migration {
     /// One line naming the release, the hook and the backup, for refusals.
     pub fn describe(&self) -> String {
+        if self.kind == "restore" {
+            return format!(
+                "the rollback to release `{}` restored data from before a migration ({}); the releases after it expect migrated data",
+                self.release, self.hook
+            );
+        }
         let backups = if self.backups.is_empty() {
             "no backup was taken before it".to_string()
         } else {

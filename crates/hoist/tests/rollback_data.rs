@@ -163,6 +163,17 @@ fn a_rollback_across_a_migration_is_refused_then_done_keeping_or_restoring_the_d
     // One operation: no separate restore record.
     let hist = history(&h, &cfg3);
     assert!(hist.iter().all(|r| r["kind"] != "restore"), "{hist:?}");
+
+    // Going forward again (the default target is the standby, v3) would run v3's code on
+    // the restored, older data: refused the same way.
+    let out = h.hoist(&["rollback", "-c", &cfg3]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("restored data from before a migration"),
+        "{err}"
+    );
+    assert_eq!(h.serving().as_deref(), Some(r1.as_str()));
 }
 
 /// The agent SIGKILLed right after a rollback's restore (before the target started): the
