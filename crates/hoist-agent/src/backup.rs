@@ -487,8 +487,9 @@ impl Agent {
     pub(crate) async fn backups_before_deploy(
         self: &Arc<Self>,
         spec: &AppSpec,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<(Vec<String>, Vec<(String, i64)>), String> {
         let mut notes = Vec::new();
+        let mut taken = Vec::new();
         let names: Vec<&String> = spec
             .backups
             .iter()
@@ -498,11 +499,14 @@ impl Agent {
         for name in names {
             match self.take_backup(spec, name, "before_deploy").await {
                 Ok(Taken::Skipped(note)) => notes.push(note),
-                Ok(Taken::Recorded(row)) if row.status == "ok" => notes.push(format!(
-                    "backup `{name}` taken: {} ({} bytes)",
-                    row.id,
-                    row.size.unwrap_or(0)
-                )),
+                Ok(Taken::Recorded(row)) if row.status == "ok" => {
+                    taken.push((name.clone(), row.id));
+                    notes.push(format!(
+                        "backup `{name}` taken: {} ({} bytes)",
+                        row.id,
+                        row.size.unwrap_or(0)
+                    ))
+                }
                 Ok(Taken::Recorded(row)) => {
                     return Err(format!(
                         "backup `{name}` failed: {}",
@@ -512,7 +516,7 @@ impl Agent {
                 Err(e) => return Err(format!("backup `{name}` failed: {}", crate::chain(&e))),
             }
         }
-        Ok(notes)
+        Ok((notes, taken))
     }
 
     /// One pass of the backup scheduler (from the 1 s housekeeping loop): starts the
@@ -763,7 +767,11 @@ impl Agent {
 
     /// Starts the current release's instances on this host again and waits until they
     /// are admitted. The standby release (stopped for the restore) is not kept warm.
-    async fn start_current(self: &Arc<Self>, spec: &AppSpec, release: &str) -> Result<(), String> {
+    pub(crate) async fn start_current(
+        self: &Arc<Self>,
+        spec: &AppSpec,
+        release: &str,
+    ) -> Result<(), String> {
         let host = self.host_name();
         let ids = self.add_instances_filtered(spec, release, &host, &[])?;
         for id in &ids {
@@ -799,6 +807,89 @@ impl Agent {
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
+    }
+}
+
+/// Backups a rollback across a migration restores, checked against their checksums
+/// before anything stops (`Agent::prepare_rollback_restore`).
+pub(crate) struct PreparedRestore {
+    app: String,
+    items: Vec<(String, i64, PathBuf, Source)>,
+}
+
+impl PreparedRestore {
+    /// `name` from backup `id`, for each, in order.
+    pub(crate) fn describe(&self) -> String {
+        self.items
+            .iter()
+            .map(|(n, id, _, _)| format!("`{n}` from backup {id}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl Agent {
+    /// Checks each `(name, backup id)` a rollback would restore: the name is in `spec`
+    /// (the target release's) or the current one's, the backup is good and its file
+    /// matches its checksum. Nothing is stopped or changed.
+    pub(crate) async fn prepare_rollback_restore(
+        &self,
+        spec: &AppSpec,
+        backups: &[(String, i64)],
+    ) -> Result<PreparedRestore, String> {
+        let app = spec.app.clone();
+        let current = self.current_spec(&app).ok().map(|(_, s)| s);
+        let mut items = Vec::new();
+        for (name, id) in backups {
+            let bs = match (spec.backups.get(name), &current) {
+                (Some(b), _) => b.clone(),
+                (None, Some(c)) => self
+                    .backup_spec(c, name)
+                    .map_err(|e| e.to_string())?
+                    .clone(),
+                (None, None) => return Err(format!("`{app}` has no backup named `{name}`")),
+            };
+            let row = self
+                .pick_backup(&app, name, Some(*id))
+                .map_err(|e| crate::chain(&e))?;
+            let file = Self::check_file(&row).await.map_err(|e| crate::chain(&e))?;
+            let source = self.source(&app, &bs).map_err(|e| crate::chain(&e))?;
+            items.push((name.clone(), *id, file, source));
+        }
+        Ok(PreparedRestore { app, items })
+    }
+
+    /// Restores what `prepare_rollback_restore` checked (the app's instances are stopped
+    /// by the caller), each checked by its engine; a summary line per backup.
+    /// `restored` is told each line as soon as its backup is in place (the caller journals
+    /// it, so recovery knows the data was restored even if the agent dies right after).
+    pub(crate) async fn run_rollback_restore(
+        &self,
+        prepared: PreparedRestore,
+        restored: impl Fn(&str),
+    ) -> Result<Vec<String>, String> {
+        let mut lines = Vec::new();
+        for (name, id, file, source) in prepared.items {
+            let _name_guard = self.name_lock(&prepared.app, &name).lock_owned().await;
+            let checked = tokio::task::spawn_blocking(move || match source {
+                Source::Sqlite(p) => hoist_backup::sqlite::restore(&file, &p),
+                Source::Directory(p) => hoist_backup::directory::restore(&file, &p),
+                Source::Postgres(t) => hoist_backup::postgres::restore(&t, &file),
+            })
+            .await
+            .map_err(|_| "the restore task stopped unexpectedly".to_string())?
+            .map_err(|e| format!("restoring `{name}` from backup {id}: {}", crate::chain(&e)))?;
+            let line = format!("`{name}` from backup {id}: {}", checked.summary);
+            restored(&line);
+            lines.push(line);
+            self.event(
+                Some(&prepared.app),
+                "restore.succeeded",
+                Some(&name),
+                &format!("backup {id} restored by a rollback: {}", checked.summary),
+            );
+        }
+        Ok(lines)
     }
 }
 

@@ -21,6 +21,7 @@ use hoist_protocol::proxy::Request;
 use hoist_state::Current;
 
 use crate::http::LineSender;
+use crate::lifecycle::DataPlan;
 use crate::Agent;
 
 /// Why a deploy stopped, with the output that explains it.
@@ -261,6 +262,23 @@ impl Agent {
         actor: String,
         tx: LineSender,
     ) -> Outcome {
+        self.activate_with(kind, spec, release, host, actor, tx, DataPlan::Untouched)
+            .await
+    }
+
+    /// [`Agent::activate`] with what a rollback does to the app's data; its note is the
+    /// history record's reason, so the history says which data the app runs on.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn activate_with(
+        self: &Arc<Self>,
+        kind: Kind,
+        spec: Arc<AppSpec>,
+        release: String,
+        host: String,
+        actor: String,
+        tx: LineSender,
+        data: DataPlan,
+    ) -> Outcome {
         let app = spec.app.clone();
         let started = Instant::now();
         let previous = self.db(|s| s.current(&app)).ok().flatten();
@@ -299,7 +317,7 @@ impl Agent {
             notes: Default::default(),
         };
         let result = self
-            .run_steps(&o, kind, &spec, &release, &host, previous.as_ref())
+            .run_steps(&o, kind, &spec, &release, &host, previous.as_ref(), &data)
             .await;
         if let Err(f) = &result {
             for line in &f.lines {
@@ -308,8 +326,12 @@ impl Agent {
         }
         let notes = std::mem::take(&mut *o.notes.lock().unwrap_or_else(|e| e.into_inner()));
         let (res, reason) = match &result {
-            Ok(()) if !notes.is_empty() => ("succeeded", Some(notes.join("; "))),
-            Ok(()) => ("succeeded", None),
+            Ok(()) => {
+                // The data note (a rollback's restore or kept data) and the canary's steps.
+                let mut all: Vec<String> = data.note().map(str::to_string).into_iter().collect();
+                all.extend(notes);
+                ("succeeded", (!all.is_empty()).then(|| all.join("; ")))
+            }
             Err(f) => ("failed", Some(f.reason.clone())),
         };
         if let Err(e) =
@@ -359,6 +381,7 @@ impl Agent {
             .map(str::to_string)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run_steps(
         self: &Arc<Self>,
         o: &Op<'_>,
@@ -367,6 +390,7 @@ impl Agent {
         release: &str,
         host: &str,
         previous: Option<&Current>,
+        data: &DataPlan,
     ) -> Result<(), Failure> {
         let app = spec.app.clone();
         if previous.is_some_and(|p| p.release == release) {
@@ -387,10 +411,14 @@ impl Agent {
             .await?;
             // Every `before_deploy` backup; a failure stops the deploy before `pre_activate`.
             o.step("backup", async {
-                let notes = self
+                let (notes, taken) = self
                     .backups_before_deploy(spec)
                     .await
                     .map_err(Failure::new)?;
+                // `taken` lines name the backup a rollback across this deploy restores.
+                for (name, id) in taken {
+                    o.journal("backup", "taken", Some(&format!("{name}={id}")));
+                }
                 for note in notes {
                     o.journal("backup", "note", Some(&note));
                     o.progress("backup", "note", Some(note)).await;
@@ -410,6 +438,9 @@ impl Agent {
                 )
                 .await?;
             }
+        }
+        if let DataPlan::Restore { backups, .. } = data {
+            self.restore_in_rollback(o, spec, previous, backups).await?;
         }
         let old_ids = self.instances_of(&app, |r| r != release);
         let new_ids = o
@@ -443,6 +474,12 @@ impl Agent {
                 self.stop_instances(&new_ids).await;
             }
             self.restart_stopped_singletons(&app, previous).await;
+            if let (DataPlan::Restore { .. }, Some(p)) = (data, previous) {
+                // The restore stopped everything: the release that was current runs again
+                // (on the restored data, which the history's failed record names).
+                self.stop_instances(&new_ids).await;
+                self.start_previous(&app, p).await;
+            }
             return Err(f);
         }
         let has_web = spec.services.values().any(|s| s.http.is_some());
@@ -554,6 +591,70 @@ impl Agent {
 
     /// After a failed smoke hook or bake: traffic goes back to the release that served
     /// before (still warm), and the new instances stop.
+    /// The data half of a rollback across a migration, before the target starts: the
+    /// backups are checked (refused before anything stops), every instance of the app
+    /// stops and its routes go, then each backup is restored and checked. A failed
+    /// restore starts the current release again (the engines leave data as it was).
+    async fn restore_in_rollback(
+        self: &Arc<Self>,
+        o: &Op<'_>,
+        spec: &Arc<AppSpec>,
+        previous: Option<&Current>,
+        backups: &[(String, i64)],
+    ) -> Result<(), Failure> {
+        let app = spec.app.clone();
+        let prepared = o
+            .step("restore_check", async {
+                self.prepare_rollback_restore(spec, backups)
+                    .await
+                    .map_err(|e| Failure::new(format!("refused before anything stopped: {e}")))
+            })
+            .await?;
+        o.journal("restore_check", "note", Some(&prepared.describe()));
+        o.step("stop", async {
+            let ids = self.instances_of(&app, |_| true);
+            self.stop_instances(&ids).await;
+            self.sync_routes(&app).await;
+            Ok(())
+        })
+        .await?;
+        let restored = o
+            .step("restore", async {
+                self.run_rollback_restore(prepared, |line| {
+                    o.journal("restore", "restored", Some(line))
+                })
+                .await
+                .map_err(Failure::new)
+            })
+            .await;
+        match restored {
+            Ok(lines) => {
+                for line in lines {
+                    o.progress("restore", "note", Some(line)).await;
+                }
+                Ok(())
+            }
+            Err(f) => {
+                if let Some(p) = previous {
+                    self.start_previous(&app, p).await;
+                }
+                Err(f)
+            }
+        }
+    }
+
+    /// Starts `previous` (the release that was current) again after a rollback's restore
+    /// stopped it and the rollback could not finish.
+    async fn start_previous(self: &Arc<Self>, app: &str, previous: &Current) {
+        let Some(spec) = self.spec_of(app, &previous.release) else {
+            tracing::error!(app, "no spec to start the current release again");
+            return;
+        };
+        if let Err(e) = self.start_current(&spec, &previous.release).await {
+            tracing::error!(app, error = %e, "the current release did not start again");
+        }
+    }
+
     async fn switch_back(
         self: &Arc<Self>,
         o: &Op<'_>,

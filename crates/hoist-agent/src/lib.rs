@@ -13,6 +13,7 @@ mod backup;
 /// The agent client now lives in `hoist-client`; re-exported for code that reached it here.
 pub use hoist_client as client;
 mod deploy;
+mod doctor;
 mod fleet;
 mod health;
 mod http;

@@ -100,3 +100,108 @@ impl Agent {
         }
     }
 }
+
+/// What a rollback does with the app's data (decided by the request and the migrations
+/// it crosses, see [`Agent::migrations_between`]).
+pub(crate) enum DataPlan {
+    /// No migration crossed (or a deploy): nothing to say.
+    Untouched,
+    /// Restore these `(name, backup id)`: stop the app, restore and check, then start the
+    /// target release, in the rollback's own operation. `note` goes in the history.
+    Restore {
+        backups: Vec<(String, i64)>,
+        note: String,
+    },
+    /// The code goes back, the data does not (`--keep-data`, or restored by another host).
+    Note(String),
+}
+
+impl DataPlan {
+    pub(crate) fn note(&self) -> Option<&str> {
+        match self {
+            DataPlan::Untouched => None,
+            DataPlan::Restore { note, .. } | DataPlan::Note(note) => Some(note),
+        }
+    }
+}
+
+impl Agent {
+    /// The deploys of `app` since `target` was last made current that ran `pre_activate`
+    /// (whatever their result: the hook changed the data either way), oldest first, each
+    /// with the `before_deploy` backups its journal says were taken just before the hook.
+    /// A target never made current here (pruned history) is crossed from the start.
+    pub(crate) fn migrations_between(
+        &self,
+        app: &str,
+        target: &str,
+    ) -> Result<Vec<hoist_protocol::agent::Migration>, hoist_state::StateError> {
+        let ops = self.db(|s| s.operations_of(app))?;
+        let since = ops
+            .iter()
+            .rposition(|o| {
+                o.result == "succeeded"
+                    && (o.kind == "deploy" || o.kind == "rollback")
+                    && o.release.as_deref() == Some(target)
+            })
+            .map_or(0, |i| i + 1);
+        let mut out = Vec::new();
+        for op in &ops[since..] {
+            if op.kind != "deploy" && op.kind != "rollback" {
+                continue;
+            }
+            let Some(release) = op.release.clone() else {
+                continue;
+            };
+            let journal = self.db(|s| s.journal_of(op.id))?;
+            if op.kind == "rollback" {
+                // A rollback that restored data: moving past it again needs a decision.
+                let restored: Vec<&str> = journal
+                    .iter()
+                    .filter(|j| j.step == "restore" && j.phase == "restored")
+                    .filter_map(|j| j.detail.as_deref())
+                    .collect();
+                if !restored.is_empty() {
+                    out.push(hoist_protocol::agent::Migration {
+                        release,
+                        hook: restored.join("; "),
+                        operation: op.id,
+                        at_ms: op.finished_at_ms.unwrap_or(op.started_at_ms),
+                        backups: Vec::new(),
+                        kind: "restore".into(),
+                    });
+                }
+                continue;
+            }
+            let ran = journal
+                .iter()
+                .any(|j| j.step == "pre_activate" && j.phase == "end");
+            if !ran {
+                continue;
+            }
+            let backups = journal
+                .iter()
+                .filter(|j| j.step == "backup" && j.phase == "taken")
+                .filter_map(|j| {
+                    let (name, id) = j.detail.as_deref()?.rsplit_once('=')?;
+                    Some(hoist_protocol::agent::MigrationBackup {
+                        name: name.to_string(),
+                        id: id.parse().ok()?,
+                    })
+                })
+                .collect();
+            let hook = self
+                .spec_of(app, &release)
+                .and_then(|s| s.hooks.pre_activate.clone())
+                .unwrap_or_else(|| "pre_activate".into());
+            out.push(hoist_protocol::agent::Migration {
+                release,
+                hook,
+                operation: op.id,
+                at_ms: op.finished_at_ms.unwrap_or(op.started_at_ms),
+                backups,
+                kind: "pre_activate".into(),
+            });
+        }
+        Ok(out)
+    }
+}

@@ -313,6 +313,33 @@ impl Agent {
         .into_iter()
         .filter_map(|(n, missing)| missing.then_some(n))
         .collect();
+        // A rollback across a migration whose restore finished before the agent stopped:
+        // the data is the target's, so the target is made current (recovery then starts
+        // its instances) rather than the migrated release running on restored data.
+        let restored: Vec<&str> = journal
+            .iter()
+            .filter(|j| j.step == "restore" && j.phase == "restored")
+            .filter_map(|j| j.detail.as_deref())
+            .collect();
+        if op.kind == "rollback" && !committed && !restored.is_empty() {
+            if let Some(target) = &op.release {
+                tracing::warn!(app = %op.app, release = %target, "a rollback restored its data before the agent stopped: making its release current");
+                let cur = hoist_state::Current {
+                    app: op.app.clone(),
+                    release: target.clone(),
+                    standby: None,
+                    standby_until_ms: None,
+                };
+                self.db(|s| s.set_current(&cur))?;
+                let reason = format!(
+                    "completed by recovery: data restored ({}) before the agent stopped during `{step}`; `{target}` made current and started",
+                    restored.join("; ")
+                );
+                self.db(|s| s.finish_operation(op.id, "succeeded", Some(&reason), None))?;
+                self.event(Some(&op.app), "rollback.succeeded", Some(target), &reason);
+                return Ok(());
+            }
+        }
         let (result, reason) = if !committed {
             (
                 "failed",

@@ -169,6 +169,13 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
                 Err(resp) => resp,
             }
         }
+        (Method::GET, ["v1", "doctor"]) => http::json(StatusCode::OK, &agent.doctor().await),
+        (Method::POST, ["v1", "rollback", "check"]) => {
+            match read_json::<RollbackRequest>(req.into_body()).await {
+                Ok(r) => rollback_check(agent, r).await,
+                Err(resp) => resp,
+            }
+        }
         (Method::POST, ["v1", "rollback"]) => {
             match read_json::<RollbackRequest>(req.into_body()).await {
                 Ok(r) => rollback(agent, r).await,
@@ -471,41 +478,141 @@ async fn deploy(agent: Arc<Agent>, req: DeployRequest) -> Response<Body> {
     resp
 }
 
-async fn rollback(agent: Arc<Agent>, req: RollbackRequest) -> Response<Body> {
+/// Where a rollback of `req.app` goes: the current release, the target and its spec.
+type RollbackTarget = (String, String, Arc<hoist_core::spec::AppSpec>);
+
+fn rollback_target(
+    agent: &Agent,
+    req: &RollbackRequest,
+) -> Result<RollbackTarget, Box<Response<Body>>> {
     let cur = agent.db(|s| s.current(&req.app)).ok().flatten();
     let Some(cur) = cur else {
-        return http::error(
+        return Err(Box::new(http::error(
             StatusCode::NOT_FOUND,
             format!("`{}` has never been deployed here", req.app),
             None,
-        );
+        )));
     };
-    let target = match req
+    let Some(target) = req
         .release
         .clone()
         .or_else(|| cur.standby.clone())
-        .or_else(|| previous_release(&agent, &req.app, &cur.release))
-    {
-        Some(t) => t,
-        None => {
-            return http::error(
-                StatusCode::NOT_FOUND,
-                "there is no earlier release to go back to",
-                None,
-            )
-        }
+        .or_else(|| previous_release(agent, &req.app, &cur.release))
+    else {
+        return Err(Box::new(http::error(
+            StatusCode::NOT_FOUND,
+            "there is no earlier release to go back to",
+            None,
+        )));
     };
-    let spec = agent.spec_of(&req.app, &target);
-    let Some(spec) = spec else {
-        return http::error(
+    let Some(spec) = agent.spec_of(&req.app, &target) else {
+        return Err(Box::new(http::error(
             StatusCode::NOT_FOUND,
             format!("release `{target}` of `{}` is not kept here", req.app),
             Some("`hoist releases` lists them"),
-        );
+        )));
+    };
+    Ok((cur.release, target, spec))
+}
+
+/// `POST /v1/rollback/check`: the target and the migrations a rollback would cross.
+async fn rollback_check(agent: Arc<Agent>, req: RollbackRequest) -> Response<Body> {
+    let (current, target, _) = match rollback_target(&agent, &req) {
+        Ok(t) => t,
+        Err(resp) => return *resp,
+    };
+    match agent.migrations_between(&req.app, &target) {
+        Ok(migrations) => http::json(
+            StatusCode::OK,
+            &hoist_protocol::agent::RollbackCheck {
+                app: req.app.clone(),
+                current,
+                target,
+                migrations,
+            },
+        ),
+        Err(e) => state_error(&agent, &e),
+    }
+}
+
+/// What a rollback does with the data, or the 409 that refuses it: crossing a migration
+/// needs `--with-backup` (restore the backups taken before the first one crossed) or
+/// `--keep-data`.
+fn data_plan(
+    agent: &Agent,
+    req: &RollbackRequest,
+    target: &str,
+) -> Result<crate::lifecycle::DataPlan, Box<Response<Body>>> {
+    use crate::lifecycle::DataPlan;
+    use hoist_protocol::agent::RollbackData;
+    let migrations = agent
+        .migrations_between(&req.app, target)
+        .map_err(|e| Box::new(state_error(agent, &e)))?;
+    let Some(first) = migrations.first() else {
+        return Ok(DataPlan::Untouched);
+    };
+    let crossed = migrations
+        .iter()
+        .map(|m| m.describe())
+        .collect::<Vec<_>>()
+        .join("; ");
+    match &req.data {
+        None => Err(Box::new(http::error(
+            StatusCode::CONFLICT,
+            format!("rolling back to `{target}` crosses a migration: {crossed}"),
+            Some(
+                "`hoist rollback --with-backup` restores that backup as part of the rollback; \
+                 `--keep-data` rolls back the code only, on the migrated data",
+            ),
+        ))),
+        Some(RollbackData::KeepData) => Ok(DataPlan::Note(format!(
+            "data kept as migrated (--keep-data): {crossed}"
+        ))),
+        Some(RollbackData::RestoredOn { host, note }) => Ok(DataPlan::Note(format!(
+            "data restored on host `{host}`: {note}"
+        ))),
+        Some(RollbackData::WithBackup) if first.backups.is_empty() => {
+            Err(Box::new(http::error(
+                StatusCode::CONFLICT,
+                format!(
+                    "cannot restore: {} (on this host)",
+                    first.describe()
+                ),
+                Some("`--keep-data` rolls back the code only; or restore a backup by hand (`hoist restore`)"),
+            )))
+        }
+        Some(RollbackData::WithBackup) => {
+            let backups: Vec<(String, i64)> =
+                first.backups.iter().map(|b| (b.name.clone(), b.id)).collect();
+            let which = first
+                .backups
+                .iter()
+                .map(|b| format!("`{}` from backup {}", b.name, b.id))
+                .collect::<Vec<_>>()
+                .join(", ");
+            Ok(DataPlan::Restore {
+                backups,
+                note: format!(
+                    "data restored (--with-backup): {which}, taken before release `{}` ran `{}`",
+                    first.release, first.hook
+                ),
+            })
+        }
+    }
+}
+
+async fn rollback(agent: Arc<Agent>, req: RollbackRequest) -> Response<Body> {
+    let (_, target, spec) = match rollback_target(&agent, &req) {
+        Ok(t) => t,
+        Err(resp) => return *resp,
     };
     if let Err(resp) = crate::fleet::check_lease(&agent, &req.app, req.lease.as_deref()) {
         return *resp;
     }
+    let data = match data_plan(&agent, &req, &target) {
+        Ok(d) => d,
+        Err(resp) => return *resp,
+    };
     let guard = match lock(&agent, &req.app, &req.actor).await {
         Ok(g) => g,
         Err(resp) => return *resp,
@@ -514,13 +621,14 @@ async fn rollback(agent: Arc<Agent>, req: RollbackRequest) -> Response<Body> {
     tokio::spawn(async move {
         let _guard = guard;
         let outcome = agent
-            .activate(
+            .activate_with(
                 crate::deploy::Kind::Rollback,
                 spec,
                 target,
                 req.host,
                 req.actor,
                 tx.clone(),
+                data,
             )
             .await;
         tx.send(&Progress::Done(outcome)).await;

@@ -16,6 +16,7 @@ pub mod diag;
 pub mod init;
 mod read;
 pub mod reference;
+pub mod review;
 mod tree;
 mod validate;
 

@@ -6,6 +6,7 @@
 //! OpenSSH's host-key checking, and never prints.
 
 pub mod files;
+pub mod doctor;
 pub mod hosts;
 pub mod keeper;
 pub mod local;

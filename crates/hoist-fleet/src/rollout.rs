@@ -22,7 +22,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use hoist_artifact::{transfer, Limits, Manifest};
 use hoist_client::{Client, ClientError};
 use hoist_core::spec::{AppSpec, OnFailure};
-use hoist_protocol::agent::{DeployRequest, Hello, Outcome, Progress, RollbackRequest, Status};
+use hoist_protocol::agent::{
+    DeployRequest, Hello, Outcome, Progress, RollbackCheck, RollbackData, RollbackRequest, Status,
+};
 use hoist_protocol::fleet::{BlobsStored, Lease, LeaseRequest, Offer, RenewRequest};
 
 /// One host the CLI drives: its name in the app file and a client for its agent.
@@ -176,6 +178,9 @@ impl Report {
 pub enum FleetError {
     #[error("no host of the app file could be reached")]
     NoHost,
+    /// A rollback would run old code on migrated data: refused before anything changed.
+    #[error("{message}")]
+    CrossesMigration { message: String },
     #[error("host `{host}`: {message}")]
     Lease { host: String, message: String },
     #[error("host `{host}`: the upload failed: {message}")]
@@ -210,6 +215,7 @@ enum Op {
     Rollback {
         app: String,
         release: Option<String>,
+        data: Option<RollbackData>,
     },
 }
 
@@ -337,25 +343,120 @@ impl Fleet {
 
     /// Rolls every host back to `release` (each host's standby or previous one when
     /// `None`), in the same batches as a deploy.
+    ///
+    /// Each host is first asked which migrations (deploys that ran `pre_activate`) the
+    /// rollback crosses. Crossing one without `data` is refused before anything changes
+    /// ([`FleetError::CrossesMigration`]). With `WithBackup`, the host that holds the
+    /// backup taken before the first migration rolls back first, restoring it in its own
+    /// operation, before any other host switches; the others then roll back their code
+    /// with a record of where the data was restored. With `KeepData` every host rolls
+    /// back its code only.
     pub async fn rollback(
         &self,
         spec: &AppSpec,
         release: Option<String>,
+        data: Option<RollbackData>,
     ) -> Result<Report, FleetError> {
         let started = Instant::now();
         let (reachable, mut reports) = self.reach().await;
         if reachable.is_empty() {
             return Err(FleetError::NoHost);
         }
-        let lease = self.lease(&spec.app, &reachable).await?;
-        let op = Op::Rollback {
-            app: spec.app.clone(),
-            release: release.clone(),
+        let checks = self.rollback_checks(&spec.app, &release, &reachable).await;
+        let crossing: Vec<(&str, &RollbackCheck)> = checks
+            .iter()
+            .filter(|(_, c)| !c.migrations.is_empty())
+            .map(|(h, c)| (h.as_str(), c))
+            .collect();
+        let holder = match (&data, crossing.first()) {
+            (_, None) => None,
+            (None, Some((host, c))) => {
+                return Err(FleetError::CrossesMigration {
+                    message: format!(
+                        "host `{host}`: rolling back to `{}` crosses a migration: {}",
+                        c.target,
+                        c.migrations
+                            .iter()
+                            .map(|m| m.describe())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                })
+            }
+            (Some(RollbackData::WithBackup), Some((host, c))) => {
+                // The host whose journal holds the backup taken before the first migration.
+                let found = crossing
+                    .iter()
+                    .find(|(_, c)| c.migrations.first().is_some_and(|m| !m.backups.is_empty()));
+                match found {
+                    Some((h, c)) => Some((h.to_string(), c.migrations[0].clone())),
+                    None => {
+                        return Err(FleetError::CrossesMigration {
+                            message: format!(
+                                "no host holds a backup to restore: host `{host}`: {}",
+                                c.migrations[0].describe()
+                            ),
+                        })
+                    }
+                }
+            }
+            (Some(_), Some(_)) => None,
         };
+        let lease = self.lease(&spec.app, &reachable).await?;
         let mut rolled = spec.clone();
         // A fleet rollback that fails half-way is not undone by another rollback.
         rolled.deploy.rollout.on_failure = OnFailure::Stop;
-        reports.extend(self.roll(&rolled, &reachable, &op, &lease.token).await);
+        let mut rest: Vec<Target> = reachable.clone();
+        let mut others_data = data.clone();
+        let mut holder_failed = false;
+        if let Some((host, first)) = &holder {
+            let t = rest
+                .iter()
+                .position(|t| &t.name == host)
+                .map(|i| rest.remove(i))
+                .expect("the holder is a reachable host");
+            let op = Op::Rollback {
+                app: spec.app.clone(),
+                release: release.clone(),
+                data: Some(RollbackData::WithBackup),
+            };
+            self.emit(Event::Batch {
+                index: 1,
+                hosts: vec![t.name.clone()],
+            });
+            let r = self.activate(&t, &op, &lease.token).await;
+            holder_failed = !matches!(r.state, HostState::Deployed { .. });
+            self.emit(Event::Finished {
+                host: r.host.clone(),
+                state: r.state.clone(),
+            });
+            reports.push(r);
+            others_data = Some(RollbackData::RestoredOn {
+                host: host.clone(),
+                note: first
+                    .backups
+                    .iter()
+                    .map(|b| format!("`{}` from backup {}", b.name, b.id))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        if holder_failed {
+            // The data was not restored: no other host goes back to the old code.
+            reports.extend(rest.iter().map(|t| HostReport {
+                host: t.name.clone(),
+                state: HostState::NotStarted,
+                previous: None,
+                ms: 0,
+            }));
+        } else {
+            let op = Op::Rollback {
+                app: spec.app.clone(),
+                release: release.clone(),
+                data: others_data,
+            };
+            reports.extend(self.roll(&rolled, &rest, &op, &lease.token).await);
+        }
         lease.release(&reachable).await;
         self.set_held(None);
         let shown = release.unwrap_or_else(|| "previous".into());
@@ -365,6 +466,36 @@ impl Fleet {
             order(spec, reports),
             started,
         ))
+    }
+
+    /// Each host's answer to `POST /v1/rollback/check`; a host that cannot say (an older
+    /// agent, nothing to go back to) is left to refuse or go on in its own rollback.
+    async fn rollback_checks(
+        &self,
+        app: &str,
+        release: &Option<String>,
+        hosts: &[Target],
+    ) -> Vec<(String, RollbackCheck)> {
+        let answers = join_all(hosts.iter().map(|t| async move {
+            let req = RollbackRequest {
+                app: app.to_string(),
+                release: release.clone(),
+                host: t.name.clone(),
+                actor: self.actor.clone(),
+                lease: None,
+                data: None,
+            };
+            let r = t
+                .client
+                .call::<_, RollbackCheck>(Method::POST, "/v1/rollback/check", Some(&req))
+                .await;
+            (t.name.clone(), r)
+        }))
+        .await;
+        answers
+            .into_iter()
+            .filter_map(|(h, r)| r.ok().map(|c| (h, c)))
+            .collect()
     }
 
     /// Stops each singleton service on the reachable hosts that run it but are not its
@@ -483,9 +614,12 @@ impl Fleet {
                 self.emit(Event::RollingBack {
                     host: t.name.clone(),
                 });
+                // Undoing a deploy that just failed: its migration (if any) stays, as it
+                // would on one host, and the history says so.
                 let op = Op::Rollback {
                     app: spec.app.clone(),
                     release: r.previous.clone(),
+                    data: Some(RollbackData::KeepData),
                 };
                 let back = self.activate(t, &op, token).await;
                 r.state = match back.state {
@@ -534,13 +668,14 @@ impl Fleet {
                     .stream(Method::POST, "/v1/deploy", Some(&req), on_line)
                     .await
             }
-            Op::Rollback { app, release } => {
+            Op::Rollback { app, release, data } => {
                 let req = RollbackRequest {
                     app: app.clone(),
                     release: release.clone(),
                     host: t.name.clone(),
                     actor: self.actor.clone(),
                     lease: Some(token.to_string()),
+                    data: data.clone(),
                 };
                 t.client
                     .stream(Method::POST, "/v1/rollback", Some(&req), on_line)

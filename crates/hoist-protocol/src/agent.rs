@@ -191,6 +191,86 @@ pub struct RollbackRequest {
     pub actor: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<String>,
+    /// What happens to the app's data when the rollback crosses a migration (a deploy
+    /// that ran `pre_activate`); absent: such a rollback is refused (409).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<RollbackData>,
+}
+
+/// The data side of a rollback across a migration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum RollbackData {
+    /// Restore the backups taken before the first migration crossed, in the same operation.
+    WithBackup,
+    /// Roll the code back only; the data stays as migrated (recorded in the history).
+    KeepData,
+    /// The data was restored by another host of the fleet (`host`, `note` says what): roll
+    /// the code back here.
+    RestoredOn { host: String, note: String },
+}
+
+/// A deploy between the rollback target and the current release that ran `pre_activate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Migration {
+    /// The release whose deploy ran the hook.
+    pub release: String,
+    /// The hook's command.
+    pub hook: String,
+    /// The deploy operation, and when it ended.
+    pub operation: i64,
+    pub at_ms: i64,
+    /// The `before_deploy` backups taken on this host just before the hook ran.
+    pub backups: Vec<MigrationBackup>,
+    /// `pre_activate` (a deploy migrated the data), or `restore` (a rollback restored
+    /// data from before a migration: going forward past it runs new code on old data).
+    #[serde(default = "pre_activate")]
+    pub kind: String,
+}
+
+fn pre_activate() -> String {
+    "pre_activate".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationBackup {
+    pub name: String,
+    pub id: i64,
+}
+
+/// `POST /v1/rollback/check` (body: a `RollbackRequest`): where the rollback would go and
+/// the migrations it crosses, oldest first. Nothing is changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackCheck {
+    pub app: String,
+    pub current: String,
+    pub target: String,
+    pub migrations: Vec<Migration>,
+}
+
+impl Migration {
+    /// One line naming the release, the hook and the backup, for refusals.
+    pub fn describe(&self) -> String {
+        if self.kind == "restore" {
+            return format!(
+                "the rollback to release `{}` restored data from before a migration ({}); the releases after it expect migrated data",
+                self.release, self.hook
+            );
+        }
+        let backups = if self.backups.is_empty() {
+            "no backup was taken before it".to_string()
+        } else {
+            self.backups
+                .iter()
+                .map(|b| format!("backup `{}` {} was taken before it", b.name, b.id))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "release `{}` ran its pre_activate hook `{}`; {backups}",
+            self.release, self.hook
+        )
+    }
 }
 
 /// One release kept on the host, for `hoist releases`.
@@ -297,4 +377,53 @@ pub struct Plan {
     /// Bytes of file content this host does not have yet.
     pub upload_bytes: u64,
     pub checks: Vec<PlanCheck>,
+}
+
+/// One finding of `hoist doctor` (`GET /v1/doctor` answers a host's own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Stable, e.g. `disk.space`; its runbook page is `docs/runbook/<id>.md`.
+    pub id: String,
+    /// `pass`, `warn` or `fail`.
+    pub status: String,
+    pub why: String,
+    /// What to do; empty for a pass.
+    pub fix: String,
+    /// What was measured or seen (log lines, pids, figures).
+    #[serde(default)]
+    pub evidence: Vec<String>,
+    /// The runbook page for this finding.
+    pub runbook: String,
+}
+
+impl Finding {
+    pub fn new(id: &str, status: &str, why: impl Into<String>, fix: impl Into<String>) -> Finding {
+        Finding {
+            id: id.to_string(),
+            status: status.to_string(),
+            why: why.into(),
+            fix: if status == "pass" {
+                String::new()
+            } else {
+                fix.into()
+            },
+            evidence: Vec::new(),
+            runbook: format!("docs/runbook/{id}.md"),
+        }
+    }
+
+    pub fn with_evidence(mut self, evidence: Vec<String>) -> Finding {
+        self.evidence = evidence;
+        self
+    }
+}
+
+/// `GET /v1/doctor`: what the host found about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorReport {
+    pub host: String,
+    pub version: String,
+    /// The host's clock when it answered (ms since the epoch).
+    pub now_ms: i64,
+    pub findings: Vec<Finding>,
 }

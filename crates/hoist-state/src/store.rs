@@ -251,6 +251,16 @@ impl State {
             .optional()?)
     }
 
+    /// The finished operations of `app`, oldest first (what a rollback reads to find the
+    /// migrations it would cross).
+    pub fn operations_of(&self, app: &str) -> Result<Vec<Operation>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "{OP_SELECT} WHERE app = ?1 AND result != 'running' ORDER BY id"
+        ))?;
+        let rows = stmt.query_map(params![app], operation_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Operations never finished: what a restarted agent must resolve.
     pub fn unfinished_operations(&self) -> Result<Vec<Operation>> {
         let mut stmt = self

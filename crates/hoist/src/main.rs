@@ -51,6 +51,10 @@ enum Command {
     Logs(cmd::status::LogsArgs),
     /// What happened on the host: exits, health changes, crash loops, deploys
     Events(cmd::status::EventsArgs),
+    /// Grade the app file (and its hosts) for production readiness: pass, warn or fail
+    Review(cmd::readiness::ReviewArgs),
+    /// Diagnose live hosts: disk, ports, crash loops, certificates, backups, clocks
+    Doctor(cmd::readiness::DoctorArgs),
     /// Every domain served over HTTPS: issuer, expiry, source and last renewal
     Certs(cmd::certs::CertsArgs),
     /// Firing alerts and recent deliveries; `alerts test` sends a test notification,
@@ -127,6 +131,8 @@ fn main() -> ExitCode {
         Command::Releases(args) => cmd::status::run_releases(args),
         Command::Logs(args) => cmd::status::run_logs(args),
         Command::Events(args) => cmd::status::run_events(args),
+        Command::Review(args) => cmd::readiness::run_review(args),
+        Command::Doctor(args) => cmd::readiness::run_doctor(args),
         Command::Certs(args) => cmd::certs::run(args),
         Command::Alerts(args) => cmd::alerts::run(args),
         Command::Start(args) => cmd::service::run_service("start", args),

@@ -223,7 +223,7 @@ fn sigkill_at_every_rollback_step_recovers_to_a_consistent_state() {
                 .display()
                 .to_string();
             kill_at(&mut host, &point, |h| {
-                spawn_cli(h, &["rollback", "-c", &cfg])
+                spawn_cli(h, &["rollback", "--keep-data", "-c", &cfg])
             });
             check_consistent(&host, &point);
             release_lease(&host, &cfg);

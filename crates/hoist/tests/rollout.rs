@@ -115,7 +115,7 @@ fn run(
     let report = rt.block_on(async move {
         match artifact {
             Some(a) => fleet.deploy(spec, a).await,
-            None => fleet.rollback(spec, None).await,
+            None => fleet.rollback(spec, None, None).await,
         }
     });
     let mut events = Vec::new();

@@ -49,6 +49,12 @@ pub struct RollbackArgs {
     pub release: Option<String>,
     #[arg(long)]
     pub json: bool,
+    /// Across a migration: restore the backup taken before it, in the same operation
+    #[arg(long, conflicts_with = "keep_data")]
+    pub with_backup: bool,
+    /// Across a migration: roll the code back only, on the migrated data (recorded)
+    #[arg(long)]
+    pub keep_data: bool,
 }
 
 pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
@@ -87,9 +93,16 @@ pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let data = if args.with_backup {
+        Some(hoist_protocol::agent::RollbackData::WithBackup)
+    } else if args.keep_data {
+        Some(hoist_protocol::agent::RollbackData::KeepData)
+    } else {
+        None
+    };
     let agents = || {
         drive(&loaded, args.json, false, |fleet| async move {
-            fleet.rollback(&spec, release).await
+            fleet.rollback(&spec, release, data).await
         })
     };
     match files {
@@ -333,6 +346,18 @@ where
     let report = report.map_err(|e| {
         let exit = match e {
             FleetError::WrongApp { .. } => Exit::Usage,
+            FleetError::CrossesMigration { .. } => {
+                return crate::exit::WithExit {
+                    exit: Exit::Usage,
+                    error: anyhow::Error::new(e),
+                    hint: Some(
+                        "`--with-backup` restores that backup as part of the rollback; \
+                         `--keep-data` rolls back the code only, on the migrated data"
+                            .into(),
+                    ),
+                }
+                .into();
+            }
             _ => Exit::Failed,
         };
         with_exit(exit, anyhow::Error::new(e))

@@ -15,6 +15,7 @@ pub mod init;
 pub mod maintenance;
 pub mod proxy;
 pub mod run;
+pub mod readiness;
 pub mod secrets;
 pub mod service;
 pub mod setup;

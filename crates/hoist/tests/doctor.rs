@@ -1,0 +1,420 @@
+//! `hoist doctor` and `hoist review` against a real agent: every host-local finding is
+//! produced for real on a test host — a full tmpfs root, its inodes exhausted, an
+//! instance port taken by another process (which crash-loops the instance), a failing
+//! health check, a leftover process no release owns, a certificate made with openssl
+//! that is about to expire — and each goes back to clean. A host that does not answer
+//! is found by the CLI. Clock skew and agent versions cannot differ on one kernel and one
+//! build; they are tested over faked answers in `hoist-fleet::doctor`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{text, Host};
+use hoist_testkit::{free_port, testapp_bin, wait_until, ChildGuard};
+
+fn cfg(project: &Path) -> String {
+    project.join("hoist.toml").display().to_string()
+}
+
+/// `hoist doctor --json`: (exit code, findings).
+fn doctor(h: &Host, project: &Path) -> (i32, Vec<serde_json::Value>) {
+    let out = h.hoist(&["doctor", "--json", "-c", &cfg(project)]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", text(&out.stdout), text(&out.stderr)));
+    (out.status.code().unwrap(), v.as_array().unwrap().clone())
+}
+
+fn finding<'a>(all: &'a [serde_json::Value], id: &str) -> &'a serde_json::Value {
+    all.iter()
+        .find(|f| f["id"] == id)
+        .unwrap_or_else(|| panic!("no `{id}` in {all:#?}"))
+}
+
+fn status_of(all: &[serde_json::Value], id: &str) -> String {
+    finding(all, id)["status"].as_str().unwrap().to_string()
+}
+
+/// Waits until doctor's `id` has `want`; returns the findings then.
+fn until(h: &Host, project: &Path, id: &str, want: &str) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let last = doctor(h, project).1;
+        if status_of(&last, id) == want {
+            return last;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`{id}` never became {want}: {last:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(out.status.success(), "{cmd}: {}", text(&out.stderr));
+    text(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn each_host_finding_is_produced_for_real_and_then_clean() {
+    let h = Host::on_tmpfs("48m");
+    let project = h.project("v1", "", "[backups.db]\nsqlite = \"app.db\"\n");
+    let out = h.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let db = h.root.join("data/demo/app.db");
+    sh(&format!(
+        "sqlite3 {} 'CREATE TABLE t (x); INSERT INTO t VALUES (1);'",
+        db.display()
+    ));
+
+    // A backup never verified is a warning (exit 0); verified, every finding passes.
+    let out = h.hoist(&["backup", "db", "-c", &cfg(&project)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (code, all) = doctor(&h, &project);
+    assert_eq!(status_of(&all, "backups.stale"), "warn", "{all:#?}");
+    assert_eq!(code, 0, "warnings alone exit 0");
+    let out = h.hoist(&["backup", "verify", "db", "-c", &cfg(&project)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (code, all) = doctor(&h, &project);
+    let not: Vec<&serde_json::Value> = all.iter().filter(|f| f["status"] != "pass").collect();
+    assert!(not.is_empty(), "the clean host: {not:#?}");
+    assert_eq!(code, 0);
+    for id in [
+        "disk.space",
+        "disk.inodes",
+        "ports.taken",
+        "services.crash_loop",
+        "services.health",
+        "certs.expiry",
+        "backups.stale",
+        "state.integrity",
+        "processes.stray",
+        "hosts.unreachable",
+        "clock.skew",
+        "agents.versions",
+    ] {
+        let f = finding(&all, id);
+        let page = f["runbook"].as_str().unwrap();
+        assert_eq!(page, format!("docs/runbook/{id}.md"));
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        assert!(root.join(page).is_file(), "runbook page {page} exists");
+    }
+
+    // A leftover process carrying this root's marker that no release owns.
+    let stray = ChildGuard::spawn(
+        Command::new("sleep")
+            .arg("600")
+            .env("HOIST_RUN_DIR", h.root.join("run"))
+            .env("HOIST_INSTANCE", "demo-web-00000000-9"),
+    )
+    .unwrap();
+    let (code, all) = doctor(&h, &project);
+    let f = finding(&all, "processes.stray");
+    assert_eq!(f["status"], "fail", "{f}");
+    assert!(
+        f["evidence"][0]
+            .as_str()
+            .unwrap()
+            .contains(&format!("pid {}", stray.pid())),
+        "{f}"
+    );
+    assert_eq!(code, 1);
+    drop(stray);
+    until(&h, &project, "processes.stray", "pass");
+
+    // The tmpfs root nearly full.
+    let filler = h.root.join("filler");
+    let free_kib: u64 = sh(&format!(
+        "df -k --output=avail {} | tail -1",
+        h.root.display()
+    ))
+    .parse()
+    .unwrap();
+    sh(&format!(
+        "head -c {}K /dev/zero > {}",
+        free_kib.saturating_sub(512),
+        filler.display()
+    ));
+    let (code, all) = doctor(&h, &project);
+    let f = finding(&all, "disk.space");
+    assert_eq!(f["status"], "fail", "{f}");
+    assert_eq!(code, 1);
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(status_of(&doctor(&h, &project).1, "disk.space"), "pass");
+
+    // Its inodes exhausted: the tmpfs is remounted with room for a few more, then filled.
+    let inodes: Vec<u64> = sh(&format!("stat -f -c '%c %d' {}", h.root.display()))
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let used = inodes[0] - inodes[1];
+    sh(&format!(
+        "mount -o remount,nr_inodes={} {}",
+        used + 300,
+        h.root.display()
+    ));
+    let many = h.root.join("many");
+    std::fs::create_dir_all(&many).unwrap();
+    for i in 0.. {
+        if std::fs::write(many.join(i.to_string()), b"").is_err() {
+            break;
+        }
+    }
+    let (_, all) = doctor(&h, &project);
+    let f = finding(&all, "disk.inodes");
+    assert_eq!(f["status"], "fail", "{f}");
+    std::fs::remove_dir_all(&many).unwrap();
+    sh(&format!(
+        "mount -o remount,nr_inodes=1000000 {}",
+        h.root.display()
+    ));
+    assert_eq!(status_of(&doctor(&h, &project).1, "disk.inodes"), "pass");
+
+    // An instance's port taken by another process while its app was down: the agent is
+    // frozen (SIGSTOP) so the port is taken before it restarts the instance there.
+    let st = h.status();
+    let inst = st["apps"][0]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["service"] == "web")
+        .unwrap()
+        .clone();
+    let port = inst["port"].as_u64().unwrap() as u16;
+    let app_pid = inst["pid"].as_u64().unwrap() as i32;
+    let agent_pid = nix::unistd::Pid::from_raw(h.agent.as_ref().unwrap().pid() as i32);
+    use nix::sys::signal::{kill, Signal};
+    kill(agent_pid, Signal::SIGSTOP).unwrap();
+    kill(nix::unistd::Pid::from_raw(app_pid), Signal::SIGKILL).unwrap();
+    let mut taken = None;
+    let bound = wait_until(Duration::from_secs(10), || {
+        taken = std::net::TcpListener::bind(("127.0.0.1", port)).ok();
+        taken.is_some()
+    });
+    kill(agent_pid, Signal::SIGCONT).unwrap();
+    bound.expect("the port is free once its app is dead");
+    let holder = taken.unwrap();
+    let all = until(&h, &project, "services.crash_loop", "fail");
+    let f = finding(&all, "ports.taken");
+    assert_eq!(f["status"], "fail", "{f}");
+    let me = std::process::id();
+    assert!(
+        f["evidence"][0]
+            .as_str()
+            .unwrap()
+            .contains(&format!("port {port}"))
+            && f["evidence"][0]
+                .as_str()
+                .unwrap()
+                .contains(&format!("pid {me}")),
+        "{f}"
+    );
+    let looping = finding(&all, "services.crash_loop");
+    let evidence: Vec<&str> = looping["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(
+        evidence
+            .iter()
+            .any(|e| e.contains(inst["instance"].as_str().unwrap())),
+        "{looping}"
+    );
+    assert!(evidence.len() > 1, "with its last log lines: {looping}");
+    // The text output links the runbook page.
+    let out = h.hoist(&["doctor", "-c", &cfg(&project)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("docs/runbook/ports.taken.md"),
+        "{}",
+        text(&out.stdout)
+    );
+    drop(holder);
+    until(&h, &project, "services.crash_loop", "pass");
+    assert_eq!(status_of(&doctor(&h, &project).1, "ports.taken"), "pass");
+
+    // A health check that starts failing after the deploy.
+    let sick = h.project("v2", "", "[backups.db]\nsqlite = \"app.db\"\n");
+    let toml = std::fs::read_to_string(sick.join("hoist.toml"))
+        .unwrap()
+        .replace(" serve\"", " serve --health-pass-then-fail 30\"");
+    std::fs::write(sick.join("hoist.toml"), toml).unwrap();
+    let out = h.deploy(&sick);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let all = until(&h, &sick, "services.health", "fail");
+    assert!(!finding(&all, "services.health")["evidence"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // The agent gone: the host does not answer.
+    let mut h = h;
+    h.kill_agent();
+    let (code, all) = doctor(&h, &project);
+    assert_eq!(status_of(&all, "hosts.unreachable"), "fail", "{all:#?}");
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn a_certificate_made_with_openssl_that_expires_soon_then_has_expired_is_found() {
+    let https = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let h = Host::with_agent_args(&["--https", &https.to_string()]);
+    let dir = h.dir.join("certs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("doc.crt"), dir.join("doc.key"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args([
+            "-subj",
+            "/CN=doc.test",
+            "-addext",
+            "subjectAltName=DNS:doc.test",
+            "-days",
+            "3",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs (scripts/test.sh installs it)");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let project = h.dir.join("tls");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(project.join("VERSION"), "tls").unwrap();
+    std::fs::write(
+        project.join("hoist.toml"),
+        format!(
+            r#"app = "doc"
+
+[build]
+include = ["VERSION"]
+
+[services.web]
+command = "{bin} serve"
+stop_timeout = "5s"
+http = {{ domains = ["doc.test"], health = {{ path = "/health", interval = "100ms", healthy_threshold = 2, min_healthy = "200ms" }}, drain_timeout = "2s", tls = {{ cert = "{cert}", key = "{key}" }} }}
+
+[[hosts]]
+name = "local"
+roles = ["web"]
+"#,
+            bin = testapp_bin().display(),
+            cert = cert.display(),
+            key = key.display()
+        ),
+    )
+    .unwrap();
+    let out = h.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (code, all) = doctor(&h, &project);
+    let f = finding(&all, "certs.expiry");
+    assert_eq!(f["status"], "warn", "{f}");
+    assert!(
+        f["evidence"][0].as_str().unwrap().contains("doc.test"),
+        "{f}"
+    );
+    // A warning alone exits 0 (this root is on the machine's disk, whose free space the
+    // test does not control: a failing `disk.space` there would rightly exit 1).
+    let failing: Vec<&serde_json::Value> = all.iter().filter(|f| f["status"] == "fail").collect();
+    assert_eq!(code, i32::from(!failing.is_empty()), "{failing:#?}");
+    assert!(
+        failing.iter().all(|f| f["id"] == "disk.space"),
+        "{failing:#?}"
+    );
+    // The file replaced by one that has expired (made by openssl under faketime): the
+    // proxy keeps serving its copy, and doctor fails on the file on disk.
+    let out = Command::new("faketime")
+        .arg("2020-01-01 00:00:00")
+        .args([
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args([
+            "-subj",
+            "/CN=doc.test",
+            "-addext",
+            "subjectAltName=DNS:doc.test",
+            "-days",
+            "1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("faketime runs (scripts/test.sh installs it)");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (code, all) = doctor(&h, &project);
+    let f = finding(&all, "certs.expiry");
+    assert_eq!(f["status"], "fail", "{f}");
+    assert!(
+        f["evidence"][0].as_str().unwrap().contains("2020-01-02"),
+        "{f}"
+    );
+    assert_eq!(code, 1);
+    // review sees the same host: the scorecard's live part answers.
+    let out = h.hoist(&["review", "--json", "-c", &cfg(&project)]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tls = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "security.tls")
+        .unwrap();
+    assert_eq!(tls["status"], "pass", "{tls}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "alerts routed nowhere fail: {v}"
+    );
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let h = Host::new();
+    let project = h.project("v1", "", "");
+    // An invalid app file: review and doctor refuse it with exit 2 and a diagnostic.
+    let bad = h.dir.join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(
+        bad.join("hoist.toml"),
+        "app = \"x\"\n[services.web]\nreplicas = 2\n",
+    )
+    .unwrap();
+    for cmd in ["review", "doctor"] {
+        let out = h.hoist(&[cmd, "-c", &cfg(&bad)]);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("command"),
+            "{cmd}: {}",
+            text(&out.stderr)
+        );
+    }
+    // A host the app file does not name.
+    let out = h.hoist(&["doctor", "--host", "nosuch", "-c", &cfg(&project)]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // An unknown flag.
+    let out = h.hoist(&["review", "--nosuch", "-c", &cfg(&project)]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
