@@ -590,13 +590,8 @@ impl Agent {
             cur.as_ref()
                 .is_some_and(|c| c.release == r || c.standby.as_deref() == Some(r))
         };
-        let running: std::collections::HashSet<String> = self
-            .rt()
-            .instances
-            .values()
-            .filter(|l| l.row.app == app)
-            .map(|l| l.row.release.clone())
-            .collect();
+        // Read again below, under the lock, when the doomed releases are marked.
+        let running = self.rt().releases_in_use(app);
         let served: std::collections::HashSet<String> = self
             .db(|s| s.history(Some(app), 10_000))
             .unwrap_or_default()
@@ -629,15 +624,30 @@ impl Agent {
                 left -= 1;
             }
         }
+        // A job run may have started in one of them since the list was made: under the
+        // runtime's lock, drop those still in use and mark the rest, so that no run starts
+        // in a tree being removed (a run checks the mark under the same lock).
+        {
+            let mut rt = self.rt();
+            let used = rt.releases_in_use(app);
+            doomed.retain(|r| !used.contains(r));
+            for r in &doomed {
+                rt.pruning.insert((app.to_string(), r.clone()));
+            }
+        }
         for release in &doomed {
             let dir = self.paths.release_dir(app, release);
-            if let Err(e) = hoist_artifact::remove_tree(&dir) {
+            let removed = hoist_artifact::remove_tree(&dir);
+            if let Err(e) = &removed {
                 tracing::warn!(app, release = %release, error = %e, "cannot remove a pruned release tree");
-                continue;
+            } else {
+                let forgot = self.db(|s| s.delete_release(app, release));
+                self.noted(Some(app), "forget a pruned release", forgot);
+                tracing::info!(app, release = %release, "release pruned");
             }
-            let forgot = self.db(|s| s.delete_release(app, release));
-            self.noted(Some(app), "forget a pruned release", forgot);
-            tracing::info!(app, release = %release, "release pruned");
+            self.rt()
+                .pruning
+                .remove(&(app.to_string(), release.clone()));
         }
         if doomed.is_empty() {
             return;

@@ -107,6 +107,8 @@ pub struct Agent {
     pub(crate) tls: tls::Keeper,
     /// The alert evaluator's memory (see `alerts.rs`).
     pub(crate) alerts: Mutex<alerts::Engine>,
+    /// Ports for new web instances (see [`runtime::Ports`]).
+    pub(crate) ports: runtime::Ports,
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
@@ -198,6 +200,7 @@ impl Agent {
             stop: tokio::sync::Notify::new(),
             tls: tls::Keeper::default(),
             alerts: Mutex::new(Default::default()),
+            ports: Default::default(),
             _lock: lock,
         }))
     }
@@ -384,6 +387,7 @@ async fn loops(agent: Arc<Agent>) {
     let mut n: u64 = 0;
     let mut pruned_at: Option<std::time::Instant> = None;
     let mut alerting: Option<tokio::task::JoinHandle<()>> = None;
+    let mut scheduling: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tick.tick().await;
         n += 1;
@@ -397,7 +401,13 @@ async fn loops(agent: Arc<Agent>) {
         }
         if n % 5 == 0 {
             agent.housekeeping().await;
-            agent.schedule_jobs().await;
+            // Jobs in their own task, like alerts: 180 due runs are 180 shim spawns,
+            // seconds of work that must not hold up supervision. A pass still running
+            // (a slow spawn) is not started twice; its due jobs wait for the next.
+            if scheduling.as_ref().is_none_or(|t| t.is_finished()) {
+                let agent = agent.clone();
+                scheduling = Some(tokio::spawn(async move { agent.schedule_jobs().await }));
+            }
             agent.schedule_backups().await;
         }
         // Alerts every 2 s, in their own task: a slow proxy answer must not hold up

@@ -113,6 +113,34 @@ pub struct Runtime {
     /// App → its maintenance message, for apps in maintenance (saved in
     /// `<root>/maintenance.json`, and in the proxy's table through the routes).
     pub maintenance: BTreeMap<String, String>,
+    /// (app, release) → job runs being spawned in it right now: pruning keeps its tree.
+    pub starting: HashMap<(String, String), usize>,
+    /// (app, release) whose tree a prune is removing: no run may start in it.
+    pub pruning: std::collections::HashSet<(String, String)>,
+}
+
+impl Runtime {
+    /// The releases of `app` that something lives in: an instance, a job run, or a run
+    /// being started. Pruning never removes their trees.
+    pub fn releases_in_use(&self, app: &str) -> std::collections::HashSet<String> {
+        let mut used: std::collections::HashSet<String> = self
+            .instances
+            .values()
+            .filter(|l| l.row.app == app)
+            .map(|l| l.row.release.clone())
+            .collect();
+        for ((a, _), slot) in &self.jobs {
+            if let Some(r) = slot.running.as_ref().filter(|_| a == app) {
+                used.insert(r.release.clone());
+            }
+        }
+        for ((a, release), n) in &self.starting {
+            if a == app && *n > 0 {
+                used.insert(release.clone());
+            }
+        }
+        used
+    }
 }
 
 /// The proxy's guards of one web service: its `http` guards, the app's maintenance
@@ -179,11 +207,50 @@ pub fn instance_id(app: &str, service: &str, release: &str, slot: u32) -> String
     format!("{app}-{service}-{short}-{slot}")
 }
 
-/// A port that was free a moment ago on loopback, for a new web instance.
-pub fn free_port() -> std::io::Result<u16> {
+/// A port that was free a moment ago on loopback.
+fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// Hands out loopback ports to new web instances. "Free now" is not enough: the kernel
+/// gives the same port to two `bind(0)`s in a row once the first socket is closed, and an
+/// instance that is still starting, or waits out a restart delay, holds its port without
+/// listening on it. So a port is also never one assigned to an instance the agent keeps,
+/// nor one handed out in the last minute (its instance's row may not be kept yet); one
+/// lock makes two deploys at once draw from the same list.
+#[derive(Default)]
+pub struct Ports {
+    recent: std::sync::Mutex<std::collections::VecDeque<(u16, Instant)>>,
+}
+
+impl Ports {
+    /// How long a handed-out port stays reserved without an instance row.
+    const HOLD: Duration = Duration::from_secs(60);
+
+    /// A free port, not in `assigned` (the ports of the instances the agent keeps).
+    pub fn allocate(&self, assigned: &std::collections::HashSet<u16>) -> std::io::Result<u16> {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        while recent
+            .front()
+            .is_some_and(|(_, t)| now.saturating_duration_since(*t) > Self::HOLD)
+        {
+            recent.pop_front();
+        }
+        for _ in 0..64 {
+            let port = free_port()?;
+            if !assigned.contains(&port) && !recent.iter().any(|(p, _)| *p == port) {
+                recent.push_back((port, now));
+                return Ok(port);
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "every port the kernel offered is already assigned",
+        ))
+    }
 }
 
 impl Agent {
@@ -782,7 +849,17 @@ impl Agent {
                         svc.effective_health().map(|h| &h.kind),
                         Some(HealthKind::Http { .. } | HealthKind::Tcp)
                     ) {
-                    Some(free_port().map_err(|e| format!("cannot find a free port: {e}"))?)
+                    let assigned: std::collections::HashSet<u16> = self
+                        .rt()
+                        .instances
+                        .values()
+                        .filter_map(|l| l.row.port)
+                        .collect();
+                    Some(
+                        self.ports
+                            .allocate(&assigned)
+                            .map_err(|e| format!("cannot find a free port: {e}"))?,
+                    )
                 } else {
                     None
                 };
@@ -835,4 +912,32 @@ fn jitter_unit(id: &str) -> f64 {
         h = (h ^ b as u64).wrapping_mul(1099511628211);
     }
     (h % 1000) as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The soak's "an upstream address is listed twice": ports handed out at once (two
+    /// deploys, two slots of one service) must all differ, though none is listened on.
+    #[test]
+    fn ports_allocated_concurrently_are_all_different() {
+        let ports = Arc::new(Ports::default());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let ports = ports.clone();
+                std::thread::spawn(move || {
+                    (0..1000)
+                        .map(|_| ports.allocate(&Default::default()).unwrap())
+                        .collect::<Vec<u16>>()
+                })
+            })
+            .collect();
+        let all: Vec<u16> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        let distinct: std::collections::HashSet<u16> = all.iter().copied().collect();
+        assert_eq!(distinct.len(), all.len(), "a port was handed out twice");
+    }
 }
