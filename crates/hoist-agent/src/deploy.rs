@@ -333,7 +333,8 @@ impl Agent {
             self.materialise(&app, release).await
         })
         .await?;
-        std::fs::create_dir_all(self.paths.data_dir(&app))
+        self.paths
+            .give_data_dir(&app, self.apps_user.as_ref().map(|u| (u.uid, u.gid)))
             .map_err(|e| Failure::new(format!("cannot create the data dir: {e}")))?;
         if kind == Kind::Deploy {
             o.step("preflight", async {
@@ -758,7 +759,12 @@ impl Agent {
         if let Some(url) = url {
             env.push(("HOIST_URL".into(), url.to_string()));
         }
-        let mut child = tokio::process::Command::new("/bin/sh")
+        let mut sh = tokio::process::Command::new("/bin/sh");
+        // Hooks run as the apps do (std drops the supplementary groups on the way).
+        if let Some(u) = &self.apps_user {
+            sh.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+        }
+        let mut child = sh
             .arg("-c")
             .arg(format!("exec 2>&1; {command}"))
             .current_dir(dir)

@@ -228,7 +228,7 @@ impl Agent {
             env,
             stop_signal: hoist_supervisor::Signal::SIGTERM,
             stop_timeout: Duration::from_secs(5),
-            user: None,
+            user: self.run_as(None),
             log_dir: self.paths.logs(app),
             log_max_bytes: 10 * 1024 * 1024,
             log_keep: 2,

@@ -50,6 +50,23 @@ pub struct AgentConfig {
     pub retention: Retention,
     /// Where `/metrics` is served (Prometheus text, bearer token required).
     pub metrics: Option<SocketAddr>,
+    /// The user instances, jobs and hooks run as when their service names none. `None`:
+    /// [`DEFAULT_APPS_USER`] when the agent runs as root and that user exists, else the
+    /// agent's own user. Naming the agent's own user (`root`) keeps apps beside the
+    /// agent and the proxy, as the operator's explicit choice.
+    pub apps_user: Option<String>,
+}
+
+/// The system user `hoist setup` creates for apps: a root agent runs them as it, so an
+/// app never has the proxy's (or the agent's) uid unless the operator asks.
+pub const DEFAULT_APPS_USER: &str = "hoist-apps";
+
+/// The user apps run as, resolved when the agent starts.
+#[derive(Debug, Clone)]
+pub(crate) struct AppsUser {
+    pub name: String,
+    pub uid: nix::unistd::Uid,
+    pub gid: nix::unistd::Gid,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +93,10 @@ pub enum AgentError {
     Exe(#[source] std::io::Error),
     #[error(transparent)]
     Proxy(#[from] proxyctl::ProxyError),
+    #[error(
+        "the apps' user `{user}` does not exist on this host (`hoist setup` creates `hoist-apps`)"
+    )]
+    NoAppsUser { user: String },
     #[error("cannot serve metrics on `{addr}`")]
     Metrics {
         addr: SocketAddr,
@@ -109,6 +130,8 @@ pub struct Agent {
     pub(crate) alerts: Mutex<alerts::Engine>,
     /// Ports for new web instances (see [`runtime::Ports`]).
     pub(crate) ports: runtime::Ports,
+    /// Who apps run as when it is not the agent's own user (see [`AgentConfig::apps_user`]).
+    pub(crate) apps_user: Option<AppsUser>,
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
@@ -143,6 +166,16 @@ impl Agent {
             path: config.root.clone(),
             source,
         })?;
+        let apps_user = resolve_apps_user(config.apps_user.as_deref())?;
+        if let Some(u) = &apps_user {
+            paths
+                .share_with_apps(u.gid)
+                .map_err(|source| AgentError::Root {
+                    path: config.root.clone(),
+                    source,
+                })?;
+            tracing::info!(user = %u.name, uid = %u.uid, "apps run as their own user");
+        }
         let boot = new_boot_id();
         tracing::info!(root = %config.root.display(), boot = %boot, "agent starting");
         let exe = match std::env::var_os("HOIST_EXE") {
@@ -201,6 +234,7 @@ impl Agent {
             tls: tls::Keeper::default(),
             alerts: Mutex::new(Default::default()),
             ports: Default::default(),
+            apps_user,
             _lock: lock,
         }))
     }
@@ -545,6 +579,35 @@ pub(crate) fn failpoint(step: &str, phase: &str) {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }
     }
+}
+
+/// The user apps run as, if not the agent's own (see [`AgentConfig::apps_user`]).
+fn resolve_apps_user(named: Option<&str>) -> Result<Option<AppsUser>, AgentError> {
+    let me = nix::unistd::geteuid();
+    let name = match named {
+        Some(n) => n.to_string(),
+        None if me.is_root() => DEFAULT_APPS_USER.to_string(),
+        None => return Ok(None),
+    };
+    let found = nix::unistd::User::from_name(&name).ok().flatten();
+    let Some(user) = found else {
+        if named.is_some() {
+            return Err(AgentError::NoAppsUser { user: name });
+        }
+        tracing::warn!(
+            user = %name,
+            "apps run as root, the agent's and the proxy's user: create the system user `{name}` (`hoist setup` does) or name one with `apps_user`"
+        );
+        return Ok(None);
+    };
+    if user.uid == me {
+        return Ok(None);
+    }
+    Ok(Some(AppsUser {
+        name,
+        uid: user.uid,
+        gid: user.gid,
+    }))
 }
 
 fn new_boot_id() -> String {

@@ -292,6 +292,14 @@ impl Agent {
         Ok(env.into_iter().collect())
     }
 
+    /// The user a process of an app runs as: its service's `user`, else the apps' user
+    /// (none: the agent's own).
+    pub(crate) fn run_as(&self, service_user: Option<&String>) -> Option<String> {
+        service_user
+            .cloned()
+            .or_else(|| self.apps_user.as_ref().map(|u| u.name.clone()))
+    }
+
     /// Builds the in-memory instance for `row` of `spec`.
     pub(crate) fn live_for(&self, spec: &AppSpec, row: InstanceRow) -> Result<Live, String> {
         let svc = spec
@@ -316,7 +324,7 @@ impl Agent {
             stop_signal: hoist_supervisor::Signal::try_from(svc.stop_signal.number())
                 .unwrap_or(hoist_supervisor::Signal::SIGTERM),
             stop_timeout: svc.stop_timeout,
-            user: svc.user.clone(),
+            user: self.run_as(svc.user.as_ref()),
             log_dir: self.paths.logs(&row.app),
             log_max_bytes: 10 * 1024 * 1024,
             log_keep: 5,

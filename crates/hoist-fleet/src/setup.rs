@@ -26,6 +26,8 @@ proxy = \"0.0.0.0:80\"\n\
 https = \"0.0.0.0:443\"\n";
 
 const AGENT_TOML: &str = "/etc/hoist/agent.toml";
+/// The user apps run as (the agent's default when it runs as root).
+const APPS_USER: &str = "hoist-apps";
 const UNIT: &str = "/etc/systemd/system/hoist-agent.service";
 /// How long a started agent gets to answer.
 const ANSWER_DEADLINE: Duration = Duration::from_secs(30);
@@ -48,7 +50,7 @@ pub enum ActionState {
 /// One step of the setup and what it did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Action {
-    /// `binary`, `directories`, `config`, `user`, `agent`.
+    /// `binary`, `directories`, `config`, `apps-user`, `user`, `agent`.
     pub name: &'static str,
     pub state: ActionState,
     pub detail: String,
@@ -267,10 +269,10 @@ pub async fn setup_host(
             &[
                 "sh",
                 "-c",
-                "set -e; c=unchanged; for d in /var/lib/hoist:700 /run/hoist:755 /etc/hoist:755; do \
-                 p=${d%:*}; m=${d#*:}; \
+                "set -e; c=unchanged; for d in /var/lib/hoist:700:711 /run/hoist:755:755 /etc/hoist:755:755; do \
+                 p=${d%%:*}; m=${d#*:}; m2=${m#*:}; m=${m%:*}; \
                  if [ ! -d \"$p\" ]; then mkdir -p -m \"$m\" \"$p\"; c=changed; \
-                 elif [ \"$(stat -c %a \"$p\")\" != \"$m\" ]; then chmod \"$m\" \"$p\"; c=changed; fi; \
+                 else a=$(stat -c %a \"$p\"); if [ \"$a\" != \"$m\" ] && [ \"$a\" != \"$m2\" ]; then chmod \"$m\" \"$p\"; c=changed; fi; fi; \
                  done; echo $c",
             ],
             None,
@@ -281,7 +283,9 @@ pub async fn setup_host(
         Action {
             name: "directories",
             state: parse_state(&dirs.stdout),
-            detail: "`/var/lib/hoist` (0700), `/run/hoist`, `/etc/hoist`".into(),
+            // 0711 once the agent runs apps as their own user: passable, not listable.
+            detail: "`/var/lib/hoist` (0700, or the agent's 0711), `/run/hoist`, `/etc/hoist`"
+                .into(),
         },
         &mut actions,
     );
@@ -306,6 +310,31 @@ pub async fn setup_host(
             name: "config",
             state: parse_state(&config.stdout),
             detail: format!("`{AGENT_TOML}`"),
+        },
+        &mut actions,
+    );
+
+    // The apps' own user: a root agent runs instances, jobs and hooks as it, never as
+    // itself or the proxy (the host config's `apps_user` names another, or `root`).
+    let out = remote
+        .run(
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "if id -u {APPS_USER} >/dev/null 2>&1; then echo unchanged; else \
+                     useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin {APPS_USER} && echo changed; fi"
+                ),
+            ],
+            None,
+        )
+        .await
+        .map_err(|e| step_err("creating the apps' user", e))?;
+    record(
+        Action {
+            name: "apps-user",
+            state: parse_state(&out.stdout),
+            detail: format!("system user `{APPS_USER}`, which apps run as"),
         },
         &mut actions,
     );

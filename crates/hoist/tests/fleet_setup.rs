@@ -147,6 +147,12 @@ fn setup_from_scratch_then_no_change_then_an_upgrade() {
     assert_eq!(hosts.len(), 3);
     let local_sha = sha256(&hoist_bin());
     let local_shim_sha = sha256(&hoist_bin().with_file_name("hoist-shim"));
+    let machine_has_apps_user = Command::new("id")
+        .args(["-u", "hoist-apps"])
+        .output()
+        .unwrap()
+        .status
+        .success();
     let mut first_pids = Vec::new();
     for (i, h) in hosts.iter().enumerate() {
         assert_eq!(h["host"], format!("h{}", i + 1));
@@ -164,8 +170,11 @@ fn setup_from_scratch_then_no_change_then_an_upgrade() {
         // The small shim beside it, the same build: the agent's instances use it.
         let shim = text(&fleet.exec(i, "sha256sum /usr/local/bin/hoist-shim").stdout);
         assert!(shim.starts_with(&local_shim_sha), "{shim}");
+        // The apps' user exists on the host (its own /etc), not on this machine.
+        assert!(fleet.exec(i, "id -u hoist-apps").status.success());
         assert!(
-            installed.contains("\n700\n")
+            // 0711: the agent lets the apps' user pass (#12).
+            installed.contains("\n711\n")
                 && installed.contains("proxy = \"0.0.0.0:80\"")
                 && installed.contains("https = \"0.0.0.0:443\""),
             "{installed}"
@@ -177,6 +186,16 @@ fn setup_from_scratch_then_no_change_then_an_upgrade() {
         .unwrap_or_else(|e| panic!("no proxy on port 80 of h{}: {e}", i + 1));
         first_pids.push(h["report"]["agent_pid"].as_u64().unwrap());
     }
+    let now_has = Command::new("id")
+        .args(["-u", "hoist-apps"])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert_eq!(
+        now_has, machine_has_apps_user,
+        "setup of a host created a user on this machine"
+    );
 
     // The agents outlive the ssh sessions that started them: setup closed its masters,
     // no sshd session is left, and each agent answers a new connection.
