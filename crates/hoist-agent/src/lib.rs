@@ -432,6 +432,7 @@ async fn loops(agent: Arc<Agent>) {
         if pruned_at.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
             pruned_at = Some(std::time::Instant::now());
             agent.apply_retention();
+            off_workers(trim_heap);
         }
         if n % 5 == 0 {
             agent.housekeeping().await;
@@ -608,6 +609,30 @@ fn resolve_apps_user(named: Option<&str>) -> Result<Option<AppsUser>, AgentError
         uid: user.uid,
         gid: user.gid,
     }))
+}
+
+/// Caps glibc's malloc arenas at two. Call it before the agent's runtime starts threads.
+///
+/// The soak showed why: the agent's live heap stays under 6 MB (heaptrack's peak, whatever
+/// the work), yet its RSS climbed from 13 to 40 MB in ten minutes. Every blocking-pool
+/// thread (state writes, shim spawns, 180 job starts a second) gets a malloc arena of its
+/// own, up to 16 on two cores, and each keeps the high-water mark of what passed through
+/// it. Two arenas, and [`trim_heap`] once a minute, keep RSS near the live heap.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before any thread.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Gives the memory malloc holds free (in every arena) back to the system.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes the arenas' own locks; it is safe from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn new_boot_id() -> String {

@@ -214,6 +214,21 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
+/// Where instance ports are drawn: below the kernel's ephemeral range, so an outgoing
+/// connection (the proxy's, a probe's, a client's) never takes a port between its
+/// allocation and the app's bind — the soak saw "Address already in use" from exactly
+/// that. `None` (draw from `bind(0)`) when the ephemeral range starts too low.
+fn instance_range() -> (Option<u16>, Option<u16>) {
+    let ephemeral_lo = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_lo < 12000 {
+        return (None, None);
+    }
+    (Some(ephemeral_lo - 10000), Some(ephemeral_lo))
+}
+
 /// Hands out loopback ports to new web instances. "Free now" is not enough: the kernel
 /// gives the same port to two `bind(0)`s in a row once the first socket is closed, and an
 /// instance that is still starting, or waits out a restart delay, holds its port without
@@ -239,8 +254,21 @@ impl Ports {
         {
             recent.pop_front();
         }
+        let (lo, hi) = instance_range();
         for _ in 0..64 {
-            let port = free_port()?;
+            let port = match (lo, hi) {
+                (Some(lo), Some(hi)) => {
+                    let mut r = [0u8; 2];
+                    let _ = getrandom::fill(&mut r);
+                    let port = lo + u16::from_ne_bytes(r) % (hi - lo);
+                    // Free now, or try another.
+                    if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+                        continue;
+                    }
+                    port
+                }
+                _ => free_port()?,
+            };
             if !assigned.contains(&port) && !recent.iter().any(|(p, _)| *p == port) {
                 recent.push_back((port, now));
                 return Ok(port);
@@ -947,5 +975,19 @@ mod tests {
             .collect();
         let distinct: std::collections::HashSet<u16> = all.iter().copied().collect();
         assert_eq!(distinct.len(), all.len(), "a port was handed out twice");
+    }
+
+    /// Soak finding: a port taken as the local end of an outgoing connection between its
+    /// allocation and the app's bind. Instance ports are never in the ephemeral range.
+    #[test]
+    fn instance_ports_are_below_the_ephemeral_range() {
+        let (Some(lo), Some(hi)) = instance_range() else {
+            panic!("this machine's ephemeral range starts too low for the test");
+        };
+        let ports = Ports::default();
+        for _ in 0..200 {
+            let p = ports.allocate(&Default::default()).unwrap();
+            assert!((lo..hi).contains(&p), "{p} is not in {lo}..{hi}");
+        }
     }
 }

@@ -194,6 +194,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         metrics: args.metrics.or(file.metrics),
         apps_user: args.apps_user.or(file.apps_user),
     };
+    hoist_agent::tune_allocator();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
