@@ -59,6 +59,14 @@ cleanup() {
     done
   done
   [ -n "${proxy_pid:-}" ] && kill -9 "$proxy_pid" 2>/dev/null || true
+  # Whatever else runs under this soak's directory (a proxy the agent started again, an
+  # agent under a wrapper): by pid, found by the directory in its arguments.
+  local c
+  for c in /proc/[0-9]*/cmdline; do
+    pid=${c#/proc/}; pid=${pid%/cmdline}
+    [ "$pid" = $$ ] && continue
+    if tr '\0' ' ' < "$c" 2>/dev/null | grep -qF -- "$work/"; then kill -9 "$pid" 2>/dev/null || true; fi
+  done
   if [ "${KEEP:-0}" = 1 ]; then echo "kept: $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
