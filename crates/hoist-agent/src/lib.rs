@@ -617,7 +617,8 @@ fn resolve_apps_user(named: Option<&str>) -> Result<Option<AppsUser>, AgentError
 /// the work), yet its RSS climbed from 13 to 40 MB in ten minutes. Every blocking-pool
 /// thread (state writes, shim spawns, 180 job starts a second) gets a malloc arena of its
 /// own, up to 16 on two cores, and each keeps the high-water mark of what passed through
-/// it. Two arenas, and [`trim_heap`] once a minute, keep RSS near the live heap.
+/// it. Two arenas, and [`trim_heap`] once a minute, bound that part (not shown yet to
+/// level RSS on its own: see ARCHITECTURE.md).
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; it is called before any thread.
