@@ -402,7 +402,8 @@ impl Agent {
             self.materialise(&app, release).await
         })
         .await?;
-        std::fs::create_dir_all(self.paths.data_dir(&app))
+        self.paths
+            .give_data_dir(&app, self.apps_user.as_ref().map(|u| (u.uid, u.gid)))
             .map_err(|e| Failure::new(format!("cannot create the data dir: {e}")))?;
         if kind == Kind::Deploy {
             o.step("preflight", async {
@@ -887,13 +888,8 @@ impl Agent {
             cur.as_ref()
                 .is_some_and(|c| c.release == r || c.standby.as_deref() == Some(r))
         };
-        let running: std::collections::HashSet<String> = self
-            .rt()
-            .instances
-            .values()
-            .filter(|l| l.row.app == app)
-            .map(|l| l.row.release.clone())
-            .collect();
+        // Read again below, under the lock, when the doomed releases are marked.
+        let running = self.rt().releases_in_use(app);
         let served: std::collections::HashSet<String> = self
             .db(|s| s.history(Some(app), 10_000))
             .unwrap_or_default()
@@ -926,15 +922,30 @@ impl Agent {
                 left -= 1;
             }
         }
+        // A job run may have started in one of them since the list was made: under the
+        // runtime's lock, drop those still in use and mark the rest, so that no run starts
+        // in a tree being removed (a run checks the mark under the same lock).
+        {
+            let mut rt = self.rt();
+            let used = rt.releases_in_use(app);
+            doomed.retain(|r| !used.contains(r));
+            for r in &doomed {
+                rt.pruning.insert((app.to_string(), r.clone()));
+            }
+        }
         for release in &doomed {
             let dir = self.paths.release_dir(app, release);
-            if let Err(e) = hoist_artifact::remove_tree(&dir) {
+            let removed = hoist_artifact::remove_tree(&dir);
+            if let Err(e) = &removed {
                 tracing::warn!(app, release = %release, error = %e, "cannot remove a pruned release tree");
-                continue;
+            } else {
+                let forgot = self.db(|s| s.delete_release(app, release));
+                self.noted(Some(app), "forget a pruned release", forgot);
+                tracing::info!(app, release = %release, "release pruned");
             }
-            let forgot = self.db(|s| s.delete_release(app, release));
-            self.noted(Some(app), "forget a pruned release", forgot);
-            tracing::info!(app, release = %release, "release pruned");
+            self.rt()
+                .pruning
+                .remove(&(app.to_string(), release.clone()));
         }
         if doomed.is_empty() {
             return;
@@ -1045,7 +1056,12 @@ impl Agent {
         if let Some(url) = url {
             env.push(("HOIST_URL".into(), url.to_string()));
         }
-        let mut child = tokio::process::Command::new("/bin/sh")
+        let mut sh = tokio::process::Command::new("/bin/sh");
+        // Hooks run as the apps do (std drops the supplementary groups on the way).
+        if let Some(u) = &self.apps_user {
+            sh.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+        }
+        let mut child = sh
             .arg("-c")
             .arg(format!("exec 2>&1; {command}"))
             .current_dir(dir)

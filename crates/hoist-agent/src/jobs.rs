@@ -19,10 +19,15 @@ use crate::Agent;
 pub struct JobSlot {
     pub next: Option<DateTime<Utc>>,
     pub running: Option<Running>,
+    /// A run is being started (its shim spawned outside the lock): a second start of the
+    /// same job in that window is refused like one during the run.
+    pub starting: bool,
 }
 
 pub struct Running {
     pub run_id: i64,
+    /// The release the run lives in: pruning keeps its tree until the run ends.
+    pub release: String,
     pub handle: hoist_supervisor::Instance,
     pub started: Instant,
     pub timeout: Duration,
@@ -34,38 +39,100 @@ pub fn run_instance(run_id: i64) -> String {
     format!("job-{run_id}")
 }
 
+/// How many due runs one scheduler pass starts at once: each start is a shim spawn (a
+/// fork, an exec and a handshake), so 180 due jobs take seconds however they are done,
+/// and they must not all wait on each other.
+const CONCURRENT_STARTS: usize = 8;
+
+/// Why a run did not start.
+pub(crate) enum RunError {
+    /// Its release is being (or was) pruned: the app's current release has moved on.
+    Pruned,
+    Other(String),
+}
+
+/// Holds a run's release (and its job's slot) while the run is being started; dropped,
+/// it lets go of both. The run, once started, holds its release itself ([`Running`]).
+struct Starting<'a> {
+    agent: &'a Agent,
+    job: (String, String),
+    release: (String, String),
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        let mut rt = self.agent.rt();
+        if let Some(slot) = rt.jobs.get_mut(&self.job) {
+            slot.starting = false;
+        }
+        if let Some(n) = rt.starting.get_mut(&self.release) {
+            *n -= 1;
+            if *n == 0 {
+                rt.starting.remove(&self.release);
+            }
+        }
+    }
+}
+
 impl Agent {
-    /// One pass of the scheduler: finish ended runs, stop overdue ones, start due ones.
+    /// One pass of the scheduler: finish ended runs, stop overdue ones, start due ones
+    /// (a few at a time, each in its own task). Runs in a task of its own, beside the
+    /// supervision loop, so a slow spawn never holds up supervision.
     pub(crate) async fn schedule_jobs(self: &Arc<Self>) {
         let host = self.host_name();
         let now = Utc::now();
-        let specs: Vec<(String, String, Arc<AppSpec>)> = self
+        let specs: Vec<(String, Arc<AppSpec>)> = self
             .rt()
             .specs
             .iter()
-            .map(|(app, (rel, spec))| (app.clone(), rel.clone(), spec.clone()))
+            .map(|(app, (_, spec))| (app.clone(), spec.clone()))
             .collect();
-        for (app, release, spec) in specs {
+        let mut due = Vec::new();
+        for (app, spec) in specs {
             for job in spec.jobs_on(&host) {
                 let js = &spec.jobs[job];
                 self.reap_job(&app, job).await;
                 let key = (app.clone(), job.to_string());
-                let due = {
-                    let mut rt = self.rt();
-                    let slot = rt.jobs.entry(key.clone()).or_default();
-                    let next = *slot
-                        .next
-                        .get_or_insert_with(|| js.schedule.next_after(now).unwrap_or(now));
-                    if next > now {
-                        false
-                    } else {
-                        slot.next = js.schedule.next_after(now);
-                        true
-                    }
-                };
-                if due {
-                    let _ = self.run_job(&spec, &release, job, "schedule").await;
+                let mut rt = self.rt();
+                let slot = rt.jobs.entry(key.clone()).or_default();
+                let next = *slot
+                    .next
+                    .get_or_insert_with(|| js.schedule.next_after(now).unwrap_or(now));
+                if next <= now {
+                    slot.next = js.schedule.next_after(now);
+                    due.push(key);
                 }
+            }
+        }
+        let gate = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_STARTS));
+        let mut starts = tokio::task::JoinSet::new();
+        for (app, job) in due {
+            let agent = self.clone();
+            let gate = gate.clone();
+            starts.spawn(async move {
+                let Ok(_permit) = gate.acquire_owned().await else {
+                    return;
+                };
+                agent.run_scheduled(&app, &job).await;
+            });
+        }
+        while starts.join_next().await.is_some() {}
+    }
+
+    /// Starts a due run of `job` in `app`'s current release, read at the moment of the
+    /// start: a deploy that switched (and pruned) since the pass began must not send the
+    /// run into a release that is gone.
+    async fn run_scheduled(self: &Arc<Self>, app: &str, job: &str) {
+        for _ in 0..3 {
+            let Some((release, spec)) = self.rt().specs.get(app).cloned() else {
+                return;
+            };
+            if !spec.jobs.contains_key(job) {
+                return;
+            }
+            match self.start_run(&spec, &release, job, "schedule").await {
+                Err(RunError::Pruned) => continue,
+                Ok(_) | Err(RunError::Other(_)) => return,
             }
         }
     }
@@ -79,68 +146,107 @@ impl Agent {
         job: &str,
         trigger: &str,
     ) -> Result<i64, String> {
+        match self.start_run(spec, release, job, trigger).await {
+            Ok(id) => Ok(id),
+            Err(RunError::Pruned) => Err(format!(
+                "release `{release}` of `{}` was pruned; its current release has changed",
+                spec.app
+            )),
+            Err(RunError::Other(e)) => Err(e),
+        }
+    }
+
+    async fn start_run(
+        self: &Arc<Self>,
+        spec: &AppSpec,
+        release: &str,
+        job: &str,
+        trigger: &str,
+    ) -> Result<i64, RunError> {
         let app = &spec.app;
         let js = spec
             .jobs
             .get(job)
-            .ok_or_else(|| format!("`{app}` has no job `{job}`"))?;
-        let busy = self
-            .rt()
-            .jobs
-            .get(&(app.clone(), job.to_string()))
-            .and_then(|s| s.running.as_ref().map(|r| r.run_id));
-        if let Some(previous) = busy {
+            .ok_or_else(|| RunError::Other(format!("`{app}` has no job `{job}`")))?;
+        let job_key = (app.clone(), job.to_string());
+        let release_key = (app.clone(), release.to_string());
+        // Under one lock: is the job free, is its release still there? If so, both are
+        // held (the slot, and the release against pruning) until the run is recorded.
+        let held = {
+            let mut rt = self.rt();
+            if rt.pruning.contains(&release_key) {
+                return Err(RunError::Pruned);
+            }
+            let slot = rt.jobs.entry(job_key.clone()).or_default();
+            match (&slot.running, slot.starting) {
+                (Some(r), _) => Err(Some(r.run_id)),
+                (None, true) => Err(None),
+                (None, false) => {
+                    slot.starting = true;
+                    *rt.starting.entry(release_key.clone()).or_default() += 1;
+                    Ok(())
+                }
+            }
+        };
+        if let Err(previous) = held {
+            let why = previous.map_or("a run is being started".to_string(), |p| {
+                format!("run {p} is still going")
+            });
             let id = self
                 .db(|s| s.start_job_run(app, job, release, trigger, "skipped"))
-                .map_err(|e| e.to_string())?;
-            let closed = self.db(|s| {
-                s.finish_job_run(
-                    id,
-                    "skipped",
-                    None,
-                    &format!("run {previous} was still going"),
-                )
-            });
+                .map_err(|e| RunError::Other(e.to_string()))?;
+            let closed = self.db(|s| s.finish_job_run(id, "skipped", None, &why));
             self.noted(Some(app), "record a skipped job run", closed);
-            self.event(
-                Some(app),
-                "job.skipped",
-                Some(job),
-                &format!("run {previous} is still going"),
-            );
-            return Err(format!("job `{job}` is still running (run {previous})"));
+            self.event(Some(app), "job.skipped", Some(job), &why);
+            return Err(RunError::Other(format!(
+                "job `{job}` is still running ({why})"
+            )));
+        }
+        let _starting = Starting {
+            agent: self,
+            job: job_key.clone(),
+            release: release_key,
+        };
+        let cwd = self.paths.release_dir(app, release);
+        // Pruned before the hold was taken (the mark is gone once the tree is).
+        if !cwd.is_dir() {
+            return Err(RunError::Pruned);
         }
         let run_id = self
             .db(|s| s.start_job_run(app, job, release, trigger, "running"))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| RunError::Other(e.to_string()))?;
         let env = self
             .app_env(spec, release, job, &BTreeMap::new())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| RunError::Other(e.to_string()))?;
         let ispec = InstanceSpec {
             instance: run_instance(run_id),
             app: app.clone(),
             service: job.to_string(),
             release: release.to_string(),
             command: js.command.clone(),
-            cwd: self.paths.release_dir(app, release),
+            cwd,
             env,
             stop_signal: hoist_supervisor::Signal::SIGTERM,
             stop_timeout: Duration::from_secs(5),
-            user: None,
+            user: self.run_as(None),
             log_dir: self.paths.logs(app),
             log_max_bytes: 10 * 1024 * 1024,
             log_keep: 2,
         };
         let sup = self.supervisor.clone();
-        let spawned = tokio::task::spawn_blocking(move || sup.spawn(&ispec))
-            .await
-            .map_err(|e| e.to_string())?;
+        let spawned = tokio::task::spawn_blocking(move || {
+            crate::failpoint("job_spawn", "before");
+            sup.spawn(&ispec)
+        })
+        .await
+        .map_err(|e| RunError::Other(e.to_string()))?;
         match spawned {
             Ok(handle) => {
                 let mut rt = self.rt();
-                let slot = rt.jobs.entry((app.clone(), job.to_string())).or_default();
+                let slot = rt.jobs.entry(job_key).or_default();
                 slot.running = Some(Running {
                     run_id,
+                    release: release.to_string(),
                     handle,
                     started: Instant::now(),
                     timeout: js.timeout,
@@ -157,7 +263,7 @@ impl Agent {
                 if let Err(e) = self.supervisor.forget(&run_instance(run_id)) {
                     tracing::warn!(app, job, error = %e, "cannot remove a failed job run's records");
                 }
-                Err(msg)
+                Err(RunError::Other(msg))
             }
         }
     }

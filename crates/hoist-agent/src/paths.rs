@@ -116,6 +116,76 @@ impl Paths {
     }
 }
 
+impl Paths {
+    /// Lets apps running as their own user (group `gid`) reach what is theirs: the root
+    /// becomes 0711 (passable, not listable; state, secrets, logs and records stay 0700
+    /// inside it), `releases` 2750 of group `gid` (read-only to apps; the setgid bit gives
+    /// new release trees the group), `data` 0750 of group `gid`. Release trees made before
+    /// are given the group once.
+    pub fn share_with_apps(&self, gid: nix::unistd::Gid) -> std::io::Result<()> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o711))?;
+        let releases = self.root.join("releases");
+        let regroup = std::fs::metadata(&releases)?.gid() != gid.as_raw();
+        for (dir, mode) in [(&releases, 0o2750), (&self.root.join("data"), 0o750)] {
+            nix::unistd::chown(dir.as_path(), None, Some(gid)).map_err(std::io::Error::from)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+        }
+        if regroup {
+            regroup_tree(&releases, gid)?;
+        }
+        Ok(())
+    }
+
+    /// An app's data directory, owned by the user its apps run as (created if missing).
+    pub fn give_data_dir(
+        &self,
+        app: &str,
+        owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+    ) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = self.data_dir(app);
+        std::fs::create_dir_all(&dir)?;
+        if let Some((uid, gid)) = owner {
+            let meta = std::fs::metadata(&dir)?;
+            if meta.uid() != uid.as_raw() || meta.gid() != gid.as_raw() {
+                nix::unistd::chown(&dir, Some(uid), Some(gid)).map_err(std::io::Error::from)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Gives everything under `dir` the group `gid` (directories also the setgid bit), without
+/// following symlinks.
+fn regroup_tree(dir: &Path, gid: nix::unistd::Gid) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            &path,
+            None,
+            Some(gid),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(std::io::Error::from)?;
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            let mode = entry.metadata()?.permissions().mode() & 0o7777;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode | 0o2050))?;
+            regroup_tree(&path, gid)?;
+        } else if ft.is_file() {
+            let mode = entry.metadata()?.permissions().mode() & 0o7777;
+            // Readable (and runnable, if it was) by the group.
+            let group = 0o040 | if mode & 0o100 != 0 { 0o010 } else { 0 };
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode | group))?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` so that a reader sees the old content or the new, never a
 /// torn file: temp file in the same directory, fsync, rename, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {

@@ -114,6 +114,7 @@ impl Agent {
                             .or_default()
                             .running = Some(crate::jobs::Running {
                             run_id: run.id,
+                            release: run.release.clone(),
                             handle,
                             started,
                             timeout,

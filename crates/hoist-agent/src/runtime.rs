@@ -117,6 +117,34 @@ pub struct Runtime {
     /// instances ride on the app's routes as their canary side. In memory only: a dead
     /// agent's canary is undone at start (the proxy is told the routes without it).
     pub canaries: HashMap<String, (String, u32)>,
+    /// (app, release) → job runs being spawned in it right now: pruning keeps its tree.
+    pub starting: HashMap<(String, String), usize>,
+    /// (app, release) whose tree a prune is removing: no run may start in it.
+    pub pruning: std::collections::HashSet<(String, String)>,
+}
+
+impl Runtime {
+    /// The releases of `app` that something lives in: an instance, a job run, or a run
+    /// being started. Pruning never removes their trees.
+    pub fn releases_in_use(&self, app: &str) -> std::collections::HashSet<String> {
+        let mut used: std::collections::HashSet<String> = self
+            .instances
+            .values()
+            .filter(|l| l.row.app == app)
+            .map(|l| l.row.release.clone())
+            .collect();
+        for ((a, _), slot) in &self.jobs {
+            if let Some(r) = slot.running.as_ref().filter(|_| a == app) {
+                used.insert(r.release.clone());
+            }
+        }
+        for ((a, release), n) in &self.starting {
+            if a == app && *n > 0 {
+                used.insert(release.clone());
+            }
+        }
+        used
+    }
 }
 
 /// The proxy's guards of one web service: its `http` guards, the app's maintenance
@@ -183,11 +211,78 @@ pub fn instance_id(app: &str, service: &str, release: &str, slot: u32) -> String
     format!("{app}-{service}-{short}-{slot}")
 }
 
-/// A port that was free a moment ago on loopback, for a new web instance.
-pub fn free_port() -> std::io::Result<u16> {
+/// A port that was free a moment ago on loopback.
+fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// Where instance ports are drawn: below the kernel's ephemeral range, so an outgoing
+/// connection (the proxy's, a probe's, a client's) never takes a port between its
+/// allocation and the app's bind — the soak saw "Address already in use" from exactly
+/// that. `None` (draw from `bind(0)`) when the ephemeral range starts too low.
+fn instance_range() -> (Option<u16>, Option<u16>) {
+    let ephemeral_lo = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_lo < 12000 {
+        return (None, None);
+    }
+    (Some(ephemeral_lo - 10000), Some(ephemeral_lo))
+}
+
+/// Hands out loopback ports to new web instances. "Free now" is not enough: the kernel
+/// gives the same port to two `bind(0)`s in a row once the first socket is closed, and an
+/// instance that is still starting, or waits out a restart delay, holds its port without
+/// listening on it. So a port is also never one assigned to an instance the agent keeps,
+/// nor one handed out in the last minute (its instance's row may not be kept yet); one
+/// lock makes two deploys at once draw from the same list.
+#[derive(Default)]
+pub struct Ports {
+    recent: std::sync::Mutex<std::collections::VecDeque<(u16, Instant)>>,
+}
+
+impl Ports {
+    /// How long a handed-out port stays reserved without an instance row.
+    const HOLD: Duration = Duration::from_secs(60);
+
+    /// A free port, not in `assigned` (the ports of the instances the agent keeps).
+    pub fn allocate(&self, assigned: &std::collections::HashSet<u16>) -> std::io::Result<u16> {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        while recent
+            .front()
+            .is_some_and(|(_, t)| now.saturating_duration_since(*t) > Self::HOLD)
+        {
+            recent.pop_front();
+        }
+        let (lo, hi) = instance_range();
+        for _ in 0..64 {
+            let port = match (lo, hi) {
+                (Some(lo), Some(hi)) => {
+                    let mut r = [0u8; 2];
+                    let _ = getrandom::fill(&mut r);
+                    let port = lo + u16::from_ne_bytes(r) % (hi - lo);
+                    // Free now, or try another.
+                    if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+                        continue;
+                    }
+                    port
+                }
+                _ => free_port()?,
+            };
+            if !assigned.contains(&port) && !recent.iter().any(|(p, _)| *p == port) {
+                recent.push_back((port, now));
+                return Ok(port);
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "every port the kernel offered is already assigned",
+        ))
+    }
 }
 
 impl Agent {
@@ -229,6 +324,14 @@ impl Agent {
         Ok(env.into_iter().collect())
     }
 
+    /// The user a process of an app runs as: its service's `user`, else the apps' user
+    /// (none: the agent's own).
+    pub(crate) fn run_as(&self, service_user: Option<&String>) -> Option<String> {
+        service_user
+            .cloned()
+            .or_else(|| self.apps_user.as_ref().map(|u| u.name.clone()))
+    }
+
     /// Builds the in-memory instance for `row` of `spec`.
     pub(crate) fn live_for(&self, spec: &AppSpec, row: InstanceRow) -> Result<Live, String> {
         let svc = spec
@@ -253,7 +356,7 @@ impl Agent {
             stop_signal: hoist_supervisor::Signal::try_from(svc.stop_signal.number())
                 .unwrap_or(hoist_supervisor::Signal::SIGTERM),
             stop_timeout: svc.stop_timeout,
-            user: svc.user.clone(),
+            user: self.run_as(svc.user.as_ref()),
             log_dir: self.paths.logs(&row.app),
             log_max_bytes: 10 * 1024 * 1024,
             log_keep: 5,
@@ -803,7 +906,17 @@ impl Agent {
                         svc.effective_health().map(|h| &h.kind),
                         Some(HealthKind::Http { .. } | HealthKind::Tcp)
                     ) {
-                    Some(free_port().map_err(|e| format!("cannot find a free port: {e}"))?)
+                    let assigned: std::collections::HashSet<u16> = self
+                        .rt()
+                        .instances
+                        .values()
+                        .filter_map(|l| l.row.port)
+                        .collect();
+                    Some(
+                        self.ports
+                            .allocate(&assigned)
+                            .map_err(|e| format!("cannot find a free port: {e}"))?,
+                    )
                 } else {
                     None
                 };
@@ -856,4 +969,46 @@ fn jitter_unit(id: &str) -> f64 {
         h = (h ^ b as u64).wrapping_mul(1099511628211);
     }
     (h % 1000) as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The soak's "an upstream address is listed twice": ports handed out at once (two
+    /// deploys, two slots of one service) must all differ, though none is listened on.
+    #[test]
+    fn ports_allocated_concurrently_are_all_different() {
+        let ports = Arc::new(Ports::default());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let ports = ports.clone();
+                std::thread::spawn(move || {
+                    (0..1000)
+                        .map(|_| ports.allocate(&Default::default()).unwrap())
+                        .collect::<Vec<u16>>()
+                })
+            })
+            .collect();
+        let all: Vec<u16> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        let distinct: std::collections::HashSet<u16> = all.iter().copied().collect();
+        assert_eq!(distinct.len(), all.len(), "a port was handed out twice");
+    }
+
+    /// Soak finding: a port taken as the local end of an outgoing connection between its
+    /// allocation and the app's bind. Instance ports are never in the ephemeral range.
+    #[test]
+    fn instance_ports_are_below_the_ephemeral_range() {
+        let (Some(lo), Some(hi)) = instance_range() else {
+            panic!("this machine's ephemeral range starts too low for the test");
+        };
+        let ports = Ports::default();
+        for _ in 0..200 {
+            let p = ports.allocate(&Default::default()).unwrap();
+            assert!((lo..hi).contains(&p), "{p} is not in {lo}..{hi}");
+        }
+    }
 }

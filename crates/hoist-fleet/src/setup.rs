@@ -14,6 +14,10 @@ use sha2::{Digest, Sha256};
 
 use crate::ssh::{shell_quote, Remote, SshError, REMOTE_BIN};
 
+/// The small per-instance shim, installed beside `hoist`: the agent uses it (far less
+/// memory per instance than a shim of the whole `hoist`) when its version is its own.
+pub const REMOTE_SHIM: &str = "/usr/local/bin/hoist-shim";
+
 /// The host config written when a host has none: the proxy takes ports 80 and 443.
 pub const DEFAULT_AGENT_TOML: &str =
     "# Written by `hoist setup`; edit freely: setup never overwrites it.\n\
@@ -22,6 +26,8 @@ proxy = \"0.0.0.0:80\"\n\
 https = \"0.0.0.0:443\"\n";
 
 const AGENT_TOML: &str = "/etc/hoist/agent.toml";
+/// The user apps run as (the agent's default when it runs as root).
+const APPS_USER: &str = "hoist-apps";
 const UNIT: &str = "/etc/systemd/system/hoist-agent.service";
 /// How long a started agent gets to answer.
 const ANSWER_DEADLINE: Duration = Duration::from_secs(30);
@@ -44,7 +50,7 @@ pub enum ActionState {
 /// One step of the setup and what it did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Action {
-    /// `binary`, `directories`, `config`, `user`, `agent`.
+    /// `binary`, `directories`, `config`, `apps-user`, `user`, `agent`.
     pub name: &'static str,
     pub state: ActionState,
     pub detail: String,
@@ -85,6 +91,13 @@ pub enum SetupError {
         local: String,
         remote: String,
     },
+    #[error("`{shim}` is `{found}`, not the shim of `{hoist}` (`{expected}`)")]
+    ShimVersion {
+        shim: PathBuf,
+        hoist: PathBuf,
+        found: String,
+        expected: String,
+    },
     #[error("user name `{user}` is not a valid system user name")]
     BadUser { user: String },
     #[error("`{host}`: {step} failed: {detail}")]
@@ -101,6 +114,14 @@ impl SetupError {
     pub fn hint(&self) -> Option<String> {
         match self {
             SetupError::Ssh(e) => e.hint(),
+            SetupError::ReadBinary { path, .. } | SetupError::ShimVersion { shim: path, .. }
+                if path.file_name() == Some(std::ffi::OsStr::new("hoist-shim")) =>
+            {
+                Some(
+                    "setup installs `hoist-shim` beside `hoist` (same version); both are built by `cargo build -p hoist`"
+                        .into(),
+                )
+            }
             SetupError::Arch { .. } => {
                 Some("run `hoist setup` with a hoist built for the host's architecture".into())
             }
@@ -154,7 +175,8 @@ pub async fn setup_host(
                 &format!(
                     "uname -m; (sha256sum {REMOTE_BIN} 2>/dev/null || echo none) | cut -d' ' -f1; \
                      ({REMOTE_BIN} --version 2>/dev/null || echo none) | head -n 1; \
-                     if [ -d /run/systemd/system ]; then echo systemd; else echo keeper; fi"
+                     if [ -d /run/systemd/system ]; then echo systemd; else echo keeper; fi; \
+                     (sha256sum {REMOTE_SHIM} 2>/dev/null || echo none) | cut -d' ' -f1"
                 ),
             ],
             None,
@@ -163,7 +185,7 @@ pub async fn setup_host(
         .map_err(|e| step_err("probe", e))?;
     let probe = String::from_utf8_lossy(&probe.stdout).into_owned();
     let mut lines = probe.lines().map(str::trim);
-    let (arch, remote_sha, old_version, supervisor) = (
+    let (arch, remote_sha, old_version, supervisor, remote_shim_sha) = (
         lines.next().unwrap_or_default().to_string(),
         lines.next().unwrap_or_default().to_string(),
         lines.next().unwrap_or_default().to_string(),
@@ -172,6 +194,7 @@ pub async fn setup_host(
         } else {
             "keeper"
         },
+        lines.next().unwrap_or_default().to_string(),
     );
     if arch != std::env::consts::ARCH {
         return Err(SetupError::Arch {
@@ -181,26 +204,37 @@ pub async fn setup_host(
         });
     }
 
-    // The binary: the same bytes as the local one, swapped in by rename.
-    let local =
-        tokio::fs::read(&opts.local_bin)
+    // The binaries: the same bytes as the local ones, swapped in by rename. The shim
+    // first, so that an agent started on the new `hoist` finds a shim of its version.
+    let local_shim = opts.local_bin.with_file_name("hoist-shim");
+    check_shim_version(&opts.local_bin, &local_shim).await?;
+    let read = |path: PathBuf| async move {
+        tokio::fs::read(&path)
             .await
-            .map_err(|source| SetupError::ReadBinary {
-                path: opts.local_bin.clone(),
-                source,
-            })?;
+            .map_err(|source| SetupError::ReadBinary { path, source })
+    };
+    let shim = read(local_shim).await?;
+    let local = read(opts.local_bin.clone()).await?;
+    let shim_sha = hex::encode(Sha256::digest(&shim));
     let local_sha = hex::encode(Sha256::digest(&local));
+    let shim_changed = shim_sha != remote_shim_sha;
     let binary_changed = local_sha != remote_sha;
-    if binary_changed {
+    for (changed, bytes, sha, path) in [
+        (shim_changed, shim, &shim_sha, REMOTE_SHIM),
+        (binary_changed, local, &local_sha, REMOTE_BIN),
+    ] {
+        if !changed {
+            continue;
+        }
         let script = format!(
             "set -e; umask 022; mkdir -p /usr/local/bin; \
              t=$(mktemp /usr/local/bin/.hoist.XXXXXX); trap 'rm -f \"$t\"' EXIT; \
              cat > \"$t\"; chmod 0755 \"$t\"; sync \"$t\"; \
-             [ \"$(sha256sum < \"$t\" | cut -d' ' -f1)\" = {local_sha} ] || {{ echo 'the upload arrived damaged' >&2; exit 1; }}; \
-             mv -f \"$t\" {REMOTE_BIN}; trap - EXIT; sync /usr/local/bin"
+             [ \"$(sha256sum < \"$t\" | cut -d' ' -f1)\" = {sha} ] || {{ echo 'the upload arrived damaged' >&2; exit 1; }}; \
+             mv -f \"$t\" {path}; trap - EXIT; sync /usr/local/bin"
         );
         remote
-            .run(&["sh", "-c", &script], Some(local))
+            .run(&["sh", "-c", &script], Some(bytes))
             .await
             .map_err(|e| step_err("installing the binary", e))?;
     }
@@ -212,16 +246,17 @@ pub async fn setup_host(
     record(
         Action {
             name: "binary",
-            state: state(binary_changed),
+            state: state(binary_changed || shim_changed),
             detail: if binary_changed {
                 format!(
-                    "{REMOTE_BIN}: `{old_version}` -> `{version}` (sha256 {})",
+                    "{REMOTE_BIN}: `{old_version}` -> `{version}` (sha256 {}), and `{REMOTE_SHIM}`",
                     &local_sha[..12]
                 )
             } else {
                 format!(
-                    "`{REMOTE_BIN}`: `{version}` (sha256 `{}`)",
-                    &local_sha[..12]
+                    "`{REMOTE_BIN}`: `{version}` (sha256 `{}`), and `{REMOTE_SHIM}`{}",
+                    &local_sha[..12],
+                    if shim_changed { " (installed)" } else { "" }
                 )
             },
         },
@@ -234,10 +269,10 @@ pub async fn setup_host(
             &[
                 "sh",
                 "-c",
-                "set -e; c=unchanged; for d in /var/lib/hoist:700 /run/hoist:755 /etc/hoist:755; do \
-                 p=${d%:*}; m=${d#*:}; \
+                "set -e; c=unchanged; for d in /var/lib/hoist:700:711 /run/hoist:755:755 /etc/hoist:755:755; do \
+                 p=${d%%:*}; m=${d#*:}; m2=${m#*:}; m=${m%:*}; \
                  if [ ! -d \"$p\" ]; then mkdir -p -m \"$m\" \"$p\"; c=changed; \
-                 elif [ \"$(stat -c %a \"$p\")\" != \"$m\" ]; then chmod \"$m\" \"$p\"; c=changed; fi; \
+                 else a=$(stat -c %a \"$p\"); if [ \"$a\" != \"$m\" ] && [ \"$a\" != \"$m2\" ]; then chmod \"$m\" \"$p\"; c=changed; fi; fi; \
                  done; echo $c",
             ],
             None,
@@ -248,7 +283,9 @@ pub async fn setup_host(
         Action {
             name: "directories",
             state: parse_state(&dirs.stdout),
-            detail: "`/var/lib/hoist` (0700), `/run/hoist`, `/etc/hoist`".into(),
+            // 0711 once the agent runs apps as their own user: passable, not listable.
+            detail: "`/var/lib/hoist` (0700, or the agent's 0711), `/run/hoist`, `/etc/hoist`"
+                .into(),
         },
         &mut actions,
     );
@@ -293,6 +330,31 @@ pub async fn setup_host(
         &mut actions,
     );
 
+    // The apps' own user: a root agent runs instances, jobs and hooks as it, never as
+    // itself or the proxy (the host config's `apps_user` names another, or `root`).
+    let out = remote
+        .run(
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "if id -u {APPS_USER} >/dev/null 2>&1; then echo unchanged; else \
+                     useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin {APPS_USER} && echo changed; fi"
+                ),
+            ],
+            None,
+        )
+        .await
+        .map_err(|e| step_err("creating the apps' user", e))?;
+    record(
+        Action {
+            name: "apps-user",
+            state: parse_state(&out.stdout),
+            detail: format!("system user `{APPS_USER}`, which apps run as"),
+        },
+        &mut actions,
+    );
+
     if let Some(user) = &opts.user {
         let q = shell_quote(user);
         let out = remote
@@ -321,7 +383,12 @@ pub async fn setup_host(
 
     // The agent: started when absent, restarted when its binary changed (instances
     // survive a restart: the new agent re-adopts them).
-    let restart = if binary_changed { "1" } else { "0" };
+    // A new shim too: the agent picks its shim when it starts.
+    let restart = if binary_changed || shim_changed {
+        "1"
+    } else {
+        "0"
+    };
     let script = if supervisor == "systemd" {
         format!(
             "set -e; c=unchanged; \
@@ -374,6 +441,44 @@ pub async fn setup_host(
         agent_pid: hello.pid,
         proxy: hello.proxy,
     })
+}
+
+/// The local `hoist-shim` must be the shim of the `hoist` being installed: the agent only
+/// uses a shim that says its own version, and would silently fall back to the big one.
+async fn check_shim_version(
+    hoist: &std::path::Path,
+    shim: &std::path::Path,
+) -> Result<(), SetupError> {
+    let version = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        async move {
+            tokio::process::Command::new(&path)
+                .arg("--version")
+                .env_clear()
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .output()
+                .await
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .map_err(|source| SetupError::ReadBinary { path, source })
+        }
+    };
+    let hoist_version = version(hoist).await?;
+    let found = version(shim).await?;
+    // `hoist X.Y.Z` -> `hoist-shim X.Y.Z`.
+    let expected = format!(
+        "hoist-shim {}",
+        hoist_version.split_whitespace().nth(1).unwrap_or_default()
+    );
+    if found != expected {
+        return Err(SetupError::ShimVersion {
+            shim: shim.to_path_buf(),
+            hoist: hoist.to_path_buf(),
+            found,
+            expected,
+        });
+    }
+    Ok(())
 }
 
 /// Polls `GET /v1/hello` through ssh until the agent answers or the deadline passes.

@@ -542,3 +542,111 @@ fn a_failed_state_write_becomes_an_event() {
     })
     .unwrap();
 }
+
+/// The uid of a live process.
+fn uid_of(pid: u64) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// #12: a root agent runs apps as the apps' own user (`hoist-apps`, which `hoist setup`
+/// creates), never as itself and the proxy; its directories let that user reach its
+/// release (read-only) and its data dir; `--apps-user root` keeps apps beside the agent,
+/// as the operator's explicit choice. The agent runs in a mount namespace with an /etc
+/// of its own, where the user is created, so this machine gets no new user.
+#[test]
+fn a_root_agent_runs_apps_as_their_own_user() {
+    let mut host = Host::new();
+    host.kill_agent();
+    let etc = host.dir.join("etc");
+    std::fs::create_dir_all(etc.join("upper")).unwrap();
+    std::fs::create_dir_all(etc.join("work")).unwrap();
+    // The test's directory is 0700 (a temp dir): the apps' user must pass through it
+    // as it passes through /var/lib on a real host.
+    std::fs::set_permissions(
+        &host.dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    host.agent_wrapper = vec![
+        "unshare".into(),
+        "-m".into(),
+        "--propagation".into(),
+        "private".into(),
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "set -e; mount -t overlay overlay -o lowerdir=/etc,upperdir={e}/upper,workdir={e}/work /etc; \
+             id -u hoist-apps >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
+             --home-dir /nonexistent --shell /usr/sbin/nologin hoist-apps; \
+             id -u hoist-apps > {e}/uid; exec \"$0\" \"$@\"",
+            e = etc.display()
+        ),
+    ];
+    host.start_agent();
+    let apps_uid: u32 = std::fs::read_to_string(etc.join("uid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(apps_uid, 0);
+    let job = format!(
+        "[jobs.note]\ncommand = \"{} job --name note\"\nevery = \"1h\"\n\n[deploy]",
+        hoist_testkit::testapp_bin().display()
+    );
+    let p = host.project("v1", "", "");
+    let toml = std::fs::read_to_string(p.join("hoist.toml"))
+        .unwrap()
+        .replacen("[deploy]", &job, 1);
+    std::fs::write(p.join("hoist.toml"), toml).unwrap();
+    // The deploy runs the app's `check` hook as the apps' user too.
+    let out = host.deploy(&p);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until(Duration::from_secs(20), || host.serving().is_some()).unwrap();
+    let proxy = common::proxy_pid(&host.root).unwrap() as u64;
+    assert_eq!(uid_of(proxy), 0, "the proxy runs as the agent does");
+    let pids = host.pids();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    for (id, pid) in &pids {
+        assert_eq!(uid_of(*pid), apps_uid, "{id} runs as the apps' user");
+    }
+    // A job writes its data dir, as that user.
+    let cfg = p.join("hoist.toml");
+    let out = host.hoist(&["jobs", "run", "note", "-c", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let written = host.root.join("data/demo/job-note.log");
+    wait_until(Duration::from_secs(20), || written.exists()).expect("the job wrote its data dir");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&written).unwrap().uid(), apps_uid);
+    // The state, secrets and logs stay out of its reach.
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+    assert_eq!(mode(&host.root), 0o711);
+    for d in ["secrets", "logs", "run", "proxy", "tmp"] {
+        assert_eq!(mode(&host.root.join(d)), 0o700, "{d}");
+    }
+    assert_eq!(mode(&host.root.join("state.db")) & 0o077, 0);
+
+    // The operator's explicit choice: apps beside the agent, as root.
+    host.kill_agent();
+    host.agent_args = vec!["--apps-user".into(), "root".into()];
+    host.start_agent();
+    let out = host.deploy(&host.project("v2", "", ""));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r2 = common::release_of(&out);
+    // v1's instances stay on standby, as they were started.
+    let pids: Vec<(String, u64)> = host
+        .pids()
+        .into_iter()
+        .filter(|(id, _)| id.contains(&r2[..8]))
+        .collect();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    for (id, pid) in &pids {
+        assert_eq!(uid_of(*pid), 0, "{id} runs as root when asked");
+    }
+}

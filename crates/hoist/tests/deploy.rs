@@ -287,6 +287,94 @@ fn jobs_never_overlap_and_are_killed_at_their_timeout() {
     .expect("the timed-out job's process group is gone");
 }
 
+/// The project `name` with the job `[jobs.NAME]` given by `job` (its TOML body).
+fn with_job(host: &Host, name: &str, job: &str, deploy: &str) -> std::path::PathBuf {
+    let p = host.project(name, "", deploy);
+    let toml = std::fs::read_to_string(p.join("hoist.toml"))
+        .unwrap()
+        .replacen("[deploy]", &format!("{job}\n\n[deploy]"), 1);
+    std::fs::write(p.join("hoist.toml"), toml).unwrap();
+    p
+}
+
+/// Soak finding: a release was pruned while a job run lived in it. A run holds its
+/// release: deploys that would prune it keep its tree until the run ends.
+#[test]
+fn a_job_run_keeps_its_release_until_it_ends() {
+    let host = Host::new();
+    let app = testapp_bin();
+    let job = format!(
+        "[jobs.long]\ncommand = \"{} job --sleep 10 --name long\"\nevery = \"1h\"\ntimeout = \"60s\"",
+        app.display()
+    );
+    let v0 = with_job(&host, "v0", &job, "keep_releases = 1");
+    let out = host.deploy(&v0);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r0 = release_of(&out);
+    let cfg = v0.join("hoist.toml");
+    let cfg = cfg.to_str().unwrap();
+    let out = host.hoist(&["jobs", "run", "long", "-c", cfg]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let runs = || -> Vec<serde_json::Value> {
+        serde_json::from_slice(&host.hoist(&["jobs", "--json", "-c", cfg]).stdout).unwrap()
+    };
+    // Two deploys: r0 is neither current nor standby any more, and keep_releases = 1.
+    for v in ["v1", "v2"] {
+        let out = host.deploy(&with_job(&host, v, &job, "keep_releases = 1"));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let tree = host.root.join("releases/demo").join(&r0);
+    let still_running = runs()
+        .iter()
+        .any(|r| r["job"] == "long" && r["status"] == "running");
+    assert!(
+        still_running,
+        "the run ended too soon for this test: {:#?}",
+        runs()
+    );
+    assert!(tree.is_dir(), "release {r0} was pruned under its live run");
+    wait_until(Duration::from_secs(60), || {
+        runs()
+            .iter()
+            .any(|r| r["job"] == "long" && r["status"] == "succeeded")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:#?}", runs()));
+    // Once the run has ended, the next deploy prunes it.
+    let out = host.deploy(&with_job(&host, "v3", &job, "keep_releases = 1"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!tree.exists(), "release {r0} is kept after its run ended");
+}
+
+/// Soak finding: the scheduler started due runs one by one inside the supervision loop,
+/// so slow spawns stalled supervision. With a job start that never returns (a
+/// failpoint), a killed instance is still restarted.
+#[test]
+fn a_stuck_job_start_does_not_stall_supervision() {
+    let mut host = Host::new();
+    let mark = host.dir.join("failpoint");
+    host.kill_agent();
+    host.agent_env = vec![
+        ("HOIST_FAILPOINT".into(), "job_spawn:before".into()),
+        ("HOIST_FAILPOINT_MARK".into(), mark.display().to_string()),
+    ];
+    host.start_agent();
+    let job = "[jobs.tick]\ncommand = \"true\"\nevery = \"1s\"";
+    let out = host.deploy(&with_job(&host, "v0", job, ""));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until(Duration::from_secs(30), || mark.exists()).expect("a job start is stuck");
+    let pids = host.pids();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0].1 as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(30), || {
+        let now = host.pids();
+        now.len() == 2 && now[0].1 != 0 && now[0].1 != pids[0].1
+    })
+    .expect("the killed instance is restarted while a job start hangs");
+}
+
 #[test]
 fn old_releases_are_pruned_but_never_the_current_or_standby_one() {
     let host = Host::new();

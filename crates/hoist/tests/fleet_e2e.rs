@@ -135,6 +135,31 @@ fn a_fleet_is_set_up_deployed_rolled_and_survives_a_lost_host() {
         .collect();
     assert_eq!(workers, vec!["h1"]);
 
+    // Apps run as the user `hoist setup` made for them, not as the agent and the proxy
+    // (root): #12. Each host has that user in its own /etc.
+    for doc in &docs {
+        let host = doc["host"].as_str().unwrap();
+        let i = host[1..].parse::<usize>().unwrap() - 1;
+        let apps_uid = text(&fleet.exec(i, "id -u hoist-apps").stdout)
+            .trim()
+            .to_string();
+        assert!(
+            !apps_uid.is_empty() && apps_uid != "0",
+            "{host}: {apps_uid}"
+        );
+        for inst in doc["status"]["apps"][0]["instances"].as_array().unwrap() {
+            let pid = inst["pid"].as_u64().unwrap();
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            let uid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next())
+                .unwrap()
+                .to_string();
+            assert_eq!(uid, apps_uid, "{host}: {inst}");
+        }
+    }
+
     // History and logs merged across hosts, each line naming its host.
     let out = hoist(&v1, &["history", "--json"]);
     assert!(out.status.success(), "history: {}", text(&out.stderr));

@@ -146,6 +146,13 @@ fn setup_from_scratch_then_no_change_then_an_upgrade() {
     let hosts = json["hosts"].as_array().unwrap();
     assert_eq!(hosts.len(), 3);
     let local_sha = sha256(&hoist_bin());
+    let local_shim_sha = sha256(&hoist_bin().with_file_name("hoist-shim"));
+    let machine_has_apps_user = Command::new("id")
+        .args(["-u", "hoist-apps"])
+        .output()
+        .unwrap()
+        .status
+        .success();
     let mut first_pids = Vec::new();
     for (i, h) in hosts.iter().enumerate() {
         assert_eq!(h["host"], format!("h{}", i + 1));
@@ -161,8 +168,14 @@ fn setup_from_scratch_then_no_change_then_an_upgrade() {
         );
         let installed = text(&installed.stdout);
         assert!(installed.starts_with(&local_sha), "{installed}");
+        // The small shim beside it, the same build: the agent's instances use it.
+        let shim = text(&fleet.exec(i, "sha256sum /usr/local/bin/hoist-shim").stdout);
+        assert!(shim.starts_with(&local_shim_sha), "{shim}");
+        // The apps' user exists on the host (its own /etc), not on this machine.
+        assert!(fleet.exec(i, "id -u hoist-apps").status.success());
         assert!(
-            installed.contains("\n700\n")
+            // 0711: the agent lets the apps' user pass (#12).
+            installed.contains("\n711\n")
                 && installed.contains("proxy = \"0.0.0.0:80\"")
                 && installed.contains("https = \"0.0.0.0:443\"")
                 && installed.contains("man1/hoist-deploy.1")
@@ -176,6 +189,16 @@ fn setup_from_scratch_then_no_change_then_an_upgrade() {
         .unwrap_or_else(|e| panic!("no proxy on port 80 of h{}: {e}", i + 1));
         first_pids.push(h["report"]["agent_pid"].as_u64().unwrap());
     }
+    let now_has = Command::new("id")
+        .args(["-u", "hoist-apps"])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert_eq!(
+        now_has, machine_has_apps_user,
+        "setup of a host created a user on this machine"
+    );
 
     // The agents outlive the ssh sessions that started them: setup closed its masters,
     // no sshd session is left, and each agent answers a new connection.
@@ -222,6 +245,20 @@ fn setup_from_scratch_then_no_change_then_an_upgrade() {
     std::fs::write(&copy, &bytes).unwrap();
     std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let new_sha = sha256(&copy);
+    // Setup takes the shim beside the binary it installs: without one it refuses.
+    let (out, json) = setup(&fleet, &copy, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}\n{json}", text(&out.stderr));
+    assert!(
+        json["hosts"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("hoist-shim")),
+        "{json}"
+    );
+    std::fs::copy(
+        hoist_bin().with_file_name("hoist-shim"),
+        fleet.dir.join("hoist-shim"),
+    )
+    .unwrap();
     let before = fleet.exec(1, "stat -c %i /usr/local/bin/hoist");
     let (out, json) = setup(&fleet, &copy, &[]);
     assert_eq!(out.status.code(), Some(0), "{}\n{json}", text(&out.stderr));

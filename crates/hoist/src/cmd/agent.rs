@@ -43,7 +43,11 @@ pub struct Args {
     /// `<root>/metrics.token`
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
-    /// The host config (keys `root`, `socket`, `proxy`, `https`, `metrics`, and a
+    /// The user apps run as when their service names none [default: hoist-apps when
+    /// the agent runs as root and that user exists; `root` keeps them beside the agent]
+    #[arg(long, value_name = "NAME")]
+    apps_user: Option<String>,
+    /// The host config (keys `root`, `socket`, `proxy`, `https`, `metrics`, `apps_user`, and a
     /// `[retention]` table; flags override it)
     /// [default: /etc/hoist/agent.toml when it exists]
     #[arg(long, value_name = "FILE")]
@@ -64,6 +68,8 @@ struct HostConfig {
     /// defaulted when absent).
     retention: Option<hoist_agent::Retention>,
     metrics: Option<SocketAddr>,
+    /// As `--apps-user`.
+    apps_user: Option<String>,
 }
 
 /// The keys of [`HostConfig`], from its serde derive (the docs list exactly these).
@@ -203,7 +209,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         dashboard: args.dashboard.or(file.dashboard),
         retention: file.retention.unwrap_or_default(),
         metrics: args.metrics.or(file.metrics),
+        apps_user: args.apps_user.or(file.apps_user),
     };
+    hoist_agent::tune_allocator();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -115,8 +115,8 @@ pub fn run(args: SetupArgs) -> anyhow::Result<()> {
     let json = args.json;
     let results = common::block_on(async move {
         let mut set = tokio::task::JoinSet::new();
-        // binary, directories, config, the optional user, agent: one bar per host.
-        let steps = if opts.user.is_some() { 5 } else { 4 };
+        // binary, directories, config, docs, apps' user, the optional user, agent: one bar per host.
+        let steps = if opts.user.is_some() { 7 } else { 6 };
         let mut bars = Vec::new();
         for (i, remote) in remotes.into_iter().enumerate() {
             let opts = opts.clone();

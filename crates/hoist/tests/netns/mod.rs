@@ -258,10 +258,19 @@ impl Fleet {
             ),
         )
         .unwrap();
-        let mounts: Vec<String> = PRIVATE_DIRS
-            .iter()
-            .map(|d| format!("mount -t tmpfs -o mode=0755 tmpfs {d}"))
-            .collect();
+        // /etc of its own (an overlay), so that users `hoist setup` creates on a host are
+        // not created on the machine the tests run on.
+        let mut mounts = vec![format!(
+            "mkdir -p {d}/etc-upper {d}/etc-work; \
+             mount -t overlay overlay -o lowerdir=/etc,upperdir={d}/etc-upper,workdir={d}/etc-work /etc; \
+             mkdir -p /etc/hoist",
+            d = dir.display()
+        )];
+        mounts.extend(
+            PRIVATE_DIRS
+                .iter()
+                .map(|d| format!("mount -t tmpfs -o mode=0755 tmpfs {d}")),
+        );
         let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
         let script = format!(
             "set -e; {}; exec {SSHD} -D -e -f {}",
