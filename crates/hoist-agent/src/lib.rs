@@ -7,9 +7,15 @@
 //! It must not print (the binary does) and must not assume it is the parent of what runs:
 //! instances and the proxy outlive it and are re-adopted by identity.
 
+// `openapi.rs` describes the API in one large `json!`.
+#![recursion_limit = "512"]
+
 mod acme;
 mod alerts;
 mod backup;
+mod dashboard;
+mod dashcharts;
+mod dashpages;
 /// The agent client now lives in `hoist-client`; re-exported for code that reached it here.
 pub use hoist_client as client;
 mod deploy;
@@ -19,6 +25,7 @@ mod http;
 mod jobs;
 mod lifecycle;
 pub mod metrics;
+mod openapi;
 pub mod paths;
 mod plan;
 mod proxyctl;
@@ -76,6 +83,11 @@ pub enum AgentError {
     Exe(#[source] std::io::Error),
     #[error(transparent)]
     Proxy(#[from] proxyctl::ProxyError),
+    #[error("cannot serve the dashboard on `{addr}`")]
+    Dashboard {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot serve metrics on `{addr}`")]
     Metrics {
         addr: SocketAddr,
@@ -107,6 +119,8 @@ pub struct Agent {
     pub(crate) tls: tls::Keeper,
     /// The alert evaluator's memory (see `alerts.rs`).
     pub(crate) alerts: Mutex<alerts::Engine>,
+    /// The dashboard's token and sessions (`dashboard.rs`).
+    pub(crate) dash: dashboard::Dash,
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
@@ -198,6 +212,7 @@ impl Agent {
             stop: tokio::sync::Notify::new(),
             tls: tls::Keeper::default(),
             alerts: Mutex::new(Default::default()),
+            dash: Default::default(),
             _lock: lock,
         }))
     }
@@ -302,6 +317,24 @@ pub async fn run(
             return Err(e);
         }
     };
+    let dashboard = match agent.config.dashboard {
+        Some(addr) => match dashboard::bind(&agent, addr).await {
+            Ok(listener) => {
+                tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving the dashboard");
+                Some(tokio::spawn(dashboard::serve(agent.clone(), listener)))
+            }
+            Err(source) => {
+                serving.abort();
+                looping.abort();
+                if let Some(m) = metrics {
+                    m.abort();
+                }
+                let _ = std::fs::remove_file(&agent.config.socket);
+                return Err(AgentError::Dashboard { addr, source });
+            }
+        },
+        None => None,
+    };
     tokio::select! {
         () = shutdown => {}
         () = agent.stop.notified() => tracing::info!("asked to stop over the API"),
@@ -311,6 +344,9 @@ pub async fn run(
     looping.abort();
     if let Some(m) = metrics {
         m.abort();
+    }
+    if let Some(d) = dashboard {
+        d.abort();
     }
     let _ = std::fs::remove_file(&agent.config.socket);
     Ok(())

@@ -298,3 +298,11 @@ pub struct Plan {
     pub upload_bytes: u64,
     pub checks: Vec<PlanCheck>,
 }
+
+/// `GET /v1/dashboard` and `POST /v1/dashboard/rotate`: where the agent's dashboard
+/// listens (absent when it serves none) and the token its login URL carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DashboardInfo {
+    pub addr: Option<String>,
+    pub token: String,
+}

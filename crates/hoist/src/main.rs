@@ -51,6 +51,8 @@ enum Command {
     Events(cmd::status::EventsArgs),
     /// Every domain served over HTTPS: issuer, expiry, source and last renewal
     Certs(cmd::certs::CertsArgs),
+    /// The URL that logs a browser into a host's dashboard (`--rotate`: a new token)
+    Dashboard(cmd::dashboard::Args),
     /// Firing alerts and recent deliveries; `alerts test` sends a test notification,
     /// `alerts export` prints the rules for Prometheus
     Alerts(cmd::alerts::Args),
@@ -120,6 +122,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => cmd::status::run_logs(args),
         Command::Events(args) => cmd::status::run_events(args),
         Command::Certs(args) => cmd::certs::run(args),
+        Command::Dashboard(args) => cmd::dashboard::run(args),
         Command::Alerts(args) => cmd::alerts::run(args),
         Command::Start(args) => cmd::service::run_service("start", args),
         Command::Stop(args) => cmd::service::run_service("stop", args),

@@ -36,14 +36,15 @@ pub struct Args {
     /// The proxy's HTTPS listener, for services with `tls` (e.g. 0.0.0.0:443)
     #[arg(long, value_name = "ADDR")]
     https: Option<SocketAddr>,
-    /// Refused: this hoist has no dashboard yet
-    #[arg(long, hide = true)]
+    /// Serve the dashboard and the API here, behind the token in `<root>/dashboard.token`
+    /// (`hoist dashboard` prints the login URL; e.g. 127.0.0.1:8421)
+    #[arg(long, value_name = "ADDR")]
     dashboard: Option<SocketAddr>,
     /// Serve `/metrics` (Prometheus text) here; scrapes need the bearer token in
     /// `<root>/metrics.token`
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
-    /// The host config (keys `root`, `socket`, `proxy`, `https`, `metrics`, and a
+    /// The host config (keys `root`, `socket`, `proxy`, `https`, `dashboard`, `metrics`, and a
     /// `[retention]` table; flags override it)
     /// [default: /etc/hoist/agent.toml when it exists]
     #[arg(long, value_name = "FILE")]
@@ -147,26 +148,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => {}
     }
     let file = host_config(args.config.as_deref())?;
-    // Accepted and ignored would be a lie: refused until the dashboard exists.
-    if args.dashboard.is_some() || file.dashboard.is_some() {
-        let from = if args.dashboard.is_some() {
-            "`--dashboard`".to_string()
-        } else {
-            format!(
-                "the `dashboard` key of `{}`",
-                args.config
-                    .as_deref()
-                    .unwrap_or(Path::new(HOST_CONFIG))
-                    .display()
-            )
-        };
-        return Err(with_exit(
-            Exit::Usage,
-            anyhow::anyhow!(
-                "{from}: this hoist has no dashboard yet; remove it (status, history and events are in the CLI)"
-            ),
-        ));
-    }
     if args.https.or(file.https).is_some() && args.proxy.or(file.proxy).is_none() {
         // The HTTPS listener belongs to the proxy, which only runs with `--proxy`.
         return Err(with_exit(

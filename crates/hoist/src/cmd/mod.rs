@@ -7,6 +7,7 @@ pub mod build;
 pub mod certs;
 pub mod common;
 pub mod config;
+pub mod dashboard;
 pub mod deploy;
 pub mod fleet;
 pub mod init;
