@@ -236,6 +236,9 @@ impl Agent {
             },
             None => None,
         };
+        if let Some(routes) = &stats {
+            self.record_minutes(routes);
+        }
         let disk_free = nix::sys::statvfs::statvfs(&self.config.root)
             .ok()
             .filter(|fs| fs.blocks() > 0)

@@ -19,6 +19,7 @@ mod http;
 mod jobs;
 mod lifecycle;
 pub mod metrics;
+mod minutes;
 pub mod paths;
 mod plan;
 mod proxyctl;
@@ -107,6 +108,10 @@ pub struct Agent {
     pub(crate) tls: tls::Keeper,
     /// The alert evaluator's memory (see `alerts.rs`).
     pub(crate) alerts: Mutex<alerts::Engine>,
+    /// Per-minute traffic aggregates (`minutes.rs`).
+    pub(crate) minutes: Mutex<hoist_state::minutes::Minutes>,
+    /// The minute of the last pruning of `minutes`.
+    pub(crate) minutes_pruned: Mutex<i64>,
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
@@ -136,6 +141,7 @@ impl Agent {
                 path: config.root.clone(),
             })?;
         let state = hoist_state::State::open(&paths.state_db())?;
+        let minutes = hoist_state::minutes::Minutes::open(&paths.minutes_db())?;
         // A new database (and its WAL files) exist only now.
         paths.make_private().map_err(|source| AgentError::Root {
             path: config.root.clone(),
@@ -198,6 +204,8 @@ impl Agent {
             stop: tokio::sync::Notify::new(),
             tls: tls::Keeper::default(),
             alerts: Mutex::new(Default::default()),
+            minutes: Mutex::new(minutes),
+            minutes_pruned: Mutex::new(0),
             _lock: lock,
         }))
     }

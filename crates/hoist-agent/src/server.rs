@@ -149,6 +149,17 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
                 &serde_json::json!({"firing": firing, "recent": recent}),
             )
         }
+        (Method::GET, ["v1", "minutes"]) => minutes(&agent, req.uri().query().unwrap_or("")),
+        (Method::GET, ["v1", "minutes", "keys"]) => {
+            let q = req.uri().query().unwrap_or("");
+            let since = query_param(q, "since")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(crate::minutes::now_s() - 3600);
+            match agent.minutes(|m| m.keys(since)) {
+                Ok(keys) => http::json(StatusCode::OK, &serde_json::json!({"keys": keys})),
+                Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, crate::chain(&e), None),
+            }
+        }
         (Method::GET, ["v1", "events"]) => events(agent, req.uri().query().unwrap_or("")),
         (Method::POST, ["v1", "releases"]) => {
             let q = req.uri().query().unwrap_or("").to_string();
@@ -986,6 +997,28 @@ fn events(agent: Arc<Agent>, query: &str) -> Response<Body> {
         }
     });
     resp
+}
+
+/// `GET /v1/minutes`: a per-minute series (see `minutes.rs`).
+fn minutes(agent: &Agent, q: &str) -> Response<Body> {
+    let (Some(app), Some(service)) = (query_param(q, "app"), query_param(q, "service")) else {
+        return http::error(
+            StatusCode::BAD_REQUEST,
+            "`app` and `service` are required",
+            None,
+        );
+    };
+    let release = query_param(q, "release");
+    let since = query_param(q, "since")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(crate::minutes::now_s() - 3600);
+    let step = query_param(q, "step")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    match agent.minutes(|m| m.series(app, service, release, since, step)) {
+        Ok(points) => http::json(StatusCode::OK, &serde_json::json!({"points": points})),
+        Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, crate::chain(&e), None),
+    }
 }
 
 /// The value of `name` in a URL query string (no percent-decoding: values are ids and flags).
