@@ -28,6 +28,7 @@ mod routes;
 mod runtime;
 pub mod secrets;
 mod server;
+mod slo;
 mod tls;
 
 use std::net::SocketAddr;

@@ -149,6 +149,21 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
                 &serde_json::json!({"firing": firing, "recent": recent}),
             )
         }
+        (Method::GET, ["v1", "slo"]) => {
+            let specs: Vec<(String, std::sync::Arc<hoist_core::spec::AppSpec>)> = agent
+                .rt()
+                .specs
+                .iter()
+                .map(|(app, (_, spec))| (app.clone(), spec.clone()))
+                .collect();
+            let app = query_param(req.uri().query().unwrap_or(""), "app");
+            let slos: Vec<_> = specs
+                .iter()
+                .filter(|(a, _)| app.is_none_or(|x| x == a))
+                .flat_map(|(a, spec)| agent.slo_statuses(a, spec))
+                .collect();
+            http::json(StatusCode::OK, &serde_json::json!({"slos": slos}))
+        }
         (Method::GET, ["v1", "minutes"]) => minutes(&agent, req.uri().query().unwrap_or("")),
         (Method::GET, ["v1", "minutes", "keys"]) => {
             let q = req.uri().query().unwrap_or("");
