@@ -25,6 +25,7 @@ mod http;
 mod jobs;
 mod lifecycle;
 pub mod metrics;
+mod minutes;
 mod openapi;
 pub mod paths;
 mod plan;
@@ -34,6 +35,7 @@ mod routes;
 mod runtime;
 pub mod secrets;
 mod server;
+mod slo;
 mod tls;
 
 use std::net::SocketAddr;
@@ -121,6 +123,10 @@ pub struct Agent {
     pub(crate) alerts: Mutex<alerts::Engine>,
     /// The dashboard's token and sessions (`dashboard.rs`).
     pub(crate) dash: dashboard::Dash,
+    /// Per-minute traffic aggregates (`minutes.rs`).
+    pub(crate) minutes: Mutex<hoist_state::minutes::Minutes>,
+    /// The minute of the last pruning of `minutes`.
+    pub(crate) minutes_pruned: Mutex<i64>,
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
@@ -150,6 +156,7 @@ impl Agent {
                 path: config.root.clone(),
             })?;
         let state = hoist_state::State::open(&paths.state_db())?;
+        let minutes = hoist_state::minutes::Minutes::open(&paths.minutes_db())?;
         // A new database (and its WAL files) exist only now.
         paths.make_private().map_err(|source| AgentError::Root {
             path: config.root.clone(),
@@ -213,6 +220,8 @@ impl Agent {
             tls: tls::Keeper::default(),
             alerts: Mutex::new(Default::default()),
             dash: Default::default(),
+            minutes: Mutex::new(minutes),
+            minutes_pruned: Mutex::new(0),
             _lock: lock,
         }))
     }

@@ -93,6 +93,10 @@ fn schemas() -> Value {
             ("release", s_null()), ("previous", s_null()), ("commit", s_null()),
             ("actor", s()), ("result", s()), ("duration_ms", int()), ("reason", s_null()),
         ]),
+        "MinutePoint": strict(&[
+            ("t", int()), ("requests", uint()), ("errors_5xx", uint()),
+            ("p99_seconds", json!({ "type": "number" })),
+        ]),
         "VerifyReport": strict(&[("records", int()), ("problems", array(s()))]),
         "LogLine": strict(&[("t", s()), ("instance", s()), ("stream", s()), ("line", s())]),
         "Event": strict(&[
@@ -228,6 +232,30 @@ fn operation(method: &str, template: &str) -> (&'static str, Vec<Value>, Option<
             ok(object()),
         ),
         ("GET", "/v1/status") => ("Apps and instances on this host", vec![], None, ok(r("Status"))),
+        ("GET", "/v1/slo") => (
+            "Each SLO's objective, compliance and error budget (current releases' apps)",
+            vec![query("app", s(), "only this app's")],
+            None,
+            ok(strict(&[("slos", array(object()))])),
+        ),
+        ("GET", "/v1/minutes") => (
+            "Per-minute traffic of a service (one release, or all added up): requests, 5xx, p99",
+            vec![
+                json!({ "name": "app", "in": "query", "required": true, "schema": s() }),
+                json!({ "name": "service", "in": "query", "required": true, "schema": s() }),
+                query("release", s(), "only this release (default: all added up)"),
+                query("since", int(), "from this time (Unix seconds; default: an hour ago)"),
+                query("step", json!({ "type": "integer", "minimum": 0, "maximum": 4294967295_u64 }), "minutes per point (default 1)"),
+            ],
+            None,
+            ok(strict(&[("points", array(r("MinutePoint")))])),
+        ),
+        ("GET", "/v1/minutes/keys") => (
+            "The [app, service, release] that had traffic since a time",
+            vec![query("since", int(), "Unix seconds (default: an hour ago)")],
+            None,
+            ok(strict(&[("keys", array(json!({ "type": "array", "items": s(), "minItems": 3, "maxItems": 3 })))])),
+        ),
         ("GET", "/v1/certs") => ("Certificates of the apps' HTTPS domains", vec![], None, ok(array(r("CertStatus")))),
         ("POST", "/v1/alerts/test/{app}") => ("Send a test alert to the app's receivers", vec![], None, ok(object())),
         ("GET", "/v1/alerts") => ("Firing alerts and recent deliveries", vec![], None, ok(strict(&[("firing", array(object())), ("recent", array(r("Event")))]))),
@@ -648,6 +676,15 @@ mod tests {
                 heartbeat_at_ms: 1,
                 expires_at_ms: 2,
                 live: true,
+            },
+        );
+        check(
+            "MinutePoint",
+            &hoist_state::minutes::MinutePoint {
+                t: 60,
+                requests: 3,
+                errors_5xx: 1,
+                p99_seconds: 0.25,
             },
         );
         check(

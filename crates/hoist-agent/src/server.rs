@@ -82,6 +82,9 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/apps/{app}/down"),
     ("GET", "/v1/status"),
     ("GET", "/v1/certs"),
+    ("GET", "/v1/slo"),
+    ("GET", "/v1/minutes"),
+    ("GET", "/v1/minutes/keys"),
     ("POST", "/v1/alerts/test/{app}"),
     ("GET", "/v1/alerts"),
     ("GET", "/v1/events"),
@@ -251,6 +254,32 @@ pub(crate) async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response
                 StatusCode::OK,
                 &serde_json::json!({"firing": firing, "recent": recent}),
             )
+        }
+        (Method::GET, ["v1", "slo"]) => {
+            let specs: Vec<(String, std::sync::Arc<hoist_core::spec::AppSpec>)> = agent
+                .rt()
+                .specs
+                .iter()
+                .map(|(app, (_, spec))| (app.clone(), spec.clone()))
+                .collect();
+            let app = query_param(req.uri().query().unwrap_or(""), "app");
+            let slos: Vec<_> = specs
+                .iter()
+                .filter(|(a, _)| app.is_none_or(|x| x == a))
+                .flat_map(|(a, spec)| agent.slo_statuses(a, spec))
+                .collect();
+            http::json(StatusCode::OK, &serde_json::json!({"slos": slos}))
+        }
+        (Method::GET, ["v1", "minutes"]) => minutes(&agent, req.uri().query().unwrap_or("")),
+        (Method::GET, ["v1", "minutes", "keys"]) => {
+            let q = req.uri().query().unwrap_or("");
+            let since = query_param(q, "since")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(crate::minutes::now_s() - 3600);
+            match agent.minutes(|m| m.keys(since)) {
+                Ok(keys) => http::json(StatusCode::OK, &serde_json::json!({"keys": keys})),
+                Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, crate::chain(&e), None),
+            }
         }
         (Method::GET, ["v1", "events"]) => events(agent, req.uri().query().unwrap_or("")),
         (Method::POST, ["v1", "releases"]) => {
@@ -1088,6 +1117,28 @@ fn events(agent: Arc<Agent>, query: &str) -> Response<Body> {
         }
     });
     resp
+}
+
+/// `GET /v1/minutes`: a per-minute series (see `minutes.rs`).
+fn minutes(agent: &Agent, q: &str) -> Response<Body> {
+    let (Some(app), Some(service)) = (query_param(q, "app"), query_param(q, "service")) else {
+        return http::error(
+            StatusCode::BAD_REQUEST,
+            "`app` and `service` are required",
+            None,
+        );
+    };
+    let release = query_param(q, "release");
+    let since = query_param(q, "since")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(crate::minutes::now_s() - 3600);
+    let step = query_param(q, "step")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    match agent.minutes(|m| m.series(app, service, release, since, step)) {
+        Ok(points) => http::json(StatusCode::OK, &serde_json::json!({"points": points})),
+        Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, crate::chain(&e), None),
+    }
 }
 
 /// The value of `name` in a URL query string (no percent-decoding: values are ids and flags).

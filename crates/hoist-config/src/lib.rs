@@ -14,6 +14,7 @@ mod alerts;
 pub mod diag;
 pub mod init;
 mod read;
+mod slo;
 mod tree;
 mod validate;
 

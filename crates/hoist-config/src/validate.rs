@@ -24,7 +24,7 @@ use crate::tree::{toml_quote, Key, Node, Value};
 
 const TOP_KEYS: &[&str] = &[
     "version", "app", "build", "env", "secrets", "check", "services", "jobs", "hooks", "backups",
-    "deploy", "hosts", "ssh", "acme", "alerts",
+    "deploy", "hosts", "ssh", "acme", "alerts", "slo",
 ];
 
 const BUILD_KEYS: &[&str] = &["command", "include", "exclude"];
@@ -236,6 +236,9 @@ pub(crate) fn validate(cx: &mut Cx<'_>, root: &Node) -> Option<AppSpec> {
     let alerts = top.get("alerts").map_or_else(AlertsSpec::default, |n| {
         crate::alerts::alerts(cx, n, top.key_loc("alerts"), &services)
     });
+    let slo = top
+        .get("slo")
+        .map_or_else(BTreeMap::new, |n| crate::slo::slos(cx, n, &services));
 
     let used_roles: BTreeSet<String> = refs
         .role_uses
@@ -296,6 +299,7 @@ pub(crate) fn validate(cx: &mut Cx<'_>, root: &Node) -> Option<AppSpec> {
         ssh,
         acme,
         alerts,
+        slo,
     })
 }
 

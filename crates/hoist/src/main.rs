@@ -56,6 +56,8 @@ enum Command {
     /// Firing alerts and recent deliveries; `alerts test` sends a test notification,
     /// `alerts export` prints the rules for Prometheus
     Alerts(cmd::alerts::Args),
+    /// SLOs: objective, error budget left and burn rates (`[slo.NAME]` in the app file)
+    Slo(cmd::slo::Args),
     /// Start a stopped service of the current release
     Start(cmd::service::ServiceArgs),
     /// Stop a service (it stays stopped until `start` or the next deploy)
@@ -124,6 +126,7 @@ fn main() -> ExitCode {
         Command::Certs(args) => cmd::certs::run(args),
         Command::Dashboard(args) => cmd::dashboard::run(args),
         Command::Alerts(args) => cmd::alerts::run(args),
+        Command::Slo(args) => cmd::slo::run(args),
         Command::Start(args) => cmd::service::run_service("start", args),
         Command::Stop(args) => cmd::service::run_service("stop", args),
         Command::Restart(args) => cmd::service::run_service("restart", args),

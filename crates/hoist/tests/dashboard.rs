@@ -234,6 +234,28 @@ fn a_browser_logs_in_follows_logs_and_rolls_back_and_forgeries_are_refused() {
     );
     assert_eq!(host.serving().as_deref(), Some("v2"));
 
+    // Traffic through the proxy, for the charts: recorded per minute on the agent's
+    // next alert pass.
+    for _ in 0..20 {
+        assert_eq!(
+            hoist_testkit::http_get(host.proxy, "demo.test", "/")
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    wait_until(Duration::from_secs(30), || {
+        let r = request(
+            addr,
+            "GET",
+            "/v1/minutes?app=demo&service=web",
+            &[("Authorization", &bearer)],
+            b"",
+        );
+        r.status == 200 && r.body.contains("\"requests\"")
+    })
+    .expect("the requests are in the per-minute aggregates");
+
     // The browser: login, app, live logs, rollback with its confirmation.
     let logdir = host.root.join("logs/demo/web");
     let started = Instant::now();

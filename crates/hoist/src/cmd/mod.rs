@@ -17,4 +17,5 @@ pub mod secrets;
 pub mod service;
 pub mod setup;
 pub mod shim;
+pub mod slo;
 pub mod status;
