@@ -226,10 +226,11 @@ fn secure(resp: &mut Response<Body>) {
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    // The login URL carries the token: never pass it on.
+    // The login URL carries the token: never pass it to another site. (Not
+    // `no-referrer`: a browser then sends `Origin: null` with this dashboard's own forms.)
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
@@ -400,6 +401,13 @@ fn same_origin(req: &Request<Incoming>) -> bool {
     };
     let ours = format!("http://{host}");
     let from = |name| req.headers().get(name).and_then(|h| h.to_str().ok());
+    // A browser says where a request comes from; only this origin (or the user's own
+    // navigation) is taken.
+    if from(hyper::header::HeaderName::from_static("sec-fetch-site"))
+        .is_some_and(|s| s != "same-origin" && s != "none")
+    {
+        return false;
+    }
     match (from(header::ORIGIN), from(header::REFERER)) {
         (Some(o), _) => o == ours,
         (None, Some(r)) => r == ours || r.starts_with(&format!("{ours}/")),
