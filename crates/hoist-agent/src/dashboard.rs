@@ -51,6 +51,8 @@ pub(crate) struct Dash {
     token: RwLock<Option<String>>,
     sessions: Mutex<HashMap<String, Session>>,
     addr: OnceLock<SocketAddr>,
+    /// The last check of the history chain: (latest seq then, when, the report).
+    pub(crate) verified: Mutex<Option<(i64, Instant, hoist_state::VerifyReport)>>,
 }
 
 #[derive(Clone)]

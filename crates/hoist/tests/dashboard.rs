@@ -102,7 +102,7 @@ fn session(addr: SocketAddr, url: &str) -> String {
 }
 
 fn history(host: &Host) -> Vec<serde_json::Value> {
-    let out = host.hoist(&["history", "--json", "--limit", "1000"]);
+    let out = host.hoist(&["history", "--json", "--limit", "5000"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
