@@ -865,6 +865,10 @@ async fn backup(agent: &Arc<Agent>, app: &str, name: &str) -> Result<String, Str
         .map_err(|e| format!("backup {name} failed: cannot record it: {e}"))?;
     let result = agent.take_or_verify(app, Some(name), false).await;
     let (res, reason) = match &result {
+        Ok(list) if list.is_empty() => (
+            "failed",
+            format!("backup {name}: nothing to back up yet (its source does not exist)"),
+        ),
         Ok(list) if list.iter().all(|b| b.status == "ok") => (
             "succeeded",
             format!(

@@ -109,11 +109,12 @@ fn history(host: &Host) -> Vec<serde_json::Value> {
 
 fn deploy_two(host: &Host) -> (String, String) {
     let env = "TESTAPP_LOG_RATE = \"4\"";
-    let v1 = host.project("v1", env, "");
+    let extra = "\n[jobs.nightly]\ncommand = \"true\"\nevery = \"1h\"\n\n[backups.files]\ndirectory = \"uploads\"\n";
+    let v1 = host.project("v1", env, extra);
     let out = host.deploy(&v1);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let r1 = common::release_of(&out);
-    let v2 = host.project("v2", env, "");
+    let v2 = host.project("v2", env, extra);
     let out = host.deploy(&v2);
     assert!(out.status.success(), "{}", text(&out.stderr));
     (r1, common::release_of(&out))
@@ -287,6 +288,30 @@ fn a_browser_logs_in_follows_logs_and_rolls_back_and_forgeries_are_refused() {
     assert_eq!(last["kind"], "rollback", "{last}");
     assert_eq!(last["actor"], "dashboard", "{last}");
     assert_eq!(last["release"], r1.as_str(), "{last}");
+    // The other actions, each confirmed with the session's CSRF token and recorded.
+    for (action, field, kind) in [
+        ("restart", "service=web", "restart"),
+        ("job", "job=nightly", "job"),
+        ("backup", "name=files", "backup"),
+    ] {
+        let body = format!("csrf={csrf}&{field}");
+        let r = request(
+            addr,
+            "POST",
+            &format!("/apps/demo/do/{action}"),
+            &[form_type, ("Cookie", &cookie)],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 303, "{action}: {}", r.body);
+        let last = history(&host).pop().unwrap();
+        assert_eq!(last["kind"], kind, "{last}");
+        assert_eq!(last["actor"], "dashboard", "{last}");
+    }
+    let page = request(addr, "GET", "/apps/demo", &[("Cookie", &cookie)], b"");
+    assert!(
+        page.body.contains("backup files"),
+        "the outcome is shown once"
+    );
     for shot in [
         "1-host",
         "2-app",
