@@ -454,6 +454,15 @@ fn add_history(root: &Path, n: usize) {
 fn figure_page_time_with_20_instances_and_1000_history_rows() {
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut host = Host::with_agent_args(&[]);
+    // Without an address nothing listens, and `hoist dashboard` says so.
+    let out = host.hoist(&["dashboard"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("serves no dashboard"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(TcpStream::connect(addr).is_err());
     let config = host.dir.join("agent.toml");
     std::fs::write(&config, format!("dashboard = \"{addr}\"\n")).unwrap();
     host.kill_agent();
@@ -493,9 +502,11 @@ fn figure_page_time_with_20_instances_and_1000_history_rows() {
             times.push(t.elapsed().as_secs_f64() * 1000.0);
             assert_eq!(r.status, 200);
         }
+        // The first app page also checks the whole history chain (cached afterwards).
+        let first = times[0];
         times.sort_by(|a, b| a.partial_cmp(b).unwrap());
         eprintln!(
-            "figure: {name} ({path}) with 20 instances and 1,000 history rows: median {:.1} ms, best {:.1} ms, worst {:.1} ms (20 requests)",
+            "figure: {name} ({path}) with 20 instances and 1,000 history rows (debug build): first {first:.1} ms, then median {:.1} ms, best {:.1} ms, worst {:.1} ms (20 requests)",
             times[10], times[0], times[19]
         );
     }
