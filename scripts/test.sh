@@ -32,6 +32,8 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && command -v pg_dump >
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 { command -v pebble >/dev/null && command -v pebble-challtestsrv >/dev/null; } || need+=(pebble)
+# The dashboard's browser test drives Debian's chromium (Playwright never downloads one).
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing packages: ${need[*]} (run as root or install them)" >&2
@@ -48,6 +50,15 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# Python packages of the dashboard tests (tests/dashboard/*.py): Playwright drives the
+# browser, schemathesis fuzzes the API. Installed only when missing, so a machine that
+# has them needs no network here.
+if ! python3 -c 'import playwright, schemathesis' >/dev/null 2>&1; then
+  echo "==> pip install playwright schemathesis"
+  python3 -m pip install -q --break-system-packages playwright schemathesis 2>/dev/null \
+    || python3 -m pip install -q playwright schemathesis
 fi
 
 echo "==> cargo fmt --check"

@@ -236,6 +236,9 @@ impl Agent {
             },
             None => None,
         };
+        if let Some(routes) = &stats {
+            self.record_minutes(routes);
+        }
         let disk_free = nix::sys::statvfs::statvfs(&self.config.root)
             .ok()
             .filter(|fs| fs.blocks() > 0)
@@ -296,6 +299,30 @@ impl Agent {
             }
         }
         for (app, spec) in &specs {
+            for (rule, name, service, long, short, limit) in
+                self.slo_burning(app, spec, |r| threshold(spec, r))
+            {
+                let (lw, sw) = if rule == "slo_burn_fast" {
+                    ("1h", "5m")
+                } else {
+                    ("6h", "30m")
+                };
+                firing.push(Firing {
+                    app: app.clone(),
+                    labels: labels(&[
+                        ("alertname", rule),
+                        ("app", app),
+                        ("service", &service),
+                        ("slo", &name),
+                    ]),
+                    summary: format!(
+                        "SLO `{name}` of `{service}` burns its error budget {long:.1}x over {lw} and {short:.1}x over {sw}"
+                    ),
+                    description: format!(
+                        "above {limit}x the budget runs out long before its window ends: see `hoist slo`, `hoist logs {service}`; if it began with the last deploy, `hoist rollback`"
+                    ),
+                });
+            }
             stale_rules(app, spec, &counts, now_ms, &mut firing);
             let dir = self.paths.logs(app);
             crate::off_workers(|| engine.logs.evaluate(&dir, app, spec, now, &mut firing));

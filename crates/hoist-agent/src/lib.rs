@@ -7,9 +7,15 @@
 //! It must not print (the binary does) and must not assume it is the parent of what runs:
 //! instances and the proxy outlive it and are re-adopted by identity.
 
+// `openapi.rs` describes the API in one large `json!`.
+#![recursion_limit = "512"]
+
 mod acme;
 mod alerts;
 mod backup;
+mod dashboard;
+mod dashcharts;
+mod dashpages;
 /// The agent client now lives in `hoist-client`; re-exported for code that reached it here.
 pub use hoist_client as client;
 mod deploy;
@@ -20,6 +26,8 @@ mod http;
 mod jobs;
 mod lifecycle;
 pub mod metrics;
+mod minutes;
+mod openapi;
 pub mod paths;
 mod plan;
 mod proxyctl;
@@ -28,6 +36,7 @@ mod routes;
 mod runtime;
 pub mod secrets;
 mod server;
+mod slo;
 mod tls;
 
 use std::net::SocketAddr;
@@ -98,6 +107,11 @@ pub enum AgentError {
         "the apps' user `{user}` does not exist on this host (`hoist setup` creates `hoist-apps`)"
     )]
     NoAppsUser { user: String },
+    #[error("cannot serve the dashboard on `{addr}`")]
+    Dashboard {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot serve metrics on `{addr}`")]
     Metrics {
         addr: SocketAddr,
@@ -133,6 +147,12 @@ pub struct Agent {
     pub(crate) ports: runtime::Ports,
     /// Who apps run as when it is not the agent's own user (see [`AgentConfig::apps_user`]).
     pub(crate) apps_user: Option<AppsUser>,
+    /// The dashboard's token and sessions (`dashboard.rs`).
+    pub(crate) dash: dashboard::Dash,
+    /// Per-minute traffic aggregates (`minutes.rs`).
+    pub(crate) minutes: Mutex<hoist_state::minutes::Minutes>,
+    /// The minute of the last pruning of `minutes`.
+    pub(crate) minutes_pruned: Mutex<i64>,
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
@@ -162,6 +182,7 @@ impl Agent {
                 path: config.root.clone(),
             })?;
         let state = hoist_state::State::open(&paths.state_db())?;
+        let minutes = hoist_state::minutes::Minutes::open(&paths.minutes_db())?;
         // A new database (and its WAL files) exist only now.
         paths.make_private().map_err(|source| AgentError::Root {
             path: config.root.clone(),
@@ -236,6 +257,9 @@ impl Agent {
             alerts: Mutex::new(Default::default()),
             ports: Default::default(),
             apps_user,
+            dash: Default::default(),
+            minutes: Mutex::new(minutes),
+            minutes_pruned: Mutex::new(0),
             _lock: lock,
         }))
     }
@@ -340,6 +364,24 @@ pub async fn run(
             return Err(e);
         }
     };
+    let dashboard = match agent.config.dashboard {
+        Some(addr) => match dashboard::bind(&agent, addr).await {
+            Ok(listener) => {
+                tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving the dashboard");
+                Some(tokio::spawn(dashboard::serve(agent.clone(), listener)))
+            }
+            Err(source) => {
+                serving.abort();
+                looping.abort();
+                if let Some(m) = metrics {
+                    m.abort();
+                }
+                let _ = std::fs::remove_file(&agent.config.socket);
+                return Err(AgentError::Dashboard { addr, source });
+            }
+        },
+        None => None,
+    };
     tokio::select! {
         () = shutdown => {}
         () = agent.stop.notified() => tracing::info!("asked to stop over the API"),
@@ -349,6 +391,9 @@ pub async fn run(
     looping.abort();
     if let Some(m) = metrics {
         m.abort();
+    }
+    if let Some(d) = dashboard {
+        d.abort();
     }
     let _ = std::fs::remove_file(&agent.config.socket);
     Ok(())

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <root>/state.db            SQLite (WAL): journal, history, instances, events
+//! <root>/minutes.db          SQLite (WAL): per-minute traffic aggregates, 28 days
 //! <root>/agent.lock          held (flock) by the one live agent of this root
 //! <root>/host                this host's name in the app file (from the last deploy)
 //! <root>/store/              content-addressed blobs and manifests
@@ -27,6 +28,10 @@ impl Paths {
     }
     pub fn state_db(&self) -> PathBuf {
         self.root.join("state.db")
+    }
+    /// Per-minute traffic aggregates (`hoist-state::minutes`).
+    pub fn minutes_db(&self) -> PathBuf {
+        self.root.join("minutes.db")
     }
     /// This host's name in the app file, as the last deploy gave it.
     pub fn host_file(&self) -> PathBuf {
@@ -103,7 +108,14 @@ impl Paths {
         ] {
             std::fs::set_permissions(&dir, private.clone())?;
         }
-        for name in ["state.db", "state.db-wal", "state.db-shm"] {
+        for name in [
+            "state.db",
+            "state.db-wal",
+            "state.db-shm",
+            "minutes.db",
+            "minutes.db-wal",
+            "minutes.db-shm",
+        ] {
             match std::fs::set_permissions(
                 self.root.join(name),
                 std::fs::Permissions::from_mode(0o600),

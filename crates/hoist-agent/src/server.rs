@@ -73,10 +73,97 @@ async fn refuse(stream: tokio::net::UnixStream, peer: Option<u32>, me: u32) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn).await;
 }
 
-async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
+/// Every endpoint of the API, as `(method, path template)`: the router answers only
+/// these (anything else is 404, or 405 for a known path), and the OpenAPI description
+/// (`openapi.rs`) must list exactly these (its test compares them).
+pub(crate) const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/hello"),
+    ("POST", "/v1/agent/stop"),
+    ("POST", "/v1/apps/{app}/down"),
+    ("GET", "/v1/status"),
+    ("GET", "/v1/certs"),
+    ("GET", "/v1/slo"),
+    ("GET", "/v1/minutes"),
+    ("GET", "/v1/minutes/keys"),
+    ("POST", "/v1/alerts/test/{app}"),
+    ("GET", "/v1/alerts"),
+    ("GET", "/v1/events"),
+    ("POST", "/v1/releases"),
+    ("GET", "/v1/releases/{app}"),
+    ("POST", "/v1/releases/offer"),
+    ("POST", "/v1/releases/blobs"),
+    ("POST", "/v1/deploy"),
+    ("POST", "/v1/plan"),
+    ("POST", "/v1/rollback"),
+    ("GET", "/v1/jobs"),
+    ("POST", "/v1/jobs/{app}/{job}/run"),
+    ("POST", "/v1/services/{app}/{service}/{action}"),
+    ("GET", "/v1/history"),
+    ("GET", "/v1/logs/{app}/{service}"),
+    ("POST", "/v1/maintenance/{app}"),
+    ("GET", "/v1/secrets/{app}"),
+    ("PUT", "/v1/secrets/{app}/{name}"),
+    ("DELETE", "/v1/secrets/{app}/{name}"),
+    ("GET", "/v1/leases"),
+    ("POST", "/v1/leases/{app}"),
+    ("POST", "/v1/leases/{app}/renew"),
+    ("DELETE", "/v1/leases/{app}"),
+    ("GET", "/v1/backups"),
+    ("POST", "/v1/backups/{app}"),
+    ("POST", "/v1/backups/{app}/verify"),
+    ("POST", "/v1/backups/{app}/restore"),
+    ("GET", "/v1/dashboard"),
+    ("POST", "/v1/dashboard/rotate"),
+];
+
+/// The template of `ROUTES` that `parts` (the path split on `/`) matches, ignoring the
+/// method; literal segments win over `{params}` (`/v1/releases/offer` is not an app).
+pub(crate) fn template_of(method: &str, parts: &[&str]) -> Result<&'static str, bool> {
+    let fits = |t: &str| {
+        let segs: Vec<&str> = t.trim_start_matches('/').split('/').collect();
+        segs.len() == parts.len()
+            && segs
+                .iter()
+                .zip(parts)
+                .all(|(s, p)| s == p || (s.starts_with('{') && !p.is_empty()))
+    };
+    let literal = |t: &str| t.matches('{').count();
+    let mut known_path = false;
+    let mut best: Option<&'static str> = None;
+    for (m, t) in ROUTES {
+        if !fits(t) {
+            continue;
+        }
+        known_path = true;
+        if *m == method && best.is_none_or(|b| literal(t) < literal(b)) {
+            best = Some(t);
+        }
+    }
+    // `Err(true)`: the path exists under another method.
+    best.ok_or(known_path)
+}
+
+pub(crate) async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
+    match template_of(method.as_str(), &parts) {
+        Ok(_) => {}
+        Err(true) => {
+            return http::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("`{path}` does not take {method}"),
+                None,
+            )
+        }
+        Err(false) => {
+            return http::error(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint `{path}`"),
+                None,
+            )
+        }
+    }
     if matches!(
         parts.as_slice(),
         ["v1", "leases", ..] | ["v1", "releases", "offer" | "blobs"]
@@ -127,7 +214,26 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
                 }
             }
         }
-        (Method::GET, ["v1", "status"]) => status(&agent),
+        (Method::GET, ["v1", "status"]) => match status_data(&agent) {
+            Ok(s) => http::json(StatusCode::OK, &s),
+            Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, e, None),
+        },
+        (Method::GET, ["v1", "dashboard"]) => match agent.dashboard_info() {
+            Ok(info) => http::json(StatusCode::OK, &info),
+            Err(e) => http::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read the dashboard token: {e}"),
+                None,
+            ),
+        },
+        (Method::POST, ["v1", "dashboard", "rotate"]) => match agent.rotate_dashboard_token() {
+            Ok(info) => http::json(StatusCode::OK, &info),
+            Err(e) => http::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot write the dashboard token: {e}"),
+                None,
+            ),
+        },
         (Method::GET, ["v1", "certs"]) => http::json(StatusCode::OK, &agent.cert_statuses()),
         (Method::POST, ["v1", "alerts", "test", app]) => match agent.test_alert(app) {
             Ok(()) => http::json(StatusCode::OK, &serde_json::json!({"sent": true})),
@@ -148,6 +254,32 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
                 StatusCode::OK,
                 &serde_json::json!({"firing": firing, "recent": recent}),
             )
+        }
+        (Method::GET, ["v1", "slo"]) => {
+            let specs: Vec<(String, std::sync::Arc<hoist_core::spec::AppSpec>)> = agent
+                .rt()
+                .specs
+                .iter()
+                .map(|(app, (_, spec))| (app.clone(), spec.clone()))
+                .collect();
+            let app = query_param(req.uri().query().unwrap_or(""), "app");
+            let slos: Vec<_> = specs
+                .iter()
+                .filter(|(a, _)| app.is_none_or(|x| x == a))
+                .flat_map(|(a, spec)| agent.slo_statuses(a, spec))
+                .collect();
+            http::json(StatusCode::OK, &serde_json::json!({"slos": slos}))
+        }
+        (Method::GET, ["v1", "minutes"]) => minutes(&agent, req.uri().query().unwrap_or("")),
+        (Method::GET, ["v1", "minutes", "keys"]) => {
+            let q = req.uri().query().unwrap_or("");
+            let since = query_param(q, "since")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(crate::minutes::now_s() - 3600);
+            match agent.minutes(|m| m.keys(since)) {
+                Ok(keys) => http::json(StatusCode::OK, &serde_json::json!({"keys": keys})),
+                Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, crate::chain(&e), None),
+            }
         }
         (Method::GET, ["v1", "events"]) => events(agent, req.uri().query().unwrap_or("")),
         (Method::POST, ["v1", "releases"]) => {
@@ -192,7 +324,7 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
         }
         (Method::POST, ["v1", "jobs", app, job, "run"]) => run_job(&agent, app, job).await,
         (Method::POST, ["v1", "services", app, service, action]) => {
-            service_action(&agent, app, service, action).await
+            service_action(&agent, app, service, action, "api").await
         }
         (Method::GET, ["v1", "history"]) => {
             let q = req.uri().query().unwrap_or("").to_string();
@@ -300,11 +432,9 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-fn status(agent: &Agent) -> Response<Body> {
-    let apps = match agent.db(|s| s.apps()) {
-        Ok(a) => a,
-        Err(e) => return http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
-    };
+/// What `GET /v1/status` answers (the dashboard's host page shows the same).
+pub(crate) fn status_data(agent: &Agent) -> Result<Status, String> {
+    let apps = agent.db(|s| s.apps()).map_err(|e| e.to_string())?;
     let now = std::time::Instant::now();
     let mut out = Vec::new();
     for app in apps {
@@ -341,14 +471,11 @@ fn status(agent: &Agent) -> Response<Body> {
             instances,
         });
     }
-    http::json(
-        StatusCode::OK,
-        &Status {
-            host: hostname(),
-            agent: agent.hello(),
-            apps: out,
-        },
-    )
+    Ok(Status {
+        host: hostname(),
+        agent: agent.hello(),
+        apps: out,
+    })
 }
 
 pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
@@ -601,7 +728,7 @@ fn data_plan(
     }
 }
 
-async fn rollback(agent: Arc<Agent>, req: RollbackRequest) -> Response<Body> {
+pub(crate) async fn rollback(agent: Arc<Agent>, req: RollbackRequest) -> Response<Body> {
     let (_, target, spec) = match rollback_target(&agent, &req) {
         Ok(t) => t,
         Err(resp) => return *resp,
@@ -674,11 +801,12 @@ async fn run_job(agent: &Arc<Agent>, app: &str, job: &str) -> Response<Body> {
 /// `start`, `stop` or `restart` every instance of a service of the current release.
 /// A restart goes one instance at a time, each healthy before the next, so a web
 /// service keeps serving throughout.
-async fn service_action(
+pub(crate) async fn service_action(
     agent: &Arc<Agent>,
     app: &str,
     service: &str,
     action: &str,
+    actor: &str,
 ) -> Response<Body> {
     let (release, spec) = match current_of(agent, app) {
         Ok(c) => c,
@@ -711,7 +839,7 @@ async fn service_action(
         );
     }
     // Nothing is done that the history could not record.
-    let op = match agent.db(|s| s.begin_operation(app, action, Some(&release), None, "api")) {
+    let op = match agent.db(|s| s.begin_operation(app, action, Some(&release), None, actor)) {
         Ok(op) => Some(op),
         Err(e) => {
             return http::error(
@@ -807,7 +935,7 @@ fn filtered_spec(spec: &hoist_core::spec::AppSpec, service: &str) -> hoist_core:
 }
 
 /// The release deployed before `current` (for a rollback outside the standby window).
-fn previous_release(agent: &Agent, app: &str, current: &str) -> Option<String> {
+pub(crate) fn previous_release(agent: &Agent, app: &str, current: &str) -> Option<String> {
     let hist = agent.db(|s| s.history(Some(app), 1000)).ok()?;
     hist.iter()
         .rev()
@@ -940,10 +1068,14 @@ async fn lock(
 }
 
 fn releases(agent: &Agent, app: &str) -> Response<Body> {
+    http::json(StatusCode::OK, &releases_data(agent, app))
+}
+
+/// The releases of `app` kept here, each with its role (current, standby, kept).
+pub(crate) fn releases_data(agent: &Agent, app: &str) -> Vec<ReleaseInfo> {
     let cur = agent.db(|s| s.current(app)).ok().flatten();
     let rows = agent.db(|s| s.releases(app)).unwrap_or_default();
-    let list: Vec<ReleaseInfo> = rows
-        .into_iter()
+    rows.into_iter()
         .map(|r| {
             let commit = serde_json::from_str::<serde_json::Value>(&r.manifest)
                 .ok()
@@ -965,8 +1097,7 @@ fn releases(agent: &Agent, app: &str) -> Response<Body> {
                 role: role.into(),
             }
         })
-        .collect();
-    http::json(StatusCode::OK, &list)
+        .collect()
 }
 
 fn history(agent: &Agent, query: &str) -> Response<Body> {
@@ -1058,7 +1189,7 @@ fn to_wire(l: hoist_supervisor::LogLine) -> hoist_protocol::agent::LogLine {
 
 /// A query value as sent by a form or `hoist logs --grep`: `+` is a space, `%XX` a byte;
 /// bytes that are not UTF-8 are replaced, never sliced through.
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let spaced = s.replace('+', " ");
     percent_encoding::percent_decode_str(&spaced)
         .decode_utf8_lossy()
@@ -1096,6 +1227,28 @@ fn events(agent: Arc<Agent>, query: &str) -> Response<Body> {
     resp
 }
 
+/// `GET /v1/minutes`: a per-minute series (see `minutes.rs`).
+fn minutes(agent: &Agent, q: &str) -> Response<Body> {
+    let (Some(app), Some(service)) = (query_param(q, "app"), query_param(q, "service")) else {
+        return http::error(
+            StatusCode::BAD_REQUEST,
+            "`app` and `service` are required",
+            None,
+        );
+    };
+    let release = query_param(q, "release");
+    let since = query_param(q, "since")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(crate::minutes::now_s() - 3600);
+    let step = query_param(q, "step")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    match agent.minutes(|m| m.series(app, service, release, since, step)) {
+        Ok(points) => http::json(StatusCode::OK, &serde_json::json!({"points": points})),
+        Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, crate::chain(&e), None),
+    }
+}
+
 /// The value of `name` in a URL query string (no percent-decoding: values are ids and flags).
 pub(crate) fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query.split('&').find_map(|kv| match kv.split_once('=') {
@@ -1105,7 +1258,7 @@ pub(crate) fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "local".into())

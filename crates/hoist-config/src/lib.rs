@@ -17,6 +17,7 @@ pub mod init;
 mod read;
 pub mod reference;
 pub mod review;
+mod slo;
 mod tree;
 mod validate;
 

@@ -25,7 +25,7 @@ use crate::tree::{toml_quote, Key, Node, Value};
 
 pub(crate) const TOP_KEYS: &[&str] = &[
     "version", "app", "build", "env", "secrets", "check", "services", "jobs", "hooks", "backups",
-    "deploy", "hosts", "ssh", "acme", "alerts", "run",
+    "deploy", "hosts", "ssh", "acme", "alerts", "run", "slo",
 ];
 
 pub(crate) const BUILD_KEYS: &[&str] = &["command", "include", "exclude"];
@@ -252,6 +252,9 @@ pub(crate) fn validate(cx: &mut Cx<'_>, root: &Node) -> Option<AppSpec> {
     let alerts = top.get("alerts").map_or_else(AlertsSpec::default, |n| {
         crate::alerts::alerts(cx, n, top.key_loc("alerts"), &services)
     });
+    let slo = top
+        .get("slo")
+        .map_or_else(BTreeMap::new, |n| crate::slo::slos(cx, n, &services));
 
     let used_roles: BTreeSet<String> = refs
         .role_uses
@@ -314,6 +317,7 @@ pub(crate) fn validate(cx: &mut Cx<'_>, root: &Node) -> Option<AppSpec> {
         acme,
         alerts,
         run,
+        slo,
     })
 }
 

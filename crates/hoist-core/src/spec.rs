@@ -77,6 +77,10 @@ pub struct AppSpec {
     /// the canonical JSON when empty, so app files without it keep their release ids.
     #[serde(default, skip_serializing_if = "RunSpec::is_empty")]
     pub run: RunSpec,
+    /// `[slo.NAME]`: service level objectives, with burn-rate alerts. Left out of the
+    /// canonical JSON when empty, like `run`, so release ids stay as they were.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub slo: BTreeMap<String, SloSpec>,
 }
 
 /// `[run]`: `hoist run`'s commands, run in the unpacked release.
@@ -93,6 +97,49 @@ impl RunSpec {
     pub fn is_empty(&self) -> bool {
         self.test.is_none() && self.seed.is_none()
     }
+}
+
+/// `[slo.NAME]`: the share of a service's requests that must be good over `window`. A
+/// request is bad when answered 5xx or, with `latency`, slower than it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SloSpec {
+    pub service: String,
+    /// Percent, in (0, 100): `"99.9%"` is 99.9.
+    pub objective: f64,
+    /// One of [`slo::LATENCY_BOUNDS_MS`] (the proxy's histogram bounds), so the count of
+    /// slower requests is exact.
+    #[serde(default, with = "human_duration_opt")]
+    pub latency: Option<Duration>,
+    #[serde(with = "human_duration")]
+    pub window: Duration,
+}
+
+/// SLO constants shared by the config and the agent.
+pub mod slo {
+    use std::time::Duration;
+
+    /// The proxy's latency histogram bounds (`hoist-proxy` `stats::BOUNDS_MS`).
+    pub const LATENCY_BOUNDS_MS: [f64; 14] = [
+        0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+    ];
+    /// The default and longest window (the agent keeps 28 days of minutes).
+    pub const MAX_WINDOW: Duration = Duration::from_secs(28 * 24 * 3600);
+    /// Multi-window burn-rate alerts (Google SRE workbook): (name, burn rate, long
+    /// window, short window); both windows must burn faster than the rate.
+    pub const BURN_ALERTS: [(&str, f64, Duration, Duration); 2] = [
+        (
+            "slo_burn_fast",
+            14.4,
+            Duration::from_secs(3600),
+            Duration::from_secs(300),
+        ),
+        (
+            "slo_burn_slow",
+            6.0,
+            Duration::from_secs(6 * 3600),
+            Duration::from_secs(1800),
+        ),
+    ];
 }
 
 /// Where ACME certificates come from (RFC 8555).
@@ -798,9 +845,19 @@ pub mod alert_rules {
             2.0,
             "time since the last run in multiples of the schedule",
         ),
+        (
+            "slo_burn_fast",
+            14.4,
+            "error-budget burn rate over both 1h and 5m, per `[slo.NAME]`",
+        ),
+        (
+            "slo_burn_slow",
+            6.0,
+            "error-budget burn rate over both 6h and 30m, per `[slo.NAME]`",
+        ),
     ];
     /// The rule names, in order.
-    pub const NAMES: [&str; 9] = [
+    pub const NAMES: [&str; 11] = [
         "instance_down",
         "crash_loop",
         "http_5xx_ratio",
@@ -810,6 +867,8 @@ pub mod alert_rules {
         "backup_stale",
         "job_failed",
         "job_missed",
+        "slo_burn_fast",
+        "slo_burn_slow",
     ];
 
     /// The default threshold of `name`.
@@ -938,6 +997,7 @@ mod tests {
             acme: AcmeSpec::default(),
             alerts: AlertsSpec::default(),
             run: RunSpec::default(),
+            slo: BTreeMap::new(),
         }
     }
 

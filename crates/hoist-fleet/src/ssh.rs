@@ -197,6 +197,49 @@ impl Remote {
         cmd
     }
 
+    /// `ssh -N -L 127.0.0.1:LOCAL:TARGET HOST` for `hoist dashboard`: the one forward
+    /// hoist ever opens, scoped to the dashboard's port, on a connection of its own (not
+    /// the shared master, so it ends with this process). Killed on drop.
+    pub fn forward_command(&self, local: u16, target: &str) -> tokio::process::Command {
+        let mut args: Vec<OsString> = Vec::new();
+        let mut it = self.options.iter();
+        while let Some(opt) = it.next() {
+            if opt == "-o" {
+                let Some(value) = it.next() else { break };
+                let v = value.to_string_lossy();
+                let shared = [
+                    "ClearAllForwardings=",
+                    "ControlMaster=",
+                    "ControlPath=",
+                    "ControlPersist=",
+                ];
+                if shared.iter().any(|p| v.starts_with(p)) {
+                    continue;
+                }
+                args.push(opt.clone());
+                args.push(value.clone());
+            } else {
+                args.push(opt.clone());
+            }
+        }
+        for opt in [
+            "ControlMaster=no",
+            "ControlPath=none",
+            "ExitOnForwardFailure=yes",
+        ] {
+            args.push("-o".into());
+            args.push(opt.into());
+        }
+        args.push("-N".into());
+        args.push("-L".into());
+        args.push(format!("127.0.0.1:{local}:{target}").into());
+        args.push("--".into());
+        args.push(self.dest.clone().into());
+        let mut cmd = tokio::process::Command::new(SSH);
+        cmd.args(args).stdin(Stdio::null()).kill_on_drop(true);
+        cmd
+    }
+
     /// An agent client whose every request runs `ssh … HOST hoist agent connect`.
     pub fn client(&self) -> Client {
         Client::over_command(SSH, self.ssh_args(&[REMOTE_BIN, "agent", "connect"]))
@@ -493,6 +536,47 @@ mod tests {
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect()
+    }
+
+    #[test]
+    fn the_dashboard_forward_is_the_one_port_on_its_own_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Remote::new(
+            &host("deploy@10.0.0.5"),
+            &SshSpec::default(),
+            Path::new("/app"),
+            &dir.path().join("ctl"),
+            HostKeys::Strict,
+        )
+        .unwrap();
+        let cmd = r.forward_command(4000, "127.0.0.1:8421");
+        let a: Vec<String> = cmd
+            .as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = a.join(" ");
+        for want in [
+            "-o BatchMode=yes",
+            "-o ForwardAgent=no",
+            "-o StrictHostKeyChecking=yes",
+            "-o ControlMaster=no",
+            "-o ControlPath=none",
+            "-o ExitOnForwardFailure=yes",
+            "-N -L 127.0.0.1:4000:127.0.0.1:8421 -- deploy@10.0.0.5",
+        ] {
+            assert!(joined.contains(want), "{want} missing from {joined}");
+        }
+        for never in [
+            "ClearAllForwardings",
+            "ControlMaster=auto",
+            "ControlPersist",
+            "-R",
+            "-D",
+        ] {
+            assert!(!joined.contains(never), "{never} in {joined}");
+        }
+        assert_eq!(a.iter().filter(|x| *x == "-L").count(), 1);
     }
 
     #[test]

@@ -427,3 +427,11 @@ pub struct DoctorReport {
     pub now_ms: i64,
     pub findings: Vec<Finding>,
 }
+
+/// `GET /v1/dashboard` and `POST /v1/dashboard/rotate`: where the agent's dashboard
+/// listens (absent when it serves none) and the token its login URL carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DashboardInfo {
+    pub addr: Option<String>,
+    pub token: String,
+}

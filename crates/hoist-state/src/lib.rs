@@ -10,6 +10,7 @@ mod history;
 mod leases;
 mod metrics;
 mod migrate;
+pub mod minutes;
 mod retention;
 mod store;
 

@@ -57,9 +57,13 @@ enum Command {
     Doctor(cmd::readiness::DoctorArgs),
     /// Every domain served over HTTPS: issuer, expiry, source and last renewal
     Certs(cmd::certs::CertsArgs),
+    /// The URL that logs a browser into a host's dashboard (`--rotate`: a new token)
+    Dashboard(cmd::dashboard::Args),
     /// Firing alerts and recent deliveries; `alerts test` sends a test notification,
     /// `alerts export` prints the rules for Prometheus
     Alerts(cmd::alerts::Args),
+    /// SLOs: objective, error budget left and burn rates (`[slo.NAME]` in the app file)
+    Slo(cmd::slo::Args),
     /// Start a stopped service of the current release
     Start(cmd::service::ServiceArgs),
     /// Stop a service (it stays stopped until `start` or the next deploy)
@@ -134,7 +138,9 @@ fn main() -> ExitCode {
         Command::Review(args) => cmd::readiness::run_review(args),
         Command::Doctor(args) => cmd::readiness::run_doctor(args),
         Command::Certs(args) => cmd::certs::run(args),
+        Command::Dashboard(args) => cmd::dashboard::run(args),
         Command::Alerts(args) => cmd::alerts::run(args),
+        Command::Slo(args) => cmd::slo::run(args),
         Command::Start(args) => cmd::service::run_service("start", args),
         Command::Stop(args) => cmd::service::run_service("stop", args),
         Command::Restart(args) => cmd::service::run_service("restart", args),

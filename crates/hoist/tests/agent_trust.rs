@@ -343,40 +343,6 @@ fn plan_compares_the_host_clock_with_the_cli_clock() {
     assert!(detail.contains("ahead of"), "{detail}");
 }
 
-/// `--dashboard` and the host config's `dashboard` key are refused (exit 2), not
-/// accepted and ignored.
-#[test]
-fn the_dashboard_is_refused_until_it_exists() {
-    let dir = hoist_testkit::tempdir();
-    let run = |extra: &[&str]| {
-        std::process::Command::new(hoist_testkit::hoist_bin())
-            .args(["agent", "--root"])
-            .arg(dir.path().join("root"))
-            .arg("--socket")
-            .arg(dir.path().join("agent.sock"))
-            .args(extra)
-            .output()
-            .unwrap()
-    };
-    let out = run(&["--dashboard", "127.0.0.1:9"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("no dashboard"),
-        "{}",
-        text(&out.stderr)
-    );
-    let file = dir.path().join("agent.toml");
-    std::fs::write(&file, "dashboard = \"127.0.0.1:9\"\n").unwrap();
-    let out = run(&["--config", file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("`dashboard` key"),
-        "{}",
-        text(&out.stderr)
-    );
-    assert!(!dir.path().join("root").exists());
-}
-
 /// Retention from the host config (`[retention] history_max = 3`): an agent that
 /// starts prunes the history down to the newest records plus its own `retention`
 /// record, and `hoist history --verify` still passes; later deploys chain on.

@@ -36,8 +36,9 @@ pub struct Args {
     /// The proxy's HTTPS listener, for services with `tls` (e.g. 0.0.0.0:443)
     #[arg(long, value_name = "ADDR")]
     https: Option<SocketAddr>,
-    /// Refused: this hoist has no dashboard yet
-    #[arg(long, hide = true)]
+    /// Serve the dashboard and the API here, behind the token in `<root>/dashboard.token`
+    /// (`hoist dashboard` prints the login URL; e.g. 127.0.0.1:8421)
+    #[arg(long, value_name = "ADDR")]
     dashboard: Option<SocketAddr>,
     /// Serve `/metrics` (Prometheus text) here; scrapes need the bearer token in
     /// `<root>/metrics.token`
@@ -47,7 +48,7 @@ pub struct Args {
     /// the agent runs as root and that user exists; `root` keeps them beside the agent]
     #[arg(long, value_name = "NAME")]
     apps_user: Option<String>,
-    /// The host config (keys `root`, `socket`, `proxy`, `https`, `metrics`, `apps_user`, and a
+    /// The host config (keys `root`, `socket`, `proxy`, `https`, `dashboard`, `metrics`, `apps_user`, and a
     /// `[retention]` table; flags override it)
     /// [default: /etc/hoist/agent.toml when it exists]
     #[arg(long, value_name = "FILE")]
@@ -84,9 +85,10 @@ pub(crate) const HOST_CONFIG_DOCS: &[(&str, &str, &str, &str, &str)] = &[
     ("socket", "path", "`/run/hoist/agent.sock` as root", "socket = \"/run/hoist/agent.sock\"", "The API socket (`--socket`)."),
     ("proxy", "address", "`127.0.0.1:8080`", "proxy = \"0.0.0.0:80\"", "The proxy's HTTP listener (`--proxy`)."),
     ("https", "address", "none (no HTTPS)", "https = \"0.0.0.0:443\"", "The proxy's HTTPS listener (`--https`). DNS-01 and wildcard certificates are not supported yet."),
-    ("dashboard", "address", "none", "dashboard = \"127.0.0.1:9000\"", "Refused for now: this hoist has no dashboard yet."),
+    ("dashboard", "address", "none", "dashboard = \"127.0.0.1:9000\"", "Serve the dashboard and the same JSON API as the socket, behind the token in `<root>/dashboard.token` (`--dashboard`; `hoist dashboard` prints the login URL). Nothing listens without it."),
     ("retention", "table", "see `[retention]`", "[retention]", "How long records are kept."),
     ("metrics", "address", "none", "metrics = \"127.0.0.1:9464\"", "Serve `/metrics` (Prometheus text; bearer token in `<root>/metrics.token`)."),
+    ("apps_user", "user name", "`hoist-apps` when the agent runs as root and that user exists", "apps_user = \"www-data\"", "Who instances, jobs and hooks run as when their service names no `user` (`--apps-user`); `root` keeps them beside the agent."),
 ];
 
 /// The host config: the named file (which must exist), else the default one when present.
@@ -170,26 +172,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => {}
     }
     let file = host_config(args.config.as_deref())?;
-    // Accepted and ignored would be a lie: refused until the dashboard exists.
-    if args.dashboard.is_some() || file.dashboard.is_some() {
-        let from = if args.dashboard.is_some() {
-            "`--dashboard`".to_string()
-        } else {
-            format!(
-                "the `dashboard` key of `{}`",
-                args.config
-                    .as_deref()
-                    .unwrap_or(Path::new(HOST_CONFIG))
-                    .display()
-            )
-        };
-        return Err(with_exit(
-            Exit::Usage,
-            anyhow::anyhow!(
-                "{from}: this hoist has no dashboard yet; remove it (status, history and events are in the CLI)"
-            ),
-        ));
-    }
     if args.https.or(file.https).is_some() && args.proxy.or(file.proxy).is_none() {
         // The HTTPS listener belongs to the proxy, which only runs with `--proxy`.
         return Err(with_exit(

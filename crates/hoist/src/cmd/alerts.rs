@@ -248,6 +248,39 @@ pub fn export(spec: &AppSpec) -> String {
             }
         }
     }
+    for (name, slo) in &spec.slo {
+        let sel = format!("{sel},service=\"{}\"", slo.service);
+        let allowed = 1.0 - slo.objective / 100.0;
+        // The bad share over a window: 5xx, plus (with a latency) what took longer.
+        let bad = |w: &str| {
+            let mut bad =
+                format!("sum(rate(hoist_http_requests_total{{{sel},code=~\"5..\"}}[{w}]))");
+            if let Some(l) = slo.latency {
+                let le = l.as_secs_f64();
+                bad = format!(
+                    "({bad} + sum(rate(hoist_http_request_duration_seconds_count{{{sel}}}[{w}])) - sum(rate(hoist_http_request_duration_seconds_bucket{{{sel},le=\"{le}\"}}[{w}])))"
+                );
+            }
+            format!("{bad} / sum(rate(hoist_http_requests_total{{{sel}}}[{w}]))")
+        };
+        for (rule, _, long, short) in hoist_core::spec::slo::BURN_ALERTS {
+            let Some(k) = threshold(spec, rule) else {
+                continue;
+            };
+            let w = |d: std::time::Duration| format!("{}m", d.as_secs() / 60);
+            add(
+                rule,
+                format!(
+                    "({} / {allowed} > {k}) and ({} / {allowed} > {k})",
+                    bad(&w(long)),
+                    bad(&w(short))
+                ),
+                None,
+                &format!("SLO {name} of {} burns its error budget fast", slo.service),
+                "see `hoist slo` and `hoist logs`; if it began with the last deploy, `hoist rollback`",
+            );
+        }
+    }
     let mut out = String::new();
     let _ = writeln!(
         out,
