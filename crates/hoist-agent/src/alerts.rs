@@ -245,6 +245,8 @@ impl Agent {
             .map(|fs| fs.blocks_available() as f64 / fs.blocks() as f64);
         let job_runs = self.db(|s| s.job_runs(None, 500)).unwrap_or_default();
         let counts = self.db(|s| s.metric_counts()).unwrap_or_default();
+        // Certificate files and ACME records are read from disk.
+        let certs = crate::off_workers(|| self.cert_statuses());
         let now_ms = hoist_state::now_ms();
         let now = Instant::now();
         let mut firing: Vec<Firing> = Vec::new();
@@ -323,6 +325,7 @@ impl Agent {
                     ),
                 });
             }
+            cert_rules(app, spec, &certs, now_ms, &mut firing);
             stale_rules(app, spec, &counts, now_ms, &mut firing);
             let dir = self.paths.logs(app);
             crate::off_workers(|| engine.logs.evaluate(&dir, app, spec, now, &mut firing));
@@ -604,6 +607,75 @@ fn stale_rules(
                         ),
                     });
                 }
+            }
+        }
+    }
+}
+
+/// `cert_expiring` (a domain's certificate expires within the threshold, in days) and
+/// `cert_renewal_failed` (its last ACME renewal attempt failed).
+fn cert_rules(
+    app: &str,
+    spec: &AppSpec,
+    certs: &[hoist_protocol::agent::CertStatus],
+    now_ms: i64,
+    firing: &mut Vec<Firing>,
+) {
+    for c in certs.iter().filter(|c| c.app == app) {
+        let base = |name: &str| {
+            labels(&[
+                ("alertname", name),
+                ("app", app),
+                ("service", &c.service),
+                ("domain", &c.domain),
+            ])
+        };
+        let acme = c.source == "acme";
+        let expiry = c
+            .not_after
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_millis());
+        if let (Some(at), Some(days)) = (expiry, threshold(spec, "cert_expiring")) {
+            let left = (at - now_ms) as f64 / 86_400_000.0;
+            if left < days {
+                let when = c.not_after.as_deref().unwrap_or_default();
+                firing.push(Firing {
+                    app: app.to_string(),
+                    labels: base("cert_expiring"),
+                    summary: if left <= 0.0 {
+                        format!("the certificate of `{}` expired at {when}", c.domain)
+                    } else {
+                        format!(
+                            "the certificate of `{}` expires in {left:.1} days ({when})",
+                            c.domain
+                        )
+                    },
+                    description: if acme {
+                        "hoist renews ACME certificates at two thirds of their lifetime: see `hoist certs` and `hoist events` for why this one was not".to_string()
+                    } else {
+                        format!(
+                            "replace the {} with a renewed certificate (and key); the agent serves it within 15 s, no deploy needed",
+                            c.source
+                        )
+                    },
+                });
+            }
+        }
+        if let (Some(last), Some(_)) = (&c.last, threshold(spec, "cert_renewal_failed")) {
+            if !last.ok {
+                firing.push(Firing {
+                    app: app.to_string(),
+                    labels: base("cert_renewal_failed"),
+                    summary: format!(
+                        "renewing the certificate of `{}` failed: {}",
+                        c.domain, last.message
+                    ),
+                    description: format!(
+                        "the old certificate serves until {}; check the CA is reachable and the domain points here (`hoist certs`), retries back off",
+                        c.not_after.as_deref().unwrap_or("it expires")
+                    ),
+                });
             }
         }
     }

@@ -768,9 +768,19 @@ pub mod alert_rules {
             6.0,
             "error-budget burn rate over both 6h and 30m, per `[slo.NAME]`",
         ),
+        (
+            "cert_expiring",
+            14.0,
+            "days before an HTTPS domain's certificate expires",
+        ),
+        (
+            "cert_renewal_failed",
+            0.0,
+            "unused (fires while the last ACME renewal attempt failed)",
+        ),
     ];
     /// The rule names, in order.
-    pub const NAMES: [&str; 11] = [
+    pub const NAMES: [&str; 13] = [
         "instance_down",
         "crash_loop",
         "http_5xx_ratio",
@@ -782,6 +792,8 @@ pub mod alert_rules {
         "job_missed",
         "slo_burn_fast",
         "slo_burn_slow",
+        "cert_expiring",
+        "cert_renewal_failed",
     ];
 
     /// The default threshold of `name`.

@@ -409,3 +409,82 @@ fn a_5xx_burst_and_slow_answers_fire_and_resolve() {
     })
     .expect("both resolve");
 }
+
+/// A self-signed certificate for `domain` valid `days` days, made by openssl.
+fn openssl_cert(dir: &std::path::Path, domain: &str, days: u32) {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-keyout"])
+        .arg(dir.join("soon.key"))
+        .arg("-out")
+        .arg(dir.join("soon.crt"))
+        .args([
+            "-days",
+            &days.to_string(),
+            "-subj",
+            &format!("/CN={domain}"),
+        ])
+        .args(["-addext", &format!("subjectAltName=DNS:{domain}")])
+        .output()
+        .expect("openssl is installed");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_certificate_expiring_soon_fires_and_a_renewed_file_resolves_it() {
+    let receiver = Receiver::start();
+    let https = SocketAddr::from(([127, 0, 0, 1], hoist_testkit::free_port()));
+    let host = Host::with_agent_args(&["--https", &https.to_string()]);
+    openssl_cert(&host.dir, "soon.test", 5);
+    let extra = format!(
+        "\n[alerts]\nwebhook = \"http://{}/hook\"\n\n[alerts.rules.cert_expiring]\nthreshold = 10\n",
+        receiver.addr
+    );
+    let project = host.project("v1", "", &extra);
+    // The test app's route, on this domain over HTTPS with the file certificate.
+    let toml = project.join("hoist.toml");
+    let file = std::fs::read_to_string(&toml).unwrap().replace(
+        "domains = [\"*\"],",
+        &format!(
+            "domains = [\"soon.test\"], tls = {{ cert = \"{}\", key = \"{}\" }},",
+            host.dir.join("soon.crt").display(),
+            host.dir.join("soon.key").display()
+        ),
+    );
+    std::fs::write(&toml, file).unwrap();
+    let out = host.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until(Duration::from_secs(60), || {
+        receiver.find("firing", "cert_expiring").is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}: got {:?}", receiver.got.lock().unwrap()));
+    let fired = receiver.find("firing", "cert_expiring").unwrap();
+    let alert = &fired["alerts"][0];
+    assert_eq!(alert["labels"]["domain"], "soon.test", "{alert}");
+    let summary = alert["annotations"]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("expires in 4.") || summary.contains("expires in 5.0"),
+        "{summary}"
+    );
+    assert!(
+        alert["annotations"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("replace the file"),
+        "{alert}"
+    );
+    // The operator replaces the file with a certificate good for 90 days: it resolves.
+    openssl_cert(&host.dir, "soon.test", 90);
+    wait_until(Duration::from_secs(60), || {
+        receiver.find("resolved", "cert_expiring").is_some()
+    })
+    .expect("the expiry alert resolves once the file is renewed");
+    assert!(receiver.find("firing", "cert_renewal_failed").is_none());
+}
