@@ -65,6 +65,27 @@ pub(crate) struct Engine {
     /// Evaluation passes so far: a service first seen after the first pass is new, and
     /// its counters started at zero within the window.
     passes: u64,
+    /// Alerts read back from `<root>/alerts.json` at start, and when: they are not
+    /// resolved for want of evidence before [`RESTORE_GRACE`] has passed (the rings and
+    /// timers behind some rules start empty), only once seen and then gone.
+    restored: std::collections::HashSet<String>,
+    started: Option<Instant>,
+}
+
+/// How long alerts restored at start may go unseen before they count as resolved.
+const RESTORE_GRACE: Duration = Duration::from_secs(120);
+
+/// An active alert as kept in `<root>/alerts.json` (wall-clock times).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Kept {
+    key: String,
+    app: String,
+    labels: BTreeMap<String, String>,
+    summary: String,
+    description: String,
+    starts_at_ms: i64,
+    notified_ms: i64,
+    pushed_ms: i64,
 }
 
 /// What the log-pattern rules have read: an offset per log file, compiled patterns, and
@@ -331,6 +352,12 @@ impl Agent {
             crate::off_workers(|| engine.logs.evaluate(&dir, app, spec, now, &mut firing));
         }
         let changes = engine.update(firing, now);
+        // Kept on disk when a notification went out (a new alert, a repeat, a resolution),
+        // not for Alertmanager's minutely re-sends.
+        if changes.iter().any(|(_, _, webhook)| *webhook) {
+            let path = self.paths.alerts_file();
+            crate::off_workers(|| engine.save(&path));
+        }
         *self.alert_engine() = engine;
         for (status, a, webhook) in changes {
             self.notify(&specs, status, a, webhook);
@@ -716,6 +743,71 @@ impl Agent {
 }
 
 impl Engine {
+    /// The engine with the firing alerts a previous agent kept in `path` (none when
+    /// the file is absent or unreadable: then they fire again, as before).
+    pub(crate) fn load(path: &std::path::Path) -> Engine {
+        let mut e = Engine {
+            started: Some(Instant::now()),
+            ..Default::default()
+        };
+        let kept: Vec<Kept> = match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "cannot read the kept alerts; they fire again");
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        };
+        let (now, now_ms) = (Instant::now(), hoist_state::now_ms());
+        let ago = |ms: i64| {
+            now.checked_sub(Duration::from_millis((now_ms - ms).max(0) as u64))
+                .unwrap_or(now)
+        };
+        for k in kept {
+            e.restored.insert(k.key.clone());
+            e.active.insert(
+                k.key,
+                Active {
+                    firing: Firing {
+                        app: k.app,
+                        labels: k.labels,
+                        summary: k.summary,
+                        description: k.description,
+                    },
+                    starts_at: chrono::DateTime::from_timestamp_millis(k.starts_at_ms)
+                        .unwrap_or_else(chrono::Utc::now),
+                    notified: ago(k.notified_ms),
+                    pushed: ago(k.pushed_ms),
+                },
+            );
+        }
+        e
+    }
+
+    /// Writes the firing alerts to `path` (temp, fsync, rename), with their last
+    /// notification in wall-clock time, so a restarted agent does not notify them again.
+    fn save(&self, path: &std::path::Path) {
+        let (now, now_ms) = (Instant::now(), hoist_state::now_ms());
+        let wall = |t: Instant| now_ms - now.saturating_duration_since(t).as_millis() as i64;
+        let kept: Vec<Kept> = self
+            .active
+            .iter()
+            .map(|(key, a)| Kept {
+                key: key.clone(),
+                app: a.firing.app.clone(),
+                labels: a.firing.labels.clone(),
+                summary: a.firing.summary.clone(),
+                description: a.firing.description.clone(),
+                starts_at_ms: a.starts_at.timestamp_millis(),
+                notified_ms: wall(a.notified),
+                pushed_ms: wall(a.pushed),
+            })
+            .collect();
+        let bytes = serde_json::to_vec(&kept).unwrap_or_default();
+        if let Err(err) = crate::paths::write_atomic(path, &bytes, 0o600) {
+            tracing::warn!(error = %err, "cannot keep the firing alerts");
+        }
+    }
+
     fn traffic_rules(
         &mut self,
         app: &str,
@@ -815,6 +907,7 @@ impl Engine {
         let mut seen = std::collections::HashSet::new();
         for f in firing {
             let key = fingerprint(&f.labels);
+            self.restored.remove(&key);
             seen.insert(key.clone());
             match self.active.get_mut(&key) {
                 Some(a) => {
@@ -840,12 +933,18 @@ impl Engine {
                 }
             }
         }
+        let grace = self
+            .started
+            .is_some_and(|t| now.saturating_duration_since(t) < RESTORE_GRACE);
         let gone: Vec<String> = self
             .active
             .keys()
-            .filter(|k| !seen.contains(*k))
+            .filter(|k| !seen.contains(*k) && !(grace && self.restored.contains(*k)))
             .cloned()
             .collect();
+        if !grace {
+            self.restored.clear();
+        }
         for k in gone {
             if let Some(a) = self.active.remove(&k) {
                 out.push(("resolved", a, true));
@@ -982,6 +1081,40 @@ mod tests {
         let c = e.update(vec![], now + REPEAT + Duration::from_secs(5));
         assert_eq!(kinds(c), [("resolved", true)], "resolves");
         assert!(e.firing().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod kept_tests {
+    use super::*;
+
+    #[test]
+    fn kept_alerts_are_not_notified_again_and_resolve_after_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alerts.json");
+        let f = Firing {
+            app: "a".into(),
+            labels: labels(&[("alertname", "slo_burn_fast"), ("app", "a")]),
+            summary: "s".into(),
+            description: "d".into(),
+        };
+        let mut e = Engine::load(&path);
+        let now = Instant::now();
+        assert_eq!(e.update(vec![f.clone()], now).len(), 1, "fires");
+        e.save(&path);
+        let first = e.firing();
+
+        // A restarted agent: still true, nothing is sent; the start time is kept.
+        let mut e = Engine::load(&path);
+        assert!(e.update(vec![f.clone()], Instant::now()).is_empty());
+        assert_eq!(e.firing(), first);
+        // Not yet seen after a restart: kept through the grace, then resolved.
+        let mut e = Engine::load(&path);
+        let now = Instant::now();
+        assert!(e.update(vec![], now).is_empty(), "within the grace");
+        let c = e.update(vec![], now + RESTORE_GRACE);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].0, "resolved");
     }
 }
 
