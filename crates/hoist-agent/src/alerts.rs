@@ -939,7 +939,7 @@ impl Engine {
         let gone: Vec<String> = self
             .active
             .keys()
-            .filter(|k| !seen.contains(*k) && !(grace && self.restored.contains(*k)))
+            .filter(|k| !(seen.contains(*k) || grace && self.restored.contains(*k)))
             .cloned()
             .collect();
         if !grace {
