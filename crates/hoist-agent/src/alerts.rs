@@ -503,7 +503,8 @@ impl Agent {
                 "externalURL": "",
                 "alerts": [alert],
             });
-            self.deliver(&a.firing.app, "webhook", url, body, &name, status);
+            let subject = format!("{name} {status}");
+            self.deliver(&a.firing.app, "webhook", url, body, subject, spec);
         }
         if let Some(am) = &spec.alerts.alertmanager {
             let mut pushed = serde_json::json!({
@@ -521,8 +522,8 @@ impl Agent {
                 "alertmanager",
                 url,
                 serde_json::json!([pushed]),
-                &name,
-                status,
+                format!("{name} {status}"),
+                spec,
             );
         }
     }
@@ -535,12 +536,12 @@ impl Agent {
         receiver: &'static str,
         url: String,
         body: serde_json::Value,
-        name: &str,
-        status: &'static str,
+        subject: String,
+        spec: &AppSpec,
     ) {
         let agent = self.clone();
+        let ca_roots = spec.alerts.ca_roots.clone();
         let app = app.to_string();
-        let subject = format!("{name} {status}");
         tokio::spawn(async move {
             let bytes = serde_json::to_vec(&body).unwrap_or_default();
             let mut last = String::new();
@@ -548,7 +549,7 @@ impl Agent {
                 if attempt > 0 {
                     tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
                 }
-                match post(&url, &bytes).await {
+                match post(&url, &bytes, ca_roots.as_deref()).await {
                     Ok(code) if (200..300).contains(&code) => {
                         agent.event(
                             Some(&app),
@@ -993,26 +994,82 @@ fn quantile(bounds_ms: &[f64], counts: &[u64], q: f64) -> f64 {
     0.0
 }
 
-/// One HTTP/1.1 POST of JSON (plain http only: no TLS client in the agent yet); the
-/// status code, or why there is none. Bounded by 10 s.
-async fn post(url: &str, body: &[u8]) -> Result<u16, String> {
+/// The TLS client of https receivers: the system's roots plus those of `ca_roots`.
+fn tls_config(ca_roots: Option<&str>) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in crate::acme::system_roots() {
+        let _ = roots.add(der);
+    }
+    if let Some(path) = ca_roots {
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read `{path}`: {e}"))?;
+        let mut n = 0;
+        for der in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+            let der = der.map_err(|e| format!("`{path}` is not PEM: {e}"))?;
+            roots
+                .add(der)
+                .map_err(|e| format!("`{path}` holds a certificate that cannot be a root: {e}"))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!("`{path}` holds no certificate"));
+        }
+    }
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// One HTTP/1.1 POST of JSON over http or https (rustls; the system's roots plus
+/// `ca_roots`); the status code, or why there is none. Bounded by 10 s.
+async fn post(url: &str, body: &[u8], ca_roots: Option<&str>) -> Result<u16, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| "only http:// receivers are supported".to_string())?;
+    let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        _ => return Err("only http:// and https:// receivers are supported".to_string()),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let host_port = if authority.contains(':') {
+    // `[v6]:port`, `host:port` or a bare host.
+    let (host, has_port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, true),
+        _ => (authority, false),
+    };
+    let host_port = if has_port {
         authority.to_string()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{}", if tls { 443 } else { 80 })
     };
     let work = async {
-        let mut s = tokio::net::TcpStream::connect(&host_port)
+        let tcp = tokio::net::TcpStream::connect(&host_port)
             .await
             .map_err(|e| format!("cannot connect: {e}"))?;
+        let mut s: Box<dyn Stream> = if tls {
+            let config = tls_config(ca_roots)?;
+            let name = rustls_pki_types::ServerName::try_from(
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
+            )
+            .map_err(|e| format!("invalid server name: {e}"))?;
+            let s = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            Box::new(s)
+        } else {
+            Box::new(tcp)
+        };
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: hoist\r\n\r\n",
             body.len()
@@ -1021,6 +1078,7 @@ async fn post(url: &str, body: &[u8]) -> Result<u16, String> {
             .await
             .map_err(|e| e.to_string())?;
         s.write_all(body).await.map_err(|e| e.to_string())?;
+        s.flush().await.map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; 512];
         let mut got = 0;
         while got < 12 {

@@ -698,6 +698,10 @@ pub struct AlertsSpec {
     pub webhook_secret: Option<String>,
     /// An Alertmanager base URL; alerts are posted to its `/api/v2/alerts`.
     pub alertmanager: Option<String>,
+    /// A PEM file (absolute path on the host) of roots trusted for https receivers, beside
+    /// the system's.
+    #[serde(default)]
+    pub ca_roots: Option<String>,
     /// `[alerts.rules.NAME]`, NAME one of [`alert_rules::NAMES`].
     pub rules: BTreeMap<String, RuleOverride>,
     /// `[alerts.logs.NAME]`.

@@ -488,3 +488,126 @@ fn a_certificate_expiring_soon_fires_and_a_renewed_file_resolves_it() {
     .expect("the expiry alert resolves once the file is renewed");
     assert!(receiver.find("firing", "cert_renewal_failed").is_none());
 }
+
+/// An HTTPS webhook receiver with a certificate for `localhost` from `ca`: records every
+/// JSON body posted to it and answers 200.
+fn https_receiver(
+    ca: &hoist_testkit::certs::TestCa,
+) -> (SocketAddr, Arc<Mutex<Vec<serde_json::Value>>>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let leaf = ca.issue(&["localhost"]);
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+            .map(Result::unwrap)
+            .collect();
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    #[allow(deprecated)] // ring's provider, as the agent and proxy use
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    // The thread ends with the test process; it holds no child process.
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { continue };
+            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Head, then Content-Length bytes of body (a failed handshake ends the read).
+            let body = loop {
+                match tls.read(&mut buf) {
+                    Ok(0) | Err(_) => break None,
+                    Ok(n) => raw.extend_from_slice(&buf[..n]),
+                }
+                let text = String::from_utf8_lossy(&raw).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if raw.len() >= end + 4 + len {
+                        break Some(raw[end + 4..end + 4 + len].to_vec());
+                    }
+                }
+            };
+            if let Some(body) = body {
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    sink.lock().unwrap().push(v);
+                }
+                let _ = tls.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                let _ = tls.flush();
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        }
+    });
+    (addr, got)
+}
+
+#[test]
+fn https_webhooks_trust_ca_roots_and_refuse_an_unknown_ca() {
+    let ca = hoist_testkit::certs::TestCa::new("hoist receiver CA");
+    let (addr, got) = https_receiver(&ca);
+    let host = Host::new();
+    let hook = format!("https://localhost:{}/hook", addr.port());
+    let test = |project: &std::path::Path| {
+        let out = host.hoist(&[
+            "alerts",
+            "test",
+            "-c",
+            project.join("hoist.toml").to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    // Without the CA: the system's roots do not know it, the handshake fails.
+    let project = host.project("v1", "", &format!("\n[alerts]\nwebhook = \"{hook}\"\n"));
+    let out = host.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    test(&project);
+    wait_until(Duration::from_secs(60), || {
+        text(&host.hoist(&["events", "--json"]).stdout).contains("alert.failed")
+    })
+    .expect("the delivery to an unknown CA fails");
+    let events = text(&host.hoist(&["events", "--json"]).stdout);
+    assert!(events.contains("TLS handshake failed"), "{events}");
+    assert!(got.lock().unwrap().is_empty(), "nothing was accepted");
+    // With `ca_roots`: delivered over TLS.
+    let pem = host.dir.join("receiver-ca.pem");
+    std::fs::write(&pem, &ca.cert_pem).unwrap();
+    let project = host.project(
+        "v2",
+        "",
+        &format!(
+            "\n[alerts]\nwebhook = \"{hook}\"\nca_roots = \"{}\"\n",
+            pem.display()
+        ),
+    );
+    let out = host.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    test(&project);
+    wait_until(Duration::from_secs(30), || !got.lock().unwrap().is_empty()).unwrap_or_else(|e| {
+        panic!(
+            "{e}: events {}",
+            text(&host.hoist(&["events", "--json"]).stdout)
+        )
+    });
+    let v = got.lock().unwrap()[0].clone();
+    assert_eq!(v["alerts"][0]["labels"]["alertname"], "hoist_test", "{v}");
+}
