@@ -611,3 +611,43 @@ fn https_webhooks_trust_ca_roots_and_refuse_an_unknown_ca() {
     let v = got.lock().unwrap()[0].clone();
     assert_eq!(v["alerts"][0]["labels"]["alertname"], "hoist_test", "{v}");
 }
+
+#[test]
+fn a_failed_job_fires_and_resolves_when_it_succeeds_again() {
+    let receiver = Receiver::start();
+    let host = Host::new();
+    let flag = host.dir.join("job-fails");
+    std::fs::write(&flag, "").unwrap();
+    let extra = format!(
+        r#"
+[alerts]
+webhook = "http://{hook}/hook"
+
+[jobs.nightly]
+command = "test ! -e {flag}"
+every = "2s"
+roles = ["web"]
+"#,
+        hook = receiver.addr,
+        flag = flag.display()
+    );
+    let project = host.project("v1", "", &extra);
+    let out = host.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until(Duration::from_secs(60), || {
+        receiver.find("firing", "job_failed").is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}: never fired: {:?}", receiver.got.lock().unwrap()));
+    assert!(receiver.find("resolved", "job_failed").is_none());
+    // The job's next run succeeds: the alert resolves.
+    std::fs::remove_file(&flag).unwrap();
+    wait_until(Duration::from_secs(60), || {
+        receiver.find("resolved", "job_failed").is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}: never resolved: {:?}", receiver.got.lock().unwrap()));
+    let resolved = receiver.find("resolved", "job_failed").unwrap();
+    assert_eq!(
+        resolved["alerts"][0]["labels"]["job"], "nightly",
+        "{resolved}"
+    );
+}
