@@ -152,6 +152,11 @@ fn hyper_util_client(roots: Option<rustls::RootCertStore>) -> Result<Client, Str
     )
 }
 
+/// The system's roots (also trusted by https alert receivers).
+pub(crate) fn system_roots() -> Vec<rustls_pki_types::CertificateDer<'static>> {
+    rustls_native_roots()
+}
+
 /// The system's roots (Debian's bundle), for a public CA such as Let's Encrypt.
 fn rustls_native_roots() -> Vec<rustls_pki_types::CertificateDer<'static>> {
     use rustls_pki_types::pem::PemObject;

@@ -65,6 +65,27 @@ pub(crate) struct Engine {
     /// Evaluation passes so far: a service first seen after the first pass is new, and
     /// its counters started at zero within the window.
     passes: u64,
+    /// Alerts read back from `<root>/alerts.json` at start, and when: they are not
+    /// resolved for want of evidence before [`RESTORE_GRACE`] has passed (the rings and
+    /// timers behind some rules start empty), only once seen and then gone.
+    restored: std::collections::HashSet<String>,
+    started: Option<Instant>,
+}
+
+/// How long alerts restored at start may go unseen before they count as resolved.
+const RESTORE_GRACE: Duration = Duration::from_secs(120);
+
+/// An active alert as kept in `<root>/alerts.json` (wall-clock times).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Kept {
+    key: String,
+    app: String,
+    labels: BTreeMap<String, String>,
+    summary: String,
+    description: String,
+    starts_at_ms: i64,
+    notified_ms: i64,
+    pushed_ms: i64,
 }
 
 /// What the log-pattern rules have read: an offset per log file, compiled patterns, and
@@ -245,6 +266,8 @@ impl Agent {
             .map(|fs| fs.blocks_available() as f64 / fs.blocks() as f64);
         let job_runs = self.db(|s| s.job_runs(None, 500)).unwrap_or_default();
         let counts = self.db(|s| s.metric_counts()).unwrap_or_default();
+        // Certificate files and ACME records are read from disk.
+        let certs = crate::off_workers(|| self.cert_statuses());
         let now_ms = hoist_state::now_ms();
         let now = Instant::now();
         let mut firing: Vec<Firing> = Vec::new();
@@ -323,11 +346,18 @@ impl Agent {
                     ),
                 });
             }
+            cert_rules(app, spec, &certs, now_ms, &mut firing);
             stale_rules(app, spec, &counts, now_ms, &mut firing);
             let dir = self.paths.logs(app);
             crate::off_workers(|| engine.logs.evaluate(&dir, app, spec, now, &mut firing));
         }
         let changes = engine.update(firing, now);
+        // Kept on disk when a notification went out (a new alert, a repeat, a resolution),
+        // not for Alertmanager's minutely re-sends.
+        if changes.iter().any(|(_, _, webhook)| *webhook) {
+            let path = self.paths.alerts_file();
+            crate::off_workers(|| engine.save(&path));
+        }
         *self.alert_engine() = engine;
         for (status, a, webhook) in changes {
             self.notify(&specs, status, a, webhook);
@@ -473,7 +503,8 @@ impl Agent {
                 "externalURL": "",
                 "alerts": [alert],
             });
-            self.deliver(&a.firing.app, "webhook", url, body, &name, status);
+            let subject = format!("{name} {status}");
+            self.deliver(&a.firing.app, "webhook", url, body, subject, spec);
         }
         if let Some(am) = &spec.alerts.alertmanager {
             let mut pushed = serde_json::json!({
@@ -491,8 +522,8 @@ impl Agent {
                 "alertmanager",
                 url,
                 serde_json::json!([pushed]),
-                &name,
-                status,
+                format!("{name} {status}"),
+                spec,
             );
         }
     }
@@ -505,12 +536,12 @@ impl Agent {
         receiver: &'static str,
         url: String,
         body: serde_json::Value,
-        name: &str,
-        status: &'static str,
+        subject: String,
+        spec: &AppSpec,
     ) {
         let agent = self.clone();
+        let ca_roots = spec.alerts.ca_roots.clone();
         let app = app.to_string();
-        let subject = format!("{name} {status}");
         tokio::spawn(async move {
             let bytes = serde_json::to_vec(&body).unwrap_or_default();
             let mut last = String::new();
@@ -518,7 +549,7 @@ impl Agent {
                 if attempt > 0 {
                     tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
                 }
-                match post(&url, &bytes).await {
+                match post(&url, &bytes, ca_roots.as_deref()).await {
                     Ok(code) if (200..300).contains(&code) => {
                         agent.event(
                             Some(&app),
@@ -609,6 +640,75 @@ fn stale_rules(
     }
 }
 
+/// `cert_expiring` (a domain's certificate expires within the threshold, in days) and
+/// `cert_renewal_failed` (its last ACME renewal attempt failed).
+fn cert_rules(
+    app: &str,
+    spec: &AppSpec,
+    certs: &[hoist_protocol::agent::CertStatus],
+    now_ms: i64,
+    firing: &mut Vec<Firing>,
+) {
+    for c in certs.iter().filter(|c| c.app == app) {
+        let base = |name: &str| {
+            labels(&[
+                ("alertname", name),
+                ("app", app),
+                ("service", &c.service),
+                ("domain", &c.domain),
+            ])
+        };
+        let acme = c.source == "acme";
+        let expiry = c
+            .not_after
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_millis());
+        if let (Some(at), Some(days)) = (expiry, threshold(spec, "cert_expiring")) {
+            let left = (at - now_ms) as f64 / 86_400_000.0;
+            if left < days {
+                let when = c.not_after.as_deref().unwrap_or_default();
+                firing.push(Firing {
+                    app: app.to_string(),
+                    labels: base("cert_expiring"),
+                    summary: if left <= 0.0 {
+                        format!("the certificate of `{}` expired at {when}", c.domain)
+                    } else {
+                        format!(
+                            "the certificate of `{}` expires in {left:.1} days ({when})",
+                            c.domain
+                        )
+                    },
+                    description: if acme {
+                        "hoist renews ACME certificates at two thirds of their lifetime: see `hoist certs` and `hoist events` for why this one was not".to_string()
+                    } else {
+                        format!(
+                            "replace the {} with a renewed certificate (and key); the agent serves it within 15 s, no deploy needed",
+                            c.source
+                        )
+                    },
+                });
+            }
+        }
+        if let (Some(last), Some(_)) = (&c.last, threshold(spec, "cert_renewal_failed")) {
+            if !last.ok {
+                firing.push(Firing {
+                    app: app.to_string(),
+                    labels: base("cert_renewal_failed"),
+                    summary: format!(
+                        "renewing the certificate of `{}` failed: {}",
+                        c.domain, last.message
+                    ),
+                    description: format!(
+                        "the old certificate serves until {}; check the CA is reachable and the domain points here (`hoist certs`), retries back off",
+                        c.not_after.as_deref().unwrap_or("it expires")
+                    ),
+                });
+            }
+        }
+    }
+}
+
 impl Agent {
     /// `hoist alerts test`: a firing notification named `hoist_test` sent to the app's
     /// receivers now (not kept as firing). False when the app is not deployed here.
@@ -644,6 +744,71 @@ impl Agent {
 }
 
 impl Engine {
+    /// The engine with the firing alerts a previous agent kept in `path` (none when
+    /// the file is absent or unreadable: then they fire again, as before).
+    pub(crate) fn load(path: &std::path::Path) -> Engine {
+        let mut e = Engine {
+            started: Some(Instant::now()),
+            ..Default::default()
+        };
+        let kept: Vec<Kept> = match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "cannot read the kept alerts; they fire again");
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        };
+        let (now, now_ms) = (Instant::now(), hoist_state::now_ms());
+        let ago = |ms: i64| {
+            now.checked_sub(Duration::from_millis((now_ms - ms).max(0) as u64))
+                .unwrap_or(now)
+        };
+        for k in kept {
+            e.restored.insert(k.key.clone());
+            e.active.insert(
+                k.key,
+                Active {
+                    firing: Firing {
+                        app: k.app,
+                        labels: k.labels,
+                        summary: k.summary,
+                        description: k.description,
+                    },
+                    starts_at: chrono::DateTime::from_timestamp_millis(k.starts_at_ms)
+                        .unwrap_or_else(chrono::Utc::now),
+                    notified: ago(k.notified_ms),
+                    pushed: ago(k.pushed_ms),
+                },
+            );
+        }
+        e
+    }
+
+    /// Writes the firing alerts to `path` (temp, fsync, rename), with their last
+    /// notification in wall-clock time, so a restarted agent does not notify them again.
+    fn save(&self, path: &std::path::Path) {
+        let (now, now_ms) = (Instant::now(), hoist_state::now_ms());
+        let wall = |t: Instant| now_ms - now.saturating_duration_since(t).as_millis() as i64;
+        let kept: Vec<Kept> = self
+            .active
+            .iter()
+            .map(|(key, a)| Kept {
+                key: key.clone(),
+                app: a.firing.app.clone(),
+                labels: a.firing.labels.clone(),
+                summary: a.firing.summary.clone(),
+                description: a.firing.description.clone(),
+                starts_at_ms: a.starts_at.timestamp_millis(),
+                notified_ms: wall(a.notified),
+                pushed_ms: wall(a.pushed),
+            })
+            .collect();
+        let bytes = serde_json::to_vec(&kept).unwrap_or_default();
+        if let Err(err) = crate::paths::write_atomic(path, &bytes, 0o600) {
+            tracing::warn!(error = %err, "cannot keep the firing alerts");
+        }
+    }
+
     fn traffic_rules(
         &mut self,
         app: &str,
@@ -743,6 +908,7 @@ impl Engine {
         let mut seen = std::collections::HashSet::new();
         for f in firing {
             let key = fingerprint(&f.labels);
+            self.restored.remove(&key);
             seen.insert(key.clone());
             match self.active.get_mut(&key) {
                 Some(a) => {
@@ -768,12 +934,18 @@ impl Engine {
                 }
             }
         }
+        let grace = self
+            .started
+            .is_some_and(|t| now.saturating_duration_since(t) < RESTORE_GRACE);
         let gone: Vec<String> = self
             .active
             .keys()
-            .filter(|k| !seen.contains(*k))
+            .filter(|k| !(seen.contains(*k) || grace && self.restored.contains(*k)))
             .cloned()
             .collect();
+        if !grace {
+            self.restored.clear();
+        }
         for k in gone {
             if let Some(a) = self.active.remove(&k) {
                 out.push(("resolved", a, true));
@@ -822,26 +994,82 @@ fn quantile(bounds_ms: &[f64], counts: &[u64], q: f64) -> f64 {
     0.0
 }
 
-/// One HTTP/1.1 POST of JSON (plain http only: no TLS client in the agent yet); the
-/// status code, or why there is none. Bounded by 10 s.
-async fn post(url: &str, body: &[u8]) -> Result<u16, String> {
+/// The TLS client of https receivers: the system's roots plus those of `ca_roots`.
+fn tls_config(ca_roots: Option<&str>) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in crate::acme::system_roots() {
+        let _ = roots.add(der);
+    }
+    if let Some(path) = ca_roots {
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read `{path}`: {e}"))?;
+        let mut n = 0;
+        for der in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+            let der = der.map_err(|e| format!("`{path}` is not PEM: {e}"))?;
+            roots
+                .add(der)
+                .map_err(|e| format!("`{path}` holds a certificate that cannot be a root: {e}"))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!("`{path}` holds no certificate"));
+        }
+    }
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// One HTTP/1.1 POST of JSON over http or https (rustls; the system's roots plus
+/// `ca_roots`); the status code, or why there is none. Bounded by 10 s.
+async fn post(url: &str, body: &[u8], ca_roots: Option<&str>) -> Result<u16, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| "only http:// receivers are supported".to_string())?;
+    let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        _ => return Err("only http:// and https:// receivers are supported".to_string()),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let host_port = if authority.contains(':') {
+    // `[v6]:port`, `host:port` or a bare host.
+    let (host, has_port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, true),
+        _ => (authority, false),
+    };
+    let host_port = if has_port {
         authority.to_string()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{}", if tls { 443 } else { 80 })
     };
     let work = async {
-        let mut s = tokio::net::TcpStream::connect(&host_port)
+        let tcp = tokio::net::TcpStream::connect(&host_port)
             .await
             .map_err(|e| format!("cannot connect: {e}"))?;
+        let mut s: Box<dyn Stream> = if tls {
+            let config = tls_config(ca_roots)?;
+            let name = rustls_pki_types::ServerName::try_from(
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
+            )
+            .map_err(|e| format!("invalid server name: {e}"))?;
+            let s = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            Box::new(s)
+        } else {
+            Box::new(tcp)
+        };
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: hoist\r\n\r\n",
             body.len()
@@ -850,6 +1078,7 @@ async fn post(url: &str, body: &[u8]) -> Result<u16, String> {
             .await
             .map_err(|e| e.to_string())?;
         s.write_all(body).await.map_err(|e| e.to_string())?;
+        s.flush().await.map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; 512];
         let mut got = 0;
         while got < 12 {
@@ -910,6 +1139,40 @@ mod tests {
         let c = e.update(vec![], now + REPEAT + Duration::from_secs(5));
         assert_eq!(kinds(c), [("resolved", true)], "resolves");
         assert!(e.firing().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod kept_tests {
+    use super::*;
+
+    #[test]
+    fn kept_alerts_are_not_notified_again_and_resolve_after_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alerts.json");
+        let f = Firing {
+            app: "a".into(),
+            labels: labels(&[("alertname", "slo_burn_fast"), ("app", "a")]),
+            summary: "s".into(),
+            description: "d".into(),
+        };
+        let mut e = Engine::load(&path);
+        let now = Instant::now();
+        assert_eq!(e.update(vec![f.clone()], now).len(), 1, "fires");
+        e.save(&path);
+        let first = e.firing();
+
+        // A restarted agent: still true, nothing is sent; the start time is kept.
+        let mut e = Engine::load(&path);
+        assert!(e.update(vec![f.clone()], Instant::now()).is_empty());
+        assert_eq!(e.firing(), first);
+        // Not yet seen after a restart: kept through the grace, then resolved.
+        let mut e = Engine::load(&path);
+        let now = Instant::now();
+        assert!(e.update(vec![], now).is_empty(), "within the grace");
+        let c = e.update(vec![], now + RESTORE_GRACE);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].0, "resolved");
     }
 }
 

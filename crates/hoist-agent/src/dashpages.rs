@@ -807,6 +807,9 @@ async fn rollback(
         host: agent.host_name(),
         actor: ACTOR.into(),
         lease: None,
+        // Across a migration the agent refuses (409) and the page shows why: what to do
+        // with the data is the CLI's choice (`--with-backup` or `--keep-data`).
+        data: None,
     };
     let resp = crate::server::rollback(agent.clone(), req).await;
     if resp.status() != StatusCode::OK {

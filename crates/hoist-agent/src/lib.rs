@@ -183,6 +183,7 @@ impl Agent {
             })?;
         let state = hoist_state::State::open(&paths.state_db())?;
         let minutes = hoist_state::minutes::Minutes::open(&paths.minutes_db())?;
+        let engine = alerts::Engine::load(&paths.alerts_file());
         // A new database (and its WAL files) exist only now.
         paths.make_private().map_err(|source| AgentError::Root {
             path: config.root.clone(),
@@ -254,7 +255,7 @@ impl Agent {
             app_locks: Mutex::new(Default::default()),
             stop: tokio::sync::Notify::new(),
             tls: tls::Keeper::default(),
-            alerts: Mutex::new(Default::default()),
+            alerts: Mutex::new(engine),
             ports: Default::default(),
             apps_user,
             dash: Default::default(),

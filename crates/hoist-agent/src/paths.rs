@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <root>/state.db            SQLite (WAL): journal, history, instances, events
+//! <root>/alerts.json         firing alerts and their last notification
 //! <root>/minutes.db          SQLite (WAL): per-minute traffic aggregates, 28 days
 //! <root>/agent.lock          held (flock) by the one live agent of this root
 //! <root>/host                this host's name in the app file (from the last deploy)
@@ -28,6 +29,10 @@ impl Paths {
     }
     pub fn state_db(&self) -> PathBuf {
         self.root.join("state.db")
+    }
+    /// The firing alerts and their last notification (`alerts.rs`).
+    pub fn alerts_file(&self) -> PathBuf {
+        self.root.join("alerts.json")
     }
     /// Per-minute traffic aggregates (`hoist-state::minutes`).
     pub fn minutes_db(&self) -> PathBuf {

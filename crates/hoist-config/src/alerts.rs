@@ -10,8 +10,14 @@ use crate::diag::{did_you_mean, Loc};
 use crate::read::{check_name, join, read_uint, type_error, Cx, Tbl};
 use crate::tree::{Node, Value};
 
-pub(crate) const ALERTS_KEYS: &[&str] =
-    &["webhook", "webhook_secret", "alertmanager", "rules", "logs"];
+pub(crate) const ALERTS_KEYS: &[&str] = &[
+    "webhook",
+    "webhook_secret",
+    "alertmanager",
+    "ca_roots",
+    "rules",
+    "logs",
+];
 pub(crate) const RULE_KEYS: &[&str] = &["enabled", "threshold"];
 pub(crate) const LOG_RULE_KEYS: &[&str] = &["service", "pattern", "count", "within"];
 
@@ -38,6 +44,17 @@ pub(crate) fn alerts(
             }
         }
     }
+    let ca_roots = t.str(cx, "ca_roots").filter(|p| {
+        let ok = p.starts_with('/');
+        if let (false, Some(n)) = (ok, t.get("ca_roots")) {
+            cx.error(
+                &n.loc,
+                format!("invalid `alerts.ca_roots`: `{p}` is not an absolute path"),
+                Some("the PEM file is read on the host by the agent".into()),
+            );
+        }
+        ok
+    });
     if let (Some(_), Some(_)) = (&webhook, &webhook_secret) {
         let at = t.key_loc("webhook_secret").unwrap_or(&node.loc);
         cx.error(
@@ -141,6 +158,7 @@ pub(crate) fn alerts(
         webhook,
         webhook_secret,
         alertmanager,
+        ca_roots,
         rules,
         logs,
     }

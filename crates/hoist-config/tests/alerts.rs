@@ -59,3 +59,18 @@ fn a_log_rule_on_an_unknown_service_and_a_bad_webhook_are_refused() {
     assert!(out.contains("invalid `alerts.webhook`"), "{out}");
     assert!(out.contains("names no service: `api`"), "{out}");
 }
+
+#[test]
+fn ca_roots_is_read_and_must_be_absolute() {
+    let text = format!(
+        "{BASE}\n[alerts]\nwebhook = \"https://hooks.example/x\"\nca_roots = \"/etc/hoist/receivers.pem\"\n"
+    );
+    let spec = hoist_config::parse_str("hoist.toml", &text).unwrap().spec;
+    assert_eq!(
+        spec.alerts.ca_roots.as_deref(),
+        Some("/etc/hoist/receivers.pem")
+    );
+    let out = refused("\n[alerts]\nca_roots = \"ca.pem\"\n");
+    assert!(out.contains("invalid `alerts.ca_roots`"), "{out}");
+    assert!(out.contains("hoist.toml:8:"), "{out}");
+}

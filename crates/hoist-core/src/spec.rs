@@ -785,6 +785,10 @@ pub struct AlertsSpec {
     pub webhook_secret: Option<String>,
     /// An Alertmanager base URL; alerts are posted to its `/api/v2/alerts`.
     pub alertmanager: Option<String>,
+    /// A PEM file (absolute path on the host) of roots trusted for https receivers, beside
+    /// the system's.
+    #[serde(default)]
+    pub ca_roots: Option<String>,
     /// `[alerts.rules.NAME]`, NAME one of [`alert_rules::NAMES`].
     pub rules: BTreeMap<String, RuleOverride>,
     /// `[alerts.logs.NAME]`.
@@ -855,9 +859,19 @@ pub mod alert_rules {
             6.0,
             "error-budget burn rate over both 6h and 30m, per `[slo.NAME]`",
         ),
+        (
+            "cert_expiring",
+            14.0,
+            "days before an HTTPS domain's certificate expires",
+        ),
+        (
+            "cert_renewal_failed",
+            0.0,
+            "unused (fires while the last ACME renewal attempt failed)",
+        ),
     ];
     /// The rule names, in order.
-    pub const NAMES: [&str; 11] = [
+    pub const NAMES: [&str; 13] = [
         "instance_down",
         "crash_loop",
         "http_5xx_ratio",
@@ -869,6 +883,8 @@ pub mod alert_rules {
         "job_missed",
         "slo_burn_fast",
         "slo_burn_slow",
+        "cert_expiring",
+        "cert_renewal_failed",
     ];
 
     /// The default threshold of `name`.

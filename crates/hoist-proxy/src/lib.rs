@@ -42,6 +42,7 @@ use hoist_protocol::proxy as wire;
 pub use access_log::AccessLogTarget;
 pub use control::Client;
 pub use error::ProxyError;
+pub use stats::count_codes;
 pub use upgrade::{Handoff, Inherited, INHERIT_ENV};
 
 /// Limits at the edges; the defaults are what a public-facing proxy should use.

@@ -60,6 +60,16 @@ pub(crate) const METHODS: [&str; 8] = [
 /// and release; a response adds to one of them, so contention stays low).
 const CODES: usize = 500;
 
+/// Whether responses are counted per method and exact status code (`hoist proxy
+/// --no-code-counters` turns it off, to measure what those counters cost; status classes,
+/// latency and in-flight, which bakes and alerts judge, are always counted).
+static COUNT_CODES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the per-method × code counters on or off for this process.
+pub fn count_codes(on: bool) {
+    COUNT_CODES.store(on, Relaxed);
+}
+
 /// The index of `method` in [`METHODS`]: computed once per request, before the request
 /// is moved into the upstream exchange.
 pub(crate) fn method_index(method: &hyper::Method) -> u8 {
@@ -111,9 +121,11 @@ impl Counters {
     /// Records a response head: the request's method (see [`method_index`]), its status
     /// and how long the upstream took to send it.
     pub fn response(&self, method: u8, status: u16, latency: Duration) {
-        let code = usize::from(status.clamp(100, 599) - 100);
-        let m = usize::from(method).min(METHODS.len() - 1);
-        self.codes[m * CODES + code].fetch_add(1, Relaxed);
+        if COUNT_CODES.load(Relaxed) {
+            let code = usize::from(status.clamp(100, 599) - 100);
+            let m = usize::from(method).min(METHODS.len() - 1);
+            self.codes[m * CODES + code].fetch_add(1, Relaxed);
+        }
         let shard = self.mine();
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         shard.status[class].fetch_add(1, Relaxed);

@@ -409,3 +409,245 @@ fn a_5xx_burst_and_slow_answers_fire_and_resolve() {
     })
     .expect("both resolve");
 }
+
+/// A self-signed certificate for `domain` valid `days` days, made by openssl.
+fn openssl_cert(dir: &std::path::Path, domain: &str, days: u32) {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-keyout"])
+        .arg(dir.join("soon.key"))
+        .arg("-out")
+        .arg(dir.join("soon.crt"))
+        .args([
+            "-days",
+            &days.to_string(),
+            "-subj",
+            &format!("/CN={domain}"),
+        ])
+        .args(["-addext", &format!("subjectAltName=DNS:{domain}")])
+        .output()
+        .expect("openssl is installed");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_certificate_expiring_soon_fires_and_a_renewed_file_resolves_it() {
+    let receiver = Receiver::start();
+    let https = SocketAddr::from(([127, 0, 0, 1], hoist_testkit::free_port()));
+    let host = Host::with_agent_args(&["--https", &https.to_string()]);
+    openssl_cert(&host.dir, "soon.test", 5);
+    let extra = format!(
+        "\n[alerts]\nwebhook = \"http://{}/hook\"\n\n[alerts.rules.cert_expiring]\nthreshold = 10\n",
+        receiver.addr
+    );
+    let project = host.project("v1", "", &extra);
+    // The test app's route, on this domain over HTTPS with the file certificate.
+    let toml = project.join("hoist.toml");
+    let file = std::fs::read_to_string(&toml).unwrap().replace(
+        "domains = [\"*\"],",
+        &format!(
+            "domains = [\"soon.test\"], tls = {{ cert = \"{}\", key = \"{}\" }},",
+            host.dir.join("soon.crt").display(),
+            host.dir.join("soon.key").display()
+        ),
+    );
+    std::fs::write(&toml, file).unwrap();
+    let out = host.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until(Duration::from_secs(60), || {
+        receiver.find("firing", "cert_expiring").is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}: got {:?}", receiver.got.lock().unwrap()));
+    let fired = receiver.find("firing", "cert_expiring").unwrap();
+    let alert = &fired["alerts"][0];
+    assert_eq!(alert["labels"]["domain"], "soon.test", "{alert}");
+    let summary = alert["annotations"]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("expires in 4.") || summary.contains("expires in 5.0"),
+        "{summary}"
+    );
+    assert!(
+        alert["annotations"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("replace the file"),
+        "{alert}"
+    );
+    // The operator replaces the file with a certificate good for 90 days: it resolves.
+    openssl_cert(&host.dir, "soon.test", 90);
+    wait_until(Duration::from_secs(60), || {
+        receiver.find("resolved", "cert_expiring").is_some()
+    })
+    .expect("the expiry alert resolves once the file is renewed");
+    assert!(receiver.find("firing", "cert_renewal_failed").is_none());
+}
+
+/// An HTTPS webhook receiver with a certificate for `localhost` from `ca`: records every
+/// JSON body posted to it and answers 200.
+fn https_receiver(
+    ca: &hoist_testkit::certs::TestCa,
+) -> (SocketAddr, Arc<Mutex<Vec<serde_json::Value>>>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let leaf = ca.issue(&["localhost"]);
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+            .map(Result::unwrap)
+            .collect();
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    #[allow(deprecated)] // ring's provider, as the agent and proxy use
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    // The thread ends with the test process; it holds no child process.
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { continue };
+            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Head, then Content-Length bytes of body (a failed handshake ends the read).
+            let body = loop {
+                match tls.read(&mut buf) {
+                    Ok(0) | Err(_) => break None,
+                    Ok(n) => raw.extend_from_slice(&buf[..n]),
+                }
+                let text = String::from_utf8_lossy(&raw).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if raw.len() >= end + 4 + len {
+                        break Some(raw[end + 4..end + 4 + len].to_vec());
+                    }
+                }
+            };
+            if let Some(body) = body {
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    sink.lock().unwrap().push(v);
+                }
+                let _ = tls.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                let _ = tls.flush();
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        }
+    });
+    (addr, got)
+}
+
+#[test]
+fn https_webhooks_trust_ca_roots_and_refuse_an_unknown_ca() {
+    let ca = hoist_testkit::certs::TestCa::new("hoist receiver CA");
+    let (addr, got) = https_receiver(&ca);
+    let host = Host::new();
+    let hook = format!("https://localhost:{}/hook", addr.port());
+    let test = |project: &std::path::Path| {
+        let out = host.hoist(&[
+            "alerts",
+            "test",
+            "-c",
+            project.join("hoist.toml").to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    // Without the CA: the system's roots do not know it, the handshake fails.
+    let project = host.project("v1", "", &format!("\n[alerts]\nwebhook = \"{hook}\"\n"));
+    let out = host.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    test(&project);
+    wait_until(Duration::from_secs(60), || {
+        text(&host.hoist(&["events", "--json"]).stdout).contains("alert.failed")
+    })
+    .expect("the delivery to an unknown CA fails");
+    let events = text(&host.hoist(&["events", "--json"]).stdout);
+    assert!(events.contains("TLS handshake failed"), "{events}");
+    assert!(got.lock().unwrap().is_empty(), "nothing was accepted");
+    // With `ca_roots`: delivered over TLS.
+    let pem = host.dir.join("receiver-ca.pem");
+    std::fs::write(&pem, &ca.cert_pem).unwrap();
+    let project = host.project(
+        "v2",
+        "",
+        &format!(
+            "\n[alerts]\nwebhook = \"{hook}\"\nca_roots = \"{}\"\n",
+            pem.display()
+        ),
+    );
+    let out = host.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    test(&project);
+    wait_until(Duration::from_secs(30), || !got.lock().unwrap().is_empty()).unwrap_or_else(|e| {
+        panic!(
+            "{e}: events {}",
+            text(&host.hoist(&["events", "--json"]).stdout)
+        )
+    });
+    let v = got.lock().unwrap()[0].clone();
+    assert_eq!(v["alerts"][0]["labels"]["alertname"], "hoist_test", "{v}");
+}
+
+#[test]
+fn a_failed_job_fires_and_resolves_when_it_succeeds_again() {
+    let receiver = Receiver::start();
+    let host = Host::new();
+    let flag = host.dir.join("job-fails");
+    std::fs::write(&flag, "").unwrap();
+    let extra = format!(
+        r#"
+[alerts]
+webhook = "http://{hook}/hook"
+
+[jobs.nightly]
+command = "test ! -e {flag}"
+every = "2s"
+roles = ["web"]
+"#,
+        hook = receiver.addr,
+        flag = flag.display()
+    );
+    let project = host.project("v1", "", &extra);
+    let out = host.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until(Duration::from_secs(60), || {
+        receiver.find("firing", "job_failed").is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}: never fired: {:?}", receiver.got.lock().unwrap()));
+    assert!(receiver.find("resolved", "job_failed").is_none());
+    // The job's next run succeeds: the alert resolves.
+    std::fs::remove_file(&flag).unwrap();
+    wait_until(Duration::from_secs(60), || {
+        receiver.find("resolved", "job_failed").is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}: never resolved: {:?}", receiver.got.lock().unwrap()));
+    let resolved = receiver.find("resolved", "job_failed").unwrap();
+    assert_eq!(
+        resolved["alerts"][0]["labels"]["job"], "nightly",
+        "{resolved}"
+    );
+}

@@ -371,3 +371,39 @@ fn out_of_file_descriptors_the_proxy_backs_off_and_recovers() {
     wait_serving(listen, "fine");
     assert!(ping(&control).is_some());
 }
+
+/// The proxy's stats after `n` requests, with or without `--no-code-counters`:
+/// (2xx responses, per-code counts).
+fn counted(n: usize, extra: &[&str]) -> (u64, u64) {
+    let dir = hoist_testkit::tempdir();
+    let control = dir.path().join("control.sock");
+    let listen = free_addr();
+    let mut cmd = proxy_cmd(listen, &control);
+    cmd.arg("--upstream")
+        .arg(upstream("counted").to_string())
+        .args(extra);
+    let _proxy = ChildGuard::spawn(&mut cmd).unwrap();
+    wait_serving(listen, "counted");
+    for _ in 0..n {
+        assert_eq!(http_get(listen, "x", "/").unwrap().body, "counted");
+    }
+    let Reply::Stats { routes } = Client::connect(&control)
+        .unwrap()
+        .call(Request::Stats)
+        .unwrap()
+    else {
+        panic!("not stats")
+    };
+    let r = &routes[0];
+    (r.status[1], r.requests.iter().map(|c| c.count).sum())
+}
+
+#[test]
+fn no_code_counters_turns_the_per_code_counters_off_and_keeps_the_classes() {
+    // wait_serving sends requests of its own: compare with what was counted by class.
+    let (ok, by_code) = counted(5, &[]);
+    assert!(ok >= 5 && by_code == ok, "on by default: {ok} {by_code}");
+    let (ok, by_code) = counted(5, &["--no-code-counters"]);
+    assert!(ok >= 5, "classes are still counted: {ok}");
+    assert_eq!(by_code, 0, "no per-code counts");
+}

@@ -308,3 +308,65 @@ fn alerts_export_writes_slo_burn_rules_promtool_accepts() {
         text(&checked.stderr)
     );
 }
+
+#[test]
+fn firing_alerts_survive_an_agent_restart_without_notifying_again() {
+    let receiver = Receiver::start();
+    let mut host = Host::new();
+    let extra = format!(
+        "\n[alerts]\nwebhook = \"http://{}/hook\"\n\n[alerts.rules.http_5xx_ratio]\nenabled = false\n\n[slo.availability]\nservice = \"web\"\nobjective = \"99%\"\n",
+        receiver.addr
+    );
+    let project = host.project("v1", "", &extra);
+    let out = host.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    send(&host, "/status/500", 20, 500);
+    wait_until(Duration::from_secs(60), || {
+        receiver.count("firing", "slo_burn_fast", "availability") == 1
+            && receiver.count("firing", "slo_burn_slow", "availability") == 1
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", receiver.got));
+    let started = |status: &str| {
+        receiver
+            .got
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v["alerts"].as_array().cloned().unwrap_or_default())
+            .find(|a| a["status"] == status && a["labels"]["alertname"] == "slo_burn_fast")
+            .map(|a| a["startsAt"].clone())
+    };
+    let starts_at = started("firing").unwrap();
+
+    host.kill_agent();
+    host.start_agent();
+    // Passes of the new agent have run (each records the proxy's counters first, then
+    // evaluates and notifies); the second count proves the first pass has finished.
+    for n in [21, 22] {
+        send(&host, "/status/500", 1, 500);
+        wait_until(Duration::from_secs(30), || minute_totals(&host) == (n, n))
+            .unwrap_or_else(|e| panic!("{e}: got {:?}", minute_totals(&host)));
+    }
+    assert_eq!(
+        receiver.count("firing", "slo_burn_fast", "availability"),
+        1,
+        "not notified again after the restart: {:?}",
+        receiver.got
+    );
+    assert_eq!(receiver.count("firing", "slo_burn_slow", "availability"), 1);
+    let listed = host.hoist(&["alerts", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(
+        v["firing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| { a["labels"]["alertname"] == "slo_burn_fast" && a["startsAt"] == starts_at }),
+        "still firing since the same moment: {v}"
+    );
+    // It resolves once the bad share falls (22 of 600 is 3.7%), with its first start.
+    send(&host, "/", 578, 200);
+    wait_until(Duration::from_secs(60), || started("resolved").is_some())
+        .unwrap_or_else(|e| panic!("{e}: {:?}", receiver.got));
+    assert_eq!(started("resolved").unwrap(), starts_at);
+}

@@ -248,6 +248,18 @@ pub fn export(spec: &AppSpec) -> String {
             }
         }
     }
+    if let Some(days) = threshold(spec, "cert_expiring") {
+        add(
+            "cert_expiring",
+            format!(
+                "hoist_certificate_expiry_timestamp_seconds{{{sel}}} - time() < {}",
+                days * 86400.0
+            ),
+            None,
+            "the certificate of {{ $labels.domain }} expires soon",
+            "see `hoist certs`: replace a file certificate, or find why ACME did not renew",
+        );
+    }
     for (name, slo) in &spec.slo {
         let sel = format!("{sel},service=\"{}\"", slo.service);
         let allowed = 1.0 - slo.objective / 100.0;
@@ -294,6 +306,12 @@ pub fn export(spec: &AppSpec) -> String {
             r.pattern,
             r.count,
             r.within.as_secs()
+        );
+    }
+    if threshold(spec, "cert_renewal_failed").is_some() {
+        let _ = writeln!(
+            out,
+            "# cert_renewal_failed has no series: the agent evaluates it (`hoist certs` shows the last attempt)."
         );
     }
     let _ = writeln!(

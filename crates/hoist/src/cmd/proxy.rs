@@ -53,6 +53,11 @@ pub struct Args {
     /// open-files limit]
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+    /// Do not count responses per method and exact status code (`hoist_http_requests_total`
+    /// then has no series from this proxy); to measure what those counters cost. Status
+    /// classes and latency are still counted
+    #[arg(long)]
+    no_code_counters: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -143,6 +148,7 @@ fn serve(args: Args) -> anyhow::Result<()> {
         trusted_proxies: args.trusted,
         limits,
     };
+    hoist_proxy::count_codes(!args.no_code_counters);
     let own_args: Vec<_> = std::env::args_os().skip(1).collect();
     hoist_proxy::process::run_process(opts, own_args).context("the proxy stopped")
 }
