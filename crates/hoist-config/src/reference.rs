@@ -49,6 +49,7 @@ pub fn tables() -> Vec<Table> {
         t("alerts", ALERTS_KEYS, "Where alert notifications go."),
         t("alerts.rules.RULE", RULE_KEYS, "Tuning of a built-in rule (see the list in the README)."),
         t("alerts.logs.NAME", LOG_RULE_KEYS, "An alert on log lines matching a pattern."),
+        t("slo.NAME", crate::slo::SLO_KEYS, "A service level objective; `hoist slo` shows its error budget and burn rates, and the `slo_burn_fast`/`slo_burn_slow` rules alert on it."),
         t("run", RUN_KEYS, "What `hoist run` does around the release on this machine."),
     ]
 }
@@ -131,6 +132,7 @@ pub const KEYS: &[Key] = &[
     k("", "ssh", "table", Unset("OpenSSH's own settings"), "[ssh]", "See `[ssh]`."),
     k("", "acme", "table", Unset("Let's Encrypt"), "[acme]", "See `[acme]`."),
     k("", "alerts", "table", Unset("built-in rules, no receiver"), "[alerts]", "See `[alerts]`."),
+    k("", "slo", "table of tables", Unset("none"), "[slo.availability]", "See `[slo.NAME]`."),
     k("", "run", "table", Unset("none"), "[run]", "See `[run]`."),
     k("build", "command", CMD, Unset("nothing run"), "command = \"pip install --target vendor -r requirements.txt\"", "Runs in the project directory before packaging (`sh -c`). Vendoring Python requirements: see the guide."),
     k("build", "include", LIST, Text("every file"), "include = [\"app.py\", \"vendor/**\"]", "Glob patterns of the files that go into the release."),
@@ -229,8 +231,9 @@ pub const KEYS: &[Key] = &[
     k("acme", "email", STR, Unset("no contact"), "email = \"ops@example.com\"", "The account's contact."),
     k("acme", "directory", STR, Text(d::ACME_DIRECTORY), "directory = \"https://acme-staging-v02.api.letsencrypt.org/directory\"", "The ACME directory URL."),
     k("acme", "ca_roots", STR, Unset("the system's roots"), "ca_roots = \"/etc/hoist/private-ca.pem\"", "Roots trusted when talking to the directory (a private or test CA)."),
-    k("alerts", "webhook", STR, Unset("none"), "webhook = \"http://chat.example/hook\"", "An `http://` URL that gets Alertmanager-webhook JSON."),
+    k("alerts", "webhook", STR, Unset("none"), "webhook = \"http://chat.example/hook\"", "An `http://` or `https://` URL that gets Alertmanager-webhook JSON."),
     k("alerts", "webhook_secret", STR, Unset("none"), "webhook_secret = \"ALERT_WEBHOOK\"", "A secret holding the webhook URL (instead of `webhook`)."),
+    k("alerts", "ca_roots", "path", Unset("the system's roots only"), "ca_roots = \"/etc/hoist/alerts-ca.pem\"", "An absolute path to a PEM file of extra roots trusted for `https://` receivers."),
     k("alerts", "alertmanager", STR, Unset("none"), "alertmanager = \"http://127.0.0.1:9093\"", "Alerts are posted to its `/api/v2/alerts`."),
     k("alerts", "rules", "table of tables", Unset("built-in defaults"), "[alerts.rules.http_5xx_ratio]", "Overrides of the built-in rules."),
     k("alerts", "logs", "table of tables", Unset("none"), "[alerts.logs.sandboxes]", "Log-pattern rules."),
@@ -240,6 +243,10 @@ pub const KEYS: &[Key] = &[
     k("alerts.logs.NAME", "pattern", STR, Req, "pattern = \"no sandboxes available\"", "A regex."),
     k("alerts.logs.NAME", "count", INT, Req, "count = 3", "Matching lines that fire the alert..."),
     k("alerts.logs.NAME", "within", DUR, Req, "within = \"5m\"", "...within this window."),
+    k("slo.NAME", "service", STR, Req, "service = \"web\"", "A web service of this app."),
+    k("slo.NAME", "objective", "percentage", Req, "objective = \"99.9%\"", "The share of good requests over the window, strictly between 0% and 100%."),
+    k("slo.NAME", "latency", DUR, Unset("only 5xx answers are bad"), "latency = \"250ms\"", "A request slower than this is bad too; one of the proxy's bucket bounds (0.5ms, 1ms, 2.5ms, 5ms, 10ms, 25ms, 50ms, 100ms, 250ms, 500ms, 1s, 2.5s, 5s, 10s)."),
+    k("slo.NAME", "window", DUR, Default::Dur(hoist_core::spec::slo::MAX_WINDOW), "window = \"7d\"", "The window the objective is judged over, from 1h to 28d."),
     k("run", "test", CMD, Unset("`hoist run -- COMMAND` gives it"), "test = \"python3 -m pytest tests\"", "`hoist run`'s test command (`sh -c`, in the unpacked release, with `HOIST_URL`); its status is `hoist run`'s."),
     k("run", "seed", CMD, Unset("none"), "seed = \"python3 seed.py\"", "Run once against the fresh data directory, after `pre_activate`, before the services start."),
 ];

@@ -3,9 +3,8 @@
 //! data, security, observability, operations. Each check is a [`Finding`] with an `id`,
 //! a status (pass, warn or fail), why, and the fix.
 //!
-//! The checks read the typed spec and, for keys other branches are adding to the spec
-//! (`[slo.NAME]`, `[deploy.canary]`, `[logs] retention`), the raw TOML: a file that uses
-//! them is graded whether or not this build's validator knows them ([`load_for_review`]).
+//! The checks read the typed spec and, where a default hides whether the operator chose
+//! a value (a health check, a job's timeout), the raw TOML ([`load_for_review`]).
 //! Pure: no I/O beyond reading the app file; the live part is handed in as [`Live`].
 
 use std::collections::BTreeMap;
@@ -64,50 +63,17 @@ pub struct Live {
     pub max_verify_age: Duration,
 }
 
-/// Keys graded from the raw TOML that a validator without them refuses; they are taken
-/// out before the typed load (and read back from the raw tree by the checks).
-const RAW_ONLY: &[(&str, Option<&str>)] = &[
-    ("slo", None),
-    ("logs", None),
-    ("dashboard", None),
-    ("deploy", Some("canary")),
-];
-
-/// The app file, validated, with its raw TOML. A file that fails validation only because
-/// of the keys in `RAW_ONLY` is loaded without them.
+/// The app file, validated (refused as by every other command), with its raw TOML.
 pub fn load_for_review(
     path: &Path,
     destination: Option<&str>,
 ) -> Result<(LoadedConfig, toml::Table), ConfigError> {
+    let loaded = crate::load(path, destination)?;
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    let raw: toml::Table = text.parse().unwrap_or_default();
-    match crate::load(path, destination) {
-        Ok(loaded) => Ok((loaded, raw)),
-        Err(first) => {
-            let mut stripped = raw.clone();
-            let mut removed = false;
-            for (key, sub) in RAW_ONLY {
-                match sub {
-                    None => removed |= stripped.remove(*key).is_some(),
-                    Some(s) => {
-                        if let Some(toml::Value::Table(t)) = stripped.get_mut(*key) {
-                            removed |= t.remove(*s).is_some();
-                        }
-                    }
-                }
-            }
-            if !removed {
-                return Err(first);
-            }
-            let text = toml::to_string(&stripped).map_err(|_| first)?;
-            let mut loaded = crate::parse_str(&path.display().to_string(), &text)?;
-            loaded.files = vec![path.to_path_buf()];
-            Ok((loaded, raw))
-        }
-    }
+    Ok((loaded, text.parse().unwrap_or_default()))
 }
 
 /// Exit code of a review: 1 when something fails, else 0 (warnings alone: 0).
@@ -353,7 +319,7 @@ pub fn review(spec: &AppSpec, raw: &toml::Table, live: Option<&Live>) -> Vec<Fin
             "set `stop_timeout` to at least `http.drain_timeout`",
         );
     }
-    let canary = get(raw, &["deploy", "canary"]).is_some();
+    let canary = spec.deploy.canary.is_some();
     if spec.deploy.bake.is_some() || canary {
         let what = if canary {
             "[deploy.canary]"
@@ -690,36 +656,23 @@ pub fn review(spec: &AppSpec, raw: &toml::Table, live: Option<&Live>) -> Vec<Fin
             "set `[alerts] webhook = \"https://...\"` or `alertmanager = \"http://...\"`",
         );
     }
-    match get(raw, &["slo"]).and_then(|v| v.as_table()) {
-        Some(t) if !t.is_empty() => c.add(
-            "observability.slo",
-            Status::Pass,
-            format!(
-                "SLOs declared: {}",
-                list(&t.keys().cloned().collect::<Vec<_>>())
-            ),
-            "",
-        ),
-        _ => c.add(
+    if spec.slo.is_empty() {
+        c.add(
             "observability.slo",
             Status::Warn,
             "not declared: no `[slo.NAME]`",
             "add `[slo.NAME]` with `service` and `objective = \"99.9%\"`",
-        ),
-    }
-    match get(raw, &["logs", "retention"]) {
-        Some(v) => c.add(
-            "observability.log_retention",
+        );
+    } else {
+        c.add(
+            "observability.slo",
             Status::Pass,
-            format!("log retention declared: {v}"),
+            format!(
+                "SLOs declared: {}",
+                list(&spec.slo.keys().cloned().collect::<Vec<_>>())
+            ),
             "",
-        ),
-        None => c.add(
-            "observability.log_retention",
-            Status::Warn,
-            "not declared: instance logs rotate by size only (10 MiB x 5 per instance)",
-            "declare `[logs] retention = \"14d\"` and ship logs off the host",
-        ),
+        );
     }
 
     // --- operations

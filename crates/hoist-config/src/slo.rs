@@ -10,7 +10,7 @@ use hoist_core::spec::{slo, ServiceSpec, SloSpec};
 use crate::read::{check_name, join, type_error, Cx, Tbl};
 use crate::tree::{Node, Value};
 
-const SLO_KEYS: &[&str] = &["service", "objective", "latency", "window"];
+pub(crate) const SLO_KEYS: &[&str] = &["service", "objective", "latency", "window"];
 
 pub(crate) fn slos(
     cx: &mut Cx<'_>,

@@ -56,9 +56,6 @@ email = "ops@example.com"
 service = "web"
 objective = "99.9%"
 
-[logs]
-retention = "14d"
-
 [[hosts]]
 name = "a"
 ssh = "deploy@10.0.0.1"
@@ -113,7 +110,7 @@ fn the_good_file_passes_every_check() {
     let not: Vec<&Finding> = f.iter().filter(|f| f.status != Status::Pass).collect();
     assert!(not.is_empty(), "{not:#?}");
     assert_eq!(exit_code(&f), 0);
-    assert_eq!(f.len(), 20, "{f:#?}");
+    assert_eq!(f.len(), 19, "{f:#?}");
     for x in &f {
         assert!(x.fix.is_empty() && !x.why.is_empty(), "{x:?}");
     }
@@ -186,11 +183,6 @@ fn each_check_fails_on_a_file_that_breaks_it() {
         (
             "observability.slo",
             mutate("[slo.availability]\nservice = \"web\"\nobjective = \"99.9%\"\n", ""),
-            Status::Warn,
-        ),
-        (
-            "observability.log_retention",
-            mutate("[logs]\nretention = \"14d\"\n", ""),
             Status::Warn,
         ),
         (
