@@ -50,6 +50,8 @@ pub struct AgentConfig {
     pub retention: Retention,
     /// Where `/metrics` is served (Prometheus text, bearer token required).
     pub metrics: Option<SocketAddr>,
+    /// The proxy's cap on open client connections (`None`: the proxy's default).
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +181,7 @@ impl Agent {
             exe,
             listen,
             https: config.https,
+            max_connections: config.max_connections,
             dir: paths.proxy_dir(),
             listener: Default::default(),
         });

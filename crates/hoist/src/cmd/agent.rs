@@ -43,8 +43,12 @@ pub struct Args {
     /// `<root>/metrics.token`
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
-    /// The host config (keys `root`, `socket`, `proxy`, `https`, `metrics`, and a
-    /// `[retention]` table; flags override it)
+    /// Most open client connections the proxy keeps (plain and HTTPS together); one more
+    /// is answered 503 and closed [default: half the open-files limit]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
+    /// The host config (keys `root`, `socket`, `proxy`, `https`, `metrics`,
+    /// `max_connections`, and a `[retention]` table; flags override it)
     /// [default: /etc/hoist/agent.toml when it exists]
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -64,6 +68,8 @@ struct HostConfig {
     /// defaulted when absent).
     retention: Option<hoist_agent::Retention>,
     metrics: Option<SocketAddr>,
+    /// The proxy's cap on open client connections (as `--max-connections`).
+    max_connections: Option<u64>,
 }
 
 /// The host config: the named file (which must exist), else the default one when present.
@@ -85,6 +91,15 @@ fn host_config(path: Option<&Path>) -> anyhow::Result<HostConfig> {
     let base = path.parent().unwrap_or(Path::new("/"));
     config.root = config.root.map(|p| base.join(p));
     config.socket = config.socket.map(|p| base.join(p));
+    if config.max_connections == Some(0) {
+        return Err(with_exit(
+            Exit::Usage,
+            anyhow::anyhow!(
+                "invalid host config `{}`: `max_connections` must be at least 1 (leave it out for the default)",
+                path.display()
+            ),
+        ));
+    }
     Ok(config)
 }
 
@@ -186,6 +201,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         dashboard: args.dashboard.or(file.dashboard),
         retention: file.retention.unwrap_or_default(),
         metrics: args.metrics.or(file.metrics),
+        max_connections: args
+            .max_connections
+            .or(file.max_connections)
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -326,6 +345,19 @@ mod tests {
         let config = host_config(Some(&file)).unwrap();
         assert_eq!(config.metrics, Some("127.0.0.1:9464".parse().unwrap()));
         std::fs::write(&file, "metrics = \"not an address\"\n").unwrap();
+        assert!(host_config(Some(&file)).is_err());
+    }
+
+    #[test]
+    fn the_host_config_sets_the_proxy_connection_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "max_connections = 500\n").unwrap();
+        assert_eq!(host_config(Some(&file)).unwrap().max_connections, Some(500));
+        std::fs::write(&file, "max_connections = 0\n").unwrap();
+        let err = format!("{:#}", host_config(Some(&file)).unwrap_err());
+        assert!(err.contains("max_connections"), "{err}");
+        std::fs::write(&file, "max_connections = -3\n").unwrap();
         assert!(host_config(Some(&file)).is_err());
     }
 }
