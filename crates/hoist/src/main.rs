@@ -86,11 +86,6 @@ enum Command {
     Shim(cmd::shim::Args),
 }
 
-/// mimalloc for the agent and the proxy (the shim, its own binary, keeps the system's):
-/// cheaper than glibc's malloc on the proxy's per-request allocations.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     // A shim (one long-lived process per instance) skips clap, whose command tree it would
     // keep in memory for nothing.
