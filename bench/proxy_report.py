@@ -15,7 +15,7 @@ def geo(xs):
 def main(path):
     data = json.load(open(path))
     rounds = (data.get("proxy") or {}).get("rounds") or {}
-    ratios = {"nginx": {"rps": [], "p99": []}, "haproxy": {"rps": [], "p99": []}}
+    ratios = {"nginx": {"rps": [], "p99": [], "cpu": []}, "haproxy": {"rps": [], "p99": [], "cpu": []}}
     print("round  anchor    hoist rps  anchor rps  rps ratio  hoist p99  anchor p99  p99 ratio  hoist µs/req  anchor µs/req  hoist RSS MB")
     for rnd in sorted(rounds, key=int):
         rows = {r["name"]: r for r in rounds[rnd]}
@@ -30,6 +30,8 @@ def main(path):
             pr = ours["p99_ms"] / a["p99_ms"] if a.get("p99_ms") else float("nan")
             ratios[anchor]["rps"].append(rr)
             ratios[anchor]["p99"].append(pr)
+            if ours.get("proxy_cpu_us_per_req") and a.get("proxy_cpu_us_per_req"):
+                ratios[anchor]["cpu"].append(ours["proxy_cpu_us_per_req"] / a["proxy_cpu_us_per_req"])
             print(f"{rnd:>5}  {anchor:<8} {ours['rps']:>10.0f}  {a['rps']:>10.0f}  {rr:>9.3f}  "
                   f"{ours['p99_ms']:>9.2f}  {a['p99_ms']:>10.2f}  {pr:>9.3f}  "
                   f"{ours.get('proxy_cpu_us_per_req') or float('nan'):>12.1f}  "
@@ -38,7 +40,7 @@ def main(path):
     for anchor, r in ratios.items():
         if r["rps"]:
             print(f"geometric mean over {len(r['rps'])} rounds: hoist/{anchor} rps {geo(r['rps']):.3f}, "
-                  f"p99 {geo(r['p99']):.3f} (p99 < 1 is better)")
+                  f"p99 {geo(r['p99']):.3f}, CPU/request {geo(r['cpu']):.3f} (p99 and CPU < 1 are better)")
     switch = data.get("switch") or []
     if switch:
         print("\nswitch under load: name, switches confirmed, requests, failed total, switch ms p50/max")

@@ -9,7 +9,7 @@
 //! (RFC 8555 §6.5); a request whose three tries all got one is sent again here
 //! (`nonce_retry!`), and a whole order that fails anyway is retried a few times.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hoist_core::spec::AcmeSpec;
 use hoist_protocol::proxy::{Cert, Request, TlsRequest};
@@ -45,11 +45,67 @@ macro_rules! nonce_retry {
     }};
 }
 
-/// The directory client, logging every `badNonce` answer it passes on (so they are
-/// visible although `instant-acme` retries them itself).
-struct Logged(Box<dyn instant_acme::HttpClient>);
+/// The longest wait for a CA's `Retry-After` taken in line (the request is then sent);
+/// a longer one fails the request at once and the renewal is tried again after it.
+const MAX_INLINE_WAIT: Duration = Duration::from_secs(10);
+/// The wait assumed when a CA answers 429 or 503 (or `rateLimited`) without saying how long.
+const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
+const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
 
-impl instant_acme::HttpClient for Logged {
+/// What CAs said about their rate limits: no request goes to a directory before its
+/// time (shared by every issuance and renewal of this agent).
+#[derive(Debug, Default)]
+pub(crate) struct RateLimits(std::sync::Mutex<std::collections::HashMap<String, SystemTime>>);
+
+impl RateLimits {
+    fn until(&self, directory: &str) -> Option<SystemTime> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(directory)
+            .copied()
+            .filter(|t| *t > SystemTime::now())
+    }
+
+    fn note(&self, directory: &str, until: SystemTime) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let t = map.entry(directory.to_string()).or_insert(until);
+        *t = (*t).max(until);
+    }
+}
+
+/// A request not sent because the CA asked to wait (a rate limit).
+#[derive(Debug, thiserror::Error)]
+#[error("the CA is rate limiting this account (`{RATE_LIMITED}`); not asking again for {} s", secs_until(*until))]
+pub(crate) struct RateLimited {
+    pub until: SystemTime,
+}
+
+fn secs_until(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::now())
+        .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+}
+
+/// `Retry-After` (RFC 9110 §10.2.3): delay-seconds or an HTTP-date.
+fn parse_retry_after(value: &str, now: SystemTime) -> Option<SystemTime> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(now + Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let at = u64::try_from(at.timestamp()).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(at))
+}
+
+/// The directory client: honours the CA's rate-limit answers (429 or 503 with
+/// `Retry-After`, `rateLimited`) at every request, waiting a short time in line and
+/// failing at once with [`RateLimited`] while a longer one runs, and logs every
+/// `badNonce` answer it passes on (`instant-acme` retries those itself).
+struct Watched {
+    inner: std::sync::Arc<dyn instant_acme::HttpClient>,
+    limits: std::sync::Arc<RateLimits>,
+    directory: String,
+}
+
+impl instant_acme::HttpClient for Watched {
     fn request(
         &self,
         req: hyper::Request<instant_acme::BodyWrapper<bytes::Bytes>>,
@@ -60,10 +116,24 @@ impl instant_acme::HttpClient for Logged {
                 > + Send,
         >,
     > {
-        let fut = self.0.request(req);
+        let inner = self.inner.clone();
+        let limits = self.limits.clone();
+        let directory = self.directory.clone();
         Box::pin(async move {
-            let mut rsp = fut.await?;
-            if rsp.parts.status != hyper::StatusCode::BAD_REQUEST {
+            if let Some(until) = limits.until(&directory) {
+                let wait = until.duration_since(SystemTime::now()).unwrap_or_default();
+                if wait > MAX_INLINE_WAIT {
+                    return Err(instant_acme::Error::Other(Box::new(RateLimited { until })));
+                }
+                tracing::info!(
+                    wait_ms = wait.as_millis() as u64,
+                    "the CA asked to wait (Retry-After); waiting before the next request"
+                );
+                tokio::time::sleep(wait).await;
+            }
+            let mut rsp = inner.request(req).await?;
+            let status = rsp.parts.status;
+            if status.is_success() {
                 return Ok(rsp);
             }
             let body = rsp
@@ -71,10 +141,22 @@ impl instant_acme::HttpClient for Logged {
                 .into_bytes()
                 .await
                 .map_err(instant_acme::Error::Other)?;
-            if body
-                .windows(BAD_NONCE.len())
-                .any(|w| w == BAD_NONCE.as_bytes())
+            let has = |what: &str| body.windows(what.len()).any(|w| w == what.as_bytes());
+            if status == hyper::StatusCode::TOO_MANY_REQUESTS
+                || status == hyper::StatusCode::SERVICE_UNAVAILABLE
+                || has(RATE_LIMITED)
             {
+                let now = SystemTime::now();
+                let until = rsp
+                    .parts
+                    .headers
+                    .get(hyper::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, now))
+                    .unwrap_or(now + DEFAULT_RATE_LIMIT_WAIT);
+                limits.note(&directory, until);
+                tracing::warn!(%status, retry_after_s = secs_until(until), "the CA asked to slow down; no request goes to it before then");
+            } else if has(BAD_NONCE) {
                 tracing::info!("the CA rejected a nonce (badNonce); the request is sent again with a fresh one");
             }
             rsp.body = Box::new(body);
@@ -94,9 +176,17 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// An HTTP client for the directory: the system's roots, or those of `ca_roots`.
-fn http_client(acme: &AcmeSpec) -> Result<Box<dyn instant_acme::HttpClient>, String> {
-    Ok(Box::new(Logged(base_client(acme)?)))
+/// An HTTP client for the directory: the system's roots, or those of `ca_roots`, with
+/// the CA's rate limits honoured.
+fn http_client(
+    acme: &AcmeSpec,
+    limits: &std::sync::Arc<RateLimits>,
+) -> Result<Box<dyn instant_acme::HttpClient>, String> {
+    Ok(Box::new(Watched {
+        inner: base_client(acme)?.into(),
+        limits: limits.clone(),
+        directory: acme.directory.clone(),
+    }))
 }
 
 fn base_client(acme: &AcmeSpec) -> Result<Box<dyn instant_acme::HttpClient>, String> {
@@ -186,7 +276,7 @@ impl Agent {
             let creds: AccountCredentials = serde_json::from_slice(&data)
                 .map_err(|e| format!("the account file `{}` is unreadable: {e}", path.display()))?;
             // (Only the directory is fetched here: no signed request, no nonce.)
-            return Account::builder_with_http(http_client(acme)?)
+            return Account::builder_with_http(http_client(acme, &self.tls.rate_limits)?)
                 .from_credentials(creds)
                 .await
                 .map_err(|e| format!("cannot use the ACME account: {}", chain(&e)));
@@ -198,11 +288,11 @@ impl Agent {
             terms_of_service_agreed: true,
             only_return_existing: false,
         };
-        let (account, creds) = nonce_retry!(Account::builder_with_http(http_client(acme)?).create(
-            &new,
-            acme.directory.clone(),
-            None
-        ))
+        let (account, creds) = nonce_retry!(Account::builder_with_http(http_client(
+            acme,
+            &self.tls.rate_limits
+        )?)
+        .create(&new, acme.directory.clone(), None))
         .map_err(|e| {
             format!(
                 "cannot create an ACME account at `{}`: {}",
@@ -218,35 +308,57 @@ impl Agent {
     }
 }
 
+/// Why an issuance failed, and when the CA allows the next try (its rate limit), if it
+/// said.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub message: String,
+    pub retry_after: Option<SystemTime>,
+}
+
 /// Issues a certificate for `domains`: (chain PEM, key PEM).
 pub(crate) async fn issue(
     agent: &Agent,
     acme: &AcmeSpec,
     domains: &[String],
-) -> Result<(String, String), String> {
+) -> Result<(String, String), Failure> {
+    let limits = &agent.tls.rate_limits;
+    let fail = |message: String| Failure {
+        message,
+        retry_after: limits.until(&acme.directory),
+    };
+    // Nothing is asked of a CA that said to wait longer than a moment.
+    let blocked = || {
+        limits
+            .until(&acme.directory)
+            .filter(|t| t.duration_since(SystemTime::now()).unwrap_or_default() > MAX_INLINE_WAIT)
+    };
+    if let Some(until) = blocked() {
+        return Err(fail(RateLimited { until }.to_string()));
+    }
     let proxy = agent
         .proxy
         .as_ref()
-        .ok_or_else(|| "this agent runs no proxy to answer ACME challenges".to_string())?;
+        .ok_or_else(|| fail("this agent runs no proxy to answer ACME challenges".to_string()))?;
     let mut kinds = vec![ChallengeType::Http01];
     if agent.config.https.is_some() {
         kinds.push(ChallengeType::TlsAlpn01);
     }
     // The account request is retried like an order (a badNonce three times in a row,
-    // a CA that is restarting).
+    // a CA that is restarting), unless the CA said to wait.
     let mut account = Err(String::new());
     for attempt in 1..=ORDER_ATTEMPTS {
         account = agent.acme_account(acme).await;
-        if account.is_ok() {
+        if account.is_ok() || blocked().is_some() {
             break;
         }
         if attempt < ORDER_ATTEMPTS {
             tokio::time::sleep(Duration::from_secs(attempt as u64)).await;
         }
     }
-    let account = account?;
+    let account = account.map_err(fail)?;
     let mut errors = Vec::new();
-    for kind in kinds {
+    'kinds: for kind in kinds {
         for attempt in 1..=ORDER_ATTEMPTS {
             match order(proxy, &account, domains, kind.clone()).await {
                 Ok(done) => return Ok(done),
@@ -256,6 +368,11 @@ pub(crate) async fn issue(
                     break;
                 }
                 Err(OrderError::Other(e)) => {
+                    if blocked().is_some() {
+                        // The CA's rate limit: another order now would only be refused.
+                        errors.push(format!("{kind:?}: {e}"));
+                        break 'kinds;
+                    }
                     tracing::info!(attempt, error = %e, "ACME order failed; trying again");
                     if attempt == ORDER_ATTEMPTS {
                         errors.push(format!("{kind:?}: {e}"));
@@ -266,7 +383,7 @@ pub(crate) async fn issue(
             }
         }
     }
-    Err(errors.join("; "))
+    Err(fail(errors.join("; ")))
 }
 
 enum OrderError {
@@ -400,4 +517,141 @@ fn alpn_cert(domain: &str, digest: &[u8]) -> Result<Cert, String> {
         key_pem: key.serialize_pem(),
         source: "acme-challenge".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use instant_acme::HttpClient;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    /// A directory that answers from a list (status, Retry-After, body) and counts what
+    /// reached it.
+    struct Canned {
+        answers: Mutex<Vec<(u16, Option<&'static str>, &'static str)>>,
+        sent: AtomicUsize,
+    }
+
+    struct CannedClient(Arc<Canned>);
+
+    impl HttpClient for CannedClient {
+        fn request(
+            &self,
+            _req: hyper::Request<instant_acme::BodyWrapper<bytes::Bytes>>,
+        ) -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<
+                        Output = Result<instant_acme::BytesResponse, instant_acme::Error>,
+                    > + Send,
+            >,
+        > {
+            self.0.sent.fetch_add(1, Ordering::SeqCst);
+            let (status, retry, body) = self.0.answers.lock().unwrap().remove(0);
+            let mut b = hyper::Response::builder().status(status);
+            if let Some(r) = retry {
+                b = b.header(hyper::header::RETRY_AFTER, r);
+            }
+            let parts = b.body(()).unwrap().into_parts().0;
+            Box::pin(async move {
+                Ok(instant_acme::BytesResponse {
+                    parts,
+                    body: Box::new(bytes::Bytes::from_static(body.as_bytes())),
+                })
+            })
+        }
+    }
+
+    fn watched(answers: Vec<(u16, Option<&'static str>, &'static str)>) -> (Watched, Arc<Canned>) {
+        let canned = Arc::new(Canned {
+            answers: Mutex::new(answers),
+            sent: AtomicUsize::new(0),
+        });
+        let client = Watched {
+            inner: Arc::new(CannedClient(canned.clone())),
+            limits: Arc::default(),
+            directory: "https://ca.test/dir".into(),
+        };
+        (client, canned)
+    }
+
+    fn req() -> hyper::Request<instant_acme::BodyWrapper<bytes::Bytes>> {
+        hyper::Request::builder()
+            .uri("https://ca.test/new-order")
+            .body(instant_acme::BodyWrapper::from(Vec::new()))
+            .unwrap()
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_an_http_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(now + Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Thu, 01 Jan 1970 00:30:00 GMT", now),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800))
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[tokio::test]
+    async fn a_long_rate_limit_stops_every_request_until_it_ends() {
+        const PROBLEM: &str =
+            r#"{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many new orders"}"#;
+        let (client, canned) = watched(vec![(429, Some("3600"), PROBLEM), (200, None, "{}")]);
+        let rsp = client.request(req()).await.unwrap();
+        assert_eq!(
+            rsp.parts.status, 429,
+            "the answer itself goes to instant-acme"
+        );
+        let until = client.limits.until(&client.directory).expect("noted");
+        let left = until.duration_since(SystemTime::now()).unwrap();
+        assert!(left > Duration::from_secs(3500), "{left:?}");
+        // Every later request (an order, a poll, the account) fails at once, unsent.
+        for _ in 0..3 {
+            let err = client.request(req()).await.err().expect("refused");
+            let text = err.to_string();
+            assert!(text.contains("rate limiting"), "{text}");
+        }
+        assert_eq!(canned.sent.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_short_retry_after_on_503_is_waited_for_in_line() {
+        let (client, canned) = watched(vec![(503, Some("1"), "busy"), (200, None, "{}")]);
+        let rsp = client.request(req()).await.unwrap();
+        assert_eq!(rsp.parts.status, 503);
+        let noted = client.limits.until(&client.directory).expect("noted");
+        let rsp = client.request(req()).await.unwrap();
+        assert_eq!(rsp.parts.status, 200);
+        assert!(SystemTime::now() >= noted, "sent before the CA's time");
+        assert_eq!(canned.sent.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn rate_limited_without_retry_after_waits_a_default() {
+        const PROBLEM: &str = r#"{"type":"urn:ietf:params:acme:error:rateLimited"}"#;
+        let (client, _) = watched(vec![
+            (403, None, PROBLEM),
+            (
+                400,
+                None,
+                "{\"type\":\"urn:ietf:params:acme:error:badNonce\"}",
+            ),
+        ]);
+        client.request(req()).await.unwrap();
+        assert!(client.limits.until(&client.directory).is_some());
+        let (client, _) = watched(vec![(
+            400,
+            None,
+            "{\"type\":\"urn:ietf:params:acme:error:badNonce\"}",
+        )]);
+        client.request(req()).await.unwrap();
+        assert!(
+            client.limits.until(&client.directory).is_none(),
+            "badNonce is not a rate limit"
+        );
+    }
 }

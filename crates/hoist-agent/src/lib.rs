@@ -65,6 +65,8 @@ pub struct AgentConfig {
     /// agent's own user. Naming the agent's own user (`root`) keeps apps beside the
     /// agent and the proxy, as the operator's explicit choice.
     pub apps_user: Option<String>,
+    /// The proxy's cap on open client connections (`None`: the proxy's default).
+    pub max_connections: Option<usize>,
 }
 
 /// The system user `hoist setup` creates for apps: a root agent runs them as it, so an
@@ -237,6 +239,7 @@ impl Agent {
             exe,
             listen,
             https: config.https,
+            max_connections: config.max_connections,
             dir: paths.proxy_dir(),
             listener: Default::default(),
         });

@@ -50,6 +50,8 @@ pub struct ProxyCtl {
     pub exe: PathBuf,
     pub listen: SocketAddr,
     pub https: Option<SocketAddr>,
+    /// `--max-connections` for the proxy (`None`: its default).
+    pub max_connections: Option<usize>,
     pub dir: PathBuf,
     /// The proxy's listening sockets, kept open across proxy crashes (close-on-exec: no
     /// instance or shim inherits them).
@@ -194,6 +196,11 @@ impl ProxyCtl {
                 self.https
                     .iter()
                     .flat_map(|a| ["--https".to_string(), a.to_string()]),
+            )
+            .args(
+                self.max_connections
+                    .iter()
+                    .flat_map(|n| ["--max-connections".to_string(), n.to_string()]),
             )
             .env_clear()
             .env(

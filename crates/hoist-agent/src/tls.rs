@@ -231,6 +231,30 @@ pub(crate) fn retry_delay(failures: u32, left: i64) -> i64 {
     backoff.min(left / 10).max(5)
 }
 
+/// When a failed renewal is tried again (unix seconds): the usual backoff, and never
+/// before the CA's `Retry-After` (`ca_retry_at`) when it gave one. A `rateLimited`
+/// answer without one waits at least an hour, bounded by a quarter of the time left.
+pub(crate) fn next_try(
+    now: i64,
+    failures: u32,
+    left: i64,
+    ca_retry_at: Option<i64>,
+    rate_limited: bool,
+) -> i64 {
+    let mut at = now + retry_delay(failures, left);
+    match ca_retry_at {
+        Some(t) => at = at.max(t),
+        None if rate_limited => at = at.max(now + (left / 4).min(3600)),
+        None => {}
+    }
+    at
+}
+
+fn unix_secs(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64 + i64::from(d.subsec_nanos() > 0))
+}
+
 /// What the agent remembers of the TLS side.
 #[derive(Debug, Default)]
 pub(crate) struct Keeper {
@@ -240,6 +264,8 @@ pub(crate) struct Keeper {
     pub busy: tokio::sync::Mutex<()>,
     /// When certificate files were last read again (see `refresh_file_certs`).
     files_checked: Mutex<Option<std::time::Instant>>,
+    /// What ACME CAs said about their rate limits (see `acme.rs`).
+    pub rate_limits: std::sync::Arc<crate::acme::RateLimits>,
 }
 
 /// How often certificate files are read again, so a file replaced on the host (by
@@ -465,6 +491,10 @@ impl Agent {
     ) -> Result<(), String> {
         let _busy = self.tls.busy.lock().await;
         let result = crate::acme::issue(self, acme, domains).await;
+        let (result, ca_retry_at) = match result {
+            Ok(done) => (Ok(done), None),
+            Err(f) => (Err(f.message), f.retry_after.map(unix_secs)),
+        };
         let now_ms = hoist_state::now_ms();
         match result {
             Ok((cert_pem, key_pem)) => {
@@ -518,13 +548,13 @@ impl Agent {
                 if let Some(mut stored) = old {
                     stored.failures += 1;
                     let left = stored.not_after - now_secs();
-                    let mut delay = retry_delay(stored.failures, left);
-                    if e.contains("rateLimited") {
-                        // The CA said to slow down: wait at least an hour (bounded by
-                        // the time left, so a certificate is still renewed in time).
-                        delay = delay.max((left / 4).min(3600));
-                    }
-                    stored.retry_at = Some(now_secs() + delay);
+                    stored.retry_at = Some(next_try(
+                        now_secs(),
+                        stored.failures,
+                        left,
+                        ca_retry_at,
+                        e.contains("rateLimited"),
+                    ));
                     stored.last = Some(Attempt {
                         at_ms: now_ms,
                         ok: false,
@@ -737,5 +767,23 @@ mod tests {
         assert_eq!(retry_delay(30, 100_000_000), 6 * 3600);
         assert_eq!(retry_delay(3, 100), 10, "a tenth of what is left");
         assert_eq!(retry_delay(3, 0), 5);
+    }
+
+    #[test]
+    fn a_failed_renewal_waits_for_the_cas_retry_after() {
+        let now = 1_000_000;
+        let day = 86_400;
+        // Backoff alone: one minute after the first failure.
+        assert_eq!(next_try(now, 1, 30 * day, None, false), now + 60);
+        // The CA said two hours: not before then.
+        assert_eq!(
+            next_try(now, 1, 30 * day, Some(now + 7_200), true),
+            now + 7_200
+        );
+        // A Retry-After sooner than the backoff does not shorten it.
+        assert_eq!(next_try(now, 3, 30 * day, Some(now + 10), true), now + 240);
+        // rateLimited without Retry-After: an hour, or a quarter of what is left.
+        assert_eq!(next_try(now, 1, 30 * day, None, true), now + 3_600);
+        assert_eq!(next_try(now, 1, 4_000, None, true), now + 1_000);
     }
 }

@@ -8,7 +8,6 @@
 //! error: a claim on a draining upstream is dropped and the route looked up again.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -44,7 +43,9 @@ thread_local! {
     static TABLE: RefCell<Option<(u64, Arc<Table>)>> = const { RefCell::new(None) };
     /// Idle upstream connections of this worker thread. Each worker runs a
     /// current-thread runtime, so a connection's task runs where its pool is.
-    static POOL: RefCell<HashMap<SocketAddr, Vec<SendRequest<ClientBody>>>> = RefCell::new(HashMap::new());
+    // A list, not a hash map: a worker talks to a handful of upstreams, and a scan of
+    // a few addresses costs less than hashing one (twice per request).
+    static POOL: RefCell<Vec<(SocketAddr, Vec<SendRequest<ClientBody>>)>> = const { RefCell::new(Vec::new()) };
     static REQUEST_SEQ: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
     static POOL_RETURNS: Cell<u64> = const { Cell::new(0) };
 }
@@ -65,7 +66,7 @@ pub(crate) fn with_table<R>(shared: &Shared, f: impl FnOnce(&Table) -> R) -> R {
 fn pool_checkout(addr: SocketAddr) -> Option<SendRequest<ClientBody>> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
-        let idle = pool.get_mut(&addr)?;
+        let (_, idle) = pool.iter_mut().find(|(a, _)| *a == addr)?;
         while let Some(conn) = idle.pop() {
             if conn.is_ready() {
                 return Some(conn);
@@ -86,12 +87,18 @@ fn pool_return(addr: SocketAddr, conn: SendRequest<ClientBody>) {
             c.get()
         });
         if n % 4096 == 0 {
-            pool.retain(|_, idle| {
+            pool.retain_mut(|(_, idle)| {
                 idle.retain(|c| !c.is_closed());
                 !idle.is_empty()
             });
         }
-        let idle = pool.entry(addr).or_default();
+        let idle = match pool.iter().position(|(a, _)| *a == addr) {
+            Some(i) => &mut pool[i].1,
+            None => {
+                pool.push((addr, Vec::new()));
+                &mut pool.last_mut().expect("just pushed").1
+            }
+        };
         if idle.len() < POOL_MAX_IDLE {
             idle.push(conn);
         }
@@ -457,7 +464,7 @@ async fn proxy(
     });
     let mut route_trusted = false;
     if let Some(route) = &guarded {
-        if let Some(resp) = guard(route, &req, &peer).await {
+        if let Some(resp) = Box::pin(guard(route, &req, &peer)).await {
             return Ok(resp);
         }
         route_trusted = route.guards.is_trusted(peer.addr.ip());
@@ -504,7 +511,7 @@ async fn proxy(
         // sent, so the upstream never sees a byte of one that is too large.
         if !req.body().is_end_stream() && req.body().size_hint().exact().is_none() {
             let route = guarded.as_ref().expect("checked");
-            if let Err(resp) = buffer_body(&mut req, max, route, &body_state).await {
+            if let Err(resp) = Box::pin(buffer_body(&mut req, max, route, &body_state)).await {
                 return Ok(resp);
             }
         }
@@ -554,7 +561,9 @@ async fn proxy(
         let reused = pooled.is_some();
         let conn = match pooled {
             Some(c) => Ok(c),
-            None => connect(shared, upstream, websocket).await,
+            // Boxed: a fresh connection is the rare path, and its future would make
+            // every request's future (moved several times per request) larger.
+            None => Box::pin(connect(shared, upstream, websocket)).await,
         };
         let mut conn = match conn {
             Ok(c) => c,
@@ -1079,7 +1088,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if found == 0 {
         return;
     }
-    if found & 1 != 0 {
+    if found & 1 != 0 && connection_names_others(headers) {
         // HOP_BY_HOP[0] is Connection: the headers it names go too.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -1100,12 +1109,31 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether `Connection` names anything beyond `keep-alive` and `close` (the usual
+/// values, which name no header left to remove): only then is it parsed into names.
+fn connection_names_others(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes().split(|b| *b == b',').any(|t| {
+            let t = t.trim_ascii();
+            !(t.is_empty()
+                || t.eq_ignore_ascii_case(b"keep-alive")
+                || t.eq_ignore_ascii_case(b"close"))
+        })
+    })
+}
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+/// What only a trusted peer may send.
+static SPOOFABLE: [HeaderName; 4] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-for"),
+];
 
 /// Rewrites the client's headers for the upstream and returns the request id.
 fn prepare_request(
@@ -1144,14 +1172,8 @@ fn prepare_request(
         // A trusted peer may send several lines; they were folded into `xff` above.
         headers.remove(&X_FORWARDED_FOR);
     } else {
-        let spoofable = [
-            FORWARDED.clone(),
-            X_FORWARDED_PROTO.clone(),
-            X_FORWARDED_HOST.clone(),
-            X_FORWARDED_FOR.clone(),
-        ];
-        let found = present(headers, &spoofable);
-        for (i, name) in spoofable.iter().enumerate() {
+        let found = present(headers, &SPOOFABLE);
+        for (i, name) in SPOOFABLE.iter().enumerate() {
             if found & (1 << i) != 0 {
                 headers.remove(name);
             }
@@ -1162,11 +1184,12 @@ fn prepare_request(
         // A client's own X-Real-IP would pass for one the proxy set.
         headers.insert(X_REAL_IP.clone(), peer.ip_header.clone());
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
+    // (From an untrusted peer these were removed above: no lookup needed.)
+    if !trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
         let proto = if https { "https" } else { "http" };
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
-    if !headers.contains_key(&X_FORWARDED_HOST) && !host.is_empty() {
+    if (!trusted || !headers.contains_key(&X_FORWARDED_HOST)) && !host.is_empty() {
         if let Some(v) = headers.get(header::HOST).cloned() {
             headers.insert(X_FORWARDED_HOST.clone(), v);
         }
@@ -1204,11 +1227,28 @@ fn new_request_id(prefix: &str) -> HeaderValue {
         c.set((thread, seq));
         (thread, seq)
     });
-    let mut buf = [0u8; 64];
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{prefix}-{thread:x}-{seq:x}"));
-    let len = cursor.position() as usize;
+    // Written by hand: `format_args!` was a visible share of the request path.
+    let mut buf = [0u8; 80];
+    let p = prefix.as_bytes();
+    let mut len = p.len().min(40);
+    buf[..len].copy_from_slice(&p[..len]);
+    for n in [thread, seq] {
+        buf[len] = b'-';
+        len += 1;
+        len += write_hex(&mut buf[len..], n);
+    }
     HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// `n` in lowercase hex without leading zeros, at the start of `out` (17 bytes are
+/// enough); returns the length.
+fn write_hex(out: &mut [u8], n: u64) -> usize {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+    for i in 0..digits {
+        out[digits - 1 - i] = DIGITS[((n >> (4 * i)) & 0xf) as usize];
+    }
+    digits
 }
 
 /// The client end of a connection, with its address already rendered for
@@ -1252,6 +1292,44 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn connection_keep_alive_or_close_names_no_other_header() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        assert!(!connection_names_others(&h));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-kept"),
+        );
+        assert!(connection_names_others(&h));
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn generated_request_ids_are_prefix_thread_and_sequence_in_hex() {
+        let a = new_request_id("0a1b2c3d");
+        let b = new_request_id("0a1b2c3d");
+        let parts: Vec<_> = a.to_str().unwrap().split('-').collect();
+        assert_eq!(parts.len(), 3, "{a:?}");
+        assert_eq!(parts[0], "0a1b2c3d");
+        let seq = |v: &HeaderValue| {
+            u64::from_str_radix(v.to_str().unwrap().rsplit('-').next().unwrap(), 16).unwrap()
+        };
+        assert_eq!(seq(&b), seq(&a) + 1);
+        assert!(valid_request_id(a.as_bytes()));
+        let mut buf = [0u8; 17];
+        for n in [0u64, 1, 15, 16, 255, 0xdead_beef, u64::MAX] {
+            let len = write_hex(&mut buf, n);
+            assert_eq!(std::str::from_utf8(&buf[..len]).unwrap(), format!("{n:x}"));
+        }
     }
 
     #[test]

@@ -514,3 +514,58 @@ fn maintenance_mode_under_load_survives_the_agent_and_keeps_instances_running() 
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("nope"), "{}", text(&out.stderr));
 }
+
+/// The proxy's answer to the `connections` control request: (open, over capacity, max).
+fn proxy_connections(root: &std::path::Path) -> (u64, u64, u64) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(root.join("proxy/control.sock")).unwrap();
+    s.write_all(b"{\"version\":1,\"request\":{\"type\":\"connections\"}}\n")
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let c = &v["response"]["ok"];
+    let n = |k: &str| c[k].as_u64().unwrap_or_else(|| panic!("{k} in {line}"));
+    (n("open"), n("over_capacity"), n("max"))
+}
+
+#[test]
+fn the_connection_cap_comes_from_the_host_config_and_the_agent_flag() {
+    use std::io::{Read, Write};
+    let dir = hoist_testkit::tempdir();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "max_connections = 2\n").unwrap();
+    let host = Host::with_agent_args(&["--config", config.to_str().unwrap()]);
+    let _ = proxy_pid(&host.root).expect("the proxy answers");
+    assert_eq!(proxy_connections(&host.root).2, 2, "the host config's cap");
+    // Two idle connections fill the cap; the next is answered 503 and closed.
+    let held: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(host.proxy).unwrap())
+        .collect();
+    wait_until(Duration::from_secs(20), || {
+        proxy_connections(&host.root).0 == 2
+    })
+    .expect("the proxy counts both connections");
+    let mut third = std::net::TcpStream::connect(host.proxy).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let _ = third.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut answer = String::new();
+    let _ = third.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    assert!(answer.contains("too many open connections"), "{answer:?}");
+    assert_eq!(proxy_connections(&host.root).1, 1);
+    drop(held);
+    drop(host);
+
+    // The flag wins over the file.
+    let host = Host::with_agent_args(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--max-connections",
+        "7",
+    ]);
+    let _ = proxy_pid(&host.root).expect("the proxy answers");
+    assert_eq!(proxy_connections(&host.root).2, 7, "the flag's cap");
+}

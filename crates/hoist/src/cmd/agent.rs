@@ -48,8 +48,12 @@ pub struct Args {
     /// the agent runs as root and that user exists; `root` keeps them beside the agent]
     #[arg(long, value_name = "NAME")]
     apps_user: Option<String>,
-    /// The host config (keys `root`, `socket`, `proxy`, `https`, `dashboard`, `metrics`, `apps_user`, and a
-    /// `[retention]` table; flags override it)
+    /// Most open client connections the proxy keeps (plain and HTTPS together); one more
+    /// is answered 503 and closed [default: half the open-files limit]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
+    /// The host config (keys `root`, `socket`, `proxy`, `https`, `dashboard`, `metrics`,
+    /// `apps_user`, `max_connections`, and a `[retention]` table; flags override it)
     /// [default: /etc/hoist/agent.toml when it exists]
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -71,6 +75,8 @@ struct HostConfig {
     metrics: Option<SocketAddr>,
     /// As `--apps-user`.
     apps_user: Option<String>,
+    /// The proxy's cap on open client connections (as `--max-connections`).
+    max_connections: Option<u64>,
 }
 
 /// The keys of [`HostConfig`], from its serde derive (the docs list exactly these).
@@ -88,6 +94,7 @@ pub(crate) const HOST_CONFIG_DOCS: &[(&str, &str, &str, &str, &str)] = &[
     ("dashboard", "address", "none", "dashboard = \"127.0.0.1:9000\"", "Serve the dashboard and the same JSON API as the socket, behind the token in `<root>/dashboard.token` (`--dashboard`; `hoist dashboard` prints the login URL). Nothing listens without it."),
     ("retention", "table", "see `[retention]`", "[retention]", "How long records are kept."),
     ("metrics", "address", "none", "metrics = \"127.0.0.1:9464\"", "Serve `/metrics` (Prometheus text; bearer token in `<root>/metrics.token`)."),
+    ("max_connections", "integer", "half the open-files limit", "max_connections = 20000", "The proxy's cap on open client connections, plain and HTTPS together; one more is answered 503 and closed (`--max-connections`)."),
     ("apps_user", "user name", "`hoist-apps` when the agent runs as root and that user exists", "apps_user = \"www-data\"", "Who instances, jobs and hooks run as when their service names no `user` (`--apps-user`); `root` keeps them beside the agent."),
 ];
 
@@ -110,6 +117,15 @@ fn host_config(path: Option<&Path>) -> anyhow::Result<HostConfig> {
     let base = path.parent().unwrap_or(Path::new("/"));
     config.root = config.root.map(|p| base.join(p));
     config.socket = config.socket.map(|p| base.join(p));
+    if config.max_connections == Some(0) {
+        return Err(with_exit(
+            Exit::Usage,
+            anyhow::anyhow!(
+                "invalid host config `{}`: `max_connections` must be at least 1 (leave it out for the default)",
+                path.display()
+            ),
+        ));
+    }
     Ok(config)
 }
 
@@ -192,6 +208,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         retention: file.retention.unwrap_or_default(),
         metrics: args.metrics.or(file.metrics),
         apps_user: args.apps_user.or(file.apps_user),
+        max_connections: args
+            .max_connections
+            .or(file.max_connections)
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
     };
     hoist_agent::tune_allocator();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -333,6 +353,19 @@ mod tests {
         let config = host_config(Some(&file)).unwrap();
         assert_eq!(config.metrics, Some("127.0.0.1:9464".parse().unwrap()));
         std::fs::write(&file, "metrics = \"not an address\"\n").unwrap();
+        assert!(host_config(Some(&file)).is_err());
+    }
+
+    #[test]
+    fn the_host_config_sets_the_proxy_connection_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "max_connections = 500\n").unwrap();
+        assert_eq!(host_config(Some(&file)).unwrap().max_connections, Some(500));
+        std::fs::write(&file, "max_connections = 0\n").unwrap();
+        let err = format!("{:#}", host_config(Some(&file)).unwrap_err());
+        assert!(err.contains("max_connections"), "{err}");
+        std::fs::write(&file, "max_connections = -3\n").unwrap();
         assert!(host_config(Some(&file)).is_err());
     }
 }
