@@ -11,8 +11,7 @@ use hoist_core::schedule::{CronExpr, Schedule};
 use hoist_core::spec::{
     defaults, AcmeSpec, AlertsSpec, AppSpec, BackupSource, BackupSpec, BakeSpec, BasicAuthSpec,
     Batch, BuildSpec, CheckSpec, DeploySpec, FilesHost, HealthKind, HealthSpec, HooksSpec,
-    HostSpec, HttpGuards, HttpSpec, JobSpec, Keep, OnFailure, RateLimitSpec, RolloutSpec,
-    RunSpec,
+    HostSpec, HttpGuards, HttpSpec, JobSpec, Keep, OnFailure, RateLimitSpec, RolloutSpec, RunSpec,
     SecretsSpec, ServiceSpec, SshAddr, SshSpec, StopSignal, TlsSpec,
 };
 

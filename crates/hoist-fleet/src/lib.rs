@@ -5,8 +5,8 @@
 //! without systemd ([`keeper`]). It never opens a port of its own on a host, never weakens
 //! OpenSSH's host-key checking, and never prints.
 
-pub mod files;
 pub mod doctor;
+pub mod files;
 pub mod hosts;
 pub mod keeper;
 pub mod local;
