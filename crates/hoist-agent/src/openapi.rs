@@ -157,9 +157,33 @@ fn schemas() -> Value {
             "type": "object",
             "properties": {
                 "app": s(), "release": s_null(), "host": s(), "actor": s(), "lease": s(),
+                "data": r("RollbackData"),
             },
             "required": ["app", "host", "actor"],
         },
+        "RollbackData": {
+            "description": "What a rollback across a migration does with the data.",
+            "oneOf": [
+                strict(&[("mode", json!({ "const": "with_backup" }))]),
+                strict(&[("mode", json!({ "const": "keep_data" }))]),
+                strict(&[("mode", json!({ "const": "restored_on" })), ("host", s()), ("note", s())]),
+            ],
+        },
+        "MigrationBackup": strict(&[("name", s()), ("id", int())]),
+        "Migration": strict(&[
+            ("release", s()), ("hook", s()), ("operation", int()), ("at_ms", int()),
+            ("backups", array(r("MigrationBackup"))), ("kind", s()),
+        ]),
+        "RollbackCheck": strict(&[
+            ("app", s()), ("current", s()), ("target", s()), ("migrations", array(r("Migration"))),
+        ]),
+        "Finding": strict(&[
+            ("id", s()), ("status", s()), ("why", s()), ("fix", s()), ("evidence", array(s())),
+            ("runbook", s()),
+        ]),
+        "DoctorReport": strict(&[
+            ("host", s()), ("version", s()), ("now_ms", int()), ("findings", array(r("Finding"))),
+        ]),
         "DeployRequest": {
             "type": "object",
             "description": "`spec` is the validated app spec `hoist deploy` sends.",
@@ -290,6 +314,8 @@ fn operation(method: &str, template: &str) -> (&'static str, Vec<Value>, Option<
         ("POST", "/v1/deploy") => ("Deploy an uploaded release; progress as JSON lines ending with the outcome", vec![], Some(json_body(r("DeployRequest"))), ndjson("`Progress` objects")),
         ("POST", "/v1/plan") => ("What a deploy of a release would change", vec![], Some(json_body(r("PlanRequest"))), ok(r("Plan"))),
         ("POST", "/v1/rollback") => ("Roll back to the standby or a named release; progress as JSON lines", vec![], Some(json_body(r("RollbackRequest"))), ndjson("`Progress` objects")),
+        ("POST", "/v1/rollback/check") => ("Where a rollback would go and the migrations it would cross; nothing changes", vec![], Some(json_body(r("RollbackRequest"))), ok(r("RollbackCheck"))),
+        ("GET", "/v1/doctor") => ("What this host finds wrong with itself (`hoist doctor`)", vec![], None, ok(r("DoctorReport"))),
         ("GET", "/v1/jobs") => ("Recent job runs", vec![query("app", s(), "only this app's")], None, ok(array(r("JobRun")))),
         ("POST", "/v1/jobs/{app}/{job}/run") => ("Run a job now", vec![], None, ok(object())),
         ("POST", "/v1/services/{app}/{service}/{action}") => ("Start, stop or restart a service's instances (`action`: start, stop or restart)", vec![], None, ok(object())),
@@ -449,6 +475,11 @@ mod tests {
             return (n == 1)
                 .then_some(())
                 .ok_or(format!("{at}: {n} of oneOf match"));
+        }
+        if let Some(c) = schema.get("const") {
+            if c != v {
+                return Err(format!("{at}: {v} where {c} is described"));
+            }
         }
         if let Some(t) = schema.get("type") {
             let types: Vec<&str> = match t {
@@ -690,6 +721,45 @@ mod tests {
         check(
             "BlobsStored",
             &hoist_protocol::fleet::BlobsStored { blobs: 1, bytes: 2 },
+        );
+        check(
+            "RollbackCheck",
+            &a::RollbackCheck {
+                app: "demo".into(),
+                current: "r2".into(),
+                target: "r1".into(),
+                migrations: vec![a::Migration {
+                    release: "r2".into(),
+                    hook: "migrate".into(),
+                    operation: 4,
+                    at_ms: 1,
+                    backups: vec![a::MigrationBackup {
+                        name: "db".into(),
+                        id: 7,
+                    }],
+                    kind: "pre_activate".into(),
+                }],
+            },
+        );
+        for data in [
+            a::RollbackData::WithBackup,
+            a::RollbackData::KeepData,
+            a::RollbackData::RestoredOn {
+                host: "h1".into(),
+                note: "n".into(),
+            },
+        ] {
+            check("RollbackData", &data);
+        }
+        check(
+            "DoctorReport",
+            &a::DoctorReport {
+                host: "h".into(),
+                version: "0.1.0".into(),
+                now_ms: 1,
+                findings: vec![a::Finding::new("disk.space", "warn", "why", "fix")
+                    .with_evidence(vec!["90% used".into()])],
+            },
         );
     }
 }

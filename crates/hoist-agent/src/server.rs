@@ -95,6 +95,8 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/deploy"),
     ("POST", "/v1/plan"),
     ("POST", "/v1/rollback"),
+    ("POST", "/v1/rollback/check"),
+    ("GET", "/v1/doctor"),
     ("GET", "/v1/jobs"),
     ("POST", "/v1/jobs/{app}/{job}/run"),
     ("POST", "/v1/services/{app}/{service}/{action}"),

@@ -47,7 +47,14 @@ pub fn restore(archive: &Path, target: &Path) -> Result<Checked> {
     if let Some(dir) = target.parent() {
         std::fs::create_dir_all(dir).map_err(BackupError::io(dir))?;
     }
-    let checked = match unpack(archive, &staging) {
+    let owner = crate::file::Owner::of_target(target);
+    let checked = match unpack(archive, &staging).and_then(|c| {
+        // The directory stays the app's: every entry gets the owner of the one it replaces.
+        if let Some(o) = owner {
+            o.apply_tree(&staging)?;
+        }
+        Ok(c)
+    }) {
         Ok(c) => c,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
@@ -171,6 +178,26 @@ fn link_stays_inside(base: &Path, link: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A restored directory stays the app's (a root agent restores it).
+    #[test]
+    fn a_restore_keeps_the_directorys_owner() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("uploads");
+        std::fs::create_dir_all(live.join("sub")).unwrap();
+        std::fs::write(live.join("sub/a.txt"), "a").unwrap();
+        let b = dir.path().join("b.tar.zst");
+        backup(&live, &b).unwrap();
+        for p in [live.clone(), live.join("sub"), live.join("sub/a.txt")] {
+            std::os::unix::fs::chown(&p, Some(4242), Some(4343)).unwrap();
+        }
+        restore(&b, &live).unwrap();
+        for p in [live.clone(), live.join("sub"), live.join("sub/a.txt")] {
+            let m = std::fs::metadata(&p).unwrap();
+            assert_eq!((m.uid(), m.gid()), (4242, 4343), "{}", p.display());
+        }
+    }
 
     #[test]
     fn round_trip_replaces_the_directory() {

@@ -45,6 +45,77 @@ pub fn seal(partial: &Path, final_path: &Path) -> Result<Sealed> {
     })
 }
 
+/// Who owns what a restore replaces: the target's owner and mode when it exists, else
+/// its directory's owner (the app's data directory) with the mode left as made.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: Option<u32>,
+}
+
+impl Owner {
+    pub fn of_target(target: &Path) -> Option<Owner> {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::symlink_metadata(target) {
+            return Some(Owner {
+                uid: m.uid(),
+                gid: m.gid(),
+                mode: Some(m.mode() & 0o7777),
+            });
+        }
+        let m = std::fs::metadata(target.parent()?).ok()?;
+        Some(Owner {
+            uid: m.uid(),
+            gid: m.gid(),
+            mode: None,
+        })
+    }
+
+    /// Gives `path` (not following a symlink) this owner, and the mode for the top
+    /// entry when `top`. The app runs as its own user: a restored database it cannot
+    /// write would take it down. EPERM (an agent that is not root restoring its own
+    /// files) keeps the agent's ownership, as before.
+    pub fn apply(&self, path: &Path, top: bool) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        match std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid)) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(1) => {}
+            Err(e) => return Err(BackupError::io(path)(e)),
+        }
+        if let (true, Some(mode)) = (top, self.mode) {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .map_err(BackupError::io(path))?;
+        }
+        Ok(())
+    }
+
+    /// `apply` to a whole unpacked tree (the top entry gets the mode too).
+    pub fn apply_tree(&self, root: &Path) -> Result<()> {
+        self.apply(root, true)?;
+        let Ok(entries) = std::fs::read_dir(root) else {
+            return Ok(());
+        };
+        for e in entries {
+            let e = e.map_err(BackupError::io(root))?;
+            let path = e.path();
+            let dir = e.file_type().map_err(BackupError::io(&path))?.is_dir();
+            if dir {
+                let Owner { uid, gid, .. } = *self;
+                Owner {
+                    uid,
+                    gid,
+                    mode: None,
+                }
+                .apply_tree(&path)?;
+            } else {
+                self.apply(&path, false)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// sha256 (hex) and size of a file, in one read.
 pub fn hash_file(path: &Path) -> Result<(String, u64)> {
     let mut f = std::fs::File::open(path).map_err(BackupError::io(path))?;

@@ -81,6 +81,7 @@ pub fn restore(backup: &Path, target: &Path) -> Result<Checked> {
     if let Some(dir) = target.parent() {
         std::fs::create_dir_all(dir).map_err(BackupError::io(dir))?;
     }
+    let owner = file::Owner::of_target(target);
     let result = (|| {
         {
             let mut src = std::fs::File::open(backup).map_err(BackupError::io(backup))?;
@@ -90,6 +91,10 @@ pub fn restore(backup: &Path, target: &Path) -> Result<Checked> {
         }
         let checked = check(&tmp)?;
         remove_sidecars(&tmp);
+        // The database stays the app's: same owner and mode as the file it replaces.
+        if let Some(o) = owner {
+            o.apply(&tmp, true)?;
+        }
         for side in sidecars(target) {
             match std::fs::remove_file(&side) {
                 Ok(()) => {}
@@ -189,6 +194,31 @@ mod tests {
             .unwrap()
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap()
+    }
+
+    /// An app running as its own user must still own (and be able to write) its
+    /// database after a restore by a root agent.
+    #[test]
+    fn a_restore_keeps_the_databases_owner_and_mode() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        assert!(nix_is_root(), "this test needs root (it chowns)");
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("app.db");
+        db(&live, 3);
+        let sealed = backup(&live, &dir.path().join("b.sqlite")).unwrap();
+        std::os::unix::fs::chown(&live, Some(4242), Some(4343)).unwrap();
+        std::fs::set_permissions(&live, std::fs::Permissions::from_mode(0o640)).unwrap();
+        restore(&sealed.path, &live).unwrap();
+        let m = std::fs::metadata(&live).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (4242, 4343, 0o640));
+        assert_eq!(count(&live), 3);
+    }
+
+    fn nix_is_root() -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self")
+            .map(|m| m.uid() == 0)
+            .unwrap_or(false)
     }
 
     #[test]

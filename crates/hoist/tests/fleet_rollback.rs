@@ -84,10 +84,18 @@ fn a_fleet_rollback_across_a_migration_restores_once_on_the_backups_host() {
     let out = hoist(&v1, &["setup"]);
     assert!(out.status.success(), "setup: {}", text(&out.stderr));
     let out = hoist(&v1, &["deploy", "--json"]);
-    assert!(out.status.success(), "deploy: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "deploy: {}\n{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
     let r1 = release(&out);
     // The database lives on h1 only.
     sql(&fleet, 0, "CREATE TABLE t (x); INSERT INTO t VALUES (1);");
+    // The app's hooks run as the apps' user `hoist setup` made: the database is theirs.
+    let out = fleet.exec(0, &format!("chown hoist-apps:hoist-apps {DB}"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let before = sql(&fleet, 0, "SELECT * FROM t");
 
     let v2 = project(
@@ -96,7 +104,12 @@ fn a_fleet_rollback_across_a_migration_restores_once_on_the_backups_host() {
         Some("ALTER TABLE t ADD COLUMN y; INSERT INTO t VALUES (2, 2);"),
     );
     let out = hoist(&v2, &["deploy", "--json"]);
-    assert!(out.status.success(), "deploy: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "deploy: {}\n{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
     let r2 = release(&out);
     assert_ne!(sql(&fleet, 0, "SELECT * FROM t"), before, "migrated");
     for i in 0..2 {

@@ -145,10 +145,17 @@ renew
 "#;
 
 /// Runs the restart command in `$R` (the release directory).
+/// Web servers that watch `tmp/restart.txt` compare its times in whole seconds
+/// (Passenger's file change check), so a restart in the same second as the last one
+/// would go unseen and the old process keep serving: wait for the next second then.
 pub const RESTART: &str = r#"
+stamp="$PWD/$S/last-restart"
 cd "$R"
 mkdir -p tmp
+now=$(date +%s)
+while [ "$(cat "$stamp" 2>/dev/null)" = "$now" ]; do sleep 1; now=$(date +%s); done
 sh -c "$CMD"
+echo "$now" > "$stamp"
 "#;
 
 /// Keeps the newest `$KEEP` releases (never `$CUR` or `$PREV`), then the blobs no release
