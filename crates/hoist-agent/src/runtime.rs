@@ -358,8 +358,8 @@ impl Agent {
             stop_timeout: svc.stop_timeout,
             user: self.run_as(svc.user.as_ref()),
             log_dir: self.paths.logs(&row.app),
-            log_max_bytes: 10 * 1024 * 1024,
-            log_keep: 5,
+            log_max_bytes: svc.logs.max_size.0,
+            log_keep: svc.logs.keep,
         };
         Ok(Live {
             spec: spec_i,

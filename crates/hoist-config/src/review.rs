@@ -675,6 +675,40 @@ pub fn review(spec: &AppSpec, raw: &toml::Table, live: Option<&Live>) -> Vec<Fin
         );
     }
 
+    let undeclared: Vec<String> = spec
+        .services
+        .keys()
+        .filter(|n| get(raw, &["services", n, "logs"]).is_none())
+        .cloned()
+        .collect();
+    if undeclared.is_empty() {
+        let each: Vec<String> = spec
+            .services
+            .iter()
+            .map(|(n, s)| format!("{n}: {} per instance", s.logs.bound()))
+            .collect();
+        c.add(
+            "observability.log_retention",
+            Status::Pass,
+            format!("log retention chosen for every service ({})", list(&each)),
+            "",
+        );
+    } else {
+        let d = hoist_core::spec::LogsSpec::DEFAULT;
+        c.add(
+            "observability.log_retention",
+            Status::Warn,
+            format!(
+                "log retention left at the default ({} per instance: {} x {} files) for {}",
+                d.bound(),
+                d.max_size,
+                d.keep + 1,
+                list(&undeclared)
+            ),
+            "choose it with `logs = { max_size = \"50MiB\", keep = 10 }` on each service, and ship logs off the host for longer",
+        );
+    }
+
     // --- operations
     let no_limit: Vec<String> = spec
         .services

@@ -11,8 +11,8 @@ use hoist_core::schedule::{CronExpr, Schedule};
 use hoist_core::spec::{
     defaults, AcmeSpec, AlertsSpec, AppSpec, BackupSource, BackupSpec, BakeSpec, BasicAuthSpec,
     Batch, BuildSpec, CheckSpec, DeploySpec, FilesHost, HealthKind, HealthSpec, HooksSpec,
-    HostSpec, HttpGuards, HttpSpec, JobSpec, Keep, OnFailure, RateLimitSpec, RolloutSpec, RunSpec,
-    SecretsSpec, ServiceSpec, SshAddr, SshSpec, StopSignal, TlsSpec,
+    HostSpec, HttpGuards, HttpSpec, JobSpec, Keep, LogsSpec, OnFailure, RateLimitSpec, RolloutSpec,
+    RunSpec, SecretsSpec, ServiceSpec, SshAddr, SshSpec, StopSignal, TlsSpec,
 };
 
 use crate::diag::{did_you_mean, Loc};
@@ -32,6 +32,7 @@ pub(crate) const SECRETS_KEYS: &[&str] = &["required"];
 pub(crate) const CHECK_KEYS: &[&str] = &["command", "timeout"];
 pub(crate) const SERVICE_KEYS: &[&str] = &[
     "command",
+    "logs",
     "replicas",
     "singleton",
     "roles",
@@ -100,6 +101,7 @@ pub(crate) const CANARY_KEYS: &[&str] = &[
     "max_p99",
     "min_requests",
 ];
+pub(crate) const LOGS_KEYS: &[&str] = &["max_size", "keep"];
 pub(crate) const BAKE_KEYS: &[&str] = &["duration", "max_5xx_percent", "max_p99"];
 pub(crate) const ROLLOUT_KEYS: &[&str] = &["batch", "on_failure"];
 pub(crate) const HOST_KEYS: &[&str] = &[
@@ -570,6 +572,9 @@ fn service(cx: &mut Cx<'_>, key: &Key, node: &Node, refs: &mut Refs) -> Option<S
         }
         health(cx, n, &t.path("health"))
     });
+    let logs = t
+        .get("logs")
+        .and_then(|n| logs(cx, n, &t.path("logs"), t.key_loc("logs")));
     Some(ServiceSpec {
         command: command?,
         replicas: if singleton { 1 } else { replicas.unwrap_or(1) },
@@ -582,7 +587,33 @@ fn service(cx: &mut Cx<'_>, key: &Key, node: &Node, refs: &mut Refs) -> Option<S
         env,
         http,
         health,
+        logs: logs.unwrap_or_default(),
     })
+}
+
+/// A service's `logs = { max_size, keep }`: bounded, so one chatty service cannot fill
+/// the host (the disk alert and `hoist doctor` watch the rest).
+fn logs(cx: &mut Cx<'_>, node: &Node, path: &str, at: Option<&Loc>) -> Option<LogsSpec> {
+    const MIN: u64 = 64 * 1024;
+    const MAX: u64 = 1024 * 1024 * 1024;
+    let t = Tbl::open(cx, node, path, at.unwrap_or(&node.loc), LOGS_KEYS)?;
+    let mut out = LogsSpec::DEFAULT;
+    if let Some(n) = t.get("max_size") {
+        let size = read_size(cx, n, &t.path("max_size"), "max_size")?;
+        if !(MIN..=MAX).contains(&size.0) {
+            cx.error(
+                &n.loc,
+                format!("invalid `{}`: {size} is out of range", t.path("max_size")),
+                Some("between 64KiB and 1GiB".into()),
+            );
+            return None;
+        }
+        out.max_size = size;
+    }
+    if t.get("keep").is_some() {
+        out.keep = t.uint(cx, "keep", 0, 100)? as u32;
+    }
+    Some(out)
 }
 
 fn http(

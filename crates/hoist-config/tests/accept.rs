@@ -324,3 +324,37 @@ fn run_section_is_read_and_checked() {
         assert!(msgs.iter().any(|m| m.contains(expect)), "{text}: {msgs:?}");
     }
 }
+
+#[test]
+fn a_services_log_retention_is_read_bounded_and_keeps_old_release_ids() {
+    let base = "app = \"demo\"\n[services.web]\ncommand = \"x\"\n";
+    let with = parse_str(
+        "hoist.toml",
+        &format!("{base}logs = {{ max_size = \"1MiB\", keep = 2 }}\n"),
+    )
+    .unwrap();
+    let logs = with.spec.services["web"].logs;
+    assert_eq!((logs.max_size, logs.keep), (ByteSize(1024 * 1024), 2));
+    assert_eq!(logs.bound(), ByteSize(3 * 1024 * 1024));
+
+    // At its default the key is left out of the canonical JSON: release ids stay.
+    let without = parse_str("hoist.toml", base).unwrap();
+    assert!(without.spec.services["web"].logs.is_default());
+    let json = serde_json::to_string(&without.spec.services["web"]).unwrap();
+    assert!(!json.contains("\"logs\""), "{json}");
+    assert_ne!(with.resolved_hash, without.resolved_hash);
+
+    for (text, expect) in [
+        ("logs = { max_size = \"1KiB\" }\n", "out of range"),
+        ("logs = { max_size = \"2GiB\" }\n", "out of range"),
+        ("logs = { keep = 101 }\n", "keep"),
+        ("logs = { days = 3 }\n", "unknown key `days`"),
+    ] {
+        let err = parse_str("hoist.toml", &format!("{base}{text}")).unwrap_err();
+        let d = err.diagnostics();
+        assert!(
+            d.iter().any(|d| d.message.contains(expect) && d.line == 4),
+            "{text}: {d:?}"
+        );
+    }
+}

@@ -21,6 +21,7 @@ replicas = 2
 memory_limit = "256MiB"
 stop_timeout = "30s"
 user = "shop"
+logs = { max_size = "50MiB", keep = 10 }
 http = { domains = ["shop.example.com"], health = { path = "/health", healthy_threshold = 2, unhealthy_threshold = 3 }, drain_timeout = "10s", tls = "acme", hsts = "365d", rate_limit = { requests = 100, per = "1s", burst = 50 } }
 
 [services.worker]
@@ -28,6 +29,7 @@ command = "./worker"
 singleton = true
 memory_limit = "128MiB"
 user = "shop"
+logs = { max_size = "20MiB", keep = 3 }
 roles = ["web"]
 
 [jobs.cleanup]
@@ -110,7 +112,7 @@ fn the_good_file_passes_every_check() {
     let not: Vec<&Finding> = f.iter().filter(|f| f.status != Status::Pass).collect();
     assert!(not.is_empty(), "{not:#?}");
     assert_eq!(exit_code(&f), 0);
-    assert_eq!(f.len(), 19, "{f:#?}");
+    assert_eq!(f.len(), 20, "{f:#?}");
     for x in &f {
         assert!(x.fix.is_empty() && !x.why.is_empty(), "{x:?}");
     }
@@ -167,7 +169,7 @@ fn each_check_fails_on_a_file_that_breaks_it() {
         ),
         (
             "security.user",
-            mutate("user = \"shop\"\nhttp", "user = \"root\"\nhttp"),
+            mutate("user = \"shop\"\nlogs", "user = \"root\"\nlogs"),
             Status::Fail,
         ),
         (
@@ -183,6 +185,11 @@ fn each_check_fails_on_a_file_that_breaks_it() {
         (
             "observability.slo",
             mutate("[slo.availability]\nservice = \"web\"\nobjective = \"99.9%\"\n", ""),
+            Status::Warn,
+        ),
+        (
+            "observability.log_retention",
+            mutate("logs = { max_size = \"20MiB\", keep = 3 }\n", ""),
             Status::Warn,
         ),
         (

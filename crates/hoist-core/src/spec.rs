@@ -216,6 +216,41 @@ pub struct ServiceSpec {
     pub http: Option<HttpSpec>,
     /// Health of a worker (a web service's health is `http.health`).
     pub health: Option<HealthSpec>,
+    /// How much output each instance keeps on the host. Left out of the canonical JSON
+    /// at its default, so app files without it keep their release ids.
+    #[serde(default, skip_serializing_if = "LogsSpec::is_default")]
+    pub logs: LogsSpec,
+}
+
+/// `logs = { max_size, keep }`: an instance's log file is rotated before it would grow
+/// past `max_size`, and `keep` rotated files are kept besides the live one, so an
+/// instance holds at most `max_size × (keep + 1)` of logs on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsSpec {
+    pub max_size: ByteSize,
+    pub keep: u32,
+}
+
+impl LogsSpec {
+    pub const DEFAULT: LogsSpec = LogsSpec {
+        max_size: ByteSize(10 * 1024 * 1024),
+        keep: 5,
+    };
+
+    pub fn is_default(&self) -> bool {
+        *self == Self::DEFAULT
+    }
+
+    /// The most an instance keeps on disk.
+    pub fn bound(&self) -> ByteSize {
+        ByteSize(self.max_size.0.saturating_mul(u64::from(self.keep) + 1))
+    }
+}
+
+impl Default for LogsSpec {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 impl ServiceSpec {
@@ -964,6 +999,7 @@ mod tests {
             env: BTreeMap::new(),
             http: None,
             health: None,
+            logs: LogsSpec::DEFAULT,
         }
     }
 

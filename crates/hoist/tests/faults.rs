@@ -427,6 +427,47 @@ pre_activate = '''head -c 10485760 /dev/zero | tr '\0' x; echo; yes hello | head
     );
 }
 
+/// A service's `logs = { max_size, keep }` reaches its shim: 1 MB of output leaves the live
+/// file and `keep` rotated ones, each within `max_size`, and nothing older.
+#[test]
+fn a_services_log_retention_bounds_what_its_instances_keep() {
+    let h = Host::new();
+    let p = h.project("v1", "", "");
+    let toml = std::fs::read_to_string(p.join("hoist.toml")).unwrap();
+    let chatty = r#"[services.chatty]
+command = "sh -c 'yes 0123456789abcdef | head -c 1000000; exec sleep 1000'"
+roles = ["web"]
+logs = { max_size = "64KiB", keep = 2 }
+
+[deploy]"#;
+    std::fs::write(p.join("hoist.toml"), toml.replacen("[deploy]", chatty, 1)).unwrap();
+    let out = h.deploy(&p);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dir = h.root.join("logs/demo/chatty");
+    let files = || -> BTreeSet<String> {
+        std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // 1 MB is about 16 rotations of 64 KiB: wait until the oldest kept one exists.
+    wait_until(LONG, || files().iter().any(|f| f.ends_with(".log.2")))
+        .unwrap_or_else(|e| panic!("{e}: {:?}", files()));
+    std::thread::sleep(Duration::from_millis(300));
+    let names = files();
+    assert!(
+        names.iter().all(|f| !f.ends_with(".log.3")),
+        "more than `keep` rotated files: {names:?}"
+    );
+    for f in &names {
+        let len = std::fs::metadata(dir.join(f)).unwrap().len();
+        assert!(len <= 64 * 1024, "{f} is {len} bytes, over max_size");
+    }
+}
+
 /// Fills the filesystem holding `path` with one file, which is returned.
 fn fill_disk(path: &Path) -> PathBuf {
     let filler = path.join("filler");
