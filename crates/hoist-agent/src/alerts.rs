@@ -886,7 +886,7 @@ impl Engine {
                     .zip(old.buckets.iter().chain(std::iter::repeat(&0)))
                     .map(|(n, o)| n.saturating_sub(*o))
                     .collect();
-                let p99 = quantile(&new.bounds_ms, &counts, 0.99) / 1000.0;
+                let p99 = hoist_state::minutes::quantile_ms(&new.bounds_ms, &counts, 0.99) / 1000.0;
                 if p99 > limit {
                     firing.push(Firing {
                         app: app.to_string(),
@@ -971,27 +971,6 @@ impl Engine {
         out.sort_by_key(|v| v["startsAt"].as_str().unwrap_or_default().to_string());
         out
     }
-}
-
-/// The upper bound of the bucket holding quantile `q` (the last bound when it is above
-/// them all).
-fn quantile(bounds_ms: &[f64], counts: &[u64], q: f64) -> f64 {
-    let total: u64 = counts.iter().sum();
-    if total == 0 {
-        return 0.0;
-    }
-    let rank = (q * total as f64).ceil() as u64;
-    let mut seen = 0;
-    for (i, n) in counts.iter().enumerate() {
-        seen += n;
-        if seen >= rank {
-            return bounds_ms
-                .get(i)
-                .copied()
-                .unwrap_or_else(|| bounds_ms.last().copied().unwrap_or(0.0) * 2.0);
-        }
-    }
-    0.0
 }
 
 /// The TLS client of https receivers: the system's roots plus those of `ca_roots`.
@@ -1102,14 +1081,6 @@ async fn post(url: &str, body: &[u8], ca_roots: Option<&str>) -> Result<u16, Str
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantile_picks_the_bucket_bound() {
-        let bounds = [1.0, 10.0, 100.0];
-        assert_eq!(quantile(&bounds, &[99, 0, 1, 0], 0.99), 1.0);
-        assert_eq!(quantile(&bounds, &[90, 0, 10, 0], 0.99), 100.0);
-        assert_eq!(quantile(&bounds, &[0, 0, 0, 5], 0.99), 200.0);
-    }
 
     #[test]
     fn alerts_fire_once_and_resolve() {

@@ -37,6 +37,36 @@ struct Routes {
     auths: HashMap<String, Arc<crate::guards::Auth>>,
 }
 
+/// The members of a route's upstream list: the kept `Upstream` of each address (so
+/// its connections, ejection state and drain survive a new table), each marked live.
+fn kept_members(
+    list: &[wire::Upstream],
+    upstreams: &mut HashMap<SocketAddr, Arc<Upstream>>,
+    live: &mut HashSet<SocketAddr>,
+) -> Vec<Arc<Upstream>> {
+    list.iter()
+        .map(|u| {
+            live.insert(u.addr);
+            upstreams
+                .entry(u.addr)
+                .or_insert_with(|| Arc::new(Upstream::new(u.addr, &u.instance)))
+                .clone()
+        })
+        .collect()
+}
+
+/// The kept counters of a route's release (they outlive table swaps).
+fn counters_of(
+    counters: &mut HashMap<(String, String), Arc<Counters>>,
+    route: &str,
+    release: &str,
+) -> Arc<Counters> {
+    counters
+        .entry((route.to_string(), release.to_string()))
+        .or_insert_with(|| Arc::new(Counters::new(route, release)))
+        .clone()
+}
+
 /// The proxy's control state, shared by the control connections.
 #[derive(Debug)]
 pub(crate) struct Control {
@@ -120,21 +150,8 @@ impl Control {
         let mut domains = Vec::with_capacity(specs.len());
         let mut live = HashSet::new();
         for route in specs.values() {
-            let members = route
-                .upstreams
-                .iter()
-                .map(|u| {
-                    live.insert(u.addr);
-                    upstreams
-                        .entry(u.addr)
-                        .or_insert_with(|| Arc::new(Upstream::new(u.addr, &u.instance)))
-                        .clone()
-                })
-                .collect();
-            let own = counters
-                .entry((route.id.clone(), route.release.clone()))
-                .or_insert_with(|| Arc::new(Counters::new(&route.id, &route.release)))
-                .clone();
+            let members = kept_members(&route.upstreams, upstreams, &mut live);
+            let own = counters_of(counters, &route.id, &route.release);
             let rate = route.guards.rate_limit.as_ref().map(|c| {
                 limiters
                     .entry(route.id.clone())
@@ -153,21 +170,8 @@ impl Control {
             if let Some(c) = &route.canary {
                 // The canary side is a whole entry of its own (same route, guards and
                 // prefix; its release's members and counters).
-                let members = c
-                    .upstreams
-                    .iter()
-                    .map(|u| {
-                        live.insert(u.addr);
-                        upstreams
-                            .entry(u.addr)
-                            .or_insert_with(|| Arc::new(Upstream::new(u.addr, &u.instance)))
-                            .clone()
-                    })
-                    .collect();
-                let own = counters
-                    .entry((route.id.clone(), c.release.clone()))
-                    .or_insert_with(|| Arc::new(Counters::new(&route.id, &c.release)))
-                    .clone();
+                let members = kept_members(&c.upstreams, upstreams, &mut live);
+                let own = counters_of(counters, &route.id, &c.release);
                 let guards = crate::guards::RouteGuards::compile(&route.guards, rate, auth);
                 let side = RouteEntry::new(route, members, own, guards);
                 entry.canary = Some(Box::new(crate::canary::CanarySide::new(

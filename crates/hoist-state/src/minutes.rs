@@ -418,6 +418,15 @@ fn decode(b: &[u8]) -> Vec<u64> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn quantile_picks_the_bucket_bound() {
+        let bounds = [1.0, 10.0, 100.0];
+        assert_eq!(quantile_ms(&bounds, &[99, 0, 1, 0], 0.99), 1.0);
+        assert_eq!(quantile_ms(&bounds, &[90, 0, 10, 0], 0.99), 100.0);
+        assert_eq!(quantile_ms(&bounds, &[0, 0, 0, 5], 0.99), 200.0);
+        assert_eq!(quantile_ms(&bounds, &[0, 0, 0, 0], 0.99), 0.0);
+    }
+
     const BOUNDS: [f64; 3] = [10.0, 100.0, 1000.0];
 
     fn snap(release: &str, requests: u64, errors: u64, buckets: [u64; 4]) -> Snapshot {

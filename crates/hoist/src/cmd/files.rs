@@ -222,12 +222,31 @@ fn render_outcome(o: &Outcome, verb: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Deploys to every files host, one after another; the exit code of the lot.
+/// Deploys to every files host, one after another; the exit code of the lot. A failed
+/// host stops the rollout: the next hosts keep their release.
 pub fn deploy(
     loaded: &LoadedConfig,
     artifact: &std::path::Path,
     json: bool,
 ) -> anyhow::Result<i32> {
+    each_host(loaded, json, Op::Deploy(artifact))
+}
+
+/// Rolls every files host back, one after another (a failed one does not stop the rest).
+pub fn rollback(loaded: &LoadedConfig, release: Option<&str>, json: bool) -> anyhow::Result<i32> {
+    each_host(loaded, json, Op::Rollback(release))
+}
+
+/// What [`each_host`] does on each files host.
+#[derive(Clone, Copy)]
+enum Op<'a> {
+    Deploy(&'a std::path::Path),
+    Rollback(Option<&'a str>),
+}
+
+/// Runs `op` host by host with its steps shown; Ctrl-C hands the held lock back and
+/// stops with exit 3.
+fn each_host(loaded: &LoadedConfig, json: bool, op: Op<'_>) -> anyhow::Result<i32> {
     let hosts = targets(loaded, &[], HostKeys::Strict)?;
     let actor = common::actor();
     let mut ok = 0;
@@ -239,8 +258,14 @@ pub fn deploy(
             }
         };
         let r = common::block_on(async {
+            let run = async {
+                match op {
+                    Op::Deploy(artifact) => t.deploy(&loaded.spec, artifact, &actor, &on).await,
+                    Op::Rollback(release) => t.rollback(&loaded.spec, release, &actor, &on).await,
+                }
+            };
             tokio::select! {
-                r = t.deploy(&loaded.spec, artifact, &actor, &on) => Some(r),
+                r = run => Some(r),
                 _ = tokio::signal::ctrl_c() => {
                     t.release_held().await;
                     None
@@ -248,66 +273,36 @@ pub fn deploy(
             }
         });
         let Some(r) = r else {
+            let state = match op {
+                Op::Deploy(_) => "wholly the old release or the new one (a next deploy of the same release finishes it)",
+                Op::Rollback(_) => "wholly one release",
+            };
             output::warn(&format!(
-                "interrupted: the lock on `{}` is released; its served path is wholly the old release or the new one (a next deploy of the same release finishes it)",
+                "interrupted: the lock on `{}` is released; its served path is {state}",
                 t.name
             ));
             return Ok(3);
         };
+        let verb = match op {
+            Op::Deploy(_) => "Deployed",
+            Op::Rollback(_) => "Rolled back",
+        };
+        let stop = matches!(op, Op::Deploy(_));
         match r {
             Ok(o) => {
-                render_outcome(&o, "Deployed", json)?;
+                render_outcome(&o, verb, json)?;
                 if o.result != "failed" {
                     ok += 1;
-                } else {
-                    // A failed host stops the rollout: the next hosts keep their release.
+                } else if stop {
                     break;
                 }
             }
             Err(e) => {
                 show_error(&e);
-                break;
-            }
-        }
-    }
-    Ok(code(ok, hosts.len()))
-}
-
-pub fn rollback(loaded: &LoadedConfig, release: Option<&str>, json: bool) -> anyhow::Result<i32> {
-    let hosts = targets(loaded, &[], HostKeys::Strict)?;
-    let actor = common::actor();
-    let mut ok = 0;
-    for t in &hosts {
-        let name = t.name.clone();
-        let on = move |s: &str| {
-            if !json {
-                output::status("Step", &format!("`{name}`: {s}"));
-            }
-        };
-        let r = common::block_on(async {
-            tokio::select! {
-                r = t.rollback(&loaded.spec, release, &actor, &on) => Some(r),
-                _ = tokio::signal::ctrl_c() => {
-                    t.release_held().await;
-                    None
+                if stop {
+                    break;
                 }
             }
-        });
-        let Some(r) = r else {
-            output::warn(&format!(
-                "interrupted: the lock on `{}` is released; its served path is wholly one release",
-                t.name
-            ));
-            return Ok(3);
-        };
-        match r {
-            Ok(o) => {
-                render_outcome(&o, "Rolled back", json)?;
-                if o.result != "failed" {
-                    ok += 1;
-                }
-            }
-            Err(e) => show_error(&e),
         }
     }
     Ok(code(ok, hosts.len()))
