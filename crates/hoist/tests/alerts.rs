@@ -284,7 +284,7 @@ fn alerts_export_is_a_valid_prometheus_rules_file() {
 }
 
 #[test]
-fn log_pattern_memory_and_failed_job_rules_fire() {
+fn log_pattern_memory_and_failed_job_rules_fire_and_resolve() {
     let receiver = Receiver::start();
     let host = Host::new();
     let app = hoist_testkit::testapp_bin();
@@ -346,6 +346,18 @@ roles = ["web"]
         receiver.find("resolved", "log_pattern").is_some()
     })
     .expect("the log rule resolves");
+    // The leak stops with its service: the memory rule resolves too.
+    let out = host.hoist(&[
+        "stop",
+        "leaky",
+        "-c",
+        project.join("hoist.toml").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until(Duration::from_secs(60), || {
+        receiver.find("resolved", "memory_near_limit").is_some()
+    })
+    .expect("the memory rule resolves");
 }
 
 #[test]
