@@ -211,7 +211,7 @@ pub const KEYS: &[Key] = &[
     k("deploy", "rollout", "table", Text("one host at a time, stop on failure"), "rollout = { batch = \"25%\" }", "See the rollout table."),
     k("deploy", "canary", "table", Unset("no canary: one switch"), "canary = { steps = [5, 25, 50], interval = \"2m\" }", "See the canary table."),
     k("deploy.bake", "duration", DUR, Req, "duration = \"5m\"", "How long the new release is watched."),
-    k("deploy.bake", "max_5xx_percent", "number", Unset("not checked"), "max_5xx_percent = 1.0", "A larger share of 5xx answers switches back."),
+    k("deploy.bake", "max_5xx_percent", INT, Unset("not checked"), "max_5xx_percent = 1", "A larger share of 5xx answers switches back."),
     k("deploy.bake", "max_p99", DUR, Unset("not checked"), "max_p99 = \"800ms\"", "A slower p99 switches back."),
     k("deploy.rollout", "batch", "integer or percentage", Default::Int(1), "batch = \"25%\"", "Hosts deployed at once."),
     k("deploy.rollout", "on_failure", STR, Text("`\"stop\"`"), "on_failure = \"rollback\"", "`stop` leaves switched hosts on the new release; `rollback` switches them back."),

@@ -603,7 +603,7 @@ pub fn review(spec: &AppSpec, raw: &toml::Table, live: Option<&Live>) -> Vec<Fin
             "security.user",
             Status::Warn,
             format!(
-                "{} run as the agent's user (root on a host set up by `hoist setup`)",
+                "{} run as the host's shared apps user (`hoist-apps`, made by `hoist setup`; root where it is missing or `apps_user = \"root\"`): apps on one host share it",
                 list(&unset)
             ),
             "set `user = \"APP_USER\"` on each service (`hoist setup --user` creates one)",
