@@ -4,73 +4,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{text, Host};
+use common::{text, Host, Receiver};
 use hoist_testkit::wait_until;
-
-/// A webhook receiver: records every JSON body posted to it and answers 200.
-struct Receiver {
-    addr: SocketAddr,
-    got: Arc<Mutex<Vec<serde_json::Value>>>,
-}
-
-impl Receiver {
-    fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let sink = got.clone();
-        // The thread ends with the test process; it holds no child process.
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut len = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                let mut body = vec![0; len];
-                if reader.read_exact(&mut body).is_ok() {
-                    if let Ok(v) = serde_json::from_slice(&body) {
-                        sink.lock().unwrap().push(v);
-                    }
-                }
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
-            }
-        });
-        Receiver { addr, got }
-    }
-
-    /// The first notification with this status for this rule.
-    fn find(&self, status: &str, rule: &str) -> Option<serde_json::Value> {
-        self.got
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|v| {
-                v["alerts"].as_array().is_some_and(|a| {
-                    a.iter()
-                        .any(|x| x["status"] == status && x["labels"]["alertname"] == rule)
-                })
-            })
-            .cloned()
-    }
-}
 
 #[test]
 fn a_crash_loop_fires_and_resolves_at_the_webhook() {

@@ -7,7 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::{text, Host};
+use common::{text, Host, Receiver};
 use hoist_testkit::{http_get, wait_until};
 
 /// `GET path` on the agent's API socket; the JSON body.
@@ -78,65 +78,12 @@ fn per_minute_aggregates_count_every_request_and_survive_an_agent_restart() {
     assert_eq!(minute_totals(&host), (42, 7));
 }
 
-/// A webhook receiver: every JSON body posted to it, answered 200.
-struct Receiver {
-    addr: std::net::SocketAddr,
-    got: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
-}
-
-impl Receiver {
-    fn start() -> Receiver {
-        use std::io::BufRead;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = got.clone();
-        // The thread ends with the test process; it holds no child process.
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
-                let mut len = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                let mut body = vec![0; len];
-                if reader.read_exact(&mut body).is_ok() {
-                    if let Ok(v) = serde_json::from_slice(&body) {
-                        sink.lock().unwrap().push(v);
-                    }
-                }
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
-            }
-        });
-        Receiver { addr, got }
-    }
-
-    /// Notifications with this status for this rule and SLO.
-    fn count(&self, status: &str, rule: &str, slo: &str) -> usize {
-        self.got
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|v| v["alerts"].as_array().cloned().unwrap_or_default())
-            .filter(|x| {
-                x["status"] == status
-                    && x["labels"]["alertname"] == rule
-                    && x["labels"]["slo"] == slo
-            })
-            .count()
-    }
+/// Notifications with this status for this rule and SLO.
+fn count(r: &Receiver, status: &str, rule: &str, slo: &str) -> usize {
+    r.alerts(status, rule)
+        .iter()
+        .filter(|x| x["labels"]["slo"] == slo)
+        .count()
 }
 
 fn slo_json(host: &Host, project: &std::path::Path) -> serde_json::Value {
@@ -200,7 +147,7 @@ window = "7d"
         ("slo_burn_slow", "snappy"),
     ] {
         wait_until(Duration::from_secs(60), || {
-            receiver.count("firing", rule, slo) > 0
+            count(&receiver, "firing", rule, slo) > 0
         })
         .unwrap_or_else(|e| panic!("{e}: {rule} of {slo} never fired: {:?}", receiver.got));
     }
@@ -260,10 +207,10 @@ window = "7d"
         ("slo_burn_slow", "snappy"),
     ] {
         wait_until(Duration::from_secs(60), || {
-            receiver.count("resolved", rule, slo) > 0
+            count(&receiver, "resolved", rule, slo) > 0
         })
         .unwrap_or_else(|e| panic!("{e}: {rule} of {slo} never resolved: {:?}", receiver.got));
-        assert_eq!(receiver.count("firing", rule, slo), 1, "{rule} {slo}");
+        assert_eq!(count(&receiver, "firing", rule, slo), 1, "{rule} {slo}");
     }
     let v = slo_json(&host, &project);
     assert_eq!(find(&v, "availability")["requests"].as_u64(), Some(434));
@@ -322,8 +269,8 @@ fn firing_alerts_survive_an_agent_restart_without_notifying_again() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     send(&host, "/status/500", 20, 500);
     wait_until(Duration::from_secs(60), || {
-        receiver.count("firing", "slo_burn_fast", "availability") == 1
-            && receiver.count("firing", "slo_burn_slow", "availability") == 1
+        count(&receiver, "firing", "slo_burn_fast", "availability") == 1
+            && count(&receiver, "firing", "slo_burn_slow", "availability") == 1
     })
     .unwrap_or_else(|e| panic!("{e}: {:?}", receiver.got));
     let started = |status: &str| {
@@ -348,12 +295,15 @@ fn firing_alerts_survive_an_agent_restart_without_notifying_again() {
             .unwrap_or_else(|e| panic!("{e}: got {:?}", minute_totals(&host)));
     }
     assert_eq!(
-        receiver.count("firing", "slo_burn_fast", "availability"),
+        count(&receiver, "firing", "slo_burn_fast", "availability"),
         1,
         "not notified again after the restart: {:?}",
         receiver.got
     );
-    assert_eq!(receiver.count("firing", "slo_burn_slow", "availability"), 1);
+    assert_eq!(
+        count(&receiver, "firing", "slo_burn_slow", "availability"),
+        1
+    );
     let listed = host.hoist(&["alerts", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert!(

@@ -405,3 +405,76 @@ impl Load {
         )
     }
 }
+
+/// A webhook receiver run by a test (Alertmanager's webhook JSON): records every JSON
+/// body posted to it and answers 200.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub got: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Receiver {
+    pub fn start() -> Receiver {
+        use std::io::{BufRead, BufReader, Read};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = got.clone();
+        // The thread ends with the test process; it holds no child process.
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; len];
+                if reader.read_exact(&mut body).is_ok() {
+                    if let Ok(v) = serde_json::from_slice(&body) {
+                        sink.lock().unwrap().push(v);
+                    }
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        Receiver { addr, got }
+    }
+
+    /// Every alert, across the notifications so far, with this status for this rule.
+    pub fn alerts(&self, status: &str, rule: &str) -> Vec<serde_json::Value> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v["alerts"].as_array().cloned().unwrap_or_default())
+            .filter(|x| x["status"] == status && x["labels"]["alertname"] == rule)
+            .collect()
+    }
+
+    /// The first notification with this status for this rule.
+    pub fn find(&self, status: &str, rule: &str) -> Option<serde_json::Value> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|v| {
+                v["alerts"].as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|x| x["status"] == status && x["labels"]["alertname"] == rule)
+                })
+            })
+            .cloned()
+    }
+}
