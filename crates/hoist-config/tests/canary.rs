@@ -1,19 +1,12 @@
 //! `[deploy.canary]`: read as written; bad steps, limits and unknown keys refused with
 //! file:line.
 
-const BASE: &str = r#"app = "notes"
+mod common;
 
-[services.web]
-command = "./app serve"
-http = { domains = ["*"], health = "/health" }
-"#;
+use common::WEB_APP as BASE;
 
 fn refused(extra: &str) -> String {
-    let text = format!("{BASE}{extra}");
-    match hoist_config::parse_str("hoist.toml", &text) {
-        Ok(_) => panic!("accepted:\n{text}"),
-        Err(e) => hoist_config::render(e.diagnostics()),
-    }
+    common::refused(&format!("{BASE}{extra}"))
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! unknown services, bad durations and latencies that are no histogram bound refused with
 //! file:line.
 
+mod common;
+
 const BASE: &str = r#"app = "notes"
 
 [services.web]
@@ -13,11 +15,7 @@ command = "./app work"
 "#;
 
 fn refused(extra: &str) -> String {
-    let text = format!("{BASE}{extra}");
-    match hoist_config::parse_str("hoist.toml", &text) {
-        Ok(_) => panic!("accepted:\n{text}"),
-        Err(e) => hoist_config::render(e.diagnostics()),
-    }
+    common::refused(&format!("{BASE}{extra}"))
 }
 
 #[test]
