@@ -265,7 +265,22 @@ impl Agent {
             .filter(|fs| fs.blocks() > 0)
             .map(|fs| fs.blocks_available() as f64 / fs.blocks() as f64);
         let job_runs = self.db(|s| s.job_runs(None, 500)).unwrap_or_default();
-        let counts = self.db(|s| s.metric_counts()).unwrap_or_default();
+        // Only what the stale rules read (each job's and backup's last success), by index
+        // lookups: the counts `/metrics` adds would group every kept job run, every pass.
+        let jobs: Vec<(&str, &str)> = specs
+            .iter()
+            .filter(|(_, spec)| threshold(spec, "job_missed").is_some())
+            .flat_map(|(app, spec)| spec.jobs.keys().map(move |j| (app.as_str(), j.as_str())))
+            .collect();
+        let counts = self
+            .db(|s| {
+                Ok::<_, hoist_state::StateError>(hoist_state::MetricCounts {
+                    job_last_success: s.job_last_success(&jobs)?,
+                    backup_last_success: s.backup_last_success()?,
+                    ..Default::default()
+                })
+            })
+            .unwrap_or_default();
         // Certificate files and ACME records are read from disk.
         let certs = crate::off_workers(|| self.cert_statuses());
         let now_ms = hoist_state::now_ms();

@@ -890,13 +890,14 @@ impl Agent {
         };
         // Read again below, under the lock, when the doomed releases are marked.
         let running = self.rt().releases_in_use(app);
-        let served: std::collections::HashSet<String> = self
-            .db(|s| s.history(Some(app), 10_000))
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|h| h.result == "succeeded")
-            .filter_map(|h| h.release)
-            .collect();
+        // One index lookup per release of the app (not a read of its whole history, which
+        // grew with every deploy and held the state lock for it).
+        let served: std::collections::HashSet<String> = self.db(|s| {
+            rows.iter()
+                .filter(|r| s.served(app, &r.release).unwrap_or(false))
+                .map(|r| r.release.clone())
+                .collect()
+        });
         let current_at = cur
             .as_ref()
             .and_then(|c| rows.iter().find(|r| r.release == c.release))

@@ -85,8 +85,18 @@ pub(crate) fn append(conn: &Connection, mut rec: HistoryRecord) -> Result<Histor
         serde_json::to_string(&rec).map_err(|e| crate::StateError::Corrupt(e.to_string()))?;
     let hash = chain_hash(&prev, &text);
     conn.execute(
-        "INSERT INTO history (seq, at, record, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![seq, rec.at_ms, text, prev, hash],
+        "INSERT INTO history (seq, at, record, prev_hash, hash, app, release, result)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            seq,
+            rec.at_ms,
+            text,
+            prev,
+            hash,
+            rec.app,
+            rec.release,
+            rec.result
+        ],
     )?;
     Ok(rec)
 }
@@ -96,22 +106,38 @@ pub(crate) fn list(
     app: Option<&str>,
     limit: usize,
 ) -> Result<Vec<HistoryRecord>> {
-    let mut stmt = conn.prepare("SELECT record FROM history ORDER BY seq DESC")?;
+    // Through the `app` column's index (two statements: `?1 IS NULL OR app = ?1` would
+    // not use it): only the records asked for are read and parsed.
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = match app {
+        Some(_) => {
+            conn.prepare("SELECT record FROM history WHERE app = ?1 ORDER BY seq DESC LIMIT ?2")?
+        }
+        None => {
+            conn.prepare("SELECT record FROM history WHERE ?1 IS NULL ORDER BY seq DESC LIMIT ?2")?
+        }
+    };
     let mut out = Vec::new();
-    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    let rows = stmt.query_map(params![app, limit], |r| r.get::<_, String>(0))?;
     for text in rows {
         let text = text?;
         let rec: HistoryRecord =
             serde_json::from_str(&text).map_err(|e| crate::StateError::Corrupt(e.to_string()))?;
-        if app.is_none_or(|a| a == rec.app) {
-            out.push(rec);
-            if out.len() >= limit {
-                break;
-            }
-        }
+        out.push(rec);
     }
     out.reverse();
     Ok(out)
+}
+
+/// Whether `release` of `app` ever served: a succeeded deploy, rollback or restart of it
+/// is in the (kept) history. One index lookup.
+pub(crate) fn served(conn: &Connection, app: &str, release: &str) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM history
+           WHERE app = ?1 AND release = ?2 AND result = 'succeeded')",
+        params![app, release],
+        |r| r.get(0),
+    )?)
 }
 
 pub(crate) fn verify(conn: &Connection) -> Result<VerifyReport> {

@@ -347,6 +347,11 @@ impl State {
         history::list(&self.conn, app, limit)
     }
 
+    /// Whether `release` of `app` has a succeeded record in the history (it served).
+    pub fn served(&self, app: &str, release: &str) -> Result<bool> {
+        history::served(&self.conn, app, release)
+    }
+
     pub fn verify_history(&self) -> Result<VerifyReport> {
         history::verify(&self.conn)
     }
@@ -694,6 +699,90 @@ mod tests {
                 "record 4 does not follow the record before it".to_string(),
             ]
         );
+    }
+
+    /// The query plan of `sql`, one detail line each.
+    fn plan(st: &State, sql: &str) -> Vec<String> {
+        let mut stmt = st
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        let rows = stmt.query_map([], |r| r.get::<_, String>(3)).unwrap();
+        rows.map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn an_apps_history_and_whether_a_release_served_are_index_lookups() {
+        // Every deploy asks which of its app's releases ever served (to prune the
+        // others). It used to read and parse the whole history (10,000 records at the
+        // default retention) under the state lock: the soak's API latency grew with it.
+        let (_d, mut st) = state();
+        for i in 0..30 {
+            let app = if i % 3 == 0 { "notes" } else { "blog" };
+            let op = st
+                .begin_operation(app, "deploy", Some(&format!("r{i}")), None, "ci")
+                .unwrap();
+            let result = if i % 2 == 0 { "succeeded" } else { "failed" };
+            st.finish_operation(op.id, result, None, None).unwrap();
+        }
+        let notes = st.history(Some("notes"), 3).unwrap();
+        let releases: Vec<_> = notes.iter().map(|h| h.release.clone().unwrap()).collect();
+        assert_eq!(releases, ["r21", "r24", "r27"]);
+        assert_eq!(st.history(None, 2).unwrap().len(), 2);
+        assert!(st.served("notes", "r0").unwrap());
+        assert!(!st.served("notes", "r3").unwrap(), "r3 failed");
+        assert!(!st.served("blog", "r0").unwrap(), "r0 is notes'");
+        assert!(st.served("blog", "r2").unwrap());
+        let by_app = plan(
+            &st,
+            "SELECT record FROM history WHERE app = 'notes' ORDER BY seq DESC LIMIT 3",
+        );
+        assert!(
+            by_app.iter().any(|l| l.contains("INDEX history_by_app")),
+            "{by_app:?}"
+        );
+        let served = plan(
+            &st,
+            "SELECT EXISTS (SELECT 1 FROM history
+               WHERE app = 'notes' AND release = 'r0' AND result = 'succeeded')",
+        );
+        assert!(
+            served.iter().any(|l| l.contains("INDEX history_served")),
+            "{served:?}"
+        );
+        assert!(
+            !by_app
+                .iter()
+                .chain(&served)
+                .any(|l| l.starts_with("SCAN history")),
+            "{by_app:?} {served:?}"
+        );
+        assert_eq!(st.verify_history().unwrap().problems, Vec::<String>::new());
+    }
+
+    #[test]
+    fn records_written_before_the_history_columns_are_found_after_the_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let mut st = State::open(&path).unwrap();
+            let op = st
+                .begin_operation("notes", "deploy", Some("r1"), None, "ci")
+                .unwrap();
+            st.finish_operation(op.id, "succeeded", None, None).unwrap();
+            // As a version-4 database has it: no columns beside the record.
+            st.conn
+                .execute_batch(
+                    "DROP INDEX history_by_app; DROP INDEX history_served; DROP INDEX job_runs_succeeded;
+                     ALTER TABLE history DROP COLUMN app; ALTER TABLE history DROP COLUMN release;
+                     ALTER TABLE history DROP COLUMN result; PRAGMA user_version = 4;",
+                )
+                .unwrap();
+        }
+        let st = State::open(&path).unwrap();
+        assert!(st.served("notes", "r1").unwrap());
+        assert_eq!(st.history(Some("notes"), 10).unwrap().len(), 1);
+        assert_eq!(st.verify_history().unwrap().problems, Vec::<String>::new());
     }
 
     #[test]
