@@ -18,6 +18,9 @@
 #   bash bench/soak.sh        DURATION=1800 JOBS=180 DEPLOY_APPS=6 WRK_CONNECTIONS=32 KEEP=1
 #   (JOB_RUNS_MAX=5000 EVENTS_MAX=5000: lower retention caps, so that a short run reaches
 #   them and shows the state file holding at its cap)
+#   UNTIL_TARGETS=1 bash bench/soak.sh   runs until all three targets are reached (each
+#   load stops at its own target), or MAX_DURATION seconds (2400) pass; DURATION is then
+#   unused. ROW_EVERY: seconds between rows (60).
 set -euo pipefail
 shopt -s nullglob
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,6 +29,10 @@ target=${CARGO_TARGET_DIR:-$root_dir/target}
 HOIST=${HOIST_BIN:-$target/release/hoist}
 TESTAPP=${TESTAPP_BIN:-$target/release/hoist-testapp}
 DURATION=${DURATION:-1800}
+UNTIL_TARGETS=${UNTIL_TARGETS:-0}
+MAX_DURATION=${MAX_DURATION:-2400}
+ROW_EVERY=${ROW_EVERY:-60}
+if [ "$UNTIL_TARGETS" = 1 ]; then DURATION=$MAX_DURATION; fi
 JOBS=${JOBS:-180}
 DEPLOY_APPS=${DEPLOY_APPS:-6}
 JOB_RUNS_TARGET=${JOB_RUNS_TARGET:-100000}
@@ -152,7 +159,7 @@ end=$(( $(date +%s) + DURATION ))
 for n in $(seq "$DEPLOY_APPS"); do
   echo 0 > "$work/deploys.$n"
   ( i=0
-    while [ "$(date +%s)" -lt "$end" ]; do
+    while [ "$(date +%s)" -lt "$end" ] && ! [ -e "$work/stop.deploys" ]; do
       i=$((i + 1)); echo "$i" > "$work/app$n/VERSION"
       if "$HOIST" deploy -c "$work/app$n/hoist.toml" >/dev/null 2>"$work/deploy-last.$n.log"; then
         echo $(( $(cat "$work/deploys.$n") + 1 )) > "$work/deploys.$n"
@@ -163,22 +170,47 @@ for n in $(seq "$DEPLOY_APPS"); do
     done ) &
   pids+=($!)
 done
-wrk -t2 -c"$WRK_CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/" > "$work/wrk.txt" 2>&1 &
+# Traffic in rounds of WRK_ROUND seconds (the requests of each round are summed, and the
+# load stops at its target between two rounds).
+WRK_ROUND=${WRK_ROUND:-30}
+( while [ "$(date +%s)" -lt "$end" ] && ! [ -e "$work/stop.wrk" ]; do
+    left=$(( end - $(date +%s) )); d=$(( left < WRK_ROUND ? left : WRK_ROUND ))
+    [ "$d" -gt 0 ] || break
+    wrk -t2 -c"$WRK_CONNECTIONS" -d"${d}s" --latency "http://127.0.0.1:$port/" > "$work/wrk.round.txt" 2>&1 || true
+    cat "$work/wrk.round.txt" >> "$work/wrk.txt"
+    awk '/requests in/ {print $1}' "$work/wrk.round.txt" >> "$work/wrk.requests"
+  done ) &
 pids+=($!)
-minute=0
+requests_done() { awk '{s += $1} END {print s + 0}' "$work/wrk.requests" 2>/dev/null || echo 0; }
+runs_done() { sqlite3 -readonly "$root/state.db" 'SELECT coalesce(max(id),0) FROM job_runs' 2>/dev/null || echo 0; }
+started=$(date +%s)
+next_row=$(( started + ROW_EVERY ))
 while [ "$(date +%s)" -lt "$end" ]; do
-  sleep 60; minute=$((minute + 1))
-  row "${minute}m"
+  sleep 5
+  if [ "$UNTIL_TARGETS" = 1 ]; then
+    # Each load stops at its target; the run ends when all three are reached.
+    [ "$(deploys_done)" -ge "$DEPLOYS_TARGET" ] && touch "$work/stop.deploys"
+    [ "$(requests_done)" -ge "$LINES_TARGET" ] && touch "$work/stop.wrk"
+    if [ "$(runs_done)" -ge "$JOB_RUNS_TARGET" ] && [ -e "$work/stop.deploys" ] && [ -e "$work/stop.wrk" ]; then
+      break
+    fi
+  fi
+  if [ "$(date +%s)" -ge "$next_row" ]; then
+    next_row=$(( next_row + ROW_EVERY ))
+    row "$(( ($(date +%s) - started) / 60 ))m"
+  fi
 done
+touch "$work/stop.deploys" "$work/stop.wrk"
 wait "${pids[@]}" 2>/dev/null || true
 pids=()
 sleep 5
 row end
-requests=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
-runs_total=$(sqlite3 -readonly "$root/state.db" 'SELECT coalesce(max(id),0) FROM job_runs')
+echo "elapsed: $(( $(date +%s) - started )) s"
+requests=$(requests_done)
+runs_total=$(runs_done)
 failed=$( (cat "$work/failed" 2>/dev/null || true) | wc -l)
 echo "totals: job runs $runs_total, deploys $(deploys_done) (each a new release), access-log lines written ${requests:-0} (wrk requests); failed deploys $failed"
 reached() { if [ "${1:-0}" -ge "$2" ]; then echo reached; else echo "NOT reached"; fi; }
 echo "targets: job runs $runs_total/$JOB_RUNS_TARGET $(reached "$runs_total" "$JOB_RUNS_TARGET"), deploys $(deploys_done)/$DEPLOYS_TARGET $(reached "$(deploys_done)" "$DEPLOYS_TARGET"), access-log lines ${requests:-0}/$LINES_TARGET $(reached "$(printf '%.0f' "${requests:-0}")" "$LINES_TARGET")"
-grep -E "Requests/sec|Non-2xx|Socket errors" "$work/wrk.txt" || true
+echo "wrk rounds: $(grep -c 'requests in' "$work/wrk.txt" 2>/dev/null || echo 0); $(grep -E 'Non-2xx|Socket errors' "$work/wrk.txt" | sort | uniq -c | tr -s ' ' | head -5 | tr '\n' ';')"
 echo "history --verify: $("$HOIST" history --verify -c "$project/hoist.toml" 2>&1 | tail -1)"
