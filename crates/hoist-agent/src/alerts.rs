@@ -366,6 +366,19 @@ impl Agent {
             let dir = self.paths.logs(app);
             crate::off_workers(|| engine.logs.evaluate(&dir, app, spec, now, &mut firing));
         }
+        // Apps brought down and services removed are never evaluated again: their traffic
+        // rings and down timers go with them (the alerts themselves resolve in `update`).
+        engine.samples.retain(|(a, svc), _| {
+            specs
+                .iter()
+                .any(|(app, spec)| app == a && spec.services.contains_key(svc))
+        });
+        {
+            let rt = self.rt();
+            engine
+                .down_since
+                .retain(|id, _| rt.instances.contains_key(id));
+        }
         let changes = engine.update(firing, now);
         // Kept on disk when a notification went out (a new alert, a repeat, a resolution),
         // not for Alertmanager's minutely re-sends.

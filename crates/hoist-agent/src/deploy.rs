@@ -979,6 +979,9 @@ impl Agent {
             .ok_or_else(|| Failure::new(format!("`{release}` is not a release id")))?;
         std::fs::create_dir_all(self.paths.releases(app))
             .map_err(|e| Failure::new(e.to_string()))?;
+        // Shared with uploads: another app's garbage collection clears the store's `tmp/`,
+        // where the executable variant of a blob is written on first use.
+        let _gate = self.store_gate.read().await;
         tokio::task::spawn_blocking(move || {
             let manifest = store.manifest(&id)?;
             store.materialise(&manifest, &dir).map(|_| ())

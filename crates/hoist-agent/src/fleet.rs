@@ -23,6 +23,20 @@ use crate::Agent;
 const MAX_OFFER: usize = 64 * 1024 * 1024;
 /// Longest lease a holder may ask for at once: it must keep renewing.
 const MAX_TTL_MS: i64 = 10 * 60 * 1000;
+/// How long the blobs of a transfer stay pinned against garbage collection when its
+/// sender never comes back to complete it (a completed one lets go at once).
+const PIN_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The pin of the blobs an offer of `release` found or was sent (see `Store::pin`).
+fn offer_pin(app: &str, release: &str) -> String {
+    format!("offer:{app}/{release}")
+}
+
+/// The pin of the blobs a stream for `app` brought, until the app's next offer takes
+/// them into its own pin (the stream does not say which release it is for).
+fn stream_pin(app: Option<&str>) -> String {
+    format!("stream:{}", app.unwrap_or("-"))
+}
 
 /// Answers the fleet routes; `None` when the path is not one of them.
 pub(crate) async fn route(
@@ -222,6 +236,13 @@ async fn offer(agent: &Arc<Agent>, full: bool, body: Incoming) -> Response<Body>
         let show = |e: hoist_artifact::ArtifactError| crate::chain(&e);
         if full {
             let m = transfer::decode_manifest(&bytes, &limits).map_err(show)?;
+            // Held from this answer on: what the host has now must still be here when the
+            // missing rest has arrived, whatever another app's prune collects meanwhile.
+            store.pin(
+                &offer_pin(m.app(), m.release().as_str()),
+                m.blobs(),
+                PIN_TTL,
+            );
             let missing = transfer::missing_blobs(&m, &store);
             if missing.is_empty() {
                 store.put_manifest(&m).map_err(show)?;
@@ -236,7 +257,15 @@ async fn offer(agent: &Arc<Agent>, full: bool, body: Incoming) -> Response<Body>
         }
         let compact = transfer::decode_compact_manifest(&bytes, &limits).map_err(show)?;
         let index = transfer::BlobIndex::load(&store).map_err(show)?;
-        match compact.resolve(|short, size| index.lookup(short, size)) {
+        let mut found = Vec::new();
+        let resolved = compact.resolve(|short, size| {
+            let hit = index.lookup(short, size);
+            found.extend(hit);
+            hit
+        });
+        // As for a full manifest: the blobs found stay until the release is recorded.
+        store.pin(&offer_pin(compact.app(), compact.release()), found, PIN_TTL);
+        match resolved {
             Ok(Resolved::Complete(m)) => {
                 store.put_manifest(&m).map_err(show)?;
                 Ok(Offer2::Complete(m))
@@ -262,6 +291,9 @@ async fn offer(agent: &Arc<Agent>, full: bool, body: Incoming) -> Response<Body>
             if let Err(e) = register(agent, &m) {
                 return internal(e);
             }
+            // Recorded: the release's row keeps its blobs from now on.
+            agent.store.unpin(&offer_pin(m.app(), m.release().as_str()));
+            agent.store.unpin(&stream_pin(Some(m.app())));
             http::json(
                 StatusCode::OK,
                 &Offer {
@@ -348,11 +380,17 @@ async fn blobs(agent: &Arc<Agent>, query: &str, body: Incoming) -> Response<Body
     let _gate = agent.store_gate.read().await;
     let store = agent.store.clone();
     let path = tmp.to_path_buf();
+    let pin = stream_pin(app.as_deref());
     // Errors keep whether the disk was full (told apart from a refused stream).
     let result = tokio::task::spawn_blocking(move || {
         let f = std::fs::File::open(&path).map_err(|e| (false, e.to_string()))?;
-        transfer::read_blob_stream(std::io::BufReader::new(f), &store, &Limits::default())
-            .map_err(|e| (e.is_disk_full(), crate::chain(&e)))
+        let got =
+            transfer::read_blob_stream(std::io::BufReader::new(f), &store, &Limits::default())
+                .map_err(|e| (e.is_disk_full(), crate::chain(&e)))?;
+        // Pinned before the gate is let go: no release references them until the next
+        // offer completes, and a prune in between must not take them.
+        store.pin(&pin, got.iter().copied(), PIN_TTL);
+        Ok(got)
     })
     .await;
     drop(tmp);

@@ -88,6 +88,13 @@ impl Agent {
             .map(|(app, (_, spec))| (app.clone(), spec.clone()))
             .collect();
         let mut due = Vec::new();
+        let mut wanted = std::collections::HashSet::new();
+        for (app, spec) in &specs {
+            for job in spec.jobs_on(&host) {
+                wanted.insert((app.clone(), job.to_string()));
+            }
+        }
+        self.forget_jobs(&wanted).await;
         for (app, spec) in specs {
             for job in spec.jobs_on(&host) {
                 let js = &spec.jobs[job];
@@ -117,6 +124,32 @@ impl Agent {
             });
         }
         while starts.join_next().await.is_some() {}
+    }
+
+    /// Drops the slots of jobs no current release declares here any more (a deploy that
+    /// removed the job, `hoist down` of its app): a run still going is reaped as usual
+    /// until it ends (its end recorded, its timeout enforced), then its slot goes.
+    async fn forget_jobs(self: &Arc<Self>, wanted: &std::collections::HashSet<(String, String)>) {
+        let gone: Vec<(String, String)> = self
+            .rt()
+            .jobs
+            .keys()
+            .filter(|k| !wanted.contains(*k))
+            .cloned()
+            .collect();
+        for (app, job) in gone {
+            self.reap_job(&app, &job).await;
+            let mut rt = self.rt();
+            let key = (app, job);
+            if rt
+                .jobs
+                .get(&key)
+                .is_some_and(|s| s.running.is_none() && !s.starting)
+            {
+                rt.jobs.remove(&key);
+                tracing::info!(app = %key.0, job = %key.1, "job no longer declared; forgotten");
+            }
+        }
     }
 
     /// Starts a due run of `job` in `app`'s current release, read at the moment of the

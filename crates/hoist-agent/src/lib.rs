@@ -139,6 +139,10 @@ pub struct Agent {
     pub(crate) host: Mutex<String>,
     /// One mutex per app: deploys and rollbacks of an app never overlap.
     pub(crate) app_locks: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// App → (actor, since ms) of the deploy or rollback that holds (or waits for) its
+    /// mutex: claimed before the mutex is taken, so a second deploy is refused naming it
+    /// while the agent's own short work on the app (a standby window's end) is waited for.
+    pub(crate) deploying: Mutex<std::collections::HashMap<String, (String, i64)>>,
     /// `POST /v1/agent/stop` (`hoist agent stop`): ends [`run`] as a signal would.
     pub(crate) stop: tokio::sync::Notify,
     /// Certificates handed to the proxy; one issuance at a time (`tls.rs`).
@@ -256,6 +260,7 @@ impl Agent {
             proxy,
             host: Mutex::new(host),
             app_locks: Mutex::new(Default::default()),
+            deploying: Mutex::new(Default::default()),
             stop: tokio::sync::Notify::new(),
             tls: tls::Keeper::default(),
             alerts: Mutex::new(engine),

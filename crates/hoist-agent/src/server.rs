@@ -591,7 +591,6 @@ async fn deploy(agent: Arc<Agent>, req: DeployRequest) -> Response<Body> {
     }
     let (tx, resp) = http::stream();
     tokio::spawn(async move {
-        let _guard = guard;
         let outcome = agent
             .activate(
                 crate::deploy::Kind::Deploy,
@@ -602,6 +601,9 @@ async fn deploy(agent: Arc<Agent>, req: DeployRequest) -> Response<Body> {
                 tx.clone(),
             )
             .await;
+        // Let go before answering: the caller's next deploy may come the instant it reads
+        // this line, and must find the app free.
+        drop(guard);
         tx.send(&Progress::Done(outcome)).await;
     });
     resp
@@ -748,7 +750,6 @@ pub(crate) async fn rollback(agent: Arc<Agent>, req: RollbackRequest) -> Respons
     };
     let (tx, resp) = http::stream();
     tokio::spawn(async move {
-        let _guard = guard;
         let outcome = agent
             .activate_with(
                 crate::deploy::Kind::Rollback,
@@ -760,6 +761,8 @@ pub(crate) async fn rollback(agent: Arc<Agent>, req: RollbackRequest) -> Respons
                 data,
             )
             .await;
+        // As for a deploy: free before the answer.
+        drop(guard);
         tx.send(&Progress::Done(outcome)).await;
     });
     resp
@@ -1023,49 +1026,96 @@ pub(crate) fn state_error(agent: &Agent, e: &hoist_state::StateError) -> Respons
     http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None)
 }
 
-/// Takes the app's deploy lock: the in-process mutex serialises, the row names the
-/// holder for the refusal message and is recovered when a dead agent left it.
+/// How long a deploy waits for the agent's own work on the app (the end of a standby
+/// window, `hoist down`, a restore) before it is refused as busy.
+const WAIT_FOR_APP_WORK: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The app's deploy lock, held: the claim in [`Agent::deploying`] and the app's mutex.
+/// Dropped, the claim goes first, then the mutex: a deploy that comes in between finds no
+/// claim and waits the instant the mutex needs.
+pub(crate) struct DeployGuard {
+    agent: Arc<Agent>,
+    app: String,
+    _mutex: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for DeployGuard {
+    fn drop(&mut self) {
+        self.agent
+            .deploying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.app);
+    }
+}
+
+/// Takes the app's deploy lock. A deploy claims the app first (one step under
+/// `deploying`'s lock): a second deploy is refused at once, naming the holder. Then it
+/// takes the app's mutex, waiting for the agent's own short work on the app if that holds
+/// it (a caller whose previous deploy just answered is never refused). The state's row
+/// names the holder across an agent's death and is recovered when a dead agent left it.
 async fn lock(
     agent: &Arc<Agent>,
     app: &str,
     actor: &str,
-) -> Result<tokio::sync::OwnedMutexGuard<()>, Box<Response<Body>>> {
-    let mutex = agent.app_lock(app);
-    match mutex.try_lock_owned() {
-        Ok(g) => match agent.db(|s| s.acquire_lock(app, actor, &agent.boot)) {
-            Ok(()) => Ok(g),
-            Err(e) if e.is_disk_full() => Err(Box::new(state_error(agent, &e))),
-            Err(e) => Err(Box::new(http::error(
-                StatusCode::CONFLICT,
-                e.to_string(),
-                None,
-            ))),
-        },
-        Err(_) => {
-            // The winner records itself just after it took the mutex: a loser that lost by
-            // a hair waits a moment for that record, so it can name the holder.
-            let mut holder = None;
-            for _ in 0..50 {
-                holder = agent.db(|s| s.lock(app)).ok().flatten();
-                if holder.is_some() {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+) -> Result<DeployGuard, Box<Response<Body>>> {
+    let claimed = {
+        let mut deploying = agent.deploying.lock().unwrap_or_else(|p| p.into_inner());
+        match deploying.get(app) {
+            Some((holder, since)) => Err((holder.clone(), *since)),
+            None => {
+                deploying.insert(app.to_string(), (actor.to_string(), hoist_state::now_ms()));
+                Ok(())
             }
-            let msg = match holder {
-                Some(l) => format!(
-                    "a deploy of `{app}` is already running: held by {} since {}s ago",
-                    l.holder,
-                    (hoist_state::now_ms() - l.since_ms) / 1000
-                ),
-                None => format!("a deploy of `{app}` is already running"),
-            };
-            Err(Box::new(http::error(
-                StatusCode::CONFLICT,
-                msg,
-                Some("wait for it to finish"),
-            )))
         }
+    };
+    if let Err((holder, since)) = claimed {
+        return Err(Box::new(http::error(
+            StatusCode::CONFLICT,
+            format!(
+                "a deploy of `{app}` is already running: held by {holder} since {}s ago",
+                (hoist_state::now_ms() - since) / 1000
+            ),
+            Some("wait for it to finish"),
+        )));
+    }
+    let mut guard = DeployGuard {
+        agent: agent.clone(),
+        app: app.to_string(),
+        _mutex: None,
+    };
+    let mutex = agent.app_lock(app);
+    let held = match mutex.clone().try_lock_owned() {
+        Ok(g) => g,
+        Err(_) => {
+            tracing::info!(
+                app,
+                "waiting for the agent's own work on the app before deploying"
+            );
+            match tokio::time::timeout(WAIT_FOR_APP_WORK, mutex.lock_owned()).await {
+                Ok(g) => g,
+                Err(_) => {
+                    return Err(Box::new(http::error(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "`{app}` is busy with other work of the agent (a standby window ending, `hoist down` or a restore) for over {}s",
+                            WAIT_FOR_APP_WORK.as_secs()
+                        ),
+                        Some("try again in a moment; `hoist events` says what it is doing"),
+                    )))
+                }
+            }
+        }
+    };
+    guard._mutex = Some(held);
+    match agent.db(|s| s.acquire_lock(app, actor, &agent.boot)) {
+        Ok(()) => Ok(guard),
+        Err(e) if e.is_disk_full() => Err(Box::new(state_error(agent, &e))),
+        Err(e) => Err(Box::new(http::error(
+            StatusCode::CONFLICT,
+            e.to_string(),
+            None,
+        ))),
     }
 }
 

@@ -15,13 +15,20 @@
 //! concurrently with an ingest. Materialised trees are read-only by mode; an app running
 //! as root could still write them (and so every release sharing the blob), so the agent
 //! runs apps as an unprivileged user.
+//!
+//! A transfer in progress holds its blobs against `gc` with a *pin*: from the answer
+//! "these I have, send me those" until its release is recorded (after which the caller's
+//! `keep` list protects it), blobs the host had and blobs just received are not
+//! collected, whichever app's prune runs `gc` meanwhile (content is shared across apps).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 use tempfile::{NamedTempFile, TempPath};
@@ -36,6 +43,15 @@ use crate::unpack::{remove_tree, TreeWriter};
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// Transfers in progress: key → the blobs `gc` must keep, and until when (a sender
+    /// that vanished lets go when its pin expires). Shared by the store's clones.
+    pins: Arc<Mutex<HashMap<String, Pin>>>,
+}
+
+#[derive(Debug)]
+struct Pin {
+    blobs: HashSet<Hash>,
+    until: Instant,
 }
 
 /// What `materialise` did.
@@ -74,7 +90,38 @@ impl Store {
         }
         Ok(Store {
             root: root.to_path_buf(),
+            pins: Arc::default(),
         })
+    }
+
+    /// Holds `blobs` against [`Store::gc`] under `key` (one transfer: adding to a key
+    /// extends its set and its time) until [`Store::unpin`] or until `ttl` has passed.
+    pub fn pin(&self, key: &str, blobs: impl IntoIterator<Item = Hash>, ttl: Duration) {
+        let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        let pin = pins.entry(key.to_string()).or_insert_with(|| Pin {
+            blobs: HashSet::new(),
+            until: Instant::now(),
+        });
+        pin.blobs.extend(blobs);
+        pin.until = Instant::now() + ttl;
+    }
+
+    /// Lets go of the blobs pinned under `key`.
+    pub fn unpin(&self, key: &str) {
+        self.pins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// The blobs pinned now (expired pins are dropped).
+    pub fn pinned(&self) -> HashSet<Hash> {
+        let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        pins.retain(|_, p| p.until > now);
+        pins.values()
+            .flat_map(|p| p.blobs.iter().copied())
+            .collect()
     }
 
     pub fn root(&self) -> &Path {
@@ -350,11 +397,11 @@ impl Store {
         verify_tree(manifest, dir, true)
     }
 
-    /// Removes manifests not in `keep` and blobs that no kept manifest references, and
-    /// clears `tmp/`. Must not run while an ingest or transfer is writing.
+    /// Removes manifests not in `keep` and blobs that no kept manifest references and no
+    /// pin holds, and clears `tmp/`. Must not run while an ingest or transfer is writing.
     pub fn gc(&self, keep: &[ReleaseId]) -> Result<GcReport, ArtifactError> {
         let mut report = GcReport::default();
-        let mut live = HashSet::new();
+        let mut live = self.pinned();
         for id in keep {
             live.extend(self.manifest(id)?.blobs());
         }

@@ -177,6 +177,41 @@ fn gc_removes_only_unreferenced_blobs() {
     store.verify_tree(&v2, &d2).unwrap();
 }
 
+/// A transfer's pin holds its blobs through `gc` (a blob no kept release references yet,
+/// and one only a collected release referenced) until it is let go or expires.
+#[test]
+fn gc_keeps_pinned_blobs_until_unpinned_or_expired() {
+    let t = hoist_testkit::tempdir();
+    let src = t.path().join("src");
+    sample_tree(&src);
+    let store = Store::open(&t.path().join("store")).unwrap();
+    let v1 = ingest(&src, &store, &t.path().join("v1.tar.zst"));
+    let blobs = v1.blobs();
+    let received = Hash::of(b"sent for a release not recorded yet");
+    store
+        .put_blob(&b"sent for a release not recorded yet"[..], &received)
+        .unwrap();
+    store.pin("offer:a/r1", blobs.iter().copied(), Duration::from_secs(60));
+    store.pin("stream:a", [received], Duration::from_secs(60));
+    let report = store.gc(&[]).unwrap();
+    assert_eq!(
+        (report.removed_blobs, report.kept_blobs),
+        (0, blobs.len() + 1)
+    );
+    assert!(store.missing(&v1).is_empty());
+    assert!(store.has(&received));
+
+    store.unpin("offer:a/r1");
+    store.gc(&[]).unwrap();
+    assert_eq!(store.missing(&v1).len(), blobs.len());
+    assert!(store.has(&received), "another transfer's pin is its own");
+
+    // A sender that never came back: its pin expires.
+    store.pin("stream:a", [received], Duration::ZERO);
+    store.gc(&[]).unwrap();
+    assert!(!store.has(&received));
+}
+
 #[test]
 fn a_refused_ingest_leaves_no_blob_and_no_manifest() {
     let t = hoist_testkit::tempdir();
