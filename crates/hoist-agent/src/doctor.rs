@@ -463,11 +463,34 @@ impl Agent {
                         .next_after(chrono::Utc::now())
                         .and_then(|n| sched.next_after(n).map(|m| (m - n).num_milliseconds()))
                         .unwrap_or(day);
+                    // Why: the attempts that failed after the last good one.
+                    let since: Vec<_> = mine
+                        .iter()
+                        .filter(|r| r.status == "failed" && r.trigger != "verify")
+                        .filter(|r| last_ok.is_none_or(|ok| r.started_at_ms > ok))
+                        .collect();
+                    let failed = since
+                        .iter()
+                        .max_by_key(|r| r.started_at_ms)
+                        .map(|r| {
+                            format!(
+                                "; {} attempt(s) failed since, the last at {}: {}",
+                                since.len(),
+                                when(r.started_at_ms),
+                                r.error.as_deref().unwrap_or("no error recorded")
+                            )
+                        })
+                        .unwrap_or_default();
                     match last_ok {
-                        None => stale.push(format!("{who}: scheduled, never taken")),
+                        None => stale.push(format!(
+                            "{who}: scheduled every {}, never taken{failed}",
+                            human_ms(period)
+                        )),
                         Some(at) if now - at > 2 * period => stale.push(format!(
-                            "{who}: last good backup {} h ago",
-                            (now - at) / 3_600_000
+                            "{who}: last good backup at {} ({} ago), scheduled every {}{failed}",
+                            when(at),
+                            human_ms(now - at),
+                            human_ms(period)
                         )),
                         _ => {}
                     }
@@ -648,6 +671,24 @@ impl Agent {
                 .with_evidence(strays),
             );
         }
+    }
+}
+
+/// A time as RFC 3339 (UTC, seconds).
+fn when(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// A duration in its largest whole unit: `40s`, `12m`, `5h`, `3d`.
+fn human_ms(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
     }
 }
 

@@ -563,3 +563,63 @@ fn a_damaged_state_database_is_found_refused_at_start_and_rebuilt_by_the_runbook
         "the agent knows its instances again: {st}"
     );
 }
+
+#[test]
+fn a_scheduled_backup_that_keeps_failing_goes_stale_in_doctor_and_alerts_then_recovers() {
+    let receiver = common::Receiver::start();
+    let h = Host::new();
+    let project = h.project(
+        "v1",
+        "",
+        &format!(
+            "[backups.db]\nsqlite = \"app.db\"\nevery = \"1s\"\n\n[alerts]\nwebhook = \"http://{}/hook\"\n",
+            receiver.addr
+        ),
+    );
+    let out = h.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let db = h.root.join("data/demo/app.db");
+    let make_db = || {
+        let _ = std::fs::remove_file(&db);
+        sh(&format!(
+            "sqlite3 {} 'CREATE TABLE t (x); INSERT INTO t VALUES (1);'",
+            db.display()
+        ));
+    };
+    make_db();
+    // On schedule and verified: clean.
+    let out = h.hoist(&["backup", "db", "-c", &cfg(&project)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = h.hoist(&["backup", "verify", "db", "-c", &cfg(&project)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    until(&h, &project, "backups.stale", "pass");
+
+    // The app's database file is overwritten with something that is not a database:
+    // every scheduled backup now runs and fails, and the last good one ages.
+    std::fs::write(&db, vec![b'x'; 8192]).unwrap();
+    let all = until(&h, &project, "backups.stale", "fail");
+    let f = finding(&all, "backups.stale");
+    let line = f["evidence"][0].as_str().unwrap();
+    assert!(
+        line.contains("`demo`/`db`: last good backup at 20")
+            && line.contains("scheduled every 1s")
+            && line.contains("not a database"),
+        "the last good time and the last error: {f}"
+    );
+    assert_eq!(doctor(&h, &project).0, 1);
+    wait_until(Duration::from_secs(60), || {
+        receiver.find("firing", "backup_stale").is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", receiver.got.lock().unwrap()));
+    let fired = receiver.find("firing", "backup_stale").unwrap();
+    assert_eq!(fired["alerts"][0]["labels"]["backup"], "db", "{fired}");
+
+    // A good database again: the next scheduled backup is good, doctor is clean and the
+    // alert resolves.
+    make_db();
+    until(&h, &project, "backups.stale", "pass");
+    wait_until(Duration::from_secs(60), || {
+        receiver.find("resolved", "backup_stale").is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", receiver.got.lock().unwrap()));
+}
