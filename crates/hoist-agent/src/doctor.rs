@@ -463,11 +463,34 @@ impl Agent {
                         .next_after(chrono::Utc::now())
                         .and_then(|n| sched.next_after(n).map(|m| (m - n).num_milliseconds()))
                         .unwrap_or(day);
+                    // Why: the attempts that failed after the last good one.
+                    let since: Vec<_> = mine
+                        .iter()
+                        .filter(|r| r.status == "failed" && r.trigger != "verify")
+                        .filter(|r| last_ok.is_none_or(|ok| r.started_at_ms > ok))
+                        .collect();
+                    let failed = since
+                        .iter()
+                        .max_by_key(|r| r.started_at_ms)
+                        .map(|r| {
+                            format!(
+                                "; {} attempt(s) failed since, the last at {}: {}",
+                                since.len(),
+                                when(r.started_at_ms),
+                                r.error.as_deref().unwrap_or("no error recorded")
+                            )
+                        })
+                        .unwrap_or_default();
                     match last_ok {
-                        None => stale.push(format!("{who}: scheduled, never taken")),
+                        None => stale.push(format!(
+                            "{who}: scheduled every {}, never taken{failed}",
+                            human_ms(period)
+                        )),
                         Some(at) if now - at > 2 * period => stale.push(format!(
-                            "{who}: last good backup {} h ago",
-                            (now - at) / 3_600_000
+                            "{who}: last good backup at {} ({} ago), scheduled every {}{failed}",
+                            when(at),
+                            human_ms(now - at),
+                            human_ms(period)
                         )),
                         _ => {}
                     }
@@ -513,27 +536,85 @@ impl Agent {
     }
 
     fn doctor_state(&self, out: &mut Vec<Finding>) {
-        match self.db(|s| s.integrity_check()) {
-            Ok(r) if r == "ok" => out.push(Finding::new(
+        let db = self.paths.state_db().display().to_string();
+        let fix = "stop the agent (`hoist agent stop`; the apps keep serving), keep a copy of <root>/state.db*, and rebuild it as the runbook shows";
+        // The names of the damaged b-trees are a help, not the check: a schema that cannot
+        // be read leaves them out. A check that stops at the first damaged b-tree (SQLite
+        // answers SQLITE_CORRUPT instead of a report) is made again table by table.
+        let checked = self.db(|s| {
+            let roots = s.root_pages().unwrap_or_default();
+            s.integrity_check()
+                .map(|r| (r, roots.clone()))
+                .or_else(|e| {
+                    if !e.is_damaged() || roots.is_empty() {
+                        return Err(e);
+                    }
+                    let mut report = Vec::new();
+                    for (root, kind, name, _) in &roots {
+                        if kind != "table" {
+                            continue;
+                        }
+                        match s.integrity_check_table(name) {
+                            Ok(r) if r == "ok" => {}
+                            Ok(r) => report.extend(r.lines().map(str::to_string)),
+                            // In `integrity_check`'s words ("Tree N: ..."), so the b-trees
+                            // are named alike: the table itself when its own pages cannot
+                            // be read, else its indexes.
+                            Err(e) => {
+                                let why = crate::chain(&e);
+                                if s.table_readable(name).is_err() {
+                                    report.push(format!("Tree {root}: {why}"));
+                                } else {
+                                    for (root, _, _, _) in roots
+                                        .iter()
+                                        .filter(|(_, k, _, t)| k == "index" && t == name)
+                                    {
+                                        report.push(format!("Tree {root}: {why}"));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    if report.is_empty() {
+                        report.push(crate::chain(&e));
+                    }
+                    Ok((report.join("\n"), roots))
+                })
+        });
+        match checked {
+            Ok((r, _)) if r == "ok" => out.push(Finding::new(
                 "state.integrity",
                 "pass",
-                "the state database passes `PRAGMA integrity_check`",
+                format!("the state database `{db}` passes `PRAGMA integrity_check`"),
                 "",
             )),
-            Ok(r) => out.push(
-                Finding::new(
-                    "state.integrity",
-                    "fail",
-                    "the state database fails `PRAGMA integrity_check`",
-                    "stop the agent, keep a copy of <root>/state.db*, and follow the runbook",
+            Ok((r, roots)) => {
+                let damaged = damaged_trees(&r, &roots);
+                let why = if damaged.is_empty() {
+                    format!("the state database `{db}` fails `PRAGMA integrity_check`")
+                } else {
+                    format!(
+                        "the state database `{db}` fails `PRAGMA integrity_check`: damaged {}",
+                        damaged.join(", ")
+                    )
+                };
+                out.push(
+                    Finding::new("state.integrity", "fail", why, fix)
+                        .with_evidence(r.lines().take(10).map(str::to_string).collect()),
                 )
-                .with_evidence(r.lines().take(10).map(str::to_string).collect()),
-            ),
+            }
             Err(e) => out.push(Finding::new(
                 "state.integrity",
                 "fail",
-                format!("the state database cannot be checked: {}", crate::chain(&e)),
-                "see the runbook",
+                format!(
+                    "the state database `{db}` cannot be checked: {}",
+                    crate::chain(&e)
+                ),
+                if e.is_damaged() {
+                    fix
+                } else {
+                    "see the agent's log and the runbook"
+                },
             )),
         }
     }
@@ -590,5 +671,71 @@ impl Agent {
                 .with_evidence(strays),
             );
         }
+    }
+}
+
+/// A time as RFC 3339 (UTC, seconds).
+fn when(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// A duration in its largest whole unit: `40s`, `12m`, `5h`, `3d`.
+fn human_ms(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// What the b-trees `integrity_check` names hold: "Tree 25 page 25: ..." (or, from
+/// older SQLite, "Page 25: ...", a root page) → "index `history_by_at` (rebuilt from its
+/// table)" or "table `instances` (rows on the damaged pages are lost)".
+fn damaged_trees(report: &str, roots: &[(i64, String, String, String)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in report.lines() {
+        let page = line
+            .strip_prefix("Tree ")
+            .or_else(|| line.strip_prefix("Page "))
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse::<i64>().ok());
+        let Some((_, kind, name, _)) = page.and_then(|p| roots.iter().find(|(r, _, _, _)| *r == p))
+        else {
+            continue;
+        };
+        let what = if kind == "index" {
+            format!("index `{name}` (rebuilt from its table)")
+        } else {
+            format!("table `{name}` (rows on the damaged pages are lost)")
+        };
+        if !out.contains(&what) {
+            out.push(what);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn damaged_trees_are_named_from_either_sqlite_wording() {
+        let roots = vec![
+            (9, "table".into(), "instances".into(), "instances".into()),
+            (25, "index".into(), "history_by_at".into(), "history".into()),
+        ];
+        let report = "*** in database main ***\nTree 25 page 25: btreeInitPage() returns error code 11\nPage 9: btreeInitPage() returns error code 11\nTree 25 page 25 cell 3: bad\nrow 4 missing from index x";
+        assert_eq!(
+            damaged_trees(report, &roots),
+            [
+                "index `history_by_at` (rebuilt from its table)",
+                "table `instances` (rows on the damaged pages are lost)"
+            ]
+        );
     }
 }

@@ -97,6 +97,13 @@ pub enum AgentError {
     },
     #[error(transparent)]
     State(#[from] hoist_state::StateError),
+    /// The state cannot be read: the agent does not guess what runs (it would stop or
+    /// start the wrong instances), it stops and says where to look.
+    #[error("the state database `{path}` is damaged; the agent does not start on a state it cannot read (the apps and the proxy keep serving): keep a copy of it and rebuild it as docs/runbook/state.integrity.md shows")]
+    StateDamaged {
+        path: PathBuf,
+        source: hoist_state::StateError,
+    },
     #[error(transparent)]
     Supervisor(#[from] hoist_supervisor::SupervisorError),
     #[error(transparent)]
@@ -328,7 +335,15 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     raise_nofile_limit();
-    let agent = Agent::open(config)?;
+    let state_db = Paths::new(&config.root).state_db();
+    let damaged = |e: AgentError| match e {
+        AgentError::State(source) if source.is_damaged() => AgentError::StateDamaged {
+            path: state_db.clone(),
+            source,
+        },
+        e => e,
+    };
+    let agent = Agent::open(config).map_err(damaged)?;
     if let Some(proxy) = &agent.proxy {
         proxy.ensure_running().await?;
     }
@@ -340,7 +355,10 @@ pub async fn run(
             }
         }
     }
-    agent.recover().await?;
+    agent
+        .recover()
+        .await
+        .map_err(|e| damaged(AgentError::State(e)))?;
     let apps: Vec<String> = agent.rt().specs.keys().cloned().collect();
     for app in apps {
         agent.sync_routes(&app).await;

@@ -1023,6 +1023,16 @@ pub(crate) fn state_error(agent: &Agent, e: &hoist_state::StateError) -> Respons
             )),
         );
     }
+    if e.is_damaged() {
+        return http::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "the state database `{}` is damaged: {e}",
+                agent.paths.state_db().display()
+            ),
+            Some("`hoist doctor` shows what is damaged; docs/runbook/state.integrity.md says how to rebuild it"),
+        );
+    }
     http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None)
 }
 

@@ -65,6 +65,17 @@ impl StateError {
     pub fn is_disk_full(&self) -> bool {
         matches!(self, StateError::DiskFull(_))
     }
+
+    /// Whether SQLite found the file damaged (`SQLITE_CORRUPT`, or no database header).
+    pub fn is_damaged(&self) -> bool {
+        let sql = match self {
+            StateError::Open { source, .. } => source,
+            StateError::Sql(e) => e,
+            _ => return false,
+        };
+        matches!(sql, rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase))
+    }
 }
 
 pub type Result<T, E = StateError> = std::result::Result<T, E>;

@@ -128,11 +128,43 @@ impl State {
         Ok(State { conn })
     }
 
-    /// `PRAGMA integrity_check`: `ok` or the problems found.
+    /// `PRAGMA integrity_check`: `ok` or the problems found, one a line (the first 20).
     pub fn integrity_check(&self) -> Result<String> {
-        Ok(self
-            .conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+        let mut stmt = self.conn.prepare("PRAGMA integrity_check(20)")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?.join("\n"))
+    }
+
+    /// `PRAGMA integrity_check(TABLE)`: one table and its indexes, `ok` or the problems
+    /// (for when the whole check stops at the first damaged b-tree).
+    pub fn integrity_check_table(&self, table: &str) -> Result<String> {
+        let mut stmt = self.conn.prepare(&format!(
+            "PRAGMA integrity_check(\"{}\")",
+            table.replace('"', "\"\"")
+        ))?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?.join("\n"))
+    }
+
+    /// Whether every page of a table's own b-tree can be read (its indexes unused).
+    pub fn table_readable(&self, table: &str) -> Result<()> {
+        let t = table.replace('"', "\"\"");
+        self.conn.query_row(
+            &format!("SELECT count(*) FROM \"{t}\" NOT INDEXED"),
+            [],
+            |r| r.get::<_, i64>(0),
+        )?;
+        Ok(())
+    }
+
+    /// The tables and indexes by their root page: (root page, `table` or `index`, name,
+    /// the table it belongs to), to say what a damaged b-tree of `integrity_check` holds.
+    pub fn root_pages(&self) -> Result<Vec<(i64, String, String, String)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT rootpage, type, name, tbl_name FROM sqlite_master WHERE type IN ('table', 'index') AND rootpage > 0",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     // --- releases ---------------------------------------------------------------------

@@ -418,3 +418,208 @@ fn bad_usage_exits_2() {
     let out = h.hoist(&["review", "--nosuch", "-c", &cfg(&project)]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
+
+/// Stops the host's agent the way the runbook says (`hoist agent stop`) and waits for it.
+fn stop_agent(h: &mut Host) {
+    let out = h.hoist(&["agent", "stop", "--socket", h.socket.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut agent = h.agent.take().unwrap();
+    agent.child.wait().unwrap();
+}
+
+/// Overwrites the b-tree page of the table or index `name` in the state database with
+/// a byte pattern (the agent is stopped: its WAL is checkpointed into the file).
+fn damage_page(h: &Host, name: &str) -> i64 {
+    let db = h.root.join("state.db");
+    let q = |sql: &str| sh(&format!("sqlite3 {} \"{sql}\"", db.display()));
+    let page: i64 = q(&format!(
+        "SELECT rootpage FROM sqlite_master WHERE name = '{name}'"
+    ))
+    .parse()
+    .unwrap();
+    let size: u64 = q("PRAGMA page_size").parse().unwrap();
+    use std::io::{Seek, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    f.seek(std::io::SeekFrom::Start((page as u64 - 1) * size))
+        .unwrap();
+    f.write_all(&vec![0xA5; size as usize]).unwrap();
+    f.sync_all().unwrap();
+    page
+}
+
+/// The shell block of the runbook page `docs/runbook/<id>.md`.
+fn runbook_block(id: &str) -> String {
+    let page = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../docs/runbook/{id}.md"));
+    let text = std::fs::read_to_string(page).unwrap();
+    let start = text.find("```sh\n").expect("a ```sh block") + 6;
+    let len = text[start..].find("```").unwrap();
+    text[start..start + len]
+        .lines()
+        .map(str::trim_start)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_damaged_state_database_is_found_refused_at_start_and_rebuilt_by_the_runbook() {
+    let mut h = Host::new();
+    let project = h.project("v1", "", "");
+    let out = h.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        status_of(&doctor(&h, &project).1, "state.integrity"),
+        "pass"
+    );
+
+    // An index page overwritten while the agent was stopped: it starts (nothing it reads
+    // at start goes through that index), serves, and doctor names the damaged index.
+    stop_agent(&mut h);
+    damage_page(&h, "history_by_at");
+    h.start_agent();
+    let (code, all) = doctor(&h, &project);
+    let f = finding(&all, "state.integrity");
+    assert_eq!(f["status"], "fail", "{f}");
+    assert!(
+        f["why"].as_str().unwrap().contains("index `history_by_at`"),
+        "{f}"
+    );
+    assert!(
+        f["evidence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str().unwrap().contains("malformed")),
+        "SQLite's own words are the evidence: {f}"
+    );
+    assert!(
+        f["fix"].as_str().unwrap().contains("hoist agent stop"),
+        "{f}"
+    );
+    assert_eq!(code, 1);
+    assert!(h.serving().is_some(), "the app serves throughout");
+
+    // A page of a table the agent reads at start: it refuses, naming the file and the
+    // runbook; the app keeps serving without it.
+    stop_agent(&mut h);
+    damage_page(&h, "instances");
+    let out = Command::new(hoist_testkit::hoist_bin())
+        .args(["agent", "--root"])
+        .arg(&h.root)
+        .arg("--socket")
+        .arg(&h.socket)
+        .arg("--proxy")
+        .arg(h.proxy.to_string())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "`{}` is damaged",
+            h.root.join("state.db").display()
+        )) && err.contains("docs/runbook/state.integrity.md")
+            && err.contains("malformed"),
+        "{err}"
+    );
+    assert!(h.serving().is_some(), "the app serves without its agent");
+    let (code, all) = doctor(&h, &project);
+    assert_eq!(status_of(&all, "hosts.unreachable"), "fail", "{all:#?}");
+    assert_eq!(code, 1);
+
+    // The runbook's commands, as written, rebuild it: the agent starts, the app serves,
+    // and doctor finds the state clean.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(runbook_block("state.integrity"))
+        .env("ROOT", &h.root)
+        .output()
+        .unwrap();
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(out.status.success(), "{:?}: {said}", out.status);
+    assert!(text(&out.stdout).ends_with("ok\n"), "{said}");
+    assert!(
+        said.contains("table instances could not be read"),
+        "the one table lost is named: {said}"
+    );
+    assert!(
+        !said.contains("table history "),
+        "a damaged index loses no row of its table: {said}"
+    );
+    assert!(
+        h.root.join("damaged/state.db").is_file(),
+        "the damaged copy is kept"
+    );
+    h.start_agent();
+    let (_, all) = doctor(&h, &project);
+    assert_eq!(status_of(&all, "state.integrity"), "pass", "{all:#?}");
+    wait_until(Duration::from_secs(30), || h.serving().is_some())
+        .expect("the app serves under the rebuilt state");
+    let st = h.status();
+    assert!(
+        st["apps"][0]["instances"]
+            .as_array()
+            .is_some_and(|i| !i.is_empty()),
+        "the agent knows its instances again: {st}"
+    );
+}
+
+#[test]
+fn a_scheduled_backup_that_keeps_failing_goes_stale_in_doctor_and_alerts_then_recovers() {
+    let receiver = common::Receiver::start();
+    let h = Host::new();
+    let project = h.project(
+        "v1",
+        "",
+        &format!(
+            "[backups.db]\nsqlite = \"app.db\"\nevery = \"1s\"\n\n[alerts]\nwebhook = \"http://{}/hook\"\n",
+            receiver.addr
+        ),
+    );
+    let out = h.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let db = h.root.join("data/demo/app.db");
+    let make_db = || {
+        let _ = std::fs::remove_file(&db);
+        sh(&format!(
+            "sqlite3 {} 'CREATE TABLE t (x); INSERT INTO t VALUES (1);'",
+            db.display()
+        ));
+    };
+    make_db();
+    // On schedule and verified: clean.
+    let out = h.hoist(&["backup", "db", "-c", &cfg(&project)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = h.hoist(&["backup", "verify", "db", "-c", &cfg(&project)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    until(&h, &project, "backups.stale", "pass");
+
+    // The app's database file is overwritten with something that is not a database:
+    // every scheduled backup now runs and fails, and the last good one ages.
+    std::fs::write(&db, vec![b'x'; 8192]).unwrap();
+    let all = until(&h, &project, "backups.stale", "fail");
+    let f = finding(&all, "backups.stale");
+    let line = f["evidence"][0].as_str().unwrap();
+    assert!(
+        line.contains("`demo`/`db`: last good backup at 20")
+            && line.contains("scheduled every 1s")
+            && line.contains("not a database"),
+        "the last good time and the last error: {f}"
+    );
+    assert_eq!(doctor(&h, &project).0, 1);
+    wait_until(Duration::from_secs(60), || {
+        receiver.find("firing", "backup_stale").is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", receiver.got.lock().unwrap()));
+    let fired = receiver.find("firing", "backup_stale").unwrap();
+    assert_eq!(fired["alerts"][0]["labels"]["backup"], "db", "{fired}");
+
+    // A good database again: the next scheduled backup is good, doctor is clean and the
+    // alert resolves.
+    make_db();
+    until(&h, &project, "backups.stale", "pass");
+    wait_until(Duration::from_secs(60), || {
+        receiver.find("resolved", "backup_stale").is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", receiver.got.lock().unwrap()));
+}
