@@ -23,10 +23,12 @@ use std::time::Instant;
 use crate::Agent;
 use chrono::{DateTime, Utc};
 use hoist_backup::postgres::PgTarget;
+use hoist_backup::reader::AsUser;
 use hoist_backup::{BackupError, Checked};
 use hoist_core::spec::{AppSpec, BackupSource, BackupSpec};
 use hoist_protocol::backup::{BackupInfo, RestoreRequest, RestoreResult};
 use hoist_state::backups::{BackupDone, BackupRow, NewBackup};
+use hoist_supervisor::creds::Credentials;
 
 /// Why a backup, verify or restore did not happen or failed.
 #[derive(Debug, thiserror::Error)]
@@ -251,6 +253,16 @@ impl Agent {
                     .flatten()
                     .flatten()
             });
+        // Readers' scratch directories a dead agent left beside the apps' data dirs.
+        for d in std::fs::read_dir(self.paths.root.join("data"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if d.file_name().to_string_lossy().starts_with(".backup-") {
+                let _ = std::fs::remove_dir_all(d.path());
+            }
+        }
         for dir in dirs {
             for f in std::fs::read_dir(dir.path())
                 .into_iter()
@@ -296,9 +308,41 @@ impl Agent {
                     app: app.to_string(),
                     secret: secret.clone(),
                 })?;
-                Source::Postgres(Box::new(PgTarget::parse(url)?))
+                Source::Postgres(Box::new(PgTarget::parse(url)?.as_user(self.backup_user())))
             }
         })
+    }
+
+    /// Who reads an app's data for a backup and runs its database tools: the apps' user
+    /// (`None`: the agent's own, when apps run as it).
+    fn backup_user(&self) -> Option<Credentials> {
+        let u = self.apps_user.as_ref()?;
+        hoist_supervisor::creds::Credentials::of(&u.name)
+    }
+
+    /// A reader of the app's files as the apps' user, with a scratch directory of that
+    /// user's own beside the apps' data dirs (SQLite writes its copy there before it is
+    /// streamed to the agent). `None`: the agent reads them itself (apps run as it).
+    fn backup_reader(&self, id: i64) -> Result<Option<AsUser>, BackupFail> {
+        let Some(creds) = self.backup_user() else {
+            return Ok(None);
+        };
+        let scratch = self.paths.root.join("data").join(format!(".backup-{id}"));
+        let made = (|| {
+            use std::os::unix::fs::DirBuilderExt;
+            let _ = std::fs::remove_dir_all(&scratch);
+            std::fs::DirBuilder::new().mode(0o700).create(&scratch)?;
+            std::os::unix::fs::chown(&scratch, Some(creds.uid.as_raw()), Some(creds.gid.as_raw()))
+        })();
+        made.map_err(|source| BackupFail::Io {
+            path: scratch.clone(),
+            source,
+        })?;
+        Ok(Some(AsUser {
+            exe: self.exe.clone(),
+            creds,
+            scratch,
+        }))
     }
 
     /// Takes one backup of `[backups.NAME]` of `spec`'s app now and prunes by retention
@@ -374,13 +418,28 @@ impl Agent {
             // A test hook: an agent killed here leaves a `running` row and no file.
             crate::failpoint("backup", "running");
             let target = file.clone();
-            let sealed = tokio::task::spawn_blocking(move || match source {
-                Source::Sqlite(p) => hoist_backup::sqlite::backup(&p, &target),
-                Source::Directory(p) => hoist_backup::directory::backup(&p, &target),
-                Source::Postgres(t) => hoist_backup::postgres::backup(&t, &target),
+            let reader = match source {
+                Source::Postgres(_) => None,
+                _ => self.backup_reader(id)?,
+            };
+            let scratch = reader.as_ref().map(|r| r.scratch.clone());
+            let sealed = tokio::task::spawn_blocking(move || match (source, reader) {
+                (Source::Sqlite(p), Some(r)) => {
+                    hoist_backup::reader::sqlite_backup(&r, &p, &target)
+                }
+                (Source::Directory(p), Some(r)) => {
+                    hoist_backup::reader::directory_backup(&r, &p, &target)
+                }
+                (Source::Sqlite(p), None) => hoist_backup::sqlite::backup(&p, &target),
+                (Source::Directory(p), None) => hoist_backup::directory::backup(&p, &target),
+                (Source::Postgres(t), _) => hoist_backup::postgres::backup(&t, &target),
             })
             .await
-            .map_err(|_| BackupFail::Task)??;
+            .map_err(|_| BackupFail::Task);
+            if let Some(s) = scratch {
+                let _ = std::fs::remove_dir_all(s);
+            }
+            let sealed = sealed??;
             let copy = match &copy_root {
                 Some(c) => {
                     let from = sealed.path.clone();

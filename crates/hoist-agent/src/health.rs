@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hoist_core::spec::{HealthKind, HealthSpec};
+use hoist_supervisor::creds::Credentials;
 
 /// What the hysteresis concluded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,12 +103,14 @@ impl Tracker {
 }
 
 /// Runs one probe of `spec` against an instance listening on `port` (if any), in `cwd`
-/// with `env` for exec checks. Never takes longer than the spec's timeout.
+/// with `env` for exec checks, as `user` (the instance's; `None`: the agent's own).
+/// Never takes longer than the spec's timeout.
 pub async fn probe(
     spec: &HealthSpec,
     port: Option<u16>,
     cwd: &Path,
     env: &[(String, String)],
+    user: Option<&Credentials>,
 ) -> bool {
     let attempt = async {
         match &spec.kind {
@@ -129,7 +132,7 @@ pub async fn probe(
                     .await
                     .is_ok()
             }
-            HealthKind::Exec { command } => exec_probe(command, cwd, env).await,
+            HealthKind::Exec { command } => exec_probe(command, cwd, env, user).await,
         }
     };
     tokio::time::timeout(spec.timeout, attempt)
@@ -182,8 +185,19 @@ async fn http_probe(addr: SocketAddr, path: &str, expect: Option<u16>) -> bool {
         }
 }
 
-async fn exec_probe(command: &str, cwd: &Path, env: &[(String, String)]) -> bool {
+/// An exec probe runs as the instance does: a root agent drops to the instance's user,
+/// groups and `no_new_privs` (the shim's drop), so a check command can do no more than
+/// the app itself.
+async fn exec_probe(
+    command: &str,
+    cwd: &Path,
+    env: &[(String, String)],
+    user: Option<&Credentials>,
+) -> bool {
     let mut cmd = tokio::process::Command::new("/bin/sh");
+    if let Some(creds) = user.filter(|c| c.is_other_than_me()) {
+        creds.drop_to(cmd.as_std_mut());
+    }
     cmd.arg("-c")
         .arg(command)
         .current_dir(cwd)
@@ -250,7 +264,7 @@ mod tests {
         });
         s.timeout = Duration::from_millis(500);
         let env = vec![("PATH".to_string(), "/usr/bin:/bin".to_string())];
-        assert!(!probe(&s, None, dir.path(), &env).await);
+        assert!(!probe(&s, None, dir.path(), &env, None).await);
         let pid: i32 = std::fs::read_to_string(&pids)
             .unwrap()
             .trim()

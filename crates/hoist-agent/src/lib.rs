@@ -160,6 +160,8 @@ pub struct Agent {
     pub(crate) ports: runtime::Ports,
     /// Who apps run as when it is not the agent's own user (see [`AgentConfig::apps_user`]).
     pub(crate) apps_user: Option<AppsUser>,
+    /// The `hoist` executable (shims, the proxy, backup readers run from it).
+    pub(crate) exe: PathBuf,
     /// The dashboard's token and sessions (`dashboard.rs`).
     pub(crate) dash: dashboard::Dash,
     /// Per-minute traffic aggregates (`minutes.rs`).
@@ -247,7 +249,7 @@ impl Agent {
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| hoist_core::spec::defaults::LOCAL_HOST.to_string());
         let proxy = config.proxy.map(|listen| proxyctl::ProxyCtl {
-            exe,
+            exe: exe.clone(),
             listen,
             https: config.https,
             max_connections: config.max_connections,
@@ -273,6 +275,7 @@ impl Agent {
             alerts: Mutex::new(engine),
             ports: Default::default(),
             apps_user,
+            exe,
             dash: Default::default(),
             minutes: Mutex::new(minutes),
             minutes_pruned: Mutex::new(0),

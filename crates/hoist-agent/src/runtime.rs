@@ -448,6 +448,31 @@ impl Agent {
     pub(crate) fn watch_health(self: &Arc<Self>, id: String, generation: u64) {
         let agent = self.clone();
         tokio::spawn(async move {
+            // Exec probes run as the instance's user, resolved once per instance start.
+            let user = {
+                let rt = agent.rt();
+                rt.instances
+                    .get(&id)
+                    .filter(|l| {
+                        l.health_spec.as_ref().is_some_and(|h| {
+                            matches!(h.kind, hoist_core::spec::HealthKind::Exec { .. })
+                        })
+                    })
+                    .and_then(|l| l.spec.user.clone())
+            };
+            let creds = match user {
+                Some(name) => match tokio::task::spawn_blocking(move || {
+                    hoist_supervisor::creds::Credentials::of(&name)
+                })
+                .await
+                {
+                    Ok(Some(c)) => Some(c),
+                    // No such user: the shim could not have started it either, and a
+                    // probe must never fall back to the agent's own user.
+                    _ => return,
+                },
+                None => None,
+            };
             loop {
                 let (spec, port, cwd, env, app, starting) = {
                     let rt = agent.rt();
@@ -471,7 +496,7 @@ impl Agent {
                     )
                 };
                 tokio::time::sleep(health::interval(&spec, starting)).await;
-                let ok = health::probe(&spec, port, &cwd, &env).await;
+                let ok = health::probe(&spec, port, &cwd, &env, creds.as_ref()).await;
                 let changed = {
                     let mut rt = agent.rt();
                     let Some(live) = rt.instances.get_mut(&id) else {

@@ -13,24 +13,49 @@ const LEVEL: i32 = 3;
 
 /// Archives `source` (a directory) to `dest`, sealed.
 pub fn backup(source: &Path, dest: &Path) -> Result<Sealed> {
+    let partial = file::partial_path(dest);
+    archive(source, file::create_private(&partial)?, &partial)?;
+    file::seal(&partial, dest)
+}
+
+/// Writes the tar.zst of `source` to `out` (`shown` names `out` in errors).
+pub(crate) fn archive(source: &Path, out: impl std::io::Write, shown: &Path) -> Result<()> {
     if !source.is_dir() {
         return Err(BackupError::Missing {
             path: source.to_path_buf(),
         });
     }
-    let partial = file::partial_path(dest);
-    {
-        let out = file::create_private(&partial)?;
-        let enc = zstd::Encoder::new(out, LEVEL).map_err(BackupError::io(&partial))?;
-        let mut tar = tar::Builder::new(enc);
-        // Links are archived as links: following one could pull in files from outside.
-        tar.follow_symlinks(false);
-        tar.append_dir_all(".", source)
-            .map_err(BackupError::io(source))?;
-        let enc = tar.into_inner().map_err(BackupError::io(&partial))?;
-        enc.finish().map_err(BackupError::io(&partial))?;
+    let enc = zstd::Encoder::new(out, LEVEL).map_err(BackupError::io(shown))?;
+    let mut tar = tar::Builder::new(enc);
+    // Links are archived as links: following one could pull in files from outside.
+    tar.follow_symlinks(false);
+    // Entry by entry (tar's own walk loses the path in its errors): a file the reader
+    // may not open is named.
+    let mut stack = vec![(source.to_path_buf(), PathBuf::from("."))];
+    while let Some((dir, rel)) = stack.pop() {
+        tar.append_path_with_name(&dir, &rel)
+            .map_err(BackupError::io(&dir))?;
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .map_err(BackupError::io(&dir))?
+            .collect::<std::io::Result<_>>()
+            .map_err(BackupError::io(&dir))?;
+        entries.sort_by_key(|e| e.file_name());
+        let mut subdirs = Vec::new();
+        for e in entries {
+            let path = e.path();
+            let name = rel.join(e.file_name());
+            if e.file_type().map_err(BackupError::io(&path))?.is_dir() {
+                subdirs.push((path, name));
+            } else {
+                tar.append_path_with_name(&path, &name)
+                    .map_err(BackupError::io(&path))?;
+            }
+        }
+        stack.extend(subdirs.into_iter().rev());
     }
-    file::seal(&partial, dest)
+    let enc = tar.into_inner().map_err(BackupError::io(shown))?;
+    enc.finish().map_err(BackupError::io(shown))?;
+    Ok(())
 }
 
 /// Replaces the directory `target` with the archive's content. Unpacked first into a

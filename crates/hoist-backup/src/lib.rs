@@ -9,6 +9,7 @@
 pub mod directory;
 pub mod file;
 pub mod postgres;
+pub mod reader;
 pub mod retention;
 pub mod sqlite;
 
@@ -51,6 +52,14 @@ pub enum BackupError {
     },
     #[error("not a usable postgres url `{url}`: {reason}")]
     Url { url: String, reason: String },
+    /// A reader run as the app's user (`uid`) could not copy `path`; `detail` is its
+    /// own account (a permission denied names the file).
+    #[error("reading `{path}` as uid {uid} failed: {detail}")]
+    Reader {
+        path: PathBuf,
+        uid: u32,
+        detail: String,
+    },
     #[error("archive entry `{entry}` is refused: {reason}")]
     Entry { entry: String, reason: String },
 }

@@ -13,6 +13,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use hoist_supervisor::creds::Credentials;
+
 use crate::file::{self, Sealed};
 use crate::{BackupError, Checked, Result};
 
@@ -23,6 +25,17 @@ pub struct PgTarget {
     password: Option<String>,
     database: String,
     shown: String,
+    /// Who runs the tools (`None`: this process's user).
+    user: Option<Credentials>,
+}
+
+/// What a tool reads on stdin.
+enum Input<'a> {
+    Null,
+    Text(&'a str),
+    /// An open file: a dump the tool could not open by name (the agent's, 0600) is
+    /// handed over as a descriptor.
+    File(std::fs::File),
 }
 
 impl fmt::Debug for PgTarget {
@@ -131,6 +144,7 @@ impl PgTarget {
             password,
             database,
             shown,
+            user: None,
         })
     }
 
@@ -156,6 +170,14 @@ impl PgTarget {
         t
     }
 
+    /// The same target with its tools run as `user` (the app's): a dump is written
+    /// through a descriptor the caller opened, a restore reads one, so the user needs no
+    /// access to the backup files. A user that is this process's own changes nothing.
+    pub fn as_user(mut self, user: Option<Credentials>) -> PgTarget {
+        self.user = user.filter(|c| c.is_other_than_me());
+        self
+    }
+
     fn command(&self, tool: &str) -> Command {
         let exe = match std::env::var_os("HOIST_PG_BIN") {
             Some(dir) => PathBuf::from(dir).join(tool),
@@ -173,15 +195,44 @@ impl PgTarget {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(user) = &self.user {
+            user.drop_to(&mut cmd);
+            // The agent's working directory may be out of the user's reach.
+            cmd.current_dir("/");
+        }
         cmd
     }
 
     /// Runs a tool to the end; its stdout on success, a redacted error otherwise.
     fn run(&self, tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let input = stdin.map_or(Input::Null, Input::Text);
+        self.run_io(tool, args, input, None)
+    }
+
+    /// [`run`](Self::run) with stdin from `input` and stdout to `out` when given (the
+    /// answer is then empty).
+    fn run_io(
+        &self,
+        tool: &str,
+        args: &[&str],
+        input: Input<'_>,
+        out: Option<std::fs::File>,
+    ) -> Result<String> {
         let mut cmd = self.command(tool);
         cmd.args(args);
-        if stdin.is_some() {
-            cmd.stdin(Stdio::piped());
+        let stdin = match input {
+            Input::Null => None,
+            Input::Text(t) => {
+                cmd.stdin(Stdio::piped());
+                Some(t)
+            }
+            Input::File(f) => {
+                cmd.stdin(Stdio::from(f));
+                None
+            }
+        };
+        if let Some(f) = out {
+            cmd.stdout(Stdio::from(f));
         }
         tracing::debug!(tool, target = %self.shown, "running a postgres tool");
         let mut child = cmd.spawn().map_err(|source| BackupError::Spawn {
@@ -254,9 +305,15 @@ fn decode(s: &str) -> String {
 /// Dumps the database to `dest` in pg_dump's custom format, sealed.
 pub fn backup(target: &PgTarget, dest: &Path) -> Result<Sealed> {
     let partial = file::partial_path(dest);
-    drop(file::create_private(&partial)?);
-    let arg = format!("--file={}", partial.display());
-    let res = target.run("pg_dump", &["--format=custom", "--no-password", &arg], None);
+    // pg_dump writes to its stdout, the file opened here: whoever it runs as needs no
+    // right to the backups' directory (a regular file, so the archive keeps its offsets).
+    let out = file::create_private(&partial)?;
+    let res = target.run_io(
+        "pg_dump",
+        &["--format=custom", "--no-password"],
+        Input::Null,
+        Some(out),
+    );
     if let Err(e) = res {
         let _ = std::fs::remove_file(&partial);
         return Err(e);
@@ -268,8 +325,9 @@ pub fn backup(target: &PgTarget, dest: &Path) -> Result<Sealed> {
 /// recreated, in one transaction), then counts the rows of every table.
 pub fn restore(target: &PgTarget, dump: &Path) -> Result<Checked> {
     let db = format!("--dbname={}", target.database());
-    let file = dump.display().to_string();
-    target.run(
+    // Read from stdin, opened here (a regular file: pg_restore can still seek in it).
+    let file = std::fs::File::open(dump).map_err(BackupError::io(dump))?;
+    target.run_io(
         "pg_restore",
         &[
             "--clean",
@@ -279,8 +337,8 @@ pub fn restore(target: &PgTarget, dump: &Path) -> Result<Checked> {
             "--exit-on-error",
             "--no-password",
             &db,
-            &file,
         ],
+        Input::File(file),
         None,
     )?;
     counts(target)

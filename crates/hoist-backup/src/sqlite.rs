@@ -21,13 +21,19 @@ const BUSY: Duration = Duration::from_secs(30);
 
 /// Copies the database at `source` to `dest` (sealed: fsynced, hashed, renamed).
 pub fn backup(source: &Path, dest: &Path) -> Result<Sealed> {
+    let partial = file::partial_path(dest);
+    copy(source, &partial)?;
+    file::seal(&partial, dest)
+}
+
+/// The online copy of `source` into a new file `to` (0600), without its sidecars.
+pub(crate) fn copy(source: &Path, to: &Path) -> Result<()> {
     if !source.exists() {
         return Err(BackupError::Missing {
             path: source.to_path_buf(),
         });
     }
-    let partial = file::partial_path(dest);
-    let _ = std::fs::remove_file(&partial);
+    let _ = std::fs::remove_file(to);
     {
         // Read-only, and never created: a missing file must not become an empty database.
         let src = Connection::open_with_flags(
@@ -38,8 +44,8 @@ pub fn backup(source: &Path, dest: &Path) -> Result<Sealed> {
         src.busy_timeout(BUSY)
             .map_err(BackupError::sqlite(source))?;
         // Created 0600 before SQLite opens it: the copy holds the app's data.
-        drop(file::create_private(&partial)?);
-        let mut dst = Connection::open(&partial).map_err(BackupError::sqlite(&partial))?;
+        drop(file::create_private(to)?);
+        let mut dst = Connection::open(to).map_err(BackupError::sqlite(to))?;
         let deadline = std::time::Instant::now() + BUSY;
         {
             let b = rusqlite::backup::Backup::new(&src, &mut dst)
@@ -61,11 +67,10 @@ pub fn backup(source: &Path, dest: &Path) -> Result<Sealed> {
                 }
             }
         }
-        dst.close()
-            .map_err(|(_, e)| BackupError::sqlite(&partial)(e))?;
+        dst.close().map_err(|(_, e)| BackupError::sqlite(to)(e))?;
     }
-    remove_sidecars(&partial);
-    file::seal(&partial, dest)
+    remove_sidecars(to);
+    Ok(())
 }
 
 /// Replaces the database at `target` with the backup at `backup`: copied beside the
@@ -168,7 +173,7 @@ fn sidecars(db: &Path) -> [PathBuf; 2] {
     ]
 }
 
-fn remove_sidecars(db: &Path) {
+pub(crate) fn remove_sidecars(db: &Path) {
     for side in sidecars(db) {
         let _ = std::fs::remove_file(side);
     }

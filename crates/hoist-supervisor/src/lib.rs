@@ -8,6 +8,7 @@
 //! shim's log writer) and `logs` (reading them back); `record` holds the run-dir files,
 //! `procfs` the `/proc` readers, `policy` the restart maths.
 
+pub mod creds;
 mod error;
 pub mod logfile;
 pub mod logs;

@@ -13,7 +13,6 @@
 //! drains the pipes, writes the exit record and exits. It never restarts the app: restarts
 //! are the agent's decision.
 
-use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -26,9 +25,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use nix::sys::signal::{kill, killpg, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{Gid, Pid, Uid, User};
+use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+use crate::creds::Credentials;
 use crate::error::{Result, SupervisorError};
 use crate::logfile::LogWriter;
 use crate::procfs::{self, ProcessId};
@@ -599,34 +599,9 @@ fn mark_inherited_fds_cloexec() {
     }
 }
 
-/// A user's ids and groups, resolved before the fork so `apply` only makes syscalls.
-struct Credentials {
-    uid: Uid,
-    gid: Gid,
-    groups: Vec<Gid>,
-}
-
 fn credentials(instance: &str, name: &str) -> Result<Credentials> {
-    let unknown = || SupervisorError::UnknownUser {
+    Credentials::of(name).ok_or_else(|| SupervisorError::UnknownUser {
         instance: instance.to_string(),
         user: name.to_string(),
-    };
-    let user = User::from_name(name).ok().flatten().ok_or_else(unknown)?;
-    let cname = CString::new(name).map_err(|_| unknown())?;
-    let groups = nix::unistd::getgrouplist(&cname, user.gid).unwrap_or_else(|_| vec![user.gid]);
-    Ok(Credentials {
-        uid: user.uid,
-        gid: user.gid,
-        groups,
     })
-}
-
-impl Credentials {
-    fn apply(&self) -> std::io::Result<()> {
-        nix::unistd::setgroups(&self.groups)?;
-        nix::unistd::setgid(self.gid)?;
-        nix::unistd::setuid(self.uid)?;
-        nix::sys::prctl::set_no_new_privs()?;
-        Ok(())
-    }
 }

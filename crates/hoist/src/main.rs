@@ -106,6 +106,8 @@ fn main() -> ExitCode {
     // keep in memory for nothing.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     hoist_supervisor::shim::main(&argv);
+    // A backup reader, run by the agent as an app's user (see `hoist_backup::reader`).
+    hoist_backup::reader::main(&argv);
     drop(argv);
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -730,3 +730,85 @@ fn a_manual_backup_survives_the_next_deploys_own_backup() {
         "{all:?}"
     );
 }
+
+/// A root agent with an apps' user reads an app's data as that user, and runs exec
+/// health probes as it: a probe records `id -u` (not 0: the apps' uid); a SQLite backup
+/// of a database only the apps' user may open (0600, its own) is taken, and restored
+/// with its owner and mode; a directory backup of a tree holding a root-only file (what
+/// an app could plant with a hard link to a root file) fails naming that file, where a
+/// backup read as root would have archived it for the app to restore.
+#[test]
+fn backups_and_exec_probes_run_as_the_apps_user() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut h = Host::new();
+    let apps_uid = h.restart_with_apps_user();
+    let app = hoist_testkit::testapp_bin();
+    let extra = format!(
+        "[services.worker]\ncommand = \"{} worker\"\nroles = [\"web\"]\n\
+         health = {{ command = \"id -u > $HOIST_DATA_DIR/probe-uid\", interval = \"100ms\" }}\n\n\
+         [backups.db]\nsqlite = \"app.db\"\n\n[backups.files]\ndirectory = \"uploads\"\n",
+        app.display()
+    );
+    let project = h.project("v1", "", &extra);
+    let out = h.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let data = h.root.join("data/demo");
+    let probe = data.join("probe-uid");
+    wait_until(Duration::from_secs(20), || probe.exists()).expect("the exec probe ran");
+    let read_uid = || -> Option<u32> { std::fs::read_to_string(&probe).ok()?.trim().parse().ok() };
+    wait_until(Duration::from_secs(20), || read_uid().is_some()).expect("a whole uid");
+    let probed = read_uid().unwrap();
+    assert_eq!(probed, apps_uid, "the exec probe ran as the apps' user");
+    assert_eq!(std::fs::metadata(&probe).unwrap().uid(), apps_uid);
+
+    // The app's own database, 0600.
+    let db = data.join("app.db");
+    sql(
+        &db,
+        "CREATE TABLE t (v); INSERT INTO t VALUES (1), (2), (3);",
+    );
+    std::os::unix::fs::chown(&db, Some(apps_uid), Some(apps_uid)).unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let taken = json(&h.hoist(&["backup", "db", "--json", "-c", &cfg(&project)]));
+    assert_eq!(taken[0]["status"], "ok", "{taken}");
+    let file = PathBuf::from(taken[0]["file"].as_str().unwrap());
+    let m = std::fs::metadata(&file).unwrap();
+    assert_eq!(
+        (m.uid(), m.mode() & 0o777),
+        (0, 0o600),
+        "the archive is the agent's"
+    );
+    sql(&db, "DELETE FROM t;");
+    let out = h.hoist(&["restore", "db", "--force", "-c", &cfg(&project)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(count(&db, "SELECT count(*) FROM t"), 3);
+    let m = std::fs::metadata(&db).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o777), (apps_uid, 0o600));
+    // No reader left its scratch place behind.
+    let left: Vec<_> = std::fs::read_dir(h.root.join("data"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".backup-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // A tree the app may read is archived; one holding a root-only file is not.
+    let uploads = data.join("uploads");
+    std::fs::create_dir_all(&uploads).unwrap();
+    std::fs::write(uploads.join("a.txt"), "a").unwrap();
+    for p in [&uploads, &uploads.join("a.txt")] {
+        std::os::unix::fs::chown(p, Some(apps_uid), Some(apps_uid)).unwrap();
+    }
+    let taken = json(&h.hoist(&["backup", "files", "--json", "-c", &cfg(&project)]));
+    assert_eq!(taken[0]["status"], "ok", "{taken}");
+    let secret = uploads.join("shadow-link");
+    std::fs::write(&secret, "root only").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = h.hoist(&["backup", "files", "--json", "-c", &cfg(&project)]);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success(), "a root-only file was read: {said}");
+    assert!(
+        said.contains("shadow-link") && said.contains("ermission denied"),
+        "{said}"
+    );
+}

@@ -99,6 +99,46 @@ impl Host {
         }
     }
 
+    /// Restarts the agent (root) with an apps' user of its own: it runs in a mount
+    /// namespace whose /etc is an overlay where `hoist-apps` is created, so this machine
+    /// gets no new user. The test's directory becomes 0711 (the user passes through it as
+    /// through /var/lib). Returns the user's uid.
+    #[allow(dead_code)]
+    pub fn restart_with_apps_user(&mut self) -> u32 {
+        self.kill_agent();
+        let etc = self.dir.join("etc");
+        std::fs::create_dir_all(etc.join("upper")).unwrap();
+        std::fs::create_dir_all(etc.join("work")).unwrap();
+        std::fs::set_permissions(
+            &self.dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .unwrap();
+        self.agent_wrapper = vec![
+            "unshare".into(),
+            "-m".into(),
+            "--propagation".into(),
+            "private".into(),
+            "sh".into(),
+            "-c".into(),
+            format!(
+                "set -e; mount -t overlay overlay -o lowerdir=/etc,upperdir={e}/upper,workdir={e}/work /etc; \
+                 id -u hoist-apps >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
+                 --home-dir /nonexistent --shell /usr/sbin/nologin hoist-apps; \
+                 id -u hoist-apps > {e}/uid; exec \"$0\" \"$@\"",
+                e = etc.display()
+            ),
+        ];
+        self.start_agent();
+        let uid: u32 = std::fs::read_to_string(etc.join("uid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_ne!(uid, 0);
+        uid
+    }
+
     pub fn start_agent(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
