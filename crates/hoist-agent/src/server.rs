@@ -145,12 +145,69 @@ pub(crate) fn template_of(method: &str, parts: &[&str]) -> Result<&'static str, 
     best.ok_or(known_path)
 }
 
+/// The names a path carries (`{app}`, `{service}`, `{job}`, a secret's `{name}`) become
+/// file names and lookups: the API holds them to the app file's rules, whoever calls it.
+fn names_in_path(template: &str, parts: &[&str]) -> Result<(), String> {
+    let segs = template.trim_start_matches('/').split('/');
+    for (seg, part) in segs.zip(parts) {
+        let ok = match seg {
+            "{app}" | "{service}" | "{job}" => hoist_core::names::is_app_name(part),
+            "{name}" => hoist_core::names::is_env_name(part),
+            _ => true,
+        };
+        if !ok {
+            return Err(format!(
+                "invalid {} `{}` in the path",
+                seg.trim_matches(['{', '}']),
+                part.escape_debug()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A spec that arrives over the API is checked again with the app file's rules: the CLI
+/// validated it, but anything that can reach the socket (or the dashboard's `/v1/*`)
+/// could have sent it. The answer lists every reason.
+fn spec_refused(
+    spec: &hoist_core::spec::AppSpec,
+    fields: &[(&str, &str)],
+) -> Option<Response<Body>> {
+    let mut problems = hoist_config::check_spec(spec);
+    for (what, v) in fields {
+        if v.chars().any(char::is_control) {
+            problems.push(format!("invalid `{what}`: it contains a control character"));
+        }
+    }
+    if problems.is_empty() {
+        return None;
+    }
+    tracing::warn!(app = %spec.app.escape_debug(), problems = problems.len(), "refused a spec sent to the API");
+    Some(http::error(
+        StatusCode::BAD_REQUEST,
+        format!("the spec is refused:\n  {}", problems.join("\n  ")),
+        Some("validate the app file with `hoist config`"),
+    ))
+}
+
+fn bad_app(app: &str) -> Response<Body> {
+    http::error(
+        StatusCode::BAD_REQUEST,
+        format!("invalid app name `{}`", app.escape_debug()),
+        None,
+    )
+}
+
 pub(crate) async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
     match template_of(method.as_str(), &parts) {
-        Ok(_) => {}
+        Ok(template) => {
+            if let Err(why) = names_in_path(template, &parts) {
+                return http::error(StatusCode::BAD_REQUEST, why, None);
+            }
+        }
         Err(true) => {
             return http::error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -291,14 +348,20 @@ pub(crate) async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response
         (Method::GET, ["v1", "releases", app]) => releases(&agent, app),
         (Method::POST, ["v1", "deploy"]) => match read_json::<DeployRequest>(req.into_body()).await
         {
-            Ok(r) => deploy(agent, r).await,
+            Ok(r) => match spec_refused(&r.spec, &[("host", &r.host), ("actor", &r.actor)]) {
+                Some(refused) => refused,
+                None => deploy(agent, r).await,
+            },
             Err(resp) => resp,
         },
         (Method::POST, ["v1", "plan"]) => {
             match read_json::<hoist_protocol::agent::PlanRequest>(req.into_body()).await {
-                Ok(r) => match agent.plan(r).await {
-                    Ok(plan) => http::json(StatusCode::OK, &plan),
-                    Err(e) => http::error(StatusCode::UNPROCESSABLE_ENTITY, e, None),
+                Ok(r) => match spec_refused(&r.spec, &[("host", &r.host)]) {
+                    Some(refused) => refused,
+                    None => match agent.plan(r).await {
+                        Ok(plan) => http::json(StatusCode::OK, &plan),
+                        Err(e) => http::error(StatusCode::UNPROCESSABLE_ENTITY, e, None),
+                    },
                 },
                 Err(resp) => resp,
             }
@@ -306,12 +369,14 @@ pub(crate) async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response
         (Method::GET, ["v1", "doctor"]) => http::json(StatusCode::OK, &agent.doctor().await),
         (Method::POST, ["v1", "rollback", "check"]) => {
             match read_json::<RollbackRequest>(req.into_body()).await {
+                Ok(r) if !hoist_core::names::is_app_name(&r.app) => bad_app(&r.app),
                 Ok(r) => rollback_check(agent, r).await,
                 Err(resp) => resp,
             }
         }
         (Method::POST, ["v1", "rollback"]) => {
             match read_json::<RollbackRequest>(req.into_body()).await {
+                Ok(r) if !hoist_core::names::is_app_name(&r.app) => bad_app(&r.app),
                 Ok(r) => rollback(agent, r).await,
                 Err(resp) => resp,
             }

@@ -12,6 +12,7 @@
 
 mod alerts;
 mod canary;
+mod check;
 pub mod diag;
 pub mod init;
 mod read;
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 use hoist_core::spec::AppSpec;
 use sha2::{Digest, Sha256};
 
+pub use check::check_spec;
 pub use diag::{render, Diagnostic, Severity};
 
 /// The app file's name, looked for in the current directory and its parents.

@@ -353,7 +353,7 @@ fn build(cx: &mut Cx<'_>, node: &Node, at: Option<&Loc>) -> BuildSpec {
         let list = t.str_list(cx, key).unwrap_or_default();
         list.into_iter()
             .filter(|(p, loc)| {
-                let escapes = p.starts_with('/') || p.split('/').any(|c| c == "..");
+                let escapes = escapes_project(p);
                 if escapes {
                     cx.error(
                         loc,
@@ -1107,23 +1107,49 @@ fn health(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<HealthSpec> {
 /// A health path goes into the probe's request line as written: a CR or LF there would
 /// inject headers (or a second request) into what the app receives.
 fn url_path_ok(cx: &mut Cx<'_>, at: &Loc, path: &str, p: &str) -> bool {
-    let Some(bad) = p.chars().find(|c| c.is_control() || c.is_whitespace()) else {
+    let Some(problem) = url_path_problem(p) else {
         return true;
     };
     cx.error(
         at,
-        format!(
-            "invalid `{path}`: the URL path contains {} (U+{:04X})",
-            if bad.is_control() {
-                "a control character"
-            } else {
-                "a space"
-            },
-            bad as u32
-        ),
+        format!("invalid `{path}`: {problem}"),
         Some("percent-encode it (`%20` for a space), or remove it".into()),
     );
     false
+}
+
+/// Why `p` cannot go into a request line as written, if it cannot.
+pub(crate) fn url_path_problem(p: &str) -> Option<String> {
+    let bad = p.chars().find(|c| c.is_control() || c.is_whitespace())?;
+    Some(format!(
+        "the URL path contains {} (U+{:04X})",
+        if bad.is_control() {
+            "a control character"
+        } else {
+            "a space"
+        },
+        bad as u32
+    ))
+}
+
+/// A `build.include`/`exclude` pattern that climbs out of the project directory.
+pub(crate) fn escapes_project(p: &str) -> bool {
+    p.starts_with('/') || p.split('/').any(|c| c == "..")
+}
+
+/// A backup path that is not inside the app's data directory.
+pub(crate) fn outside_data_dir(p: &str) -> bool {
+    p.starts_with('/') || p.split('/').any(|c| c == "..") || p.trim().is_empty()
+}
+
+/// Instances of `services` that `host` runs (every host of a service's roles runs its
+/// replicas, as the deploy places them).
+pub(crate) fn instances_on(host: &HostSpec, services: &BTreeMap<String, ServiceSpec>) -> u64 {
+    services
+        .values()
+        .filter(|s| host.has_any_role(&s.roles))
+        .map(|s| u64::from(s.replicas))
+        .sum()
 }
 
 /// `every` or `cron`: exactly one when `required`, at most one otherwise.
@@ -1231,8 +1257,7 @@ fn run(cx: &mut Cx<'_>, node: &Node, at: Option<&Loc>) -> RunSpec {
 /// A path inside the app's data directory: relative and never climbing out of it.
 fn data_path(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<String> {
     let p = read_str(cx, node, path)?;
-    let escapes = p.starts_with('/') || p.split('/').any(|c| c == "..") || p.trim().is_empty();
-    if escapes {
+    if outside_data_dir(&p) {
         cx.error(
             &node.loc,
             format!("invalid `{path}`: `{p}` is not a path inside the app's data directory"),
@@ -1713,11 +1738,7 @@ fn instances_per_host(
                     .find(|(n, _)| n == name)
                     .map(|(_, loc)| loc.clone());
                 let Some(at) = at else { return };
-                let all: u64 = services
-                    .values()
-                    .filter(|s| host.has_any_role(&s.roles))
-                    .map(|s| u64::from(s.replicas))
-                    .sum();
+                let all = instances_on(host, services);
                 cx.error(
                     &at,
                     format!(

@@ -48,9 +48,20 @@ pub(crate) struct Sticky {
     seed: Option<u32>,
     /// The client sent no valid cookie: the response sets one.
     set_cookie: bool,
+    /// The request came over the HTTPS listener: the cookie is `Secure`, so a browser
+    /// never sends it back over plain HTTP.
+    secure: bool,
 }
 
 impl Sticky {
+    /// The stickiness of `req` (`None` once the request was handed on: plain HTTP).
+    pub fn for_request<B>(req: Option<&hyper::Request<B>>) -> Sticky {
+        Sticky {
+            secure: req.is_some_and(|r| r.extensions().get::<crate::tls::Https>().is_some()),
+            ..Sticky::default()
+        }
+    }
+
     /// The entry that serves this request: `route` itself, or its canary side.
     pub fn side<'a>(
         &mut self,
@@ -85,7 +96,8 @@ impl Sticky {
     pub fn cookie(&self) -> Option<HeaderValue> {
         let seed = self.seed.filter(|_| self.set_cookie)?;
         HeaderValue::from_str(&format!(
-            "{COOKIE_NAME}={seed:08x}; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax"
+            "{COOKIE_NAME}={seed:08x}; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax{}",
+            if self.secure { "; Secure" } else { "" }
         ))
         .ok()
     }

@@ -522,7 +522,7 @@ async fn proxy(
     let mut replays = 0;
     let mut last_route: Option<Arc<RouteEntry>> = None;
     let mut error = String::from("no healthy upstream");
-    let mut sticky = crate::canary::Sticky::default();
+    let mut sticky = crate::canary::Sticky::for_request(req.as_ref());
     for _ in 0..MAX_ATTEMPTS {
         // The claim is taken inside the lookup: one reference count per request on
         // shared state instead of two (they bounce between cores).

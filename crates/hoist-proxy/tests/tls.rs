@@ -475,3 +475,55 @@ fn http1_over_tls_gets_the_same_framing_and_host_checks_as_plain_http() {
     );
     assert!(said.starts_with("HTTP/1.1 200"), "{said}");
 }
+
+/// The canary's stickiness cookie is `Secure` when the request came over HTTPS (a browser
+/// then never sends it over plain HTTP), and stays usable over plain HTTP otherwise.
+#[test]
+fn the_canary_cookie_is_secure_over_https_only() {
+    let t = start(None, None);
+    let (blue, green) = (Backend::start("blue"), Backend::start("green"));
+    let mut r = tls_route("a/web", "a.test", &blue, None);
+    r.tls.as_mut().unwrap().redirect_https = false;
+    r.canary = Some(hoist_protocol::proxy::Canary {
+        release: "green".into(),
+        upstreams: vec![hoist_protocol::proxy::Upstream {
+            addr: green.addr,
+            instance: green.name.clone(),
+        }],
+        weight_bp: 5000,
+    });
+    t.proxy.set_route(r);
+    assert_eq!(
+        set_cert(&t.proxy, &["a.test"], &t.ca.issue(&["a.test"])),
+        Ok(Reply::Done)
+    );
+    let cookie_in = |said: &str| {
+        said.split("\r\n\r\n")
+            .next()
+            .unwrap()
+            .lines()
+            .find(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("set-cookie: hoist_canary=")
+            })
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no canary cookie in {said}"))
+    };
+    let said = openssl_exchange(
+        &t,
+        "a.test",
+        "GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    );
+    assert!(said.starts_with("HTTP/1.1 200"), "{said}");
+    let over_tls = cookie_in(&said);
+    assert!(over_tls.ends_with("; Secure"), "{over_tls}");
+    let said = String::from_utf8_lossy(&raw_exchange(
+        t.proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(20),
+    ))
+    .into_owned();
+    assert!(said.starts_with("HTTP/1.1 200"), "{said}");
+    let plain = cookie_in(&said);
+    assert!(!plain.contains("Secure"), "{plain}");
+}
