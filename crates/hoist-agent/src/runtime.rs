@@ -637,6 +637,27 @@ impl Agent {
                 })
                 .collect()
         };
+        // Routes of services the current release no longer serves (removed, or no longer
+        // web) go: left, they would send their domains to stopped instances' ports, which
+        // another app may be given next.
+        let stale: Vec<String> = {
+            let prefix = format!("{app}/");
+            self.rt()
+                .routes_sent
+                .keys()
+                .filter(|id| id.starts_with(&prefix) && !wanted.iter().any(|r| &&r.id == id))
+                .cloned()
+                .collect()
+        };
+        for id in stale {
+            match proxy.request(Request::RemoveRoute { id: id.clone() }).await {
+                Ok(_) => {
+                    tracing::info!(route = %id, "route of a service no longer served removed");
+                    self.rt().routes_sent.remove(&id);
+                }
+                Err(e) => return Err(format!("the proxy kept route `{id}`: {e}")),
+            }
+        }
         for route in wanted {
             let unchanged = self.rt().routes_sent.get(&route.id) == Some(&route);
             if unchanged {

@@ -1176,7 +1176,7 @@ async fn lock(
                             "`{app}` is busy with other work of the agent (a standby window ending, `hoist down` or a restore) for over {}s",
                             WAIT_FOR_APP_WORK.as_secs()
                         ),
-                        Some("try again in a moment; `hoist events` says what it is doing"),
+                        Some("try again in a moment"),
                     )))
                 }
             }

@@ -251,3 +251,34 @@ fn runs_of_removed_jobs_are_finished_and_recorded_then_forgotten() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(runs_of(&h, &r, "short").len(), count);
 }
+
+/// A sibling of the jobs' slots: the route of a web service the new release no longer
+/// declares. Left in the proxy, it sent its domain to the stopped instances' ports (which
+/// the port allocator may give to another app next); it must go at the switch, so the
+/// domain falls to what the app still serves (here its `*` route).
+#[test]
+fn the_route_of_a_removed_web_service_goes_with_it() {
+    let h = Host::new();
+    let app = hoist_testkit::testapp_bin();
+    let p = h.project("two-services", "", "");
+    edit(
+        &p,
+        "[deploy]",
+        &format!(
+            "[services.admin]\ncommand = \"{} serve\"\nroles = [\"web\"]\nhttp = {{ domains = [\"admin.test\"], health = {{ path = \"/health\", interval = \"100ms\" }}, drain_timeout = \"1s\" }}\n\n[deploy]",
+            app.display()
+        ),
+    );
+    deploy_ok(&h, &p);
+    let admin = || hoist_testkit::http_get(h.proxy, "admin.test", "/").ok();
+    assert_eq!(admin().map(|r| r.status), Some(200));
+    let q = h.project("one-service", "", "");
+    let out = h.deploy(&q);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let release = common::release_of(&out);
+    // The admin domain is now answered by `web` of the new release, not by a dead route.
+    let r = admin().expect("the proxy answers");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["release"], release.as_str(), "{}", r.body);
+}
