@@ -603,3 +603,111 @@ roles = ["web"]
         "{resolved}"
     );
 }
+
+#[test]
+fn instance_down_disk_free_low_and_job_missed_fire_and_resolve() {
+    let receiver = Receiver::start();
+    let host = Host::on_tmpfs("48m");
+    let flag = host.dir.join("job-fails");
+    let extra = format!(
+        r#"
+[alerts]
+webhook = "http://{hook}/hook"
+
+[alerts.rules.instance_down]
+threshold = 1
+
+[jobs.nightly]
+command = "test ! -e {flag}"
+every = "1s"
+roles = ["web"]
+"#,
+        hook = receiver.addr,
+        flag = flag.display()
+    );
+    let project = host.project("v1", "", &extra);
+    let out = host.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let fired = |rule: &str| {
+        wait_until(Duration::from_secs(90), || {
+            receiver.find("firing", rule).is_some()
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}: `{rule}` never fired: {:?}",
+                receiver.got.lock().unwrap()
+            )
+        })
+    };
+    let resolved = |rule: &str| {
+        wait_until(Duration::from_secs(90), || {
+            receiver.find("resolved", rule).is_some()
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}: `{rule}` never resolved: {:?}",
+                receiver.got.lock().unwrap()
+            )
+        })
+    };
+
+    // The root's tmpfs filled to under 10% free, then freed.
+    let avail_kib: u64 = {
+        let out = std::process::Command::new("df")
+            .args(["-k", "--output=avail"])
+            .arg(&host.root)
+            .output()
+            .unwrap();
+        text(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let filler = host.root.join("filler");
+    std::fs::write(
+        &filler,
+        vec![0u8; (avail_kib.saturating_sub(1024) * 1024) as usize],
+    )
+    .unwrap();
+    fired("disk_free_low");
+    std::fs::remove_file(&filler).unwrap();
+    resolved("disk_free_low");
+
+    // The job succeeds, then fails on every run: its last success ages past twice its
+    // schedule; it succeeds again and both of its alerts resolve.
+    wait_until(Duration::from_secs(60), || {
+        text(&host.hoist(&["jobs", "--json"]).stdout).contains("succeeded")
+    })
+    .expect("the job ran and succeeded");
+    std::fs::write(&flag, "").unwrap();
+    fired("job_missed");
+    let missed = receiver.find("firing", "job_missed").unwrap();
+    assert_eq!(missed["alerts"][0]["labels"]["job"], "nightly", "{missed}");
+    std::fs::remove_file(&flag).unwrap();
+    resolved("job_missed");
+
+    // One instance frozen (SIGSTOP): its health checks fail, it is out of traffic for
+    // longer than the 1 s threshold, and the agent replaces it; the new one is healthy.
+    let st = host.status();
+    let inst = st["apps"][0]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["service"] == "web")
+        .unwrap()
+        .clone();
+    let pid = nix::unistd::Pid::from_raw(inst["pid"].as_u64().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    fired("instance_down");
+    let down = receiver.find("firing", "instance_down").unwrap();
+    assert_eq!(
+        down["alerts"][0]["labels"]["instance"], inst["instance"],
+        "{down}"
+    );
+    // (It may be gone already: the agent stops an instance that turned unhealthy.)
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+    resolved("instance_down");
+}
