@@ -1,6 +1,7 @@
 //! Built-in alerts driven by the test app, delivered to a webhook receiver run by the
-//! test (Alertmanager's webhook JSON), and a receiver that is down (retried, recorded,
-//! the agent unaffected).
+//! test (Alertmanager's webhook JSON), each seen firing and resolving, and a receiver
+//! that is down (retried, recorded, the agent unaffected). `backup_stale` is in
+//! `doctor.rs` and `cert_renewal_failed` in `tls.rs`, beside the faults that cause them.
 
 mod common;
 
