@@ -467,19 +467,23 @@ async fn order(
             answers.set.push(undo);
             nonce_retry!(challenge.set_ready()).map_err(other)?;
         }
-        let status =
-            nonce_retry!(order.poll_ready(&RetryPolicy::new().timeout(Duration::from_secs(90))))
-                .map_err(other)?;
-        if status == OrderStatus::Invalid {
-            let mut why = Vec::new();
-            let mut authorizations = order.authorizations();
-            while let Some(Ok(a)) = authorizations.next().await {
-                for c in &a.challenges {
-                    if let Some(e) = &c.error {
-                        why.push(format!("{}: {}", a.identifier(), e));
-                    }
+        let polled =
+            nonce_retry!(order.poll_ready(&RetryPolicy::new().timeout(Duration::from_secs(90))));
+        // An order that failed on a refused challenge is the CA's verdict, whether it says
+        // so by the order's status or by its `error` (Pebble): the same challenge is not
+        // tried again (each would count against the CA's failed-validation limit).
+        let status = match polled {
+            Ok(status) => status,
+            Err(e) => {
+                let why = challenge_errors(&mut order).await;
+                if why.is_empty() {
+                    return Err(other(e));
                 }
+                return Err(OrderError::Challenge(why.join("; ")));
             }
+        };
+        if status == OrderStatus::Invalid {
+            let why = challenge_errors(&mut order).await;
             return Err(OrderError::Challenge(if why.is_empty() {
                 "the order became invalid".into()
             } else {
@@ -501,6 +505,20 @@ async fn order(
     .await;
     answers.clear().await;
     result
+}
+
+/// The errors the CA gave the order's challenges ("domain: problem"), if any.
+async fn challenge_errors(order: &mut instant_acme::Order) -> Vec<String> {
+    let mut why = Vec::new();
+    let mut authorizations = order.authorizations();
+    while let Some(Ok(a)) = authorizations.next().await {
+        for c in &a.challenges {
+            if let Some(e) = &c.error {
+                why.push(format!("{}: {}", a.identifier(), e));
+            }
+        }
+    }
+    why
 }
 
 /// The self-signed certificate of a TLS-ALPN-01 answer: the domain and the

@@ -426,7 +426,7 @@ impl Agent {
                     ),
                 });
             }
-            let wanted = l.row.desired == "running";
+            let wanted = l.row.desired == "run";
             let down = wanted && !l.admitted(now);
             let since = if down {
                 Some(*engine.down_since.entry(id.clone()).or_insert(now))

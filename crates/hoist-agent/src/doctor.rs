@@ -377,27 +377,34 @@ impl Agent {
                 .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| t.with_timezone(&chrono::Utc) - now);
             let failed_renewal = c.last.as_ref().is_some_and(|a| !a.ok);
+            // The problem of an ACME certificate is its failed renewal, with the CA's
+            // words; said once.
+            let problem = c.problem.clone().or_else(|| {
+                c.last
+                    .as_ref()
+                    .filter(|a| !a.ok)
+                    .map(|a| format!("the last renewal failed: {}", a.message))
+            });
             let line = format!(
                 "`{}` ({}): not after {}{}{}",
                 c.domain,
                 c.source,
                 c.not_after.as_deref().unwrap_or("unknown"),
-                c.problem
-                    .as_deref()
-                    .map(|p| format!("; {p}"))
-                    .unwrap_or_default(),
                 c.last
                     .as_ref()
                     .filter(|a| !a.ok)
-                    .map(|a| format!("; last renewal failed: {}", a.message))
-                    .unwrap_or_default()
+                    .map(|a| format!(", last attempt at {}", a.at))
+                    .unwrap_or_default(),
+                problem.map(|p| format!("; {p}")).unwrap_or_default(),
             );
+            // A failed renewal fails: hoist renews at two thirds of the lifetime, so the
+            // last third is running out and only a fix of its cause (DNS, ports, the CA)
+            // keeps HTTPS up; the old certificate serves meanwhile.
             match left {
                 Some(l) if l <= chrono::Duration::zero() => bad.push(line),
                 None => bad.push(line),
-                Some(l) if l < chrono::Duration::days(CERT_WARN_DAYS) || failed_renewal => {
-                    soon.push(line)
-                }
+                Some(_) if failed_renewal => bad.push(line),
+                Some(l) if l < chrono::Duration::days(CERT_WARN_DAYS) => soon.push(line),
                 Some(_) => {}
             }
         }
@@ -405,8 +412,11 @@ impl Agent {
             Finding::new(
                 "certs.expiry",
                 "fail",
-                format!("{} certificate(s) expired or unreadable", bad.len()),
-                "renew it (certbot, or check `hoist certs` for the ACME error) and replace the file; the agent reloads it within 15 s",
+                format!(
+                    "{} certificate(s) expired, unreadable or failing to renew",
+                    bad.len()
+                ),
+                "ACME: fix what the CA's error names (DNS pointing elsewhere, port 80/443 closed, a rate limit); the agent retries with backoff. Files: renew and replace them; the agent reloads them within 15 s",
             )
             .with_evidence([bad, soon].concat())
         } else if !soon.is_empty() {
@@ -414,7 +424,7 @@ impl Agent {
                 "certs.expiry",
                 "warn",
                 format!(
-                    "{} certificate(s) expire within {CERT_WARN_DAYS} days or failed to renew",
+                    "{} certificate(s) expire within {CERT_WARN_DAYS} days",
                     soon.len()
                 ),
                 "renew before it expires; `hoist certs` shows the last ACME attempt",

@@ -28,7 +28,7 @@ pub fn fleet_findings(answers: &[Answered], cli_version: &str) -> Vec<(String, F
                     "hosts.unreachable",
                     "fail",
                     format!("host `{}` did not answer: {e}", a.host),
-                    "check the agent (`systemctl status hoist` or `hoist agent`) and ssh to the host",
+                    "check the agent (`systemctl status hoist` or `hoist agent`): its last log line says why it stopped (a damaged state database names the runbook); then ssh to the host",
                 ),
             )),
             Ok((report, asked, answered)) => {

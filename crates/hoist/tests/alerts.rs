@@ -1,6 +1,7 @@
 //! Built-in alerts driven by the test app, delivered to a webhook receiver run by the
-//! test (Alertmanager's webhook JSON), and a receiver that is down (retried, recorded,
-//! the agent unaffected).
+//! test (Alertmanager's webhook JSON), each seen firing and resolving, and a receiver
+//! that is down (retried, recorded, the agent unaffected). `backup_stale` is in
+//! `doctor.rs` and `cert_renewal_failed` in `tls.rs`, beside the faults that cause them.
 
 mod common;
 
@@ -602,4 +603,150 @@ roles = ["web"]
         resolved["alerts"][0]["labels"]["job"], "nightly",
         "{resolved}"
     );
+}
+
+#[test]
+fn instance_down_disk_free_low_and_job_missed_fire_and_resolve() {
+    let receiver = Receiver::start();
+    let host = Host::on_tmpfs("48m");
+    let flag = host.dir.join("job-fails");
+    let extra = format!(
+        r#"
+[alerts]
+webhook = "http://{hook}/hook"
+
+[alerts.rules.instance_down]
+threshold = 1
+
+[alerts.rules.job_missed]
+threshold = 5
+
+[jobs.nightly]
+command = "test ! -e {flag}"
+every = "1s"
+roles = ["web"]
+"#,
+        hook = receiver.addr,
+        flag = flag.display()
+    );
+    let project = host.project("v1", "", &extra);
+    let cfg = project.join("hoist.toml");
+    // The web instances wait while `held` exists before they serve (a dependency that
+    // is not there): one that starts again then stays out of traffic, never healthy.
+    let held = host.dir.join("held");
+    let toml = std::fs::read_to_string(&cfg).unwrap();
+    let app = hoist_testkit::testapp_bin();
+    let toml = toml.replace(
+        &format!("command = \"{} serve\"", app.display()),
+        &format!(
+            "command = \"while [ -e {} ]; do sleep 0.1; done; exec {} serve\"",
+            held.display(),
+            app.display()
+        ),
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let out = host.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let fired = |rule: &str| {
+        wait_until(Duration::from_secs(90), || {
+            receiver.find("firing", rule).is_some()
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}: `{rule}` never fired: {:?}",
+                receiver.got.lock().unwrap()
+            )
+        })
+    };
+    let resolved = |rule: &str| {
+        wait_until(Duration::from_secs(90), || {
+            receiver.find("resolved", rule).is_some()
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}: `{rule}` never resolved: {:?}",
+                receiver.got.lock().unwrap()
+            )
+        })
+    };
+
+    // One instance killed while its dependency is away: it is started again and waits,
+    // out of traffic for longer than the 1 s threshold; the dependency back, it serves.
+    let st = host.status();
+    let inst = st["apps"][0]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["service"] == "web")
+        .unwrap()
+        .clone();
+    std::fs::write(&held, "").unwrap();
+    let pid = nix::unistd::Pid::from_raw(inst["pid"].as_u64().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_until(Duration::from_secs(90), || {
+        receiver.find("firing", "instance_down").is_some()
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: `instance_down` never fired; events:\n{}\nstatus: {}",
+            text(&host.hoist(&["events", "--json"]).stdout),
+            host.status(),
+        )
+    });
+    let down = receiver.find("firing", "instance_down").unwrap();
+    assert_eq!(
+        down["alerts"][0]["labels"]["instance"], inst["instance"],
+        "{down}"
+    );
+    assert!(
+        receiver.find("resolved", "instance_down").is_none(),
+        "not resolved while it waits"
+    );
+    std::fs::remove_file(&held).unwrap();
+    resolved("instance_down");
+
+    // The job succeeds, then fails on every run: its last success ages past twice its
+    // schedule; it succeeds again and both of its alerts resolve.
+    wait_until(Duration::from_secs(60), || {
+        text(&host.hoist(&["jobs", "--json", "-c", cfg]).stdout).contains("succeeded")
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: the job never succeeded: {}{}",
+            text(&host.hoist(&["jobs", "--json", "-c", cfg]).stdout),
+            text(&host.hoist(&["jobs", "--json", "-c", cfg]).stderr)
+        )
+    });
+    std::fs::write(&flag, "").unwrap();
+    fired("job_missed");
+    let missed = receiver.find("firing", "job_missed").unwrap();
+    assert_eq!(missed["alerts"][0]["labels"]["job"], "nightly", "{missed}");
+    std::fs::remove_file(&flag).unwrap();
+    resolved("job_missed");
+
+    // The root's tmpfs filled to under 10% free, then freed.
+    let avail_kib: u64 = {
+        let out = std::process::Command::new("df")
+            .args(["-k", "--output=avail"])
+            .arg(&host.root)
+            .output()
+            .unwrap();
+        text(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let filler = host.root.join("filler");
+    std::fs::write(
+        &filler,
+        vec![0u8; (avail_kib.saturating_sub(1024) * 1024) as usize],
+    )
+    .unwrap();
+    fired("disk_free_low");
+    std::fs::remove_file(&filler).unwrap();
+    resolved("disk_free_low");
 }

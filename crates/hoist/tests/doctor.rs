@@ -2,7 +2,10 @@
 //! produced for real on a test host — a full tmpfs root, its inodes exhausted, an
 //! instance port taken by another process (which crash-loops the instance), a failing
 //! health check, a leftover process no release owns, a certificate made with openssl
-//! that is about to expire — and each goes back to clean. A host that does not answer
+//! that is about to expire, pages of the state database overwritten (an index: found;
+//! a table: the agent refuses to start; the runbook's commands rebuild it), a scheduled
+//! backup whose every run fails — and each goes back to clean. (A failed ACME renewal
+//! is in `tls.rs`, beside its Pebble.) A host that does not answer
 //! is found by the CLI. Clock skew and agent versions cannot differ on one kernel and one
 //! build; they are tested over faked answers in `hoist-fleet::doctor`.
 

@@ -423,6 +423,8 @@ struct Pebble {
     directory: String,
     ca_roots: PathBuf,
     management: SocketAddr,
+    /// pebble-challtestsrv's management API (`/add-a`, `/clear-a`).
+    dns_management: SocketAddr,
 }
 
 impl Pebble {
@@ -446,6 +448,7 @@ impl Pebble {
         let ca_roots = dir.join("roots.pem");
         std::fs::write(&ca_roots, &ca.cert_pem).unwrap();
         let dns = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let dns_management = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let dns_guard = ChildGuard::spawn(
             Command::new("pebble-challtestsrv")
                 .args([
@@ -463,7 +466,7 @@ impl Pebble {
                 .arg("-dns01")
                 .arg(dns.to_string())
                 .arg("-management")
-                .arg(format!("127.0.0.1:{}", free_port()))
+                .arg(dns_management.to_string())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(dir.join("challtestsrv.log")).unwrap()),
         )
@@ -511,7 +514,30 @@ impl Pebble {
             directory: format!("https://127.0.0.1:{}/dir", listen.port()),
             ca_roots,
             management,
+            dns_management,
         }
+    }
+
+    /// Points `domain` at `ip` in the DNS Pebble's validator asks, or (`None`) back at
+    /// the default, 127.0.0.1.
+    fn resolve(&self, domain: &str, ip: Option<&str>) {
+        let (path, body) = match ip {
+            Some(ip) => (
+                "/add-a",
+                serde_json::json!({"host": format!("{domain}."), "addresses": [ip]}),
+            ),
+            None => (
+                "/clear-a",
+                serde_json::json!({"host": format!("{domain}.")}),
+            ),
+        };
+        let status = Command::new("curl")
+            .args(["-sSf", "--max-time", "20", "-d"])
+            .arg(body.to_string())
+            .arg(format!("http://{}{path}", self.dns_management))
+            .status()
+            .unwrap();
+        assert!(status.success(), "challtestsrv {path}");
     }
 
     /// The `[acme]` table for this Pebble.
@@ -645,29 +671,63 @@ fn short_lived_acme_certificates_are_renewed_and_served_without_a_restart() {
     assert_eq!(code, 200);
 }
 
+/// `hoist doctor --json`: (exit code, the finding `id`).
+fn doctor_finding(host: &Host, project: &Path, id: &str) -> (Option<i32>, serde_json::Value) {
+    let out = host.hoist(&["doctor", "--json", "-c", &cfg(project)]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", text(&out.stdout), text(&out.stderr)));
+    let f = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {id} in {v}"));
+    (out.status.code(), f)
+}
+
 #[test]
 fn a_failed_renewal_is_an_event_and_the_old_certificate_keeps_serving() {
+    let receiver = common::Receiver::start();
     let (host, https) = tls_host();
-    let pebble = Pebble::start(&host.dir, host.proxy.port(), https.port(), Some(60));
-    let p = deploy_acme(&host, &pebble, "fail1", "alpha", "fail.test");
+    // No authorization reused: a renewal is validated again, so it can fail.
+    let pebble = Pebble::start_with(
+        &host.dir,
+        host.proxy.port(),
+        https.port(),
+        Some(60),
+        &[("PEBBLE_AUTHZREUSE", "0")],
+    );
+    let p = project(
+        &host,
+        "fail1",
+        "alpha",
+        &["fail.test"],
+        ", tls = \"acme\"",
+        &format!(
+            "{}\n[alerts]\nwebhook = \"http://{}/hook\"\n",
+            pebble.acme_table(),
+            receiver.addr
+        ),
+    );
+    ok(&host.deploy(&p), "deploy");
     let root = pebble.issuing_root(&host.dir);
     let first = served_fingerprint(https, "fail.test");
-    // The CA goes away before the renewal (at ~40 s).
-    drop(pebble);
+    // Before the renewal (at ~40 s) the domain moves elsewhere in the CA's DNS: Pebble's
+    // validator connects to 127.0.0.2, where nothing listens, and refuses the challenges.
+    pebble.resolve("fail.test", Some("127.0.0.2"));
     wait_until(Duration::from_secs(90), || {
         let (_, certs) = certs_json(&host, &p);
         certs[0]["last"]["ok"] == false
     })
-    .expect("the renewal failed");
-    let (code, certs) = certs_json(&host, &p);
-    assert_eq!(code, Some(3), "a failed renewal needs attention: {certs}");
-    assert!(
-        certs[0]["problem"]
-            .as_str()
-            .unwrap()
-            .contains("the last renewal failed"),
-        "{certs}"
-    );
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: the renewal never failed: {}\n{}",
+            certs_json(&host, &p).1,
+            text(&host.hoist(&["events", "--json"]).stdout)
+        )
+    });
+    // The old certificate still serves (checked first: it is valid for 60 s only).
     assert_eq!(
         served_fingerprint(https, "fail.test"),
         first,
@@ -675,12 +735,71 @@ fn a_failed_renewal_is_an_event_and_the_old_certificate_keeps_serving() {
     );
     let (code, _, _, _) = curl(https, &root, "--http2", "fail.test", "/").unwrap();
     assert_eq!(code, 200);
+    let (code, certs) = certs_json(&host, &p);
+    assert_eq!(code, Some(3), "a failed renewal needs attention: {certs}");
+    let ca_said = certs[0]["last"]["message"].as_str().unwrap().to_string();
+    assert!(
+        ca_said.contains("urn:ietf:params:acme:error:") && ca_said.contains("127.0.0.2"),
+        "the CA's own error: {certs}"
+    );
+    assert!(
+        certs[0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("the last renewal failed"),
+        "{certs}"
+    );
     let events = host.hoist(&["events", "--json"]);
     assert!(
         text(&events.stdout).contains("cert.renew_failed"),
         "{}",
         text(&events.stdout)
     );
+    // doctor fails it with the CA's error.
+    let (code, f) = doctor_finding(&host, &p, "certs.expiry");
+    assert_eq!(f["status"], "fail", "{f}");
+    assert_eq!(code, Some(1), "{f}");
+    let evidence = f["evidence"][0].as_str().unwrap();
+    assert!(
+        evidence.contains("`fail.test` (acme)")
+            && evidence.contains("the last renewal failed")
+            && evidence.contains("127.0.0.2"),
+        "{f}"
+    );
+    // The `cert_renewal_failed` alert reaches the webhook, with the CA's error.
+    wait_until(Duration::from_secs(60), || {
+        receiver.find("firing", "cert_renewal_failed").is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", receiver.got.lock().unwrap()));
+    let fired = receiver.find("firing", "cert_renewal_failed").unwrap();
+    let alert = &fired["alerts"][0];
+    assert_eq!(alert["labels"]["domain"], "fail.test", "{alert}");
+    assert!(
+        alert["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.2"),
+        "{alert}"
+    );
+
+    // The domain points here again: the next retry renews, doctor no longer fails it,
+    // the alert resolves and the new certificate serves.
+    pebble.resolve("fail.test", None);
+    wait_until(Duration::from_secs(60), || {
+        let (_, certs) = certs_json(&host, &p);
+        certs[0]["last"]["ok"] == true
+    })
+    .expect("renewed once the domain resolves here");
+    let (_, f) = doctor_finding(&host, &p, "certs.expiry");
+    assert_ne!(f["status"], "fail", "{f}");
+    assert!(!f.to_string().contains("renewal failed"), "{f}");
+    wait_until(Duration::from_secs(60), || {
+        receiver.find("resolved", "cert_renewal_failed").is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", receiver.got.lock().unwrap()));
+    assert_ne!(served_fingerprint(https, "fail.test"), first);
+    let (code, _, _, _) = curl(https, &root, "--http2", "fail.test", "/").unwrap();
+    assert_eq!(code, 200);
 }
 
 #[test]
