@@ -843,8 +843,13 @@ impl Agent {
         for app in changed_apps {
             self.sync_routes(&app).await;
         }
+        // Each restart waits out its instance's stop timeout on a task of its own, so one
+        // frozen instance never holds up the supervision of the others.
         for id in to_restart_unhealthy {
-            self.restart_instance(&id).await;
+            if let Some(stopping) = self.begin_restart(&id) {
+                let agent = self.clone();
+                tokio::spawn(async move { agent.finish_restart(&id, stopping).await });
+            }
         }
         for id in to_start {
             let agent = self.clone();
@@ -854,15 +859,26 @@ impl Agent {
 
     /// Takes `id` out of traffic, stops it (the shim escalates) and starts it again.
     pub(crate) async fn restart_instance(self: &Arc<Self>, id: &str) {
-        let (handle, app) = {
-            let mut rt = self.rt();
-            let Some(live) = rt.instances.get_mut(id) else {
-                return;
-            };
-            live.phase = Phase::Stopping;
-            live.generation += 1;
-            (live.handle.clone(), live.row.app.clone())
-        };
+        if let Some(stopping) = self.begin_restart(id) {
+            self.finish_restart(id, stopping).await;
+        }
+    }
+
+    /// Marks `id` stopping at once (so the next supervision pass leaves it alone); returns
+    /// its handle and app for [`Self::finish_restart`].
+    fn begin_restart(&self, id: &str) -> Option<(Option<hoist_supervisor::Instance>, String)> {
+        let mut rt = self.rt();
+        let live = rt.instances.get_mut(id)?;
+        live.phase = Phase::Stopping;
+        live.generation += 1;
+        Some((live.handle.clone(), live.row.app.clone()))
+    }
+
+    async fn finish_restart(
+        self: &Arc<Self>,
+        id: &str,
+        (handle, app): (Option<hoist_supervisor::Instance>, String),
+    ) {
         self.sync_routes(&app).await;
         if let Some(h) = handle {
             let timeout = self

@@ -584,3 +584,51 @@ fn a_dropped_host_leaves_no_process_behind() {
         panic!("{e}: left running: {left:?}")
     });
 }
+
+/// An unhealthy instance's restart waits out its stop timeout on its own: a frozen app
+/// (SIGSTOP, so its SIGTERM stays pending) must not hold up the supervision of the others.
+/// While the frozen one is still stopping, another instance that is killed is restarted.
+#[test]
+fn a_frozen_instance_stopping_never_holds_up_the_restart_of_another() {
+    let h = Host::new();
+    let p = h.project("v1", "", "");
+    let file = p.join("hoist.toml");
+    let toml = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        toml.replace("stop_timeout = \"5s\"", "stop_timeout = \"120s\""),
+    )
+    .unwrap();
+    deploy_ok(&h, &p);
+    wait_until(LONG, || all_healthy(&h, 2)).unwrap();
+    let web = instances(&h, "web");
+    let frozen = web[0]["pid"].as_u64().unwrap();
+    let (other_id, other_pid) = (
+        web[1]["instance"].as_str().unwrap().to_string(),
+        web[1]["pid"].as_u64().unwrap(),
+    );
+    kill(Pid::from_raw(frozen as i32), Signal::SIGSTOP).unwrap();
+    // Unhealthy past its threshold, the frozen instance is being stopped (for up to 120 s).
+    wait_until(LONG, || {
+        instances(&h, "web")
+            .iter()
+            .any(|i| i["state"] == "stopping")
+    })
+    .expect("the frozen instance is restarted");
+    kill(Pid::from_raw(other_pid as i32), Signal::SIGKILL).unwrap();
+    let restarted = wait_until(LONG, || {
+        instances(&h, "web").iter().any(|i| {
+            i["instance"] == other_id.as_str()
+                && i["state"] == "healthy"
+                && i["pid"].as_u64().is_some_and(|p| p != other_pid)
+        })
+    });
+    let still_frozen = alive(frozen);
+    // Let the frozen app take its pending SIGTERM, so the host ends quickly either way.
+    let _ = kill(Pid::from_raw(frozen as i32), Signal::SIGCONT);
+    restarted.expect("the killed instance is healthy again with a new pid");
+    assert!(
+        still_frozen,
+        "the killed instance came back only after the frozen one's stop ended"
+    );
+}
