@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{text, Host};
+use common::{agent_request, text, Host};
 use hoist_testkit::{http_get, wait_until};
 
 /// Requests in every minute the agent has for demo/web.
@@ -22,17 +22,14 @@ fn counted(host: &Host) -> u64 {
 
 /// `GET /v1/minutes` on the agent's socket.
 fn minutes_raw(host: &Host) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(&host.socket).unwrap();
-    s.write_all(
-        b"GET /v1/minutes?app=demo&service=web&since=0 HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let r = hoist_testkit::parse_response(&raw).unwrap();
-    assert_eq!(r.status, 200, "{}", r.body);
-    serde_json::from_str(&r.body).unwrap()
+    let (status, body) = agent_request(
+        &host.socket,
+        "GET",
+        "/v1/minutes?app=demo&service=web&since=0",
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
 }
 
 /// The baselines the store holds (it takes one on every pass over the proxy's counters).

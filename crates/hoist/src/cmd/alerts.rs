@@ -9,7 +9,7 @@ use hyper::Method;
 
 use hoist_fleet::hosts::each;
 
-use super::common::{self, HostArgs};
+use super::common::{self, HostArgs, Json};
 use super::config::{load, ConfigArgs};
 use crate::output;
 
@@ -57,16 +57,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         .await
                 }
             }));
-            for a in answers.iter().filter(|a| a.result.is_ok()) {
+            common::report(answers, fleet, Json::Off, |host, _| {
                 output::status(
                     "Sent",
                     &format!(
                         "a test notification for `{app}`{}",
-                        common::on_host(&a.host, fleet)
+                        common::on_host(host, fleet)
                     ),
                 );
-            }
-            common::finish(answers, fleet)
+                Ok(())
+            })
         }
         Some(Action::Export { file }) => {
             let loaded = load(&file)?;
@@ -85,18 +85,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let c = t.client.clone();
                 async move { c.get::<serde_json::Value>("/v1/alerts").await }
             }));
-            if args.json {
-                if fleet {
-                    output::json(&common::json_answers(&answers))?;
-                } else if let Some(Ok(v)) = answers.first().map(|a| &a.result) {
-                    output::json(v)?;
-                }
-                return common::finish(answers, fleet);
-            }
-            for a in &answers {
-                let Ok(v) = &a.result else { continue };
+            let json = if args.json { Json::Answer } else { Json::Off };
+            common::report(answers, fleet, json, |host, v| {
                 let at = if fleet {
-                    format!("{} ", a.host)
+                    format!("{host} ")
                 } else {
                     String::new()
                 };
@@ -124,8 +116,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         e["message"].as_str().unwrap_or("")
                     ))?;
                 }
-            }
-            common::finish(answers, fleet)
+                Ok(())
+            })
         }
     }
 }

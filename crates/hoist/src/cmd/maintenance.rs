@@ -8,7 +8,7 @@ use hyper::Method;
 use hoist_fleet::hosts::each;
 use hoist_protocol::agent::{MaintenanceRequest, MaintenanceState};
 
-use super::common::{self, HostArgs};
+use super::common::{self, HostArgs, Json};
 use super::config::{load, ConfigArgs};
 use crate::output;
 
@@ -75,31 +75,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .await
         }
     }));
-    if app.json {
-        if fleet {
-            output::json(&common::json_answers(&answers))?;
-        } else if let Some(Ok(state)) = answers.first().map(|a| &a.result) {
-            output::json(state)?;
+    let json = if app.json { Json::Answer } else { Json::Off };
+    common::report(answers, fleet, json, |host, state| {
+        let at = common::on_host(host, fleet);
+        if state.on {
+            output::status(
+                "Maintenance",
+                &format!(
+                    "on for `{}`{at}: every request gets the 503 page",
+                    state.app
+                ),
+            );
+        } else {
+            output::status(
+                "Maintenance",
+                &format!("off for `{}`{at}: the app serves again", state.app),
+            );
         }
-    } else {
-        for a in &answers {
-            let Ok(state) = &a.result else { continue };
-            let at = common::on_host(&a.host, fleet);
-            if state.on {
-                output::status(
-                    "Maintenance",
-                    &format!(
-                        "on for `{}`{at}: every request gets the 503 page",
-                        state.app
-                    ),
-                );
-            } else {
-                output::status(
-                    "Maintenance",
-                    &format!("off for `{}`{at}: the app serves again", state.app),
-                );
-            }
-        }
-    }
-    common::finish(answers, fleet)
+        Ok(())
+    })
 }

@@ -13,7 +13,7 @@ use hoist_core::names::SecretRefusal;
 use hoist_fleet::hosts::each;
 use hoist_protocol::agent::{SecretNames, SecretValue};
 
-use super::common::{self, HostArgs};
+use super::common::{self, HostArgs, Json};
 use super::config::{load, ConfigArgs};
 use crate::exit::{with_exit, Exit};
 use crate::output;
@@ -140,19 +140,17 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                         .await
                 }
             }));
-            if json {
-                output::json(&common::json_answers(&answers))?;
-            }
-            for a in answers.iter().filter(|a| a.result.is_ok()) {
+            let json = if json { Json::ListAndText } else { Json::Off };
+            common::report(answers, fleet, json, |host, _| {
                 output::status(
                     "Set",
                     &format!(
                         "secret `{name}` of `{app_name}`{}",
-                        common::on_host(&a.host, fleet)
+                        common::on_host(host, fleet)
                     ),
                 );
-            }
-            common::finish(answers, fleet)
+                Ok(())
+            })
         }
         Command::Unset { name, app, json } => {
             let (app_name, loaded) = app.resolve()?;
@@ -171,19 +169,17 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                         .await
                 }
             }));
-            if json {
-                output::json(&common::json_answers(&answers))?;
-            }
-            for a in answers.iter().filter(|a| a.result.is_ok()) {
+            let json = if json { Json::ListAndText } else { Json::Off };
+            common::report(answers, fleet, json, |host, _| {
                 output::status(
                     "Removed",
                     &format!(
                         "secret `{name}` of `{app_name}`{}",
-                        common::on_host(&a.host, fleet)
+                        common::on_host(host, fleet)
                     ),
                 );
-            }
-            common::finish(answers, fleet)
+                Ok(())
+            })
         }
         Command::List { app, json } => {
             let (app_name, loaded) = app.resolve()?;
@@ -199,24 +195,17 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 let (c, path) = (t.client.clone(), path.clone());
                 async move { c.get::<SecretNames>(&path).await }
             }));
-            if json && fleet {
-                output::json(&common::json_answers(&answers))?;
-            }
-            for a in &answers {
-                let Ok(names) = &a.result else { continue };
-                if json && !fleet {
-                    output::json(names)?;
-                } else if !json {
-                    for n in &names.names {
-                        if fleet {
-                            output::data(&format!("{} {n}", a.host))?;
-                        } else {
-                            output::data(n)?;
-                        }
+            let json = if json { Json::Answer } else { Json::Off };
+            common::report(answers, fleet, json, |host, names| {
+                for n in &names.names {
+                    if fleet {
+                        output::data(&format!("{host} {n}"))?;
+                    } else {
+                        output::data(n)?;
                     }
                 }
-            }
-            common::finish(answers, fleet)
+                Ok(())
+            })
         }
     }
 }

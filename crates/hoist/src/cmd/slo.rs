@@ -4,7 +4,7 @@
 
 use hoist_fleet::hosts::each;
 
-use super::common::{self, HostArgs};
+use super::common::{self, HostArgs, Json};
 use super::config::{load, ConfigArgs};
 use crate::output;
 
@@ -42,18 +42,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let (c, path) = (t.client.clone(), path.clone());
         async move { c.get::<serde_json::Value>(&path).await }
     }));
-    if args.json {
-        if fleet {
-            output::json(&common::json_answers(&answers))?;
-        } else if let Some(Ok(v)) = answers.first().map(|a| &a.result) {
-            output::json(v)?;
-        }
-        return common::finish(answers, fleet);
-    }
-    for a in &answers {
-        let Ok(v) = &a.result else { continue };
+    let json = if args.json { Json::Answer } else { Json::Off };
+    common::report(answers, fleet, json, |host, v| {
         let at = if fleet {
-            format!("{} ", a.host)
+            format!("{host} ")
         } else {
             String::new()
         };
@@ -94,6 +86,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .collect();
             output::data(&format!("{at}  burn rate: {}", burn.join(", ")))?;
         }
-    }
-    common::finish(answers, fleet)
+        Ok(())
+    })
 }

@@ -268,6 +268,23 @@ impl Drop for Host {
     }
 }
 
+/// One raw HTTP/1.1 request on the agent's socket: (status, body).
+pub fn agent_request(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: agent\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    use std::io::Read;
+    s.read_to_end(&mut raw).unwrap();
+    let r = hoist_testkit::parse_response(&raw).expect("an HTTP response");
+    (r.status, r.body)
+}
+
 /// The proxy's pid, from its answer to a ping on the control socket.
 pub fn proxy_pid(root: &Path) -> std::io::Result<i32> {
     use std::io::{BufRead, BufReader};
