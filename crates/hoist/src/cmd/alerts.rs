@@ -85,13 +85,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let c = t.client.clone();
                 async move { c.get::<serde_json::Value>("/v1/alerts").await }
             }));
-            let json = if args.json { Json::Answer } else { Json::Off };
-            common::report(answers, fleet, json, |host, v| {
-                let at = if fleet {
-                    format!("{host} ")
-                } else {
-                    String::new()
-                };
+            common::report(answers, fleet, Json::Answer.when(args.json), |host, v| {
+                let at = common::host_prefix(host, fleet);
                 let firing = v["firing"].as_array().cloned().unwrap_or_default();
                 if firing.is_empty() {
                     output::data(&format!("{at}no alert is firing"))?;

@@ -132,6 +132,17 @@ pub enum Json {
     ListAndText,
 }
 
+impl Json {
+    /// `self` when `--json` was given, else [`Json::Off`].
+    pub fn when(self, json: bool) -> Json {
+        if json {
+            self
+        } else {
+            Json::Off
+        }
+    }
+}
+
 /// The end of every per-host command: the answers shown as one JSON document (`json`)
 /// or each successful one through `text(host, answer)`, failures named per host, and
 /// the exit code from the worst host ([`finish`]).
@@ -158,6 +169,15 @@ pub fn report<T: serde::Serialize>(
         }
     }
     finish(answers, fleet)
+}
+
+/// `h1 ` before a host's line on a fleet, nothing for one host.
+pub fn host_prefix(host: &str, fleet: bool) -> String {
+    if fleet {
+        format!("{host} ")
+    } else {
+        String::new()
+    }
 }
 
 /// `` on `h1` `` after a host's line on a fleet, nothing for one host.

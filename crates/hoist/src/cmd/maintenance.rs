@@ -75,23 +75,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .await
         }
     }));
-    let json = if app.json { Json::Answer } else { Json::Off };
-    common::report(answers, fleet, json, |host, state| {
-        let at = common::on_host(host, fleet);
-        if state.on {
-            output::status(
-                "Maintenance",
-                &format!(
-                    "on for `{}`{at}: every request gets the 503 page",
-                    state.app
-                ),
-            );
-        } else {
-            output::status(
-                "Maintenance",
-                &format!("off for `{}`{at}: the app serves again", state.app),
-            );
-        }
-        Ok(())
-    })
+    common::report(
+        answers,
+        fleet,
+        Json::Answer.when(app.json),
+        |host, state| {
+            let at = common::on_host(host, fleet);
+            if state.on {
+                output::status(
+                    "Maintenance",
+                    &format!(
+                        "on for `{}`{at}: every request gets the 503 page",
+                        state.app
+                    ),
+                );
+            } else {
+                output::status(
+                    "Maintenance",
+                    &format!("off for `{}`{at}: the app serves again", state.app),
+                );
+            }
+            Ok(())
+        },
+    )
 }

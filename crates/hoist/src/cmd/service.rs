@@ -113,8 +113,7 @@ pub fn run_service(action: &str, args: ServiceArgs) -> anyhow::Result<()> {
         "stop" => "Stopped",
         _ => "Restarted",
     };
-    let json = if args.json { Json::List } else { Json::Off };
-    common::report(answers, fleet, json, |host, _| {
+    common::report(answers, fleet, Json::List.when(args.json), |host, _| {
         output::status(
             done,
             &format!("`{service}` of `{app}`{}", common::on_host(host, fleet)),
@@ -151,8 +150,7 @@ pub fn run_down(args: DownArgs) -> anyhow::Result<()> {
                 .await
         }
     }));
-    let json = if args.json { Json::List } else { Json::Off };
-    common::report(answers, fleet, json, |host, v| {
+    common::report(answers, fleet, Json::List.when(args.json), |host, v| {
         output::status(
             "Down",
             &format!(
@@ -198,8 +196,7 @@ pub fn run_jobs(args: JobsArgs) -> anyhow::Result<()> {
             let (c, path) = (t.client.clone(), path.clone());
             async move { c.call::<(), _>(Method::POST, &path, None).await }
         }));
-        let json = if args.json { Json::Answer } else { Json::Off };
-        return common::report(answers, fleet, json, |host, v| {
+        return common::report(answers, fleet, Json::Answer.when(args.json), |host, v| {
             output::status(
                 "Started",
                 &format!(

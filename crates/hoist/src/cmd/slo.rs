@@ -42,13 +42,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let (c, path) = (t.client.clone(), path.clone());
         async move { c.get::<serde_json::Value>(&path).await }
     }));
-    let json = if args.json { Json::Answer } else { Json::Off };
-    common::report(answers, fleet, json, |host, v| {
-        let at = if fleet {
-            format!("{host} ")
-        } else {
-            String::new()
-        };
+    common::report(answers, fleet, Json::Answer.when(args.json), |host, v| {
+        let at = common::host_prefix(host, fleet);
         let slos = v["slos"].as_array().cloned().unwrap_or_default();
         if slos.is_empty() {
             output::data(&format!(
