@@ -168,6 +168,9 @@ pub struct Agent {
     pub(crate) minutes: Mutex<hoist_state::minutes::Minutes>,
     /// The minute of the last pruning of `minutes`.
     pub(crate) minutes_pruned: Mutex<i64>,
+    /// This agent found the proxy already serving and has not yet taken its counters
+    /// as baselines (`minutes.rs`).
+    pub(crate) minutes_adopting: std::sync::atomic::AtomicBool,
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
@@ -279,6 +282,7 @@ impl Agent {
             dash: Default::default(),
             minutes: Mutex::new(minutes),
             minutes_pruned: Mutex::new(0),
+            minutes_adopting: std::sync::atomic::AtomicBool::new(false),
             _lock: lock,
         }))
     }
@@ -348,7 +352,10 @@ pub async fn run(
     };
     let agent = Agent::open(config).map_err(damaged)?;
     if let Some(proxy) = &agent.proxy {
-        proxy.ensure_running().await?;
+        let adopted = proxy.ensure_running().await?;
+        agent
+            .minutes_adopting
+            .store(adopted, std::sync::atomic::Ordering::Relaxed);
     }
     if let Ok(data) = std::fs::read(agent.paths.root.join("maintenance.json")) {
         match serde_json::from_slice(&data) {

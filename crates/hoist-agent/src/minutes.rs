@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use hoist_protocol::proxy::RouteStats;
-use hoist_state::minutes::{Snapshot, RETENTION_MINUTES};
+use hoist_state::minutes::{FirstSight, Snapshot, RETENTION_MINUTES};
 
 use crate::Agent;
 
@@ -44,6 +44,16 @@ impl Agent {
                 })
             })
             .collect();
+        // The first pass over a proxy this agent found already serving takes the
+        // baselines it lacks without counting (see `FirstSight::Baseline`).
+        let first = if self
+            .minutes_adopting
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            FirstSight::Baseline
+        } else {
+            FirstSight::Counts
+        };
         let minute = now_s().div_euclid(60);
         let prune = {
             let mut last = self
@@ -56,7 +66,7 @@ impl Agent {
         };
         crate::off_workers(|| {
             let mut m = self.minutes.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = m.record(&bounds, &snaps, minute) {
+            if let Err(e) = m.record_with(&bounds, &snaps, minute, first) {
                 tracing::warn!(error = %crate::chain(&e), "cannot record per-minute traffic");
             }
             if prune {

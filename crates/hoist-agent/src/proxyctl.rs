@@ -85,8 +85,8 @@ impl ProxyCtl {
     }
 
     /// Pings the proxy; starts one if none answers. A proxy that survived the agent's
-    /// death answers here and keeps serving, untouched.
-    pub async fn ensure_running(&self) -> Result<(), ProxyError> {
+    /// death answers here and keeps serving, untouched: then `Ok(true)` (found running).
+    pub async fn ensure_running(&self) -> Result<bool, ProxyError> {
         if matches!(self.request(Request::Ping).await, Ok(Reply::Pong { .. })) {
             if self.held().is_none() {
                 let socket = self.socket();
@@ -105,7 +105,7 @@ impl ProxyCtl {
                     Err(_) => {}
                 }
             }
-            return Ok(());
+            return Ok(true);
         }
         let (fd, https_fd) = self.bind_held()?;
         self.spawn(fd, https_fd)?;
@@ -113,7 +113,7 @@ impl ProxyCtl {
         while tokio::time::Instant::now() < deadline {
             if matches!(self.request(Request::Ping).await, Ok(Reply::Pong { .. })) {
                 tracing::info!(listen = %self.listen, "proxy started");
-                return Ok(());
+                return Ok(false);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

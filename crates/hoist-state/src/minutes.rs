@@ -15,7 +15,10 @@
 //! with [`Minutes::record`], which keeps the last snapshot of each route and release (the
 //! baseline) in the same transaction as the minutes it adds to. So a restarted agent
 //! takes up where the last one stopped (what was answered meanwhile lands in the first
-//! minute it sees), and nothing is counted twice.
+//! minute it sees), and nothing is counted twice. An agent with no baseline for a proxy
+//! it found already serving (upgraded from a version without this store) takes its
+//! first pass as the baseline ([`FirstSight::Baseline`]): counts of unknown time land in
+//! no minute.
 
 use std::path::Path;
 
@@ -25,6 +28,17 @@ use crate::{Result, StateError};
 
 /// 28 days of minutes: the longest SLO window.
 pub const RETENTION_MINUTES: i64 = 28 * 24 * 60;
+
+/// What a route without a baseline contributes to the minute it is first seen in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstSight {
+    /// Everything it counted: its counters started with the route, within the pass.
+    Counts,
+    /// Nothing: the counters ran before anyone watched (the first pass of an agent
+    /// that found the proxy already serving, with no baseline kept for it — an agent
+    /// upgraded from a version without this store, or a lost `minutes.db`).
+    Baseline,
+}
 
 /// The aggregate store (one connection; the agent holds it behind a mutex).
 pub struct Minutes {
@@ -122,6 +136,18 @@ impl Minutes {
     /// counters) started again: the whole value is growth. Baselines of routes absent
     /// from `now` are dropped (their release is gone). One transaction.
     pub fn record(&mut self, bounds_ms: &[f64], now: &[Snapshot], minute: i64) -> Result<()> {
+        self.record_with(bounds_ms, now, minute, FirstSight::Counts)
+    }
+
+    /// As [`Minutes::record`], with what a route seen for the first time (no baseline)
+    /// contributes decided by `first`.
+    pub fn record_with(
+        &mut self,
+        bounds_ms: &[f64],
+        now: &[Snapshot],
+        minute: i64,
+        first: FirstSight,
+    ) -> Result<()> {
         let tx = self.conn.transaction()?;
         let bounds = serde_json::to_string(bounds_ms).unwrap_or_default();
         let known: Option<String> = tx
@@ -170,7 +196,12 @@ impl Minutes {
                 }
                 // First sight: everything counted so far is new (a release's counters
                 // start with its route; an agent's first pass after a fresh root).
-                None => (s.requests, s.errors_5xx, s.buckets.clone()),
+                None if first == FirstSight::Counts => {
+                    (s.requests, s.errors_5xx, s.buckets.clone())
+                }
+                // A proxy that was serving before this agent: when its counts were
+                // answered is unknown, so they start the baseline and land nowhere.
+                None => (0, 0, vec![0; s.buckets.len()]),
             };
             tx.execute(
                 "INSERT OR REPLACE INTO baseline (app, service, release, requests, errors, buckets)
@@ -507,6 +538,29 @@ mod tests {
             .unwrap();
         assert_eq!(m.series("a", "web", Some("r2"), 0, 1).unwrap().len(), 1);
         assert_eq!(m.series("a", "web", Some("r1"), 0, 1).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_adopted_proxys_earlier_counts_are_a_baseline_not_a_minute() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Minutes::open(&dir.path().join("m.db")).unwrap();
+        m.record_with(
+            &BOUNDS,
+            &[snap("r1", 500, 9, [400, 90, 10, 0])],
+            20,
+            FirstSight::Baseline,
+        )
+        .unwrap();
+        assert!(m.series("a", "web", None, 0, 1).unwrap().is_empty());
+        m.record(&BOUNDS, &[snap("r1", 504, 10, [403, 91, 10, 0])], 21)
+            .unwrap();
+        let s = m.series("a", "web", None, 0, 1).unwrap();
+        assert_eq!(
+            s.iter()
+                .map(|p| (p.t, p.requests, p.errors_5xx))
+                .collect::<Vec<_>>(),
+            [(21 * 60, 4, 1)]
+        );
     }
 
     #[test]

@@ -4,26 +4,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::path::Path;
 
-use common::{release_of, text, Host};
-
-/// One raw HTTP/1.1 request on the agent's socket: (status, body).
-fn agent_request(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: agent\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let r = hoist_testkit::parse_response(&raw).expect("an HTTP response");
-    (r.status, r.body)
-}
+use common::{agent_request, release_of, text, Host};
 
 /// What a refused request must leave as it was: the stored specs, the operations, the
 /// history, the current release and the leases.

@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::{text, Host};
+use common::{agent_request, text, Host};
 use hoist_testkit::hoist_bin;
 
 /// `hoist secrets set NAME --app APP` with `value` on stdin.
@@ -25,22 +25,6 @@ fn secrets_set(host: &Host, app: &str, name: &str, value: &[u8]) -> Output {
     // A refusal may come before the value is read: the pipe is then closed.
     let _ = child.stdin.take().unwrap().write_all(value);
     child.wait_with_output().unwrap()
-}
-
-/// One raw HTTP/1.1 request on the agent's socket: (status, body).
-fn agent_request(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: agent\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let r = hoist_testkit::parse_response(&raw).expect("an HTTP response");
-    (r.status, r.body)
 }
 
 fn secret_files(host: &Host) -> Vec<String> {

@@ -9,7 +9,7 @@ use hyper::Method;
 
 use hoist_fleet::hosts::each;
 
-use super::common::{self, HostArgs};
+use super::common::{self, HostArgs, Json};
 use super::config::{load, ConfigArgs};
 use crate::output;
 
@@ -57,16 +57,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         .await
                 }
             }));
-            for a in answers.iter().filter(|a| a.result.is_ok()) {
+            common::report(answers, fleet, Json::Off, |host, _| {
                 output::status(
                     "Sent",
                     &format!(
                         "a test notification for `{app}`{}",
-                        common::on_host(&a.host, fleet)
+                        common::on_host(host, fleet)
                     ),
                 );
-            }
-            common::finish(answers, fleet)
+                Ok(())
+            })
         }
         Some(Action::Export { file }) => {
             let loaded = load(&file)?;
@@ -85,21 +85,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let c = t.client.clone();
                 async move { c.get::<serde_json::Value>("/v1/alerts").await }
             }));
-            if args.json {
-                if fleet {
-                    output::json(&common::json_answers(&answers))?;
-                } else if let Some(Ok(v)) = answers.first().map(|a| &a.result) {
-                    output::json(v)?;
-                }
-                return common::finish(answers, fleet);
-            }
-            for a in &answers {
-                let Ok(v) = &a.result else { continue };
-                let at = if fleet {
-                    format!("{} ", a.host)
-                } else {
-                    String::new()
-                };
+            common::report(answers, fleet, Json::Answer.when(args.json), |host, v| {
+                let at = common::host_prefix(host, fleet);
                 let firing = v["firing"].as_array().cloned().unwrap_or_default();
                 if firing.is_empty() {
                     output::data(&format!("{at}no alert is firing"))?;
@@ -124,8 +111,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         e["message"].as_str().unwrap_or("")
                     ))?;
                 }
-            }
-            common::finish(answers, fleet)
+                Ok(())
+            })
         }
     }
 }

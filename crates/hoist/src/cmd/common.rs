@@ -119,6 +119,67 @@ pub fn finish<T>(answers: Vec<Answer<T>>, fleet: bool) -> anyhow::Result<()> {
     }
 }
 
+/// How `--json` shows the answers of the hosts a command reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Json {
+    /// No JSON: each host's answer as text.
+    Off,
+    /// One document: a fleet's host-tagged list, one host's own answer.
+    Answer,
+    /// The host-tagged list, one host included.
+    List,
+    /// The host-tagged list, and each host's text as well (on stderr: status lines).
+    ListAndText,
+}
+
+impl Json {
+    /// `self` when `--json` was given, else [`Json::Off`].
+    pub fn when(self, json: bool) -> Json {
+        if json {
+            self
+        } else {
+            Json::Off
+        }
+    }
+}
+
+/// The end of every per-host command: the answers shown as one JSON document (`json`)
+/// or each successful one through `text(host, answer)`, failures named per host, and
+/// the exit code from the worst host ([`finish`]).
+pub fn report<T: serde::Serialize>(
+    answers: Vec<Answer<T>>,
+    fleet: bool,
+    json: Json,
+    mut text: impl FnMut(&str, &T) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    match json {
+        Json::Answer if !fleet => {
+            if let Some(Ok(v)) = answers.first().map(|a| &a.result) {
+                output::json(v)?;
+            }
+        }
+        Json::Answer | Json::List | Json::ListAndText => output::json(&json_answers(&answers))?,
+        Json::Off => {}
+    }
+    if matches!(json, Json::Off | Json::ListAndText) {
+        for a in &answers {
+            if let Ok(v) = &a.result {
+                text(&a.host, v)?;
+            }
+        }
+    }
+    finish(answers, fleet)
+}
+
+/// `h1 ` before a host's line on a fleet, nothing for one host.
+pub fn host_prefix(host: &str, fleet: bool) -> String {
+    if fleet {
+        format!("{host} ")
+    } else {
+        String::new()
+    }
+}
+
 /// `` on `h1` `` after a host's line on a fleet, nothing for one host.
 pub fn on_host(host: &str, fleet: bool) -> String {
     if fleet {

@@ -460,28 +460,7 @@ impl View {
             return;
         }
         match e {
-            Event::Progress { progress, .. } => match progress {
-                Progress::Step {
-                    step,
-                    phase,
-                    message,
-                    ..
-                } => match phase.as_str() {
-                    "begin" => output::status("Step", step),
-                    "failed" => output::error(&format!(
-                        "{step} failed: {}",
-                        message.as_deref().unwrap_or_default()
-                    )),
-                    _ => {}
-                },
-                Progress::Output { source, line } if source == "failure" => {
-                    self.failure_lines.push(line.clone())
-                }
-                Progress::Output { source, line } => {
-                    output::diagnostic(&format!("  {source} | {line}"))
-                }
-                Progress::Done(_) => {}
-            },
+            Event::Progress { progress, .. } => render_progress(progress, &mut self.failure_lines),
             Event::Unreachable { error, .. } => output::error(error),
             Event::Uploaded {
                 bytes, blobs, ms, ..
@@ -665,4 +644,28 @@ fn summary(report: &Report, json: bool) -> anyhow::Result<()> {
         )),
     }
     Ok(())
+}
+
+/// One host's progress as a person reads it (`hoist deploy` and `hoist run` print the
+/// same): steps as they begin, failures, hook output; a failed instance's last lines are
+/// kept in `failure`, to be shown after the outcome.
+pub(crate) fn render_progress(progress: &Progress, failure: &mut Vec<String>) {
+    match progress {
+        Progress::Step {
+            step,
+            phase,
+            message,
+            ..
+        } => match phase.as_str() {
+            "begin" => output::status("Step", step),
+            "failed" => output::error(&format!(
+                "{step} failed: {}",
+                message.as_deref().unwrap_or_default()
+            )),
+            _ => {}
+        },
+        Progress::Output { source, line } if source == "failure" => failure.push(line.clone()),
+        Progress::Output { source, line } => output::diagnostic(&format!("  {source} | {line}")),
+        Progress::Done(_) => {}
+    }
 }

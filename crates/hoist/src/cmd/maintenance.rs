@@ -8,7 +8,7 @@ use hyper::Method;
 use hoist_fleet::hosts::each;
 use hoist_protocol::agent::{MaintenanceRequest, MaintenanceState};
 
-use super::common::{self, HostArgs};
+use super::common::{self, HostArgs, Json};
 use super::config::{load, ConfigArgs};
 use crate::output;
 
@@ -75,16 +75,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .await
         }
     }));
-    if app.json {
-        if fleet {
-            output::json(&common::json_answers(&answers))?;
-        } else if let Some(Ok(state)) = answers.first().map(|a| &a.result) {
-            output::json(state)?;
-        }
-    } else {
-        for a in &answers {
-            let Ok(state) = &a.result else { continue };
-            let at = common::on_host(&a.host, fleet);
+    common::report(
+        answers,
+        fleet,
+        Json::Answer.when(app.json),
+        |host, state| {
+            let at = common::on_host(host, fleet);
             if state.on {
                 output::status(
                     "Maintenance",
@@ -99,7 +95,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     &format!("off for `{}`{at}: the app serves again", state.app),
                 );
             }
-        }
-    }
-    common::finish(answers, fleet)
+            Ok(())
+        },
+    )
 }

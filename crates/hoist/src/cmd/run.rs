@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hoist_core::spec::{defaults::LOCAL_HOST, AppSpec, HostSpec};
 use hoist_fleet::rollout::{Event, Fleet, HostState, Target};
-use hoist_protocol::agent::Progress;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -502,28 +501,7 @@ async fn work(
     let render = async {
         while let Some(e) = rx.recv().await {
             if let Event::Progress { progress, .. } = &e {
-                match progress {
-                    Progress::Step {
-                        step,
-                        phase,
-                        message,
-                        ..
-                    } => match phase.as_str() {
-                        "begin" => output::status("Step", step),
-                        "failed" => output::error(&format!(
-                            "{step} failed: {}",
-                            message.as_deref().unwrap_or_default()
-                        )),
-                        _ => {}
-                    },
-                    Progress::Output { source, line } if source == "failure" => {
-                        failure.push(line.clone())
-                    }
-                    Progress::Output { source, line } => {
-                        output::diagnostic(&format!("  {source} | {line}"))
-                    }
-                    Progress::Done(_) => {}
-                }
+                super::deploy::render_progress(progress, &mut failure);
             }
         }
     };

@@ -11,9 +11,10 @@ use hyper::Method;
 use hoist_config::LoadedConfig;
 use hoist_core::names::SecretRefusal;
 use hoist_fleet::hosts::each;
+use hoist_fleet::rollout::Target;
 use hoist_protocol::agent::{SecretNames, SecretValue};
 
-use super::common::{self, HostArgs};
+use super::common::{self, HostArgs, Json};
 use super::config::{load, ConfigArgs};
 use crate::exit::{with_exit, Exit};
 use crate::output;
@@ -99,6 +100,48 @@ fn files_only(
     }
 }
 
+/// Secret `name` of `app` written (`body`) or removed (none) on every agent host:
+/// `--json` lists the hosts' answers, and a status line names each host that took it.
+fn write_each(
+    targets: &[Target],
+    fleet: bool,
+    app: &str,
+    name: &str,
+    body: Option<&SecretValue>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (method, done) = match body {
+        Some(_) => (Method::PUT, "Set"),
+        None => (Method::DELETE, "Removed"),
+    };
+    let path = format!("/v1/secrets/{app}/{name}");
+    let answers = common::block_on(each(targets, |t| {
+        let (c, method, path) = (t.client.clone(), method.clone(), &path);
+        async move { c.call::<_, serde_json::Value>(method, path, body).await }
+    }));
+    common::report(answers, fleet, Json::ListAndText.when(json), |host, _| {
+        output::status(
+            done,
+            &format!("secret `{name}` of `{app}`{}", common::on_host(host, fleet)),
+        );
+        Ok(())
+    })
+}
+
+/// The secret's value from standard input, checked (the agent checks the same; checking
+/// here says so before anything is sent).
+fn read_value(app: &str, name: &str) -> anyhow::Result<String> {
+    let mut value = String::new();
+    std::io::stdin()
+        .read_to_string(&mut value)
+        .context("cannot read the value from standard input")?;
+    // A trailing newline comes from `echo` or a terminal, not from the secret.
+    let value = value.strip_suffix('\n').unwrap_or(&value);
+    let value = value.strip_suffix('\r').unwrap_or(value).to_string();
+    hoist_core::names::check_secret(app, name, Some(&value)).map_err(refused)?;
+    Ok(value)
+}
+
 fn refused(e: SecretRefusal) -> anyhow::Error {
     with_exit(Exit::Usage, e)
 }
@@ -108,13 +151,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Set { name, app, json } => {
             let (app_name, loaded) = app.resolve()?;
             if let Some(hosts) = files_only(loaded.as_ref(), &app.hosts)? {
-                let mut value = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut value)
-                    .context("cannot read the value from standard input")?;
-                let value = value.strip_suffix('\n').unwrap_or(&value);
-                let value = value.strip_suffix('\r').unwrap_or(value).to_string();
-                hoist_core::names::check_secret(&app_name, &name, Some(&value)).map_err(refused)?;
+                let value = read_value(&app_name, &name)?;
                 let l = loaded.as_ref().expect("files hosts come from an app file");
                 let code = super::files::secret(l, &hosts, &name, Some(Some(value)), json)?;
                 return super::files::finish(code);
@@ -122,37 +159,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             let fleet = common::is_fleet(loaded.as_ref());
             let targets = common::targets(loaded.as_ref(), &app.hosts)?;
             // Read once, written to every host.
-            let mut value = String::new();
-            std::io::stdin()
-                .read_to_string(&mut value)
-                .context("cannot read the value from standard input")?;
-            // A trailing newline comes from `echo` or a terminal, not from the secret.
-            let value = value.strip_suffix('\n').unwrap_or(&value);
-            let value = value.strip_suffix('\r').unwrap_or(value).to_string();
-            // The agent checks the same; checking here says so before anything is sent.
-            hoist_core::names::check_secret(&app_name, &name, Some(&value)).map_err(refused)?;
+            let value = read_value(&app_name, &name)?;
             let body = SecretValue { value };
-            let path = format!("/v1/secrets/{app_name}/{name}");
-            let answers = common::block_on(each(&targets, |t| {
-                let (c, path, body) = (t.client.clone(), path.clone(), &body);
-                async move {
-                    c.call::<_, serde_json::Value>(Method::PUT, &path, Some(body))
-                        .await
-                }
-            }));
-            if json {
-                output::json(&common::json_answers(&answers))?;
-            }
-            for a in answers.iter().filter(|a| a.result.is_ok()) {
-                output::status(
-                    "Set",
-                    &format!(
-                        "secret `{name}` of `{app_name}`{}",
-                        common::on_host(&a.host, fleet)
-                    ),
-                );
-            }
-            common::finish(answers, fleet)
+            write_each(&targets, fleet, &app_name, &name, Some(&body), json)
         }
         Command::Unset { name, app, json } => {
             let (app_name, loaded) = app.resolve()?;
@@ -163,27 +172,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             }
             let fleet = common::is_fleet(loaded.as_ref());
             let targets = common::targets(loaded.as_ref(), &app.hosts)?;
-            let path = format!("/v1/secrets/{app_name}/{name}");
-            let answers = common::block_on(each(&targets, |t| {
-                let (c, path) = (t.client.clone(), path.clone());
-                async move {
-                    c.call::<(), serde_json::Value>(Method::DELETE, &path, None)
-                        .await
-                }
-            }));
-            if json {
-                output::json(&common::json_answers(&answers))?;
-            }
-            for a in answers.iter().filter(|a| a.result.is_ok()) {
-                output::status(
-                    "Removed",
-                    &format!(
-                        "secret `{name}` of `{app_name}`{}",
-                        common::on_host(&a.host, fleet)
-                    ),
-                );
-            }
-            common::finish(answers, fleet)
+            write_each(&targets, fleet, &app_name, &name, None, json)
         }
         Command::List { app, json } => {
             let (app_name, loaded) = app.resolve()?;
@@ -199,24 +188,16 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 let (c, path) = (t.client.clone(), path.clone());
                 async move { c.get::<SecretNames>(&path).await }
             }));
-            if json && fleet {
-                output::json(&common::json_answers(&answers))?;
-            }
-            for a in &answers {
-                let Ok(names) = &a.result else { continue };
-                if json && !fleet {
-                    output::json(names)?;
-                } else if !json {
-                    for n in &names.names {
-                        if fleet {
-                            output::data(&format!("{} {n}", a.host))?;
-                        } else {
-                            output::data(n)?;
-                        }
+            common::report(answers, fleet, Json::Answer.when(json), |host, names| {
+                for n in &names.names {
+                    if fleet {
+                        output::data(&format!("{host} {n}"))?;
+                    } else {
+                        output::data(n)?;
                     }
                 }
-            }
-            common::finish(answers, fleet)
+                Ok(())
+            })
         }
     }
 }

@@ -7,7 +7,7 @@ use hoist_config::LoadedConfig;
 use hoist_fleet::hosts::{each, merge, Answer};
 use hoist_fleet::rollout::Target;
 
-use super::common::{self, HostArgs};
+use super::common::{self, HostArgs, Json};
 use super::config::{load, ConfigArgs};
 use crate::output;
 
@@ -113,17 +113,13 @@ pub fn run_service(action: &str, args: ServiceArgs) -> anyhow::Result<()> {
         "stop" => "Stopped",
         _ => "Restarted",
     };
-    if args.json {
-        output::json(&common::json_answers(&answers))?;
-    } else {
-        for a in answers.iter().filter(|a| a.result.is_ok()) {
-            output::status(
-                done,
-                &format!("`{service}` of `{app}`{}", common::on_host(&a.host, fleet)),
-            );
-        }
-    }
-    common::finish(answers, fleet)
+    common::report(answers, fleet, Json::List.when(args.json), |host, _| {
+        output::status(
+            done,
+            &format!("`{service}` of `{app}`{}", common::on_host(host, fleet)),
+        );
+        Ok(())
+    })
 }
 
 #[derive(Debug, clap::Args)]
@@ -154,23 +150,17 @@ pub fn run_down(args: DownArgs) -> anyhow::Result<()> {
                 .await
         }
     }));
-    if args.json {
-        output::json(&common::json_answers(&answers))?;
-    } else {
-        for a in &answers {
-            if let Ok(v) = &a.result {
-                output::status(
-                    "Down",
-                    &format!(
-                        "`{app}`{}: {}",
-                        common::on_host(&a.host, fleet),
-                        v["summary"].as_str().unwrap_or("stopped")
-                    ),
-                );
-            }
-        }
-    }
-    common::finish(answers, fleet)
+    common::report(answers, fleet, Json::List.when(args.json), |host, v| {
+        output::status(
+            "Down",
+            &format!(
+                "`{app}`{}: {}",
+                common::on_host(host, fleet),
+                v["summary"].as_str().unwrap_or("stopped")
+            ),
+        );
+        Ok(())
+    })
 }
 
 pub fn run_jobs(args: JobsArgs) -> anyhow::Result<()> {
@@ -206,27 +196,17 @@ pub fn run_jobs(args: JobsArgs) -> anyhow::Result<()> {
             let (c, path) = (t.client.clone(), path.clone());
             async move { c.call::<(), _>(Method::POST, &path, None).await }
         }));
-        if args.json && !fleet {
-            if let Some(Ok(v)) = answers.first().map(|a| &a.result) {
-                output::json(v)?;
-            }
-        } else if args.json {
-            output::json(&common::json_answers(&answers))?;
-        } else {
-            for a in &answers {
-                if let Ok(v) = &a.result {
-                    output::status(
-                        "Started",
-                        &format!(
-                            "job `{name}` of `{app}` (run {}){}",
-                            v["run"],
-                            common::on_host(&a.host, fleet)
-                        ),
-                    );
-                }
-            }
-        }
-        return common::finish(answers, fleet);
+        return common::report(answers, fleet, Json::Answer.when(args.json), |host, v| {
+            output::status(
+                "Started",
+                &format!(
+                    "job `{name}` of `{app}` (run {}){}",
+                    v["run"],
+                    common::on_host(host, fleet)
+                ),
+            );
+            Ok(())
+        });
     }
     let targets = common::targets(Some(&loaded), &args.hosts)?;
     let path = format!("/v1/jobs?app={app}");

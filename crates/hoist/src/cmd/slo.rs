@@ -4,7 +4,7 @@
 
 use hoist_fleet::hosts::each;
 
-use super::common::{self, HostArgs};
+use super::common::{self, HostArgs, Json};
 use super::config::{load, ConfigArgs};
 use crate::output;
 
@@ -42,21 +42,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let (c, path) = (t.client.clone(), path.clone());
         async move { c.get::<serde_json::Value>(&path).await }
     }));
-    if args.json {
-        if fleet {
-            output::json(&common::json_answers(&answers))?;
-        } else if let Some(Ok(v)) = answers.first().map(|a| &a.result) {
-            output::json(v)?;
-        }
-        return common::finish(answers, fleet);
-    }
-    for a in &answers {
-        let Ok(v) = &a.result else { continue };
-        let at = if fleet {
-            format!("{} ", a.host)
-        } else {
-            String::new()
-        };
+    common::report(answers, fleet, Json::Answer.when(args.json), |host, v| {
+        let at = common::host_prefix(host, fleet);
         let slos = v["slos"].as_array().cloned().unwrap_or_default();
         if slos.is_empty() {
             output::data(&format!(
@@ -94,6 +81,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .collect();
             output::data(&format!("{at}  burn rate: {}", burn.join(", ")))?;
         }
-    }
-    common::finish(answers, fleet)
+        Ok(())
+    })
 }

@@ -308,6 +308,29 @@ impl Drop for Host {
     }
 }
 
+/// One raw HTTP/1.1 request on the agent's socket: (status, body).
+pub fn agent_request(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    // A request refused on its path is answered before its body is read, and the
+    // connection closed: the rest of the write may then fail; the answer is there.
+    let _ = write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: agent\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // The answer is read whole; a reset after it (the body we sent left unread on a
+    // Unix socket) ends the read, not the answer.
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(n @ 1..) = s.read(&mut buf) {
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let r = hoist_testkit::parse_response(&raw).expect("an HTTP response");
+    (r.status, r.body)
+}
+
 /// The proxy's pid, from its answer to a ping on the control socket.
 pub fn proxy_pid(root: &Path) -> std::io::Result<i32> {
     use std::io::{BufRead, BufReader};
