@@ -11,7 +11,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use hoist_core::spec::AcmeSpec;
+use hoist_core::spec::{AcmeSpec, AppSpec, TlsSpec};
 use hoist_protocol::proxy::{Cert, Request, TlsRequest};
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
@@ -517,6 +517,82 @@ fn alpn_cert(domain: &str, digest: &[u8]) -> Result<Cert, String> {
         key_pem: key.serialize_pem(),
         source: "acme-challenge".into(),
     })
+}
+
+/// The other hosts of a fleet that serve `spec`'s ACME names: `ADDR:PORT` of their plain
+/// listeners, where `ADDR` is the host part of their `ssh` address and `PORT` this
+/// host's own proxy port (a CA validates every host of a name on one port). Hosts
+/// without `ssh` (this machine), files hosts and `own` itself are left out.
+pub(crate) fn acme_peers(spec: &AppSpec, own: &str, port: u16) -> Vec<String> {
+    let mut peers = Vec::new();
+    for (name, svc) in &spec.services {
+        let acme = svc
+            .http
+            .as_ref()
+            .is_some_and(|h| h.tls == Some(TlsSpec::Acme));
+        if !acme {
+            continue;
+        }
+        for host in spec.service_hosts(name) {
+            let Some(ssh) = host.ssh.as_ref() else {
+                continue;
+            };
+            if host.name == own || host.files.is_some() {
+                continue;
+            }
+            let addr = if ssh.host.contains(':') {
+                format!("[{}]:{port}", ssh.host)
+            } else {
+                format!("{}:{port}", ssh.host)
+            };
+            peers.push(addr);
+        }
+    }
+    peers.sort();
+    peers.dedup();
+    peers
+}
+
+impl Agent {
+    /// Hands the proxy the peers it asks for HTTP-01 tokens it does not hold (see
+    /// [`acme_peers`]) when they changed. A failure is logged: issuance still works
+    /// whenever the CA reaches this host.
+    pub(crate) async fn share_acme_peers(&self, spec: &AppSpec) {
+        let (Some(proxy), Some(listen)) = (&self.proxy, self.config.proxy) else {
+            return;
+        };
+        let peers = acme_peers(spec, &self.host_name(), listen.port());
+        {
+            let sent = self
+                .tls
+                .acme_peers_sent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let before = sent.get(&spec.app).map(Vec::as_slice).unwrap_or_default();
+            if before == peers.as_slice() {
+                return;
+            }
+        }
+        let request = Request::Tls {
+            request: TlsRequest::SetAcmePeers {
+                app: spec.app.clone(),
+                peers: peers.clone(),
+            },
+        };
+        match proxy.request(request).await {
+            Ok(_) => {
+                tracing::info!(app = %spec.app, peers = ?peers, "ACME HTTP-01 peers handed to the proxy");
+                self.tls
+                    .acme_peers_sent
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(spec.app.clone(), peers);
+            }
+            Err(e) => {
+                tracing::warn!(app = %spec.app, error = %e, "ACME HTTP-01 peers not handed to the proxy")
+            }
+        }
+    }
 }
 
 #[cfg(test)]
