@@ -597,6 +597,29 @@ impl Agent {
 
 #[cfg(test)]
 mod tests {
+    /// The peers of a fleet's HTTP-01: the other hosts running an ACME service, at the
+    /// host part of their ssh address on this host's proxy port.
+    #[test]
+    fn acme_peers_are_the_other_hosts_of_acme_services() {
+        let text = "app = \"demo\"\n\
+            [acme]\nemail = \"a@b.c\"\n\
+            [services.web]\ncommand = \"x\"\nroles = [\"web\"]\n\
+            http = { domains = [\"a.test\"], tls = \"acme\", health = \"/h\" }\n\
+            [services.api]\ncommand = \"x\"\nroles = [\"api\"]\nhttp = { domains = [\"b.test\"], health = \"/h\" }\n\
+            [[hosts]]\nname = \"h1\"\nssh = \"root@10.0.0.1\"\nroles = [\"web\"]\n\
+            [[hosts]]\nname = \"h2\"\nssh = \"deploy@[fd00::2]:2222\"\nroles = [\"web\"]\n\
+            [[hosts]]\nname = \"h3\"\nssh = \"10.0.0.3\"\nroles = [\"api\"]\n";
+        let spec = hoist_config::parse_str("hoist.toml", text)
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .spec;
+        assert_eq!(acme_peers(&spec, "h1", 80), ["[fd00::2]:80"]);
+        assert_eq!(
+            acme_peers(&spec, "h3", 8080),
+            ["10.0.0.1:8080", "[fd00::2]:8080"]
+        );
+        assert_eq!(acme_peers(&spec, "local", 80).len(), 2);
+    }
+
     use super::*;
     use instant_acme::HttpClient;
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -734,3 +734,54 @@ pub const CERTS_FILE: &str = "certs.json";
 pub fn bind(addr: std::net::SocketAddr) -> Result<StdListener, ProxyError> {
     crate::process::bind_listener(addr)
 }
+
+#[cfg(test)]
+mod relay_tests {
+    use super::*;
+
+    /// A peer that answers one request with `answer` and reports the request it got.
+    async fn peer(answer: &'static str) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let seen = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = vec![0u8; 2048];
+            let n = s.read(&mut buf).await.unwrap();
+            s.write_all(answer.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        (addr, seen)
+    }
+
+    /// Only a 200 whose body is a key authorization of the very token asked is relayed;
+    /// the request carries the relay mark (the peer never relays it again) and the host.
+    #[tokio::test]
+    async fn a_peers_answer_is_relayed_only_if_it_authorizes_the_token() {
+        let (addr, seen) = peer("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\ntok1.abc_\n").await;
+        assert_eq!(
+            ask_peer(&addr, "a.test", "tok1").await.as_deref(),
+            Some("tok1.abc_")
+        );
+        let req = seen.await.unwrap();
+        assert!(
+            req.starts_with("GET /.well-known/acme-challenge/tok1 HTTP/1.1\r\n"),
+            "{req}"
+        );
+        assert!(req.contains("\r\nHost: a.test\r\n") && req.contains("x-hoist-acme-relay: 1"));
+        for bad in [
+            "HTTP/1.1 200 OK\r\n\r\ntok2.abc",
+            "HTTP/1.1 200 OK\r\n\r\n<html>tok1.abc</html>",
+            "HTTP/1.1 200 OK\r\n\r\ntok1.",
+            "HTTP/1.1 404 Not Found\r\n\r\ntok1.abc",
+            "HTTP/1.1 200 OK\r\n\r\ntok1.a b",
+        ] {
+            let (addr, _) = peer(bad).await;
+            assert_eq!(ask_peer(&addr, "a.test", "tok1").await, None, "{bad:?}");
+        }
+        assert!(is_token("E6Jyg8AtauVR3PxSsefWFPtIkStD8BFXT9_Q4KTQymQ"));
+        for bad in ["", "a/b", "a.b", "a b", "%2e"] {
+            assert!(!is_token(bad), "{bad:?}");
+        }
+    }
+}

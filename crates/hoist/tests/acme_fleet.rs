@@ -29,12 +29,19 @@ fn join_hosts(fleet: &Fleet) {
     for h in &fleet.hosts {
         let via = format!("10.213.{}.1", h.slot);
         must(Command::new("ip").args([
-            "netns", "exec", &h.ns, "ip", "route", "replace", "10.213.0.0/16", "via", &via,
+            "netns",
+            "exec",
+            &h.ns,
+            "ip",
+            "route",
+            "replace",
+            "10.213.0.0/16",
+            "via",
+            &via,
         ]));
-        must(Command::new("sysctl").args([
-            "-qw",
-            &format!("net.ipv4.conf.{}.forwarding=1", h.veth),
-        ]));
+        must(
+            Command::new("sysctl").args(["-qw", &format!("net.ipv4.conf.{}.forwarding=1", h.veth)]),
+        );
     }
 }
 
@@ -130,7 +137,10 @@ fn http01_succeeds_on_every_host_whichever_host_the_ca_reaches() {
         ["h1", "h2"],
         "{got:?}"
     );
-    assert!(got.iter().all(|(_, issuer)| issuer.contains("Pebble")), "{got:?}");
+    assert!(
+        got.iter().all(|(_, issuer)| issuer.contains("Pebble")),
+        "{got:?}"
+    );
 
     // The name now leads to h2: h1's order is answered by h2's proxy, relaying h1's.
     pebble.resolve_to(h2);

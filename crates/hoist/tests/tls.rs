@@ -13,9 +13,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{text, Host};
-use pebble::Pebble;
 use hoist_testkit::certs::{Leaf, TestCa};
 use hoist_testkit::{free_port, testapp_bin, wait_until};
+use pebble::Pebble;
 
 /// One raw request on a plain socket: (status, the whole response).
 fn raw_exchange_status(addr: SocketAddr, request: &str) -> (Option<u16>, String) {
