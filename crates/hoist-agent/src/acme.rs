@@ -11,7 +11,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use hoist_core::spec::{AcmeSpec, AppSpec, TlsSpec};
+use hoist_core::spec::{AcmeSpec, AppSpec};
 use hoist_protocol::proxy::{Cert, Request, TlsRequest};
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
@@ -519,38 +519,20 @@ fn alpn_cert(domain: &str, digest: &[u8]) -> Result<Cert, String> {
     })
 }
 
-/// The other hosts of a fleet that serve `spec`'s ACME names: `ADDR:PORT` of their plain
-/// listeners, where `ADDR` is the host part of their `ssh` address and `PORT` this
-/// host's own proxy port (a CA validates every host of a name on one port). Hosts
-/// without `ssh` (this machine), files hosts and `own` itself are left out.
-pub(crate) fn acme_peers(spec: &AppSpec, own: &str, port: u16) -> Vec<String> {
-    let mut peers = Vec::new();
-    for (name, svc) in &spec.services {
-        let acme = svc
-            .http
-            .as_ref()
-            .is_some_and(|h| h.tls == Some(TlsSpec::Acme));
-        if !acme {
-            continue;
-        }
-        for host in spec.service_hosts(name) {
-            let Some(ssh) = host.ssh.as_ref() else {
-                continue;
-            };
-            if host.name == own || host.files.is_some() {
-                continue;
-            }
-            let addr = if ssh.host.contains(':') {
-                format!("[{}]:{port}", ssh.host)
+/// The peers' `ADDR:PORT`: the hosts' addresses (`AppSpec::acme_peer_hosts`, the host
+/// part of their `ssh`) on this host's own proxy port (a CA validates every host of a
+/// name on one port).
+fn with_port(hosts: &[String], port: u16) -> Vec<String> {
+    hosts
+        .iter()
+        .map(|h| {
+            if h.contains(':') {
+                format!("[{h}]:{port}")
             } else {
-                format!("{}:{port}", ssh.host)
-            };
-            peers.push(addr);
-        }
-    }
-    peers.sort();
-    peers.dedup();
-    peers
+                format!("{h}:{port}")
+            }
+        })
+        .collect()
 }
 
 impl Agent {
@@ -558,38 +540,45 @@ impl Agent {
     /// [`acme_peers`]) when they changed. A failure is logged: issuance still works
     /// whenever the CA reaches this host.
     pub(crate) async fn share_acme_peers(&self, spec: &AppSpec) {
+        let hosts = spec.acme_peer_hosts(&self.host_name());
+        self.send_acme_peers(&spec.app, &hosts).await;
+    }
+
+    /// [`share_acme_peers`](Self::share_acme_peers) with the peers' addresses given (a
+    /// fleet deploy's lease carries them, before this host has the app).
+    pub(crate) async fn send_acme_peers(&self, app: &str, hosts: &[String]) {
         let (Some(proxy), Some(listen)) = (&self.proxy, self.config.proxy) else {
             return;
         };
-        let peers = acme_peers(spec, &self.host_name(), listen.port());
+        let peers = with_port(hosts, listen.port());
         {
             let sent = self
                 .tls
                 .acme_peers_sent
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            let before = sent.get(&spec.app).map(Vec::as_slice).unwrap_or_default();
+            let before = sent.get(app).map(Vec::as_slice).unwrap_or_default();
             if before == peers.as_slice() {
                 return;
             }
         }
         let request = Request::Tls {
             request: TlsRequest::SetAcmePeers {
-                app: spec.app.clone(),
+                app: app.to_string(),
                 peers: peers.clone(),
             },
         };
         match proxy.request(request).await {
             Ok(_) => {
-                tracing::info!(app = %spec.app, peers = ?peers, "ACME HTTP-01 peers handed to the proxy");
+                tracing::info!(app, peers = ?peers, "ACME HTTP-01 peers handed to the proxy");
                 self.tls
                     .acme_peers_sent
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(spec.app.clone(), peers);
+                    .insert(app.to_string(), peers);
             }
             Err(e) => {
-                tracing::warn!(app = %spec.app, error = %e, "ACME HTTP-01 peers not handed to the proxy")
+                tracing::warn!(app, error = %e, "ACME HTTP-01 peers not handed to the proxy")
             }
         }
     }
@@ -612,12 +601,12 @@ mod tests {
         let spec = hoist_config::parse_str("hoist.toml", text)
             .unwrap_or_else(|e| panic!("{e:?}"))
             .spec;
-        assert_eq!(acme_peers(&spec, "h1", 80), ["[fd00::2]:80"]);
+        assert_eq!(with_port(&spec.acme_peer_hosts("h1"), 80), ["[fd00::2]:80"]);
         assert_eq!(
-            acme_peers(&spec, "h3", 8080),
+            with_port(&spec.acme_peer_hosts("h3"), 8080),
             ["10.0.0.1:8080", "[fd00::2]:8080"]
         );
-        assert_eq!(acme_peers(&spec, "local", 80).len(), 2);
+        assert_eq!(with_port(&spec.acme_peer_hosts("local"), 80).len(), 2);
     }
 
     use super::*;

@@ -266,7 +266,7 @@ pub(crate) struct Keeper {
     files_checked: Mutex<Option<std::time::Instant>>,
     /// What ACME CAs said about their rate limits (see `acme.rs`).
     pub rate_limits: std::sync::Arc<crate::acme::RateLimits>,
-    /// App → the HTTP-01 peers last handed to the proxy (see `acme::acme_peers`).
+    /// App → the HTTP-01 peers last handed to the proxy (see `Agent::send_acme_peers`).
     pub acme_peers_sent: Mutex<HashMap<String, Vec<String>>>,
 }
 

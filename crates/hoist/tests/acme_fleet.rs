@@ -2,8 +2,9 @@
 //! own sshd, set up by `hoist setup`, deployed by the real CLI) serve the same domain and
 //! each orders its own certificate from a real Pebble, whose DNS points the name at one
 //! host only. A proxy asked for a token it does not hold asks the app's other hosts
-//! (known from the app file's `[[hosts]]`) and relays the answer, so each host's
-//! issuance succeeds whichever host the validator reaches. Needs root and sshd.
+//! (known from the app file's `[[hosts]]`, handed to every agent with the deploy lease,
+//! before any host orders) and relays the answer, so each host's issuance succeeds
+//! whichever host the validator reaches, on a fresh fleet too. Needs root and sshd.
 
 mod common;
 mod netns;
@@ -115,19 +116,20 @@ fn http01_succeeds_on_every_host_whichever_host_the_ca_reaches() {
     join_hosts(&fleet);
     let (h1, h2) = (fleet.hosts[0].addr, fleet.hosts[1].addr);
     // Pebble on h1's root-side address (reachable from both hosts), validating on port
-    // 80 and 443 of whatever address its DNS gives: h1 first.
+    // 80 and 443 of whatever address its DNS gives: h2 first, a host that has never
+    // run the app when h1 (first batch) orders.
     let listen = format!("10.213.{}.1", fleet.hosts[0].slot).parse().unwrap();
-    let pebble = Pebble::start_at(&fleet.dir, listen, h1, 80, 443, None, &[]);
+    let pebble = Pebble::start_at(&fleet.dir, listen, h2, 80, 443, None, &[]);
 
     let first = project(&fleet, &pebble, "alpha", "alpha.test");
     let out = hoist(&first, &["setup"]);
     assert!(out.status.success(), "setup: {}", text(&out.stderr));
-    // h1 orders first (the CA reaches it: its own token); then h2, whose token only h1's
-    // proxy can hand over, asking h2's.
+    // h1 orders first: the CA reaches h2, whose proxy knows h1 from the lease and relays
+    // h1's answer; then h2 orders, its own token.
     let out = hoist(&first, &["deploy"]);
     assert!(
         out.status.success(),
-        "deploy with the name on h1: {}\n{}",
+        "deploy with the name on h2: {}\n{}",
         text(&out.stdout),
         text(&out.stderr)
     );
@@ -142,13 +144,13 @@ fn http01_succeeds_on_every_host_whichever_host_the_ca_reaches() {
         "{got:?}"
     );
 
-    // The name now leads to h2: h1's order is answered by h2's proxy, relaying h1's.
-    pebble.resolve_to(h2);
+    // The name now leads to h1: h2's order is answered by h1's proxy, relaying h2's.
+    pebble.resolve_to(h1);
     let second = project(&fleet, &pebble, "beta", "beta.test");
     let out = hoist(&second, &["deploy"]);
     assert!(
         out.status.success(),
-        "deploy with the name on h2: {}\n{}",
+        "deploy with the name on h1: {}\n{}",
         text(&out.stdout),
         text(&out.stderr)
     );
