@@ -11,7 +11,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use hoist_core::spec::AcmeSpec;
+use hoist_core::spec::{AcmeSpec, AppSpec};
 use hoist_protocol::proxy::{Cert, Request, TlsRequest};
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
@@ -537,8 +537,96 @@ fn alpn_cert(domain: &str, digest: &[u8]) -> Result<Cert, String> {
     })
 }
 
+/// The peers' `ADDR:PORT`: the hosts' addresses (`AppSpec::acme_peer_hosts`, the host
+/// part of their `ssh`) on this host's own proxy port (a CA validates every host of a
+/// name on one port).
+fn with_port(hosts: &[String], port: u16) -> Vec<String> {
+    hosts
+        .iter()
+        .map(|h| {
+            if h.contains(':') {
+                format!("[{h}]:{port}")
+            } else {
+                format!("{h}:{port}")
+            }
+        })
+        .collect()
+}
+
+impl Agent {
+    /// Hands the proxy the peers it asks for HTTP-01 tokens it does not hold (see
+    /// [`acme_peers`]) when they changed. A failure is logged: issuance still works
+    /// whenever the CA reaches this host.
+    pub(crate) async fn share_acme_peers(&self, spec: &AppSpec) {
+        let hosts = spec.acme_peer_hosts(&self.host_name());
+        self.send_acme_peers(&spec.app, &hosts).await;
+    }
+
+    /// [`share_acme_peers`](Self::share_acme_peers) with the peers' addresses given (a
+    /// fleet deploy's lease carries them, before this host has the app).
+    pub(crate) async fn send_acme_peers(&self, app: &str, hosts: &[String]) {
+        let (Some(proxy), Some(listen)) = (&self.proxy, self.config.proxy) else {
+            return;
+        };
+        let peers = with_port(hosts, listen.port());
+        {
+            let sent = self
+                .tls
+                .acme_peers_sent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let before = sent.get(app).map(Vec::as_slice).unwrap_or_default();
+            if before == peers.as_slice() {
+                return;
+            }
+        }
+        let request = Request::Tls {
+            request: TlsRequest::SetAcmePeers {
+                app: app.to_string(),
+                peers: peers.clone(),
+            },
+        };
+        match proxy.request(request).await {
+            Ok(_) => {
+                tracing::info!(app, peers = ?peers, "ACME HTTP-01 peers handed to the proxy");
+                self.tls
+                    .acme_peers_sent
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(app.to_string(), peers);
+            }
+            Err(e) => {
+                tracing::warn!(app, error = %e, "ACME HTTP-01 peers not handed to the proxy")
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    /// The peers of a fleet's HTTP-01: the other hosts running an ACME service, at the
+    /// host part of their ssh address on this host's proxy port.
+    #[test]
+    fn acme_peers_are_the_other_hosts_of_acme_services() {
+        let text = "app = \"demo\"\n\
+            [acme]\nemail = \"a@b.c\"\n\
+            [services.web]\ncommand = \"x\"\nroles = [\"web\"]\n\
+            http = { domains = [\"a.test\"], tls = \"acme\", health = \"/h\" }\n\
+            [services.api]\ncommand = \"x\"\nroles = [\"api\"]\nhttp = { domains = [\"b.test\"], health = \"/h\" }\n\
+            [[hosts]]\nname = \"h1\"\nssh = \"root@10.0.0.1\"\nroles = [\"web\"]\n\
+            [[hosts]]\nname = \"h2\"\nssh = \"deploy@[fd00::2]:2222\"\nroles = [\"web\"]\n\
+            [[hosts]]\nname = \"h3\"\nssh = \"10.0.0.3\"\nroles = [\"api\"]\n";
+        let spec = hoist_config::parse_str("hoist.toml", text)
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .spec;
+        assert_eq!(with_port(&spec.acme_peer_hosts("h1"), 80), ["[fd00::2]:80"]);
+        assert_eq!(
+            with_port(&spec.acme_peer_hosts("h3"), 8080),
+            ["10.0.0.1:8080", "[fd00::2]:8080"]
+        );
+        assert_eq!(with_port(&spec.acme_peer_hosts("local"), 80).len(), 2);
+    }
+
     use super::*;
     use instant_acme::HttpClient;
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -161,6 +161,10 @@ fn acquire(agent: &Arc<Agent>, app: &str, r: LeaseRequest) -> Response<Body> {
     match result {
         Ok(Acquire::Acquired(l)) => {
             tracing::info!(app, holder = %l.holder, "deploy lease taken");
+            if !r.acme_peers.is_empty() {
+                let (agent, app) = (agent.clone(), app.to_string());
+                tokio::spawn(async move { agent.send_acme_peers(&app, &r.acme_peers).await });
+            }
             http::json(StatusCode::OK, &shown(l))
         }
         Ok(Acquire::Held(l)) => http::error(

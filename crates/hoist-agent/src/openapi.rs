@@ -140,7 +140,7 @@ fn schemas() -> Value {
         ]),
         "LeaseRequest": {
             "type": "object",
-            "properties": { "holder": s(), "token": s(), "ttl_ms": int() },
+            "properties": { "holder": s(), "token": s(), "ttl_ms": int(), "acme_peers": array(s()) },
             "required": ["holder", "token", "ttl_ms"],
         },
         "RenewRequest": {

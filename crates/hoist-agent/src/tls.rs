@@ -266,6 +266,8 @@ pub(crate) struct Keeper {
     files_checked: Mutex<Option<std::time::Instant>>,
     /// What ACME CAs said about their rate limits (see `acme.rs`).
     pub rate_limits: std::sync::Arc<crate::acme::RateLimits>,
+    /// App → the HTTP-01 peers last handed to the proxy (see `Agent::send_acme_peers`).
+    pub acme_peers_sent: Mutex<HashMap<String, Vec<String>>>,
 }
 
 /// How often certificate files are read again, so a file replaced on the host (by
@@ -275,6 +277,10 @@ const FILE_RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
 impl Keeper {
     pub fn forget_sent(&self) {
         self.sent.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.acme_peers_sent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }
 
@@ -362,6 +368,7 @@ impl Agent {
     /// holds (sending it first when needed); services without one are left out.
     pub(crate) async fn route_tls(&self, spec: &AppSpec) -> HashMap<String, wire::RouteTls> {
         let mut out = HashMap::new();
+        self.share_acme_peers(spec).await;
         if self.config.https.is_none() {
             return out;
         }
@@ -467,6 +474,8 @@ impl Agent {
     /// Issues the ACME certificates `spec` needs and does not have (the deploy's
     /// preflight: before the route goes live on HTTPS).
     pub(crate) async fn ensure_acme(&self, spec: &AppSpec) -> Result<Vec<String>, String> {
+        // Before the order: a CA reaching another host of these names is relayed back.
+        self.share_acme_peers(spec).await;
         let mut issued = Vec::new();
         for svc in spec.services.values() {
             let Some(http) = svc.http.as_ref() else {

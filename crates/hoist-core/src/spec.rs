@@ -929,6 +929,33 @@ pub mod alert_rules {
 }
 
 impl AppSpec {
+    /// The addresses (the host part of `ssh`) of the hosts other than `own` that run a
+    /// service with an ACME certificate: where an HTTP-01 token another host of the same
+    /// names holds is asked for. Sorted, without duplicates.
+    pub fn acme_peer_hosts(&self, own: &str) -> Vec<String> {
+        let mut peers = Vec::new();
+        for (name, svc) in &self.services {
+            if !svc
+                .http
+                .as_ref()
+                .is_some_and(|h| h.tls == Some(TlsSpec::Acme))
+            {
+                continue;
+            }
+            for host in self.service_hosts(name) {
+                match &host.ssh {
+                    Some(ssh) if host.name != own && host.files.is_none() => {
+                        peers.push(ssh.host.clone())
+                    }
+                    _ => {}
+                }
+            }
+        }
+        peers.sort();
+        peers.dedup();
+        peers
+    }
+
     /// The hosts that run `service`, in file order: every host with one of its roles, or
     /// only the first of them for a singleton (so placement is stable across deploys).
     pub fn service_hosts(&self, service: &str) -> Vec<&HostSpec> {

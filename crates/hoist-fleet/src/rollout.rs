@@ -289,7 +289,7 @@ impl Fleet {
         placed
             .hosts
             .retain(|h| reachable.iter().any(|t| t.name == h.name));
-        let lease = self.lease(&spec.app, &reachable).await?;
+        let lease = self.lease(spec, &reachable).await?;
         let result = async {
             upload_all(self, &reachable, artifact, &manifest).await?;
             let statuses = self.statuses(&reachable).await;
@@ -402,7 +402,7 @@ impl Fleet {
             }
             (Some(_), Some(_)) => None,
         };
-        let lease = self.lease(&spec.app, &reachable).await?;
+        let lease = self.lease(spec, &reachable).await?;
         let mut rolled = spec.clone();
         // A fleet rollback that fails half-way is not undone by another rollback.
         rolled.deploy.rollout.on_failure = OnFailure::Stop;
@@ -722,19 +722,26 @@ impl Fleet {
     /// Takes the app's lease on every host at once. If any host refuses, the leases
     /// taken are given back and the refusal (naming the holder) is the error: two
     /// deploys racing for a fleet never wait on each other, at worst both are refused.
-    async fn lease(&self, app: &str, hosts: &[Target]) -> Result<Held, FleetError> {
+    async fn lease(&self, spec: &AppSpec, hosts: &[Target]) -> Result<Held, FleetError> {
+        let app = spec.app.as_str();
         let token = random_token();
         let ttl_ms = self.lease_ttl.as_millis() as i64;
         let req = LeaseRequest {
             holder: self.actor.clone(),
             token: token.clone(),
             ttl_ms,
+            acme_peers: Vec::new(),
         };
         let path = format!("/v1/leases/{app}");
         let answers = join_all(hosts.iter().map(|t| {
-            let (req, path) = (&req, &path);
+            // Each host learns the others it may ask for HTTP-01 tokens.
+            let req = LeaseRequest {
+                acme_peers: spec.acme_peer_hosts(&t.name),
+                ..req.clone()
+            };
+            let path = &path;
             async move {
-                let r: Result<Lease, _> = t.client.call(Method::POST, path, Some(req)).await;
+                let r: Result<Lease, _> = t.client.call(Method::POST, path, Some(&req)).await;
                 (t, r)
             }
         }))

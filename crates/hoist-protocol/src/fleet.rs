@@ -11,6 +11,12 @@ pub struct LeaseRequest {
     /// A random token only the holder knows; deploys under the lease carry it.
     pub token: String,
     pub ttl_ms: i64,
+    /// The addresses of the app's other hosts serving ACME names (`AppSpec::
+    /// acme_peer_hosts`): the agent hands them to its proxy at once, before any host of
+    /// the rollout orders a certificate, so a CA reaching this host first still
+    /// validates the others' orders.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acme_peers: Vec<String>,
 }
 
 /// `POST /v1/leases/{app}/renew`: the holder's heartbeat.

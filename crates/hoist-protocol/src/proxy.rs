@@ -115,6 +115,15 @@ pub enum TlsRequest {
     RemoveAlpnChallenge {
         domain: String,
     },
+    /// The other hosts serving `app`'s names (`ADDR:PORT` of their plain listeners): an
+    /// HTTP-01 request for a token this proxy does not hold is asked of them, and the
+    /// first valid answer is relayed, so a CA reaching any host of a name behind DNS
+    /// round-robin or a balancer validates every host's order. Empty `peers` forgets
+    /// the app's. Kept in memory (the agent sends them again when it starts).
+    SetAcmePeers {
+        app: String,
+        peers: Vec<String>,
+    },
 }
 
 /// A certificate chain and its private key, PEM. The key never appears in a reply.

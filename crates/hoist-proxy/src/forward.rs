@@ -454,6 +454,10 @@ async fn proxy(
     if let Some(resp) = crate::tls::on_plain_request(shared, &req) {
         return Ok(resp);
     }
+    // An ACME token another host of the same names holds (see `tls::relay_challenge`).
+    if let Some(resp) = Box::pin(crate::tls::relay_challenge(shared, &req)).await {
+        return Ok(resp);
+    }
     let host = host_of(&req);
     let method = crate::stats::method_index(req.method());
     let websocket = is_websocket(&req);

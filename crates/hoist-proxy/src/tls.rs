@@ -58,6 +58,8 @@ pub(crate) struct TlsState {
     certs: RwLock<Arc<HashMap<String, Held>>>,
     alpn: RwLock<HashMap<String, Arc<CertifiedKey>>>,
     http_challenges: RwLock<HashMap<String, String>>,
+    /// Per app, the peers asked for HTTP-01 tokens this proxy does not hold.
+    acme_peers: RwLock<HashMap<String, Vec<String>>>,
     file: Option<PathBuf>,
     /// Whether any route asks for TLS (the plain path looks routes up again only then).
     any_tls_route: AtomicBool,
@@ -128,6 +130,7 @@ impl TlsState {
             certs: RwLock::new(Arc::new(HashMap::new())),
             alpn: RwLock::new(HashMap::new()),
             http_challenges: RwLock::new(HashMap::new()),
+            acme_peers: RwLock::new(HashMap::new()),
             file,
             any_tls_route: AtomicBool::new(false),
             https_port: AtomicU16::new(0),
@@ -301,6 +304,14 @@ impl TlsState {
                 let mut alpn = self.alpn.write().unwrap_or_else(|e| e.into_inner());
                 for d in &cert.domains {
                     alpn.insert(d.to_ascii_lowercase(), key.clone());
+                }
+            }
+            TlsRequest::SetAcmePeers { app, peers } => {
+                let mut map = self.acme_peers.write().unwrap_or_else(|e| e.into_inner());
+                if peers.is_empty() {
+                    map.remove(&app);
+                } else {
+                    map.insert(app, peers);
                 }
             }
             TlsRequest::RemoveAlpnChallenge { domain } => {
@@ -612,6 +623,109 @@ pub(crate) fn on_plain_request(
     Some(resp)
 }
 
+/// Marks a request one proxy relays to another: it is answered from what that proxy
+/// holds and never relayed again (no loops between peers).
+const RELAY_HEADER: &str = "x-hoist-acme-relay";
+/// How long the peers get to answer a relayed challenge (a CA's validator waits longer).
+const RELAY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most of a peer's answer that is read (a key authorization is under 200 bytes).
+const RELAY_MAX: usize = 4096;
+
+/// An HTTP-01 request for a token this proxy does not hold, on its plain listener:
+/// asked of the peers the agent named for the apps here (other hosts serving the same
+/// names), and the first answer that is a key authorization of that very token
+/// (`TOKEN.THUMBPRINT`) relayed. `None`: not such a request, or nobody holds it.
+pub(crate) async fn relay_challenge(
+    shared: &Shared,
+    req: &Request<Incoming>,
+) -> Option<Response<ProxyBody>> {
+    if req.extensions().get::<Https>().is_some() || req.headers().contains_key(RELAY_HEADER) {
+        return None;
+    }
+    let token = req.uri().path().strip_prefix(ACME_CHALLENGE_PREFIX)?;
+    if !is_token(token) {
+        return None;
+    }
+    let mut peers: Vec<String> = shared
+        .tls
+        .acme_peers
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .flatten()
+        .cloned()
+        .collect();
+    if peers.is_empty() {
+        return None;
+    }
+    peers.sort();
+    peers.dedup();
+    let host = crate::forward::host_of(req);
+    // Every peer at once; the first valid answer wins (the rest are dropped with the set).
+    let mut asks = tokio::task::JoinSet::new();
+    for peer in peers {
+        let (host, token) = (host.clone(), token.to_string());
+        asks.spawn(async move {
+            let answer = ask_peer(&peer, &host, &token).await;
+            (peer, answer)
+        });
+    }
+    let first = async {
+        while let Some(done) = asks.join_next().await {
+            if let Ok((peer, Some(answer))) = done {
+                return Some((peer, answer));
+            }
+        }
+        None
+    };
+    let (peer, answer) = tokio::time::timeout(RELAY_TIMEOUT, first).await.ok()??;
+    tracing::info!(peer = %peer, "relayed an ACME HTTP-01 answer a peer holds");
+    let mut resp = Response::new(ProxyBody::Full(Some(Bytes::from(answer))));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Some(resp)
+}
+
+/// An ACME token: base64url, as RFC 8555 §8.3 makes them (and nothing a path could hide).
+fn is_token(token: &str) -> bool {
+    (1..=128).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// One relayed `GET` to a peer's plain listener; its answer if it is a 200 whose body is
+/// a key authorization of `token`.
+async fn ask_peer(peer: &str, host: &str, token: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(peer).await.ok()?;
+    let host = if host.is_empty() { peer } else { host };
+    // The host came through the proxy's request checks (no spaces, no control bytes).
+    let request = format!(
+        "GET {ACME_CHALLENGE_PREFIX}{token} HTTP/1.1\r\nHost: {host}\r\n{RELAY_HEADER}: 1\r\n\
+         Connection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    stream
+        .take(RELAY_MAX as u64)
+        .read_to_end(&mut buf)
+        .await
+        .ok()?;
+    let text = std::str::from_utf8(&buf).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.lines().next()?;
+    if !(status.starts_with("HTTP/1.1 200 ") || status.starts_with("HTTP/1.0 200 ")) {
+        return None;
+    }
+    let body = body.trim();
+    let thumbprint = body.strip_prefix(token)?.strip_prefix('.')?;
+    let valid = !thumbprint.is_empty() && is_token(thumbprint);
+    valid.then(|| body.to_string())
+}
+
 /// The certificates file, beside the route table.
 pub const CERTS_FILE: &str = "certs.json";
 
@@ -619,4 +733,55 @@ pub const CERTS_FILE: &str = "certs.json";
 /// SO_REUSEPORT, so no other process can join it).
 pub fn bind(addr: std::net::SocketAddr) -> Result<StdListener, ProxyError> {
     crate::process::bind_listener(addr)
+}
+
+#[cfg(test)]
+mod relay_tests {
+    use super::*;
+
+    /// A peer that answers one request with `answer` and reports the request it got.
+    async fn peer(answer: &'static str) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let seen = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = vec![0u8; 2048];
+            let n = s.read(&mut buf).await.unwrap();
+            s.write_all(answer.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        (addr, seen)
+    }
+
+    /// Only a 200 whose body is a key authorization of the very token asked is relayed;
+    /// the request carries the relay mark (the peer never relays it again) and the host.
+    #[tokio::test]
+    async fn a_peers_answer_is_relayed_only_if_it_authorizes_the_token() {
+        let (addr, seen) = peer("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\ntok1.abc_\n").await;
+        assert_eq!(
+            ask_peer(&addr, "a.test", "tok1").await.as_deref(),
+            Some("tok1.abc_")
+        );
+        let req = seen.await.unwrap();
+        assert!(
+            req.starts_with("GET /.well-known/acme-challenge/tok1 HTTP/1.1\r\n"),
+            "{req}"
+        );
+        assert!(req.contains("\r\nHost: a.test\r\n") && req.contains("x-hoist-acme-relay: 1"));
+        for bad in [
+            "HTTP/1.1 200 OK\r\n\r\ntok2.abc",
+            "HTTP/1.1 200 OK\r\n\r\n<html>tok1.abc</html>",
+            "HTTP/1.1 200 OK\r\n\r\ntok1.",
+            "HTTP/1.1 404 Not Found\r\n\r\ntok1.abc",
+            "HTTP/1.1 200 OK\r\n\r\ntok1.a b",
+        ] {
+            let (addr, _) = peer(bad).await;
+            assert_eq!(ask_peer(&addr, "a.test", "tok1").await, None, "{bad:?}");
+        }
+        assert!(is_token("E6Jyg8AtauVR3PxSsefWFPtIkStD8BFXT9_Q4KTQymQ"));
+        for bad in ["", "a/b", "a.b", "a b", "%2e"] {
+            assert!(!is_token(bad), "{bad:?}");
+        }
+    }
 }

@@ -303,6 +303,7 @@ fn a_live_lease_refuses_another_deploy_and_an_abandoned_one_expires() {
         holder: "ann@laptop".into(),
         token: "0123456789abcdef0123".into(),
         ttl_ms: 1500,
+        acme_peers: Vec::new(),
     };
     let _: Lease = rt
         .block_on(Client::new(&c.hosts[1].socket).call(

@@ -5,6 +5,7 @@
 //! Pebble's default badNonce rejections).
 
 mod common;
+mod pebble;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,8 @@ use std::time::Duration;
 
 use common::{text, Host};
 use hoist_testkit::certs::{Leaf, TestCa};
-use hoist_testkit::{free_port, testapp_bin, wait_until, ChildGuard};
+use hoist_testkit::{free_port, testapp_bin, wait_until};
+use pebble::Pebble;
 
 /// One raw request on a plain socket: (status, the whole response).
 fn raw_exchange_status(addr: SocketAddr, request: &str) -> (Option<u16>, String) {
@@ -412,159 +414,6 @@ fn bad_certificate_files_are_refused_at_plan_and_deploy_naming_the_file_and_the_
         );
         let (code, _, _, _) = curl(https, &ca_file, "--http2", "a.test", "/").unwrap();
         assert_eq!(code, 200, "{what}");
-    }
-}
-
-/// A Pebble ACME server (and the DNS server that points every name at 127.0.0.1), both
-/// killed on drop.
-struct Pebble {
-    _dns: ChildGuard,
-    _pebble: ChildGuard,
-    directory: String,
-    ca_roots: PathBuf,
-    management: SocketAddr,
-    /// pebble-challtestsrv's management API (`/add-a`, `/clear-a`).
-    dns_management: SocketAddr,
-}
-
-impl Pebble {
-    /// `http_port`/`tls_port`: where Pebble's validator connects (the proxy's listeners).
-    fn start(dir: &Path, http_port: u16, tls_port: u16, validity_secs: Option<u64>) -> Pebble {
-        Pebble::start_with(dir, http_port, tls_port, validity_secs, &[])
-    }
-
-    fn start_with(
-        dir: &Path,
-        http_port: u16,
-        tls_port: u16,
-        validity_secs: Option<u64>,
-        env: &[(&str, &str)],
-    ) -> Pebble {
-        let dir = dir.join(format!("pebble-{}", free_port()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca = TestCa::new("pebble web CA");
-        let leaf = ca.issue(&["localhost", "127.0.0.1"]);
-        let (cert, key) = write_leaf(&dir, "pebble", &leaf);
-        let ca_roots = dir.join("roots.pem");
-        std::fs::write(&ca_roots, &ca.cert_pem).unwrap();
-        let dns = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let dns_management = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let dns_guard = ChildGuard::spawn(
-            Command::new("pebble-challtestsrv")
-                .args([
-                    "-defaultIPv4",
-                    "127.0.0.1",
-                    "-defaultIPv6",
-                    "",
-                    "-http01",
-                    "",
-                    "-https01",
-                    "",
-                    "-tlsalpn01",
-                    "",
-                ])
-                .arg("-dns01")
-                .arg(dns.to_string())
-                .arg("-management")
-                .arg(dns_management.to_string())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.join("challtestsrv.log")).unwrap()),
-        )
-        .expect("pebble-challtestsrv (apt-get install pebble)");
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let management = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut config = serde_json::json!({
-            "pebble": {
-                "listenAddress": listen.to_string(),
-                "managementListenAddress": management.to_string(),
-                "certificate": cert,
-                "privateKey": key,
-                "httpPort": http_port,
-                "tlsPort": tls_port,
-                "ocspResponderURL": "",
-                "externalAccountBindingRequired": false
-            }
-        });
-        if let Some(v) = validity_secs {
-            config["pebble"]["certificateValidityPeriod"] = v.into();
-        }
-        let config_file = dir.join("pebble.json");
-        std::fs::write(&config_file, config.to_string()).unwrap();
-        let pebble = ChildGuard::spawn(
-            Command::new("pebble")
-                .arg("-config")
-                .arg(&config_file)
-                .arg("-dnsserver")
-                .arg(dns.to_string())
-                // No artificial validation delays; nonces are rejected at Pebble's
-                // default rate (PEBBLE_WFE_NONCEREJECT unset), which the client survives.
-                .env("PEBBLE_VA_NOSLEEP", "1")
-                .envs(env.iter().copied())
-                .stdout(std::fs::File::create(dir.join("pebble.log")).unwrap())
-                .stderr(std::fs::File::create(dir.join("pebble.err")).unwrap()),
-        )
-        .expect("pebble");
-        wait_until(Duration::from_secs(20), || {
-            std::net::TcpStream::connect(listen).is_ok()
-        })
-        .expect("pebble listens");
-        Pebble {
-            _dns: dns_guard,
-            _pebble: pebble,
-            directory: format!("https://127.0.0.1:{}/dir", listen.port()),
-            ca_roots,
-            management,
-            dns_management,
-        }
-    }
-
-    /// Points `domain` at `ip` in the DNS Pebble's validator asks, or (`None`) back at
-    /// the default, 127.0.0.1.
-    fn resolve(&self, domain: &str, ip: Option<&str>) {
-        let (path, body) = match ip {
-            Some(ip) => (
-                "/add-a",
-                serde_json::json!({"host": format!("{domain}."), "addresses": [ip]}),
-            ),
-            None => (
-                "/clear-a",
-                serde_json::json!({"host": format!("{domain}.")}),
-            ),
-        };
-        let status = Command::new("curl")
-            .args(["-sSf", "--max-time", "20", "-d"])
-            .arg(body.to_string())
-            .arg(format!("http://{}{path}", self.dns_management))
-            .status()
-            .unwrap();
-        assert!(status.success(), "challtestsrv {path}");
-    }
-
-    /// The `[acme]` table for this Pebble.
-    fn acme_table(&self) -> String {
-        format!(
-            "[acme]\nemail = \"ops@example.com\"\ndirectory = \"{}\"\nca_roots = \"{}\"\n",
-            self.directory,
-            self.ca_roots.display()
-        )
-    }
-
-    /// The root that signs the certificates Pebble issues (new every run).
-    fn issuing_root(&self, dir: &Path) -> PathBuf {
-        let out = dir.join(format!("pebble-root-{}.pem", self.management.port()));
-        let status = Command::new("curl")
-            .args(["-sSf", "--max-time", "20", "--cacert"])
-            .arg(&self.ca_roots)
-            .arg("-o")
-            .arg(&out)
-            .arg(format!(
-                "https://127.0.0.1:{}/roots/0",
-                self.management.port()
-            ))
-            .status()
-            .unwrap();
-        assert!(status.success());
-        out
     }
 }
 
