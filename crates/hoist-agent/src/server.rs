@@ -1030,7 +1030,10 @@ pub(crate) fn deploy_of(query: &str) -> (Option<String>, String) {
             && v.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
     };
-    let app = query_param(query, "app").filter(safe).map(str::to_string);
+    // The app is recorded in the history: held to the app file's name rule (`..` is not one).
+    let app = query_param(query, "app")
+        .filter(|a| hoist_core::names::is_app_name(a))
+        .map(str::to_string);
     let actor = query_param(query, "actor")
         .filter(safe)
         .unwrap_or("unknown")
@@ -1393,6 +1396,14 @@ pub(crate) fn hostname() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_uploads_app_is_held_to_the_app_name_rule() {
+        assert_eq!(super::deploy_of("app=demo&actor=ci").0.as_deref(), Some("demo"));
+        for bad in ["..", ".", "a.b", "Probe", ""] {
+            assert_eq!(super::deploy_of(&format!("app={bad}")).0, None, "{bad}");
+        }
+    }
+
     #[test]
     fn percent_decoding_never_slices_through_a_character() {
         assert_eq!(super::percent_decode("%\u{e9}t\u{e9}"), "%\u{e9}t\u{e9}");
