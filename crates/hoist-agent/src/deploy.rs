@@ -1061,9 +1061,12 @@ impl Agent {
             env.push(("HOIST_URL".into(), url.to_string()));
         }
         let mut sh = tokio::process::Command::new("/bin/sh");
-        // Hooks run as the apps do (std drops the supplementary groups on the way).
+        // Hooks run as the apps do: the same user, its groups, and no_new_privs.
         if let Some(u) = &self.apps_user {
-            sh.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+            let creds = hoist_supervisor::creds::Credentials::of(&u.name).ok_or_else(|| {
+                Failure::new(format!("the apps' user `{}` no longer exists", u.name))
+            })?;
+            creds.drop_to(sh.as_std_mut());
         }
         let mut child = sh
             .arg("-c")

@@ -1398,7 +1398,10 @@ pub(crate) fn hostname() -> String {
 mod tests {
     #[test]
     fn an_uploads_app_is_held_to_the_app_name_rule() {
-        assert_eq!(super::deploy_of("app=demo&actor=ci").0.as_deref(), Some("demo"));
+        assert_eq!(
+            super::deploy_of("app=demo&actor=ci").0.as_deref(),
+            Some("demo")
+        );
         for bad in ["..", ".", "a.b", "Probe", ""] {
             assert_eq!(super::deploy_of(&format!("app={bad}")).0, None, "{bad}");
         }

@@ -551,7 +551,9 @@ fn a_root_agent_runs_apps_as_their_own_user() {
             "set -e; mount -t overlay overlay -o lowerdir=/etc,upperdir={e}/upper,workdir={e}/work /etc; \
              id -u hoist-apps >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
              --home-dir /nonexistent --shell /usr/sbin/nologin hoist-apps; \
-             id -u hoist-apps > {e}/uid; exec \"$0\" \"$@\"",
+             groupadd -f hoist-extra; usermod -aG hoist-extra hoist-apps; \
+             id -u hoist-apps > {e}/uid; getent group hoist-extra | cut -d: -f3 > {e}/extra; \
+             exec \"$0\" \"$@\"",
             e = etc.display()
         ),
     ];
@@ -567,9 +569,22 @@ fn a_root_agent_runs_apps_as_their_own_user() {
         hoist_testkit::testapp_bin().display()
     );
     let p = host.project("v1", "", "");
+    // The check hook notes its groups where the apps' user may write.
+    let shared = host.dir.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let check = format!("{} check", hoist_testkit::testapp_bin().display());
     let toml = std::fs::read_to_string(p.join("hoist.toml"))
         .unwrap()
-        .replacen("[deploy]", &job, 1);
+        .replacen("[deploy]", &job, 1)
+        .replacen(
+            &format!("command = \"{check}\""),
+            &format!(
+                "command = \"sh -c 'id -G > {}/hook-groups; exec {check}'\"",
+                shared.display()
+            ),
+            1,
+        );
     std::fs::write(p.join("hoist.toml"), toml).unwrap();
     // The deploy runs the app's `check` hook as the apps' user too.
     let out = host.deploy(&p);
@@ -582,6 +597,14 @@ fn a_root_agent_runs_apps_as_their_own_user() {
     for (id, pid) in &pids {
         assert_eq!(uid_of(*pid), apps_uid, "{id} runs as the apps' user");
     }
+    // Hooks keep the user's supplementary groups, as its instances do.
+    let extra = std::fs::read_to_string(etc.join("extra")).unwrap();
+    let hook_groups = std::fs::read_to_string(shared.join("hook-groups")).unwrap();
+    assert!(
+        hook_groups.split_whitespace().any(|g| g == extra.trim()),
+        "the check hook ran without the group {} (its groups: {hook_groups})",
+        extra.trim()
+    );
     // A job writes its data dir, as that user.
     let cfg = p.join("hoist.toml");
     let out = host.hoist(&["jobs", "run", "note", "-c", cfg.to_str().unwrap()]);
