@@ -491,7 +491,16 @@ impl Agent {
                             )
                         })
                         .unwrap_or_default();
+                    // A schedule starts with the deploy that declared it: right after a
+                    // deploy, "never taken" is not behind yet (unless attempts failed).
+                    let deployed_at = self
+                        .db(|s| s.history(Some(&spec.app), 1))
+                        .ok()
+                        .and_then(|h| h.first().map(|r| r.at_ms));
+                    let not_due =
+                        since.is_empty() && deployed_at.is_some_and(|at| now - at <= 2 * period);
                     match last_ok {
+                        None if not_due => {}
                         None => stale.push(format!(
                             "{who}: scheduled every {}, never taken{failed}",
                             human_ms(period)

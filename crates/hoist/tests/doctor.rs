@@ -567,6 +567,23 @@ fn a_damaged_state_database_is_found_refused_at_start_and_rebuilt_by_the_runbook
     );
 }
 
+/// A schedule starts with the deploy that declared it: right after that deploy, a backup
+/// not taken yet is not behind (only not verified: a warning).
+#[test]
+fn a_scheduled_backup_not_yet_due_is_not_stale_right_after_its_deploy() {
+    let h = Host::new();
+    let project = h.project(
+        "v1",
+        "",
+        "[backups.db]\nsqlite = \"app.db\"\nevery = \"1h\"\n",
+    );
+    let out = h.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (code, all) = doctor(&h, &project);
+    assert_eq!(status_of(&all, "backups.stale"), "warn", "{all:#?}");
+    assert_eq!(code, 0, "{all:#?}");
+}
+
 #[test]
 fn a_scheduled_backup_that_keeps_failing_goes_stale_in_doctor_and_alerts_then_recovers() {
     let receiver = common::Receiver::start();
