@@ -5,13 +5,14 @@
 # machine) stays the judge of requests/s, p99 and CPU per request (design §6).
 #
 #   cargo build --release -p hoist
-#   bash bench/proxy_instr.sh            (REQUESTS=20000 CONNS=8 WARMUP=2000)
+#   bash bench/proxy_instr.sh            (SECONDS_RUN=10 WARMUP=3 CONNS=8)
 #
 # Each proxy runs under `valgrind --tool=callgrind` (perf counters are not available in
 # this VM); the upstream is a native nginx answering `return 200 "blue\n"` (as in
-# ../shared/bench). wrk sends WARMUP requests, the proxy's counters are dumped, then
-# REQUESTS keep-alive requests, and the second dump's total divided by the requests wrk
-# counted is the figure. nginx runs one worker without a master (valgrind follows one
+# ../shared/bench). wrk warms the proxy up for WARMUP seconds, its counters are dumped,
+# then wrk runs SECONDS_RUN seconds of keep-alive requests, and the second dump's total
+# divided by the requests wrk completed is the figure (how many there are does not
+# matter: the figure is per request). nginx runs one worker without a master (valgrind follows one
 # process); hoist runs its usual workers (valgrind runs their threads one at a time, and
 # counts them all). Prints one line per proxy and the ratio. No thresholds.
 set -euo pipefail
@@ -19,8 +20,8 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 bin=${HOIST_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/hoist}
-requests=${REQUESTS:-20000}
-warmup=${WARMUP:-2000}
+run_s=${SECONDS_RUN:-10}
+warmup=${WARMUP:-3}
 conns=${CONNS:-8}
 base=${PORT_BASE:-19480}
 up_port=$base
@@ -77,19 +78,9 @@ wait_http() { # URL
   return 1
 }
 
-# The count script: each wrk thread stops after its share of requests.
-cat >"$work/count.lua" <<'EOF'
-local limit = tonumber(os.getenv("WRK_LIMIT"))
-local seen = 0
-function response(status, headers, body)
-  seen = seen + 1
-  if seen >= limit then wrk.thread:stop() end
-end
-EOF
-
-# run_wrk N: sends about N keep-alive requests; prints how many completed.
-run_wrk() { # PORT N
-  WRK_LIMIT=$(($2 / conns)) wrk -t1 -c"$conns" -d600s -s "$work/count.lua" "http://127.0.0.1:$1/" >"$work/wrk.out" 2>&1
+# run_wrk PORT SECONDS: keep-alive requests for that long; prints how many completed.
+run_wrk() {
+  wrk -t1 -c"$conns" -d"$2"s "http://127.0.0.1:$1/" >"$work/wrk.out" 2>&1
   grep -Eo '^ *[0-9]+ requests in' "$work/wrk.out" | grep -Eo '[0-9]+'
 }
 
@@ -103,9 +94,9 @@ measure() {
   local name=$1 port=$2 pid=$3 out=$4 done_n total i
   wait_http "http://127.0.0.1:$port/"
   run_wrk "$port" "$warmup" >/dev/null
-  callgrind_control -d "$pid" >/dev/null
-  done_n=$(run_wrk "$port" "$requests")
-  callgrind_control -d "$pid" >/dev/null
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  done_n=$(run_wrk "$port" "$run_s")
+  callgrind_control -d "$pid" >/dev/null 2>&1
   # The dumps are numbered; the newest is the measured stretch.
   local last
   last=$(ls -1 "$out".* 2>/dev/null | sort -t. -k3 -n | tail -1)
