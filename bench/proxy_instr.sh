@@ -15,6 +15,8 @@
 # matter: the figure is per request). nginx runs one worker without a master (valgrind follows one
 # process); hoist runs its usual workers (valgrind runs their threads one at a time, and
 # counts them all). Prints one line per proxy and the ratio. No thresholds.
+# KEEP=DIR keeps the measured callgrind dumps there (DIR/nginx.cg, DIR/hoist.cg) for
+# `callgrind_annotate`.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -101,6 +103,7 @@ measure() {
   local last
   last=$(ls -1 "$out".* 2>/dev/null | sort -t. -k3 -n | tail -1)
   total=$(dump_total "$last")
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$last" "$KEEP/$name.cg"; fi
   echo "$name $total $done_n" | awk '{printf "%-6s %8.0f instructions/request  (%d requests, %.0f instructions)\n", $1, $2 / $3, $3, $2}' >&2
   awk -v t="$total" -v n="$done_n" 'BEGIN { printf "%.0f\n", t / n }'
 }
