@@ -1,15 +1,16 @@
 //! The request path: pick a route and an upstream, rewrite the headers at the edge
-//! (hop-by-hop out, X-Forwarded-* and a request id in), send the request on a pooled
-//! upstream connection, and stream the response back while counting it.
+//! (hop-by-hop out, X-Forwarded-* and a request id in), send the request with the
+//! proxy's own upstream client (`upstream`) on this request's task, and stream the
+//! response back while counting it.
 //!
 //! Retries happen only when nothing of the request reached an upstream (connect refused
-//! or timed out, or a pooled connection that hyper hands the request back from). It must
-//! not block the worker thread, and it never answers a request that raced a swap with an
-//! error: a claim on a draining upstream is dropped and the route looked up again.
+//! or timed out), or once, on a fresh connection, when a kept connection died before
+//! answering and the request is safe to send again. It must not block the worker thread,
+//! and it never answers a request that raced a swap with an error: a claim on a draining
+//! upstream is dropped and the route looked up again.
 
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -19,35 +20,23 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 
 use crate::table::{now_ms, InFlight, RouteEntry, Table, Upstream};
+use crate::upstream::{self, Failure, ReqBody, ResponseBody};
 use crate::worker::Worker;
 use crate::Shared;
 
 /// How many upstream attempts one request may make (claims on draining members, refused
-/// connects, connections that handed the request back).
+/// connects, a kept connection that died under a request that is safe to send again).
 const MAX_ATTEMPTS: usize = 8;
-/// How many times a bodiless idempotent request is sent again after a kept connection
-/// failed under it.
-const MAX_REPLAYS: usize = 2;
-/// Idle upstream connections kept per upstream and worker thread.
-const POOL_MAX_IDLE: usize = 512;
 
 thread_local! {
     /// This worker thread's view of the published table: re-read only when the version
     /// moves, so the request path takes no lock.
     static TABLE: RefCell<Option<(u64, Arc<Table>)>> = const { RefCell::new(None) };
-    /// Idle upstream connections of this worker thread. Each worker runs a
-    /// current-thread runtime, so a connection's task runs where its pool is.
-    // A list, not a hash map: a worker talks to a handful of upstreams, and a scan of
-    // a few addresses costs less than hashing one (twice per request).
-    static POOL: RefCell<Vec<(SocketAddr, Vec<SendRequest<ClientBody>>)>> = const { RefCell::new(Vec::new()) };
     static REQUEST_SEQ: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
-    static POOL_RETURNS: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Runs `f` on this thread's current snapshot.
@@ -61,187 +50,6 @@ pub(crate) fn with_table<R>(shared: &Shared, f: impl FnOnce(&Table) -> R) -> R {
         let (_, table) = slot.as_ref().expect("just filled");
         f(table)
     })
-}
-
-fn pool_checkout(addr: SocketAddr) -> Option<SendRequest<ClientBody>> {
-    POOL.with(|pool| {
-        let mut pool = pool.borrow_mut();
-        let (_, idle) = pool.iter_mut().find(|(a, _)| *a == addr)?;
-        while let Some(conn) = idle.pop() {
-            if conn.is_ready() {
-                return Some(conn);
-            }
-            // Closed by the upstream while idle (or not ready): drop it.
-        }
-        None
-    })
-}
-
-fn pool_return(addr: SocketAddr, conn: SendRequest<ClientBody>) {
-    POOL.with(|pool| {
-        let mut pool = pool.borrow_mut();
-        // Now and then forget connections to upstreams that went away (each deploy
-        // brings new addresses; their idle connections are closed, never checked out).
-        let n = POOL_RETURNS.with(|c| {
-            c.set(c.get().wrapping_add(1));
-            c.get()
-        });
-        if n % 4096 == 0 {
-            pool.retain_mut(|(_, idle)| {
-                idle.retain(|c| !c.is_closed());
-                !idle.is_empty()
-            });
-        }
-        let idle = match pool.iter().position(|(a, _)| *a == addr) {
-            Some(i) => &mut pool[i].1,
-            None => {
-                pool.push((addr, Vec::new()));
-                &mut pool.last_mut().expect("just pushed").1
-            }
-        };
-        if idle.len() < POOL_MAX_IDLE {
-            idle.push(conn);
-        }
-    })
-}
-
-/// Hands a connection whose response just ended back to the pool, once hyper says it
-/// can take the next request (usually at once; otherwise when its task catches up).
-fn recycle(addr: SocketAddr, mut conn: SendRequest<ClientBody>) {
-    if conn.is_ready() {
-        pool_return(addr, conn);
-    } else if !conn.is_closed() {
-        tokio::spawn(async move {
-            if conn.ready().await.is_ok() {
-                pool_return(addr, conn);
-            }
-        });
-    }
-}
-
-/// What became of a client's request body on its way up, shared between the body (moved
-/// into hyper's client) and the request path that reads it after a failure.
-#[derive(Debug, Default)]
-pub(crate) struct BodyState {
-    flags: std::sync::atomic::AtomicU8,
-    /// `now_ms()` when the last byte was handed on (0: not yet).
-    done_at: std::sync::atomic::AtomicU64,
-}
-
-impl BodyState {
-    const MALFORMED: u8 = 1;
-    const STALLED: u8 = 2;
-
-    fn set(&self, flag: u8) {
-        self.flags.fetch_or(flag, Ordering::Relaxed);
-    }
-
-    fn has(&self, flag: u8) -> bool {
-        self.flags.load(Ordering::Relaxed) & flag != 0
-    }
-
-    fn finish(&self) {
-        let _ = self
-            .done_at
-            .compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed);
-    }
-
-    /// When the whole body had been passed on, if it has.
-    fn done_at(&self) -> Option<u64> {
-        Some(self.done_at.load(Ordering::Relaxed)).filter(|t| *t != 0)
-    }
-}
-
-/// A client's request body on its way up: fails when the client sends nothing for
-/// `timeout` (a slow or stalled upload must not pin a connection and an upstream slot),
-/// and records whether it ended, or failed by the client's fault (a malformed chunk, a
-/// stall), so the failure is answered as the client's and never counted against the
-/// release.
-pub(crate) struct ClientBody {
-    /// `None` for a request replayed without a body, or whose body was read whole first.
-    inner: Option<Incoming>,
-    /// A body read whole before it is sent (to enforce a route's body limit).
-    buffered: Option<Bytes>,
-    timeout: std::time::Duration,
-    // Made only when the body first waits: most requests have none.
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    state: Arc<BodyState>,
-}
-
-impl ClientBody {
-    fn new(inner: Incoming, timeout: std::time::Duration, state: Arc<BodyState>) -> ClientBody {
-        if inner.is_end_stream() {
-            state.finish();
-        }
-        ClientBody {
-            inner: Some(inner),
-            buffered: None,
-            timeout,
-            timer: None,
-            state,
-        }
-    }
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(this.buffered.take().map(|b| Ok(Frame::data(b))));
-        };
-        match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                if let Some(timer) = this.timer.as_mut() {
-                    timer
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + this.timeout);
-                }
-                match &frame {
-                    Some(Err(_)) => this.state.set(BodyState::MALFORMED),
-                    None => this.state.finish(),
-                    Some(Ok(_)) if this.inner.as_ref().is_none_or(|i| i.is_end_stream()) => {
-                        this.state.finish()
-                    }
-                    Some(Ok(_)) => {}
-                }
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-            }
-            Poll::Pending => {
-                let timeout = this.timeout;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                if timer.as_mut().poll(cx).is_ready() {
-                    this.state.set(BodyState::STALLED);
-                    return Poll::Ready(Some(Err(format!(
-                        "the client sent no body data for {timeout:?}"
-                    )
-                    .into())));
-                }
-                Poll::Pending
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Some(i) => i.is_end_stream(),
-            None => self.buffered.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Some(i) => i.size_hint(),
-            None => SizeHint::with_exact(self.buffered.as_ref().map_or(0, |b| b.len() as u64)),
-        }
-    }
 }
 
 /// The body of every response the proxy sends.
@@ -264,7 +72,7 @@ impl ProxyBody {
 
 /// An upstream response body and what to do when it ends.
 pub(crate) struct UpstreamBody {
-    body: Incoming,
+    body: ResponseBody,
     guard: Exchange,
 }
 
@@ -278,12 +86,12 @@ impl Drop for UpstreamBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         match self.get_mut() {
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Upstream(up) => {
@@ -320,10 +128,10 @@ impl Body for ProxyBody {
 }
 
 /// One exchange with an upstream, from the response head to the end of its body: holds
-/// the in-flight claim (what draining waits for) and the connection to recycle.
+/// the in-flight claim (what draining waits for) until the body is done.
 struct Exchange {
+    #[allow(dead_code)] // held for its drop
     claim: InFlight,
-    conn: Option<SendRequest<ClientBody>>,
     route: Arc<RouteEntry>,
     bytes: u64,
     complete: bool,
@@ -335,11 +143,6 @@ struct Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         self.route.counters.finish(self.bytes);
-        if let Some(conn) = self.conn.take() {
-            if self.complete {
-                recycle(self.claim.0.addr, conn);
-            }
-        }
         if let (Some(mut entry), Some(log)) =
             (self.log.take(), self.worker.shared.access_log.as_ref())
         {
@@ -349,60 +152,16 @@ impl Drop for Exchange {
     }
 }
 
-/// Why an upstream gave no response.
-// Lives only between a send and its match, so its size costs nothing.
-#[allow(clippy::large_enum_variant)]
-enum SendError {
-    /// Nothing of the request left the proxy; `req` comes back for another attempt.
-    NotSent(Request<ClientBody>),
-    /// The request may have reached the upstream: never retried.
-    Failed(String),
-    Timeout,
-}
-
-/// Connects to an upstream; every failure here means nothing was sent.
-async fn connect(
-    shared: &Shared,
-    up: &Upstream,
-    upgrades: bool,
-) -> Result<SendRequest<ClientBody>, String> {
-    let stream = match tokio::time::timeout(
-        shared.limits.connect_timeout,
-        tokio::net::TcpStream::connect(up.addr),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+/// Connects to an upstream; a failure ejects it for a while (passive health).
+async fn connect(shared: &Shared, up: &Upstream) -> Result<upstream::Conn, String> {
+    match upstream::connect(up.addr, shared.limits.connect_timeout).await {
+        Ok(c) => Ok(c),
+        Err(e) => {
             // Passive health: skip a member that cannot be reached, longer each time.
             up.connect_failed(shared.limits.refused_backoff);
-            return Err(format!("connect: {e}"));
+            Err(format!("connect: {e}"))
         }
-        Err(_) => {
-            up.connect_failed(shared.limits.refused_backoff);
-            return Err("connect timed out".into());
-        }
-    };
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let addr = up.addr;
-    if upgrades {
-        tokio::spawn(async move {
-            if let Err(error) = conn.with_upgrades().await {
-                tracing::debug!(%addr, %error, "upstream connection ended");
-            }
-        });
-    } else {
-        tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                tracing::debug!(%addr, %error, "upstream connection ended");
-            }
-        });
     }
-    Ok(sender)
 }
 
 /// Serves one request from a client at `peer`.
@@ -473,17 +232,8 @@ async fn proxy(
         }
         route_trusted = route.guards.is_trusted(peer.addr.ip());
     }
-    let request_id = prepare_request(&mut req, &peer, shared, websocket, &host, route_trusted);
-    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-        // The upstream gets the origin form of an absolute-form target.
-        let origin = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        if let Ok(uri) = origin.parse() {
-            *req.uri_mut() = uri;
-        }
-    }
-    // Upstream connections are HTTP/1.1 keep-alive whatever the client speaks.
-    *req.version_mut() = hyper::Version::HTTP_11;
-    let path = req.uri().path().to_owned();
+    let (request_id, added) =
+        prepare_request(&mut req, &peer, shared, websocket, &host, route_trusted);
     let mut log = shared
         .access_log
         .as_ref()
@@ -507,23 +257,38 @@ async fn proxy(
     } else {
         None
     };
-    let body_state = Arc::new(BodyState::default());
-    let mut req =
-        req.map(|body| ClientBody::new(body, shared.limits.body_timeout, body_state.clone()));
+    let (parts, body) = req.into_parts();
+    let mut body = ReqBody::new(body);
     if let Some(max) = guarded.as_ref().and_then(|r| r.guards.max_body) {
         // A body of unknown length is read whole (up to the limit) before anything is
         // sent, so the upstream never sees a byte of one that is too large.
-        if !req.body().is_end_stream() && req.body().size_hint().exact().is_none() {
-            let route = guarded.as_ref().expect("checked");
-            if let Err(resp) = Box::pin(buffer_body(&mut req, max, route, &body_state)).await {
-                return Ok(resp);
+        if let ReqBody::Stream { body: incoming, .. } = &mut body {
+            if incoming.size_hint().exact().is_none() {
+                let route = guarded.as_ref().expect("checked");
+                let limits = &shared.limits;
+                match Box::pin(buffer_body(incoming, max, route, limits.body_timeout)).await {
+                    Ok(whole) => body = whole,
+                    Err(resp) => return Ok(resp),
+                }
             }
         }
     }
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let outgoing = upstream::Outgoing {
+        method: &parts.method,
+        target,
+        headers: &parts.headers,
+        added: &added,
+    };
+    let timeouts = upstream::Timeouts {
+        response: shared.limits.response_timeout,
+        body_idle: shared.limits.body_timeout,
+    };
 
-    let mut req = Some(req);
     let mut tried: u64 = 0;
-    let mut replays = 0;
+    // After a kept connection died under the request, it is sent once more, on a
+    // fresh connection.
+    let mut replayed = false;
     let mut last_route: Option<Arc<RouteEntry>> = None;
     let mut error = String::from("no healthy upstream");
     let mut sticky = crate::canary::Sticky::for_request(req.as_ref());
@@ -531,10 +296,10 @@ async fn proxy(
         // The claim is taken inside the lookup: one reference count per request on
         // shared state instead of two (they bounce between cores).
         let picked = with_table(shared, |table| {
-            let route = table.lookup(&host, &path)?;
+            let route = table.lookup(&host, parts.uri.path())?;
             // A route with a canary sends a share of clients to its canary side.
             let route = sticky
-                .side(route, req.as_ref().map(|r| r.headers()), peer.addr.ip())
+                .side(route, Some(&parts.headers), peer.addr.ip())
                 .clone();
             let claim = route.pick(tried, now_ms()).map(|(i, u)| (i, u.claim()));
             Some((route, claim))
@@ -561,13 +326,17 @@ async fn proxy(
             continue;
         };
         let upstream = &claim.0;
-        let pooled = pool_checkout(upstream.addr).filter(|_| !websocket);
-        let reused = pooled.is_some();
+        // A tunnel takes its connection for good: always a fresh one.
+        let pooled = if websocket || replayed {
+            None
+        } else {
+            upstream::checkout(upstream.addr)
+        };
         let conn = match pooled {
             Some(c) => Ok(c),
             // Boxed: a fresh connection is the rare path, and its future would make
-            // every request's future (moved several times per request) larger.
-            None => Box::pin(connect(shared, upstream, websocket)).await,
+            // every request's future larger.
+            None => Box::pin(connect(shared, upstream)).await,
         };
         let mut conn = match conn {
             Ok(c) => c,
@@ -578,48 +347,24 @@ async fn proxy(
                 continue;
             }
         };
-        let outgoing = req.take().expect("request present until sent");
-        // A kept connection may die under the request (its instance was killed, or it
-        // closed it as idle at that moment). A bodiless idempotent request is then sent
-        // again elsewhere (as nginx does); anything else is not retried.
-        let replay = (reused
-            && replays < MAX_REPLAYS
-            && body_state.done_at().is_some()
-            && idempotent(outgoing.method()))
-        .then(|| {
-            (
-                outgoing.method().clone(),
-                outgoing.uri().clone(),
-                outgoing.headers().clone(),
-            )
-        });
-        let sent = await_response(
-            conn.try_send_request(outgoing),
-            &body_state,
-            shared.limits.response_timeout,
-        )
-        .await;
-        let result = match sent {
-            Err(()) => Err(SendError::Timeout),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(mut e)) => match e.take_message() {
-                Some(back) => Err(SendError::NotSent(back)),
-                None => Err(SendError::Failed(e.into_error().to_string())),
-            },
-        };
-        match result {
-            Ok(mut resp) => {
+        match upstream::exchange(&mut conn, &outgoing, &mut body, timeouts).await {
+            Ok(head) => {
                 upstream.answered();
                 let counters = &route.counters;
                 let latency = started.elapsed();
-                counters.response(method, resp.status().as_u16(), latency);
+                let status = head.status;
+                counters.response(method, status.as_u16(), latency);
                 if let Some(entry) = log.as_mut() {
                     entry.route.clone_from(&route.id);
                     entry.release.clone_from(&counters.release);
-                    entry.status = resp.status().as_u16();
+                    entry.status = status.as_u16();
                     entry.upstream = Some(upstream.addr);
                 }
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                let reader = ResponseBody::new(conn, &head);
+                let mut resp = Response::new(ProxyBody::empty());
+                *resp.status_mut() = status;
+                *resp.headers_mut() = head.headers;
+                if status == StatusCode::SWITCHING_PROTOCOLS {
                     let Some(client_upgrade) = client_upgrade else {
                         // Only WebSocket upgrades are tunnelled (no h2c, no others).
                         counters.upstream_error();
@@ -632,47 +377,34 @@ async fn proxy(
                             None,
                         ));
                     };
-                    let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                    crate::websocket::spawn_tunnel(
-                        &worker,
-                        claim,
-                        client_upgrade,
-                        upstream_upgrade,
-                    );
+                    if let Some(up) = reader.into_upgraded() {
+                        crate::websocket::spawn_tunnel(&worker, claim, client_upgrade, up);
+                    }
                     if let (Some(entry), Some(access)) = (log, shared.access_log.as_ref()) {
                         access.write(&entry);
                     }
-                    let (parts, _) = resp.into_parts();
-                    return Ok(Response::from_parts(parts, ProxyBody::empty()));
+                    return Ok(resp);
                 }
                 strip_hop_by_hop(resp.headers_mut());
                 if let Some(cookie) = sticky.cookie() {
                     resp.headers_mut().append(header::SET_COOKIE, cookie);
                 }
                 counters.start();
-                let (parts, body) = resp.into_parts();
                 let exchange = Exchange {
                     claim,
-                    conn: (!websocket).then_some(conn),
                     route: last_route.take().expect("set above"),
                     bytes: 0,
                     complete: false,
                     log,
                     worker: worker.clone(),
                 };
-                let body = ProxyBody::Upstream(UpstreamBody {
-                    body,
+                *resp.body_mut() = ProxyBody::Upstream(UpstreamBody {
+                    body: reader,
                     guard: exchange,
                 });
-                return Ok(Response::from_parts(parts, body));
+                return Ok(resp);
             }
-            Err(SendError::NotSent(back)) => {
-                // A pooled connection that closed before the request went out: the
-                // same member may still be fine on a fresh connection.
-                req = Some(back);
-                error = "upstream connection closed".into();
-            }
-            Err(SendError::Failed(_)) if body_state.has(BodyState::MALFORMED) => {
+            Err(Failure::ClientBody) => {
                 // The client's body broke its own framing (a bad chunk size, a bare LF):
                 // a bad request, never an upstream error counted against the release.
                 tracing::info!(peer = %peer.addr, route = %route.id, "malformed request body from the client; answered 400");
@@ -688,7 +420,7 @@ async fn proxy(
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 return Ok(resp);
             }
-            Err(SendError::Failed(_)) if body_state.has(BodyState::STALLED) => {
+            Err(Failure::ClientStalled) => {
                 tracing::info!(peer = %peer.addr, route = %route.id, "the client stopped sending its body; answered 408");
                 let mut resp = finish_error(
                     shared,
@@ -702,24 +434,17 @@ async fn proxy(
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 return Ok(resp);
             }
-            Err(SendError::Failed(e)) if replay.is_some() => {
-                let (method, uri, headers) = replay.expect("checked");
-                tracing::debug!(addr = %upstream.addr, error = %e, "a kept upstream connection failed under a bodiless idempotent request; sending it again");
-                replays += 1;
-                let mut again = Request::new(ClientBody {
-                    inner: None,
-                    buffered: None,
-                    timeout: shared.limits.body_timeout,
-                    timer: None,
-                    state: body_state.clone(),
-                });
-                *again.method_mut() = method;
-                *again.uri_mut() = uri;
-                *again.headers_mut() = headers;
-                req = Some(again);
+            Err(Failure::Upstream {
+                error: e,
+                retry_safe: true,
+            }) if !replayed => {
+                // A kept connection died under the request (its instance was killed, or
+                // it closed it as idle at that moment): sent again, as nginx does.
+                tracing::debug!(addr = %upstream.addr, error = %e, "a kept upstream connection failed before answering; sending the request again");
+                replayed = true;
                 error = e;
             }
-            Err(SendError::Failed(e)) => {
+            Err(Failure::Upstream { error: e, .. }) => {
                 route.counters.upstream_error();
                 tracing::debug!(addr = %upstream.addr, error = %e, "upstream failed mid-request; not retried");
                 return Ok(finish_error(
@@ -731,7 +456,7 @@ async fn proxy(
                     Some(route),
                 ));
             }
-            Err(SendError::Timeout) => {
+            Err(Failure::Timeout) => {
                 route.counters.upstream_error();
                 return Ok(finish_error(
                     shared,
@@ -856,17 +581,17 @@ async fn guard(
 /// Reads a body of unknown length whole, up to `max` bytes: 413 past it (the rest is
 /// never read; the connection closes), 400/408 when the client breaks or stalls it.
 async fn buffer_body(
-    req: &mut Request<ClientBody>,
+    body: &mut Incoming,
     max: u64,
     route: &Arc<RouteEntry>,
-    state: &BodyState,
-) -> Result<(), Response<ProxyBody>> {
+    idle: std::time::Duration,
+) -> Result<ReqBody, Response<ProxyBody>> {
     use http_body_util::BodyExt;
     let mut buf = bytes::BytesMut::new();
     loop {
-        match req.body_mut().frame().await {
-            None => break,
-            Some(Ok(frame)) => {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     if (buf.len() + data.len()) as u64 > max {
                         route.counters.guarded(crate::stats::Guard::TooLarge);
@@ -879,8 +604,8 @@ async fn buffer_body(
                     buf.extend_from_slice(data);
                 }
             }
-            Some(Err(_)) => {
-                let (status, why) = if state.has(BodyState::STALLED) {
+            failed => {
+                let (status, why) = if failed.is_err() {
                     (StatusCode::REQUEST_TIMEOUT, "the request body stalled\n")
                 } else {
                     (StatusCode::BAD_REQUEST, "malformed request body\n")
@@ -893,51 +618,11 @@ async fn buffer_body(
             }
         }
     }
-    let body = req.body_mut();
-    body.inner = None;
-    body.buffered = (!buf.is_empty()).then(|| buf.freeze());
-    Ok(())
-}
-
-/// Methods that may be sent twice (RFC 9110 §9.2.2), minus those that usually carry a
-/// body worth keeping.
-fn idempotent(m: &hyper::Method) -> bool {
-    matches!(
-        *m,
-        hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS
-    )
-}
-
-/// Waits for the upstream's response head. The response timeout runs from the moment
-/// the whole request body was passed on: a slow but steady upload is not the upstream's
-/// delay (a stalled one is cut by the body-idle timeout in [`ClientBody`]).
-async fn await_response<F, T>(
-    send: F,
-    body: &BodyState,
-    timeout: std::time::Duration,
-) -> Result<T, ()>
-where
-    F: Future<Output = T>,
-{
-    tokio::pin!(send);
-    loop {
-        let wait = match body.done_at() {
-            Some(at) => timeout.saturating_sub(std::time::Duration::from_millis(
-                now_ms().saturating_sub(at),
-            )),
-            None => timeout,
-        };
-        match tokio::time::timeout(wait, send.as_mut()).await {
-            Ok(out) => return Ok(out),
-            Err(_) => {
-                if let Some(at) = body.done_at() {
-                    if now_ms().saturating_sub(at) >= timeout.as_millis() as u64 {
-                        return Err(());
-                    }
-                }
-            }
-        }
-    }
+    Ok(if buf.is_empty() {
+        ReqBody::Empty
+    } else {
+        ReqBody::Full(buf.freeze())
+    })
 }
 
 /// Refuses what no upstream should see (RFC 9112): CONNECT (405), a request target that
@@ -1086,12 +771,16 @@ fn present(headers: &HeaderMap, names: &[HeaderName]) -> u32 {
 }
 
 /// Removes the hop-by-hop headers and every header that `Connection` names, except
-/// those that frame or route the message (hyper frames it again on the next hop).
+/// those that frame or route the message (they are framed again on the next hop).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let found = present(headers, &HOP_BY_HOP);
-    if found == 0 {
-        return;
+    if found != 0 {
+        strip_found(headers, found);
     }
+}
+
+/// [`strip_hop_by_hop`] once [`present`] found them (bits as in `HOP_BY_HOP`).
+fn strip_found(headers: &mut HeaderMap, found: u32) {
     if found & 1 != 0 && connection_names_others(headers) {
         // HOP_BY_HOP[0] is Connection: the headers it names go too.
         let named: Vec<HeaderName> = headers
@@ -1131,15 +820,41 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-/// What only a trusted peer may send.
-static SPOOFABLE: [HeaderName; 4] = [
+
+/// What the edge looks for in a client's headers, found in one pass (see [`present`]):
+/// the hop-by-hop headers (bits 0..9), then these.
+static EDGE: [HeaderName; 15] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
     HeaderName::from_static("forwarded"),
     HeaderName::from_static("x-forwarded-proto"),
     HeaderName::from_static("x-forwarded-host"),
     HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-request-id"),
 ];
+/// The bits of `HOP_BY_HOP` (the first nine of `EDGE`).
+const HOP_BITS: u32 = (1 << 9) - 1;
+/// `forwarded` and the X-Forwarded-* headers: what only a trusted peer may send.
+const SPOOFABLE_BITS: u32 = 0b1111 << 9;
+const XFP_BIT: u32 = 1 << 10;
+const XFH_BIT: u32 = 1 << 11;
+const XFF_BIT: u32 = 1 << 12;
+const REAL_IP_BIT: u32 = 1 << 13;
+const REQUEST_ID_BIT: u32 = 1 << 14;
+static CONNECTION: HeaderName = header::CONNECTION;
+static UPGRADE: HeaderName = header::UPGRADE;
 
-/// Rewrites the client's headers for the upstream and returns the request id.
+/// Rewrites the client's headers for the upstream: what must not go up is removed from
+/// the map (most requests carry none of it), and what the proxy adds is returned to be
+/// written after them (no map insert per request). Returns the request id too.
 fn prepare_request(
     req: &mut Request<Incoming>,
     peer: &Peer,
@@ -1147,67 +862,98 @@ fn prepare_request(
     websocket: bool,
     host: &str,
     route_trusted: bool,
-) -> HeaderValue {
+) -> (HeaderValue, Added) {
     let https = req.extensions().get::<crate::tls::Https>().is_some();
     let headers = req.headers_mut();
-    let upgrade = if websocket {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    };
-    strip_hop_by_hop(headers);
-    if let Some(upgrade) = upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, upgrade);
+    let mut added = Added::default();
+    let found = present(headers, &EDGE);
+    if websocket {
+        if let Some(upgrade) = headers.get(header::UPGRADE).cloned() {
+            added.push(&CONNECTION, HeaderValue::from_static("upgrade"));
+            added.push(&UPGRADE, upgrade);
+        }
+    }
+    if found & HOP_BITS != 0 {
+        strip_found(headers, found);
     }
     let trusted = route_trusted || shared.trusted_proxies.contains(&peer.addr.ip());
-    let xff = if trusted && headers.contains_key(&X_FORWARDED_FOR) {
+    if trusted && found & XFF_BIT != 0 {
+        // A trusted peer may send several lines: folded into one, the peer added. (Kept
+        // in the map: a canary's stickiness may key on it.)
         let prev: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
         let joined = format!("{}, {}", prev.join(", "), peer.addr.ip());
-        HeaderValue::from_str(&joined).unwrap_or_else(|_| peer.ip_header.clone())
+        let xff = HeaderValue::from_str(&joined).unwrap_or_else(|_| peer.ip_header.clone());
+        headers.insert(X_FORWARDED_FOR.clone(), xff);
     } else {
-        peer.ip_header.clone()
-    };
-    if trusted {
-        // A trusted peer may send several lines; they were folded into `xff` above.
-        headers.remove(&X_FORWARDED_FOR);
-    } else {
-        let found = present(headers, &SPOOFABLE);
-        for (i, name) in SPOOFABLE.iter().enumerate() {
-            if found & (1 << i) != 0 {
-                headers.remove(name);
+        if !trusted && found & SPOOFABLE_BITS != 0 {
+            for (i, name) in EDGE.iter().enumerate() {
+                if found & SPOOFABLE_BITS & (1 << i) != 0 {
+                    headers.remove(name);
+                }
             }
         }
+        added.push(&X_FORWARDED_FOR, peer.ip_header.clone());
     }
-    headers.insert(X_FORWARDED_FOR.clone(), xff);
-    if !trusted || !headers.contains_key(&X_REAL_IP) {
+    if !trusted || found & REAL_IP_BIT == 0 {
         // A client's own X-Real-IP would pass for one the proxy set.
-        headers.insert(X_REAL_IP.clone(), peer.ip_header.clone());
+        if found & REAL_IP_BIT != 0 {
+            headers.remove(&X_REAL_IP);
+        }
+        added.push(&X_REAL_IP, peer.ip_header.clone());
     }
-    // (From an untrusted peer these were removed above: no lookup needed.)
-    if !trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
+    // (From an untrusted peer these were removed above.)
+    if !trusted || found & XFP_BIT == 0 {
         let proto = if https { "https" } else { "http" };
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+        added.push(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if (!trusted || !headers.contains_key(&X_FORWARDED_HOST)) && !host.is_empty() {
-        if let Some(v) = headers.get(header::HOST).cloned() {
-            headers.insert(X_FORWARDED_HOST.clone(), v);
+    if (!trusted || found & XFH_BIT == 0) && !host.is_empty() {
+        if let Some(v) = headers.get(header::HOST) {
+            added.push(&X_FORWARDED_HOST, v.clone());
         }
     }
-    match headers
-        .get(&X_REQUEST_ID)
-        .filter(|v| valid_request_id(v.as_bytes()))
-    {
-        Some(id) => id.clone(),
+    let kept = if found & REQUEST_ID_BIT != 0 {
+        headers
+            .get(&X_REQUEST_ID)
+            .filter(|v| valid_request_id(v.as_bytes()))
+            .cloned()
+    } else {
+        None
+    };
+    let id = match kept {
+        Some(id) => id,
         None => {
+            if found & REQUEST_ID_BIT != 0 {
+                headers.remove(&X_REQUEST_ID);
+            }
             let id = new_request_id(&shared.request_id_prefix);
-            headers.insert(X_REQUEST_ID.clone(), id.clone());
+            added.push(&X_REQUEST_ID, id.clone());
             id
         }
+    };
+    (id, added)
+}
+
+/// Headers the proxy adds on the way up, written after the client's own.
+#[derive(Default)]
+pub(crate) struct Added {
+    items: [Option<(&'static HeaderName, HeaderValue)>; 7],
+}
+
+impl Added {
+    fn push(&mut self, name: &'static HeaderName, value: HeaderValue) {
+        if let Some(slot) = self.items.iter_mut().find(|s| s.is_none()) {
+            *slot = Some((name, value));
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.items
+            .iter()
+            .map_while(|s| s.as_ref().map(|(n, v)| (*n, v)))
     }
 }
 
@@ -1246,7 +992,7 @@ fn new_request_id(prefix: &str) -> HeaderValue {
 
 /// `n` in lowercase hex without leading zeros, at the start of `out` (17 bytes are
 /// enough); returns the length.
-fn write_hex(out: &mut [u8], n: u64) -> usize {
+pub(crate) fn write_hex(out: &mut [u8], n: u64) -> usize {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
     for i in 0..digits {
@@ -1296,6 +1042,18 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn the_edge_names_start_with_the_hop_by_hop_ones() {
+        assert_eq!(EDGE[..HOP_BY_HOP.len()], HOP_BY_HOP);
+        assert_eq!(EDGE[12], X_FORWARDED_FOR);
+        assert_eq!(EDGE[13], X_REAL_IP);
+        assert_eq!(EDGE[14], X_REQUEST_ID);
+        assert_eq!(
+            (EDGE[10].as_str(), EDGE[11].as_str()),
+            ("x-forwarded-proto", "x-forwarded-host")
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod table;
 mod timed_io;
 pub mod tls;
 mod upgrade;
+mod upstream;
 mod websocket;
 mod worker;
 

@@ -1,7 +1,7 @@
 //! The client socket with a write timeout: a client that stops reading (or reads a byte
 //! a second) cannot hold a connection, an upstream connection and a drain open for
 //! ever. Reads pass through (hyper times the request head itself; the body has its own
-//! idle timeout in `forward`), watched by `framing`'s scanner.
+//! idle timeout in `upstream`), watched by `framing`'s scanner.
 
 use std::future::Future;
 use std::io;

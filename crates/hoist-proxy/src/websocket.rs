@@ -39,7 +39,7 @@ pub(crate) fn spawn_tunnel(
     worker: &Arc<Worker>,
     claim: InFlight,
     client: OnUpgrade,
-    upstream: OnUpgrade,
+    upstream: crate::upstream::Upgraded,
 ) {
     let up = claim.0.clone();
     // Counted as a tunnel before the request claim goes, so a drain never sees zero
@@ -53,8 +53,8 @@ pub(crate) fn spawn_tunnel(
     tokio::spawn(async move {
         let _count = count;
         let _token = token;
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
+        let client = match client.await {
+            Ok(c) => c,
             Err(error) => {
                 tracing::debug!(%error, "websocket upgrade failed");
                 return;
@@ -66,7 +66,7 @@ pub(crate) fn spawn_tunnel(
                 _ = shutdown_close.changed() => {}
             }
         };
-        run(TokioIo::new(client), TokioIo::new(upstream), close).await;
+        run(TokioIo::new(client), upstream, close).await;
     });
 }
 

@@ -57,6 +57,9 @@ pub(crate) async fn serve_http1<I, S, B>(
     }
 }
 
+/// How often a worker closes pooled upstream connections that their upstream closed.
+const POOL_SWEEP: Duration = Duration::from_secs(5);
+
 /// The answer to a connection over the cap.
 const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 26\r\nretry-after: 1\r\nconnection: close\r\n\r\ntoo many open connections\n";
 
@@ -128,6 +131,15 @@ async fn serve(shared: Arc<Shared>, listener: StdListener, mut stop: watch::Rece
         token: Arc::new(()),
     });
     let (graceful_tx, graceful_rx) = watch::channel(false);
+    // Idle upstream connections their upstream closed are let go now and then, so a
+    // quiet proxy keeps no dead sockets (one timer per worker, not per request).
+    let sweeper = tokio::spawn(async {
+        let mut every = tokio::time::interval(POOL_SWEEP);
+        loop {
+            every.tick().await;
+            crate::upstream::sweep_pool();
+        }
+    });
     let mut last_warning: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
@@ -185,6 +197,7 @@ async fn serve(shared: Arc<Shared>, listener: StdListener, mut stop: watch::Rece
     }
     // Stop accepting: the socket stays open while another process holds it (upgrade).
     drop(listener);
+    sweeper.abort();
     shared
         .closing
         .store(true, std::sync::atomic::Ordering::Relaxed);

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, hoist against nginx, in front of the same upstream.
+# Instruction counts barely move on a busy machine, where wall-clock figures are noise:
+# this is the figure to drive the proxy's request path with; bench/proxy.sh (on a quiet
+# machine) stays the judge of requests/s, p99 and CPU per request (design §6).
+#
+#   cargo build --release -p hoist
+#   bash bench/proxy_instr.sh            (SECONDS_RUN=10 WARMUP=3 CONNS=8)
+#
+# Each proxy runs under `valgrind --tool=callgrind` (perf counters are not available in
+# this VM); the upstream is a native nginx answering `return 200 "blue\n"` (as in
+# ../shared/bench). wrk warms the proxy up for WARMUP seconds, its counters are dumped,
+# then wrk runs SECONDS_RUN seconds of keep-alive requests, and the second dump's total
+# divided by the requests wrk completed is the figure (how many there are does not
+# matter: the figure is per request). nginx runs one worker without a master (valgrind follows one
+# process); hoist runs its usual workers (valgrind runs their threads one at a time, and
+# counts them all). Prints one line per proxy and the ratio. No thresholds.
+# KEEP=DIR keeps the measured callgrind dumps there (DIR/nginx.cg, DIR/hoist.cg) for
+# `callgrind_annotate`.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/.." && pwd)
+bin=${HOIST_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/hoist}
+run_s=${SECONDS_RUN:-10}
+warmup=${WARMUP:-3}
+conns=${CONNS:-8}
+base=${PORT_BASE:-19480}
+up_port=$base
+nginx_port=$((base + 1))
+hoist_port=$((base + 2))
+
+for tool in valgrind callgrind_control wrk nginx curl; do
+  command -v "$tool" >/dev/null || { echo "error: \`$tool\` is missing (apt-get install valgrind wrk nginx curl)" >&2; exit 2; }
+done
+if [ ! -x "$bin" ]; then
+  echo "error: no release binary at \`$bin\`" >&2
+  echo "hint: run \`cargo build --release -p hoist\` (or set HOIST_BIN)" >&2
+  exit 2
+fi
+
+work=$(mktemp -d /tmp/hoist-instr.XXXXXX)
+pids=()
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+nginx_conf() { # DIR BODY
+  mkdir -p "$1/tmp"
+  cat >"$1/nginx.conf" <<EOF
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  default_type text/plain;
+  client_body_temp_path $1/tmp/body;
+  proxy_temp_path $1/tmp/proxy;
+  fastcgi_temp_path $1/tmp/fastcgi;
+  uwsgi_temp_path $1/tmp/uwsgi;
+  scgi_temp_path $1/tmp/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 75s;
+$2
+}
+EOF
+}
+
+wait_http() { # URL
+  local i
+  for ((i = 0; i < 600; i++)); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "error: nothing answers at $1" >&2
+  return 1
+}
+
+# run_wrk PORT SECONDS: keep-alive requests for that long; prints how many completed.
+run_wrk() {
+  wrk -t1 -c"$conns" -d"$2"s "http://127.0.0.1:$1/" >"$work/wrk.out" 2>&1
+  grep -Eo '^ *[0-9]+ requests in' "$work/wrk.out" | grep -Eo '[0-9]+'
+}
+
+# The callgrind dump's total instruction count.
+dump_total() { # FILE
+  grep -E '^(summary|totals):' "$1" | head -1 | awk '{print $2}'
+}
+
+# measure NAME PORT PID OUT_PREFIX : prints instructions per request.
+measure() {
+  local name=$1 port=$2 pid=$3 out=$4 done_n total i
+  wait_http "http://127.0.0.1:$port/"
+  run_wrk "$port" "$warmup" >/dev/null
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  done_n=$(run_wrk "$port" "$run_s")
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  # The dumps are numbered; the newest is the measured stretch.
+  local last
+  last=$(ls -1 "$out".* 2>/dev/null | sort -t. -k3 -n | tail -1)
+  total=$(dump_total "$last")
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$last" "$KEEP/$name.cg"; fi
+  echo "$name $total $done_n" | awk '{printf "%-6s %8.0f instructions/request  (%d requests, %.0f instructions)\n", $1, $2 / $3, $3, $2}' >&2
+  awk -v t="$total" -v n="$done_n" 'BEGIN { printf "%.0f\n", t / n }'
+}
+
+# The upstream (native).
+mkdir -p "$work/upstream"
+nginx_conf "$work/upstream" "  server { listen 127.0.0.1:$up_port; location / { return 200 \"blue\\n\"; } }"
+setsid nginx -p "$work/upstream" -c "$work/upstream/nginx.conf" -e "$work/upstream/error.log" -g 'daemon off; worker_processes 1;' >"$work/upstream.log" 2>&1 </dev/null &
+pids+=($!)
+wait_http "http://127.0.0.1:$up_port/"
+
+# nginx as the proxy, one worker, no master, under callgrind.
+mkdir -p "$work/nginx"
+nginx_conf "$work/nginx" "  upstream backend { server 127.0.0.1:$up_port; keepalive 128; keepalive_requests 1000000; keepalive_timeout 75s; }
+  server { listen 127.0.0.1:$nginx_port; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+valgrind --tool=callgrind --callgrind-out-file="$work/nginx.cg" \
+  nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" \
+  -g 'daemon off; master_process off; worker_processes 1;' >"$work/nginx.log" 2>&1 </dev/null &
+nginx_pid=$!
+pids+=($nginx_pid)
+nginx_ipr=$(measure nginx "$nginx_port" "$nginx_pid" "$work/nginx.cg")
+kill "$nginx_pid" 2>/dev/null || true
+
+# hoist's proxy under callgrind.
+valgrind --tool=callgrind --callgrind-out-file="$work/hoist.cg" \
+  "$bin" proxy --listen "127.0.0.1:$hoist_port" --upstream "127.0.0.1:$up_port" \
+  --control "$work/hoist.sock" >"$work/hoist.log" 2>&1 </dev/null &
+hoist_pid=$!
+pids+=($hoist_pid)
+hoist_ipr=$(measure hoist "$hoist_port" "$hoist_pid" "$work/hoist.cg")
+
+awk -v h="$hoist_ipr" -v n="$nginx_ipr" 'BEGIN { printf "hoist / nginx instructions per request: %.3f\n", h / n }'
