@@ -95,11 +95,15 @@ while True:
     if '"ok"' not in answer:
         print("refused:", answer.strip(), flush=True)
     n += 1
+    if n == 6:
+        print("routes set", flush=True)
     if n % 100 == 0:
         print(n, flush=True)
     time.sleep(push_ms / 1000)
 PY
 pids+=($!)
+# wrk starts once every route is there (else its first second is 404s).
+for _ in $(seq 200); do grep -q 'routes set' "$work/pusher.log" && break; sleep 0.05; done
 wrk -t2 -c"$WRK_CONNECTIONS" -d"${DURATION}s" "http://127.0.0.1:$port/" > "$work/wrk.log" 2>&1 &
 pids+=($!)
 
@@ -109,7 +113,7 @@ figures() {
   anon=$(awk '/^Anonymous:/ {print $2}' "/proc/$proxy_pid/smaps_rollup")
   priv=$(awk '/^Private_Dirty:/ {print $2}' "/proc/$proxy_pid/smaps_rollup")
   printf '%6ss  pushes %6s  RSS %7s kB  anonymous %7s kB  private dirty %7s kB\n' \
-    "$1" "$(tail -1 "$work/pusher.log" 2>/dev/null || echo 0)" "$rss" "$anon" "$priv"
+    "$1" "$(grep -E '^[0-9]+$' "$work/pusher.log" 2>/dev/null | tail -1 || echo 0)" "$rss" "$anon" "$priv"
 }
 echo "proxy pid $proxy_pid on 127.0.0.1:$port; pushing a route every ${PUSH_MS} ms for ${DURATION}s"
 start=$(date +%s)
