@@ -85,9 +85,12 @@ impl ProxyCtl {
     }
 
     /// Pings the proxy; starts one if none answers. A proxy that survived the agent's
-    /// death answers here and keeps serving, untouched: then `Ok(true)` (found running).
+    /// death answers here and keeps serving, untouched but for the settings this agent
+    /// gives a proxy it starts (see [`ProxyCtl::hand_settings`]): then `Ok(true)` (found
+    /// running).
     pub async fn ensure_running(&self) -> Result<bool, ProxyError> {
         if matches!(self.request(Request::Ping).await, Ok(Reply::Pong { .. })) {
+            self.hand_settings().await;
             if self.held().is_none() {
                 let socket = self.socket();
                 match tokio::task::spawn_blocking(move || fetch_listeners(&socket)).await {
@@ -122,6 +125,19 @@ impl ProxyCtl {
             waited: Duration::from_secs(10),
             log: self.log_file(),
         })
+    }
+
+    /// Gives a running proxy this agent's settings (its command line has those of the
+    /// agent that started it, maybe with another `--max-connections`). A proxy too old
+    /// to take them keeps its own until it is upgraded or restarted; that is logged, not
+    /// fatal.
+    async fn hand_settings(&self) {
+        let request = Request::SetLimits {
+            max_connections: self.max_connections.map_or(0, |n| n as u64),
+        };
+        if let Err(error) = self.request(request).await {
+            tracing::warn!(%error, "cannot give the running proxy this agent's connection cap; it keeps its own until it restarts");
+        }
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<Held>> {

@@ -79,6 +79,15 @@ pub enum Request {
     },
     /// Certificates and ACME challenges of the HTTPS listener (see [`TlsRequest`]).
     Tls { request: TlsRequest },
+    /// Settings of a running proxy that its command line set at start: an agent sends
+    /// its own to a proxy it adopts (one that outlived the agent that started it), so a
+    /// changed setting applies without a restart; kept across `Upgrade`. Answered with
+    /// [`Reply::Done`].
+    SetLimits {
+        /// The cap on open client connections; 0: the proxy's default (half its
+        /// open-files limit).
+        max_connections: u64,
+    },
 }
 
 /// What the agent asks of the proxy's TLS side. Certificates are keyed by domain; a

@@ -55,9 +55,9 @@ pub(crate) struct Sticky {
 
 impl Sticky {
     /// The stickiness of `req` (`None` once the request was handed on: plain HTTP).
-    pub fn for_request<B>(req: Option<&hyper::Request<B>>) -> Sticky {
+    pub fn for_request(extensions: &hyper::http::Extensions) -> Sticky {
         Sticky {
-            secure: req.is_some_and(|r| r.extensions().get::<crate::tls::Https>().is_some()),
+            secure: extensions.get::<crate::tls::Https>().is_some(),
             ..Sticky::default()
         }
     }

@@ -31,7 +31,11 @@ const MAX_LINE: usize = 4 << 20;
 struct Routes {
     routes: BTreeMap<String, wire::Route>,
     upstreams: HashMap<SocketAddr, Arc<Upstream>>,
-    counters: HashMap<(String, String), Arc<Counters>>,
+    /// Counters by (route, release), each with the last table that served it; see
+    /// [`forget_retired`].
+    counters: HashMap<(String, String), KeptCounters>,
+    /// Bumped by every publish.
+    generation: u64,
     /// Guard state kept across swaps while the route's guard config is unchanged.
     limiters: HashMap<String, Arc<crate::guards::RateLimiter>>,
     auths: HashMap<String, Arc<crate::guards::Auth>>,
@@ -55,16 +59,67 @@ fn kept_members(
         .collect()
 }
 
-/// The kept counters of a route's release (they outlive table swaps).
+/// A release's counters and the generation of the last table that served it.
+#[derive(Debug)]
+struct KeptCounters {
+    counters: Arc<Counters>,
+    live_at: u64,
+}
+
+/// The kept counters of a route's release (they outlive table swaps), marked live in
+/// table `generation`.
 fn counters_of(
-    counters: &mut HashMap<(String, String), Arc<Counters>>,
+    counters: &mut HashMap<(String, String), KeptCounters>,
     route: &str,
     release: &str,
+    generation: u64,
 ) -> Arc<Counters> {
-    counters
+    let kept = counters
         .entry((route.to_string(), release.to_string()))
-        .or_insert_with(|| Arc::new(Counters::new(route, release)))
-        .clone()
+        .or_insert_with(|| KeptCounters {
+            counters: Arc::new(Counters::new(route, release)),
+            live_at: generation,
+        });
+    kept.live_at = generation;
+    kept.counters.clone()
+}
+
+/// Forgets the counters of releases the table of `generation` does not serve, past the
+/// [`crate::RETIRED_COUNTERS_KEPT`] most recently retired of each route (a reader right
+/// after a switch, or a rollback to the previous release, still finds them), and all
+/// those of routes that are gone. Each release's counters take about 36 KB: kept for
+/// every release ever seen, a host deploying all day grew by megabytes an hour (issue
+/// #14). Requests still in flight on a forgotten release finish on their own `Arc`.
+fn forget_retired(
+    counters: &mut HashMap<(String, String), KeptCounters>,
+    specs: &BTreeMap<String, wire::Route>,
+    generation: u64,
+) {
+    let mut retired: Vec<(&String, u64, &String)> = counters
+        .iter()
+        .filter(|(_, k)| k.live_at != generation)
+        .map(|((route, release), k)| (route, k.live_at, release))
+        .collect();
+    if retired.is_empty() {
+        return;
+    }
+    // Per route, the most recently live first.
+    retired.sort_by(|a, b| a.0.cmp(b.0).then(b.1.cmp(&a.1)));
+    let mut gone = Vec::new();
+    let mut kept_of_route = 0;
+    for (i, (route, _, release)) in retired.iter().enumerate() {
+        if i == 0 || retired[i - 1].0 != *route {
+            kept_of_route = 0;
+        }
+        if specs.contains_key(*route) && kept_of_route < crate::RETIRED_COUNTERS_KEPT {
+            kept_of_route += 1;
+        } else {
+            gone.push(((*route).clone(), (*release).clone()));
+        }
+    }
+    for key in gone {
+        counters.remove(&key);
+    }
 }
 
 /// The proxy's control state, shared by the control connections.
@@ -131,9 +186,12 @@ impl Control {
             routes: specs,
             upstreams,
             counters,
+            generation,
             limiters,
             auths,
         } = routes;
+        *generation += 1;
+        let generation = *generation;
         limiters.retain(|id, l| {
             specs
                 .get(id)
@@ -151,7 +209,7 @@ impl Control {
         let mut live = HashSet::new();
         for route in specs.values() {
             let members = kept_members(&route.upstreams, upstreams, &mut live);
-            let own = counters_of(counters, &route.id, &route.release);
+            let own = counters_of(counters, &route.id, &route.release, generation);
             let rate = route.guards.rate_limit.as_ref().map(|c| {
                 limiters
                     .entry(route.id.clone())
@@ -171,7 +229,7 @@ impl Control {
                 // The canary side is a whole entry of its own (same route, guards and
                 // prefix; its release's members and counters).
                 let members = kept_members(&c.upstreams, upstreams, &mut live);
-                let own = counters_of(counters, &route.id, &c.release);
+                let own = counters_of(counters, &route.id, &c.release, generation);
                 let guards = crate::guards::RouteGuards::compile(&route.guards, rate, auth);
                 let side = RouteEntry::new(route, members, own, guards);
                 entry.canary = Some(Box::new(crate::canary::CanarySide::new(
@@ -183,6 +241,7 @@ impl Control {
             entries.push(Arc::new(entry));
             domains.push(route.domains.as_slice());
         }
+        forget_retired(counters, specs, generation);
         // Members in the new table are live before it is published (one coming back
         // from a drain must not be refused by requests that already see it), and members
         // that left are marked draining only after (requests that still hold the old
@@ -295,7 +354,11 @@ impl Control {
 
     fn stats(&self) -> Vec<wire::RouteStats> {
         let routes = self.lock();
-        let mut stats: Vec<_> = routes.counters.values().map(|c| c.snapshot()).collect();
+        let mut stats: Vec<_> = routes
+            .counters
+            .values()
+            .map(|k| k.counters.snapshot())
+            .collect();
         stats.sort_by(|a, b| (&a.route, &a.release).cmp(&(&b.route, &b.release)));
         stats
     }
@@ -385,11 +448,22 @@ impl Control {
             Request::Connections => Reply::Connections {
                 open: self.shared.open_connections.load(Ordering::Relaxed) as u64,
                 over_capacity: self.shared.over_capacity.load(Ordering::Relaxed),
-                max: self.shared.max_connections as u64,
+                max: self.shared.max_connections() as u64,
             },
             Request::WaitDrained { addrs, timeout_ms } => {
                 self.wait_drained(&addrs, Duration::from_millis(timeout_ms))
                     .await
+            }
+            Request::SetLimits { max_connections } => {
+                let configured = usize::try_from(max_connections).unwrap_or(usize::MAX);
+                if configured != self.shared.configured_max_connections() {
+                    self.shared.set_max_connections(configured);
+                    tracing::info!(
+                        max_connections = self.shared.max_connections(),
+                        "connection cap changed"
+                    );
+                }
+                Reply::Done
             }
             Request::Listeners => Reply::Listeners {
                 count: (self.listen_fds.len() + usize::from(self.tls_fd.is_some())) as u32,
@@ -402,6 +476,17 @@ impl Control {
                     ));
                 };
                 self.accepting.send_replace(false);
+                // The successor starts with this process's arguments, but with the cap
+                // in force now (an agent may have changed it since this one started).
+                let handoff = crate::upgrade::Handoff {
+                    args: with_max_connections(
+                        &handoff.args,
+                        self.shared.configured_max_connections(),
+                    ),
+                    listen_fds: handoff.listen_fds.clone(),
+                    tls_fd: handoff.tls_fd,
+                    control_fd: handoff.control_fd,
+                };
                 let spawned = handoff.spawn_successor(exe, &self.routes()).await;
                 if spawned.is_err() {
                     self.accepting.send_replace(true);
@@ -410,6 +495,29 @@ impl Control {
             }
         })
     }
+}
+
+/// `args` (a proxy's command line) with its `--max-connections` replaced by `max`
+/// (left out when 0: the default).
+fn with_max_connections(args: &[std::ffi::OsString], max: usize) -> Vec<std::ffi::OsString> {
+    const FLAG: &str = "--max-connections";
+    let mut out = Vec::with_capacity(args.len() + 2);
+    let mut skip_value = false;
+    for a in args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        match a.to_str() {
+            Some(FLAG) => skip_value = true,
+            Some(s) if s.starts_with("--max-connections=") => {}
+            _ => out.push(a.clone()),
+        }
+    }
+    if max > 0 {
+        out.push(FLAG.into());
+        out.push(max.to_string().into());
+    }
+    out
 }
 
 /// Members of `old` that no route lists now, with the drain timeout of `old`.
@@ -663,5 +771,44 @@ impl Client {
             Response::Ok(reply) => Ok(reply),
             Response::Error { message } => Err(ProxyError::Refused(message)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_successors_command_line_has_the_cap_in_force() {
+        let args = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        let started = args(&[
+            "proxy",
+            "--listen",
+            "x",
+            "--max-connections",
+            "5",
+            "--state",
+            "s",
+        ]);
+        assert_eq!(
+            with_max_connections(&started, 2),
+            args(&[
+                "proxy",
+                "--listen",
+                "x",
+                "--state",
+                "s",
+                "--max-connections",
+                "2"
+            ])
+        );
+        assert_eq!(
+            with_max_connections(&started, 0),
+            args(&["proxy", "--listen", "x", "--state", "s"])
+        );
+        assert_eq!(
+            with_max_connections(&args(&["proxy", "--max-connections=9"]), 3),
+            args(&["proxy", "--max-connections", "3"])
+        );
     }
 }

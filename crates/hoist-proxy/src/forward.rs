@@ -291,7 +291,7 @@ async fn proxy(
     let mut replayed = false;
     let mut last_route: Option<Arc<RouteEntry>> = None;
     let mut error = String::from("no healthy upstream");
-    let mut sticky = crate::canary::Sticky::for_request(req.as_ref());
+    let mut sticky = crate::canary::Sticky::for_request(&parts.extensions);
     for _ in 0..MAX_ATTEMPTS {
         // The claim is taken inside the lookup: one reference count per request on
         // shared state instead of two (they bounce between cores).

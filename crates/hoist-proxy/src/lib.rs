@@ -46,6 +46,10 @@ pub use error::ProxyError;
 pub use stats::count_codes;
 pub use upgrade::{Handoff, Inherited, INHERIT_ENV};
 
+/// How many retired releases of each route keep their counters (beside the route's live
+/// release and canary); older ones are forgotten, so memory does not grow with deploys.
+pub const RETIRED_COUNTERS_KEPT: usize = 2;
+
 /// Limits at the edges; the defaults are what a public-facing proxy should use.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -126,12 +130,46 @@ pub(crate) struct Shared {
     pub close_all_tunnels: tokio::sync::watch::Sender<u64>,
     /// Set when the workers stop accepting: responses then say `Connection: close`.
     pub closing: std::sync::atomic::AtomicBool,
-    /// Open client connections, the cap on them, and those refused over it.
+    /// Open client connections, the cap on them (see [`Shared::max_connections`]), and
+    /// those refused over it.
     pub open_connections: std::sync::atomic::AtomicUsize,
-    pub max_connections: usize,
+    max_connections: std::sync::atomic::AtomicUsize,
+    /// The cap as configured (0: derived), for a successor's command line.
+    configured_max_connections: std::sync::atomic::AtomicUsize,
     pub over_capacity: std::sync::atomic::AtomicU64,
     /// Certificates and ACME challenges (`tls.rs`).
     pub tls: tls::TlsState,
+}
+
+impl Shared {
+    /// The cap on open client connections now (an agent may change it; see
+    /// [`Shared::set_max_connections`]).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets the cap (0: derived from the open-files limit); connections already open over
+    /// a lowered cap are left to finish.
+    pub fn set_max_connections(&self, configured: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.configured_max_connections.store(configured, Relaxed);
+        self.max_connections
+            .store(effective_max_connections(configured), Relaxed);
+    }
+
+    /// The cap as configured (0: derived).
+    pub fn configured_max_connections(&self) -> usize {
+        self.configured_max_connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+fn effective_max_connections(configured: usize) -> usize {
+    match configured {
+        0 => auto_max_connections(),
+        n => n,
+    }
 }
 
 /// The connection cap when none is configured: half the open-files limit less a reserve
@@ -196,10 +234,12 @@ pub async fn run(
         close_all_tunnels: tokio::sync::watch::Sender::new(0),
         closing: std::sync::atomic::AtomicBool::new(false),
         open_connections: std::sync::atomic::AtomicUsize::new(0),
-        max_connections: match config.limits.max_connections {
-            0 => auto_max_connections(),
-            n => n,
-        },
+        max_connections: std::sync::atomic::AtomicUsize::new(effective_max_connections(
+            config.limits.max_connections,
+        )),
+        configured_max_connections: std::sync::atomic::AtomicUsize::new(
+            config.limits.max_connections,
+        ),
         over_capacity: std::sync::atomic::AtomicU64::new(0),
         tls: tls::TlsState::load(config.certs_file.clone())?,
     });

@@ -437,7 +437,7 @@ async fn serve(
                     // closed (a plain-text 503 would mean nothing to a TLS client).
                     let open = shared.open_connections.fetch_add(1, Ordering::Relaxed);
                     let slot = crate::worker::ConnSlot(shared.clone());
-                    if open >= shared.max_connections {
+                    if open >= shared.max_connections() {
                         shared.over_capacity.fetch_add(1, Ordering::Relaxed);
                         drop((stream, slot));
                         continue;

@@ -149,7 +149,7 @@ async fn serve(shared: Arc<Shared>, listener: StdListener, mut stop: watch::Rece
                 Ok((stream, peer)) => {
                     let open = shared.open_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let slot = ConnSlot(shared.clone());
-                    if open >= shared.max_connections {
+                    if open >= shared.max_connections() {
                         // Over the cap: a short answer instead of a queue that grows until
                         // the process runs out of files.
                         shared.over_capacity.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -289,3 +289,115 @@ fn head_and_expect_continue_keep_the_framing_intact() {
     );
     assert!(b.seen().iter().any(|s| s.body == b"hello"));
 }
+
+/// Issue #14: the proxy kept the counters of every release it ever routed (36 KB each),
+/// so RSS grew with every deploy. After many swaps, each with a new release and often a
+/// new canary, the counters held are the live releases' (route and canary) and the few
+/// most recently retired ones; those of a removed route go with it.
+#[test]
+fn counters_of_retired_releases_are_forgotten_after_many_swaps() {
+    use hoist_protocol::proxy::{Canary, RouteStats, Upstream};
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let proxy = Proxy::start(common::config());
+    let held = |proxy: &Proxy| -> Vec<RouteStats> {
+        let Reply::Stats { routes } = proxy.call(Request::Stats) else {
+            panic!("stats")
+        };
+        routes
+    };
+    let swaps = 300;
+    for n in 0..swaps {
+        let (live, other) = if n % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let mut r = route("app/web", &["*"], "/", &format!("r{n}"), &[live]);
+        if n % 3 == 0 {
+            r.canary = Some(Canary {
+                release: format!("c{n}"),
+                upstreams: vec![Upstream {
+                    addr: other.addr,
+                    instance: other.name.clone(),
+                }],
+                weight_bp: 5000,
+            });
+        }
+        proxy.set_route(r);
+        proxy.set_route(route(
+            "other/web",
+            &["other.example.com"],
+            "/",
+            &format!("o{n}"),
+            &[live],
+        ));
+        if n % 50 == 0 {
+            assert_eq!(http_get(proxy.addr, "x", "/").unwrap().status, 200);
+        }
+    }
+    let last = swaps - 1;
+    let routes = held(&proxy);
+    let releases = |id: &str| -> Vec<String> {
+        let mut v: Vec<String> = routes
+            .iter()
+            .filter(|s| s.route == id)
+            .map(|s| s.release.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    let app = releases("app/web");
+    assert!(
+        app.len() <= 1 + hoist_proxy::RETIRED_COUNTERS_KEPT,
+        "{} counters held for app/web after {swaps} releases: {:?}…",
+        app.len(),
+        &app[..app.len().min(8)]
+    );
+    assert!(
+        app.contains(&format!("r{last}")),
+        "the live release: {app:?}"
+    );
+    assert!(
+        app.contains(&format!("r{}", last - 1)),
+        "the release just retired is still readable: {app:?}"
+    );
+    let other = releases("other/web");
+    assert!(
+        other.len() <= 1 + hoist_proxy::RETIRED_COUNTERS_KEPT,
+        "{} counters held for other/web",
+        other.len()
+    );
+    assert!(other.contains(&format!("o{last}")), "{other:?}");
+    // A live canary's counters are kept beside the route's.
+    let mut r = route("app/web", &["*"], "/", "final", &[&a]);
+    r.canary = Some(Canary {
+        release: "final-canary".into(),
+        upstreams: vec![Upstream {
+            addr: b.addr,
+            instance: b.name.clone(),
+        }],
+        weight_bp: 5000,
+    });
+    proxy.set_route(r);
+    let routes = held(&proxy);
+    for want in ["final", "final-canary"] {
+        assert!(
+            routes
+                .iter()
+                .any(|s| s.route == "app/web" && s.release == want),
+            "{want}"
+        );
+    }
+    // A removed route leaves no counters behind.
+    assert_eq!(
+        proxy.call(Request::RemoveRoute {
+            id: "other/web".into()
+        }),
+        Reply::Done
+    );
+    let routes = held(&proxy);
+    assert!(
+        routes.iter().all(|s| s.route != "other/web"),
+        "{:?}",
+        routes
+            .iter()
+            .map(|s| (&s.route, &s.release))
+            .collect::<Vec<_>>()
+    );
+}

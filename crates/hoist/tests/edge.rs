@@ -529,6 +529,80 @@ fn proxy_connections(root: &std::path::Path) -> (u64, u64, u64) {
     (n("open"), n("over_capacity"), n("max"))
 }
 
+/// With `cap` connections held open, the next one is answered 503 and closed.
+fn refused_over(host: &Host, cap: u64) {
+    use std::io::{Read, Write};
+    let before = proxy_connections(&host.root).1;
+    let held: Vec<_> = (0..cap)
+        .map(|_| std::net::TcpStream::connect(host.proxy).unwrap())
+        .collect();
+    wait_until(Duration::from_secs(20), || {
+        proxy_connections(&host.root).0 == cap
+    })
+    .expect("the proxy counts the connections held");
+    let mut next = std::net::TcpStream::connect(host.proxy).unwrap();
+    next.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let _ = next.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut answer = String::new();
+    let _ = next.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    assert!(answer.contains("too many open connections"), "{answer:?}");
+    assert_eq!(proxy_connections(&host.root).1, before + 1);
+    drop(held);
+    wait_until(Duration::from_secs(20), || {
+        proxy_connections(&host.root).0 == 0
+    })
+    .expect("the held connections are closed");
+}
+
+/// Issue #12: the cap reached the proxy only on its command line, so a proxy that
+/// outlived an agent restart kept the old agent's cap. An agent that adopts a running
+/// proxy hands it its own; the proxy applies it without restarting, keeps it across
+/// `hoist proxy upgrade`, and goes back to its default when the agent names none.
+#[test]
+fn a_restarted_agent_gives_the_running_proxy_its_connection_cap() {
+    let mut host = Host::with_agent_args(&["--max-connections", "5"]);
+    let pid = proxy_pid(&host.root).expect("the proxy answers");
+    assert_eq!(proxy_connections(&host.root).2, 5);
+
+    host.kill_agent();
+    host.agent_args = vec!["--max-connections".into(), "2".into()];
+    host.start_agent();
+    wait_until(Duration::from_secs(20), || {
+        proxy_connections(&host.root).2 == 2
+    })
+    .expect("the adopted proxy takes the new agent's cap");
+    assert_eq!(
+        proxy_pid(&host.root).unwrap(),
+        pid,
+        "the proxy was not restarted"
+    );
+    refused_over(&host, 2);
+
+    // A successor started by an upgrade has the cap in force, not the one on the
+    // command line its predecessor was started with.
+    let out = Command::new(hoist_bin())
+        .args(["proxy", "upgrade", "--control"])
+        .arg(host.root.join("proxy/control.sock"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let upgraded = proxy_pid(&host.root).unwrap();
+    assert_ne!(upgraded, pid, "the upgrade started a successor");
+    assert_eq!(proxy_connections(&host.root).2, 2, "the successor's cap");
+
+    // An agent with no cap gives the proxy back its default (from its open-files limit).
+    host.kill_agent();
+    host.agent_args.clear();
+    host.start_agent();
+    wait_until(Duration::from_secs(20), || {
+        proxy_connections(&host.root).2 > 5
+    })
+    .expect("the default cap again");
+    assert_eq!(proxy_pid(&host.root).unwrap(), upgraded);
+}
+
 #[test]
 fn the_connection_cap_comes_from_the_host_config_and_the_agent_flag() {
     use std::io::{Read, Write};
