@@ -72,7 +72,7 @@ cleanup() {
   for c in /proc/[0-9]*/cmdline; do
     pid=${c#/proc/}; pid=${pid%/cmdline}
     [ "$pid" = $$ ] && continue
-    if tr '\0' ' ' < "$c" 2>/dev/null | grep -qF -- "$work/"; then kill -9 "$pid" 2>/dev/null || true; fi
+    if { tr '\0' ' ' < "$c"; } 2>/dev/null | grep -qF -- "$work/"; then kill -9 "$pid" 2>/dev/null || true; fi
   done
   if [ "${KEEP:-0}" = 1 ]; then echo "kept: $work"; else rm -rf "$work"; fi
 }

@@ -166,31 +166,47 @@ impl Minutes {
                 [&bounds],
             )?;
         }
+        // Every baseline in one read, and only what changed written back: the proxy
+        // reports every route and release it keeps counters for (in the soak, one more
+        // with each deploy), and a pass every 2 s that rewrote them all made the work
+        // and the WAL grow with the deploys, not with the traffic.
+        type Key = (String, String, String);
+        let mut base: std::collections::HashMap<Key, (u64, u64, Vec<u64>)> = {
+            let mut st = tx.prepare_cached(
+                "SELECT app, service, release, requests, errors, buckets FROM baseline",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    (r.get(0)?, r.get(1)?, r.get(2)?),
+                    (
+                        r.get::<_, i64>(3)? as u64,
+                        r.get::<_, i64>(4)? as u64,
+                        decode(&r.get::<_, Vec<u8>>(5)?),
+                    ),
+                ))
+            })?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
         let mut seen = std::collections::HashSet::new();
         for s in now {
-            seen.insert((s.app.clone(), s.service.clone(), s.release.clone()));
-            let base: Option<(i64, i64, Vec<u8>)> = tx
-                .query_row(
-                    "SELECT requests, errors, buckets FROM baseline
-                     WHERE app = ?1 AND service = ?2 AND release = ?3",
-                    params![s.app, s.service, s.release],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
-            let (req, err, buckets) = match base {
+            let key = (s.app.clone(), s.service.clone(), s.release.clone());
+            let (req, err, buckets) = match base.get(&key) {
                 Some((r, e, b)) => {
-                    let b = decode(&b);
-                    let reset = (r as u64) > s.requests
-                        || (e as u64) > s.errors_5xx
+                    let reset = *r > s.requests
+                        || *e > s.errors_5xx
                         || b.len() != s.buckets.len()
                         || b.iter().zip(&s.buckets).any(|(o, n)| o > n);
                     if reset {
                         (s.requests, s.errors_5xx, s.buckets.clone())
+                    } else if *r == s.requests && *e == s.errors_5xx && *b == s.buckets {
+                        // Nothing since the baseline: nothing to write.
+                        seen.insert(key);
+                        continue;
                     } else {
                         (
-                            s.requests - r as u64,
-                            s.errors_5xx - e as u64,
-                            s.buckets.iter().zip(&b).map(|(n, o)| n - o).collect(),
+                            s.requests - r,
+                            s.errors_5xx - e,
+                            s.buckets.iter().zip(b).map(|(n, o)| n - o).collect(),
                         )
                     }
                 }
@@ -203,28 +219,31 @@ impl Minutes {
                 // answered is unknown, so they start the baseline and land nowhere.
                 None => (0, 0, vec![0; s.buckets.len()]),
             };
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT OR REPLACE INTO baseline (app, service, release, requests, errors, buckets)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    s.app,
-                    s.service,
-                    s.release,
-                    s.requests as i64,
-                    s.errors_5xx as i64,
-                    encode(&s.buckets)
-                ],
-            )?;
+            )?
+            .execute(params![
+                s.app,
+                s.service,
+                s.release,
+                s.requests as i64,
+                s.errors_5xx as i64,
+                encode(&s.buckets)
+            ])?;
+            base.insert(key.clone(), (s.requests, s.errors_5xx, s.buckets.clone()));
+            seen.insert(key);
             if req == 0 && err == 0 && buckets.iter().all(|b| *b == 0) {
                 continue;
             }
             let old: Option<(i64, i64, Vec<u8>)> = tx
-                .query_row(
+                .prepare_cached(
                     "SELECT requests, errors, buckets FROM minute
                      WHERE app = ?1 AND service = ?2 AND release = ?3 AND t = ?4",
-                    params![s.app, s.service, s.release, minute],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
+                )?
+                .query_row(params![s.app, s.service, s.release, minute], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
                 .optional()?;
             let (mut r, mut e, mut b) = (req, err, buckets);
             if let Some((or, oe, ob)) = old {
@@ -232,25 +251,17 @@ impl Minutes {
                 e += oe as u64;
                 add(&mut b, &decode(&ob));
             }
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT OR REPLACE INTO minute (app, service, release, t, requests, errors, buckets)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![s.app, s.service, s.release, minute, r as i64, e as i64, encode(&b)],
-            )?;
+            )?
+            .execute(params![s.app, s.service, s.release, minute, r as i64, e as i64, encode(&b)])?;
         }
-        let gone: Vec<(String, String, String)> = {
-            let mut st = tx.prepare("SELECT app, service, release FROM baseline")?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()?
-                .into_iter()
-                .filter(|k| !seen.contains(k))
-                .collect()
-        };
-        for (a, s, r) in gone {
-            tx.execute(
+        for (a, s, r) in base.keys().filter(|k| !seen.contains(*k)) {
+            tx.prepare_cached(
                 "DELETE FROM baseline WHERE app = ?1 AND service = ?2 AND release = ?3",
-                params![a, s, r],
-            )?;
+            )?
+            .execute(params![a, s, r])?;
         }
         tx.commit()?;
         Ok(())
@@ -561,6 +572,41 @@ mod tests {
                 .collect::<Vec<_>>(),
             [(21 * 60, 4, 1)]
         );
+    }
+
+    #[test]
+    fn a_pass_without_new_traffic_writes_nothing() {
+        // The proxy reports every release it keeps counters for, most of them idle (one
+        // more with each deploy in the soak); a pass used to rewrite all their baselines.
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Minutes::open(&dir.path().join("m.db")).unwrap();
+        let idle: Vec<Snapshot> = (0..50)
+            .map(|i| snap(&format!("r{i}"), 5, 0, [5, 0, 0, 0]))
+            .collect();
+        m.record(&BOUNDS, &idle, 10).unwrap();
+        let before = m.conn.total_changes();
+        m.record(&BOUNDS, &idle, 10).unwrap();
+        m.record(&BOUNDS, &idle, 11).unwrap();
+        assert_eq!(m.conn.total_changes(), before, "idle passes wrote rows");
+        // One release with traffic: its baseline and its minute, nothing else.
+        let mut busy = idle.clone();
+        busy[7] = snap("r7", 9, 1, [8, 0, 1, 0]);
+        m.record(&BOUNDS, &busy, 11).unwrap();
+        assert_eq!(m.conn.total_changes(), before + 2);
+        let s = m.series("a", "web", Some("r7"), 0, 1).unwrap();
+        assert_eq!(
+            s.iter()
+                .map(|p| (p.t, p.requests, p.errors_5xx))
+                .collect::<Vec<_>>(),
+            [(600, 5, 0), (660, 4, 1)]
+        );
+        // Releases the proxy no longer reports lose their baselines, idle or not.
+        m.record(&BOUNDS, &busy[..1], 12).unwrap();
+        let left: i64 = m
+            .conn
+            .query_row("SELECT count(*) FROM baseline", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 1);
     }
 
     #[test]
