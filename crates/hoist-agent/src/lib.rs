@@ -585,8 +585,57 @@ impl Agent {
         }
     }
 
-    /// Applies the retention of the host config to the state.
+    /// Log files of instances whose release has left the disk (pruned), once nothing has
+    /// written them for [`LOGS_GRACE`]: rotation bounds one instance's files, this how
+    /// many instances' files pile up as deploys come and go. A kept release's logs stay
+    /// (it can be rolled back to, or be the failure someone is reading about).
+    fn prune_instance_logs(&self) {
+        let logs = self.paths.root.join("logs");
+        let live: std::collections::HashSet<String> = self.rt().instances.keys().cloned().collect();
+        let names = |dir: &std::path::Path| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .map(|d| {
+                    d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let older_than = std::time::SystemTime::now() - LOGS_GRACE;
+        let mut removed = 0;
+        for app in names(&logs) {
+            let kept: Vec<String> = names(&self.paths.releases(&app))
+                .into_iter()
+                .filter(|r| !r.starts_with('.'))
+                .map(|r| r.chars().take(8).collect())
+                .collect();
+            for service in names(&logs.join(&app)) {
+                let prefix = format!("{app}-{service}-");
+                let keep = |instance: &str| {
+                    live.contains(instance)
+                        || instance.strip_prefix(&prefix).is_none_or(|rest| {
+                            kept.iter()
+                                .any(|short| rest.starts_with(&format!("{short}-")))
+                        })
+                };
+                match hoist_supervisor::logs::prune(&logs.join(&app), &service, keep, older_than) {
+                    Ok(r) => removed += r.len(),
+                    Err(e) => {
+                        tracing::warn!(app = %app, service = %service, error = %e, "cannot prune old instances' logs")
+                    }
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                instances = removed,
+                "pruned the logs of instances of removed releases"
+            );
+        }
+    }
+
+    /// Applies the retention of the host config to the state and the instances' logs.
     fn apply_retention(&self) {
+        off_workers(|| self.prune_instance_logs());
         let r = self.config.retention;
         let pruned = self.db(|s| s.prune(&r, hoist_state::now_ms()));
         if let Some(p) = self.noted(None, "prune old records", pruned) {
@@ -620,6 +669,9 @@ impl Agent {
         self.host.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
+
+/// How long the logs of an instance whose release was pruned stay after their last line.
+const LOGS_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Runs blocking work (SQLite, file I/O, a lock) without stalling the runtime: on the
 /// agent's multi-thread runtime the calling worker first hands its other tasks to a fresh

@@ -123,19 +123,19 @@ impl Follower {
 }
 
 /// Retention across instances: deletes the log files (live and rotated) of every instance
-/// of `service` that is not in `keep` and whose newest file was last written before
+/// of `service` that `keep` does not hold and whose newest file was last written before
 /// `older_than`. Returns the instances removed. Rotation bounds one instance's files;
 /// this bounds how many instances' files accumulate as instances come and go.
 pub fn prune(
     log_dir: &Path,
     service: &str,
-    keep: &[&str],
+    keep: impl Fn(&str) -> bool,
     older_than: SystemTime,
 ) -> Result<Vec<String>> {
     let dir = log_dir.join(service);
     let mut removed = Vec::new();
     for (instance, live) in instance_files(&dir)? {
-        if keep.contains(&instance.as_str()) {
+        if keep(&instance) {
             continue;
         }
         let files: Vec<PathBuf> = std::iter::once(live.clone())
@@ -394,7 +394,7 @@ mod tests {
         recent
             .set_modified(cutoff + std::time::Duration::from_secs(1))
             .unwrap();
-        let removed = prune(dir.path(), "w", &["live"], cutoff).unwrap();
+        let removed = prune(dir.path(), "w", |i| i == "live", cutoff).unwrap();
         assert_eq!(removed, vec!["old".to_string()]);
         let left: Vec<String> = read(dir.path(), "w", &LogQuery::default())
             .unwrap()

@@ -632,3 +632,56 @@ fn a_frozen_instance_stopping_never_holds_up_the_restart_of_another() {
         "the killed instance came back only after the frozen one's stop ended"
     );
 }
+
+/// Instances come and go with every deploy, each with its own log files: the logs of a
+/// release pruned from the disk go once no one has written them for a while (here made
+/// old by hand, then the agent restarted so that its retention pass runs at once); the
+/// kept releases' logs stay.
+#[test]
+fn the_logs_of_a_pruned_releases_instances_go_with_it() {
+    let mut h = Host::new();
+    let mut releases = Vec::new();
+    for v in ["v1", "v2", "v3"] {
+        let out = h.deploy(&h.project(v, "", "keep_releases = 1"));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        releases.push(common::release_of(&out));
+    }
+    let dir = h.root.join("logs/demo/web");
+    let logs_of = |release: &str| -> Vec<PathBuf> {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&format!("demo-web-{}-", &release[..8]))
+            })
+            .collect()
+    };
+    // v1 is neither current nor standby, and keep_releases = 1: its tree is pruned.
+    wait_until(LONG, || {
+        !h.root.join("releases/demo").join(&releases[0]).exists()
+    })
+    .expect("v1 is pruned");
+    let old = logs_of(&releases[0]);
+    assert!(!old.is_empty(), "v1's instances wrote logs");
+    for p in old.iter().chain(logs_of(&releases[1]).iter()) {
+        let status = std::process::Command::new("touch")
+            .args(["-m", "-d", "2 hours ago"])
+            .arg(p)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    h.kill_agent();
+    h.start_agent();
+    wait_until(LONG, || logs_of(&releases[0]).is_empty())
+        .unwrap_or_else(|e| panic!("{e}: v1's logs stay: {:?}", logs_of(&releases[0])));
+    assert!(!logs_of(&releases[1]).is_empty(), "the standby's logs stay");
+    assert!(
+        !logs_of(&releases[2]).is_empty(),
+        "the current release's logs stay"
+    );
+}
