@@ -529,41 +529,8 @@ fn uid_of(pid: u64) -> u32 {
 #[test]
 fn a_root_agent_runs_apps_as_their_own_user() {
     let mut host = Host::new();
-    host.kill_agent();
+    let apps_uid = host.restart_with_apps_user();
     let etc = host.dir.join("etc");
-    std::fs::create_dir_all(etc.join("upper")).unwrap();
-    std::fs::create_dir_all(etc.join("work")).unwrap();
-    // The test's directory is 0700 (a temp dir): the apps' user must pass through it
-    // as it passes through /var/lib on a real host.
-    std::fs::set_permissions(
-        &host.dir,
-        std::os::unix::fs::PermissionsExt::from_mode(0o711),
-    )
-    .unwrap();
-    host.agent_wrapper = vec![
-        "unshare".into(),
-        "-m".into(),
-        "--propagation".into(),
-        "private".into(),
-        "sh".into(),
-        "-c".into(),
-        format!(
-            "set -e; mount -t overlay overlay -o lowerdir=/etc,upperdir={e}/upper,workdir={e}/work /etc; \
-             id -u hoist-apps >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
-             --home-dir /nonexistent --shell /usr/sbin/nologin hoist-apps; \
-             groupadd -f hoist-extra; usermod -aG hoist-extra hoist-apps; \
-             id -u hoist-apps > {e}/uid; getent group hoist-extra | cut -d: -f3 > {e}/extra; \
-             exec \"$0\" \"$@\"",
-            e = etc.display()
-        ),
-    ];
-    host.start_agent();
-    let apps_uid: u32 = std::fs::read_to_string(etc.join("uid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert_ne!(apps_uid, 0);
     let job = format!(
         "[jobs.note]\ncommand = \"{} job --name note\"\nevery = \"1h\"\n\n[deploy]",
         hoist_testkit::testapp_bin().display()

@@ -102,7 +102,8 @@ impl Host {
     /// Restarts the agent (root) with an apps' user of its own: it runs in a mount
     /// namespace whose /etc is an overlay where `hoist-apps` is created, so this machine
     /// gets no new user. The test's directory becomes 0711 (the user passes through it as
-    /// through /var/lib). Returns the user's uid.
+    /// through /var/lib). The user is also in a supplementary group, `hoist-extra`, whose
+    /// gid is written to `<dir>/etc/extra`. Returns the user's uid.
     #[allow(dead_code)]
     pub fn restart_with_apps_user(&mut self) -> u32 {
         self.kill_agent();
@@ -125,7 +126,9 @@ impl Host {
                 "set -e; mount -t overlay overlay -o lowerdir=/etc,upperdir={e}/upper,workdir={e}/work /etc; \
                  id -u hoist-apps >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
                  --home-dir /nonexistent --shell /usr/sbin/nologin hoist-apps; \
-                 id -u hoist-apps > {e}/uid; exec \"$0\" \"$@\"",
+                 groupadd -f hoist-extra; usermod -aG hoist-extra hoist-apps; \
+                 id -u hoist-apps > {e}/uid; getent group hoist-extra | cut -d: -f3 > {e}/extra; \
+                 exec \"$0\" \"$@\"",
                 e = etc.display()
             ),
         ];
