@@ -617,7 +617,18 @@ fn a_scheduled_backup_that_keeps_failing_goes_stale_in_doctor_and_alerts_then_re
     // The app's database file is overwritten with something that is not a database:
     // every scheduled backup now runs and fails, and the last good one ages.
     std::fs::write(&db, vec![b'x'; 8192]).unwrap();
-    let all = until(&h, &project, "backups.stale", "fail");
+    // Stale may be seen a moment before the first failed attempt is recorded (a run late
+    // on a busy machine): wait for the finding that names the failure.
+    let mut all = until(&h, &project, "backups.stale", "fail");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !finding(&all, "backups.stale")["evidence"][0]
+        .as_str()
+        .is_some_and(|l| l.contains("not a database"))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(250));
+        all = until(&h, &project, "backups.stale", "fail");
+    }
     let f = finding(&all, "backups.stale");
     let line = f["evidence"][0].as_str().unwrap();
     assert!(
