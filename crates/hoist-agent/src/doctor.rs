@@ -301,11 +301,26 @@ impl Agent {
                     )
                 })
                 .collect();
+            // Failing now, or restarted for failing within the last 5 minutes (a restart
+            // clears the unhealthy state within a supervision pass).
+            let recent = std::time::Duration::from_secs(300);
             let unhealthy: Vec<String> = rt
                 .instances
                 .values()
-                .filter(|l| l.state_word(now) == "unhealthy")
-                .map(|l| l.row.instance.clone())
+                .filter_map(|l| {
+                    if l.state_word(now) == "unhealthy" {
+                        return Some(format!("`{}`: failing its health check", l.row.instance));
+                    }
+                    let at = l.unhealthy_at?;
+                    let ago = now.saturating_duration_since(at);
+                    (ago < recent).then(|| {
+                        format!(
+                            "`{}`: restarted for failing its health check {}s ago",
+                            l.row.instance,
+                            ago.as_secs()
+                        )
+                    })
+                })
                 .collect();
             (looping, unhealthy)
         };

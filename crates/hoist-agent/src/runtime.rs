@@ -58,6 +58,9 @@ pub struct Live {
     pub spawning: bool,
     /// Log lines its shim dropped (disk full), as last measured.
     pub dropped_lines: u64,
+    /// When it was last restarted for failing its health check (doctor reports that for a
+    /// while: the restart clears the unhealthy state within a supervision pass).
+    pub unhealthy_at: Option<Instant>,
 }
 
 impl Live {
@@ -378,6 +381,7 @@ impl Agent {
             stats: None,
             spawning: false,
             dropped_lines: 0,
+            unhealthy_at: None,
             row,
         })
     }
@@ -807,6 +811,7 @@ impl Agent {
                             "unhealthy past its threshold; restarting".into(),
                         ));
                         live.tracker = Tracker::default();
+                        live.unhealthy_at = Some(now);
                         to_restart_unhealthy.push(id.clone());
                     }
                 } else if !live.spawning && live.next_start.is_some_and(|t| t <= now) {
