@@ -468,6 +468,11 @@ impl Agent {
             let rows = self
                 .db(|s| s.backups(Some(&spec.app), 1000))
                 .unwrap_or_default();
+            // The app's last deploy, read once for all its backups (see `not_due`).
+            let deployed_at = self
+                .db(|s| s.history(Some(&spec.app), 1))
+                .ok()
+                .and_then(|h| h.first().map(|r| r.at_ms));
             for (name, bs) in &spec.backups {
                 total += 1;
                 let mine: Vec<_> = rows.iter().filter(|r| &r.name == name).collect();
@@ -508,10 +513,6 @@ impl Agent {
                         .unwrap_or_default();
                     // A schedule starts with the deploy that declared it: right after a
                     // deploy, "never taken" is not behind yet (unless attempts failed).
-                    let deployed_at = self
-                        .db(|s| s.history(Some(&spec.app), 1))
-                        .ok()
-                        .and_then(|h| h.first().map(|r| r.at_ms));
                     let not_due =
                         since.is_empty() && deployed_at.is_some_and(|at| now - at <= 2 * period);
                     match last_ok {
