@@ -590,7 +590,6 @@ impl Agent {
     /// many instances' files pile up as deploys come and go. A kept release's logs stay
     /// (it can be rolled back to, or be the failure someone is reading about).
     fn prune_instance_logs(&self) {
-        let logs = self.paths.root.join("logs");
         let live: std::collections::HashSet<String> = self.rt().instances.keys().cloned().collect();
         let names = |dir: &std::path::Path| -> Vec<String> {
             std::fs::read_dir(dir)
@@ -602,22 +601,24 @@ impl Agent {
         };
         let older_than = std::time::SystemTime::now() - LOGS_GRACE;
         let mut removed = 0;
-        for app in names(&logs) {
+        for app in names(&self.paths.root.join("logs")) {
+            let logs = self.paths.logs(&app);
             let kept: Vec<String> = names(&self.paths.releases(&app))
                 .into_iter()
                 .filter(|r| !r.starts_with('.'))
-                .map(|r| r.chars().take(8).collect())
                 .collect();
-            for service in names(&logs.join(&app)) {
-                let prefix = format!("{app}-{service}-");
+            for service in names(&logs) {
+                let ours = format!("{app}-{service}-");
+                let kept: Vec<String> = kept
+                    .iter()
+                    .map(|r| runtime::instance_prefix(&app, &service, r))
+                    .collect();
                 let keep = |instance: &str| {
                     live.contains(instance)
-                        || instance.strip_prefix(&prefix).is_none_or(|rest| {
-                            kept.iter()
-                                .any(|short| rest.starts_with(&format!("{short}-")))
-                        })
+                        || !instance.starts_with(&ours)
+                        || kept.iter().any(|p| instance.starts_with(p.as_str()))
                 };
-                match hoist_supervisor::logs::prune(&logs.join(&app), &service, keep, older_than) {
+                match hoist_supervisor::logs::prune(&logs, &service, keep, older_than) {
                     Ok(r) => removed += r.len(),
                     Err(e) => {
                         tracing::warn!(app = %app, service = %service, error = %e, "cannot prune old instances' logs")

@@ -210,8 +210,13 @@ pub fn crash_rule() -> CrashLoop {
 
 /// An instance id: safe as a file name, unique per app, service, release and slot.
 pub fn instance_id(app: &str, service: &str, release: &str, slot: u32) -> String {
+    format!("{}{slot}", instance_prefix(app, service, release))
+}
+
+/// What the ids of `release`'s instances of `service` start with.
+pub fn instance_prefix(app: &str, service: &str, release: &str) -> String {
     let short: String = release.chars().take(8).collect();
-    format!("{app}-{service}-{short}-{slot}")
+    format!("{app}-{service}-{short}-")
 }
 
 /// A port that was free a moment ago on loopback.
