@@ -649,22 +649,31 @@ impl Agent {
         // Routes of services the current release no longer serves (removed, or no longer
         // web) go: left, they would send their domains to stopped instances' ports, which
         // another app may be given next.
-        let stale: Vec<String> = {
+        // Taken out of `routes_sent` before asking, so a sync running beside this one does
+        // not ask to remove it too (the proxy refuses to remove a route twice); put back if
+        // the proxy keeps it, for the next sync to try again.
+        let stale: Vec<(String, Route)> = {
             let prefix = format!("{app}/");
-            self.rt()
+            let mut rt = self.rt();
+            let ids: Vec<String> = rt
                 .routes_sent
                 .keys()
                 .filter(|id| id.starts_with(&prefix) && !wanted.iter().any(|r| &&r.id == id))
                 .cloned()
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| rt.routes_sent.remove(&id).map(|r| (id, r)))
                 .collect()
         };
-        for id in stale {
+        for (id, sent) in stale {
             match proxy.request(Request::RemoveRoute { id: id.clone() }).await {
                 Ok(_) => {
                     tracing::info!(route = %id, "route of a service no longer served removed");
-                    self.rt().routes_sent.remove(&id);
                 }
-                Err(e) => return Err(format!("the proxy kept route `{id}`: {e}")),
+                Err(e) => {
+                    self.rt().routes_sent.insert(id.clone(), sent);
+                    return Err(format!("the proxy kept route `{id}`: {e}"));
+                }
             }
         }
         for route in wanted {
