@@ -128,11 +128,14 @@ pub enum TlsRequest {
     /// HTTP-01 request for a token this proxy does not hold is asked of them, and the
     /// first valid answer is relayed, so a CA reaching any host of a name behind DNS
     /// round-robin or a balancer validates every host's order. Empty `peers` forgets
-    /// the app's. Kept in memory (the agent sends them again when it starts).
+    /// the app's. Persisted with the certificates, so a proxy restarted while the agent
+    /// is dead (or a successor after an upgrade) relays as before.
     SetAcmePeers {
         app: String,
         peers: Vec<String>,
     },
+    /// The relay's counters: answered with [`Reply::AcmeRelays`].
+    AcmeRelays,
 }
 
 /// A certificate chain and its private key, PEM. The key never appears in a reply.
@@ -342,6 +345,17 @@ pub enum Reply {
     },
     Certs {
         certs: Vec<CertInfo>,
+    },
+    /// HTTP-01 requests for tokens this proxy does not hold, since it started.
+    AcmeRelays {
+        /// Asked of the peers and answered with a peer's key authorization.
+        relayed: u64,
+        /// Asked of the peers, and none held the token.
+        missed: u64,
+        /// Not asked: the token is not an ACME token (base64url, 22 to 128 characters).
+        malformed: u64,
+        /// Answered 429: over the relay's rate or concurrency.
+        limited: u64,
     },
 }
 

@@ -6,7 +6,10 @@
 //! so a new certificate serves the next handshake while open connections keep theirs.
 //! They are persisted (0600, temp → fsync → rename) beside the route table so a proxy
 //! restarted while the agent is dead, or a successor after an upgrade, serves HTTPS at
-//! once. Challenge answers are kept in memory only: an issuance outlives neither.
+//! once. The ACME peers (the app's other hosts, asked for HTTP-01 tokens this proxy does
+//! not hold) are persisted in the same file, so relaying keeps working across a restart
+//! while the agent is dead and across an upgrade. Challenge answers are kept in memory
+//! only: an issuance outlives neither.
 //!
 //! TLS connections are served by their own threads (one current-thread runtime each, as
 //! the plain workers), through the same request path (`forward::handle`): requests are
@@ -60,6 +63,7 @@ pub(crate) struct TlsState {
     http_challenges: RwLock<HashMap<String, String>>,
     /// Per app, the peers asked for HTTP-01 tokens this proxy does not hold.
     acme_peers: RwLock<HashMap<String, Vec<String>>>,
+    relays: Relays,
     file: Option<PathBuf>,
     /// Whether any route asks for TLS (the plain path looks routes up again only then).
     any_tls_route: AtomicBool,
@@ -121,6 +125,9 @@ fn challenge_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> 
 struct CertsFile {
     version: u32,
     certs: Vec<wire::Cert>,
+    /// App → its HTTP-01 peers (absent in files of older proxies).
+    #[serde(default)]
+    acme_peers: HashMap<String, Vec<String>>,
 }
 
 impl TlsState {
@@ -131,6 +138,7 @@ impl TlsState {
             alpn: RwLock::new(HashMap::new()),
             http_challenges: RwLock::new(HashMap::new()),
             acme_peers: RwLock::new(HashMap::new()),
+            relays: Relays::default(),
             file,
             any_tls_route: AtomicBool::new(false),
             https_port: AtomicU16::new(0),
@@ -165,6 +173,7 @@ impl TlsState {
                         }
                     }
                     *state.certs.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+                    *state.acme_peers.write().unwrap_or_else(|e| e.into_inner()) = file.acme_peers;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(bad(e.to_string())),
@@ -187,7 +196,13 @@ impl TlsState {
         self.certs.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn persist(&self, map: &HashMap<String, Held>) -> Result<(), ProxyError> {
+    /// Writes the certificates and ACME peers; callers hold the `certs` write lock (taken
+    /// before `acme_peers`), so writes never interleave.
+    fn persist(
+        &self,
+        map: &HashMap<String, Held>,
+        acme_peers: &HashMap<String, Vec<String>>,
+    ) -> Result<(), ProxyError> {
         let Some(path) = &self.file else {
             return Ok(());
         };
@@ -215,6 +230,7 @@ impl TlsState {
         let data = serde_json::to_vec(&CertsFile {
             version: wire::VERSION,
             certs,
+            acme_peers: acme_peers.clone(),
         })
         .map_err(|e| ProxyError::StateWrite {
             path: path.clone(),
@@ -246,7 +262,10 @@ impl TlsState {
                 },
             );
         }
-        self.persist(&map)?;
+        self.persist(
+            &map,
+            &self.acme_peers.read().unwrap_or_else(|e| e.into_inner()),
+        )?;
         *slot = Arc::new(map);
         tracing::info!(domains = ?cert.domains, source = %cert.source, "certificate installed");
         Ok(())
@@ -256,7 +275,10 @@ impl TlsState {
         let mut slot = self.certs.write().unwrap_or_else(|e| e.into_inner());
         let mut map = (**slot).clone();
         map.remove(&domain.to_ascii_lowercase());
-        self.persist(&map)?;
+        self.persist(
+            &map,
+            &self.acme_peers.read().unwrap_or_else(|e| e.into_inner()),
+        )?;
         *slot = Arc::new(map);
         Ok(())
     }
@@ -307,12 +329,25 @@ impl TlsState {
                 }
             }
             TlsRequest::SetAcmePeers { app, peers } => {
-                let mut map = self.acme_peers.write().unwrap_or_else(|e| e.into_inner());
+                let certs = self.certs.write().unwrap_or_else(|e| e.into_inner());
+                let mut slot = self.acme_peers.write().unwrap_or_else(|e| e.into_inner());
+                let mut map = slot.clone();
                 if peers.is_empty() {
                     map.remove(&app);
                 } else {
                     map.insert(app, peers);
                 }
+                self.persist(&certs, &map)?;
+                *slot = map;
+            }
+            TlsRequest::AcmeRelays => {
+                let r = &self.relays;
+                return Ok(Reply::AcmeRelays {
+                    relayed: r.relayed.load(Ordering::Relaxed),
+                    missed: r.missed.load(Ordering::Relaxed),
+                    malformed: r.malformed.load(Ordering::Relaxed),
+                    limited: r.limited.load(Ordering::Relaxed),
+                });
             }
             TlsRequest::RemoveAlpnChallenge { domain } => {
                 self.alpn
@@ -630,11 +665,73 @@ const RELAY_HEADER: &str = "x-hoist-acme-relay";
 const RELAY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most of a peer's answer that is read (a key authorization is under 200 bytes).
 const RELAY_MAX: usize = 4096;
+/// Relays one proxy runs at once, and its token bucket (burst, refill per second):
+/// anyone can ask for random challenge paths, and each relay fans out to every peer.
+/// A CA validates a challenge with a handful of requests, so this is far above need.
+const RELAY_CONCURRENCY: usize = 8;
+const RELAY_BURST: f64 = 20.0;
+const RELAY_PER_SEC: f64 = 5.0;
+
+/// The relay's bounds and counters (see [`Reply::AcmeRelays`]).
+struct Relays {
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Tokens left and when they were last counted.
+    bucket: std::sync::Mutex<(f64, std::time::Instant)>,
+    relayed: std::sync::atomic::AtomicU64,
+    missed: std::sync::atomic::AtomicU64,
+    malformed: std::sync::atomic::AtomicU64,
+    limited: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Relays {
+    fn default() -> Relays {
+        Relays {
+            in_flight: Default::default(),
+            bucket: std::sync::Mutex::new((RELAY_BURST, std::time::Instant::now())),
+            relayed: Default::default(),
+            missed: Default::default(),
+            malformed: Default::default(),
+            limited: Default::default(),
+        }
+    }
+}
+
+/// One relay's place among the [`RELAY_CONCURRENCY`]; given back on drop.
+struct RelaySlot<'a>(&'a Relays);
+
+impl Drop for RelaySlot<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Relays {
+    /// A slot for one more relay, or `None` when as many run already or the bucket is
+    /// empty (a refused request takes no token).
+    fn admit(&self) -> Option<RelaySlot<'_>> {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= RELAY_CONCURRENCY {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let slot = RelaySlot(self);
+        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(bucket.1).as_secs_f64() * RELAY_PER_SEC;
+        *bucket = ((bucket.0 + refill).min(RELAY_BURST), now);
+        if bucket.0 < 1.0 {
+            return None;
+        }
+        bucket.0 -= 1.0;
+        Some(slot)
+    }
+}
 
 /// An HTTP-01 request for a token this proxy does not hold, on its plain listener:
 /// asked of the peers the agent named for the apps here (other hosts serving the same
 /// names), and the first answer that is a key authorization of that very token
-/// (`TOKEN.THUMBPRINT`) relayed. `None`: not such a request, or nobody holds it.
+/// (`TOKEN.THUMBPRINT`) relayed. Only ACME-shaped tokens are asked, at most
+/// [`RELAY_CONCURRENCY`] at once and [`RELAY_PER_SEC`] a second (burst [`RELAY_BURST`]);
+/// beyond that the answer is 429. `None`: not such a request, or nobody holds it.
 pub(crate) async fn relay_challenge(
     shared: &Shared,
     req: &Request<Incoming>,
@@ -643,9 +740,6 @@ pub(crate) async fn relay_challenge(
         return None;
     }
     let token = req.uri().path().strip_prefix(ACME_CHALLENGE_PREFIX)?;
-    if !is_token(token) {
-        return None;
-    }
     let mut peers: Vec<String> = shared
         .tls
         .acme_peers
@@ -658,6 +752,19 @@ pub(crate) async fn relay_challenge(
     if peers.is_empty() {
         return None;
     }
+    let relays = &shared.tls.relays;
+    if !is_token(token) {
+        relays.malformed.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    let Some(_slot) = relays.admit() else {
+        relays.limited.fetch_add(1, Ordering::Relaxed);
+        let mut resp = Response::new(ProxyBody::Full(None));
+        *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Some(resp);
+    };
     peers.sort();
     peers.dedup();
     let host = crate::forward::host_of(req);
@@ -678,7 +785,15 @@ pub(crate) async fn relay_challenge(
         }
         None
     };
-    let (peer, answer) = tokio::time::timeout(RELAY_TIMEOUT, first).await.ok()??;
+    let Some((peer, answer)) = tokio::time::timeout(RELAY_TIMEOUT, first)
+        .await
+        .ok()
+        .flatten()
+    else {
+        relays.missed.fetch_add(1, Ordering::Relaxed);
+        return None;
+    };
+    relays.relayed.fetch_add(1, Ordering::Relaxed);
     tracing::info!(peer = %peer, "relayed an ACME HTTP-01 answer a peer holds");
     let mut resp = Response::new(ProxyBody::Full(Some(Bytes::from(answer))));
     resp.headers_mut().insert(
@@ -688,12 +803,15 @@ pub(crate) async fn relay_challenge(
     Some(resp)
 }
 
-/// An ACME token: base64url, as RFC 8555 §8.3 makes them (and nothing a path could hide).
+/// An ACME token: base64url, as RFC 8555 §8.3 makes them (at least 128 bits of entropy,
+/// so 22 characters or more; CAs use 43), and nothing a path could hide.
 fn is_token(token: &str) -> bool {
-    (1..=128).contains(&token.len())
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    (22..=128).contains(&token.len()) && is_base64url(token)
+}
+
+fn is_base64url(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// One relayed `GET` to a peer's plain listener; its answer if it is a 200 whose body is
@@ -722,7 +840,7 @@ async fn ask_peer(peer: &str, host: &str, token: &str) -> Option<String> {
     }
     let body = body.trim();
     let thumbprint = body.strip_prefix(token)?.strip_prefix('.')?;
-    let valid = !thumbprint.is_empty() && is_token(thumbprint);
+    let valid = !thumbprint.is_empty() && thumbprint.len() <= 128 && is_base64url(thumbprint);
     valid.then(|| body.to_string())
 }
 
@@ -780,7 +898,17 @@ mod relay_tests {
             assert_eq!(ask_peer(&addr, "a.test", "tok1").await, None, "{bad:?}");
         }
         assert!(is_token("E6Jyg8AtauVR3PxSsefWFPtIkStD8BFXT9_Q4KTQymQ"));
-        for bad in ["", "a/b", "a.b", "a b", "%2e"] {
+        let long = "a".repeat(129);
+        for bad in [
+            "",
+            "a/b",
+            "a.b",
+            "a b",
+            "%2e",
+            "tok1",
+            "E6Jyg8AtauVR3PxSsefWF",
+            &long,
+        ] {
             assert!(!is_token(bad), "{bad:?}");
         }
     }

@@ -527,3 +527,219 @@ fn the_canary_cookie_is_secure_over_https_only() {
     let plain = cookie_in(&said);
     assert!(!plain.contains("Secure"), "{plain}");
 }
+
+/// An ACME token as CAs make them (43 base64url characters), distinct per `n`.
+fn acme_token(n: usize) -> String {
+    format!("{n:0>10}E6Jyg8AtauVR3PxSsefWFPtIkStD8BF")
+}
+
+fn set_acme_peers(proxy: &Proxy, peers: &[String]) {
+    assert_eq!(
+        proxy.call(Request::Tls {
+            request: TlsRequest::SetAcmePeers {
+                app: "app".into(),
+                peers: peers.to_vec(),
+            },
+        }),
+        Reply::Done
+    );
+}
+
+fn relays(proxy: &Proxy) -> [u64; 4] {
+    match proxy.call(Request::Tls {
+        request: TlsRequest::AcmeRelays,
+    }) {
+        Reply::AcmeRelays {
+            relayed,
+            missed,
+            malformed,
+            limited,
+        } => [relayed, missed, malformed, limited],
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The HTTP-01 peers the agent hands the proxy are persisted beside its certificates:
+/// a proxy restarted while the agent is dead still relays a token another host holds.
+#[test]
+fn acme_peers_survive_a_restart_of_the_proxy_while_the_agent_is_away() {
+    let holder = Proxy::start(config());
+    let token = acme_token(1);
+    let answer = format!("{token}.thumbprint_-");
+    assert_eq!(
+        holder.call(Request::Tls {
+            request: TlsRequest::SetHttpChallenge {
+                token: token.clone(),
+                key_authorization: answer.clone(),
+            },
+        }),
+        Reply::Done
+    );
+    let dir = hoist_testkit::tempdir();
+    let certs = dir.path().join("certs.json");
+    let with_file = || {
+        let mut cfg = config();
+        cfg.certs_file = Some(certs.clone());
+        cfg
+    };
+    let path = format!("/.well-known/acme-challenge/{token}");
+    let get = |proxy: &Proxy| {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
+        String::from_utf8_lossy(&raw_exchange(
+            proxy.addr,
+            raw.as_bytes(),
+            Duration::from_secs(20),
+        ))
+        .into_owned()
+    };
+    let first = Proxy::start(with_file());
+    set_acme_peers(&first, &[holder.addr.to_string()]);
+    let got = get(&first);
+    assert!(
+        got.starts_with("HTTP/1.1 200 ") && got.ends_with(&answer),
+        "{got}"
+    );
+    drop(first);
+    let mode = std::fs::metadata(&certs).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let restarted = Proxy::start(with_file());
+    let got = get(&restarted);
+    assert!(
+        got.starts_with("HTTP/1.1 200 ") && got.ends_with(&answer),
+        "a restarted proxy forgot its ACME peers: {got}"
+    );
+    assert_eq!(relays(&restarted), [1, 0, 0, 0]);
+    // Forgetting them is persisted too.
+    set_acme_peers(&restarted, &[]);
+    drop(restarted);
+    let again = Proxy::start(with_file());
+    assert!(!get(&again).starts_with("HTTP/1.1 200 "));
+    assert_eq!(relays(&again), [0, 0, 0, 0]);
+}
+
+/// A peer that counts the connections it accepts and, while `hold` is set, keeps them
+/// open unanswered; otherwise it answers 404.
+struct SlowPeer {
+    addr: SocketAddr,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    hold: Arc<std::sync::atomic::AtomicBool>,
+    held: Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl SlowPeer {
+    fn start() -> SlowPeer {
+        use std::sync::atomic::Ordering;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = SlowPeer {
+            addr: l.local_addr().unwrap(),
+            accepted: Default::default(),
+            hold: Arc::new(true.into()),
+            held: Default::default(),
+        };
+        let (accepted, hold, held) = (peer.accepted.clone(), peer.hold.clone(), peer.held.clone());
+        // The thread ends with the test process (it blocks in accept).
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                accepted.fetch_add(1, Ordering::SeqCst);
+                if hold.load(Ordering::SeqCst) {
+                    held.lock().unwrap().push(s);
+                } else {
+                    let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                }
+            }
+        });
+        peer
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Closes the held connections and answers from now on.
+    fn release(&self) {
+        self.hold.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.held.lock().unwrap().clear();
+    }
+}
+
+/// Anyone can ask a proxy for random challenge paths, and each relay fans out to every
+/// peer: only ACME-shaped tokens are relayed, at most 8 at once and at a bounded rate;
+/// beyond that the answer is 429 with Retry-After, and every case is counted.
+#[test]
+fn acme_relays_take_only_acme_tokens_and_are_bounded_in_number_and_rate() {
+    let started = std::time::Instant::now();
+    let proxy = Proxy::start(config());
+    let peer = SlowPeer::start();
+    set_acme_peers(&proxy, &[peer.addr.to_string()]);
+    let req = |token: &str| {
+        format!("GET /.well-known/acme-challenge/{token} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+    };
+
+    // Not ACME tokens: never asked of the peers.
+    for bad in [
+        "short".to_string(),
+        "a".repeat(129),
+        format!("{}.x", acme_token(0)),
+    ] {
+        let got = raw_exchange(proxy.addr, req(&bad).as_bytes(), Duration::from_secs(20));
+        assert_ne!(status_of(&got), Some(200), "{bad}");
+    }
+    assert_eq!(peer.accepted(), 0, "a malformed token was relayed");
+    assert_eq!(relays(&proxy), [0, 0, 3, 0]);
+
+    // 8 relays held by a peer that does not answer; the 9th is refused at once.
+    let held: Vec<_> = (0..8)
+        .map(|i| {
+            let (addr, raw) = (proxy.addr, req(&acme_token(100 + i)));
+            std::thread::spawn(move || raw_exchange(addr, raw.as_bytes(), Duration::from_secs(30)))
+        })
+        .collect();
+    hoist_testkit::wait_until(Duration::from_secs(20), || peer.accepted() == 8)
+        .expect("8 relays reach the peer");
+    let got = raw_exchange(
+        proxy.addr,
+        req(&acme_token(200)).as_bytes(),
+        Duration::from_secs(20),
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(status_of(&got), Some(429), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("\r\nretry-after: 1\r\n"),
+        "{text}"
+    );
+    assert_eq!(peer.accepted(), 8);
+    peer.release();
+    for h in held {
+        assert_ne!(status_of(&h.join().unwrap()), Some(200));
+    }
+    assert_eq!(relays(&proxy), [0, 8, 3, 1]);
+
+    // The rate: requests one after another soon meet 429, and no more were relayed than
+    // the bucket allows for the time since the proxy started (20, then 5 a second).
+    let mut refused = 0;
+    for i in 0..400 {
+        let got = raw_exchange(
+            proxy.addr,
+            req(&acme_token(1000 + i)).as_bytes(),
+            Duration::from_secs(20),
+        );
+        if status_of(&got) == Some(429) {
+            refused += 1;
+            if refused == 5 {
+                break;
+            }
+        }
+    }
+    let allowed = 20.0 + 5.0 * started.elapsed().as_secs_f64();
+    assert_eq!(refused, 5, "no request was refused for the rate");
+    assert!(
+        peer.accepted() as f64 <= allowed + 1.0,
+        "{} relays, the bucket allows {allowed}",
+        peer.accepted()
+    );
+    let [relayed, missed, malformed, limited] = relays(&proxy);
+    assert_eq!((relayed, malformed, limited), (0, 3, 6));
+    assert_eq!(missed as usize, peer.accepted());
+}
