@@ -923,3 +923,64 @@ fn metrics_show_each_domains_certificate_expiry() {
         .as_secs() as i64;
     assert!(at > now, "{line}");
 }
+
+/// The Pebble helper's ports are picked free, but another process can take one before
+/// the server binds it (a connect to the port then reaches that process, which once
+/// made a test talk to the wrong server): a server that exits, or whose port another
+/// process holds, is started again on new ports, and only a server that owns its ports
+/// and answers as itself is used. Driven here with the real pebble-challtestsrv, whose
+/// management port the test itself holds on the first attempt.
+#[test]
+fn the_pebble_helper_starts_a_server_again_when_another_process_holds_its_port() {
+    use pebble::{owner, start_owning, Owner};
+    let dir = hoist_testkit::tempdir();
+    let intruder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = intruder.local_addr().unwrap().port();
+    let mut attempts = 0;
+    let (guard, management) = start_owning("pebble-challtestsrv", dir.path(), || {
+        attempts += 1;
+        // The first attempt gets a port the test holds; the second no server to run
+        // (it exits).
+        let dns = format!("127.0.0.1:{}", free_port());
+        let (dns, management) = match attempts {
+            1 => (dns, taken),
+            2 => (String::new(), free_port()),
+            _ => (dns, free_port()),
+        };
+        let guard = hoist_testkit::ChildGuard::spawn(
+            Command::new("pebble-challtestsrv")
+                .args(["-http01", "", "-https01", "", "-tlsalpn01", "", "-dns01"])
+                .arg(dns)
+                .arg("-management")
+                .arg(format!("127.0.0.1:{management}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .expect("pebble-challtestsrv (apt-get install pebble)");
+        let ready = move || {
+            Command::new("curl")
+                .args(["-sSf", "--max-time", "5", "-d", r#"{"ip":"127.0.0.1"}"#])
+                .arg(format!("http://127.0.0.1:{management}/set-default-ipv4"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let sockets = vec![("tcp", management)];
+        (
+            guard,
+            management,
+            sockets,
+            Box::new(ready) as Box<dyn Fn() -> bool>,
+        )
+    });
+    assert_eq!(
+        attempts, 3,
+        "the held port and the exit were each noticed once"
+    );
+    assert_ne!(management, taken);
+    assert_eq!(owner(guard.pid(), "tcp", management), Owner::Itself);
+    assert_eq!(owner(guard.pid(), "tcp", taken), Owner::Other);
+    drop(intruder);
+    assert_eq!(owner(guard.pid(), "tcp", taken), Owner::Nobody);
+}
