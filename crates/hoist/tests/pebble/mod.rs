@@ -35,6 +35,7 @@ pub fn start_owning<P>(
     dir: &Path,
     mut spawn: impl FnMut() -> Spawned<P>,
 ) -> (ChildGuard, P) {
+    let mut why: Vec<String> = Vec::new();
     for attempt in 1..=5 {
         let (mut guard, ports, sockets, ready) = spawn();
         let pid = guard.pid();
