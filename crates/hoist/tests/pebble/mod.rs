@@ -62,14 +62,14 @@ pub fn start_owning<P>(
         if ok && failed.is_none() {
             return (guard, ports);
         }
-        eprintln!(
-            "{name} (attempt {attempt}) {}; starting it again on other ports (logs in {})",
-            failed.unwrap_or_else(|| "did not answer".into()),
-            dir.display()
-        );
+        why.push(format!(
+            "attempt {attempt}: {}",
+            failed.unwrap_or_else(|| "did not answer".into())
+        ));
     }
     panic!(
-        "{name} never started on free ports (logs in {})",
+        "{name} never started on free ports ({}; logs in {})",
+        why.join(", "),
         dir.display()
     );
 }
