@@ -103,7 +103,10 @@ impl Body for ProxyBody {
                         }
                     }
                     Poll::Ready(None) => up.guard.complete = true,
-                    _ => {}
+                    // Cut mid-body (closed, broken framing, stalled past the body-idle
+                    // timeout): the upstream's fault.
+                    Poll::Ready(Some(Err(_))) => up.guard.route.counters.upstream_error(),
+                    Poll::Pending => {}
                 }
                 polled
             }
@@ -360,7 +363,7 @@ async fn proxy(
                     entry.status = status.as_u16();
                     entry.upstream = Some(upstream.addr);
                 }
-                let reader = ResponseBody::new(conn, &head);
+                let reader = ResponseBody::new(conn, &head, timeouts.body_idle);
                 let mut resp = Response::new(ProxyBody::empty());
                 *resp.status_mut() = status;
                 *resp.headers_mut() = head.headers;

@@ -63,7 +63,9 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// Longest wait for an upstream's response head (504 after).
     pub response_timeout: Duration,
-    /// Longest pause in a client's request body before the request is abandoned.
+    /// Longest pause in a client's request body before the request is abandoned, and in
+    /// an upstream's response body before the response is cut (the client's connection
+    /// closed, the upstream's not reused, an upstream error counted).
     pub body_timeout: Duration,
     /// Longest time a client may take no response bytes before its connection is closed.
     pub write_timeout: Duration,

@@ -753,14 +753,21 @@ pub(crate) struct ResponseBody {
     conn: Option<Conn>,
     framing: Framing,
     keep_alive: bool,
+    /// The longest the upstream may send nothing of the body (an error after that).
+    idle: Duration,
+    /// Whether the connection's timer is set for the current wait (it is set again only
+    /// for a wait after progress, so a body already in the buffer costs no timer).
+    armed: bool,
 }
 
 impl ResponseBody {
-    pub fn new(conn: Conn, head: &Head) -> ResponseBody {
+    pub fn new(conn: Conn, head: &Head, idle: Duration) -> ResponseBody {
         ResponseBody {
             conn: Some(conn),
             framing: head.framing,
             keep_alive: head.keep_alive,
+            idle,
+            armed: false,
         }
     }
 
@@ -835,7 +842,26 @@ impl Body for ResponseBody {
                     }
                 },
             }
-            match ready!(poll_fill(&mut conn.stream, &mut conn.buf, cx)) {
+            let filled = match poll_fill(&mut conn.stream, &mut conn.buf, cx) {
+                Poll::Ready(r) => {
+                    this.armed = false;
+                    r
+                }
+                Poll::Pending => {
+                    if !this.armed {
+                        conn.timer.as_mut().reset(Instant::now() + this.idle);
+                        this.armed = true;
+                    }
+                    ready!(conn.timer.as_mut().poll(cx));
+                    // A stalled body: an error, so the client's response ends truncated
+                    // (never passes for whole) and the connection is not pooled.
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the upstream sent nothing of the body for the body-idle timeout",
+                    ))));
+                }
+            };
+            match filled {
                 Ok(0) if this.framing == Framing::Eof => {
                     this.framing = Framing::Done;
                     this.keep_alive = false;
@@ -1249,7 +1275,10 @@ mod tests {
         )
         .await?;
         let status = head.status;
-        let collected = ResponseBody::new(conn, &head).collect().await.unwrap();
+        let collected = ResponseBody::new(conn, &head, TIMEOUTS.body_idle)
+            .collect()
+            .await
+            .unwrap();
         let trailers = collected.trailers().cloned();
         Ok((status, collected.to_bytes().to_vec(), trailers))
     }
@@ -1348,7 +1377,10 @@ mod tests {
         .await
         .unwrap();
         task.await.unwrap();
-        let Err(err) = ResponseBody::new(conn, &head).collect().await else {
+        let Err(err) = ResponseBody::new(conn, &head, TIMEOUTS.body_idle)
+            .collect()
+            .await
+        else {
             panic!("a truncated body must fail");
         };
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);

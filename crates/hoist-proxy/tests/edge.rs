@@ -426,3 +426,107 @@ except Exception as e:
     // The owner still is.
     assert!(proxy.client().call(Request::Routes).is_ok());
 }
+
+/// An upstream that answers every request with `head` and `first` and then sends no
+/// more, keeping the connection open; it reports when the proxy closed its side.
+struct StallingUpstream {
+    addr: std::net::SocketAddr,
+    closed_by_proxy: std::sync::mpsc::Receiver<()>,
+}
+
+fn stalling_upstream(response: &'static [u8]) -> StallingUpstream {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The threads end when the proxy closes the connections (or with the test process).
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                s.write_all(response).unwrap();
+                // Nothing more; wait for the proxy to give up the connection.
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+                let _ = tx.send(());
+            });
+        }
+    });
+    StallingUpstream {
+        addr,
+        closed_by_proxy: rx,
+    }
+}
+
+/// An upstream that sends its head and part of the body, then stalls: at the body-idle
+/// timeout the client's connection is closed with the body cut short (never a response
+/// that passes for complete: no final chunk, fewer bytes than Content-Length), the
+/// upstream connection is closed (not pooled), and an upstream error is counted.
+#[test]
+fn a_response_body_that_stalls_is_cut_at_the_body_timeout_and_counted() {
+    let cases: [(&str, &'static [u8]); 2] = [
+        (
+            "content-length",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
+        ),
+        (
+            "chunked",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n",
+        ),
+    ];
+    for (n, (name, response)) in cases.into_iter().enumerate() {
+        let up = stalling_upstream(response);
+        let proxy = Proxy::start(Config {
+            limits: Limits {
+                body_timeout: Duration::from_millis(500),
+                ..Limits::default()
+            },
+            ..common::config()
+        });
+        let mut r = route("app/web", &["*"], "/", "r1", &[]);
+        r.upstreams = vec![hoist_protocol::proxy::Upstream {
+            addr: up.addr,
+            instance: "stall".into(),
+        }];
+        proxy.set_route(r);
+        let mut s = TcpStream::connect(proxy.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        let ended = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(k) => out.extend_from_slice(&buf[..k]),
+                Err(e) => break Err(e),
+            }
+        };
+        let text = String::from_utf8_lossy(&out).into_owned();
+        assert!(
+            matches!(&ended, Ok(()))
+                || matches!(&ended, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "{name}: the client's connection was not ended: {ended:?} after {text:?}"
+        );
+        assert_eq!(status_of(&out), Some(200), "{name}: {text}");
+        assert!(text.contains("0123456789"), "{name}: {text}");
+        let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+        match name {
+            "content-length" => assert_eq!(body, "0123456789", "fewer bytes than promised"),
+            _ => assert!(
+                !body.contains("\r\n0\r\n"),
+                "{name}: no final chunk: {body:?}"
+            ),
+        }
+        up.closed_by_proxy
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("{name}: the upstream connection was kept"));
+        let st = stats(&proxy);
+        assert_eq!(st.upstream_errors, 1, "case {n} {name}: {st:?}");
+    }
+}
