@@ -836,6 +836,24 @@ static EDGE: [HeaderName; 15] = [
     HeaderName::from_static("x-real-ip"),
     HeaderName::from_static("x-request-id"),
 ];
+/// Whether a client's trailer field is passed up: not one of [`EDGE`] (hop-by-hop, or
+/// what the proxy sets), nor one a trailer may not carry because it frames, routes or
+/// describes the message (RFC 9110 §6.5.1).
+pub(crate) fn trailer_allowed(name: &HeaderName) -> bool {
+    !EDGE.contains(name)
+        && ![
+            header::CONTENT_LENGTH,
+            header::HOST,
+            header::CONTENT_TYPE,
+            header::CONTENT_ENCODING,
+            header::CONTENT_RANGE,
+            header::AUTHORIZATION,
+            header::COOKIE,
+            header::EXPECT,
+        ]
+        .contains(name)
+}
+
 /// The bits of [`hop_by_hop`] (the first nine of `EDGE`).
 const HOP_BITS: u32 = (1 << 9) - 1;
 /// `forwarded` and the X-Forwarded-* headers: what only a trusted peer may send.

@@ -303,6 +303,7 @@ pub(crate) async fn exchange(
     head.clear();
     write_request_head(&mut head, req, body);
     let mut finished = true;
+    let mut trailers = None;
     match body {
         ReqBody::Full(b) if b.len() <= SMALL_WRITE => head.extend_from_slice(b),
         ReqBody::Stream {
@@ -322,10 +323,12 @@ pub(crate) async fn exchange(
                 }
                 Poll::Ready(Some(Ok(frame))) => {
                     *touched = true;
-                    if let Ok(data) = frame.into_data() {
-                        push_data(&mut head, &data, chunked);
+                    match frame.into_data() {
+                        Ok(data) => push_data(&mut head, &data, chunked),
+                        // Trailers come last: the body ends with them.
+                        Err(frame) => trailers = frame.into_trailers().ok(),
                     }
-                    finished = incoming.is_end_stream();
+                    finished = incoming.is_end_stream() || trailers.is_some();
                 }
                 Poll::Ready(None) => {
                     *touched = true;
@@ -334,7 +337,7 @@ pub(crate) async fn exchange(
                 Poll::Pending => {}
             }
             if finished && chunked {
-                head.extend_from_slice(b"0\r\n\r\n");
+                push_last_chunk(&mut head, trailers.as_ref());
             }
         }
         _ => {}
@@ -468,6 +471,7 @@ async fn send_stream(conn: &mut Conn, body: &mut ReqBody, idle: Duration) -> Res
     };
     let chunked = body.size_hint().exact().is_none();
     let mut scratch = Vec::new();
+    let mut trailers = None;
     loop {
         *touched = true;
         let frame = Conn::until(
@@ -481,14 +485,20 @@ async fn send_stream(conn: &mut Conn, body: &mut ReqBody, idle: Duration) -> Res
             Some(Some(Err(_))) => return Err(Failure::ClientBody),
             Some(None) => {
                 if chunked {
-                    return write_watching(conn, b"0\r\n\r\n", idle).await;
+                    scratch.clear();
+                    push_last_chunk(&mut scratch, trailers.as_ref());
+                    return write_watching(conn, &scratch, idle).await;
                 }
                 return Ok(false);
             }
             Some(Some(Ok(frame))) => match frame.into_data() {
                 Ok(d) if !d.is_empty() => d,
-                // Trailers from the client are not forwarded.
-                _ => continue,
+                Ok(_) => continue,
+                // Kept for the last chunk (a body with a length has nowhere to put them).
+                Err(frame) => {
+                    trailers = frame.into_trailers().ok();
+                    continue;
+                }
             },
         };
         let early = if data.len() <= SMALL_WRITE {
@@ -508,6 +518,19 @@ async fn send_stream(conn: &mut Conn, body: &mut ReqBody, idle: Duration) -> Res
             return Ok(true);
         }
     }
+}
+
+/// Appends the last chunk of a chunked request body with the client's trailer fields
+/// (hyper parsed them as it parses header fields; those no trailer may carry are left
+/// out, see `forward::trailer_allowed`).
+fn push_last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        if crate::forward::trailer_allowed(name) {
+            push_header(out, name, value);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends a piece of a request body, chunk-framed when `chunked`.

@@ -530,3 +530,56 @@ fn a_response_body_that_stalls_is_cut_at_the_body_timeout_and_counted() {
         assert_eq!(st.upstream_errors, 1, "case {n} {name}: {st:?}");
     }
 }
+
+/// Trailer fields a client sends after a chunked request body reach the upstream (as
+/// the old hyper client passed them), except those a trailer may not carry or that only
+/// the proxy sets; a malformed trailer is the client's error (400), never forwarded.
+#[test]
+fn request_trailers_are_forwarded_with_the_same_checks_as_headers() {
+    let b = Backend::start("b");
+    let proxy = proxy_to(&b, common::config());
+    let send = |raw: &str| {
+        let out = raw_exchange(proxy.addr, raw.as_bytes(), Duration::from_secs(20));
+        (status_of(&out), String::from_utf8_lossy(&out).into_owned())
+    };
+    let head = "POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\
+                Trailer: X-Checksum\r\nConnection: close\r\n\r\n";
+    // Data, then trailers; and trailers alone (the body's first and last frame).
+    let (status, text) = send(&format!(
+        "{head}5\r\nhello\r\n0\r\nX-Checksum: abc123\r\nContent-Length: 99\r\n\
+         X-Forwarded-For: 6.6.6.6\r\nHost: evil\r\nX-Other: two words\r\n\r\n"
+    ));
+    assert_eq!(status, Some(200), "{text}");
+    let (status, text) = send(&format!("{head}0\r\nX-Only: 1\r\n\r\n"));
+    assert_eq!(status, Some(200), "{text}");
+    let seen = b.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].body, b"hello");
+    assert_eq!(
+        seen[0].trailers,
+        [
+            ("x-checksum".to_string(), "abc123".to_string()),
+            ("x-other".to_string(), "two words".to_string())
+        ],
+        "{seen:?}"
+    );
+    assert_eq!(seen[1].body, b"");
+    assert_eq!(seen[1].trailers, [("x-only".to_string(), "1".to_string())]);
+
+    // A trailer with a control byte or a bad name: refused as the client's, not forwarded.
+    for bad in ["X-Bad: a\x01b", "Bad Name: 1", "X-Fold: a\r\n folded"] {
+        let (status, text) = send(&format!("{head}5\r\nhello\r\n0\r\n{bad}\r\n\r\n"));
+        assert_eq!(status, Some(400), "{bad:?}: {text}");
+    }
+    // The head and first chunk went up before the trailers were read: the upstream
+    // saw the body break off, never a whole request.
+    let seen = b.seen();
+    assert!(
+        seen[2..]
+            .iter()
+            .all(|s| s.body.is_empty() && s.trailers.is_empty()),
+        "a malformed trailer reached the upstream: {seen:?}"
+    );
+    let st = stats(&proxy);
+    assert_eq!(st.upstream_errors, 0, "{st:?}");
+}

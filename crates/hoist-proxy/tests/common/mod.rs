@@ -129,6 +129,8 @@ pub struct Seen {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The trailer fields of a chunked body.
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Seen {
@@ -240,18 +242,32 @@ async fn answer(
             )
         })
         .collect();
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes().to_vec())
-        .unwrap_or_default();
+    let (body, trailers) = match req.into_body().collect().await {
+        Ok(c) => {
+            let trailers = c
+                .trailers()
+                .map(|t| {
+                    t.iter()
+                        .map(|(k, v)| {
+                            (
+                                k.to_string(),
+                                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (c.to_bytes().to_vec(), trailers)
+        }
+        Err(_) => Default::default(),
+    };
     count.fetch_add(1, Ordering::SeqCst);
     seen.lock().unwrap().push(Seen {
         method,
         path: path.clone(),
         headers,
         body,
+        trailers,
     });
     if let Some(ms) = path
         .strip_prefix("/slow/")
