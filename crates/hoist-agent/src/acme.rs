@@ -537,9 +537,9 @@ fn alpn_cert(domain: &str, digest: &[u8]) -> Result<Cert, String> {
     })
 }
 
-/// The peers' `ADDR:PORT`: the hosts' addresses (`AppSpec::acme_peer_hosts`, the host
-/// part of their `ssh`) on this host's own proxy port (a CA validates every host of a
-/// name on one port).
+/// The peers' `ADDR:PORT`: the hosts' addresses (`AppSpec::acme_peer_hosts`: the
+/// address the CLI resolved with `ssh -G`, else the host part of their `ssh`) on this
+/// host's own proxy port (a CA validates every host of a name on one port).
 fn with_port(hosts: &[String], port: u16) -> Vec<String> {
     hosts
         .iter()
@@ -625,6 +625,13 @@ mod tests {
             ["10.0.0.1:8080", "[fd00::2]:8080"]
         );
         assert_eq!(with_port(&spec.acme_peer_hosts("local"), 80).len(), 2);
+        // An address the CLI resolved (an ssh config alias) wins over the ssh host.
+        let mut spec = spec;
+        spec.hosts[0].address = Some("10.9.9.9".into());
+        assert_eq!(
+            with_port(&spec.acme_peer_hosts("h3"), 80),
+            ["10.9.9.9:80", "[fd00::2]:80"]
+        );
     }
 
     use super::*;

@@ -271,6 +271,7 @@ pub(crate) fn validate(cx: &mut Cx<'_>, root: &Node) -> Option<AppSpec> {
             roles: used_roles.iter().cloned().collect(),
             env: BTreeMap::new(),
             files: None,
+            address: None,
         }],
     };
 
@@ -1594,6 +1595,7 @@ fn hosts(cx: &mut Cx<'_>, node: &Node, used_roles: &BTreeSet<String>) -> Vec<Hos
                 roles,
                 env,
                 files,
+                address: None,
             });
         }
     }

@@ -671,6 +671,11 @@ pub struct HostSpec {
     /// POSIX shell tools only. `None` is an agent host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<FilesHost>,
+    /// Where the other hosts reach this one (its proxy), when that is not the host part
+    /// of `ssh`: the CLI fills it from `ssh -G` (an alias of the ssh config resolved as
+    /// ssh resolves it) before a deploy hands the spec to the hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 /// A files host (`mode = "files"`): releases unpacked beside `path`, which is a symlink
@@ -929,7 +934,7 @@ pub mod alert_rules {
 }
 
 impl AppSpec {
-    /// The addresses (the host part of `ssh`) of the hosts other than `own` that run a
+    /// The addresses (`address`, else the host part of `ssh`) of the hosts other than `own` that run a
     /// service with an ACME certificate: where an HTTP-01 token another host of the same
     /// names holds is asked for. Sorted, without duplicates.
     pub fn acme_peer_hosts(&self, own: &str) -> Vec<String> {
@@ -945,7 +950,7 @@ impl AppSpec {
             for host in self.service_hosts(name) {
                 match &host.ssh {
                     Some(ssh) if host.name != own && host.files.is_none() => {
-                        peers.push(ssh.host.clone())
+                        peers.push(host.address.clone().unwrap_or_else(|| ssh.host.clone()))
                     }
                     _ => {}
                 }
@@ -1037,6 +1042,7 @@ mod tests {
             roles: roles.iter().map(|r| r.to_string()).collect(),
             env: BTreeMap::new(),
             files: None,
+            address: None,
         }
     }
 

@@ -268,9 +268,49 @@ impl Fleet {
         }
     }
 
+    /// `spec` with each host's `address` filled from `ssh -G` when it differs from the
+    /// host part of `ssh` (an ssh config alias), for an app with ACME certificates: the
+    /// hosts' proxies ask each other for HTTP-01 tokens there (the lease hands each host
+    /// its peers, and the deployed spec keeps them for the agent's own use).
+    async fn with_addresses(&self, spec: &AppSpec) -> AppSpec {
+        let mut spec = spec.clone();
+        let acme = spec.services.values().any(|s| {
+            s.http
+                .as_ref()
+                .is_some_and(|h| h.tls == Some(hoist_core::spec::TlsSpec::Acme))
+        });
+        if !acme {
+            return spec;
+        }
+        let resolved = join_all(spec.hosts.iter().map(|h| {
+            let remote = self
+                .targets
+                .iter()
+                .find(|t| t.name == h.name)
+                .and_then(|t| t.remote.clone());
+            let skip = h.address.is_some() || h.files.is_some();
+            async move {
+                match remote {
+                    Some(r) if !skip => r.resolved_host().await,
+                    _ => None,
+                }
+            }
+        }))
+        .await;
+        for (host, addr) in spec.hosts.iter_mut().zip(resolved) {
+            if let (Some(addr), Some(ssh)) = (addr, &host.ssh) {
+                if addr != ssh.host {
+                    host.address = Some(addr);
+                }
+            }
+        }
+        spec
+    }
+
     /// Deploys `artifact` (already built) to every host of `spec`.
     pub async fn deploy(&self, spec: &AppSpec, artifact: &Path) -> Result<Report, FleetError> {
         let started = Instant::now();
+        let spec = &self.with_addresses(spec).await;
         let manifest = read_manifest(artifact)?;
         if manifest.app() != spec.app {
             return Err(FleetError::WrongApp {
@@ -358,6 +398,7 @@ impl Fleet {
         data: Option<RollbackData>,
     ) -> Result<Report, FleetError> {
         let started = Instant::now();
+        let spec = &self.with_addresses(spec).await;
         let (reachable, mut reports) = self.reach().await;
         if reachable.is_empty() {
             return Err(FleetError::NoHost);

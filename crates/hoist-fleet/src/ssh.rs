@@ -251,6 +251,35 @@ impl Remote {
         self.run(&["true"], None).await.map(|_| ())
     }
 
+    /// The address ssh connects to for this host (`ssh -G`'s `hostname`: an alias of the
+    /// ssh config resolved as ssh resolves it; a DNS name is left a name). `None` when
+    /// ssh cannot say (it is then the host part of `ssh`, as written).
+    pub async fn resolved_host(&self) -> Option<String> {
+        let mut args = self.options.clone();
+        args.extend(["-G".into(), "--".into(), self.dest.clone().into()]);
+        let out = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tokio::process::Command::new(SSH)
+                .args(args)
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("hostname "))
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+    }
+
     /// Closes this host's master connection, if one runs (best effort).
     pub async fn close(&self) {
         let mut args = self.options.clone();
@@ -527,6 +556,7 @@ mod tests {
             ssh: Some(SshAddr::parse(addr).unwrap()),
             roles: vec![],
             env: Default::default(),
+            address: None,
         }
     }
 
@@ -644,6 +674,44 @@ mod tests {
             "{joined}"
         );
         assert!(joined.contains("StrictHostKeyChecking=accept-new"));
+    }
+
+    /// The address a peer is reached at is the one ssh connects to: an alias of the ssh
+    /// config (`[ssh] config`, relative to the app file) resolves to its `HostName`,
+    /// through the real `ssh -G`; an address or name that no block renames stays as is.
+    #[tokio::test]
+    async fn an_ssh_config_alias_resolves_to_its_hostname() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("ssh_config"),
+            "Host web1\n  HostName 10.0.0.5\n  User deploy\nHost *\n  IdentitiesOnly yes\n",
+        )
+        .unwrap();
+        let ssh = SshSpec {
+            config: Some("ssh_config".into()),
+            ..Default::default()
+        };
+        let resolved = |addr: &'static str| {
+            let r = Remote::new(
+                &host(addr),
+                &ssh,
+                dir.path(),
+                &dir.path().join("ctl"),
+                HostKeys::Strict,
+            )
+            .unwrap();
+            async move { r.resolved_host().await }
+        };
+        assert_eq!(resolved("web1").await.as_deref(), Some("10.0.0.5"));
+        assert_eq!(
+            resolved("root@web1:2222").await.as_deref(),
+            Some("10.0.0.5")
+        );
+        assert_eq!(resolved("10.0.0.7").await.as_deref(), Some("10.0.0.7"));
+        assert_eq!(
+            resolved("db.example.com").await.as_deref(),
+            Some("db.example.com")
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! host only. A proxy asked for a token it does not hold asks the app's other hosts
 //! (known from the app file's `[[hosts]]`, handed to every agent with the deploy lease,
 //! before any host orders) and relays the answer, so each host's issuance succeeds
-//! whichever host the validator reaches, on a fresh fleet too. Needs root and sshd.
+//! whichever host the validator reaches, on a fresh fleet too. The hosts are named by
+//! ssh config aliases, so the peers' addresses are ssh's own (`ssh -G`). Needs root and
+//! sshd.
 
 mod common;
 mod netns;
@@ -45,8 +47,32 @@ fn join_hosts(fleet: &Fleet) {
     }
 }
 
+/// Names every host by an alias of the fleet's ssh config (`Host web-h1` / `HostName
+/// 10.213.N.2`) and returns `[[hosts]]` entries that use the aliases: the peers' addresses
+/// must come from ssh's own resolution (`ssh -G`), not the alias.
+fn aliased_hosts(fleet: &Fleet, roles: &[&str]) -> String {
+    let config = fleet.dir.join("ssh_config");
+    let old = std::fs::read_to_string(&config).unwrap();
+    let mut aliases = String::new();
+    let mut hosts = String::new();
+    for h in &fleet.hosts {
+        aliases.push_str(&format!("Host web-{}\n  HostName {}\n", h.name, h.addr));
+        let roles: Vec<String> = roles.iter().map(|r| format!("\"{r}\"")).collect();
+        hosts.push_str(&format!(
+            "[[hosts]]\nname = \"{}\"\nssh = \"root@web-{}\"\nroles = [{}]\n\n",
+            h.name,
+            h.name,
+            roles.join(", ")
+        ));
+    }
+    if !old.contains("Host web-") {
+        std::fs::write(&config, format!("{aliases}{old}")).unwrap();
+    }
+    hosts
+}
+
 /// An app named `app` answering `domain` over HTTPS with an ACME certificate, on every
-/// host of the fleet, one host per batch.
+/// host of the fleet (named by ssh config aliases), one host per batch.
 fn project(fleet: &Fleet, pebble: &Pebble, app: &str, domain: &str) -> PathBuf {
     let dir = fleet.dir.join(app);
     std::fs::create_dir_all(&dir).unwrap();
@@ -74,7 +100,7 @@ batch = 1
         acme = pebble.acme_table(),
         bin = testapp_bin().display(),
         ssh = fleet.ssh_toml(),
-        hosts = fleet.hosts_toml(&["web"]),
+        hosts = aliased_hosts(fleet, &["web"]),
     );
     std::fs::write(dir.join("hoist.toml"), toml).unwrap();
     dir.join("hoist.toml")

@@ -280,6 +280,7 @@ fn run_spec(spec: &AppSpec) -> AppSpec {
             .map(|h| h.env.clone())
             .unwrap_or_default(),
         files: None,
+        address: None,
     }];
     let web = s.services.values().filter(|svc| svc.http.is_some()).count();
     for svc in s.services.values_mut() {
