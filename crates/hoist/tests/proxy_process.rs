@@ -407,3 +407,84 @@ fn no_code_counters_turns_the_per_code_counters_off_and_keeps_the_classes() {
     assert!(ok >= 5, "classes are still counted: {ok}");
     assert_eq!(by_code, 0, "no per-code counts");
 }
+
+/// The HTTP-01 peers the agent handed a proxy are kept across `hoist proxy upgrade`
+/// (persisted with the certificates, beside `--state`): the successor relays a token
+/// another host holds, and then across a SIGKILL and restart with no agent at all.
+#[test]
+fn acme_peers_are_kept_across_an_upgrade_and_a_restart() {
+    use hoist_protocol::proxy::TlsRequest;
+    let dir = hoist_testkit::tempdir();
+    let control = dir.path().join("control.sock");
+    let state = dir.path().join("routes.json");
+    let listen = free_addr();
+    let token = "UpgradeE6Jyg8AtauVR3PxSsefWFPtIkStD8BFXT9";
+    let answer: &'static str = "UpgradeE6Jyg8AtauVR3PxSsefWFPtIkStD8BFXT9.thumb";
+    // Another host's proxy, holding the token (it closes after each answer, as a proxy
+    // does for the relay's `Connection: close`).
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut head = String::new();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            while r.read_line(&mut head).is_ok_and(|n| n > 2) {
+                head.clear();
+            }
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    let mut cmd = proxy_cmd(listen, &control);
+    cmd.arg("--state").arg(&state);
+    let first = ChildGuard::spawn(&mut cmd).unwrap();
+    wait_until(Duration::from_secs(20), || ping(&control).is_some()).unwrap();
+    let reply = Client::connect(&control)
+        .unwrap()
+        .call(Request::Tls {
+            request: TlsRequest::SetAcmePeers {
+                app: "notes".into(),
+                peers: vec![peer.to_string()],
+            },
+        })
+        .unwrap();
+    assert_eq!(reply, Reply::Done);
+    let relayed = || {
+        http_get(
+            listen,
+            "notes.test",
+            &format!("/.well-known/acme-challenge/{token}"),
+        )
+        .map(|r| (r.status, r.body))
+        .ok()
+    };
+    assert_eq!(relayed(), Some((200, answer.to_string())));
+    let old_pid = ping(&control).unwrap();
+    let out = Command::new(hoist_bin())
+        .args(["proxy", "upgrade", "--control"])
+        .arg(&control)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new_pid = ping(&control).unwrap();
+    assert_ne!(new_pid, old_pid);
+    assert_eq!(
+        relayed(),
+        Some((200, answer.to_string())),
+        "the upgrade's successor forgot the ACME peers"
+    );
+    // The successor is in the first one's process group: the guard kills both.
+    drop(first);
+    wait_until(Duration::from_secs(20), || ping(&control).is_none()).unwrap();
+    let _again = ChildGuard::spawn(&mut cmd).unwrap();
+    wait_until(Duration::from_secs(20), || ping(&control).is_some()).unwrap();
+    assert_eq!(relayed(), Some((200, answer.to_string())));
+}
