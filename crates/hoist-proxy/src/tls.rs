@@ -125,8 +125,9 @@ fn challenge_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> 
 struct CertsFile {
     version: u32,
     certs: Vec<wire::Cert>,
-    /// App → its HTTP-01 peers (absent in files of older proxies).
-    #[serde(default)]
+    /// App → its HTTP-01 peers (absent in files of older proxies, and left out when
+    /// empty, so an older binary still reads the file of a host without peers).
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     acme_peers: HashMap<String, Vec<String>>,
 }
 
