@@ -45,7 +45,8 @@ struct Active {
     pushed: Instant,
 }
 
-/// The proxy's counters of one service at one moment.
+/// What one pass added to a service's traffic: the growth of each of its releases'
+/// counters since the pass before, added up.
 #[derive(Debug, Clone)]
 struct Sample {
     at: Instant,
@@ -55,16 +56,59 @@ struct Sample {
     buckets: Vec<u64>,
 }
 
+/// The proxy's cumulative counters of one route and release, as last read.
+#[derive(Debug, Clone, PartialEq)]
+struct Counters {
+    total: u64,
+    errors: u64,
+    buckets: Vec<u64>,
+}
+
+impl Counters {
+    /// What they grew by since `before` (`None`: counted from zero). A counter that
+    /// went backwards means the proxy (or the release's counters) started again: the
+    /// whole value is growth, as in the per-minute store.
+    fn growth(&self, before: Option<&Counters>) -> Counters {
+        match before {
+            Some(b)
+                if b.total <= self.total
+                    && b.errors <= self.errors
+                    && b.buckets.len() == self.buckets.len()
+                    && b.buckets.iter().zip(&self.buckets).all(|(o, n)| o <= n) =>
+            {
+                Counters {
+                    total: self.total - b.total,
+                    errors: self.errors - b.errors,
+                    buckets: self
+                        .buckets
+                        .iter()
+                        .zip(&b.buckets)
+                        .map(|(n, o)| n - o)
+                        .collect(),
+                }
+            }
+            _ => self.clone(),
+        }
+    }
+}
+
 /// What the evaluator remembers between passes.
 #[derive(Default)]
 pub(crate) struct Engine {
     active: HashMap<String, Active>,
     down_since: HashMap<String, Instant>,
+    /// Per service: what each pass within the window added (see [`Sample`]).
     samples: HashMap<(String, String), VecDeque<Sample>>,
+    /// Per service: each release's counters at the last pass. The window is the sum of
+    /// each release's own growth, never a difference of sums over releases: the proxy
+    /// drops the counters of releases retired long enough ago and a restarted proxy
+    /// counts from zero, and a sum that shrank would hide a burst for up to a minute.
+    counters: HashMap<(String, String), HashMap<String, Counters>>,
     logs: LogWatch,
-    /// Evaluation passes so far: a service first seen after the first pass is new, and
-    /// its counters started at zero within the window.
-    passes: u64,
+    /// This pass is the first over a proxy this agent found already serving: the
+    /// counters it reads ran before anyone watched (when is unknown), so they are the
+    /// baseline, not traffic of the window (as `FirstSight` in the per-minute store).
+    adopting: bool,
     /// Alerts read back from `<root>/alerts.json` at start, and when: they are not
     /// resolved for want of evidence before [`RESTORE_GRACE`] has passed (the rings and
     /// timers behind some rules start empty), only once seen and then gone.
@@ -257,6 +301,11 @@ impl Agent {
             },
             None => None,
         };
+        // Read before the per-minute store takes its first baselines and clears it.
+        let adopting = stats.is_some()
+            && self
+                .minutes_adopting
+                .load(std::sync::atomic::Ordering::Relaxed);
         if let Some(routes) = &stats {
             self.record_minutes(routes);
         }
@@ -287,7 +336,7 @@ impl Agent {
         let now = Instant::now();
         let mut firing: Vec<Firing> = Vec::new();
         let mut engine = std::mem::take(&mut *self.alert_engine());
-        engine.passes += 1;
+        engine.adopting = adopting;
         for (app, spec) in &specs {
             self.instance_rules(&mut engine, app, spec, now, &mut firing);
             if let Some(routes) = &stats {
@@ -368,11 +417,13 @@ impl Agent {
         }
         // Apps brought down and services removed are never evaluated again: their traffic
         // rings and down timers go with them (the alerts themselves resolve in `update`).
-        engine.samples.retain(|(a, svc), _| {
+        let wanted = |(a, svc): &(String, String)| {
             specs
                 .iter()
                 .any(|(app, spec)| app == a && spec.services.contains_key(svc))
-        });
+        };
+        engine.samples.retain(|k, _| wanted(k));
+        engine.counters.retain(|k, _| wanted(k));
         {
             let rt = self.rt();
             engine
@@ -846,49 +897,76 @@ impl Engine {
         firing: &mut Vec<Firing>,
     ) {
         let prefix = format!("{app}/");
-        let mut per_service: BTreeMap<String, Sample> = BTreeMap::new();
+        // A release seen for the first time counted all it holds since the last pass
+        // (its counters start with its route, or with a restarted proxy), except on the
+        // first pass over a proxy found already serving.
+        let fresh = !self.adopting;
+        let mut per_service: BTreeMap<String, (Sample, HashMap<String, Counters>)> =
+            BTreeMap::new();
         for r in routes.iter().filter(|r| r.route.starts_with(&prefix)) {
             let service = r.route[prefix.len()..].to_string();
-            let s = per_service.entry(service).or_insert_with(|| Sample {
-                at: now,
-                total: 0,
-                errors: 0,
-                bounds_ms: r.latency.bounds_ms.clone(),
-                buckets: vec![0; r.latency.counts.len()],
+            let now_c = Counters {
+                total: r.status.iter().sum::<u64>(),
+                errors: r.status[4],
+                buckets: r.latency.counts.clone(),
+            };
+            let before = self
+                .counters
+                .get(&(app.to_string(), service.clone()))
+                .and_then(|m| m.get(&r.release));
+            let grew = match before {
+                None if !fresh => Counters {
+                    total: 0,
+                    errors: 0,
+                    buckets: vec![0; now_c.buckets.len()],
+                },
+                before => now_c.growth(before),
+            };
+            let (s, seen) = per_service.entry(service).or_insert_with(|| {
+                (
+                    Sample {
+                        at: now,
+                        total: 0,
+                        errors: 0,
+                        bounds_ms: r.latency.bounds_ms.clone(),
+                        buckets: vec![0; r.latency.counts.len()],
+                    },
+                    HashMap::new(),
+                )
             });
-            s.total += r.status.iter().sum::<u64>();
-            s.errors += r.status[4];
-            for (b, n) in s.buckets.iter_mut().zip(&r.latency.counts) {
+            s.total += grew.total;
+            s.errors += grew.errors;
+            for (b, n) in s.buckets.iter_mut().zip(&grew.buckets) {
                 *b += n;
             }
+            seen.insert(r.release.clone(), now_c);
         }
-        let fresh = self.passes > 1;
-        for (service, sample) in per_service {
+        // Releases the proxy no longer reports contribute nothing from now on; what they
+        // added earlier stays in the window.
+        self.counters
+            .retain(|(a, svc), _| a != app || per_service.contains_key(svc));
+        for (service, (sample, seen)) in per_service {
+            self.counters
+                .insert((app.to_string(), service.clone()), seen);
             let ring = self
                 .samples
                 .entry((app.to_string(), service.clone()))
                 .or_default();
-            if ring.is_empty() && fresh {
-                ring.push_back(Sample {
-                    at: now,
-                    total: 0,
-                    errors: 0,
-                    bounds_ms: sample.bounds_ms.clone(),
-                    buckets: vec![0; sample.buckets.len()],
-                });
-            }
             ring.push_back(sample);
-            while ring.len() > 2 && now.duration_since(ring[1].at) >= WINDOW {
+            while ring
+                .front()
+                .is_some_and(|s| now.duration_since(s.at) >= WINDOW)
+            {
                 ring.pop_front();
             }
-            let (Some(old), Some(new)) = (ring.front(), ring.back()) else {
+            let Some(new) = ring.back() else {
                 continue;
             };
-            let total = new.total.saturating_sub(old.total);
+            let total: u64 = ring.iter().map(|s| s.total).sum();
             if total < MIN_REQUESTS {
                 continue;
             }
-            let errors = new.errors.saturating_sub(old.errors);
+            let errors: u64 = ring.iter().map(|s| s.errors).sum();
             let ratio = errors as f64 / total as f64;
             tracing::debug!(app, service = %service, total, errors, samples = ring.len(), "traffic window");
             if let Some(limit) = threshold(spec, "http_5xx_ratio") {
@@ -908,12 +986,14 @@ impl Engine {
                 }
             }
             if let Some(limit) = threshold(spec, "latency_p99") {
-                let counts: Vec<u64> = new
-                    .buckets
-                    .iter()
-                    .zip(old.buckets.iter().chain(std::iter::repeat(&0)))
-                    .map(|(n, o)| n.saturating_sub(*o))
-                    .collect();
+                // Passes whose buckets differ from the newest (another proxy version)
+                // cannot be added to it.
+                let mut counts = vec![0u64; new.buckets.len()];
+                for s in ring.iter().filter(|s| s.bounds_ms == new.bounds_ms) {
+                    for (c, n) in counts.iter_mut().zip(&s.buckets) {
+                        *c += n;
+                    }
+                }
                 let p99 = hoist_state::minutes::quantile_ms(&new.bounds_ms, &counts, 0.99) / 1000.0;
                 if p99 > limit {
                     firing.push(Firing {
@@ -1180,35 +1260,111 @@ mod traffic_tests {
     use super::*;
 
     fn stats(total_2xx: u64, errors: u64) -> Vec<hoist_protocol::proxy::RouteStats> {
-        vec![hoist_protocol::proxy::RouteStats {
-            route: "demo/web".into(),
-            release: "r1".into(),
-            status: [0, total_2xx, 0, 0, errors],
-            upstream_errors: 0,
-            bytes_out: 0,
-            in_flight: 0,
-            latency: hoist_protocol::proxy::Histogram {
-                bounds_ms: vec![1.0],
-                counts: vec![total_2xx + errors, 0],
-                sum_ms: 0.0,
-            },
-            requests: vec![],
-            guards: Default::default(),
-        }]
+        releases(&[("r1", total_2xx, errors)])
     }
 
-    #[test]
-    fn a_burst_of_5xx_fires_the_ratio_rule() {
-        let spec: AppSpec = hoist_config::parse_str(
+    /// The proxy's answer with one entry per `(release, 2xx, 5xx)` of `demo/web`.
+    fn releases(of: &[(&str, u64, u64)]) -> Vec<hoist_protocol::proxy::RouteStats> {
+        of.iter()
+            .map(|(release, ok, errors)| hoist_protocol::proxy::RouteStats {
+                route: "demo/web".into(),
+                release: release.to_string(),
+                status: [0, *ok, 0, 0, *errors],
+                upstream_errors: 0,
+                bytes_out: 0,
+                in_flight: 0,
+                latency: hoist_protocol::proxy::Histogram {
+                    bounds_ms: vec![1.0],
+                    counts: vec![ok + errors, 0],
+                    sum_ms: 0.0,
+                },
+                requests: vec![],
+                guards: Default::default(),
+            })
+            .collect()
+    }
+
+    fn spec() -> AppSpec {
+        hoist_config::parse_str(
             "hoist.toml",
             "app = \"demo\"\n[services.web]\ncommand = \"x\"\nhttp = { domains = [\"*\"], health = \"/health\" }\n",
         )
         .unwrap()
-        .spec;
+        .spec
+    }
+
+    fn names(firing: &[Firing]) -> Vec<String> {
+        firing
+            .iter()
+            .map(|f| f.labels["alertname"].clone())
+            .collect()
+    }
+
+    /// Counters that vanish (a release retired long ago, whose counters the proxy
+    /// dropped) or go back to zero (a restarted proxy) within the window take nothing
+    /// away from it: the burst they counted still fires, and traffic after them counts.
+    #[test]
+    fn dropped_or_restarted_counters_leave_the_burst_in_the_window() {
+        let spec = spec();
+        let mut e = Engine::default();
+        let t = Instant::now();
+        let pass = |e: &mut Engine, at: u64, routes: &[(&str, u64, u64)]| {
+            let mut firing = Vec::new();
+            let routes = releases(routes);
+            e.traffic_rules(
+                "demo",
+                &spec,
+                &routes,
+                t + Duration::from_secs(at),
+                &mut firing,
+            );
+            names(&firing)
+        };
+        assert!(pass(&mut e, 0, &[("r1", 0, 0)]).is_empty());
+        assert_eq!(pass(&mut e, 2, &[("r1", 5, 30)]), ["http_5xx_ratio"]);
+        // r1's counters are dropped; r2 serves a few good answers.
+        assert_eq!(pass(&mut e, 4, &[("r2", 4, 0)]), ["http_5xx_ratio"]);
+        // The proxy restarts: r2 counts from zero again, with more 5xx.
+        assert_eq!(pass(&mut e, 6, &[("r2", 0, 2)]), ["http_5xx_ratio"]);
+        // Good answers only, once the burst has left the window: resolved.
+        assert!(pass(&mut e, 70, &[("r2", 200, 2)]).is_empty());
+        // Only r2's growth since the pass before is left: 200 good answers.
+        let ring = &e.samples[&("demo".to_string(), "web".to_string())];
+        assert_eq!(ring.len(), 1, "older passes left the window");
+        assert_eq!((ring[0].total, ring[0].errors), (200, 0));
+    }
+
+    #[test]
+    fn an_adopted_proxys_earlier_counts_are_a_baseline() {
+        let spec = spec();
         let mut e = Engine {
-            passes: 2,
+            adopting: true,
             ..Default::default()
         };
+        let t = Instant::now();
+        let mut firing = Vec::new();
+        e.traffic_rules("demo", &spec, &releases(&[("r1", 0, 30)]), t, &mut firing);
+        assert!(firing.is_empty(), "counted before anyone watched");
+        e.adopting = false;
+        let later = t + Duration::from_secs(2);
+        e.traffic_rules(
+            "demo",
+            &spec,
+            &releases(&[("r1", 0, 40)]),
+            later,
+            &mut firing,
+        );
+        assert_eq!(
+            names(&firing),
+            ["http_5xx_ratio"],
+            "the growth since then counts"
+        );
+    }
+
+    #[test]
+    fn a_burst_of_5xx_fires_the_ratio_rule() {
+        let spec = spec();
+        let mut e = Engine::default();
         let now = Instant::now();
         let mut firing = Vec::new();
         e.traffic_rules("demo", &spec, &stats(0, 20), now, &mut firing);

@@ -363,6 +363,90 @@ fn a_5xx_burst_and_slow_answers_fire_and_resolve() {
     .expect("both resolve");
 }
 
+/// Requests the agent has counted for demo/web, over every minute it keeps.
+fn counted(host: &Host) -> u64 {
+    let (status, body) = common::agent_request(
+        &host.socket,
+        "GET",
+        "/v1/minutes?app=demo&service=web&since=0",
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["requests"].as_u64().unwrap())
+        .sum()
+}
+
+/// Issue 14: the 5xx window adds up each release's own growth. A restarted proxy counts
+/// from zero (and one keeps counters only for a route's live and 2 last retired
+/// releases): the window summed over releases and compared with the sum of a minute
+/// before saw no traffic after the restart, resolved the alert in the middle of the
+/// burst, then fired it again.
+#[test]
+fn a_5xx_burst_keeps_firing_when_a_restarted_proxy_counts_from_zero() {
+    use hoist_testkit::http_get;
+    let receiver = Receiver::start();
+    let host = Host::new();
+    let extra = format!("\n[alerts]\nwebhook = \"http://{}/hook\"\n", receiver.addr);
+    let project = host.project("v1", "", &extra);
+    let out = host.deploy(&project);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let fail = |n: usize| {
+        for _ in 0..n {
+            let r = http_get(host.proxy, "demo.test", "/status/500").unwrap();
+            assert_eq!(r.status, 500);
+        }
+    };
+    // One good answer, seen by the agent: it has read the route's counters before.
+    assert_eq!(http_get(host.proxy, "demo.test", "/").unwrap().status, 200);
+    wait_until(Duration::from_secs(30), || counted(&host) >= 1).expect("counted");
+    fail(30);
+    wait_until(Duration::from_secs(60), || {
+        receiver.find("firing", "http_5xx_ratio").is_some()
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: never fired: {:?}\nagent log:\n{}",
+            receiver.got.lock().unwrap(),
+            std::fs::read_to_string(host.dir.join("agent.log")).unwrap_or_default()
+        )
+    });
+
+    let pid = common::proxy_pid(&host.root).expect("the proxy answers");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(30), || {
+        common::proxy_pid(&host.root).is_ok_and(|p| p != pid)
+    })
+    .expect("the agent restarted the proxy");
+    // The burst goes on through the new proxy, a few answers at a time; after each, the
+    // agent has read them (the per-minute store counted them in the same pass).
+    for _ in 0..3 {
+        let before = counted(&host);
+        fail(5);
+        wait_until(Duration::from_secs(30), || counted(&host) >= before + 5)
+            .expect("the agent reads the restarted proxy's counters");
+    }
+    // Two passes after the first one over the restarted proxy: it was never resolved.
+    let got = receiver.got.lock().unwrap().clone();
+    assert!(
+        receiver.find("resolved", "http_5xx_ratio").is_none(),
+        "resolved in the middle of the burst: {got:?}"
+    );
+    assert_eq!(
+        receiver.alerts("firing", "http_5xx_ratio").len(),
+        1,
+        "notified once: {got:?}"
+    );
+}
+
 /// A self-signed certificate for `domain` valid `days` days, made by openssl.
 fn openssl_cert(dir: &std::path::Path, domain: &str, days: u32) {
     let out = std::process::Command::new("openssl")
