@@ -360,12 +360,12 @@ impl Agent {
                 }
             }
             if threshold(spec, "job_failed").is_some() {
-                // The last finished run of each job decides.
+                // The last finished run of each job decides. A skipped tick (the run
+                // before was still going) is no run: it neither fails nor succeeds.
                 let mut last: BTreeMap<&str, &hoist_state::JobRun> = BTreeMap::new();
-                for r in job_runs
-                    .iter()
-                    .filter(|r| &r.app == app && r.finished_at_ms.is_some())
-                {
+                for r in job_runs.iter().filter(|r| {
+                    &r.app == app && r.finished_at_ms.is_some() && r.status != "skipped"
+                }) {
                     if last.get(r.job.as_str()).is_none_or(|l| l.id < r.id) {
                         last.insert(&r.job, r);
                     }
@@ -666,9 +666,14 @@ pub(crate) fn interval(s: &hoist_core::schedule::Schedule) -> Option<Duration> {
     }
 }
 
+/// What a job's last success may be late by beyond `job_missed` × its schedule (see
+/// `alert_rules::JOB_MISSED_GRACE_SECS`): the scheduler's own jitter is no missed run.
+const JOB_MISSED_GRACE: Duration = Duration::from_secs(alert_rules::JOB_MISSED_GRACE_SECS);
+
 /// Backups older than `backup_stale` × their schedule, and jobs whose last success is
-/// older than `job_missed` × theirs. Judged from the last success only: a backup or job
-/// that never succeeded yet is left to `job_failed` and the deploy's own checks.
+/// older than `job_missed` × theirs plus [`JOB_MISSED_GRACE`]. Judged from the last
+/// success only: a backup or job that never succeeded yet is left to `job_failed` and
+/// the deploy's own checks.
 fn stale_rules(
     app: &str,
     spec: &AppSpec,
@@ -703,7 +708,7 @@ fn stale_rules(
         for (a, job, at) in &counts.job_last_success {
             let every = spec.jobs.get(job).and_then(|j| interval(&j.schedule));
             if let (true, Some(every)) = (a == app, every) {
-                if age(*at) > every.mul_f64(k) {
+                if age(*at) > every.mul_f64(k) + JOB_MISSED_GRACE {
                     firing.push(Firing {
                         app: app.to_string(),
                         labels: labels(&[("alertname", "job_missed"), ("app", app), ("job", job)]),
