@@ -724,8 +724,10 @@ fn stale_rules(
     }
 }
 
-/// `cert_expiring` (a domain's certificate expires within the threshold, in days) and
-/// `cert_renewal_failed` (its last ACME renewal attempt failed).
+/// `cert_expiring` (a domain's certificate expires within the threshold, in days; at the
+/// default, as doctor warns: in the last third of its lifetime, at most 14 days ahead,
+/// unless its renewal is going on, so a 60 s or 7-day certificate does not fire from
+/// birth) and `cert_renewal_failed` (its last ACME renewal attempt failed).
 fn cert_rules(
     app: &str,
     spec: &AppSpec,
@@ -748,9 +750,26 @@ fn cert_rules(
             .as_deref()
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.timestamp_millis());
+        let explicit = spec
+            .alerts
+            .rules
+            .get("cert_expiring")
+            .is_some_and(|o| o.threshold.is_some());
+        let start = c
+            .not_before
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp());
         if let (Some(at), Some(days)) = (expiry, threshold(spec, "cert_expiring")) {
             let left = (at - now_ms) as f64 / 86_400_000.0;
-            if left < days {
+            let due = if explicit {
+                left < days
+            } else {
+                left <= 0.0
+                    || !c.renewing
+                        && now_ms / 1000 >= crate::doctor::cert_warn_from(start, at / 1000, acme)
+            };
+            if due {
                 let when = c.not_after.as_deref().unwrap_or_default();
                 firing.push(Firing {
                     app: app.to_string(),
@@ -1223,6 +1242,64 @@ mod tests {
         let c = e.update(vec![], now + REPEAT + Duration::from_secs(5));
         assert_eq!(kinds(c), [("resolved", true)], "resolves");
         assert!(e.firing().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod cert_tests {
+    use super::*;
+
+    fn cert(from_s: i64, to_s: i64) -> hoist_protocol::agent::CertStatus {
+        let t = |s| rfc3339(chrono::DateTime::from_timestamp(s, 0).unwrap());
+        hoist_protocol::agent::CertStatus {
+            domain: "a.test".into(),
+            app: "demo".into(),
+            service: "web".into(),
+            source: "file `/c.pem`".into(),
+            issuer: None,
+            not_before: Some(t(from_s)),
+            not_after: Some(t(to_s)),
+            serving: true,
+            renewing: false,
+            last: None,
+            problem: None,
+        }
+    }
+
+    fn fires(extra: &str, c: &hoist_protocol::agent::CertStatus, now_s: i64) -> bool {
+        let spec = hoist_config::parse_str(
+            "hoist.toml",
+            &format!("app = \"demo\"\n[services.web]\ncommand = \"x\"\nhttp = {{ domains = [\"*\"], health = \"/health\" }}\n{extra}"),
+        )
+        .unwrap()
+        .spec;
+        let mut firing = Vec::new();
+        cert_rules(
+            "demo",
+            &spec,
+            std::slice::from_ref(c),
+            now_s * 1000,
+            &mut firing,
+        );
+        firing
+            .iter()
+            .any(|f| f.labels["alertname"] == "cert_expiring")
+    }
+
+    /// Issue 14: at the default threshold a short-lived certificate fires in the last
+    /// third of its lifetime, not from birth; a threshold in days is taken as written.
+    #[test]
+    fn a_short_lived_certificate_fires_in_its_last_third_at_the_default() {
+        const DAY: i64 = 86_400;
+        let now = 1_800_000_000;
+        let week = cert(now - DAY, now + 6 * DAY);
+        assert!(!fires("", &week, now), "a day into a week");
+        assert!(fires("", &week, now + 5 * DAY), "in its last third");
+        let year = cert(now - DAY, now + 364 * DAY);
+        assert!(!fires("", &year, now + 300 * DAY));
+        assert!(fires("", &year, now + 351 * DAY), "14 days before");
+        let set = "[alerts.rules.cert_expiring]\nthreshold = 10\n";
+        assert!(fires(set, &week, now), "6 days left, threshold 10 days");
     }
 }
 

@@ -30,7 +30,7 @@ const VERIFY_DAYS: i64 = 30;
 /// earlier than [`CERT_WARN_DAYS`] before it expires, so neither a 60 s nor a 7-day
 /// certificate warns from birth and a year-long one not four months ahead. Without a
 /// known start, the last [`CERT_WARN_DAYS`].
-fn cert_warn_from(not_before: Option<i64>, not_after: i64, acme: bool) -> i64 {
+pub(crate) fn cert_warn_from(not_before: Option<i64>, not_after: i64, acme: bool) -> i64 {
     let window = CERT_WARN_DAYS * 86_400;
     match not_before {
         Some(from) if from < not_after => {

@@ -903,7 +903,7 @@ pub mod alert_rules {
         (
             "cert_expiring",
             14.0,
-            "days before an HTTPS domain's certificate expires",
+            "days before an HTTPS domain's certificate expires (unset: its lifetime's last third, at most 14 days)",
         ),
         (
             "cert_renewal_failed",
