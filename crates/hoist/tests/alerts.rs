@@ -314,8 +314,7 @@ fn a_5xx_burst_and_slow_answers_fire_and_resolve() {
     let project = host.project("v1", "", &extra);
     let out = host.deploy(&project);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    // The slow answers first: they take long enough for the agent to have sampled the
-    // service before the burst (see the note on the first sample in alerts.rs).
+    // The slow answers first, then the burst.
     for _ in 0..12 {
         assert_eq!(
             http_get(host.proxy, "demo.test", "/sleep?ms=700")
