@@ -45,7 +45,8 @@ struct Active {
     pushed: Instant,
 }
 
-/// The proxy's counters of one service at one moment.
+/// What one pass added to a service's traffic: the growth of each of its releases'
+/// counters since the pass before, added up.
 #[derive(Debug, Clone)]
 struct Sample {
     at: Instant,
@@ -55,16 +56,59 @@ struct Sample {
     buckets: Vec<u64>,
 }
 
+/// The proxy's cumulative counters of one route and release, as last read.
+#[derive(Debug, Clone, PartialEq)]
+struct Counters {
+    total: u64,
+    errors: u64,
+    buckets: Vec<u64>,
+}
+
+impl Counters {
+    /// What they grew by since `before` (`None`: counted from zero). A counter that
+    /// went backwards means the proxy (or the release's counters) started again: the
+    /// whole value is growth, as in the per-minute store.
+    fn growth(&self, before: Option<&Counters>) -> Counters {
+        match before {
+            Some(b)
+                if b.total <= self.total
+                    && b.errors <= self.errors
+                    && b.buckets.len() == self.buckets.len()
+                    && b.buckets.iter().zip(&self.buckets).all(|(o, n)| o <= n) =>
+            {
+                Counters {
+                    total: self.total - b.total,
+                    errors: self.errors - b.errors,
+                    buckets: self
+                        .buckets
+                        .iter()
+                        .zip(&b.buckets)
+                        .map(|(n, o)| n - o)
+                        .collect(),
+                }
+            }
+            _ => self.clone(),
+        }
+    }
+}
+
 /// What the evaluator remembers between passes.
 #[derive(Default)]
 pub(crate) struct Engine {
     active: HashMap<String, Active>,
     down_since: HashMap<String, Instant>,
+    /// Per service: what each pass within the window added (see [`Sample`]).
     samples: HashMap<(String, String), VecDeque<Sample>>,
+    /// Per service: each release's counters at the last pass. The window is the sum of
+    /// each release's own growth, never a difference of sums over releases: the proxy
+    /// drops the counters of releases retired long enough ago and a restarted proxy
+    /// counts from zero, and a sum that shrank would hide a burst for up to a minute.
+    counters: HashMap<(String, String), HashMap<String, Counters>>,
     logs: LogWatch,
-    /// Evaluation passes so far: a service first seen after the first pass is new, and
-    /// its counters started at zero within the window.
-    passes: u64,
+    /// This pass is the first over a proxy this agent found already serving: the
+    /// counters it reads ran before anyone watched (when is unknown), so they are the
+    /// baseline, not traffic of the window (as `FirstSight` in the per-minute store).
+    adopting: bool,
     /// Alerts read back from `<root>/alerts.json` at start, and when: they are not
     /// resolved for want of evidence before [`RESTORE_GRACE`] has passed (the rings and
     /// timers behind some rules start empty), only once seen and then gone.
@@ -257,6 +301,11 @@ impl Agent {
             },
             None => None,
         };
+        // Read before the per-minute store takes its first baselines and clears it.
+        let adopting = stats.is_some()
+            && self
+                .minutes_adopting
+                .load(std::sync::atomic::Ordering::Relaxed);
         if let Some(routes) = &stats {
             self.record_minutes(routes);
         }
@@ -287,7 +336,7 @@ impl Agent {
         let now = Instant::now();
         let mut firing: Vec<Firing> = Vec::new();
         let mut engine = std::mem::take(&mut *self.alert_engine());
-        engine.passes += 1;
+        engine.adopting = adopting;
         for (app, spec) in &specs {
             self.instance_rules(&mut engine, app, spec, now, &mut firing);
             if let Some(routes) = &stats {
@@ -311,12 +360,12 @@ impl Agent {
                 }
             }
             if threshold(spec, "job_failed").is_some() {
-                // The last finished run of each job decides.
+                // The last finished run of each job decides. A skipped tick (the run
+                // before was still going) is no run: it neither fails nor succeeds.
                 let mut last: BTreeMap<&str, &hoist_state::JobRun> = BTreeMap::new();
-                for r in job_runs
-                    .iter()
-                    .filter(|r| &r.app == app && r.finished_at_ms.is_some())
-                {
+                for r in job_runs.iter().filter(|r| {
+                    &r.app == app && r.finished_at_ms.is_some() && r.status != "skipped"
+                }) {
                     if last.get(r.job.as_str()).is_none_or(|l| l.id < r.id) {
                         last.insert(&r.job, r);
                     }
@@ -368,11 +417,13 @@ impl Agent {
         }
         // Apps brought down and services removed are never evaluated again: their traffic
         // rings and down timers go with them (the alerts themselves resolve in `update`).
-        engine.samples.retain(|(a, svc), _| {
+        let wanted = |(a, svc): &(String, String)| {
             specs
                 .iter()
                 .any(|(app, spec)| app == a && spec.services.contains_key(svc))
-        });
+        };
+        engine.samples.retain(|k, _| wanted(k));
+        engine.counters.retain(|k, _| wanted(k));
         {
             let rt = self.rt();
             engine
@@ -615,9 +666,14 @@ pub(crate) fn interval(s: &hoist_core::schedule::Schedule) -> Option<Duration> {
     }
 }
 
+/// What a job's last success may be late by beyond `job_missed` × its schedule (see
+/// `alert_rules::JOB_MISSED_GRACE_SECS`): the scheduler's own jitter is no missed run.
+const JOB_MISSED_GRACE: Duration = Duration::from_secs(alert_rules::JOB_MISSED_GRACE_SECS);
+
 /// Backups older than `backup_stale` × their schedule, and jobs whose last success is
-/// older than `job_missed` × theirs. Judged from the last success only: a backup or job
-/// that never succeeded yet is left to `job_failed` and the deploy's own checks.
+/// older than `job_missed` × theirs plus [`JOB_MISSED_GRACE`]. Judged from the last
+/// success only: a backup or job that never succeeded yet is left to `job_failed` and
+/// the deploy's own checks.
 fn stale_rules(
     app: &str,
     spec: &AppSpec,
@@ -652,7 +708,7 @@ fn stale_rules(
         for (a, job, at) in &counts.job_last_success {
             let every = spec.jobs.get(job).and_then(|j| interval(&j.schedule));
             if let (true, Some(every)) = (a == app, every) {
-                if age(*at) > every.mul_f64(k) {
+                if age(*at) > every.mul_f64(k) + JOB_MISSED_GRACE {
                     firing.push(Firing {
                         app: app.to_string(),
                         labels: labels(&[("alertname", "job_missed"), ("app", app), ("job", job)]),
@@ -668,8 +724,10 @@ fn stale_rules(
     }
 }
 
-/// `cert_expiring` (a domain's certificate expires within the threshold, in days) and
-/// `cert_renewal_failed` (its last ACME renewal attempt failed).
+/// `cert_expiring` (a domain's certificate expires within the threshold, in days; at the
+/// default, as doctor warns: in the last third of its lifetime, at most 14 days ahead,
+/// unless its renewal is going on, so a 60 s or 7-day certificate does not fire from
+/// birth) and `cert_renewal_failed` (its last ACME renewal attempt failed).
 fn cert_rules(
     app: &str,
     spec: &AppSpec,
@@ -692,9 +750,26 @@ fn cert_rules(
             .as_deref()
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.timestamp_millis());
+        let explicit = spec
+            .alerts
+            .rules
+            .get("cert_expiring")
+            .is_some_and(|o| o.threshold.is_some());
+        let start = c
+            .not_before
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp());
         if let (Some(at), Some(days)) = (expiry, threshold(spec, "cert_expiring")) {
             let left = (at - now_ms) as f64 / 86_400_000.0;
-            if left < days {
+            let due = if explicit {
+                left < days
+            } else {
+                left <= 0.0
+                    || !c.renewing
+                        && now_ms / 1000 >= crate::doctor::cert_warn_from(start, at / 1000, acme)
+            };
+            if due {
                 let when = c.not_after.as_deref().unwrap_or_default();
                 firing.push(Firing {
                     app: app.to_string(),
@@ -846,49 +921,76 @@ impl Engine {
         firing: &mut Vec<Firing>,
     ) {
         let prefix = format!("{app}/");
-        let mut per_service: BTreeMap<String, Sample> = BTreeMap::new();
+        // A release seen for the first time counted all it holds since the last pass
+        // (its counters start with its route, or with a restarted proxy), except on the
+        // first pass over a proxy found already serving.
+        let fresh = !self.adopting;
+        let mut per_service: BTreeMap<String, (Sample, HashMap<String, Counters>)> =
+            BTreeMap::new();
         for r in routes.iter().filter(|r| r.route.starts_with(&prefix)) {
             let service = r.route[prefix.len()..].to_string();
-            let s = per_service.entry(service).or_insert_with(|| Sample {
-                at: now,
-                total: 0,
-                errors: 0,
-                bounds_ms: r.latency.bounds_ms.clone(),
-                buckets: vec![0; r.latency.counts.len()],
+            let now_c = Counters {
+                total: r.status.iter().sum::<u64>(),
+                errors: r.status[4],
+                buckets: r.latency.counts.clone(),
+            };
+            let before = self
+                .counters
+                .get(&(app.to_string(), service.clone()))
+                .and_then(|m| m.get(&r.release));
+            let grew = match before {
+                None if !fresh => Counters {
+                    total: 0,
+                    errors: 0,
+                    buckets: vec![0; now_c.buckets.len()],
+                },
+                before => now_c.growth(before),
+            };
+            let (s, seen) = per_service.entry(service).or_insert_with(|| {
+                (
+                    Sample {
+                        at: now,
+                        total: 0,
+                        errors: 0,
+                        bounds_ms: r.latency.bounds_ms.clone(),
+                        buckets: vec![0; r.latency.counts.len()],
+                    },
+                    HashMap::new(),
+                )
             });
-            s.total += r.status.iter().sum::<u64>();
-            s.errors += r.status[4];
-            for (b, n) in s.buckets.iter_mut().zip(&r.latency.counts) {
+            s.total += grew.total;
+            s.errors += grew.errors;
+            for (b, n) in s.buckets.iter_mut().zip(&grew.buckets) {
                 *b += n;
             }
+            seen.insert(r.release.clone(), now_c);
         }
-        let fresh = self.passes > 1;
-        for (service, sample) in per_service {
+        // Releases the proxy no longer reports contribute nothing from now on; what they
+        // added earlier stays in the window.
+        self.counters
+            .retain(|(a, svc), _| a != app || per_service.contains_key(svc));
+        for (service, (sample, seen)) in per_service {
+            self.counters
+                .insert((app.to_string(), service.clone()), seen);
             let ring = self
                 .samples
                 .entry((app.to_string(), service.clone()))
                 .or_default();
-            if ring.is_empty() && fresh {
-                ring.push_back(Sample {
-                    at: now,
-                    total: 0,
-                    errors: 0,
-                    bounds_ms: sample.bounds_ms.clone(),
-                    buckets: vec![0; sample.buckets.len()],
-                });
-            }
             ring.push_back(sample);
-            while ring.len() > 2 && now.duration_since(ring[1].at) >= WINDOW {
+            while ring
+                .front()
+                .is_some_and(|s| now.duration_since(s.at) >= WINDOW)
+            {
                 ring.pop_front();
             }
-            let (Some(old), Some(new)) = (ring.front(), ring.back()) else {
+            let Some(new) = ring.back() else {
                 continue;
             };
-            let total = new.total.saturating_sub(old.total);
+            let total: u64 = ring.iter().map(|s| s.total).sum();
             if total < MIN_REQUESTS {
                 continue;
             }
-            let errors = new.errors.saturating_sub(old.errors);
+            let errors: u64 = ring.iter().map(|s| s.errors).sum();
             let ratio = errors as f64 / total as f64;
             tracing::debug!(app, service = %service, total, errors, samples = ring.len(), "traffic window");
             if let Some(limit) = threshold(spec, "http_5xx_ratio") {
@@ -908,12 +1010,14 @@ impl Engine {
                 }
             }
             if let Some(limit) = threshold(spec, "latency_p99") {
-                let counts: Vec<u64> = new
-                    .buckets
-                    .iter()
-                    .zip(old.buckets.iter().chain(std::iter::repeat(&0)))
-                    .map(|(n, o)| n.saturating_sub(*o))
-                    .collect();
+                // Passes whose buckets differ from the newest (another proxy version)
+                // cannot be added to it.
+                let mut counts = vec![0u64; new.buckets.len()];
+                for s in ring.iter().filter(|s| s.bounds_ms == new.bounds_ms) {
+                    for (c, n) in counts.iter_mut().zip(&s.buckets) {
+                        *c += n;
+                    }
+                }
                 let p99 = hoist_state::minutes::quantile_ms(&new.bounds_ms, &counts, 0.99) / 1000.0;
                 if p99 > limit {
                     firing.push(Firing {
@@ -1142,6 +1246,64 @@ mod tests {
 }
 
 #[cfg(test)]
+mod cert_tests {
+    use super::*;
+
+    fn cert(from_s: i64, to_s: i64) -> hoist_protocol::agent::CertStatus {
+        let t = |s| rfc3339(chrono::DateTime::from_timestamp(s, 0).unwrap());
+        hoist_protocol::agent::CertStatus {
+            domain: "a.test".into(),
+            app: "demo".into(),
+            service: "web".into(),
+            source: "file `/c.pem`".into(),
+            issuer: None,
+            not_before: Some(t(from_s)),
+            not_after: Some(t(to_s)),
+            serving: true,
+            renewing: false,
+            last: None,
+            problem: None,
+        }
+    }
+
+    fn fires(extra: &str, c: &hoist_protocol::agent::CertStatus, now_s: i64) -> bool {
+        let spec = hoist_config::parse_str(
+            "hoist.toml",
+            &format!("app = \"demo\"\n[services.web]\ncommand = \"x\"\nhttp = {{ domains = [\"*\"], health = \"/health\" }}\n{extra}"),
+        )
+        .unwrap()
+        .spec;
+        let mut firing = Vec::new();
+        cert_rules(
+            "demo",
+            &spec,
+            std::slice::from_ref(c),
+            now_s * 1000,
+            &mut firing,
+        );
+        firing
+            .iter()
+            .any(|f| f.labels["alertname"] == "cert_expiring")
+    }
+
+    /// Issue 14: at the default threshold a short-lived certificate fires in the last
+    /// third of its lifetime, not from birth; a threshold in days is taken as written.
+    #[test]
+    fn a_short_lived_certificate_fires_in_its_last_third_at_the_default() {
+        const DAY: i64 = 86_400;
+        let now = 1_800_000_000;
+        let week = cert(now - DAY, now + 6 * DAY);
+        assert!(!fires("", &week, now), "a day into a week");
+        assert!(fires("", &week, now + 5 * DAY), "in its last third");
+        let year = cert(now - DAY, now + 364 * DAY);
+        assert!(!fires("", &year, now + 300 * DAY));
+        assert!(fires("", &year, now + 351 * DAY), "14 days before");
+        let set = "[alerts.rules.cert_expiring]\nthreshold = 10\n";
+        assert!(fires(set, &week, now), "6 days left, threshold 10 days");
+    }
+}
+
+#[cfg(test)]
 mod kept_tests {
     use super::*;
 
@@ -1180,35 +1342,111 @@ mod traffic_tests {
     use super::*;
 
     fn stats(total_2xx: u64, errors: u64) -> Vec<hoist_protocol::proxy::RouteStats> {
-        vec![hoist_protocol::proxy::RouteStats {
-            route: "demo/web".into(),
-            release: "r1".into(),
-            status: [0, total_2xx, 0, 0, errors],
-            upstream_errors: 0,
-            bytes_out: 0,
-            in_flight: 0,
-            latency: hoist_protocol::proxy::Histogram {
-                bounds_ms: vec![1.0],
-                counts: vec![total_2xx + errors, 0],
-                sum_ms: 0.0,
-            },
-            requests: vec![],
-            guards: Default::default(),
-        }]
+        releases(&[("r1", total_2xx, errors)])
     }
 
-    #[test]
-    fn a_burst_of_5xx_fires_the_ratio_rule() {
-        let spec: AppSpec = hoist_config::parse_str(
+    /// The proxy's answer with one entry per `(release, 2xx, 5xx)` of `demo/web`.
+    fn releases(of: &[(&str, u64, u64)]) -> Vec<hoist_protocol::proxy::RouteStats> {
+        of.iter()
+            .map(|(release, ok, errors)| hoist_protocol::proxy::RouteStats {
+                route: "demo/web".into(),
+                release: release.to_string(),
+                status: [0, *ok, 0, 0, *errors],
+                upstream_errors: 0,
+                bytes_out: 0,
+                in_flight: 0,
+                latency: hoist_protocol::proxy::Histogram {
+                    bounds_ms: vec![1.0],
+                    counts: vec![ok + errors, 0],
+                    sum_ms: 0.0,
+                },
+                requests: vec![],
+                guards: Default::default(),
+            })
+            .collect()
+    }
+
+    fn spec() -> AppSpec {
+        hoist_config::parse_str(
             "hoist.toml",
             "app = \"demo\"\n[services.web]\ncommand = \"x\"\nhttp = { domains = [\"*\"], health = \"/health\" }\n",
         )
         .unwrap()
-        .spec;
+        .spec
+    }
+
+    fn names(firing: &[Firing]) -> Vec<String> {
+        firing
+            .iter()
+            .map(|f| f.labels["alertname"].clone())
+            .collect()
+    }
+
+    /// Counters that vanish (a release retired long ago, whose counters the proxy
+    /// dropped) or go back to zero (a restarted proxy) within the window take nothing
+    /// away from it: the burst they counted still fires, and traffic after them counts.
+    #[test]
+    fn dropped_or_restarted_counters_leave_the_burst_in_the_window() {
+        let spec = spec();
+        let mut e = Engine::default();
+        let t = Instant::now();
+        let pass = |e: &mut Engine, at: u64, routes: &[(&str, u64, u64)]| {
+            let mut firing = Vec::new();
+            let routes = releases(routes);
+            e.traffic_rules(
+                "demo",
+                &spec,
+                &routes,
+                t + Duration::from_secs(at),
+                &mut firing,
+            );
+            names(&firing)
+        };
+        assert!(pass(&mut e, 0, &[("r1", 0, 0)]).is_empty());
+        assert_eq!(pass(&mut e, 2, &[("r1", 5, 30)]), ["http_5xx_ratio"]);
+        // r1's counters are dropped; r2 serves a few good answers.
+        assert_eq!(pass(&mut e, 4, &[("r2", 4, 0)]), ["http_5xx_ratio"]);
+        // The proxy restarts: r2 counts from zero again, with more 5xx.
+        assert_eq!(pass(&mut e, 6, &[("r2", 0, 2)]), ["http_5xx_ratio"]);
+        // Good answers only, once the burst has left the window: resolved.
+        assert!(pass(&mut e, 70, &[("r2", 200, 2)]).is_empty());
+        // Only r2's growth since the pass before is left: 200 good answers.
+        let ring = &e.samples[&("demo".to_string(), "web".to_string())];
+        assert_eq!(ring.len(), 1, "older passes left the window");
+        assert_eq!((ring[0].total, ring[0].errors), (200, 0));
+    }
+
+    #[test]
+    fn an_adopted_proxys_earlier_counts_are_a_baseline() {
+        let spec = spec();
         let mut e = Engine {
-            passes: 2,
+            adopting: true,
             ..Default::default()
         };
+        let t = Instant::now();
+        let mut firing = Vec::new();
+        e.traffic_rules("demo", &spec, &releases(&[("r1", 0, 30)]), t, &mut firing);
+        assert!(firing.is_empty(), "counted before anyone watched");
+        e.adopting = false;
+        let later = t + Duration::from_secs(2);
+        e.traffic_rules(
+            "demo",
+            &spec,
+            &releases(&[("r1", 0, 40)]),
+            later,
+            &mut firing,
+        );
+        assert_eq!(
+            names(&firing),
+            ["http_5xx_ratio"],
+            "the growth since then counts"
+        );
+    }
+
+    #[test]
+    fn a_burst_of_5xx_fires_the_ratio_rule() {
+        let spec = spec();
+        let mut e = Engine::default();
         let now = Instant::now();
         let mut firing = Vec::new();
         e.traffic_rules("demo", &spec, &stats(0, 20), now, &mut firing);

@@ -18,10 +18,33 @@ use crate::Agent;
 /// Free space or inodes under this share of the filesystem fail; under `WARN_SHARE` warn.
 const FAIL_SHARE: f64 = 0.05;
 const WARN_SHARE: f64 = 0.10;
-/// A certificate expiring within this many days is a warning.
+/// A certificate is warned about at most this many days before it expires (see
+/// [`cert_warn_from`]).
 const CERT_WARN_DAYS: i64 = 14;
 /// A backup not verified within this many days is a warning.
 const VERIFY_DAYS: i64 = 30;
+
+/// From when (Unix seconds) a certificate valid from `not_before` to `not_after` is
+/// worth a warning, unless it is being renewed: in the last third of its lifetime (hoist
+/// renews ACME certificates at two thirds, plus up to a thirtieth as jitter), and no
+/// earlier than [`CERT_WARN_DAYS`] before it expires, so neither a 60 s nor a 7-day
+/// certificate warns from birth and a year-long one not four months ahead. Without a
+/// known start, the last [`CERT_WARN_DAYS`].
+pub(crate) fn cert_warn_from(not_before: Option<i64>, not_after: i64, acme: bool) -> i64 {
+    let window = CERT_WARN_DAYS * 86_400;
+    match not_before {
+        Some(from) if from < not_after => {
+            let life = not_after - from;
+            let at = not_after - (life / 3).min(window);
+            if acme {
+                at.max(from + life * 2 / 3 + life / 30)
+            } else {
+                at
+            }
+        }
+        _ => not_after - window,
+    }
+}
 
 fn share_status(free: f64) -> &'static str {
     if free < FAIL_SHARE {
@@ -385,12 +408,17 @@ impl Agent {
         let mut bad = Vec::new();
         let mut soon = Vec::new();
         let statuses = self.cert_statuses();
-        for c in &statuses {
-            let left = c
-                .not_after
-                .as_deref()
+        let unix = |t: &Option<String>| {
+            t.as_deref()
                 .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&chrono::Utc) - now);
+                .map(|t| t.timestamp())
+        };
+        for c in &statuses {
+            let not_after = unix(&c.not_after);
+            let left = not_after.map(|t| t - now.timestamp());
+            let due = not_after.is_some_and(|to| {
+                now.timestamp() >= cert_warn_from(unix(&c.not_before), to, c.source == "acme")
+            });
             let failed_renewal = c.last.as_ref().is_some_and(|a| !a.ok);
             // The problem of an ACME certificate is its failed renewal, with the CA's
             // words; said once.
@@ -415,11 +443,12 @@ impl Agent {
             // A failed renewal fails: hoist renews at two thirds of the lifetime, so the
             // last third is running out and only a fix of its cause (DNS, ports, the CA)
             // keeps HTTPS up; the old certificate serves meanwhile.
+            // In its last third (or last days) it warns, unless its renewal is going on.
             match left {
-                Some(l) if l <= chrono::Duration::zero() => bad.push(line),
+                Some(l) if l <= 0 => bad.push(line),
                 None => bad.push(line),
                 Some(_) if failed_renewal => bad.push(line),
-                Some(l) if l < chrono::Duration::days(CERT_WARN_DAYS) => soon.push(line),
+                Some(_) if due && !c.renewing => soon.push(line),
                 Some(_) => {}
             }
         }
@@ -439,10 +468,10 @@ impl Agent {
                 "certs.expiry",
                 "warn",
                 format!(
-                    "{} certificate(s) expire within {CERT_WARN_DAYS} days",
+                    "{} certificate(s) in the last third of their lifetime (at most {CERT_WARN_DAYS} days) and not being renewed",
                     soon.len()
                 ),
-                "renew before it expires; `hoist certs` shows the last ACME attempt",
+                "renew before it expires (hoist renews ACME certificates at two thirds of their lifetime); `hoist certs` shows the last ACME attempt",
             )
             .with_evidence(soon)
         } else {
@@ -757,6 +786,21 @@ fn damaged_trees(report: &str, roots: &[(i64, String, String, String)]) -> Vec<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificates_warn_in_their_last_third_and_at_most_14_days_ahead() {
+        const DAY: i64 = 86_400;
+        // 60 s (Pebble's): from 40 s, ACME from its latest renewal point.
+        assert_eq!(cert_warn_from(Some(0), 60, false), 40);
+        assert_eq!(cert_warn_from(Some(0), 60, true), 42);
+        // 3 days: the last day.
+        assert_eq!(cert_warn_from(Some(0), 3 * DAY, false), 2 * DAY);
+        // 90 days and a year: the last 14 days.
+        assert_eq!(cert_warn_from(Some(0), 90 * DAY, true), 76 * DAY);
+        assert_eq!(cert_warn_from(Some(0), 365 * DAY, false), 351 * DAY);
+        // No start known: the last 14 days.
+        assert_eq!(cert_warn_from(None, 100 * DAY, false), 86 * DAY);
+    }
 
     #[test]
     fn damaged_trees_are_named_from_either_sqlite_wording() {

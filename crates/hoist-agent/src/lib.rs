@@ -12,6 +12,7 @@
 
 mod acme;
 mod alerts;
+mod applocks;
 mod backup;
 mod dashboard;
 mod dashcharts;
@@ -144,12 +145,12 @@ pub struct Agent {
     pub(crate) proxy: Option<proxyctl::ProxyCtl>,
     /// This host's name in the app file (`local` until a deploy names it).
     pub(crate) host: Mutex<String>,
-    /// One mutex per app: deploys and rollbacks of an app never overlap.
-    pub(crate) app_locks: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// App → (actor, since ms) of the deploy or rollback that holds (or waits for) its
-    /// mutex: claimed before the mutex is taken, so a second deploy is refused naming it
-    /// while the agent's own short work on the app (a standby window's end) is waited for.
-    pub(crate) deploying: Mutex<std::collections::HashMap<String, (String, i64)>>,
+    /// Each app's deploy lock: its mutex (deploys and rollbacks of an app never overlap,
+    /// nor with the agent's own work on it) and the claim of the deploy or rollback that
+    /// holds or waits for it, taken before the mutex, so a second deploy is refused naming
+    /// it while the agent's own short work on the app (a standby window's end) is waited
+    /// for. Kept only for apps something holds (`applocks.rs`).
+    pub(crate) app_locks: applocks::AppLocks,
     /// `POST /v1/agent/stop` (`hoist agent stop`): ends [`run`] as a signal would.
     pub(crate) stop: tokio::sync::Notify,
     /// Certificates handed to the proxy; one issuance at a time (`tls.rs`).
@@ -271,8 +272,7 @@ impl Agent {
             store_gate: tokio::sync::RwLock::new(()),
             proxy,
             host: Mutex::new(host),
-            app_locks: Mutex::new(Default::default()),
-            deploying: Mutex::new(Default::default()),
+            app_locks: Default::default(),
             stop: tokio::sync::Notify::new(),
             tls: tls::Keeper::default(),
             alerts: Mutex::new(engine),
@@ -654,12 +654,7 @@ impl Agent {
     }
 
     pub(crate) fn app_lock(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.app_locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(app.to_string())
-            .or_default()
-            .clone()
+        self.app_locks.mutex(app)
     }
 
     pub(crate) fn alert_engine(&self) -> std::sync::MutexGuard<'_, alerts::Engine> {

@@ -120,7 +120,8 @@ fn schemas() -> Value {
         "CertAttempt": strict(&[("at", s()), ("ok", boolean()), ("message", s())]),
         "CertStatus": strict(&[
             ("domain", s()), ("app", s()), ("service", s()), ("source", s()),
-            ("issuer", s_null()), ("not_after", s_null()), ("serving", boolean()),
+            ("issuer", s_null()), ("not_before", s_null()), ("not_after", s_null()),
+            ("serving", boolean()), ("renewing", boolean()),
             ("last", json!({ "oneOf": [r("CertAttempt"), { "type": "null" }] })),
             ("problem", s_null()),
         ]),
@@ -688,8 +689,10 @@ mod tests {
                 service: "web".into(),
                 source: "acme".into(),
                 issuer: None,
+                not_before: None,
                 not_after: None,
                 serving: false,
+                renewing: false,
                 last: Some(a::CertAttempt {
                     at: "t".into(),
                     ok: true,

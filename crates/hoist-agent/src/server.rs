@@ -1108,7 +1108,7 @@ pub(crate) fn state_error(agent: &Agent, e: &hoist_state::StateError) -> Respons
 /// window, `hoist down`, a restore) before it is refused as busy.
 const WAIT_FOR_APP_WORK: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The app's deploy lock, held: the claim in [`Agent::deploying`] and the app's mutex.
+/// The app's deploy lock, held: the claim in [`Agent::app_locks`] and the app's mutex.
 /// Dropped, the claim goes first, then the mutex: a deploy that comes in between finds no
 /// claim and waits the instant the mutex needs.
 pub(crate) struct DeployGuard {
@@ -1119,16 +1119,12 @@ pub(crate) struct DeployGuard {
 
 impl Drop for DeployGuard {
     fn drop(&mut self) {
-        self.agent
-            .deploying
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.app);
+        self.agent.app_locks.release(&self.app);
     }
 }
 
 /// Takes the app's deploy lock. A deploy claims the app first (one step under
-/// `deploying`'s lock): a second deploy is refused at once, naming the holder. Then it
+/// the locks' map lock): a second deploy is refused at once, naming the holder. Then it
 /// takes the app's mutex, waiting for the agent's own short work on the app if that holds
 /// it (a caller whose previous deploy just answered is never refused). The state's row
 /// names the holder across an agent's death and is recovered when a dead agent left it.
@@ -1137,32 +1133,24 @@ async fn lock(
     app: &str,
     actor: &str,
 ) -> Result<DeployGuard, Box<Response<Body>>> {
-    let claimed = {
-        let mut deploying = agent.deploying.lock().unwrap_or_else(|p| p.into_inner());
-        match deploying.get(app) {
-            Some((holder, since)) => Err((holder.clone(), *since)),
-            None => {
-                deploying.insert(app.to_string(), (actor.to_string(), hoist_state::now_ms()));
-                Ok(())
-            }
+    let mutex = match agent.app_locks.claim(app, actor) {
+        Ok(m) => m,
+        Err((holder, since)) => {
+            return Err(Box::new(http::error(
+                StatusCode::CONFLICT,
+                format!(
+                    "a deploy of `{app}` is already running: held by {holder} since {}s ago",
+                    (hoist_state::now_ms() - since) / 1000
+                ),
+                Some("wait for it to finish"),
+            )))
         }
     };
-    if let Err((holder, since)) = claimed {
-        return Err(Box::new(http::error(
-            StatusCode::CONFLICT,
-            format!(
-                "a deploy of `{app}` is already running: held by {holder} since {}s ago",
-                (hoist_state::now_ms() - since) / 1000
-            ),
-            Some("wait for it to finish"),
-        )));
-    }
     let mut guard = DeployGuard {
         agent: agent.clone(),
         app: app.to_string(),
         _mutex: None,
     };
-    let mutex = agent.app_lock(app);
     let held = match mutex.clone().try_lock_owned() {
         Ok(g) => g,
         Err(_) => {

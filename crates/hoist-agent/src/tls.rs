@@ -262,6 +262,8 @@ pub(crate) struct Keeper {
     sent: Mutex<HashMap<String, String>>,
     /// Issuance and renewal run one at a time (one ACME account, one proxy).
     pub busy: tokio::sync::Mutex<()>,
+    /// The domain lists whose issuance or renewal is running or waiting for `busy`.
+    renewing: Mutex<std::collections::HashSet<Vec<String>>>,
     /// When certificate files were last read again (see `refresh_file_certs`).
     files_checked: Mutex<Option<std::time::Instant>>,
     /// What ACME CAs said about their rate limits (see `acme.rs`).
@@ -273,6 +275,36 @@ pub(crate) struct Keeper {
 /// How often certificate files are read again, so a file replaced on the host (by
 /// certbot, by hand) is served without a deploy.
 const FILE_RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Marks an issuance or renewal of some domains as going on, until dropped.
+struct Renewing<'a> {
+    keeper: &'a Keeper,
+    domains: Vec<String>,
+}
+
+impl<'a> Renewing<'a> {
+    fn mark(keeper: &'a Keeper, domains: &[String]) -> Renewing<'a> {
+        keeper
+            .renewing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(domains.to_vec());
+        Renewing {
+            keeper,
+            domains: domains.to_vec(),
+        }
+    }
+}
+
+impl Drop for Renewing<'_> {
+    fn drop(&mut self) {
+        self.keeper
+            .renewing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.domains);
+    }
+}
 
 impl Keeper {
     pub fn forget_sent(&self) {
@@ -448,6 +480,13 @@ impl Agent {
                         ),
                     },
                 };
+                let renewing = matches!(tls, TlsSpec::Acme)
+                    && self
+                        .tls
+                        .renewing
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains(&http.domains);
                 for d in &http.domains {
                     out.push(CertStatus {
                         domain: d.clone(),
@@ -455,8 +494,10 @@ impl Agent {
                         service: name.clone(),
                         source: source.clone(),
                         issuer: meta.as_ref().map(|m| m.issuer.clone()),
+                        not_before: meta.as_ref().map(|m| rfc3339(m.not_before)),
                         not_after: meta.as_ref().map(|m| rfc3339(m.not_after)),
                         serving: sent.contains_key(d),
+                        renewing,
                         last: last.as_ref().map(|a| CertAttempt {
                             at: rfc3339(a.at_ms / 1000),
                             ok: a.ok,
@@ -498,6 +539,7 @@ impl Agent {
         domains: &[String],
         old: Option<Stored>,
     ) -> Result<(), String> {
+        let _renewing = Renewing::mark(&self.tls, domains);
         let _busy = self.tls.busy.lock().await;
         let result = crate::acme::issue(self, acme, domains).await;
         let (result, ca_retry_at) = match result {

@@ -21,6 +21,14 @@ pub(crate) const ALERTS_KEYS: &[&str] = &[
 pub(crate) const RULE_KEYS: &[&str] = &["enabled", "threshold"];
 pub(crate) const LOG_RULE_KEYS: &[&str] = &["service", "pattern", "count", "within"];
 
+/// The most matches a log rule may wait for.
+pub(crate) const LOG_COUNT_MAX: u64 = 1_000_000;
+
+/// A receiver: an http:// or https:// URL.
+pub(crate) fn is_receiver_url(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
+}
+
 pub(crate) fn alerts(
     cx: &mut Cx<'_>,
     node: &Node,
@@ -35,7 +43,7 @@ pub(crate) fn alerts(
     let alertmanager = t.str(cx, "alertmanager");
     for (key, url) in [("webhook", &webhook), ("alertmanager", &alertmanager)] {
         if let (Some(url), Some(n)) = (url, t.get(key)) {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+            if !is_receiver_url(url) {
                 cx.error(
                     &n.loc,
                     format!("invalid `alerts.{key}`: `{url}` is not an http:// or https:// URL"),
@@ -45,7 +53,7 @@ pub(crate) fn alerts(
         }
     }
     let ca_roots = t.str(cx, "ca_roots").filter(|p| {
-        let ok = p.starts_with('/');
+        let ok = crate::validate::is_host_path(p);
         if let (false, Some(n)) = (ok, t.get("ca_roots")) {
             cx.error(
                 &n.loc,
@@ -126,7 +134,7 @@ pub(crate) fn alerts(
             }
         }
         let count = match r.get("count") {
-            Some(n) => read_uint(cx, n, &r.path("count"), 1, 1_000_000).map(|c| c as u32),
+            Some(n) => read_uint(cx, n, &r.path("count"), 1, LOG_COUNT_MAX).map(|c| c as u32),
             None => Some(1),
         };
         let within = r

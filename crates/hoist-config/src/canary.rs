@@ -18,6 +18,14 @@ fn bp_of(text: &str) -> Option<u32> {
     Some(bp.round() as u32)
 }
 
+/// A step's share of clients (basis points): above 0% and below 100%.
+pub(crate) fn step_ok(bp: u32) -> bool {
+    bp > 0 && bp < 10_000
+}
+
+/// The most answers a step may wait for.
+pub(crate) const MIN_REQUESTS_MAX: u64 = 1_000_000_000;
+
 pub(crate) fn canary(
     cx: &mut Cx<'_>,
     node: &Node,
@@ -81,7 +89,7 @@ pub(crate) fn canary(
     };
     let max_p99 = t.positive_duration(cx, "max_p99");
     let min_requests = t
-        .uint(cx, "min_requests", 1, 1_000_000_000)
+        .uint(cx, "min_requests", 1, MIN_REQUESTS_MAX)
         .unwrap_or(CanarySpec::DEFAULT_MIN_REQUESTS);
     Some(CanarySpec {
         steps_bp: steps?,
@@ -120,7 +128,7 @@ fn steps(cx: &mut Cx<'_>, n: &Node, path: &str) -> Option<Vec<u32>> {
             }
         };
         match bp_of(&text) {
-            Some(bp) if bp > 0 && bp < 10_000 => {
+            Some(bp) if step_ok(bp) => {
                 if let Some(&last) = out.last() {
                     if bp <= last {
                         cx.error(

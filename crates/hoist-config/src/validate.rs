@@ -692,7 +692,7 @@ fn http(
         // A certificate names hosts: `*` (or a wildcard) cannot be issued or matched.
         let domains_at = t.get("domains").map_or(&t.at, |n| &n.loc);
         for d in &domains {
-            if d == "*" || d.contains('*') || !is_dns_name(d) {
+            if !is_cert_name(d) {
                 cx.error(
                     domains_at,
                     format!(
@@ -763,9 +763,7 @@ fn http_guards(cx: &mut Cx<'_>, t: &Tbl<'_>, refs: &mut Refs) -> HttpGuards {
             .unwrap_or_default()
             .into_iter()
             .filter_map(|(h, loc)| {
-                let ok = !h.is_empty()
-                    && h.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                let ok = is_header_name(&h);
                 if !ok {
                     cx.error(
                         &loc,
@@ -837,8 +835,15 @@ fn http_guards(cx: &mut Cx<'_>, t: &Tbl<'_>, refs: &mut Refs) -> HttpGuards {
     }
 }
 
+/// A header name `rate_limit.key` may name.
+pub(crate) fn is_header_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// `10.0.0.0/8`, `2001:db8::/32` or a bare address.
-fn valid_cidr(s: &str) -> bool {
+pub(crate) fn valid_cidr(s: &str) -> bool {
     let (addr, bits) = match s.split_once('/') {
         Some((a, b)) => (a, Some(b)),
         None => (s, None),
@@ -848,6 +853,11 @@ fn valid_cidr(s: &str) -> bool {
     };
     let max = if ip.is_ipv4() { 32 } else { 128 };
     bits.is_none_or(|b| b.parse::<u8>().is_ok_and(|b| b <= max))
+}
+
+/// A name of `domains` a certificate can carry (with `tls`): no `*`, a plain DNS name.
+pub(crate) fn is_cert_name(d: &str) -> bool {
+    !(d == "*" || d.contains('*') || !is_dns_name(d))
 }
 
 /// A plain DNS name a certificate can carry.
@@ -887,7 +897,7 @@ fn tls(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<TlsSpec> {
                     return None;
                 };
                 let p = read_str(cx, n, &t.path(key))?;
-                if !p.starts_with('/') {
+                if !is_host_path(&p) {
                     cx.error(
                         &n.loc,
                         format!("invalid `{}`: `{p}` is not an absolute path", t.path(key)),
@@ -925,7 +935,7 @@ fn acme(cx: &mut Cx<'_>, node: &Node, at: Option<&Loc>) -> AcmeSpec {
         return AcmeSpec::default();
     };
     let email = t.str(cx, "email").filter(|e| {
-        let ok = e.contains('@') && !e.contains(char::is_whitespace) && !e.starts_with("mailto:");
+        let ok = is_email(e);
         if !ok {
             if let Some(n) = t.get("email") {
                 cx.error(
@@ -940,7 +950,7 @@ fn acme(cx: &mut Cx<'_>, node: &Node, at: Option<&Loc>) -> AcmeSpec {
     let directory = t
         .str(cx, "directory")
         .filter(|d| {
-            let ok = d.starts_with("https://") && d.len() > "https://".len();
+            let ok = is_https_url(d);
             if !ok {
                 if let Some(n) = t.get("directory") {
                     cx.error(
@@ -954,7 +964,7 @@ fn acme(cx: &mut Cx<'_>, node: &Node, at: Option<&Loc>) -> AcmeSpec {
         })
         .unwrap_or_else(|| defaults::ACME_DIRECTORY.to_string());
     let ca_roots = t.str(cx, "ca_roots").filter(|p| {
-        let ok = p.starts_with('/');
+        let ok = is_host_path(p);
         if !ok {
             if let Some(n) = t.get("ca_roots") {
                 cx.error(
@@ -973,13 +983,32 @@ fn acme(cx: &mut Cx<'_>, node: &Node, at: Option<&Loc>) -> AcmeSpec {
     }
 }
 
-/// A host name the proxy matches against the Host header (lowercased), or `*`.
-fn check_domain(cx: &mut Cx<'_>, domain: &mut String, loc: &Loc, path: &str) -> bool {
-    let bad = domain.contains("://")
+/// A file the agent reads on the host (a certificate, a key, CA roots): an absolute path.
+pub(crate) fn is_host_path(p: &str) -> bool {
+    p.starts_with('/')
+}
+
+/// An ACME account's contact address (no `mailto:`: hoist adds it).
+pub(crate) fn is_email(e: &str) -> bool {
+    e.contains('@') && !e.contains(char::is_whitespace) && !e.starts_with("mailto:")
+}
+
+/// An ACME directory: an https:// URL.
+pub(crate) fn is_https_url(d: &str) -> bool {
+    d.starts_with("https://") && d.len() > "https://".len()
+}
+
+/// Not a host name (nor `*`) at all: a URL, a path, whitespace, nothing.
+pub(crate) fn domain_problem(domain: &str) -> bool {
+    domain.contains("://")
         || domain.contains('/')
         || domain.contains(char::is_whitespace)
-        || domain.is_empty();
-    if bad {
+        || domain.is_empty()
+}
+
+/// A host name the proxy matches against the Host header (lowercased), or `*`.
+fn check_domain(cx: &mut Cx<'_>, domain: &mut String, loc: &Loc, path: &str) -> bool {
+    if domain_problem(domain) {
         let fixed = domain
             .split("://")
             .last()

@@ -854,6 +854,12 @@ pub struct LogRule {
 
 /// The built-in alert rules and their default thresholds.
 pub mod alert_rules {
+    /// Seconds a job's last success may be late by beyond `job_missed` × its `every`:
+    /// the scheduler's own jitter (a ~1 s pass, a run's end recorded at the next one, a
+    /// tick skipped while the run before ends) puts a 1 s job's successes 2-3 s apart
+    /// with nothing wrong. Negligible for schedules of minutes or hours.
+    pub const JOB_MISSED_GRACE_SECS: u64 = 10;
+
     /// (name, default threshold, what the threshold means).
     pub const RULES: &[(&str, f64, &str)] = &[
         ("instance_down", 60.0, "seconds an instance may stay down"),
@@ -887,7 +893,7 @@ pub mod alert_rules {
         (
             "job_missed",
             2.0,
-            "time since the last run in multiples of the schedule",
+            "time since the last success in multiples of the schedule (plus 10 s)",
         ),
         (
             "slo_burn_fast",
@@ -902,7 +908,7 @@ pub mod alert_rules {
         (
             "cert_expiring",
             14.0,
-            "days before an HTTPS domain's certificate expires",
+            "days before an HTTPS domain's certificate expires (unset: its lifetime's last third, at most 14 days)",
         ),
         (
             "cert_renewal_failed",

@@ -337,10 +337,16 @@ pub struct CertStatus {
     /// `acme`, or `file \`PATH\``.
     pub source: String,
     pub issuer: Option<String>,
+    /// RFC 3339: with `not_after`, the lifetime (doctor warns in its last third).
+    #[serde(default)]
+    pub not_before: Option<String>,
     /// RFC 3339.
     pub not_after: Option<String>,
     /// Whether the proxy was handed a certificate for the domain by this agent.
     pub serving: bool,
+    /// An ACME issuance or renewal of it is running (or waiting for the one before).
+    #[serde(default)]
+    pub renewing: bool,
     /// The last issuance or renewal (ACME).
     pub last: Option<CertAttempt>,
     /// What needs attention, if anything.

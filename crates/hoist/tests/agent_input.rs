@@ -45,7 +45,7 @@ fn hostile_specs_and_names_sent_to_the_api_are_refused_and_nothing_is_staged() {
     let before = staged(&host.root);
 
     type Edit = fn(&mut serde_json::Value);
-    let hostile: [(&str, Edit, &str); 7] = [
+    let hostile: [(&str, Edit, &str); 13] = [
         (
             "CR/LF in the health path",
             |s| {
@@ -86,6 +86,53 @@ fn hostile_specs_and_names_sent_to_the_api_are_refused_and_nothing_is_staged() {
             "an app name that climbs out",
             |s| s["app"] = "../demo".into(),
             "invalid app name `../demo`",
+        ),
+        // Issue 14: what the app file refuses in TLS, domains, guards, alerts and canary
+        // steps went through the API.
+        (
+            "a TLS key that is a relative path",
+            |s| {
+                s["services"]["web"]["http"]["domains"] = serde_json::json!(["demo.test"]);
+                s["services"]["web"]["http"]["tls"] = serde_json::json!({"source": "file", "cert": "/etc/ssl/c.pem", "key": "../key.pem"});
+            },
+            "`services.web.http.tls.key`: `../key.pem` is not an absolute path",
+        ),
+        (
+            "a domain that is a URL",
+            |s| s["services"]["web"]["http"]["domains"] = serde_json::json!(["http://evil.test/x"]),
+            "invalid domain `http://evil.test/x`",
+        ),
+        (
+            "a trusted proxy that is no CIDR block",
+            |s| {
+                s["services"]["web"]["http"]["guards"]["trusted_proxies"] =
+                    serde_json::json!(["10.0.0.0/99"])
+            },
+            "`10.0.0.0/99` is not an address or CIDR block",
+        ),
+        (
+            "an alert webhook that is a file",
+            |s| s["alerts"]["webhook"] = "file:///etc/passwd".into(),
+            "`alerts.webhook`: `file:///etc/passwd` is not an http:// or https:// URL",
+        ),
+        (
+            "a log alert on a service that does not exist",
+            |s| {
+                s["alerts"]["logs"]["oops"] = serde_json::json!(
+                    {"service": "ghost", "pattern": "(", "count": 1, "within": "5m"}
+                )
+            },
+            "`alerts.logs.oops.service` names no service: `ghost`",
+        ),
+        (
+            "a canary step of 150%",
+            |s| {
+                s["deploy"]["canary"] = serde_json::json!({
+                    "steps_bp": [15000], "interval": "1m", "max_error_bp": 100,
+                    "max_p99": null, "min_requests": 10
+                })
+            },
+            "invalid `deploy.canary.steps`",
         ),
     ];
     for (what, edit, reason) in hostile {

@@ -1,8 +1,8 @@
 //! `hoist doctor` and `hoist review` against a real agent: every host-local finding is
 //! produced for real on a test host — a full tmpfs root, its inodes exhausted, an
 //! instance port taken by another process (which crash-loops the instance), a failing
-//! health check, a leftover process no release owns, a certificate made with openssl
-//! that is about to expire, pages of the state database overwritten (an index: found;
+//! health check, a leftover process no release owns, a short-lived certificate made
+//! with openssl in the last third of its lifetime, pages of the state database overwritten (an index: found;
 //! a table: the agent refuses to start; the runbook's commands rebuild it), a scheduled
 //! backup whose every run fails — and each goes back to clean. (A failed ACME renewal
 //! is in `tls.rs`, beside its Pebble.) A host that does not answer
@@ -264,14 +264,18 @@ fn each_host_finding_is_produced_for_real_and_then_clean() {
     assert_eq!(code, 1);
 }
 
-#[test]
-fn a_certificate_made_with_openssl_that_expires_soon_then_has_expired_is_found() {
-    let https = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let h = Host::with_agent_args(&["--https", &https.to_string()]);
-    let dir = h.dir.join("certs");
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("doc.crt"), dir.join("doc.key"));
-    let out = Command::new("openssl")
+/// A 3-day certificate for doc.test made by openssl, as if made at `when` (faketime's
+/// words; `None`: now).
+fn openssl_cert(cert: &Path, key: &Path, when: Option<&str>) {
+    let mut cmd = match when {
+        Some(t) => {
+            let mut c = Command::new("faketime");
+            c.args([t, "openssl"]);
+            c
+        }
+        None => Command::new("openssl"),
+    };
+    let out = cmd
         .args([
             "req",
             "-x509",
@@ -290,12 +294,24 @@ fn a_certificate_made_with_openssl_that_expires_soon_then_has_expired_is_found()
             "3",
         ])
         .arg("-keyout")
-        .arg(&key)
+        .arg(key)
         .arg("-out")
-        .arg(&cert)
+        .arg(cert)
         .output()
-        .expect("openssl runs (scripts/test.sh installs it)");
+        .expect("openssl and faketime run (scripts/test.sh installs them)");
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// Issue 14: a certificate that lives less than 14 days is warned about in the last
+/// third of its lifetime, not from birth (doctor warned on every one of them).
+#[test]
+fn a_short_lived_certificate_warns_in_its_last_third_then_fails_once_expired() {
+    let https = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let h = Host::with_agent_args(&["--https", &https.to_string()]);
+    let dir = h.dir.join("certs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("doc.crt"), dir.join("doc.key"));
+    openssl_cert(&cert, &key, None);
     let project = h.dir.join("tls");
     std::fs::create_dir_all(&project).unwrap();
     std::fs::write(project.join("VERSION"), "tls").unwrap();
@@ -324,6 +340,12 @@ roles = ["web"]
     .unwrap();
     let out = h.deploy(&project);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // Made now, valid 3 days: nothing to say.
+    let (_, all) = doctor(&h, &project);
+    let f = finding(&all, "certs.expiry");
+    assert_eq!(f["status"], "pass", "{f}");
+    // The same certificate made 60 hours ago: in its last day.
+    openssl_cert(&cert, &key, Some("60 hours ago"));
     let (code, all) = doctor(&h, &project);
     let f = finding(&all, "certs.expiry");
     assert_eq!(f["status"], "warn", "{f}");

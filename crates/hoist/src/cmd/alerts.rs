@@ -216,7 +216,9 @@ pub fn export(spec: &AppSpec) -> String {
     if threshold(spec, "job_failed").is_some() {
         add(
             "job_failed",
-            format!("increase(hoist_job_runs_total{{{sel},result!=\"succeeded\"}}[1h]) > 0"),
+            format!(
+                "increase(hoist_job_runs_total{{{sel},result!~\"succeeded|skipped\"}}[1h]) > 0"
+            ),
             None,
             "job {{ $labels.job }} failed",
             "see `hoist jobs`; `hoist jobs run {{ $labels.job }}` tries it again",
@@ -227,7 +229,10 @@ pub fn export(spec: &AppSpec) -> String {
             if let Some(s) = every(&j.schedule) {
                 add(
                     "job_missed",
-                    format!("time() - hoist_job_last_success_timestamp_seconds{{{sel},job=\"{name}\"}} > {}", s * k),
+                    format!(
+                        "time() - hoist_job_last_success_timestamp_seconds{{{sel},job=\"{name}\"}} > {}",
+                        s * k + hoist_core::spec::alert_rules::JOB_MISSED_GRACE_SECS as f64
+                    ),
                     None,
                     "job {{ $labels.job }} has not succeeded lately",
                     "check `hoist jobs` and `hoist events`",
