@@ -335,7 +335,7 @@ impl Agent {
         let now_ms = hoist_state::now_ms();
         let now = Instant::now();
         let mut firing: Vec<Firing> = Vec::new();
-        let mut engine = std::mem::take(&mut *self.alert_engine());
+        let mut engine = self.alert_engine().take_for_pass();
         engine.adopting = adopting;
         for (app, spec) in &specs {
             self.instance_rules(&mut engine, app, spec, now, &mut firing);
@@ -1087,6 +1087,20 @@ impl Engine {
     }
 
     /// Firing and recent alerts for `hoist alerts`.
+    /// Takes the engine out for a pass, which runs without the lock, leaving a copy of
+    /// its active alerts behind: `hoist alerts` and the dashboard, read meanwhile, still
+    /// see what is firing (an empty engine would say nothing is).
+    pub(crate) fn take_for_pass(&mut self) -> Engine {
+        let active = self.active.clone();
+        std::mem::replace(
+            self,
+            Engine {
+                active,
+                ..Engine::default()
+            },
+        )
+    }
+
     pub(crate) fn firing(&self) -> Vec<serde_json::Value> {
         let mut out: Vec<_> = self
             .active
@@ -1242,6 +1256,26 @@ mod tests {
         let c = e.update(vec![], now + REPEAT + Duration::from_secs(5));
         assert_eq!(kinds(c), [("resolved", true)], "resolves");
         assert!(e.firing().is_empty());
+    }
+
+    #[test]
+    fn alerts_firing_stay_readable_while_a_pass_has_the_engine() {
+        let mut e = Engine::default();
+        let f = Firing {
+            app: "a".into(),
+            labels: labels(&[("alertname", "crash_loop"), ("app", "a")]),
+            summary: "s".into(),
+            description: "d".into(),
+        };
+        let now = Instant::now();
+        e.update(vec![f.clone()], now);
+        let mut pass = e.take_for_pass();
+        assert_eq!(e.firing(), pass.firing(), "left behind while the pass runs");
+        assert_eq!(e.firing().len(), 1);
+        // The pass keeps the state that decides: the alert is still known as active.
+        assert!(pass
+            .update(vec![f], now + Duration::from_secs(2))
+            .is_empty());
     }
 }
 

@@ -156,6 +156,15 @@ fn locks() -> &'static Mutex<HashMap<NameKey, Arc<tokio::sync::Mutex<()>>>> {
     LOCKS.get_or_init(Default::default)
 }
 
+/// The lock of one backup name. Entries nobody holds a handle to go first (a handle is
+/// only cloned here, under the map's lock, or from another handle), so the map does not
+/// grow with every name and agent boot ever seen.
+fn name_lock(key: NameKey) -> Arc<tokio::sync::Mutex<()>> {
+    let mut map = locks().lock().unwrap_or_else(|p| p.into_inner());
+    map.retain(|_, m| Arc::strong_count(m) > 1);
+    map.entry(key).or_default().clone()
+}
+
 fn schedule() -> &'static Mutex<HashMap<NameKey, DateTime<Utc>>> {
     static NEXT: OnceLock<Mutex<HashMap<NameKey, DateTime<Utc>>>> = OnceLock::new();
     NEXT.get_or_init(Default::default)
@@ -219,12 +228,7 @@ impl Agent {
     }
 
     fn name_lock(&self, app: &str, name: &str) -> Arc<tokio::sync::Mutex<()>> {
-        locks()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry((self.boot.clone(), app.to_string(), name.to_string()))
-            .or_default()
-            .clone()
+        name_lock((self.boot.clone(), app.to_string(), name.to_string()))
     }
 
     /// Once per agent start: attempts a dead agent left `running` become `failed`, and
@@ -1009,6 +1013,28 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backup_name_locks_are_kept_only_while_held() {
+        let key = |i: usize| ("boot-t".to_string(), format!("app{i}"), "db".to_string());
+        for i in 0..100 {
+            let m = name_lock(key(i));
+            let _held = m.try_lock().unwrap();
+        }
+        let held = name_lock(key(0));
+        let _guard = held.try_lock().unwrap();
+        assert!(
+            name_lock(key(0)).try_lock().is_err(),
+            "a held name's lock is the one handed out again"
+        );
+        let kept = locks()
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|k| k.0 == "boot-t")
+            .count();
+        assert_eq!(kept, 1, "only the held name is kept");
+    }
 
     #[test]
     fn a_request_names_one_known_backup_or_all() {
