@@ -220,20 +220,24 @@ async fn proxy(
     let host = host_of(&req);
     let method = crate::stats::method_index(req.method());
     let websocket = is_websocket(&req);
-    let guarded = with_table(shared, |t| {
-        t.lookup(&host, req.uri().path())
-            .filter(|r| r.guards.active())
-            .cloned()
-    });
+    // One lookup serves the guards and the first attempt below.
+    let mut first = Some(with_table(shared, |t| {
+        t.lookup(&host, req.uri().path()).cloned()
+    }));
+    let guarded = first
+        .as_ref()
+        .and_then(Option::as_ref)
+        .filter(|r| r.guards.active());
     let mut route_trusted = false;
-    if let Some(route) = &guarded {
+    if let Some(route) = guarded {
         if let Some(resp) = Box::pin(guard(route, &req, &peer)).await {
             return Ok(resp);
         }
         route_trusted = route.guards.is_trusted(peer.addr.ip());
     }
+    let has_host = !host.is_empty();
     let (request_id, added) =
-        prepare_request(&mut req, &peer, shared, websocket, &host, route_trusted);
+        prepare_request(&mut req, &peer, shared, websocket, has_host, route_trusted);
     let mut log = shared
         .access_log
         .as_ref()
@@ -258,13 +262,15 @@ async fn proxy(
         None
     };
     let (parts, body) = req.into_parts();
+    // Read again, borrowed from the parts (it borrowed the request, now taken apart).
+    let host = host_in(&parts.uri, &parts.headers);
     let mut body = ReqBody::new(body);
-    if let Some(max) = guarded.as_ref().and_then(|r| r.guards.max_body) {
+    if let Some(max) = guarded.and_then(|r| r.guards.max_body) {
         // A body of unknown length is read whole (up to the limit) before anything is
         // sent, so the upstream never sees a byte of one that is too large.
         if let ReqBody::Stream { body: incoming, .. } = &mut body {
             if incoming.size_hint().exact().is_none() {
-                let route = guarded.as_ref().expect("checked");
+                let route = guarded.expect("checked");
                 let limits = &shared.limits;
                 match Box::pin(buffer_body(incoming, max, route, limits.body_timeout)).await {
                     Ok(whole) => body = whole,
@@ -295,14 +301,20 @@ async fn proxy(
     for _ in 0..MAX_ATTEMPTS {
         // The claim is taken inside the lookup: one reference count per request on
         // shared state instead of two (they bounce between cores).
-        let picked = with_table(shared, |table| {
-            let route = table.lookup(&host, parts.uri.path())?;
+        let looked = match first.take() {
+            Some(looked) => looked,
+            None => with_table(shared, |t| t.lookup(&host, parts.uri.path()).cloned()),
+        };
+        let picked = looked.map(|main| {
             // A route with a canary sends a share of clients to its canary side.
-            let route = sticky
-                .side(route, Some(&parts.headers), peer.addr.ip())
-                .clone();
+            let side = sticky.side(&main, Some(&parts.headers), peer.addr.ip());
+            let route = if Arc::ptr_eq(side, &main) {
+                main
+            } else {
+                side.clone()
+            };
             let claim = route.pick(tried, now_ms()).map(|(i, u)| (i, u.claim()));
-            Some((route, claim))
+            (route, claim)
         });
         let Some((route, claim)) = picked else {
             return Ok(finish_error(
@@ -385,7 +397,7 @@ async fn proxy(
                     }
                     return Ok(resp);
                 }
-                strip_hop_by_hop(resp.headers_mut());
+                // `upstream::parse_head` left the hop-by-hop headers out.
                 if let Some(cookie) = sticky.cookie() {
                     resp.headers_mut().append(header::SET_COOKIE, cookie);
                 }
@@ -705,17 +717,17 @@ fn finish_error(
     resp
 }
 
-/// The request's host, lowercase, without a port.
-pub(crate) fn host_of(req: &Request<Incoming>) -> String {
+/// The request's host, lowercase, without a port (borrowed unless it had capitals).
+pub(crate) fn host_of(req: &Request<Incoming>) -> std::borrow::Cow<'_, str> {
+    host_in(req.uri(), req.headers())
+}
+
+/// [`host_of`] from a request's target and headers.
+fn host_in<'a>(uri: &'a hyper::Uri, headers: &'a HeaderMap) -> std::borrow::Cow<'a, str> {
     // An absolute-form target names the host; it wins over the Host header (RFC 9112 §3.2.2).
-    let raw = req
-        .uri()
+    let raw = uri
         .host()
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or("");
     let host = if raw.starts_with('[') {
         raw.split_once(']')
@@ -726,7 +738,11 @@ pub(crate) fn host_of(req: &Request<Incoming>) -> String {
     };
     // `example.com.` is the same name as `example.com` (a fully qualified form).
     let host = host.strip_suffix('.').unwrap_or(host);
-    host.to_ascii_lowercase()
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        host.to_ascii_lowercase().into()
+    } else {
+        host.into()
+    }
 }
 
 fn header_has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
@@ -763,9 +779,14 @@ fn present(headers: &HeaderMap, names: &[HeaderName]) -> u32 {
     found
 }
 
+/// Whether `name` is a hop-by-hop header (see [`hop_by_hop`]).
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_by_hop().contains(name)
+}
+
 /// Removes the hop-by-hop headers and every header that `Connection` names, except
 /// those that frame or route the message (they are framed again on the next hop).
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let found = present(headers, hop_by_hop());
     if found != 0 {
         strip_found(headers, found);
@@ -853,7 +874,7 @@ fn prepare_request(
     peer: &Peer,
     shared: &Shared,
     websocket: bool,
-    host: &str,
+    has_host: bool,
     route_trusted: bool,
 ) -> (HeaderValue, Added) {
     let https = req.extensions().get::<crate::tls::Https>().is_some();
@@ -903,7 +924,7 @@ fn prepare_request(
         let proto = if https { "https" } else { "http" };
         added.push(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if (!trusted || found & XFH_BIT == 0) && !host.is_empty() {
+    if (!trusted || found & XFH_BIT == 0) && has_host {
         if let Some(v) = headers.get(header::HOST) {
             added.push(&X_FORWARDED_HOST, v.clone());
         }

@@ -664,7 +664,7 @@ pub(crate) async fn relay_challenge(
     // Every peer at once; the first valid answer wins (the rest are dropped with the set).
     let mut asks = tokio::task::JoinSet::new();
     for peer in peers {
-        let (host, token) = (host.clone(), token.to_string());
+        let (host, token) = (host.to_string(), token.to_string());
         asks.spawn(async move {
             let answer = ask_peer(&peer, &host, &token).await;
             (peer, answer)

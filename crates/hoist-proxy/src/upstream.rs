@@ -16,6 +16,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -652,14 +653,22 @@ async fn read_head(
 }
 
 /// Parses a response head from the start of `buf` and takes it off; `None` until it is
-/// whole. Header values share the head's bytes (no copy).
+/// whole. Header values share the head's bytes (no copy). The hop-by-hop headers of a
+/// final response are left out as they are read (RFC 9110 §7.6.1; a 101 keeps them,
+/// its tunnel needs `Upgrade`), so the client side forwards `headers` as they are.
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, String> {
     // Offsets, not slices: the slices borrow `buf`, which is split after the parse.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    // Neither array is initialised up front (together 6 KB of stores per response,
+    // a visible share of the request path); only the first `count` are read.
+    let mut spans = [const { MaybeUninit::<(u32, u32, u32, u32)>::uninit() }; MAX_HEADERS];
     let (len, count, code, minor) = {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        let len = match resp.parse(buf) {
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            buf,
+            &mut headers,
+        ) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(format!("malformed response head: {e}")),
@@ -667,12 +676,12 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, St
         let base = buf.as_ptr() as usize;
         let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
         for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-            *span = (
+            span.write((
                 offset(h.name.as_bytes()),
                 h.name.len() as u32,
                 offset(h.value),
                 h.value.len() as u32,
-            );
+            ));
         }
         (
             len,
@@ -683,12 +692,18 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, St
     };
     let raw = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| format!("bad status {code}"))?;
+    let keep_hop = status == StatusCode::SWITCHING_PROTOCOLS;
     let mut headers = HeaderMap::with_capacity(count);
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut encoded = false;
     let mut close = minor == 0;
-    for &(no, nl, vo, vl) in &spans[..count] {
+    // A `Connection` naming other headers: they (and it) go after the loop.
+    let mut names_others = false;
+    // SAFETY: the first `count` spans were written above.
+    let spans =
+        unsafe { std::slice::from_raw_parts(spans.as_ptr().cast::<(u32, u32, u32, u32)>(), count) };
+    for &(no, nl, vo, vl) in spans {
         let name = &raw[no as usize..(no + nl) as usize];
         let name =
             HeaderName::from_bytes(name).map_err(|_| "a malformed header name".to_string())?;
@@ -718,10 +733,25 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, St
                     close = true;
                 } else if minor == 0 && t.eq_ignore_ascii_case(b"keep-alive") {
                     close = false;
+                } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
+                    names_others = true;
                 }
             }
+            if !keep_hop {
+                // Kept only for the strip below to read the names it lists.
+                if names_others {
+                    headers.append(name, value);
+                }
+                continue;
+            }
+        }
+        if !keep_hop && crate::forward::is_hop_by_hop(&name) {
+            continue;
         }
         headers.append(name, value);
+    }
+    if names_others && !keep_hop {
+        crate::forward::strip_hop_by_hop(&mut headers);
     }
     let code = status.as_u16();
     let framing = if head_request || status.is_informational() || code == 204 || code == 304 {
@@ -1097,6 +1127,35 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_final_response_head_leaves_out_hop_by_hop_headers_as_it_is_parsed() {
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+            Transfer-Encoding: chunked\r\nTrailer: x-t\r\nUpgrade: h2c\r\nProxy-Connection: x\r\n\
+            X-A: b\r\nDate: now\r\n\r\n";
+        let (h, _) = head_of(raw, false);
+        let mut names: Vec<_> = h.headers.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["date", "x-a"]);
+        assert_eq!(h.framing, Framing::Chunked(Chunk::Size));
+        assert!(h.keep_alive);
+        // What `Connection` names goes too (and it), but never the framing.
+        let (h, _) = head_of(
+            b"HTTP/1.1 200 OK\r\nConnection: X-Secret, close, content-length\r\nX-Secret: 1\r\nContent-Length: 0\r\nX-A: b\r\n\r\n",
+            false,
+        );
+        let mut names: Vec<_> = h.headers.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["content-length", "x-a"]);
+        assert!(!h.keep_alive);
+        // A 101 keeps them: its tunnel needs `Connection` and `Upgrade`.
+        let (h, _) = head_of(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            false,
+        );
+        assert_eq!(h.headers["upgrade"], "websocket");
+        assert_eq!(h.headers["connection"], "Upgrade");
     }
 
     fn decode_all(
