@@ -135,7 +135,9 @@ struct Exchange {
     route: Arc<RouteEntry>,
     bytes: u64,
     complete: bool,
-    log: Option<crate::access_log::Entry>,
+    // Boxed: it rides in every response body and the request's future, moved several
+    // times per request, and is there only when the access log is on.
+    log: Option<Box<crate::access_log::Entry>>,
     /// This worker (not the process-wide state): its reference count stays on this core.
     worker: Arc<Worker>,
 }
@@ -236,12 +238,9 @@ async fn proxy(
         route_trusted = route.guards.is_trusted(peer.addr.ip());
     }
     let has_host = !host.is_empty();
-    let (request_id, added) =
-        prepare_request(&mut req, &peer, shared, websocket, has_host, route_trusted);
-    let mut log = shared
-        .access_log
-        .as_ref()
-        .map(|_| crate::access_log::Entry {
+    let added = prepare_request(&mut req, &peer, shared, websocket, has_host, route_trusted);
+    let mut log = shared.access_log.as_ref().map(|_| {
+        Box::new(crate::access_log::Entry {
             route: String::new(),
             release: String::new(),
             method: req.method().to_string(),
@@ -253,9 +252,10 @@ async fn proxy(
             status: 0,
             started,
             upstream: None,
-            request_id: request_id.to_str().unwrap_or_default().to_owned(),
+            request_id: added.request_id(req.headers()).to_owned(),
             bytes: 0,
-        });
+        })
+    });
     let client_upgrade = if websocket {
         Some(hyper::upgrade::on(&mut req))
     } else {
@@ -689,7 +689,7 @@ fn valid_host(v: &[u8]) -> bool {
 fn finish_error(
     shared: &Shared,
     method: u8,
-    log: Option<crate::access_log::Entry>,
+    log: Option<Box<crate::access_log::Entry>>,
     status: StatusCode,
     body: String,
     route: Option<&Arc<RouteEntry>>,
@@ -762,7 +762,7 @@ fn is_websocket(req: &Request<Incoming>) -> bool {
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1): the first nine of
 /// [`EDGE`], so that one pass over a request's names finds them with the rest.
-fn hop_by_hop() -> &'static [HeaderName] {
+pub(crate) fn hop_by_hop() -> &'static [HeaderName] {
     &EDGE[..9]
 }
 
@@ -777,11 +777,6 @@ fn present(headers: &HeaderMap, names: &[HeaderName]) -> u32 {
         }
     }
     found
-}
-
-/// Whether `name` is a hop-by-hop header (see [`hop_by_hop`]).
-pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
-    hop_by_hop().contains(name)
 }
 
 /// Removes the hop-by-hop headers and every header that `Connection` names, except
@@ -869,23 +864,20 @@ static UPGRADE: HeaderName = header::UPGRADE;
 /// Rewrites the client's headers for the upstream: what must not go up is removed from
 /// the map (most requests carry none of it), and what the proxy adds is returned to be
 /// written after them (no map insert per request). Returns the request id too.
-fn prepare_request(
+fn prepare_request<'p>(
     req: &mut Request<Incoming>,
-    peer: &Peer,
+    peer: &'p Peer,
     shared: &Shared,
     websocket: bool,
     has_host: bool,
     route_trusted: bool,
-) -> (HeaderValue, Added) {
+) -> Added<'p> {
     let https = req.extensions().get::<crate::tls::Https>().is_some();
     let headers = req.headers_mut();
     let mut added = Added::default();
     let found = present(headers, &EDGE);
     if websocket {
-        if let Some(upgrade) = headers.get(header::UPGRADE).cloned() {
-            added.push(&CONNECTION, HeaderValue::from_static("upgrade"));
-            added.push(&UPGRADE, upgrade);
-        }
+        added.upgrade = headers.get(header::UPGRADE).cloned();
     }
     if found & HOP_BITS != 0 {
         strip_found(headers, found);
@@ -910,64 +902,102 @@ fn prepare_request(
                 }
             }
         }
-        added.push(&X_FORWARDED_FOR, peer.ip_header.clone());
+        added.forwarded_for = Some(&peer.ip_header);
     }
     if !trusted || found & REAL_IP_BIT == 0 {
         // A client's own X-Real-IP would pass for one the proxy set.
         if found & REAL_IP_BIT != 0 {
             headers.remove(&X_REAL_IP);
         }
-        added.push(&X_REAL_IP, peer.ip_header.clone());
+        added.real_ip = Some(&peer.ip_header);
     }
     // (From an untrusted peer these were removed above.)
     if !trusted || found & XFP_BIT == 0 {
-        let proto = if https { "https" } else { "http" };
-        added.push(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        added.proto = Some(if https { "https" } else { "http" });
     }
-    if (!trusted || found & XFH_BIT == 0) && has_host {
-        if let Some(v) = headers.get(header::HOST) {
-            added.push(&X_FORWARDED_HOST, v.clone());
-        }
-    }
-    let kept = if found & REQUEST_ID_BIT != 0 {
-        headers
+    added.forwarded_host = (!trusted || found & XFH_BIT == 0) && has_host;
+    let kept = found & REQUEST_ID_BIT != 0
+        && headers
             .get(&X_REQUEST_ID)
-            .filter(|v| valid_request_id(v.as_bytes()))
-            .cloned()
-    } else {
-        None
-    };
-    let id = match kept {
-        Some(id) => id,
-        None => {
-            if found & REQUEST_ID_BIT != 0 {
-                headers.remove(&X_REQUEST_ID);
-            }
-            let id = new_request_id(&shared.request_id_prefix);
-            added.push(&X_REQUEST_ID, id.clone());
-            id
+            .is_some_and(|v| valid_request_id(v.as_bytes()));
+    if !kept {
+        if found & REQUEST_ID_BIT != 0 {
+            headers.remove(&X_REQUEST_ID);
         }
-    };
-    (id, added)
+        added.request_id = Some(new_request_id(&shared.request_id_prefix));
+    }
+    added
 }
 
-/// Headers the proxy adds on the way up, written after the client's own.
+/// Headers the proxy adds on the way up, written after the client's own: borrowed or
+/// written in place, so a request makes no header value (and no allocation) for them.
 #[derive(Default)]
-pub(crate) struct Added {
-    items: [Option<(&'static HeaderName, HeaderValue)>; 7],
+pub(crate) struct Added<'p> {
+    /// A WebSocket handshake: `Connection: upgrade` and this `Upgrade`.
+    upgrade: Option<HeaderValue>,
+    forwarded_for: Option<&'p HeaderValue>,
+    real_ip: Option<&'p HeaderValue>,
+    proto: Option<&'static str>,
+    /// `X-Forwarded-Host`: a copy of the request's `Host`.
+    forwarded_host: bool,
+    /// A new `X-Request-Id` (none when the client's own is kept).
+    request_id: Option<RequestId>,
 }
 
-impl Added {
-    fn push(&mut self, name: &'static HeaderName, value: HeaderValue) {
-        if let Some(slot) = self.items.iter_mut().find(|s| s.is_none()) {
-            *slot = Some((name, value));
+impl Added<'_> {
+    /// Writes the added headers as lines of a request head; `headers` are the request's.
+    pub fn write(&self, out: &mut Vec<u8>, headers: &HeaderMap) {
+        let mut line = |name: &HeaderName, value: &[u8]| {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        };
+        if let Some(upgrade) = &self.upgrade {
+            line(&CONNECTION, b"upgrade");
+            line(&UPGRADE, upgrade.as_bytes());
+        }
+        if let Some(v) = self.forwarded_for {
+            line(&X_FORWARDED_FOR, v.as_bytes());
+        }
+        if let Some(v) = self.real_ip {
+            line(&X_REAL_IP, v.as_bytes());
+        }
+        if let Some(proto) = self.proto {
+            line(&X_FORWARDED_PROTO, proto.as_bytes());
+        }
+        if self.forwarded_host {
+            if let Some(v) = headers.get(header::HOST) {
+                line(&X_FORWARDED_HOST, v.as_bytes());
+            }
+        }
+        if let Some(id) = &self.request_id {
+            line(&X_REQUEST_ID, id.as_str().as_bytes());
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        self.items
-            .iter()
-            .map_while(|s| s.as_ref().map(|(n, v)| (*n, v)))
+    /// This request's id: the new one, or the client's it kept.
+    fn request_id<'a>(&'a self, headers: &'a HeaderMap) -> &'a str {
+        match &self.request_id {
+            Some(id) => id.as_str(),
+            None => headers
+                .get(&X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// A request id made by the proxy, in place (see [`new_request_id`]).
+pub(crate) struct RequestId {
+    buf: [u8; 80],
+    len: u8,
+}
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever written (see `new_request_id`).
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
     }
 }
 
@@ -980,7 +1010,7 @@ fn valid_request_id(v: &[u8]) -> bool {
 
 /// `<process prefix>-<thread>-<sequence>`: unique within a run, without a lock or an
 /// allocation beyond the header itself.
-fn new_request_id(prefix: &str) -> HeaderValue {
+fn new_request_id(prefix: &str) -> RequestId {
     static THREADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let (thread, seq) = REQUEST_SEQ.with(|c| {
         let (mut thread, mut seq) = c.get();
@@ -1001,7 +1031,10 @@ fn new_request_id(prefix: &str) -> HeaderValue {
         len += 1;
         len += write_hex(&mut buf[len..], n);
     }
-    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    RequestId {
+        buf,
+        len: len as u8,
+    }
 }
 
 /// `n` in lowercase hex without leading zeros, at the start of `out` (17 bytes are
@@ -1107,14 +1140,14 @@ mod tests {
     fn generated_request_ids_are_prefix_thread_and_sequence_in_hex() {
         let a = new_request_id("0a1b2c3d");
         let b = new_request_id("0a1b2c3d");
-        let parts: Vec<_> = a.to_str().unwrap().split('-').collect();
-        assert_eq!(parts.len(), 3, "{a:?}");
+        let parts: Vec<_> = a.as_str().split('-').collect();
+        assert_eq!(parts.len(), 3, "{}", a.as_str());
         assert_eq!(parts[0], "0a1b2c3d");
-        let seq = |v: &HeaderValue| {
-            u64::from_str_radix(v.to_str().unwrap().rsplit('-').next().unwrap(), 16).unwrap()
+        let seq = |v: &RequestId| {
+            u64::from_str_radix(v.as_str().rsplit('-').next().unwrap(), 16).unwrap()
         };
         assert_eq!(seq(&b), seq(&a) + 1);
-        assert!(valid_request_id(a.as_bytes()));
+        assert!(valid_request_id(a.as_str().as_bytes()));
         let mut buf = [0u8; 17];
         for n in [0u64, 1, 15, 16, 255, 0xdead_beef, u64::MAX] {
             let len = write_hex(&mut buf, n);

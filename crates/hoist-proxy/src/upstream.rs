@@ -254,7 +254,7 @@ pub(crate) struct Outgoing<'a> {
     pub target: &'a str,
     pub headers: &'a HeaderMap,
     /// What the proxy adds, written after `headers`.
-    pub added: &'a crate::forward::Added,
+    pub added: &'a crate::forward::Added<'a>,
 }
 
 /// A response head and how its body is framed.
@@ -419,9 +419,7 @@ fn write_request_head(out: &mut Vec<u8>, req: &Outgoing<'_>, body: &ReqBody) {
         }
         push_header(out, name, value);
     }
-    for (name, value) in req.added.iter() {
-        push_header(out, name, value);
-    }
+    req.added.write(out, req.headers);
     let length = match body {
         ReqBody::Empty => (had_length
             || matches!(*req.method, Method::POST | Method::PUT | Method::PATCH))
@@ -704,50 +702,63 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, St
     let spans =
         unsafe { std::slice::from_raw_parts(spans.as_ptr().cast::<(u32, u32, u32, u32)>(), count) };
     for &(no, nl, vo, vl) in spans {
-        let name = &raw[no as usize..(no + nl) as usize];
-        let name =
-            HeaderName::from_bytes(name).map_err(|_| "a malformed header name".to_string())?;
-        let value = HeaderValue::from_maybe_shared(raw.slice(vo as usize..(vo + vl) as usize))
-            .map_err(|_| "a malformed header value".to_string())?;
-        if name == header::CONTENT_LENGTH {
-            let n = std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or("a malformed Content-Length")?;
-            if length.is_some_and(|l| l != n) {
-                return Err("conflicting Content-Length values".into());
+        let name_raw = &raw[no as usize..(no + nl) as usize];
+        let value_raw = &raw[vo as usize..(vo + vl) as usize];
+        // Named from the raw bytes (by length first): the hop-by-hop headers left out
+        // never become a `HeaderName`.
+        let kind = classify(name_raw);
+        match kind {
+            Field::ContentLength => {
+                let n = std::str::from_utf8(value_raw)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or("a malformed Content-Length")?;
+                if length.is_some_and(|l| l != n) {
+                    return Err("conflicting Content-Length values".into());
+                }
+                length = Some(n);
             }
-            length = Some(n);
-        } else if name == header::TRANSFER_ENCODING {
-            encoded = true;
-            // Chunked must be the last coding for the body to be chunk-framed.
-            chunked = value
-                .as_bytes()
-                .rsplit(|b| *b == b',')
-                .next()
-                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == header::CONNECTION {
-            for t in value.as_bytes().split(|b| *b == b',') {
-                let t = t.trim_ascii();
-                if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if minor == 0 && t.eq_ignore_ascii_case(b"keep-alive") {
-                    close = false;
-                } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
-                    names_others = true;
+            Field::TransferEncoding => {
+                encoded = true;
+                // Chunked must be the last coding for the body to be chunk-framed.
+                chunked = value_raw
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+            Field::Connection => {
+                for t in value_raw.split(|b| *b == b',') {
+                    let t = t.trim_ascii();
+                    if t.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        if minor == 0 {
+                            close = false;
+                        }
+                    } else if !t.is_empty() {
+                        names_others = true;
+                    }
                 }
             }
-            if !keep_hop {
-                // Kept only for the strip below to read the names it lists.
-                if names_others {
-                    headers.append(name, value);
-                }
-                continue;
-            }
+            Field::HopByHop | Field::Other => {}
         }
-        if !keep_hop && crate::forward::is_hop_by_hop(&name) {
+        // (Connection is kept while it may name others: the strip below reads it.)
+        let left_out = match kind {
+            Field::Connection => !names_others,
+            Field::TransferEncoding | Field::HopByHop => true,
+            Field::ContentLength | Field::Other => false,
+        };
+        if left_out && !keep_hop {
             continue;
         }
+        let name =
+            HeaderName::from_bytes(name_raw).map_err(|_| "a malformed header name".to_string())?;
+        // SAFETY (of the unchecked value): httparse accepted it, and its rule for a
+        // field value (HTAB, SP, visible ASCII, obs-text) is `HeaderValue`'s; hyper's own
+        // parser builds its values the same way.
+        let value = unsafe {
+            HeaderValue::from_maybe_shared_unchecked(raw.slice(vo as usize..(vo + vl) as usize))
+        };
         headers.append(name, value);
     }
     if names_others && !keep_hop {
@@ -775,6 +786,35 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, St
         keep_alive: !close && framing != Framing::Eof,
         framing,
     }))
+}
+
+/// What a response header line is to the parser.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Field {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// Another hop-by-hop header (RFC 9110 §7.6.1).
+    HopByHop,
+    Other,
+}
+
+/// Names a header from its raw name (any case), by its length first: most names are
+/// of no length any of these has.
+fn classify(name: &[u8]) -> Field {
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    match name.len() {
+        2 if is("te") => Field::HopByHop,
+        7 if is("trailer") || is("upgrade") => Field::HopByHop,
+        10 if is("connection") => Field::Connection,
+        10 if is("keep-alive") => Field::HopByHop,
+        14 if is("content-length") => Field::ContentLength,
+        16 if is("proxy-connection") => Field::HopByHop,
+        17 if is("transfer-encoding") => Field::TransferEncoding,
+        18 if is("proxy-authenticate") => Field::HopByHop,
+        19 if is("proxy-authorization") => Field::HopByHop,
+        _ => Field::Other,
+    }
 }
 
 /// A response body read from its connection as the client side asks for it; the
@@ -1126,6 +1166,29 @@ mod tests {
                 parse_head(&mut BytesMut::from(bad), false).is_err(),
                 "{bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_raw_name_classes_agree_with_the_hop_by_hop_list() {
+        for name in crate::forward::hop_by_hop() {
+            let lower = name.as_str();
+            for spelled in [lower.to_string(), lower.to_ascii_uppercase()] {
+                assert_ne!(classify(spelled.as_bytes()), Field::Other, "{spelled}");
+            }
+        }
+        assert!(classify(b"Content-Length") == Field::ContentLength);
+        assert!(classify(b"TRANSFER-ENCODING") == Field::TransferEncoding);
+        assert!(classify(b"Connection") == Field::Connection);
+        for other in [
+            "content-type",
+            "date",
+            "x-upgrade",
+            "tes",
+            "keep-alivex",
+            "",
+        ] {
+            assert!(classify(other.as_bytes()) == Field::Other, "{other}");
         }
     }
 
