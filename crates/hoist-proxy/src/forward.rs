@@ -262,8 +262,9 @@ async fn proxy(
         None
     };
     let (parts, body) = req.into_parts();
-    // Read again, borrowed from the parts (it borrowed the request, now taken apart).
-    let host = host_in(&parts.uri, &parts.headers);
+    // The host again, from the parts (it borrowed the request, now taken apart): read
+    // only where it is needed, a lookup after the first attempt or the 404.
+    let host = || host_in(&parts.uri, &parts.headers);
     let mut body = ReqBody::new(body);
     if let Some(max) = guarded.and_then(|r| r.guards.max_body) {
         // A body of unknown length is read whole (up to the limit) before anything is
@@ -303,7 +304,10 @@ async fn proxy(
         // shared state instead of two (they bounce between cores).
         let looked = match first.take() {
             Some(looked) => looked,
-            None => with_table(shared, |t| t.lookup(&host, parts.uri.path()).cloned()),
+            None => {
+                let host = host();
+                with_table(shared, |t| t.lookup(&host, parts.uri.path()).cloned())
+            }
         };
         let picked = looked.map(|main| {
             // A route with a canary sends a share of clients to its canary side.
@@ -322,7 +326,7 @@ async fn proxy(
                 method,
                 log,
                 StatusCode::NOT_FOUND,
-                format!("no route for host `{host}`\n"),
+                format!("no route for host `{}`\n", host()),
                 None,
             ));
         };
@@ -725,19 +729,34 @@ pub(crate) fn host_of(req: &Request<Incoming>) -> std::borrow::Cow<'_, str> {
 /// [`host_of`] from a request's target and headers.
 fn host_in<'a>(uri: &'a hyper::Uri, headers: &'a HeaderMap) -> std::borrow::Cow<'a, str> {
     // An absolute-form target names the host; it wins over the Host header (RFC 9112 §3.2.2).
-    let raw = uri
-        .host()
-        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
-        .unwrap_or("");
-    let host = if raw.starts_with('[') {
-        raw.split_once(']')
-            .map_or(raw, |(h, _)| h)
-            .trim_start_matches('[')
+    let raw: &[u8] = match uri.host() {
+        Some(h) => h.as_bytes(),
+        None => headers.get(header::HOST).map_or(&[], |h| h.as_bytes()),
+    };
+    // One pass: what `HeaderValue::to_str` accepts (else no host), and the last colon.
+    let mut colon = None;
+    for (i, &b) in raw.iter().enumerate() {
+        if !(b == b'\t' || (32..127).contains(&b)) {
+            return "".into();
+        }
+        if b == b':' {
+            colon = Some(i);
+        }
+    }
+    let host = if raw.first() == Some(&b'[') {
+        let inside = raw
+            .iter()
+            .position(|b| *b == b']')
+            .map_or(raw, |end| &raw[..end]);
+        let start = inside.iter().take_while(|b| **b == b'[').count();
+        &inside[start..]
     } else {
-        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+        colon.map_or(raw, |i| &raw[..i])
     };
     // `example.com.` is the same name as `example.com` (a fully qualified form).
-    let host = host.strip_suffix('.').unwrap_or(host);
+    let host = host.strip_suffix(b".").unwrap_or(host);
+    // SAFETY: every byte was checked to be ASCII above.
+    let host = unsafe { std::str::from_utf8_unchecked(host) };
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
         host.to_ascii_lowercase().into()
     } else {
@@ -972,7 +991,7 @@ impl Added<'_> {
             }
         }
         if let Some(id) = &self.request_id {
-            line(&X_REQUEST_ID, id.as_str().as_bytes());
+            line(&X_REQUEST_ID, id.as_bytes());
         }
     }
 
@@ -995,6 +1014,10 @@ pub(crate) struct RequestId {
 }
 
 impl RequestId {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+
     pub fn as_str(&self) -> &str {
         // Only ASCII is ever written (see `new_request_id`).
         std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
@@ -1134,6 +1157,30 @@ mod tests {
         assert!(connection_names_others(&h));
         strip_hop_by_hop(&mut h);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn the_host_is_lowercase_without_port_or_trailing_dot_and_the_target_wins() {
+        let host = |target: &str, header: Option<&[u8]>| {
+            let uri: hyper::Uri = target.parse().unwrap();
+            let mut h = HeaderMap::new();
+            if let Some(v) = header {
+                h.insert(header::HOST, HeaderValue::from_bytes(v).unwrap());
+            }
+            host_in(&uri, &h).into_owned()
+        };
+        assert_eq!(host("/", Some(b"Example.COM:8080")), "example.com");
+        assert_eq!(host("/", Some(b"example.com.")), "example.com");
+        assert_eq!(host("/", Some(b"example.com")), "example.com");
+        assert_eq!(host("/", Some(b"[::1]:80")), "::1");
+        assert_eq!(host("/", Some(b"[::1]")), "::1");
+        assert_eq!(host("/", None), "");
+        // Not visible ASCII: no host (as `HeaderValue::to_str` refuses it).
+        assert_eq!(host("/", Some(b"caf\xc3\xa9.example")), "");
+        assert_eq!(
+            host("http://Other.example:81/x", Some(b"a.example")),
+            "other.example"
+        );
     }
 
     #[test]

@@ -531,7 +531,14 @@ async fn serve_connection<S>(
             .max_buf_size(limits.max_header_bytes.max(8192) + 1024);
         let io = TokioIo::new(crate::framing::Scanned::new(stream, framing));
         let conn = builder.serve_connection(io, service).with_upgrades();
-        crate::worker::serve_http1(conn, &mut graceful, peer, "TLS client connection ended").await;
+        crate::worker::serve_http1(
+            conn,
+            &mut graceful,
+            &worker.shared.closing,
+            peer,
+            "TLS client connection ended",
+        )
+        .await;
     }
 }
 
