@@ -11,6 +11,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -167,19 +168,45 @@ async fn connect(shared: &Shared, up: &Upstream) -> Result<upstream::Conn, Strin
 }
 
 /// Serves one request from a client at `peer`.
-pub(crate) async fn handle(
+pub(crate) fn handle(
     worker: Arc<Worker>,
     peer: Peer,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    let closing = &worker.shared.closing;
-    let mut resp = proxy(worker.clone(), peer, req).await?;
-    if closing.load(Ordering::Relaxed) && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // This process is going away: the client reconnects (to its successor).
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> {
+    Handled {
+        inner: proxy(worker.clone(), peer, req),
+        worker,
     }
-    Ok(resp)
+}
+
+/// [`proxy`]'s answer, with `Connection: close` while this process is going away. A
+/// plain future rather than an `async fn` around `proxy`: that kept a second copy of the
+/// request's arguments and made every move of the request's future larger.
+struct Handled<F> {
+    inner: F,
+    worker: Arc<Worker>,
+}
+
+impl<F: Future<Output = Result<Response<ProxyBody>, Infallible>>> Future for Handled<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // SAFETY: `inner` is pinned with `self` and never moved out; `worker` is not
+        // structurally pinned (only read).
+        let this = unsafe { self.get_unchecked_mut() };
+        let inner = unsafe { Pin::new_unchecked(&mut this.inner) };
+        let Poll::Ready(Ok(mut resp)) = inner.poll(cx) else {
+            return Poll::Pending;
+        };
+        if this.worker.shared.closing.load(Ordering::Relaxed)
+            && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
+            // This process is going away: the client reconnects (to its successor).
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Poll::Ready(Ok(resp))
+    }
 }
 
 async fn proxy(
@@ -317,7 +344,7 @@ async fn proxy(
             } else {
                 side.clone()
             };
-            let claim = route.pick(tried, now_ms()).map(|(i, u)| (i, u.claim()));
+            let claim = route.pick(tried, now_ms).map(|(i, u)| (i, u.claim()));
             (route, claim)
         });
         let Some((route, claim)) = picked else {
