@@ -818,6 +818,11 @@ pub(crate) fn hop_by_hop() -> &'static [HeaderName] {
 fn present(headers: &HeaderMap, names: &[HeaderName]) -> u32 {
     let mut found = 0u32;
     for key in headers.keys() {
+        // Most names have a length none of [`EDGE`] has: no comparison for them.
+        let len = key.as_str().len();
+        if len >= 32 || EDGE_LENGTHS & (1 << len) == 0 {
+            continue;
+        }
         if let Some(i) = names.iter().position(|n| n == key) {
             found |= 1 << i;
         }
@@ -896,6 +901,9 @@ static EDGE: [HeaderName; 15] = [
     HeaderName::from_static("x-request-id"),
 ];
 /// The bits of [`hop_by_hop`] (the first nine of `EDGE`).
+/// The lengths of the [`EDGE`] names, as a bit set (checked by a test).
+const EDGE_LENGTHS: u32 =
+    1 << 2 | 1 << 7 | 1 << 9 | 1 << 10 | 1 << 12 | 1 << 15 | 1 << 16 | 1 << 17 | 1 << 18 | 1 << 19;
 const HOP_BITS: u32 = (1 << 9) - 1;
 /// `forwarded` and the X-Forwarded-* headers: what only a trusted peer may send.
 const SPOOFABLE_BITS: u32 = 0b1111 << 9;
@@ -1157,6 +1165,11 @@ mod tests {
                 "transfer-encoding",
                 "upgrade"
             ]
+        );
+        let lengths = EDGE.iter().fold(0u32, |m, n| m | 1 << n.as_str().len());
+        assert_eq!(
+            lengths, EDGE_LENGTHS,
+            "EDGE_LENGTHS must name every EDGE length"
         );
         assert_eq!(EDGE[12], X_FORWARDED_FOR);
         assert_eq!(EDGE[13], X_REAL_IP);
