@@ -40,6 +40,9 @@ if [ ! -x "$bin" ]; then
 fi
 
 work=$(mktemp -d /tmp/hoist-instr.XXXXXX)
+# Each dump after the first names functions by numbers the first dump defined: keep the
+# names in every dump, so callgrind_annotate can read the kept one on its own.
+cg_opts="--compress-strings=no --compress-pos=no"
 pids=()
 cleanup() {
   local p
@@ -119,7 +122,7 @@ wait_http "http://127.0.0.1:$up_port/"
 mkdir -p "$work/nginx"
 nginx_conf "$work/nginx" "  upstream backend { server 127.0.0.1:$up_port; keepalive 128; keepalive_requests 1000000; keepalive_timeout 75s; }
   server { listen 127.0.0.1:$nginx_port; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
-valgrind --tool=callgrind --callgrind-out-file="$work/nginx.cg" \
+valgrind --tool=callgrind $cg_opts --callgrind-out-file="$work/nginx.cg" \
   nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" \
   -g 'daemon off; master_process off; worker_processes 1;' >"$work/nginx.log" 2>&1 </dev/null &
 nginx_pid=$!
@@ -128,7 +131,7 @@ nginx_ipr=$(measure nginx "$nginx_port" "$nginx_pid" "$work/nginx.cg")
 kill "$nginx_pid" 2>/dev/null || true
 
 # hoist's proxy under callgrind.
-valgrind --tool=callgrind --callgrind-out-file="$work/hoist.cg" \
+valgrind --tool=callgrind $cg_opts --callgrind-out-file="$work/hoist.cg" \
   "$bin" proxy --listen "127.0.0.1:$hoist_port" --upstream "127.0.0.1:$up_port" \
   --control "$work/hoist.sock" >"$work/hoist.log" 2>&1 </dev/null &
 hoist_pid=$!

@@ -11,6 +11,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -138,7 +139,9 @@ struct Exchange {
     route: Arc<RouteEntry>,
     bytes: u64,
     complete: bool,
-    log: Option<crate::access_log::Entry>,
+    // Boxed: it rides in every response body and the request's future, moved several
+    // times per request, and is there only when the access log is on.
+    log: Option<Box<crate::access_log::Entry>>,
     /// This worker (not the process-wide state): its reference count stays on this core.
     worker: Arc<Worker>,
 }
@@ -168,19 +171,45 @@ async fn connect(shared: &Shared, up: &Upstream) -> Result<upstream::Conn, Strin
 }
 
 /// Serves one request from a client at `peer`.
-pub(crate) async fn handle(
+pub(crate) fn handle(
     worker: Arc<Worker>,
     peer: Peer,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    let closing = &worker.shared.closing;
-    let mut resp = proxy(worker.clone(), peer, req).await?;
-    if closing.load(Ordering::Relaxed) && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // This process is going away: the client reconnects (to its successor).
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> {
+    Handled {
+        inner: proxy(worker.clone(), peer, req),
+        worker,
     }
-    Ok(resp)
+}
+
+/// [`proxy`]'s answer, with `Connection: close` while this process is going away. A
+/// plain future rather than an `async fn` around `proxy`: that kept a second copy of the
+/// request's arguments and made every move of the request's future larger.
+struct Handled<F> {
+    inner: F,
+    worker: Arc<Worker>,
+}
+
+impl<F: Future<Output = Result<Response<ProxyBody>, Infallible>>> Future for Handled<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // SAFETY: `inner` is pinned with `self` and never moved out; `worker` is not
+        // structurally pinned (only read).
+        let this = unsafe { self.get_unchecked_mut() };
+        let inner = unsafe { Pin::new_unchecked(&mut this.inner) };
+        let Poll::Ready(Ok(mut resp)) = inner.poll(cx) else {
+            return Poll::Pending;
+        };
+        if this.worker.shared.closing.load(Ordering::Relaxed)
+            && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
+            // This process is going away: the client reconnects (to its successor).
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Poll::Ready(Ok(resp))
+    }
 }
 
 async fn proxy(
@@ -223,24 +252,25 @@ async fn proxy(
     let host = host_of(&req);
     let method = crate::stats::method_index(req.method());
     let websocket = is_websocket(&req);
-    let guarded = with_table(shared, |t| {
-        t.lookup(&host, req.uri().path())
-            .filter(|r| r.guards.active())
-            .cloned()
-    });
+    // One lookup serves the guards and the first attempt below.
+    let mut first = Some(with_table(shared, |t| {
+        t.lookup(&host, req.uri().path()).cloned()
+    }));
+    let guarded = first
+        .as_ref()
+        .and_then(Option::as_ref)
+        .filter(|r| r.guards.active());
     let mut route_trusted = false;
-    if let Some(route) = &guarded {
+    if let Some(route) = guarded {
         if let Some(resp) = Box::pin(guard(route, &req, &peer)).await {
             return Ok(resp);
         }
         route_trusted = route.guards.is_trusted(peer.addr.ip());
     }
-    let (request_id, added) =
-        prepare_request(&mut req, &peer, shared, websocket, &host, route_trusted);
-    let mut log = shared
-        .access_log
-        .as_ref()
-        .map(|_| crate::access_log::Entry {
+    let has_host = !host.is_empty();
+    let added = prepare_request(&mut req, &peer, shared, websocket, has_host, route_trusted);
+    let mut log = shared.access_log.as_ref().map(|_| {
+        Box::new(crate::access_log::Entry {
             route: String::new(),
             release: String::new(),
             method: req.method().to_string(),
@@ -252,22 +282,26 @@ async fn proxy(
             status: 0,
             started,
             upstream: None,
-            request_id: request_id.to_str().unwrap_or_default().to_owned(),
+            request_id: added.request_id(req.headers()).to_owned(),
             bytes: 0,
-        });
+        })
+    });
     let client_upgrade = if websocket {
         Some(hyper::upgrade::on(&mut req))
     } else {
         None
     };
     let (parts, body) = req.into_parts();
+    // The host again, from the parts (it borrowed the request, now taken apart): read
+    // only where it is needed, a lookup after the first attempt or the 404.
+    let host = || host_in(&parts.uri, &parts.headers);
     let mut body = ReqBody::new(body);
-    if let Some(max) = guarded.as_ref().and_then(|r| r.guards.max_body) {
+    if let Some(max) = guarded.and_then(|r| r.guards.max_body) {
         // A body of unknown length is read whole (up to the limit) before anything is
         // sent, so the upstream never sees a byte of one that is too large.
         if let ReqBody::Stream { body: incoming, .. } = &mut body {
             if incoming.size_hint().exact().is_none() {
-                let route = guarded.as_ref().expect("checked");
+                let route = guarded.expect("checked");
                 let limits = &shared.limits;
                 match Box::pin(buffer_body(incoming, max, route, limits.body_timeout)).await {
                     Ok(whole) => body = whole,
@@ -298,14 +332,23 @@ async fn proxy(
     for _ in 0..MAX_ATTEMPTS {
         // The claim is taken inside the lookup: one reference count per request on
         // shared state instead of two (they bounce between cores).
-        let picked = with_table(shared, |table| {
-            let route = table.lookup(&host, parts.uri.path())?;
+        let looked = match first.take() {
+            Some(looked) => looked,
+            None => {
+                let host = host();
+                with_table(shared, |t| t.lookup(&host, parts.uri.path()).cloned())
+            }
+        };
+        let picked = looked.map(|main| {
             // A route with a canary sends a share of clients to its canary side.
-            let route = sticky
-                .side(route, Some(&parts.headers), peer.addr.ip())
-                .clone();
-            let claim = route.pick(tried, now_ms()).map(|(i, u)| (i, u.claim()));
-            Some((route, claim))
+            let side = sticky.side(&main, Some(&parts.headers), peer.addr.ip());
+            let route = if Arc::ptr_eq(side, &main) {
+                main
+            } else {
+                side.clone()
+            };
+            let claim = route.pick(tried, now_ms).map(|(i, u)| (i, u.claim()));
+            (route, claim)
         });
         let Some((route, claim)) = picked else {
             return Ok(finish_error(
@@ -313,7 +356,7 @@ async fn proxy(
                 method,
                 log,
                 StatusCode::NOT_FOUND,
-                format!("no route for host `{host}`\n"),
+                format!("no route for host `{}`\n", host()),
                 None,
             ));
         };
@@ -388,7 +431,7 @@ async fn proxy(
                     }
                     return Ok(resp);
                 }
-                strip_hop_by_hop(resp.headers_mut());
+                // `upstream::parse_head` left the hop-by-hop headers out.
                 if let Some(cookie) = sticky.cookie() {
                     resp.headers_mut().append(header::SET_COOKIE, cookie);
                 }
@@ -680,7 +723,7 @@ fn valid_host(v: &[u8]) -> bool {
 fn finish_error(
     shared: &Shared,
     method: u8,
-    log: Option<crate::access_log::Entry>,
+    log: Option<Box<crate::access_log::Entry>>,
     status: StatusCode,
     body: String,
     route: Option<&Arc<RouteEntry>>,
@@ -708,28 +751,47 @@ fn finish_error(
     resp
 }
 
-/// The request's host, lowercase, without a port.
-pub(crate) fn host_of(req: &Request<Incoming>) -> String {
+/// The request's host, lowercase, without a port (borrowed unless it had capitals).
+pub(crate) fn host_of(req: &Request<Incoming>) -> std::borrow::Cow<'_, str> {
+    host_in(req.uri(), req.headers())
+}
+
+/// [`host_of`] from a request's target and headers.
+fn host_in<'a>(uri: &'a hyper::Uri, headers: &'a HeaderMap) -> std::borrow::Cow<'a, str> {
     // An absolute-form target names the host; it wins over the Host header (RFC 9112 §3.2.2).
-    let raw = req
-        .uri()
-        .host()
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .unwrap_or("");
-    let host = if raw.starts_with('[') {
-        raw.split_once(']')
-            .map_or(raw, |(h, _)| h)
-            .trim_start_matches('[')
+    let raw: &[u8] = match uri.host() {
+        Some(h) => h.as_bytes(),
+        None => headers.get(header::HOST).map_or(&[], |h| h.as_bytes()),
+    };
+    // One pass: what `HeaderValue::to_str` accepts (else no host), and the last colon.
+    let mut colon = None;
+    for (i, &b) in raw.iter().enumerate() {
+        if !(b == b'\t' || (32..127).contains(&b)) {
+            return "".into();
+        }
+        if b == b':' {
+            colon = Some(i);
+        }
+    }
+    let host = if raw.first() == Some(&b'[') {
+        let inside = raw
+            .iter()
+            .position(|b| *b == b']')
+            .map_or(raw, |end| &raw[..end]);
+        let start = inside.iter().take_while(|b| **b == b'[').count();
+        &inside[start..]
     } else {
-        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+        colon.map_or(raw, |i| &raw[..i])
     };
     // `example.com.` is the same name as `example.com` (a fully qualified form).
-    let host = host.strip_suffix('.').unwrap_or(host);
-    host.to_ascii_lowercase()
+    let host = host.strip_suffix(b".").unwrap_or(host);
+    // SAFETY: every byte was checked to be ASCII above.
+    let host = unsafe { std::str::from_utf8_unchecked(host) };
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        host.to_ascii_lowercase().into()
+    } else {
+        host.into()
+    }
 }
 
 fn header_has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
@@ -749,7 +811,7 @@ fn is_websocket(req: &Request<Incoming>) -> bool {
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1): the first nine of
 /// [`EDGE`], so that one pass over a request's names finds them with the rest.
-fn hop_by_hop() -> &'static [HeaderName] {
+pub(crate) fn hop_by_hop() -> &'static [HeaderName] {
     &EDGE[..9]
 }
 
@@ -759,6 +821,11 @@ fn hop_by_hop() -> &'static [HeaderName] {
 fn present(headers: &HeaderMap, names: &[HeaderName]) -> u32 {
     let mut found = 0u32;
     for key in headers.keys() {
+        // Most names have a length none of [`EDGE`] has: no comparison for them.
+        let len = key.as_str().len();
+        if len >= 32 || EDGE_LENGTHS & (1 << len) == 0 {
+            continue;
+        }
         if let Some(i) = names.iter().position(|n| n == key) {
             found |= 1 << i;
         }
@@ -768,7 +835,7 @@ fn present(headers: &HeaderMap, names: &[HeaderName]) -> u32 {
 
 /// Removes the hop-by-hop headers and every header that `Connection` names, except
 /// those that frame or route the message (they are framed again on the next hop).
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let found = present(headers, hop_by_hop());
     if found != 0 {
         strip_found(headers, found);
@@ -855,6 +922,9 @@ pub(crate) fn trailer_allowed(name: &HeaderName) -> bool {
 }
 
 /// The bits of [`hop_by_hop`] (the first nine of `EDGE`).
+/// The lengths of the [`EDGE`] names, as a bit set (checked by a test).
+const EDGE_LENGTHS: u32 =
+    1 << 2 | 1 << 7 | 1 << 9 | 1 << 10 | 1 << 12 | 1 << 15 | 1 << 16 | 1 << 17 | 1 << 18 | 1 << 19;
 const HOP_BITS: u32 = (1 << 9) - 1;
 /// `forwarded` and the X-Forwarded-* headers: what only a trusted peer may send.
 const SPOOFABLE_BITS: u32 = 0b1111 << 9;
@@ -869,23 +939,20 @@ static UPGRADE: HeaderName = header::UPGRADE;
 /// Rewrites the client's headers for the upstream: what must not go up is removed from
 /// the map (most requests carry none of it), and what the proxy adds is returned to be
 /// written after them (no map insert per request). Returns the request id too.
-fn prepare_request(
+fn prepare_request<'p>(
     req: &mut Request<Incoming>,
-    peer: &Peer,
+    peer: &'p Peer,
     shared: &Shared,
     websocket: bool,
-    host: &str,
+    has_host: bool,
     route_trusted: bool,
-) -> (HeaderValue, Added) {
+) -> Added<'p> {
     let https = req.extensions().get::<crate::tls::Https>().is_some();
     let headers = req.headers_mut();
     let mut added = Added::default();
     let found = present(headers, &EDGE);
     if websocket {
-        if let Some(upgrade) = headers.get(header::UPGRADE).cloned() {
-            added.push(&CONNECTION, HeaderValue::from_static("upgrade"));
-            added.push(&UPGRADE, upgrade);
-        }
+        added.upgrade = headers.get(header::UPGRADE).cloned();
     }
     if found & HOP_BITS != 0 {
         strip_found(headers, found);
@@ -910,64 +977,106 @@ fn prepare_request(
                 }
             }
         }
-        added.push(&X_FORWARDED_FOR, peer.ip_header.clone());
+        added.forwarded_for = Some(&peer.ip_header);
     }
     if !trusted || found & REAL_IP_BIT == 0 {
         // A client's own X-Real-IP would pass for one the proxy set.
         if found & REAL_IP_BIT != 0 {
             headers.remove(&X_REAL_IP);
         }
-        added.push(&X_REAL_IP, peer.ip_header.clone());
+        added.real_ip = Some(&peer.ip_header);
     }
     // (From an untrusted peer these were removed above.)
     if !trusted || found & XFP_BIT == 0 {
-        let proto = if https { "https" } else { "http" };
-        added.push(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        added.proto = Some(if https { "https" } else { "http" });
     }
-    if (!trusted || found & XFH_BIT == 0) && !host.is_empty() {
-        if let Some(v) = headers.get(header::HOST) {
-            added.push(&X_FORWARDED_HOST, v.clone());
-        }
-    }
-    let kept = if found & REQUEST_ID_BIT != 0 {
-        headers
+    added.forwarded_host = (!trusted || found & XFH_BIT == 0) && has_host;
+    let kept = found & REQUEST_ID_BIT != 0
+        && headers
             .get(&X_REQUEST_ID)
-            .filter(|v| valid_request_id(v.as_bytes()))
-            .cloned()
-    } else {
-        None
-    };
-    let id = match kept {
-        Some(id) => id,
-        None => {
-            if found & REQUEST_ID_BIT != 0 {
-                headers.remove(&X_REQUEST_ID);
-            }
-            let id = new_request_id(&shared.request_id_prefix);
-            added.push(&X_REQUEST_ID, id.clone());
-            id
+            .is_some_and(|v| valid_request_id(v.as_bytes()));
+    if !kept {
+        if found & REQUEST_ID_BIT != 0 {
+            headers.remove(&X_REQUEST_ID);
         }
-    };
-    (id, added)
+        added.request_id = Some(new_request_id(&shared.request_id_prefix));
+    }
+    added
 }
 
-/// Headers the proxy adds on the way up, written after the client's own.
+/// Headers the proxy adds on the way up, written after the client's own: borrowed or
+/// written in place, so a request makes no header value (and no allocation) for them.
 #[derive(Default)]
-pub(crate) struct Added {
-    items: [Option<(&'static HeaderName, HeaderValue)>; 7],
+pub(crate) struct Added<'p> {
+    /// A WebSocket handshake: `Connection: upgrade` and this `Upgrade`.
+    upgrade: Option<HeaderValue>,
+    forwarded_for: Option<&'p HeaderValue>,
+    real_ip: Option<&'p HeaderValue>,
+    proto: Option<&'static str>,
+    /// `X-Forwarded-Host`: a copy of the request's `Host`.
+    forwarded_host: bool,
+    /// A new `X-Request-Id` (none when the client's own is kept).
+    request_id: Option<RequestId>,
 }
 
-impl Added {
-    fn push(&mut self, name: &'static HeaderName, value: HeaderValue) {
-        if let Some(slot) = self.items.iter_mut().find(|s| s.is_none()) {
-            *slot = Some((name, value));
+impl Added<'_> {
+    /// Writes the added headers as lines of a request head; `headers` are the request's.
+    pub fn write(&self, out: &mut Vec<u8>, headers: &HeaderMap) {
+        let mut line = |name: &HeaderName, value: &[u8]| {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        };
+        if let Some(upgrade) = &self.upgrade {
+            line(&CONNECTION, b"upgrade");
+            line(&UPGRADE, upgrade.as_bytes());
+        }
+        if let Some(v) = self.forwarded_for {
+            line(&X_FORWARDED_FOR, v.as_bytes());
+        }
+        if let Some(v) = self.real_ip {
+            line(&X_REAL_IP, v.as_bytes());
+        }
+        if let Some(proto) = self.proto {
+            line(&X_FORWARDED_PROTO, proto.as_bytes());
+        }
+        if self.forwarded_host {
+            if let Some(v) = headers.get(header::HOST) {
+                line(&X_FORWARDED_HOST, v.as_bytes());
+            }
+        }
+        if let Some(id) = &self.request_id {
+            line(&X_REQUEST_ID, id.as_bytes());
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        self.items
-            .iter()
-            .map_while(|s| s.as_ref().map(|(n, v)| (*n, v)))
+    /// This request's id: the new one, or the client's it kept.
+    fn request_id<'a>(&'a self, headers: &'a HeaderMap) -> &'a str {
+        match &self.request_id {
+            Some(id) => id.as_str(),
+            None => headers
+                .get(&X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// A request id made by the proxy, in place (see [`new_request_id`]).
+pub(crate) struct RequestId {
+    buf: [u8; 80],
+    len: u8,
+}
+
+impl RequestId {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever written (see `new_request_id`).
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
     }
 }
 
@@ -980,7 +1089,7 @@ fn valid_request_id(v: &[u8]) -> bool {
 
 /// `<process prefix>-<thread>-<sequence>`: unique within a run, without a lock or an
 /// allocation beyond the header itself.
-fn new_request_id(prefix: &str) -> HeaderValue {
+fn new_request_id(prefix: &str) -> RequestId {
     static THREADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let (thread, seq) = REQUEST_SEQ.with(|c| {
         let (mut thread, mut seq) = c.get();
@@ -1001,7 +1110,10 @@ fn new_request_id(prefix: &str) -> HeaderValue {
         len += 1;
         len += write_hex(&mut buf[len..], n);
     }
-    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    RequestId {
+        buf,
+        len: len as u8,
+    }
 }
 
 /// `n` in lowercase hex without leading zeros, at the start of `out` (17 bytes are
@@ -1075,6 +1187,11 @@ mod tests {
                 "upgrade"
             ]
         );
+        let lengths = EDGE.iter().fold(0u32, |m, n| m | 1 << n.as_str().len());
+        assert_eq!(
+            lengths, EDGE_LENGTHS,
+            "EDGE_LENGTHS must name every EDGE length"
+        );
         assert_eq!(EDGE[12], X_FORWARDED_FOR);
         assert_eq!(EDGE[13], X_REAL_IP);
         assert_eq!(EDGE[14], X_REQUEST_ID);
@@ -1104,17 +1221,41 @@ mod tests {
     }
 
     #[test]
+    fn the_host_is_lowercase_without_port_or_trailing_dot_and_the_target_wins() {
+        let host = |target: &str, header: Option<&[u8]>| {
+            let uri: hyper::Uri = target.parse().unwrap();
+            let mut h = HeaderMap::new();
+            if let Some(v) = header {
+                h.insert(header::HOST, HeaderValue::from_bytes(v).unwrap());
+            }
+            host_in(&uri, &h).into_owned()
+        };
+        assert_eq!(host("/", Some(b"Example.COM:8080")), "example.com");
+        assert_eq!(host("/", Some(b"example.com.")), "example.com");
+        assert_eq!(host("/", Some(b"example.com")), "example.com");
+        assert_eq!(host("/", Some(b"[::1]:80")), "::1");
+        assert_eq!(host("/", Some(b"[::1]")), "::1");
+        assert_eq!(host("/", None), "");
+        // Not visible ASCII: no host (as `HeaderValue::to_str` refuses it).
+        assert_eq!(host("/", Some(b"caf\xc3\xa9.example")), "");
+        assert_eq!(
+            host("http://Other.example:81/x", Some(b"a.example")),
+            "other.example"
+        );
+    }
+
+    #[test]
     fn generated_request_ids_are_prefix_thread_and_sequence_in_hex() {
         let a = new_request_id("0a1b2c3d");
         let b = new_request_id("0a1b2c3d");
-        let parts: Vec<_> = a.to_str().unwrap().split('-').collect();
-        assert_eq!(parts.len(), 3, "{a:?}");
+        let parts: Vec<_> = a.as_str().split('-').collect();
+        assert_eq!(parts.len(), 3, "{}", a.as_str());
         assert_eq!(parts[0], "0a1b2c3d");
-        let seq = |v: &HeaderValue| {
-            u64::from_str_radix(v.to_str().unwrap().rsplit('-').next().unwrap(), 16).unwrap()
+        let seq = |v: &RequestId| {
+            u64::from_str_radix(v.as_str().rsplit('-').next().unwrap(), 16).unwrap()
         };
         assert_eq!(seq(&b), seq(&a) + 1);
-        assert!(valid_request_id(a.as_bytes()));
+        assert!(valid_request_id(a.as_str().as_bytes()));
         let mut buf = [0u8; 17];
         for n in [0u64, 1, 15, 16, 255, 0xdead_beef, u64::MAX] {
             let len = write_hex(&mut buf, n);

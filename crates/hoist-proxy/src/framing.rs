@@ -88,7 +88,15 @@ impl Scanner {
                     };
                 }
                 _ => {
-                    let (part, rest, ended) = match data.iter().position(|b| *b == b'\n') {
+                    let newline = data.iter().position(|b| *b == b'\n');
+                    if let (Some(i), 0) = (newline, self.line_len) {
+                        // A whole line in this read (the usual case): read in place,
+                        // cut as a copied one is.
+                        self.line_done(&data[..i.min(LINE_CAP)]);
+                        data = &data[i + 1..];
+                        continue;
+                    }
+                    let (part, rest, ended) = match newline {
                         Some(i) => (&data[..i], &data[i + 1..], true),
                         None => (data, &data[data.len()..], false),
                     };
@@ -98,7 +106,8 @@ impl Scanner {
                     self.line_len += take;
                     data = rest;
                     if ended {
-                        self.line_done();
+                        let line = self.line;
+                        self.line_done(&line[..self.line_len]);
                         self.line_len = 0;
                     }
                 }
@@ -106,8 +115,8 @@ impl Scanner {
         }
     }
 
-    fn line_done(&mut self) {
-        let mut line = &self.line[..self.line_len];
+    /// `line` is the start of a line (up to [`LINE_CAP`] bytes kept), without its LF.
+    fn line_done(&mut self, mut line: &[u8]) {
         if let Some(l) = line.strip_suffix(b"\r") {
             line = l;
         }

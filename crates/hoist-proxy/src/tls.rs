@@ -567,7 +567,14 @@ async fn serve_connection<S>(
             .max_buf_size(limits.max_header_bytes.max(8192) + 1024);
         let io = TokioIo::new(crate::framing::Scanned::new(stream, framing));
         let conn = builder.serve_connection(io, service).with_upgrades();
-        crate::worker::serve_http1(conn, &mut graceful, peer, "TLS client connection ended").await;
+        crate::worker::serve_http1(
+            conn,
+            &mut graceful,
+            &worker.shared.closing,
+            peer,
+            "TLS client connection ended",
+        )
+        .await;
     }
 }
 
@@ -772,7 +779,7 @@ pub(crate) async fn relay_challenge(
     // Every peer at once; the first valid answer wins (the rest are dropped with the set).
     let mut asks = tokio::task::JoinSet::new();
     for peer in peers {
-        let (host, token) = (host.clone(), token.to_string());
+        let (host, token) = (host.to_string(), token.to_string());
         asks.spawn(async move {
             let answer = ask_peer(&peer, &host, &token).await;
             (peer, answer)

@@ -16,6 +16,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -253,7 +254,7 @@ pub(crate) struct Outgoing<'a> {
     pub target: &'a str,
     pub headers: &'a HeaderMap,
     /// What the proxy adds, written after `headers`.
-    pub added: &'a crate::forward::Added,
+    pub added: &'a crate::forward::Added<'a>,
 }
 
 /// A response head and how its body is framed.
@@ -421,9 +422,7 @@ fn write_request_head(out: &mut Vec<u8>, req: &Outgoing<'_>, body: &ReqBody) {
         }
         push_header(out, name, value);
     }
-    for (name, value) in req.added.iter() {
-        push_header(out, name, value);
-    }
+    req.added.write(out, req.headers);
     let length = match body {
         ReqBody::Empty => (had_length
             || matches!(*req.method, Method::POST | Method::PUT | Method::PATCH))
@@ -675,14 +674,22 @@ async fn read_head(
 }
 
 /// Parses a response head from the start of `buf` and takes it off; `None` until it is
-/// whole. Header values share the head's bytes (no copy).
+/// whole. Header values share the head's bytes (no copy). The hop-by-hop headers of a
+/// final response are left out as they are read (RFC 9110 §7.6.1; a 101 keeps them,
+/// its tunnel needs `Upgrade`), so the client side forwards `headers` as they are.
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, String> {
     // Offsets, not slices: the slices borrow `buf`, which is split after the parse.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    // Neither array is initialised up front (together 6 KB of stores per response,
+    // a visible share of the request path); only the first `count` are read.
+    let mut spans = [const { MaybeUninit::<(u32, u32, u32, u32)>::uninit() }; MAX_HEADERS];
     let (len, count, code, minor) = {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        let len = match resp.parse(buf) {
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            buf,
+            &mut headers,
+        ) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(format!("malformed response head: {e}")),
@@ -690,12 +697,12 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, St
         let base = buf.as_ptr() as usize;
         let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
         for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-            *span = (
+            span.write((
                 offset(h.name.as_bytes()),
                 h.name.len() as u32,
                 offset(h.value),
                 h.value.len() as u32,
-            );
+            ));
         }
         (
             len,
@@ -706,45 +713,79 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, St
     };
     let raw = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| format!("bad status {code}"))?;
+    let keep_hop = status == StatusCode::SWITCHING_PROTOCOLS;
     let mut headers = HeaderMap::with_capacity(count);
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut encoded = false;
     let mut close = minor == 0;
-    for &(no, nl, vo, vl) in &spans[..count] {
-        let name = &raw[no as usize..(no + nl) as usize];
-        let name =
-            HeaderName::from_bytes(name).map_err(|_| "a malformed header name".to_string())?;
-        let value = HeaderValue::from_maybe_shared(raw.slice(vo as usize..(vo + vl) as usize))
-            .map_err(|_| "a malformed header value".to_string())?;
-        if name == header::CONTENT_LENGTH {
-            let n = std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or("a malformed Content-Length")?;
-            if length.is_some_and(|l| l != n) {
-                return Err("conflicting Content-Length values".into());
+    // A `Connection` naming other headers: they (and it) go after the loop.
+    let mut names_others = false;
+    // SAFETY: the first `count` spans were written above.
+    let spans =
+        unsafe { std::slice::from_raw_parts(spans.as_ptr().cast::<(u32, u32, u32, u32)>(), count) };
+    for &(no, nl, vo, vl) in spans {
+        let name_raw = &raw[no as usize..(no + nl) as usize];
+        let value_raw = &raw[vo as usize..(vo + vl) as usize];
+        // Named from the raw bytes (by length first): the hop-by-hop headers left out
+        // never become a `HeaderName`.
+        let kind = classify(name_raw);
+        match kind {
+            Field::ContentLength => {
+                let n = std::str::from_utf8(value_raw)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or("a malformed Content-Length")?;
+                if length.is_some_and(|l| l != n) {
+                    return Err("conflicting Content-Length values".into());
+                }
+                length = Some(n);
             }
-            length = Some(n);
-        } else if name == header::TRANSFER_ENCODING {
-            encoded = true;
-            // Chunked must be the last coding for the body to be chunk-framed.
-            chunked = value
-                .as_bytes()
-                .rsplit(|b| *b == b',')
-                .next()
-                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == header::CONNECTION {
-            for t in value.as_bytes().split(|b| *b == b',') {
-                let t = t.trim_ascii();
-                if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if minor == 0 && t.eq_ignore_ascii_case(b"keep-alive") {
-                    close = false;
+            Field::TransferEncoding => {
+                encoded = true;
+                // Chunked must be the last coding for the body to be chunk-framed.
+                chunked = value_raw
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+            Field::Connection => {
+                for t in value_raw.split(|b| *b == b',') {
+                    let t = t.trim_ascii();
+                    if t.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        if minor == 0 {
+                            close = false;
+                        }
+                    } else if !t.is_empty() {
+                        names_others = true;
+                    }
                 }
             }
+            Field::HopByHop | Field::Other => {}
         }
+        // (Connection is kept while it may name others: the strip below reads it.)
+        let left_out = match kind {
+            Field::Connection => !names_others,
+            Field::TransferEncoding | Field::HopByHop => true,
+            Field::ContentLength | Field::Other => false,
+        };
+        if left_out && !keep_hop {
+            continue;
+        }
+        let name =
+            HeaderName::from_bytes(name_raw).map_err(|_| "a malformed header name".to_string())?;
+        // SAFETY (of the unchecked value): httparse accepted it, and its rule for a
+        // field value (HTAB, SP, visible ASCII, obs-text) is `HeaderValue`'s; hyper's own
+        // parser builds its values the same way.
+        let value = unsafe {
+            HeaderValue::from_maybe_shared_unchecked(raw.slice(vo as usize..(vo + vl) as usize))
+        };
         headers.append(name, value);
+    }
+    if names_others && !keep_hop {
+        crate::forward::strip_hop_by_hop(&mut headers);
     }
     let code = status.as_u16();
     let framing = if head_request || status.is_informational() || code == 204 || code == 304 {
@@ -768,6 +809,35 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, St
         keep_alive: !close && framing != Framing::Eof,
         framing,
     }))
+}
+
+/// What a response header line is to the parser.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Field {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// Another hop-by-hop header (RFC 9110 §7.6.1).
+    HopByHop,
+    Other,
+}
+
+/// Names a header from its raw name (any case), by its length first: most names are
+/// of no length any of these has.
+fn classify(name: &[u8]) -> Field {
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    match name.len() {
+        2 if is("te") => Field::HopByHop,
+        7 if is("trailer") || is("upgrade") => Field::HopByHop,
+        10 if is("connection") => Field::Connection,
+        10 if is("keep-alive") => Field::HopByHop,
+        14 if is("content-length") => Field::ContentLength,
+        16 if is("proxy-connection") => Field::HopByHop,
+        17 if is("transfer-encoding") => Field::TransferEncoding,
+        18 if is("proxy-authenticate") => Field::HopByHop,
+        19 if is("proxy-authorization") => Field::HopByHop,
+        _ => Field::Other,
+    }
 }
 
 /// A response body read from its connection as the client side asks for it; the
@@ -1146,6 +1216,58 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_raw_name_classes_agree_with_the_hop_by_hop_list() {
+        for name in crate::forward::hop_by_hop() {
+            let lower = name.as_str();
+            for spelled in [lower.to_string(), lower.to_ascii_uppercase()] {
+                assert_ne!(classify(spelled.as_bytes()), Field::Other, "{spelled}");
+            }
+        }
+        assert!(classify(b"Content-Length") == Field::ContentLength);
+        assert!(classify(b"TRANSFER-ENCODING") == Field::TransferEncoding);
+        assert!(classify(b"Connection") == Field::Connection);
+        for other in [
+            "content-type",
+            "date",
+            "x-upgrade",
+            "tes",
+            "keep-alivex",
+            "",
+        ] {
+            assert!(classify(other.as_bytes()) == Field::Other, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_final_response_head_leaves_out_hop_by_hop_headers_as_it_is_parsed() {
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+            Transfer-Encoding: chunked\r\nTrailer: x-t\r\nUpgrade: h2c\r\nProxy-Connection: x\r\n\
+            X-A: b\r\nDate: now\r\n\r\n";
+        let (h, _) = head_of(raw, false);
+        let mut names: Vec<_> = h.headers.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["date", "x-a"]);
+        assert_eq!(h.framing, Framing::Chunked(Chunk::Size));
+        assert!(h.keep_alive);
+        // What `Connection` names goes too (and it), but never the framing.
+        let (h, _) = head_of(
+            b"HTTP/1.1 200 OK\r\nConnection: X-Secret, close, content-length\r\nX-Secret: 1\r\nContent-Length: 0\r\nX-A: b\r\n\r\n",
+            false,
+        );
+        let mut names: Vec<_> = h.headers.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["content-length", "x-a"]);
+        assert!(!h.keep_alive);
+        // A 101 keeps them: its tunnel needs `Connection` and `Upgrade`.
+        let (h, _) = head_of(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            false,
+        );
+        assert_eq!(h.headers["upgrade"], "websocket");
+        assert_eq!(h.headers["connection"], "Upgrade");
     }
 
     fn decode_all(

@@ -9,6 +9,7 @@
 //! when told, closing idle connections at once and waiting for busy ones.
 
 use std::net::TcpListener as StdListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,9 +27,11 @@ const CLOSE_LINGER: Duration = Duration::from_millis(1000);
 /// arrive in the next moment are answered with `Connection: close` (see `forward`), so
 /// keep-alive clients move to a successor without a failed request; whatever is still
 /// idle after that is closed. Plain and TLS workers both end their connections this way.
+/// `closing` is set before `graceful` turns true (see [`Gated`]).
 pub(crate) async fn serve_http1<I, S, B>(
     conn: http1::UpgradeableConnection<I, S>,
     graceful: &mut watch::Receiver<bool>,
+    closing: &AtomicBool,
     peer: std::net::SocketAddr,
     ended: &str,
 ) where
@@ -39,13 +42,15 @@ pub(crate) async fn serve_http1<I, S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     tokio::pin!(conn);
+    let stop = std::pin::pin!(crate::until_true(graceful));
     tokio::select! {
+        biased;
         res = conn.as_mut() => {
             if let Err(error) = res {
                 tracing::debug!(%peer, %error, "{ended}");
             }
         }
-        _ = crate::until_true(graceful) => {
+        _ = Gated { inner: stop, armed: false, flag: closing } => {
             let linger = tokio::time::sleep(CLOSE_LINGER);
             tokio::select! {
                 _ = conn.as_mut() => return,
@@ -54,6 +59,32 @@ pub(crate) async fn serve_http1<I, S, B>(
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+    }
+}
+
+/// Polls `inner` on its first poll, and after that only once `flag` is true. The
+/// connection's task wakes three times per request, and polling its stop signal each
+/// time (a watch receiver's wait) was a visible share of the request path; the signal
+/// registered the task's waker on the first poll, and whoever sends it sets `flag` first.
+struct Gated<'a, F> {
+    inner: F,
+    armed: bool,
+    flag: &'a AtomicBool,
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for Gated<'_, F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.get_mut();
+        if this.armed && !this.flag.load(Ordering::Acquire) {
+            return std::task::Poll::Pending;
+        }
+        this.armed = true;
+        std::pin::Pin::new(&mut this.inner).poll(cx)
     }
 }
 
@@ -178,8 +209,7 @@ async fn serve(shared: Arc<Shared>, listener: StdListener, mut stop: watch::Rece
                     let token = worker.token.clone();
                     tokio::spawn(async move {
                         let _token = token;
-                        let _slot = slot;
-                        serve_http1(conn, &mut graceful, peer, "client connection ended").await;
+                        serve_http1(conn, &mut graceful, &slot.0.closing, peer, "client connection ended").await;
                     });
                 }
                 Err(error) => {
