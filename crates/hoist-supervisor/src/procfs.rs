@@ -89,7 +89,7 @@ impl Stat {
     /// Reads `/proc/PID/stat`; `None` when the process does not exist (or vanished). The
     /// start time is in the initial time namespace's terms (see [`ProcessId`]).
     pub fn read(pid: i32) -> Option<Stat> {
-        let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let text = read_small(&format!("/proc/{pid}/stat"))?;
         let mut stat = Stat::parse(pid, &text)?;
         stat.start_time = (stat.start_time as i64 - boottime_offset().0).max(0) as u64;
         Some(stat)
@@ -113,6 +113,29 @@ impl Stat {
             rss_pages: num(24)?.max(0) as u64,
         })
     }
+}
+
+/// A short /proc file (a stat line is a few hundred bytes) read into a stack buffer: one
+/// read and its end-of-file read, where `read_to_string` grows a buffer over several reads
+/// (/proc files report size 0). The agent reads hundreds of these a second.
+fn read_small(path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut f = fs::File::open(path).ok()?;
+    let mut buf = [0u8; 1024];
+    let mut n = 0;
+    loop {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+        if n == buf.len() {
+            // Longer than any stat line: not one; read it the ordinary way.
+            return fs::read_to_string(path).ok();
+        }
+    }
+    String::from_utf8(buf[..n].to_vec()).ok()
 }
 
 /// Every process on the host, read once. Processes that vanish while reading are skipped.
