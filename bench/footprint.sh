@@ -32,6 +32,7 @@ export SECTIONS=footprint
 export FOOTPRINT_N=${FOOTPRINT_N:-2 20}
 bash "$harness" "$results"
 cleanup
+rm -f "$results/hoist-total-pss"
 
 # Our own pass: agent alone, and agent + shims, after the same settle and idle window.
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
@@ -55,15 +56,25 @@ for n in $FOOTPRINT_N; do
   printf 'hoist agent with %s instances: agent RSS %s kB, shims RSS %s kB (%s shims, %s kB each on average), agent idle CPU %.2f%%\n' \
     "$n" "$(rss_kb "$agent")" "$total" "$(echo "$shims" | wc -w)" "$((total / ($(echo "$shims" | wc -w) + 0 == 0 ? 1 : $(echo "$shims" | wc -w))))" \
     "$(awk -v a="$c0" -v b="$c1" -v t="$(getconf CLK_TCK)" 'BEGIN{printf "%.2f", 100*(b-a)/t/10}')"
-  printf 'hoist agent with %s instances: agent PSS %s kB, shims PSS %s kB in all\n' "$n" "$(pss_kb "$agent")" "$pss"
+  apss=$(pss_kb "$agent")
+  printf 'hoist agent with %s instances: agent PSS %s kB, shims PSS %s kB in all\n' "$n" "$apss" "$pss"
+  echo "$n $((apss + pss))" >>"$results/hoist-total-pss"
   kill "$agent" 2>/dev/null || true
   wait "$agent" 2>/dev/null || true
   cleanup
 done
-python3 - "$results/results.json" <<'PY'
+python3 - "$results/results.json" "$results/hoist-total-pss" <<'PY'
 import json, sys
 rows = json.load(open(sys.argv[1])).get("footprint", [])
 print("\nfootprint (harness, manager process only):")
 for r in rows:
     print(f"  {r['name']:<12} children {r['children']:>3}  running {r.get('running')!s:>3}  RSS {r.get('rss_mb', r.get('rss_kb', 0)/1024):.1f} MB  idle CPU {r.get('idle_cpu_pct')}%")
+# Design §6: every hoist process (agent and shims) against supervisord (which forks its
+# children directly: the manager is all it adds), PSS, same run.
+print("\nall of hoist's processes against supervisord (PSS):")
+for line in open(sys.argv[2]):
+    n, kb = map(int, line.split())
+    sup = [r for r in rows if r["name"] == "supervisord" and r["children"] == n and "pss_mb" in r]
+    vs = f"supervisord {sup[0]['pss_mb']:.1f} MB" if sup else "supervisord not measured"
+    print(f"  {n:>3} instances: hoist agent + shims {kb / 1024:.1f} MB, {vs}")
 PY

@@ -14,6 +14,7 @@ pub mod logfile;
 pub mod logs;
 pub mod policy;
 pub mod procfs;
+mod reaper;
 pub mod record;
 mod rfc3339;
 pub mod shim;

@@ -1,7 +1,6 @@
 //! Reading `/proc`: a process's identity (pid + start time), its parent and group, the
 //! tree below a process, and resource use. It only reads; it never signals anything.
 
-use std::collections::HashMap;
 use std::fs;
 
 use serde::{Deserialize, Serialize};
@@ -89,22 +88,28 @@ impl Stat {
     /// Reads `/proc/PID/stat`; `None` when the process does not exist (or vanished). The
     /// start time is in the initial time namespace's terms (see [`ProcessId`]).
     pub fn read(pid: i32) -> Option<Stat> {
-        let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let mut stat = Stat::parse(pid, &text)?;
+        let mut buf = [0u8; 1024];
+        let text = read_small(&format!("/proc/{pid}/stat"), &mut buf)?;
+        let mut stat = Stat::parse(pid, text)?;
         stat.start_time = (stat.start_time as i64 - boottime_offset().0).max(0) as u64;
         Some(stat)
     }
 
     /// Parses a stat line. The command name (field 2) may hold spaces and parentheses,
-    /// so fields are counted from the last `)`.
+    /// so fields are counted from the last `)`. No allocation: the agent parses every
+    /// process's line each second.
     pub fn parse(pid: i32, text: &str) -> Option<Stat> {
         let rest = &text[text.rfind(')')? + 1..];
-        // `rest` starts at field 3 (state): field N is at index N - 3.
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let num = |n: usize| f.get(n - 3).and_then(|s| s.parse::<i64>().ok());
+        // `rest` starts at field 3 (state): field N is at index N - 3, up to field 24.
+        let mut f = [""; 22];
+        let mut words = rest.split_ascii_whitespace();
+        for slot in &mut f {
+            *slot = words.next()?;
+        }
+        let num = |n: usize| f[n - 3].parse::<i64>().ok();
         Some(Stat {
             pid,
-            state: f.first()?.chars().next()?,
+            state: f[0].chars().next()?,
             ppid: num(4)? as i32,
             pgid: num(5)? as i32,
             session: num(6)? as i32,
@@ -113,6 +118,28 @@ impl Stat {
             rss_pages: num(24)?.max(0) as u64,
         })
     }
+}
+
+/// A short /proc file (a stat line is a few hundred bytes) read into `buf`: one read and
+/// its end-of-file read, where `read_to_string` grows a heap buffer over several reads
+/// (/proc files report size 0). The agent reads hundreds of these a second. `None` if the
+/// file is missing, unreadable, not UTF-8 or does not fit.
+fn read_small<'a>(path: &str, buf: &'a mut [u8]) -> Option<&'a str> {
+    use std::io::Read;
+    let mut f = fs::File::open(path).ok()?;
+    let mut n = 0;
+    loop {
+        if n == buf.len() {
+            return None;
+        }
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+    }
+    std::str::from_utf8(&buf[..n]).ok()
 }
 
 /// Every process on the host, read once. Processes that vanish while reading are skipped.
@@ -127,17 +154,16 @@ pub fn all_processes() -> Vec<Stat> {
 
 /// The processes below `root` (not `root` itself), from one snapshot of the table.
 pub fn descendants(root: i32, table: &[Stat]) -> Vec<Stat> {
-    let mut children: HashMap<i32, Vec<&Stat>> = HashMap::new();
-    for s in table {
-        children.entry(s.ppid).or_default().push(s);
-    }
-    let mut out = Vec::new();
+    // One pass over the table per process of the tree (an instance's tree is a few
+    // processes; the table is the whole host): no map of the host's processes built for
+    // each instance, each second.
+    let mut out: Vec<Stat> = Vec::new();
     let mut stack = vec![root];
     while let Some(pid) = stack.pop() {
-        for child in children.get(&pid).into_iter().flatten() {
+        for child in table.iter().filter(|s| s.ppid == pid) {
             // A pid is its own parent only in a corrupt snapshot; never loop on it.
-            if child.pid != root && !out.iter().any(|s: &Stat| s.pid == child.pid) {
-                out.push((*child).clone());
+            if child.pid != root && !out.iter().any(|s| s.pid == child.pid) {
+                out.push(child.clone());
                 stack.push(child.pid);
             }
         }
@@ -215,6 +241,17 @@ mod tests {
         let s = Stat::parse(42, line).unwrap();
         assert_eq!((s.state, s.ppid, s.pgid, s.session), ('S', 1, 42, 42));
         assert_eq!((s.cpu_ticks, s.start_time, s.rss_pages), (10, 123456, 55));
+        // Cut before the rss field (24): not a stat line.
+        let short = "42 (a) S 1 42 42 0 -1 4194560 1 0 0 0 7 3 0 0 20 0 1 0 123456 1000";
+        assert_eq!(Stat::parse(42, short), None);
+    }
+
+    #[test]
+    fn own_stat_is_read_whole() {
+        let me = Stat::read(std::process::id() as i32).unwrap();
+        assert_eq!(me.pid, std::process::id() as i32);
+        assert_eq!(me.ppid, nix::unistd::getppid().as_raw());
+        assert!(me.rss_pages > 0);
     }
 
     #[test]

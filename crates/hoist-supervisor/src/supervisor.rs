@@ -81,7 +81,7 @@ impl Supervisor {
     }
 
     /// Starts `spec` under a new shim and returns once the app process exists. The shim
-    /// is this process's child and is reaped by a small thread, so it never lingers as a
+    /// is this process's child and is reaped by the reaper thread, so it never lingers as a
     /// zombie; it outlives this process if this process dies.
     pub fn spawn(&self, spec: &InstanceSpec) -> Result<Instance> {
         spec.validate()?;
@@ -147,12 +147,7 @@ impl Supervisor {
             let _ = kill(Pid::from_raw(shim_pid as i32), Signal::SIGKILL);
         }
         // From here the shim is on its own: reap it whenever it ends.
-        let _ = thread::Builder::new()
-            .name(format!("reap-{shim_pid}"))
-            .stack_size(32 * 1024)
-            .spawn(move || {
-                let _ = child.wait();
-            });
+        crate::reaper::reap(child);
         // The shim has read the spec (or failed to); the secrets in it need not stay on disk.
         let _ = record::remove_if_exists(&spec_path);
 

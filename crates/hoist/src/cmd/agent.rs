@@ -216,6 +216,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     hoist_agent::tune_allocator();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Idle blocking threads go after 2 s, not 10: each state call hands a worker to a
+        // pool thread (block_in_place), and the pool wakes its idle threads in turn, so with
+        // a 10 s keep-alive the threads of a burst (20 instances started at once) all stay,
+        // each with its stack, for as long as the agent runs.
+        .thread_keep_alive(Duration::from_secs(2))
         .enable_all()
         .build()
         .context("cannot start the agent's runtime")?;
