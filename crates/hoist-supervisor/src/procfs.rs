@@ -88,7 +88,7 @@ impl Stat {
     /// Reads `/proc/PID/stat`; `None` when the process does not exist (or vanished). The
     /// start time is in the initial time namespace's terms (see [`ProcessId`]).
     pub fn read(pid: i32) -> Option<Stat> {
-        let mut buf = [0u8; 1024];
+        let mut buf = [0u8; 4096];
         let text = read_small(&format!("/proc/{pid}/stat"), &mut buf)?;
         let mut stat = Stat::parse(pid, text)?;
         stat.start_time = (stat.start_time as i64 - boottime_offset().0).max(0) as u64;
@@ -123,7 +123,9 @@ impl Stat {
 /// A short /proc file (a stat line is a few hundred bytes) read into `buf`: one read and
 /// its end-of-file read, where `read_to_string` grows a heap buffer over several reads
 /// (/proc files report size 0). The agent reads hundreds of these a second. `None` if the
-/// file is missing, unreadable, not UTF-8 or does not fit.
+/// file is missing, unreadable, not UTF-8 or does not fit (a stat line of 52 fields, each
+/// at most 20 digits, and a 64-byte name fits 4 KB with room: a process whose line did
+/// not fit would be taken for gone).
 fn read_small<'a>(path: &str, buf: &'a mut [u8]) -> Option<&'a str> {
     use std::io::Read;
     let mut f = fs::File::open(path).ok()?;
