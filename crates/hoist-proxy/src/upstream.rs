@@ -774,8 +774,11 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, St
         if left_out && !keep_hop {
             continue;
         }
-        let name =
-            HeaderName::from_bytes(name_raw).map_err(|_| "a malformed header name".to_string())?;
+        let name = match common_name(name_raw) {
+            Some(n) => n,
+            None => HeaderName::from_bytes(name_raw)
+                .map_err(|_| "a malformed header name".to_string())?,
+        };
         // SAFETY (of the unchecked value): httparse accepted it, and its rule for a
         // field value (HTAB, SP, visible ASCII, obs-text) is `HeaderValue`'s; hyper's own
         // parser builds its values the same way.
@@ -838,6 +841,29 @@ fn classify(name: &[u8]) -> Field {
         19 if is("proxy-authorization") => Field::HopByHop,
         _ => Field::Other,
     }
+}
+
+/// The `HeaderName` of a name most responses carry, found by its length first: a
+/// constant is a copy, where `HeaderName::from_bytes` lowercases into a buffer and
+/// searches every standard name (a visible share of a request's instructions).
+fn common_name(name: &[u8]) -> Option<HeaderName> {
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    Some(match name.len() {
+        4 if is("date") => header::DATE,
+        4 if is("etag") => header::ETAG,
+        4 if is("vary") => header::VARY,
+        6 if is("server") => header::SERVER,
+        7 if is("expires") => header::EXPIRES,
+        8 if is("location") => header::LOCATION,
+        10 if is("set-cookie") => header::SET_COOKIE,
+        12 if is("content-type") => header::CONTENT_TYPE,
+        13 if is("cache-control") => header::CACHE_CONTROL,
+        13 if is("last-modified") => header::LAST_MODIFIED,
+        13 if is("accept-ranges") => header::ACCEPT_RANGES,
+        14 if is("content-length") => header::CONTENT_LENGTH,
+        16 if is("content-encoding") => header::CONTENT_ENCODING,
+        _ => return None,
+    })
 }
 
 /// A response body read from its connection as the client side asks for it; the
@@ -1133,6 +1159,41 @@ impl AsyncWrite for Upgraded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn common_names_are_the_names_from_bytes_makes() {
+        for name in [
+            "date",
+            "ETag",
+            "Vary",
+            "Server",
+            "expires",
+            "Location",
+            "Set-Cookie",
+            "Content-Type",
+            "cache-control",
+            "Last-Modified",
+            "accept-ranges",
+            "Content-Length",
+            "content-encoding",
+        ] {
+            assert_eq!(
+                common_name(name.as_bytes()),
+                Some(HeaderName::from_bytes(name.as_bytes()).unwrap()),
+                "{name}"
+            );
+        }
+        for other in [
+            "x-date",
+            "dat",
+            "servers",
+            "content-typo",
+            "",
+            "x-request-id",
+        ] {
+            assert_eq!(common_name(other.as_bytes()), None, "{other}");
+        }
+    }
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
