@@ -176,9 +176,91 @@ pub(crate) fn handle(
     peer: Peer,
     req: Request<Incoming>,
 ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> {
+    // Counted here, as hyper hands the request over, not when the future first runs:
+    // from this moment the connection is not waiting for a head (`timed_io`).
+    let both = peer.framing.next_request_has_both();
     Handled {
-        inner: proxy(worker.clone(), peer, req),
+        inner: proxy(worker.clone(), peer, req, both),
         worker,
+    }
+}
+
+/// [`handle`] for a plain connection, whose socket times the wait for each head itself
+/// (`timed_io`): the response's body says when it is done, so the socket knows the
+/// connection waits for a head again.
+pub(crate) fn handle_plain(
+    worker: Arc<Worker>,
+    peer: Peer,
+    req: Request<Incoming>,
+) -> impl Future<Output = Result<Response<Answer>, Infallible>> {
+    let framing = Some(peer.framing.clone());
+    Tracked {
+        inner: handle(worker, peer, req),
+        framing,
+    }
+}
+
+struct Tracked<F> {
+    inner: F,
+    framing: Option<Arc<crate::framing::ConnFraming>>,
+}
+
+impl<F: Future<Output = Result<Response<ProxyBody>, Infallible>>> Future for Tracked<F> {
+    type Output = Result<Response<Answer>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: `inner` is pinned with `self` and never moved out; `framing` is not
+        // structurally pinned.
+        let this = unsafe { self.get_unchecked_mut() };
+        let inner = unsafe { Pin::new_unchecked(&mut this.inner) };
+        let Poll::Ready(Ok(resp)) = inner.poll(cx) else {
+            return Poll::Pending;
+        };
+        // A tunnel's connection never waits for a head again: its answer is not counted.
+        let framing = this.framing.take();
+        let ended = (resp.status() != StatusCode::SWITCHING_PROTOCOLS)
+            .then_some(framing)
+            .flatten()
+            .map(Ended);
+        Poll::Ready(Ok(resp.map(|body| Answer {
+            body,
+            _ended: ended,
+        })))
+    }
+}
+
+/// A plain connection's response body: [`ProxyBody`], counted as answered when hyper
+/// drops it (after its last frame).
+pub(crate) struct Answer {
+    body: ProxyBody,
+    _ended: Option<Ended>,
+}
+
+struct Ended(Arc<crate::framing::ConnFraming>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.answered();
+    }
+}
+
+impl Body for Answer {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -216,10 +298,11 @@ async fn proxy(
     worker: Arc<Worker>,
     peer: Peer,
     mut req: Request<Incoming>,
+    both: bool,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let shared = &worker.shared;
-    let checked = if peer.framing.next_request_has_both() {
+    let checked = if both {
         // RFC 9112 §6.1: a request smuggling tool; never forwarded, the connection closed.
         Err((
             StatusCode::BAD_REQUEST,
