@@ -374,7 +374,7 @@ async fn proxy(
     } else {
         None
     };
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     // The host again, from the parts (it borrowed the request, now taken apart): read
     // only where it is needed, a lookup after the first attempt or the 404.
     let host = || host_in(&parts.uri, &parts.headers);
@@ -478,6 +478,9 @@ async fn proxy(
         };
         match upstream::exchange(&mut conn, &outgoing, &mut body, timeouts).await {
             Ok(head) => {
+                // The request's header map is done with (an answered request is never
+                // sent again): its allocation makes a later response's map.
+                upstream::recycle_headers(std::mem::take(&mut parts.headers));
                 upstream.answered();
                 let counters = &route.counters;
                 let latency = started.elapsed();
