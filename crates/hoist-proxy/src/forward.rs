@@ -170,19 +170,13 @@ async fn connect(shared: &Shared, up: &Upstream) -> Result<upstream::Conn, Strin
     }
 }
 
-/// Serves one request from a client at `peer`.
+/// Serves one request from a client at `peer` (over TLS: hyper times its heads).
 pub(crate) fn handle(
     worker: Arc<Worker>,
     peer: Peer,
     req: Request<Incoming>,
-) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> {
-    // Counted here, as hyper hands the request over, not when the future first runs:
-    // from this moment the connection is not waiting for a head (`timed_io`).
-    let both = peer.framing.next_request_has_both();
-    Handled {
-        inner: proxy(worker.clone(), peer, req, both),
-        worker,
-    }
+) -> impl Future<Output = Result<Response<Answer>, Infallible>> {
+    handle_with(worker, peer, req, false)
 }
 
 /// [`handle`] for a plain connection, whose socket times the wait for each head itself
@@ -193,35 +187,59 @@ pub(crate) fn handle_plain(
     peer: Peer,
     req: Request<Incoming>,
 ) -> impl Future<Output = Result<Response<Answer>, Infallible>> {
-    let framing = Some(peer.framing.clone());
-    Tracked {
-        inner: handle(worker, peer, req),
+    handle_with(worker, peer, req, true)
+}
+
+fn handle_with(
+    worker: Arc<Worker>,
+    peer: Peer,
+    req: Request<Incoming>,
+    count_answer: bool,
+) -> Handled<impl Future<Output = Result<Response<ProxyBody>, Infallible>>> {
+    // Counted here, as hyper hands the request over, not when the future first runs:
+    // from this moment the connection is not waiting for a head (`timed_io`).
+    let both = peer.framing.next_request_has_both();
+    let framing = count_answer.then(|| peer.framing.clone());
+    Handled {
+        inner: proxy(worker.clone(), peer, req, both),
+        worker,
         framing,
     }
 }
 
-struct Tracked<F> {
+/// [`proxy`]'s answer, with `Connection: close` while this process is going away. A
+/// plain future rather than an `async fn` around `proxy`: that kept a second copy of the
+/// request's arguments and made every move of the request's future larger.
+struct Handled<F> {
     inner: F,
+    worker: Arc<Worker>,
+    /// Told when the answer's body is done with (plain connections).
     framing: Option<Arc<crate::framing::ConnFraming>>,
 }
 
-impl<F: Future<Output = Result<Response<ProxyBody>, Infallible>>> Future for Tracked<F> {
+impl<F: Future<Output = Result<Response<ProxyBody>, Infallible>>> Future for Handled<F> {
     type Output = Result<Response<Answer>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // SAFETY: `inner` is pinned with `self` and never moved out; `framing` is not
-        // structurally pinned.
+        // SAFETY: `inner` is pinned with `self` and never moved out; `worker` and
+        // `framing` are not structurally pinned.
         let this = unsafe { self.get_unchecked_mut() };
         let inner = unsafe { Pin::new_unchecked(&mut this.inner) };
-        let Poll::Ready(Ok(resp)) = inner.poll(cx) else {
+        let Poll::Ready(Ok(mut resp)) = inner.poll(cx) else {
             return Poll::Pending;
         };
+        let tunnel = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if this.worker.shared.closing.load(Ordering::Relaxed) && !tunnel {
+            // This process is going away: the client reconnects (to its successor).
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         // A tunnel's connection never waits for a head again: its answer is not counted.
-        let framing = this.framing.take();
-        let ended = (resp.status() != StatusCode::SWITCHING_PROTOCOLS)
-            .then_some(framing)
-            .flatten()
-            .map(Ended);
+        let ended = if tunnel {
+            None
+        } else {
+            this.framing.take().map(Ended)
+        };
         Poll::Ready(Ok(resp.map(|body| Answer {
             body,
             _ended: ended,
@@ -261,36 +279,6 @@ impl Body for Answer {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
-    }
-}
-
-/// [`proxy`]'s answer, with `Connection: close` while this process is going away. A
-/// plain future rather than an `async fn` around `proxy`: that kept a second copy of the
-/// request's arguments and made every move of the request's future larger.
-struct Handled<F> {
-    inner: F,
-    worker: Arc<Worker>,
-}
-
-impl<F: Future<Output = Result<Response<ProxyBody>, Infallible>>> Future for Handled<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // SAFETY: `inner` is pinned with `self` and never moved out; `worker` is not
-        // structurally pinned (only read).
-        let this = unsafe { self.get_unchecked_mut() };
-        let inner = unsafe { Pin::new_unchecked(&mut this.inner) };
-        let Poll::Ready(Ok(mut resp)) = inner.poll(cx) else {
-            return Poll::Pending;
-        };
-        if this.worker.shared.closing.load(Ordering::Relaxed)
-            && resp.status() != StatusCode::SWITCHING_PROTOCOLS
-        {
-            // This process is going away: the client reconnects (to its successor).
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        Poll::Ready(Ok(resp))
     }
 }
 
