@@ -837,16 +837,18 @@ fn host_in<'a>(uri: &'a hyper::Uri, headers: &'a HeaderMap) -> std::borrow::Cow<
         Some(h) => h.as_bytes(),
         None => headers.get(header::HOST).map_or(&[], |h| h.as_bytes()),
     };
-    // One pass: what `HeaderValue::to_str` accepts (else no host), and the last colon.
-    let mut colon = None;
-    for (i, &b) in raw.iter().enumerate() {
-        if !(b == b'\t' || (32..127).contains(&b)) {
-            return "".into();
-        }
-        if b == b':' {
-            colon = Some(i);
-        }
+    // What `HeaderValue::to_str` accepts (else no host); and whether a letter is
+    // upper-case. Folds without an early exit, so the compiler checks many bytes at once.
+    let (bad, upper) = raw.iter().fold((false, false), |(bad, upper), &b| {
+        (
+            bad | !(b == b'\t' || (32..127).contains(&b)),
+            upper | b.is_ascii_uppercase(),
+        )
+    });
+    if bad {
+        return "".into();
     }
+    let colon = raw.iter().rposition(|b| *b == b':');
     let host = if raw.first() == Some(&b'[') {
         let inside = raw
             .iter()
@@ -861,7 +863,7 @@ fn host_in<'a>(uri: &'a hyper::Uri, headers: &'a HeaderMap) -> std::borrow::Cow<
     let host = host.strip_suffix(b".").unwrap_or(host);
     // SAFETY: every byte was checked to be ASCII above.
     let host = unsafe { std::str::from_utf8_unchecked(host) };
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+    if upper {
         host.to_ascii_lowercase().into()
     } else {
         host.into()
