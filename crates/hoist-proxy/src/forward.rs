@@ -170,15 +170,40 @@ async fn connect(shared: &Shared, up: &Upstream) -> Result<upstream::Conn, Strin
     }
 }
 
-/// Serves one request from a client at `peer`.
+/// Serves one request from a client at `peer` (over TLS: hyper times its heads).
 pub(crate) fn handle(
     worker: Arc<Worker>,
     peer: Peer,
     req: Request<Incoming>,
-) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> {
+) -> impl Future<Output = Result<Response<Answer>, Infallible>> {
+    handle_with(worker, peer, req, false)
+}
+
+/// [`handle`] for a plain connection, whose socket times the wait for each head itself
+/// (`timed_io`): the response's body says when it is done, so the socket knows the
+/// connection waits for a head again.
+pub(crate) fn handle_plain(
+    worker: Arc<Worker>,
+    peer: Peer,
+    req: Request<Incoming>,
+) -> impl Future<Output = Result<Response<Answer>, Infallible>> {
+    handle_with(worker, peer, req, true)
+}
+
+fn handle_with(
+    worker: Arc<Worker>,
+    peer: Peer,
+    req: Request<Incoming>,
+    count_answer: bool,
+) -> Handled<impl Future<Output = Result<Response<ProxyBody>, Infallible>>> {
+    // Counted here, as hyper hands the request over, not when the future first runs:
+    // from this moment the connection is not waiting for a head (`timed_io`).
+    let both = peer.framing.next_request_has_both();
+    let framing = count_answer.then(|| peer.framing.clone());
     Handled {
-        inner: proxy(worker.clone(), peer, req),
+        inner: proxy(worker.clone(), peer, req, both),
         worker,
+        framing,
     }
 }
 
@@ -188,27 +213,72 @@ pub(crate) fn handle(
 struct Handled<F> {
     inner: F,
     worker: Arc<Worker>,
+    /// Told when the answer's body is done with (plain connections).
+    framing: Option<Arc<crate::framing::ConnFraming>>,
 }
 
 impl<F: Future<Output = Result<Response<ProxyBody>, Infallible>>> Future for Handled<F> {
-    type Output = F::Output;
+    type Output = Result<Response<Answer>, Infallible>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // SAFETY: `inner` is pinned with `self` and never moved out; `worker` is not
-        // structurally pinned (only read).
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: `inner` is pinned with `self` and never moved out; `worker` and
+        // `framing` are not structurally pinned.
         let this = unsafe { self.get_unchecked_mut() };
         let inner = unsafe { Pin::new_unchecked(&mut this.inner) };
         let Poll::Ready(Ok(mut resp)) = inner.poll(cx) else {
             return Poll::Pending;
         };
-        if this.worker.shared.closing.load(Ordering::Relaxed)
-            && resp.status() != StatusCode::SWITCHING_PROTOCOLS
-        {
+        let tunnel = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if this.worker.shared.closing.load(Ordering::Relaxed) && !tunnel {
             // This process is going away: the client reconnects (to its successor).
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        Poll::Ready(Ok(resp))
+        // A tunnel's connection never waits for a head again: its answer is not counted.
+        let ended = if tunnel {
+            None
+        } else {
+            this.framing.take().map(Ended)
+        };
+        Poll::Ready(Ok(resp.map(|body| Answer {
+            body,
+            _ended: ended,
+        })))
+    }
+}
+
+/// A plain connection's response body: [`ProxyBody`], counted as answered when hyper
+/// drops it (after its last frame).
+pub(crate) struct Answer {
+    body: ProxyBody,
+    _ended: Option<Ended>,
+}
+
+struct Ended(Arc<crate::framing::ConnFraming>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.answered();
+    }
+}
+
+impl Body for Answer {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -216,10 +286,11 @@ async fn proxy(
     worker: Arc<Worker>,
     peer: Peer,
     mut req: Request<Incoming>,
+    both: bool,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let shared = &worker.shared;
-    let checked = if peer.framing.next_request_has_both() {
+    let checked = if both {
         // RFC 9112 §6.1: a request smuggling tool; never forwarded, the connection closed.
         Err((
             StatusCode::BAD_REQUEST,
@@ -291,7 +362,7 @@ async fn proxy(
     } else {
         None
     };
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     // The host again, from the parts (it borrowed the request, now taken apart): read
     // only where it is needed, a lookup after the first attempt or the 404.
     let host = || host_in(&parts.uri, &parts.headers);
@@ -395,6 +466,9 @@ async fn proxy(
         };
         match upstream::exchange(&mut conn, &outgoing, &mut body, timeouts).await {
             Ok(head) => {
+                // The request's header map is done with (an answered request is never
+                // sent again): its allocation makes a later response's map.
+                upstream::recycle_headers(std::mem::take(&mut parts.headers));
                 upstream.answered();
                 let counters = &route.counters;
                 let latency = started.elapsed();
@@ -763,16 +837,18 @@ fn host_in<'a>(uri: &'a hyper::Uri, headers: &'a HeaderMap) -> std::borrow::Cow<
         Some(h) => h.as_bytes(),
         None => headers.get(header::HOST).map_or(&[], |h| h.as_bytes()),
     };
-    // One pass: what `HeaderValue::to_str` accepts (else no host), and the last colon.
-    let mut colon = None;
-    for (i, &b) in raw.iter().enumerate() {
-        if !(b == b'\t' || (32..127).contains(&b)) {
-            return "".into();
-        }
-        if b == b':' {
-            colon = Some(i);
-        }
+    // What `HeaderValue::to_str` accepts (else no host); and whether a letter is
+    // upper-case. Folds without an early exit, so the compiler checks many bytes at once.
+    let (bad, upper) = raw.iter().fold((false, false), |(bad, upper), &b| {
+        (
+            bad | !(b == b'\t' || (32..127).contains(&b)),
+            upper | b.is_ascii_uppercase(),
+        )
+    });
+    if bad {
+        return "".into();
     }
+    let colon = raw.iter().rposition(|b| *b == b':');
     let host = if raw.first() == Some(&b'[') {
         let inside = raw
             .iter()
@@ -787,7 +863,7 @@ fn host_in<'a>(uri: &'a hyper::Uri, headers: &'a HeaderMap) -> std::borrow::Cow<
     let host = host.strip_suffix(b".").unwrap_or(host);
     // SAFETY: every byte was checked to be ASCII above.
     let host = unsafe { std::str::from_utf8_unchecked(host) };
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+    if upper {
         host.to_ascii_lowercase().into()
     } else {
         host.into()

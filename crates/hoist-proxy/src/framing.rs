@@ -19,6 +19,10 @@ pub(crate) struct ConnFraming {
     both: AtomicU64,
     /// Requests the handler has started on this connection.
     requests: AtomicU64,
+    /// Responses of those whose body hyper is done with (a tunnel's 101 never counts:
+    /// its connection is no longer HTTP). Equal to `requests` while the connection waits
+    /// for the next head, which is when the plain socket times it (`timed_io`).
+    answered: AtomicU64,
 }
 
 impl ConnFraming {
@@ -27,6 +31,18 @@ impl ConnFraming {
     pub fn next_request_has_both(&self) -> bool {
         let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         self.both.load(Ordering::Relaxed) == n
+    }
+
+    /// Called when a response's body is done with (or dropped).
+    pub fn answered(&self) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `Some(responses so far)` while no request is in flight: the connection waits
+    /// for (or reads) the next head.
+    pub fn idle(&self) -> Option<u64> {
+        let answered = self.answered.load(Ordering::Relaxed);
+        (self.requests.load(Ordering::Relaxed) == answered).then_some(answered)
     }
 }
 
@@ -69,6 +85,11 @@ impl Scanner {
             upgrade: false,
             shared,
         }
+    }
+
+    /// What the scanner shares with the request handler.
+    pub fn shared(&self) -> &std::sync::Arc<ConnFraming> {
+        &self.shared
     }
 
     /// Follows `data`, the next bytes read from the client.

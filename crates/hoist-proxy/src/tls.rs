@@ -584,7 +584,7 @@ async fn https_request(
     worker: Arc<Worker>,
     peer: crate::forward::Peer,
     mut req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+) -> Result<Response<crate::forward::Answer>, std::convert::Infallible> {
     req.extensions_mut().insert(Https);
     if !req.headers().contains_key(header::HOST) {
         if let Some(v) = req

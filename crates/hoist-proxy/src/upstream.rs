@@ -673,6 +673,20 @@ async fn read_head(
     .await
 }
 
+thread_local! {
+    /// A request's header map, emptied, for the next response head of this thread
+    /// ([`recycle_headers`]): hyper hands each response's map back as the next
+    /// request's, so with this the two maps of an exchange are one allocation.
+    static SPARE_HEADERS: std::cell::Cell<Option<HeaderMap>> = const { std::cell::Cell::new(None) };
+}
+
+/// Keeps `map` (a request's, done with) for the next response head parsed on this
+/// thread.
+pub(crate) fn recycle_headers(mut map: HeaderMap) {
+    map.clear();
+    SPARE_HEADERS.set(Some(map));
+}
+
 /// Parses a response head from the start of `buf` and takes it off; `None` until it is
 /// whole. Header values share the head's bytes (no copy). The hop-by-hop headers of a
 /// final response are left out as they are read (RFC 9110 §7.6.1; a 101 keeps them,
@@ -714,7 +728,8 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, St
     let raw = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| format!("bad status {code}"))?;
     let keep_hop = status == StatusCode::SWITCHING_PROTOCOLS;
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = SPARE_HEADERS.take().unwrap_or_default();
+    headers.reserve(count);
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut encoded = false;
@@ -774,8 +789,11 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, St
         if left_out && !keep_hop {
             continue;
         }
-        let name =
-            HeaderName::from_bytes(name_raw).map_err(|_| "a malformed header name".to_string())?;
+        let name = match common_name(name_raw) {
+            Some(n) => n,
+            None => HeaderName::from_bytes(name_raw)
+                .map_err(|_| "a malformed header name".to_string())?,
+        };
         // SAFETY (of the unchecked value): httparse accepted it, and its rule for a
         // field value (HTAB, SP, visible ASCII, obs-text) is `HeaderValue`'s; hyper's own
         // parser builds its values the same way.
@@ -838,6 +856,29 @@ fn classify(name: &[u8]) -> Field {
         19 if is("proxy-authorization") => Field::HopByHop,
         _ => Field::Other,
     }
+}
+
+/// The `HeaderName` of a name most responses carry, found by its length first: a
+/// constant is a copy, where `HeaderName::from_bytes` lowercases into a buffer and
+/// searches every standard name (a visible share of a request's instructions).
+fn common_name(name: &[u8]) -> Option<HeaderName> {
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    Some(match name.len() {
+        4 if is("date") => header::DATE,
+        4 if is("etag") => header::ETAG,
+        4 if is("vary") => header::VARY,
+        6 if is("server") => header::SERVER,
+        7 if is("expires") => header::EXPIRES,
+        8 if is("location") => header::LOCATION,
+        10 if is("set-cookie") => header::SET_COOKIE,
+        12 if is("content-type") => header::CONTENT_TYPE,
+        13 if is("cache-control") => header::CACHE_CONTROL,
+        13 if is("last-modified") => header::LAST_MODIFIED,
+        13 if is("accept-ranges") => header::ACCEPT_RANGES,
+        14 if is("content-length") => header::CONTENT_LENGTH,
+        16 if is("content-encoding") => header::CONTENT_ENCODING,
+        _ => return None,
+    })
 }
 
 /// A response body read from its connection as the client side asks for it; the
@@ -1133,6 +1174,67 @@ impl AsyncWrite for Upgraded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recycled_map_carries_nothing_of_its_request_into_the_response() {
+        let mut old = HeaderMap::new();
+        for i in 0..20 {
+            old.append(
+                HeaderName::from_bytes(format!("x-old-{i}").as_bytes()).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+        }
+        old.append(header::SERVER, HeaderValue::from_static("client"));
+        recycle_headers(old);
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nServer: up\r\nX-New: 2\r\nContent-Length: 0\r\n\r\n"[..],
+        );
+        let head = parse_head(&mut buf, false).unwrap().unwrap();
+        let got: Vec<_> = head
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [("server", "up"), ("x-new", "2"), ("content-length", "0")]
+        );
+    }
+
+    #[test]
+    fn common_names_are_the_names_from_bytes_makes() {
+        for name in [
+            "date",
+            "ETag",
+            "Vary",
+            "Server",
+            "expires",
+            "Location",
+            "Set-Cookie",
+            "Content-Type",
+            "cache-control",
+            "Last-Modified",
+            "accept-ranges",
+            "Content-Length",
+            "content-encoding",
+        ] {
+            assert_eq!(
+                common_name(name.as_bytes()),
+                Some(HeaderName::from_bytes(name.as_bytes()).unwrap()),
+                "{name}"
+            );
+        }
+        for other in [
+            "x-date",
+            "dat",
+            "servers",
+            "content-typo",
+            "",
+            "x-request-id",
+        ] {
+            assert_eq!(common_name(other.as_bytes()), None, "{other}");
+        }
+    }
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;

@@ -153,7 +153,9 @@ async fn serve(shared: Arc<Shared>, listener: StdListener, mut stop: watch::Rece
     builder
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .header_read_timeout(limits.header_read_timeout)
+        // The socket times the wait for each head (`timed_io`): hyper's own timer was
+        // a timer made, registered and dropped per request.
+        .header_read_timeout(None)
         .max_header_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
         .max_buf_size(limits.max_header_bytes.max(8192) + 1024);
@@ -200,9 +202,10 @@ async fn serve(shared: Arc<Shared>, listener: StdListener, mut stop: watch::Rece
                     let framing = std::sync::Arc::new(crate::framing::ConnFraming::default());
                     let client = crate::forward::Peer::new(peer, framing.clone());
                     let service = hyper::service::service_fn(move |req| {
-                        crate::forward::handle(w.clone(), client.clone(), req)
+                        crate::forward::handle_plain(w.clone(), client.clone(), req)
                     });
-                    let stream = crate::timed_io::TimedStream::new(stream, shared.limits.write_timeout, Some(framing));
+                    let stream = crate::timed_io::TimedStream::new(stream, shared.limits.write_timeout, Some(framing))
+                        .with_head_timeout(shared.limits.header_read_timeout);
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     let conn = conn.with_upgrades();
                     let mut graceful = graceful_rx.clone();

@@ -80,6 +80,49 @@ fn slowloris_connections_are_closed_at_the_header_timeout_and_others_are_served(
     assert_eq!(b.count(), 20, "no slow request reached the upstream");
 }
 
+#[test]
+fn a_request_waiting_on_a_slow_upstream_is_not_cut_at_the_header_timeout() {
+    let b = Backend::start("b");
+    let timeout = Duration::from_millis(300);
+    let limits = Limits {
+        header_read_timeout: timeout,
+        ..Limits::default()
+    };
+    let proxy = proxy_to(
+        &b,
+        Config {
+            limits,
+            ..common::config()
+        },
+    );
+    let mut writer = TcpStream::connect(proxy.addr).unwrap();
+    writer
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut reader = std::io::BufReader::new(writer.try_clone().unwrap());
+    // Each answer takes four head timeouts; the keep-alive connection carries both.
+    let slow = Duration::from_millis(1200);
+    let mut sent = Instant::now();
+    for _ in 0..2 {
+        sent = Instant::now();
+        writer
+            .write_all(b"GET /slow/1200 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let (status, body) = common::read_response(&mut reader).unwrap();
+        assert_eq!((status, body.as_str()), (200, "b"));
+    }
+    // Idle after its answer, the connection is closed at the header timeout (timed
+    // from the answer's flush, which the client sees a moment later: the bound is from
+    // the request, which the upstream held `slow`).
+    let mut rest = Vec::new();
+    let n = reader.read_to_end(&mut rest).unwrap();
+    assert_eq!(n, 0, "unexpected bytes: {rest:?}");
+    assert!(
+        sent.elapsed() >= slow + timeout,
+        "closed before the header timeout"
+    );
+}
+
 /// A GET whose head is exactly `size` bytes, padded with one header.
 fn head_of_size(size: usize) -> Vec<u8> {
     let base = "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: \r\n\r\n".len();
