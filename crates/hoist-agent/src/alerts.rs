@@ -1228,15 +1228,19 @@ async fn post(url: &str, body: &[u8], ca_roots: Option<&str>) -> Result<u16, Str
 mod tests {
     use super::*;
 
-    #[test]
-    fn alerts_fire_once_and_resolve() {
-        let mut e = Engine::default();
-        let f = Firing {
+    fn crash_loop() -> Firing {
+        Firing {
             app: "a".into(),
             labels: labels(&[("alertname", "crash_loop"), ("app", "a")]),
             summary: "s".into(),
             description: "d".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn alerts_fire_once_and_resolve() {
+        let mut e = Engine::default();
+        let f = crash_loop();
         let now = Instant::now();
         let kinds = |c: Vec<(&'static str, Active, bool)>| {
             c.into_iter().map(|(s, _, w)| (s, w)).collect::<Vec<_>>()
@@ -1261,12 +1265,7 @@ mod tests {
     #[test]
     fn alerts_firing_stay_readable_while_a_pass_has_the_engine() {
         let mut e = Engine::default();
-        let f = Firing {
-            app: "a".into(),
-            labels: labels(&[("alertname", "crash_loop"), ("app", "a")]),
-            summary: "s".into(),
-            description: "d".into(),
-        };
+        let f = crash_loop();
         let now = Instant::now();
         e.update(vec![f.clone()], now);
         let mut pass = e.take_for_pass();
