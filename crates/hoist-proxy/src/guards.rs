@@ -127,6 +127,39 @@ impl Cidr {
     }
 }
 
+/// A token bucket: `rate` tokens a second, at most `burst` kept.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    /// A full bucket.
+    pub fn full(burst: f64, now: Instant) -> Bucket {
+        Bucket {
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    fn refilled(&self, now: Instant, rate: f64, burst: f64) -> f64 {
+        (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(burst)
+    }
+
+    /// Takes a token; when there is none, how long until there is one.
+    pub fn take(&mut self, now: Instant, rate: f64, burst: f64) -> Result<(), Duration> {
+        self.tokens = self.refilled(now, rate, burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
+        }
+    }
+}
+
 /// A token bucket per client key.
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
@@ -135,7 +168,7 @@ pub(crate) struct RateLimiter {
     rate: f64,
     burst: f64,
     header_names: Vec<hyper::header::HeaderName>,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
 }
 
 impl RateLimiter {
@@ -173,22 +206,15 @@ impl RateLimiter {
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() >= MAX_KEYS && !buckets.contains_key(&key) {
             let (rate, burst) = (self.rate, self.burst);
-            buckets.retain(|_, (tokens, last)| {
-                *tokens + now.duration_since(*last).as_secs_f64() * rate < burst
-            });
+            buckets.retain(|_, b| b.refilled(now, rate, burst) < burst);
             if buckets.len() >= MAX_KEYS {
                 buckets.clear();
             }
         }
-        let (tokens, last) = buckets.entry(key).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - *tokens) / self.rate))
-        }
+        buckets
+            .entry(key)
+            .or_insert(Bucket::full(self.burst, now))
+            .take(now, self.rate, self.burst)
     }
 
     #[cfg(test)]

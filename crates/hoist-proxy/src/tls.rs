@@ -683,8 +683,7 @@ const RELAY_PER_SEC: f64 = 5.0;
 /// The relay's bounds and counters (see [`Reply::AcmeRelays`]).
 struct Relays {
     in_flight: std::sync::atomic::AtomicUsize,
-    /// Tokens left and when they were last counted.
-    bucket: std::sync::Mutex<(f64, std::time::Instant)>,
+    bucket: std::sync::Mutex<crate::guards::Bucket>,
     relayed: std::sync::atomic::AtomicU64,
     missed: std::sync::atomic::AtomicU64,
     malformed: std::sync::atomic::AtomicU64,
@@ -695,7 +694,10 @@ impl Default for Relays {
     fn default() -> Relays {
         Relays {
             in_flight: Default::default(),
-            bucket: std::sync::Mutex::new((RELAY_BURST, std::time::Instant::now())),
+            bucket: std::sync::Mutex::new(crate::guards::Bucket::full(
+                RELAY_BURST,
+                std::time::Instant::now(),
+            )),
             relayed: Default::default(),
             missed: Default::default(),
             malformed: Default::default(),
@@ -723,13 +725,9 @@ impl Relays {
         }
         let slot = RelaySlot(self);
         let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-        let now = std::time::Instant::now();
-        let refill = now.duration_since(bucket.1).as_secs_f64() * RELAY_PER_SEC;
-        *bucket = ((bucket.0 + refill).min(RELAY_BURST), now);
-        if bucket.0 < 1.0 {
-            return None;
-        }
-        bucket.0 -= 1.0;
+        bucket
+            .take(std::time::Instant::now(), RELAY_PER_SEC, RELAY_BURST)
+            .ok()?;
         Some(slot)
     }
 }
