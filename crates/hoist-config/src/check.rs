@@ -17,7 +17,7 @@ use crate::canary::{step_ok, MIN_REQUESTS_MAX};
 use crate::validate::{
     domain_problem, escapes_project, instances_on, is_cert_name, is_email, is_header_name,
     is_host_path, is_https_url, outside_data_dir, url_path_problem, valid_cidr,
-    MAX_INSTANCES_PER_HOST, MAX_REPLICAS,
+    MAX_INSTANCES_PER_HOST, MAX_REPLICAS, RATE_LIMIT_MAX,
 };
 
 /// Every problem of `spec`, each naming the field it is in; empty when the spec is one
@@ -232,10 +232,13 @@ fn http(out: &mut Vec<String>, at: &str, h: &HttpSpec, required: &[String]) {
     }
     let g = &h.guards;
     if let Some(r) = &g.rate_limit {
-        let range = 1..=1_000_000;
-        if !range.contains(&r.requests) || !range.contains(&r.burst) || r.per.is_zero() {
+        let range = 1..=RATE_LIMIT_MAX;
+        if !range.contains(&u64::from(r.requests))
+            || !range.contains(&u64::from(r.burst))
+            || r.per.is_zero()
+        {
             out.push(format!(
-                "invalid `{at}.rate_limit`: `requests` and `burst` are 1..=1000000 and `per` above zero"
+                "invalid `{at}.rate_limit`: `requests` and `burst` are 1..={RATE_LIMIT_MAX} and `per` above zero"
             ));
         }
         for k in r.key.iter().filter(|k| !is_header_name(k)) {

@@ -732,6 +732,9 @@ fn http(
     })
 }
 
+/// The most `requests` and `burst` a rate limit may name (checked here and by `check`).
+pub(crate) const RATE_LIMIT_MAX: u64 = 1_000_000;
+
 /// The proxy's guards of one `http` table.
 fn http_guards(cx: &mut Cx<'_>, t: &Tbl<'_>, refs: &mut Refs) -> HttpGuards {
     let rate_limit = t.get("rate_limit").and_then(|n| {
@@ -743,7 +746,7 @@ fn http_guards(cx: &mut Cx<'_>, t: &Tbl<'_>, refs: &mut Refs) -> HttpGuards {
             RATE_LIMIT_KEYS,
         )?;
         let example = "for example `rate_limit = { requests = 100, per = \"1s\", burst = 50 }`";
-        let requests = match r.uint(cx, "requests", 1, 1_000_000) {
+        let requests = match r.uint(cx, "requests", 1, RATE_LIMIT_MAX) {
             Some(n) => n as u32,
             None => {
                 if r.get("requests").is_none() {
@@ -756,7 +759,7 @@ fn http_guards(cx: &mut Cx<'_>, t: &Tbl<'_>, refs: &mut Refs) -> HttpGuards {
             .positive_duration(cx, "per")
             .unwrap_or(Duration::from_secs(1));
         let burst = r
-            .uint(cx, "burst", 1, 1_000_000)
+            .uint(cx, "burst", 1, RATE_LIMIT_MAX)
             .map_or(requests, |n| n as u32);
         let key = r
             .str_list(cx, "key")
