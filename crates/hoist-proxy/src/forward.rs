@@ -898,8 +898,7 @@ fn present(headers: &HeaderMap, names: &[HeaderName]) -> u32 {
     let mut found = 0u32;
     for key in headers.keys() {
         // Most names have a length none of [`EDGE`] has: no comparison for them.
-        let len = key.as_str().len();
-        if len >= 32 || EDGE_LENGTHS & (1 << len) == 0 {
+        if !edge_length(key.as_str().len()) {
             continue;
         }
         if let Some(i) = names.iter().position(|n| n == key) {
@@ -997,10 +996,15 @@ pub(crate) fn trailer_allowed(name: &HeaderName) -> bool {
         .contains(name)
 }
 
-/// The bits of [`hop_by_hop`] (the first nine of `EDGE`).
 /// The lengths of the [`EDGE`] names, as a bit set (checked by a test).
 const EDGE_LENGTHS: u32 =
     1 << 2 | 1 << 7 | 1 << 9 | 1 << 10 | 1 << 12 | 1 << 15 | 1 << 16 | 1 << 17 | 1 << 18 | 1 << 19;
+/// Whether a name of `len` bytes can be one of [`EDGE`]'s: most names cannot, and then
+/// no comparison is needed.
+pub(crate) fn edge_length(len: usize) -> bool {
+    len < 32 && EDGE_LENGTHS & (1 << len) != 0
+}
+/// The bits of [`hop_by_hop`] (the first nine of `EDGE`).
 const HOP_BITS: u32 = (1 << 9) - 1;
 /// `forwarded` and the X-Forwarded-* headers: what only a trusted peer may send.
 const SPOOFABLE_BITS: u32 = 0b1111 << 9;

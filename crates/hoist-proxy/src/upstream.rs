@@ -841,19 +841,20 @@ enum Field {
 }
 
 /// Names a header from its raw name (any case), by its length first: most names are
-/// of no length any of these has.
+/// of no length any of these has. The hop-by-hop names are [`crate::forward::hop_by_hop`]'s.
 fn classify(name: &[u8]) -> Field {
     let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
     match name.len() {
-        2 if is("te") => Field::HopByHop,
-        7 if is("trailer") || is("upgrade") => Field::HopByHop,
-        10 if is("connection") => Field::Connection,
-        10 if is("keep-alive") => Field::HopByHop,
         14 if is("content-length") => Field::ContentLength,
-        16 if is("proxy-connection") => Field::HopByHop,
         17 if is("transfer-encoding") => Field::TransferEncoding,
-        18 if is("proxy-authenticate") => Field::HopByHop,
-        19 if is("proxy-authorization") => Field::HopByHop,
+        10 if is("connection") => Field::Connection,
+        len if crate::forward::edge_length(len)
+            && crate::forward::hop_by_hop()
+                .iter()
+                .any(|h| h.as_str().len() == len && is(h.as_str())) =>
+        {
+            Field::HopByHop
+        }
         _ => Field::Other,
     }
 }
