@@ -67,27 +67,25 @@ struct Counters {
 impl Counters {
     /// What they grew by since `before` (`None`: counted from zero). A counter that
     /// went backwards means the proxy (or the release's counters) started again: the
-    /// whole value is growth, as in the per-minute store.
+    /// whole value is growth (`hoist_state::minutes::growth`, the per-minute store's rule).
     fn growth(&self, before: Option<&Counters>) -> Counters {
-        match before {
-            Some(b)
-                if b.total <= self.total
-                    && b.errors <= self.errors
-                    && b.buckets.len() == self.buckets.len()
-                    && b.buckets.iter().zip(&self.buckets).all(|(o, n)| o <= n) =>
-            {
-                Counters {
-                    total: self.total - b.total,
-                    errors: self.errors - b.errors,
-                    buckets: self
-                        .buckets
-                        .iter()
-                        .zip(&b.buckets)
-                        .map(|(n, o)| n - o)
-                        .collect(),
-                }
-            }
-            _ => self.clone(),
+        let Some(b) = before else {
+            return self.clone();
+        };
+        match hoist_state::minutes::growth(
+            (b.total, b.errors, &b.buckets),
+            (self.total, self.errors, &self.buckets),
+        ) {
+            Some((total, errors, buckets)) => Counters {
+                total,
+                errors,
+                buckets,
+            },
+            None => Counters {
+                total: 0,
+                errors: 0,
+                buckets: vec![0; self.buckets.len()],
+            },
         }
     }
 }

@@ -192,22 +192,13 @@ impl Minutes {
             let key = (s.app.clone(), s.service.clone(), s.release.clone());
             let (req, err, buckets) = match base.get(&key) {
                 Some((r, e, b)) => {
-                    let reset = *r > s.requests
-                        || *e > s.errors_5xx
-                        || b.len() != s.buckets.len()
-                        || b.iter().zip(&s.buckets).any(|(o, n)| o > n);
-                    if reset {
-                        (s.requests, s.errors_5xx, s.buckets.clone())
-                    } else if *r == s.requests && *e == s.errors_5xx && *b == s.buckets {
+                    match growth((*r, *e, b), (s.requests, s.errors_5xx, &s.buckets)) {
+                        Some(grown) => grown,
                         // Nothing since the baseline: nothing to write.
-                        seen.insert(key);
-                        continue;
-                    } else {
-                        (
-                            s.requests - r,
-                            s.errors_5xx - e,
-                            s.buckets.iter().zip(b).map(|(n, o)| n - o).collect(),
-                        )
+                        None => {
+                            seen.insert(key);
+                            continue;
+                        }
                     }
                 }
                 // First sight: everything counted so far is new (a release's counters
@@ -381,6 +372,26 @@ impl Minutes {
 }
 
 /// Requests in buckets whose lower bound is at or above `limit_ms`.
+/// How far cumulative counters `(requests, errors, buckets)` grew from `before`; when
+/// any of them went back (the proxy, or a release's counters, started again) the whole
+/// of `now` is growth. `None` while nothing grew.
+pub fn growth(before: (u64, u64, &[u64]), now: (u64, u64, &[u64])) -> Option<(u64, u64, Vec<u64>)> {
+    let (r, e, b) = before;
+    let (nr, ne, nb) = now;
+    let reset = r > nr || e > ne || b.len() != nb.len() || b.iter().zip(nb).any(|(o, n)| o > n);
+    if reset {
+        Some((nr, ne, nb.to_vec()))
+    } else if r == nr && e == ne && b == nb {
+        None
+    } else {
+        Some((
+            nr - r,
+            ne - e,
+            nb.iter().zip(b).map(|(n, o)| n - o).collect(),
+        ))
+    }
+}
+
 pub fn slow_count(bounds_ms: &[f64], buckets: &[u64], limit_ms: f64) -> u64 {
     buckets
         .iter()
