@@ -394,8 +394,8 @@ async fn proxy(
     };
 
     let mut tried: u64 = 0;
-    // After a kept connection died under the request, it is sent once more, on a
-    // fresh connection.
+    // After a connection died under the request before an answer, it is sent once
+    // more, on a fresh connection.
     let mut replayed = false;
     let mut last_route: Option<Arc<RouteEntry>> = None;
     let mut error = String::from("no healthy upstream");
@@ -558,9 +558,16 @@ async fn proxy(
                 error: e,
                 retry_safe: true,
             }) if !replayed => {
-                // A kept connection died under the request (its instance was killed, or
-                // it closed it as idle at that moment): sent again, as nginx does.
-                tracing::debug!(addr = %upstream.addr, error = %e, "a kept upstream connection failed before answering; sending the request again");
+                // The connection died under the request before any answer: a kept one
+                // (its instance was killed, or closed it as idle at that moment) or a
+                // fresh one (the instance died with it in its listen queue). Sent
+                // again, as nginx does; after a fresh one, to another member, and this
+                // one is skipped for a while as if it had refused.
+                tracing::debug!(addr = %upstream.addr, error = %e, "an upstream connection failed before answering; sending the request again");
+                if !conn.reused() {
+                    upstream.connect_failed(shared.limits.refused_backoff);
+                    tried |= 1u64.checked_shl(index as u32).unwrap_or(0);
+                }
                 replayed = true;
                 error = e;
             }

@@ -240,10 +240,11 @@ pub(crate) enum Failure {
     /// the body).
     Timeout,
     /// The upstream failed or closed. `retry_safe`: it failed before any byte of a
-    /// response, on a connection from the pool, and the request can be sent again
-    /// whole and without harm (its body is still at hand, and either nothing of it was
-    /// written or it is idempotent): the usual race with an upstream closing an idle
-    /// connection.
+    /// response and the request can be sent again whole and without harm: its body is
+    /// still at hand, and it is idempotent, or (on a connection from the pool) nothing
+    /// of it was written. On a kept connection that is the usual race with an upstream
+    /// closing an idle connection; on a fresh one, an instance that died with the
+    /// connection still in its listen queue.
     Upstream { error: String, retry_safe: bool },
 }
 
@@ -297,7 +298,7 @@ pub(crate) async fn exchange(
     let idempotent = matches!(*req.method, Method::GET | Method::HEAD | Method::OPTIONS);
     let upstream = |error: String, written: bool, body: &ReqBody| Failure::Upstream {
         error,
-        retry_safe: reused && body.replayable() && (!written || idempotent),
+        retry_safe: body.replayable() && (idempotent || (reused && !written)),
     };
     conn.buf.clear();
     let mut head = HEAD_BUF.with(Cell::take);

@@ -154,9 +154,10 @@ fn a_refused_member_is_retried_elsewhere() {
     }
 }
 
-#[test]
-fn a_member_that_dies_mid_post_is_not_retried() {
-    // An upstream that reads a request and closes without answering, as a crash would.
+/// An upstream that reads a request and closes without answering, as a crash would
+/// (or an instance killed with connections still in its listen queue): its address
+/// and how many requests reached it.
+fn dying_member() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let dying = TcpListener::bind("127.0.0.1:0").unwrap();
     let dying_addr = dying.local_addr().unwrap();
     let dying_seen = Arc::new(AtomicUsize::new(0));
@@ -173,6 +174,37 @@ fn a_member_that_dies_mid_post_is_not_retried() {
             drop(s);
         }
     });
+    (dying_addr, dying_seen)
+}
+
+#[test]
+fn a_get_on_a_fresh_connection_that_dies_unanswered_is_sent_to_another_member() {
+    let (dying_addr, dying_seen) = dying_member();
+    let live = Backend::start("live");
+    let proxy = Proxy::start(common::config());
+    let mut r = route("app/web", &["*"], "/", "r1", &[&live]);
+    r.upstreams.insert(
+        0,
+        hoist_protocol::proxy::Upstream {
+            addr: dying_addr,
+            instance: "dying".into(),
+        },
+    );
+    proxy.set_route(r);
+    // Each on its own connection, so the worker's rotation reaches the dying member.
+    for _ in 0..20 {
+        let resp = http_get(proxy.addr, "x", "/").unwrap();
+        assert_eq!((resp.status, resp.body.as_str()), (200, "live"));
+    }
+    assert!(
+        dying_seen.load(Ordering::SeqCst) > 0,
+        "the dying member was tried"
+    );
+}
+
+#[test]
+fn a_member_that_dies_mid_post_is_not_retried() {
+    let (dying_addr, dying_seen) = dying_member();
     let live = Backend::start("live");
     let proxy = Proxy::start(common::config());
     let mut r = route("app/web", &["*"], "/", "r1", &[&live]);
