@@ -190,10 +190,20 @@ pub(crate) fn handle_plain(
     handle_with(worker, peer, req, true)
 }
 
-fn handle_with(
+/// [`handle`] for a request the plain connection loop read itself (`plain`): a head
+/// without a body.
+pub(crate) fn handle_bodiless(
     worker: Arc<Worker>,
     peer: Peer,
-    req: Request<Incoming>,
+    req: Request<Bodiless>,
+) -> impl Future<Output = Result<Response<Answer>, Infallible>> {
+    handle_with(worker, peer, req, true)
+}
+
+fn handle_with<B: ClientBody>(
+    worker: Arc<Worker>,
+    peer: Peer,
+    req: Request<B>,
     count_answer: bool,
 ) -> Handled<impl Future<Output = Result<Response<ProxyBody>, Infallible>>> {
     // Counted here, as hyper hands the request over, not when the future first runs:
@@ -282,10 +292,38 @@ impl Body for Answer {
     }
 }
 
-async fn proxy(
+/// A request body as the client side hands it over: hyper's, or none (`plain`).
+pub(crate) trait ClientBody: Body<Data = Bytes> + Send + Sized + 'static {
+    fn into_req_body(self) -> ReqBody;
+    /// The upgrade a WebSocket handshake's tunnel is made from.
+    fn on_upgrade(req: &mut Request<Self>) -> Option<hyper::upgrade::OnUpgrade>;
+}
+
+impl ClientBody for Incoming {
+    fn into_req_body(self) -> ReqBody {
+        ReqBody::new(self)
+    }
+    fn on_upgrade(req: &mut Request<Self>) -> Option<hyper::upgrade::OnUpgrade> {
+        Some(hyper::upgrade::on(req))
+    }
+}
+
+/// The body of a request read without hyper: there is none.
+pub(crate) type Bodiless = http_body_util::Empty<Bytes>;
+
+impl ClientBody for Bodiless {
+    fn into_req_body(self) -> ReqBody {
+        ReqBody::Empty
+    }
+    fn on_upgrade(_: &mut Request<Self>) -> Option<hyper::upgrade::OnUpgrade> {
+        None
+    }
+}
+
+async fn proxy<B: ClientBody>(
     worker: Arc<Worker>,
     peer: Peer,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
     both: bool,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
@@ -358,7 +396,7 @@ async fn proxy(
         })
     });
     let client_upgrade = if websocket {
-        Some(hyper::upgrade::on(&mut req))
+        B::on_upgrade(&mut req)
     } else {
         None
     };
@@ -366,7 +404,7 @@ async fn proxy(
     // The host again, from the parts (it borrowed the request, now taken apart): read
     // only where it is needed, a lookup after the first attempt or the 404.
     let host = || host_in(&parts.uri, &parts.headers);
-    let mut body = ReqBody::new(body);
+    let mut body = body.into_req_body();
     if let Some(max) = guarded.and_then(|r| r.guards.max_body) {
         // A body of unknown length is read whole (up to the limit) before anything is
         // sent, so the upstream never sees a byte of one that is too large.
@@ -637,9 +675,9 @@ fn guard_answer(status: StatusCode, body: Bytes, close: bool) -> Response<ProxyB
 
 /// The route's guards, in order: maintenance, rate limit, basic auth, a declared body
 /// length over the limit. `None` lets the request through.
-async fn guard(
+async fn guard<B: Body>(
     route: &Arc<RouteEntry>,
-    req: &Request<Incoming>,
+    req: &Request<B>,
     peer: &Peer,
 ) -> Option<Response<ProxyBody>> {
     use crate::stats::Guard;
@@ -757,7 +795,7 @@ async fn buffer_body(
 /// not a host name (both framings at once are caught by `framing`, since hyper drops
 /// the length before the head gets here).
 /// An absolute-form target replaces Host (§3.2.2).
-fn check_request(req: &mut Request<Incoming>) -> Result<(), (StatusCode, &'static str)> {
+fn check_request<B>(req: &mut Request<B>) -> Result<(), (StatusCode, &'static str)> {
     let bad = |why| Err((StatusCode::BAD_REQUEST, why));
     if req.method() == hyper::Method::CONNECT {
         return Err((StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not served here"));
@@ -833,7 +871,7 @@ fn finish_error(
 }
 
 /// The request's host, lowercase, without a port (borrowed unless it had capitals).
-pub(crate) fn host_of(req: &Request<Incoming>) -> std::borrow::Cow<'_, str> {
+pub(crate) fn host_of<B>(req: &Request<B>) -> std::borrow::Cow<'_, str> {
     host_in(req.uri(), req.headers())
 }
 
@@ -885,7 +923,7 @@ fn header_has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool
 }
 
 /// A WebSocket handshake: the only upgrade the proxy tunnels.
-fn is_websocket(req: &Request<Incoming>) -> bool {
+fn is_websocket<B>(req: &Request<B>) -> bool {
     req.method() == hyper::Method::GET
         && req.version() == hyper::Version::HTTP_11
         && header_has_token(req.headers(), &header::CONNECTION, "upgrade")
@@ -1026,8 +1064,8 @@ static UPGRADE: HeaderName = header::UPGRADE;
 /// Rewrites the client's headers for the upstream: what must not go up is removed from
 /// the map (most requests carry none of it), and what the proxy adds is returned to be
 /// written after them (no map insert per request). Returns the request id too.
-fn prepare_request<'p>(
-    req: &mut Request<Incoming>,
+fn prepare_request<'p, B>(
+    req: &mut Request<B>,
     peer: &'p Peer,
     shared: &Shared,
     websocket: bool,

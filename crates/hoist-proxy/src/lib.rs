@@ -19,6 +19,7 @@ mod error;
 mod forward;
 mod framing;
 mod guards;
+mod plain;
 pub mod process;
 mod state;
 mod stats;

@@ -606,7 +606,7 @@ async fn https_request(
     Ok(resp)
 }
 
-fn route_tls(shared: &Shared, req: &Request<Incoming>) -> Option<wire::RouteTls> {
+fn route_tls<B>(shared: &Shared, req: &Request<B>) -> Option<wire::RouteTls> {
     let host = crate::forward::host_of(req);
     let host = host.trim_end_matches('.');
     crate::forward::with_table(shared, |t| {
@@ -616,9 +616,9 @@ fn route_tls(shared: &Shared, req: &Request<Incoming>) -> Option<wire::RouteTls>
 
 /// The plain listener's part: answers ACME HTTP-01 challenges the agent registered and
 /// redirects requests for TLS routes to `https://` (308, method and body kept).
-pub(crate) fn on_plain_request(
+pub(crate) fn on_plain_request<B>(
     shared: &Shared,
-    req: &Request<Incoming>,
+    req: &Request<B>,
 ) -> Option<Response<ProxyBody>> {
     if req.extensions().get::<Https>().is_some() {
         return None;
@@ -738,9 +738,9 @@ impl Relays {
 /// (`TOKEN.THUMBPRINT`) relayed. Only ACME-shaped tokens are asked, at most
 /// [`RELAY_CONCURRENCY`] at once and [`RELAY_PER_SEC`] a second (burst [`RELAY_BURST`]);
 /// beyond that the answer is 429. `None`: not such a request, or nobody holds it.
-pub(crate) async fn relay_challenge(
+pub(crate) async fn relay_challenge<B>(
     shared: &Shared,
-    req: &Request<Incoming>,
+    req: &Request<B>,
 ) -> Option<Response<ProxyBody>> {
     if req.extensions().get::<Https>().is_some() || req.headers().contains_key(RELAY_HEADER) {
         return None;

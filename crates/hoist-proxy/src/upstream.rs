@@ -688,6 +688,11 @@ pub(crate) fn recycle_headers(mut map: HeaderMap) {
     SPARE_HEADERS.set(Some(map));
 }
 
+/// An empty header map: the one kept by [`recycle_headers`], or a new one.
+pub(crate) fn spare_headers() -> HeaderMap {
+    SPARE_HEADERS.take().unwrap_or_default()
+}
+
 /// Parses a response head from the start of `buf` and takes it off; `None` until it is
 /// whole. Header values share the head's bytes (no copy). The hop-by-hop headers of a
 /// final response are left out as they are read (RFC 9110 §7.6.1; a 101 keeps them,
@@ -729,7 +734,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, St
     let raw = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| format!("bad status {code}"))?;
     let keep_hop = status == StatusCode::SWITCHING_PROTOCOLS;
-    let mut headers = SPARE_HEADERS.take().unwrap_or_default();
+    let mut headers = spare_headers();
     headers.reserve(count);
     let mut length: Option<u64> = None;
     let mut chunked = false;

@@ -14,14 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use tokio::sync::watch;
 
 use crate::Shared;
 
 /// How long a stopping worker keeps idle keep-alive connections open, answering what
 /// arrives with `Connection: close`, before it closes them.
-const CLOSE_LINGER: Duration = Duration::from_millis(1000);
+pub(crate) const CLOSE_LINGER: Duration = Duration::from_millis(1000);
 
 /// Serves an HTTP/1 connection until it ends or `graceful` turns true. Then requests that
 /// arrive in the next moment are answered with `Connection: close` (see `forward`), so
@@ -66,10 +66,20 @@ pub(crate) async fn serve_http1<I, S, B>(
 /// connection's task wakes three times per request, and polling its stop signal each
 /// time (a watch receiver's wait) was a visible share of the request path; the signal
 /// registered the task's waker on the first poll, and whoever sends it sets `flag` first.
-struct Gated<'a, F> {
+pub(crate) struct Gated<'a, F> {
     inner: F,
     armed: bool,
     flag: &'a AtomicBool,
+}
+
+impl<'a, F> Gated<'a, F> {
+    pub(crate) fn new(inner: F, flag: &'a AtomicBool) -> Gated<'a, F> {
+        Gated {
+            inner,
+            armed: false,
+            flag,
+        }
+    }
 }
 
 impl<F: std::future::Future + Unpin> std::future::Future for Gated<'_, F> {
@@ -149,6 +159,7 @@ async fn serve(shared: Arc<Shared>, listener: StdListener, mut stop: watch::Rece
         }
     };
     let limits = &shared.limits;
+    // For the connections the plain loop hands to hyper (`plain`).
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -159,6 +170,7 @@ async fn serve(shared: Arc<Shared>, listener: StdListener, mut stop: watch::Rece
         .max_header_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
         .max_buf_size(limits.max_header_bytes.max(8192) + 1024);
+    let builder = Arc::new(builder);
     let worker = Arc::new(Worker {
         shared: shared.clone(),
         token: Arc::new(()),
@@ -198,21 +210,17 @@ async fn serve(shared: Arc<Shared>, listener: StdListener, mut stop: watch::Rece
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    let w = worker.clone();
                     let framing = std::sync::Arc::new(crate::framing::ConnFraming::default());
                     let client = crate::forward::Peer::new(peer, framing.clone());
-                    let service = hyper::service::service_fn(move |req| {
-                        crate::forward::handle_plain(w.clone(), client.clone(), req)
-                    });
                     let stream = crate::timed_io::TimedStream::new(stream, shared.limits.write_timeout, Some(framing))
                         .with_head_timeout(shared.limits.header_read_timeout);
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let conn = conn.with_upgrades();
-                    let mut graceful = graceful_rx.clone();
+                    let graceful = graceful_rx.clone();
                     let token = worker.token.clone();
+                    let serve = crate::plain::serve(worker.clone(), stream, client, builder.clone(), graceful);
                     tokio::spawn(async move {
                         let _token = token;
-                        serve_http1(conn, &mut graceful, &slot.0.closing, peer, "client connection ended").await;
+                        let _slot = slot;
+                        serve.await;
                     });
                 }
                 Err(error) => {
