@@ -57,9 +57,9 @@ pub(crate) struct Conn {
     addr: SocketAddr,
     /// Bytes read and not yet used.
     buf: BytesMut,
-    /// One timer for the connection's life, pushed forward for each wait (extending a
-    /// registered deadline costs an atomic store; a new timer per request did not).
-    timer: Pin<Box<Sleep>>,
+    /// One timer for the connection's life (a new timer per request was a visible
+    /// share of the request path).
+    timer: Timer,
     /// Requests this connection carried before the current one.
     used: u64,
 }
@@ -86,21 +86,45 @@ impl Conn {
         }
     }
 
-    /// Sets the one timer to `deadline` and waits for `f` or the deadline (`None`).
-    async fn until<F: Future>(
-        timer: &mut Pin<Box<Sleep>>,
-        deadline: Instant,
-        f: F,
-    ) -> Option<F::Output> {
-        timer.as_mut().reset(deadline);
+    /// Waits for `f` or `deadline` (`None`), on the connection's one timer.
+    async fn until<F: Future>(timer: &mut Timer, deadline: Instant, f: F) -> Option<F::Output> {
         let mut f = std::pin::pin!(f);
         poll_fn(|cx| {
             if let Poll::Ready(out) = f.as_mut().poll(cx) {
                 return Poll::Ready(Some(out));
             }
-            timer.as_mut().poll(cx).map(|()| None)
+            timer.poll_until(deadline, cx).map(|()| None)
         })
         .await
+    }
+}
+
+/// A connection's timer. Each wait's deadline lies further ahead than the last (now
+/// plus a timeout), so the registered deadline is moved only when a wait's is earlier,
+/// or when it goes off before the wait's: an early wake-up now and then instead of a
+/// timer moved (and re-registered) for every request.
+struct Timer(Pin<Box<Sleep>>);
+
+impl Timer {
+    fn new() -> Timer {
+        Timer(Box::pin(tokio::time::sleep_until(far_future())))
+    }
+
+    /// Ready once `deadline` has passed.
+    fn poll_until(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.deadline() > deadline {
+            self.0.as_mut().reset(deadline);
+        }
+        loop {
+            if self.0.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if self.0.deadline() >= deadline {
+                return Poll::Ready(());
+            }
+            // An earlier wait's deadline: on to this one's.
+            self.0.as_mut().reset(deadline);
+        }
     }
 }
 
@@ -115,7 +139,7 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<C
         stream,
         addr,
         buf: BytesMut::new(),
-        timer: Box::pin(tokio::time::sleep_until(far_future())),
+        timer: Timer::new(),
         used: 0,
     })
 }
@@ -367,15 +391,18 @@ pub(crate) async fn exchange(
         let ReqBody::Full(b) = &*body else {
             unreachable!()
         };
-        match write_watching(conn, b, timeouts.body_idle).await {
+        // Boxed, as the streamed body's sending below: the request path without a body
+        // (most requests) moves a smaller future.
+        match Box::pin(write_watching(conn, b, timeouts.body_idle)).await {
             Ok(e) => early = e,
             Err(f) => return Err(f),
         }
     } else if !finished {
-        early = send_stream(conn, body, timeouts.body_idle).await?;
+        early = Box::pin(send_stream(conn, body, timeouts.body_idle)).await?;
     }
-    // The response timeout counts from here: an upload's time is the client's.
-    let deadline = if early {
+    // The response timeout counts from the end of the upload: its time is the client's.
+    // (A request that went up in one write keeps the deadline it had.)
+    let deadline = if early || (finished && !big_full) {
         deadline
     } else {
         Instant::now() + timeouts.response
@@ -451,7 +478,7 @@ fn push_header(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn decimal(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
+pub(crate) fn decimal(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -557,7 +584,7 @@ async fn write_watching(conn: &mut Conn, mut data: &[u8], idle: Duration) -> Res
         stream, buf, timer, ..
     } = conn;
     while !data.is_empty() {
-        timer.as_mut().reset(Instant::now() + idle);
+        let deadline = Instant::now() + idle;
         let step = poll_fn(|cx| {
             match Pin::new(&mut *stream).poll_write(cx, data) {
                 Poll::Ready(Ok(0)) => {
@@ -581,7 +608,7 @@ async fn write_watching(conn: &mut Conn, mut data: &[u8], idle: Duration) -> Res
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(format!("read: {e}"))),
                 Poll::Pending => {}
             }
-            if timer.as_mut().poll(cx).is_ready() {
+            if timer.poll_until(deadline, cx).is_ready() {
                 return Poll::Ready(Err(String::new()));
             }
             Poll::Pending
@@ -636,7 +663,6 @@ async fn read_head(
     let Conn {
         stream, buf, timer, ..
     } = conn;
-    timer.as_mut().reset(deadline);
     poll_fn(|cx| loop {
         if !buf.is_empty() {
             match parse_head(buf, head_request) {
@@ -666,7 +692,7 @@ async fn read_head(
             Poll::Ready(Err(e)) => return Poll::Ready(Err(HeadError::Bad(format!("read: {e}")))),
             Poll::Pending => {}
         }
-        return match timer.as_mut().poll(cx) {
+        return match timer.poll_until(deadline, cx) {
             Poll::Ready(()) => Poll::Ready(Err(HeadError::Timeout)),
             Poll::Pending => Poll::Pending,
         };
@@ -896,9 +922,9 @@ pub(crate) struct ResponseBody {
     keep_alive: bool,
     /// The longest the upstream may send nothing of the body (an error after that).
     idle: Duration,
-    /// Whether the connection's timer is set for the current wait (it is set again only
-    /// for a wait after progress, so a body already in the buffer costs no timer).
-    armed: bool,
+    /// When the current wait for body bytes fails (set on the first read that finds
+    /// nothing after progress, so a body already in the buffer reads no clock).
+    stall_deadline: Option<Instant>,
 }
 
 impl ResponseBody {
@@ -908,7 +934,7 @@ impl ResponseBody {
             framing: head.framing,
             keep_alive: head.keep_alive,
             idle,
-            armed: false,
+            stall_deadline: None,
         }
     }
 
@@ -985,15 +1011,14 @@ impl Body for ResponseBody {
             }
             let filled = match poll_fill(&mut conn.stream, &mut conn.buf, cx) {
                 Poll::Ready(r) => {
-                    this.armed = false;
+                    this.stall_deadline = None;
                     r
                 }
                 Poll::Pending => {
-                    if !this.armed {
-                        conn.timer.as_mut().reset(Instant::now() + this.idle);
-                        this.armed = true;
-                    }
-                    ready!(conn.timer.as_mut().poll(cx));
+                    let deadline = *this
+                        .stall_deadline
+                        .get_or_insert_with(|| Instant::now() + this.idle);
+                    ready!(conn.timer.poll_until(deadline, cx));
                     // A stalled body: an error, so the client's response ends truncated
                     // (never passes for whole) and the connection is not pooled.
                     return Poll::Ready(Some(Err(io::Error::new(

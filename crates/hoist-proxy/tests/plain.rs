@@ -202,7 +202,10 @@ fn every_upstream_framing_is_answered_as_hyper_frames_it() {
     assert_eq!(a.header("transfer-encoding"), Some("chunked"));
     assert_eq!(a.header("x-kind"), Some("chunked"));
     assert_eq!(a.header("content-length"), None);
-    assert!(a.header("date").is_some(), "a Date where the upstream gave none");
+    assert!(
+        a.header("date").is_some(),
+        "a Date where the upstream gave none"
+    );
 
     // 204 and 304: no body and no length of one, whatever the upstream said.
     let a = ask(&mut w, &mut r, "GET", "/nocontent");
@@ -216,7 +219,11 @@ fn every_upstream_framing_is_answered_as_hyper_frames_it() {
     assert_eq!((a.status, &a.body[..]), (200, &b"until the end"[..]));
     assert_eq!(a.header("transfer-encoding"), Some("chunked"));
     let a = ask(&mut w, &mut r, "GET", "/");
-    assert_eq!((a.status, &a.body[..]), (200, &b"hello"[..]), "the connection was kept");
+    assert_eq!(
+        (a.status, &a.body[..]),
+        (200, &b"hello"[..]),
+        "the connection was kept"
+    );
 }
 
 #[test]
@@ -258,17 +265,28 @@ fn a_client_that_asks_to_close_gets_connection_close_and_the_end_of_the_connecti
     let proxy = Proxy::start(common::config());
     proxy.set_route(route("app/web", &["b.test"], "/", "r1", &[&backend]));
     let (mut r, mut w) = connect(proxy.addr);
-    write!(w, "GET / HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        w,
+        "GET / HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let a = read_answer(&mut r, "GET");
     assert_eq!((a.status, &a.body[..]), (200, &b"b"[..]));
     assert_eq!(a.header("connection"), Some("close"));
     let mut rest = Vec::new();
-    assert_eq!(r.read_to_end(&mut rest).unwrap(), 0, "closed after the answer");
+    assert_eq!(
+        r.read_to_end(&mut rest).unwrap(),
+        0,
+        "closed after the answer"
+    );
     // The proxy's own answers carry a Date and a length, as hyper's did.
     let (mut r, mut w) = connect(proxy.addr);
     write!(w, "GET / HTTP/1.1\r\nHost: elsewhere.test\r\n\r\n").unwrap();
     let a = read_answer(&mut r, "GET");
     assert_eq!(a.status, 404);
     assert!(a.header("date").is_some(), "{a:?}");
-    assert_eq!(a.header("content-length"), Some(a.body.len().to_string().as_str()));
+    assert_eq!(
+        a.header("content-length"),
+        Some(a.body.len().to_string().as_str())
+    );
 }
