@@ -633,3 +633,38 @@ impl AsyncWrite for Rewind {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_are_lowercase_hex() {
+        for n in [0usize, 1, 15, 16, 255, 4096, 0xdead_beef] {
+            let mut out = Vec::new();
+            push_hex(&mut out, n);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{n:x}"));
+        }
+    }
+
+    #[test]
+    fn only_bodiless_requests_without_upgrade_expect_or_te_are_taken() {
+        assert!(matches!(takes(b"Host", b"x"), Take::Yes));
+        assert!(matches!(takes(b"Content-Length", b" 0 "), Take::Yes));
+        assert!(matches!(takes(b"connection", b"keep-alive"), Take::Yes));
+        assert!(matches!(
+            takes(b"Connection", b"keep-alive, Close"),
+            Take::Close
+        ));
+        for (name, value) in [
+            (&b"Content-Length"[..], &b"1"[..]),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"Upgrade", b"websocket"),
+            (b"Connection", b"Upgrade"),
+            (b"Expect", b"100-continue"),
+            (b"TE", b"trailers"),
+        ] {
+            assert!(matches!(takes(name, value), Take::No), "{name:?}");
+        }
+    }
+}

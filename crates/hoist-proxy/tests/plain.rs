@@ -290,3 +290,19 @@ fn a_client_that_asks_to_close_gets_connection_close_and_the_end_of_the_connecti
         Some(a.body.len().to_string().as_str())
     );
 }
+
+#[test]
+fn an_http_1_0_request_is_hyper_s_and_answered_in_http_1_0() {
+    let backend = Backend::start("b");
+    let proxy = Proxy::start(common::config());
+    proxy.set_route(route("app/web", &["*"], "/", "r1", &[&backend]));
+    // raw_exchange reads until the proxy closes: HTTP/1.0 without keep-alive ends there.
+    let raw = common::raw_exchange(
+        proxy.addr,
+        b"GET / HTTP/1.0\r\nHost: x\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nb"), "{text}");
+}
