@@ -6,7 +6,9 @@
 //! 9112 §6.1 calls such a message a smuggling attempt: the proxy answers it 400 and
 //! never forwards it. This scanner follows the message boundaries in the bytes hyper
 //! reads (heads, Content-Length bodies, chunked bodies) and records which head, counted
-//! from 1 on the connection, had both; the handler counts requests the same way.
+//! from 1 on the connection, had both; the handler counts requests the same way. (On a
+//! plain connection it watches only from the first request hyper reads: the proxy's own
+//! loop before that takes no request with a body, `plain`.)
 //! Where the bytes stop making sense the scanner turns itself off: hyper refuses such a
 //! stream anyway. An upgrade (WebSocket) also turns it off: the tunnel is not HTTP.
 
@@ -31,6 +33,11 @@ impl ConnFraming {
     pub fn next_request_has_both(&self) -> bool {
         let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         self.both.load(Ordering::Relaxed) == n
+    }
+
+    /// Requests the handler has started so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     /// Called when a response's body is done with (or dropped).
@@ -85,11 +92,6 @@ impl Scanner {
             upgrade: false,
             shared,
         }
-    }
-
-    /// What the scanner shares with the request handler.
-    pub fn shared(&self) -> &std::sync::Arc<ConnFraming> {
-        &self.shared
     }
 
     /// Follows `data`, the next bytes read from the client.
@@ -220,6 +222,14 @@ impl<S> Scanned<S> {
             inner,
             scanner: Scanner::new(shared),
         }
+    }
+
+    /// Watches a stream from the start of a head, after `heads` requests were read off
+    /// the connection by other means (the plain loop, `plain`).
+    pub fn after(inner: S, shared: std::sync::Arc<ConnFraming>, heads: u64) -> Scanned<S> {
+        let mut scanner = Scanner::new(shared);
+        scanner.heads = heads;
+        Scanned { inner, scanner }
     }
 }
 

@@ -173,6 +173,11 @@ async fn hand_off(
     graceful: &mut watch::Receiver<bool>,
 ) {
     let addr = peer.addr;
+    // From here hyper reads: the framing scanner watches what it reads from the start of
+    // this head on (the loop's own requests needed none: it takes no request with a
+    // body, and none with `Transfer-Encoding`).
+    let framing = peer.framing.clone();
+    let heads = framing.requests();
     let w = worker.clone();
     let service = hyper::service::service_fn(move |req| {
         crate::forward::handle_plain(w.clone(), peer.clone(), req)
@@ -181,6 +186,7 @@ async fn hand_off(
         read: read.freeze(),
         inner: io,
     };
+    let io = crate::framing::Scanned::after(io, framing, heads);
     let conn = builder
         .serve_connection(hyper_util::rt::TokioIo::new(io), service)
         .with_upgrades();

@@ -1,8 +1,7 @@
 //! The client socket with a write timeout: a client that stops reading (or reads a byte
 //! a second) cannot hold a connection, an upstream connection and a drain open for
-//! ever. Reads are watched by `framing`'s scanner; on a plain connection they also time
-//! the wait for each request head (slowloris, idle keep-alive), but only while no
-//! request is in flight: a read that waits while an upstream answers slowly is not
+//! ever. On a plain connection reads also time the wait for each request head
+//! (slowloris, idle keep-alive), but only while no request is in flight: a read that waits while an upstream answers slowly is not
 //! timed (the body has its own idle timeout in `upstream`). hyper's own head timer did
 //! this with a timer made, registered and dropped per request; this one is made once
 //! per connection and moved only when it goes off early.
@@ -23,9 +22,9 @@ pub(crate) struct TimedStream {
     // Made on the first write that has to wait; most never do.
     timer: Option<Pin<Box<Sleep>>>,
     waiting: bool,
-    /// `None` under TLS: these bytes are ciphertext, scanned after decryption instead
-    /// ([`crate::framing::Scanned`]).
-    framing: Option<crate::framing::Scanner>,
+    /// What the connection's handler counts (requests and answers): `None` under TLS,
+    /// where hyper times heads.
+    framing: Option<std::sync::Arc<crate::framing::ConnFraming>>,
     head: Option<HeadTimer>,
 }
 
@@ -115,13 +114,13 @@ impl TimedStream {
             timeout,
             timer: None,
             waiting: false,
-            framing: framing.map(crate::framing::Scanner::new),
+            framing,
             head: None,
         }
     }
 
-    /// Times the wait for each request head (a plain connection with a scanner only:
-    /// its handler counts requests and responses in the scanner's shared state).
+    /// Times the wait for each request head (a plain connection only: its handler
+    /// counts requests and responses in `framing`).
     pub fn with_head_timeout(mut self, timeout: Duration) -> TimedStream {
         if self.framing.is_some() {
             self.head = Some(HeadTimer {
@@ -178,16 +177,12 @@ impl AsyncRead for TimedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        match (&polled, &mut this.framing, &mut this.head) {
-            (Poll::Ready(Ok(())), Some(framing), _) => framing.feed(&buf.filled()[before..]),
-            (Poll::Pending, Some(framing), Some(head)) => {
-                if let Poll::Ready(e) = head.waited(framing.shared(), cx) {
-                    return Poll::Ready(Err(e));
-                }
+        if let (Poll::Pending, Some(framing), Some(head)) = (&polled, &this.framing, &mut this.head)
+        {
+            if let Poll::Ready(e) = head.waited(framing, cx) {
+                return Poll::Ready(Err(e));
             }
-            _ => {}
         }
         polled
     }
@@ -221,7 +216,7 @@ impl AsyncWrite for TimedStream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if let (Some(framing), Some(head)) = (&this.framing, &mut this.head) {
-            head.flushed(framing.shared(), cx);
+            head.flushed(framing, cx);
         }
         Pin::new(&mut this.inner).poll_flush(cx)
     }

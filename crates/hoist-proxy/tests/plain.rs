@@ -306,3 +306,24 @@ fn an_http_1_0_request_is_hyper_s_and_answered_in_http_1_0() {
     assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
     assert!(text.ends_with("\r\n\r\nb"), "{text}");
 }
+
+#[test]
+fn both_framings_after_requests_the_loop_served_are_still_refused_and_never_forwarded() {
+    let up = raw_upstream();
+    let proxy = proxy_to(up.addr);
+    let (mut r, mut w) = connect(proxy.addr);
+    // Two requests this loop serves, then a smuggling attempt (hyper's from there on):
+    // the framing scanner must count it as the connection's third head.
+    w.write_all(
+        b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /two HTTP/1.1\r\nHost: x\r\n\r\n\
+          POST /smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(read_answer(&mut r, "GET").status, 200);
+    assert_eq!(read_answer(&mut r, "GET").status, 200);
+    let refused = read_answer(&mut r, "POST");
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert_eq!(refused.header("connection"), Some("close"));
+    assert_eq!(*up.seen.lock().unwrap(), ["GET /one ", "GET /two "]);
+}
