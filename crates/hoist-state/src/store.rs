@@ -208,9 +208,11 @@ impl State {
 
     /// Every app this host knows.
     pub fn apps(&self) -> Result<Vec<String>> {
+        // Cached, like the other statements the agent runs every second or two
+        // (housekeeping, the alert pass): preparing one costs more than running it.
         let mut stmt = self
             .conn
-            .prepare("SELECT DISTINCT app FROM releases ORDER BY app")?;
+            .prepare_cached("SELECT DISTINCT app FROM releases ORDER BY app")?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -220,18 +222,17 @@ impl State {
     pub fn current(&self, app: &str) -> Result<Option<Current>> {
         Ok(self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT app, release, standby, standby_until FROM current WHERE app = ?1",
-                params![app],
-                |r| {
-                    Ok(Current {
-                        app: r.get(0)?,
-                        release: r.get(1)?,
-                        standby: r.get(2)?,
-                        standby_until_ms: r.get(3)?,
-                    })
-                },
-            )
+            )?
+            .query_row(params![app], |r| {
+                Ok(Current {
+                    app: r.get(0)?,
+                    release: r.get(1)?,
+                    standby: r.get(2)?,
+                    standby_until_ms: r.get(3)?,
+                })
+            })
             .optional()?)
     }
 
@@ -577,7 +578,7 @@ impl State {
 
     /// The most recent runs, newest last.
     pub fn job_runs(&self, app: Option<&str>, limit: usize) -> Result<Vec<JobRun>> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT id, app, job, release, trigger, started_at, finished_at, status, exit_code, output
              FROM job_runs WHERE (?1 IS NULL OR app = ?1) ORDER BY id DESC LIMIT ?2",
         )?;
