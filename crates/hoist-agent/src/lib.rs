@@ -496,8 +496,8 @@ fn pump(from: &mut impl std::io::Read, to: &mut impl std::io::Write) -> std::io:
     }
 }
 
-/// The background work: supervision every 200 ms (process stats and memory limits every
-/// second), housekeeping (standby windows, the proxy's liveness, jobs) every second.
+/// The background work: supervision every 200 ms (memory limits, and so process stats,
+/// every second where one is declared), housekeeping (standby windows, the proxy's liveness, jobs) every second.
 async fn loops(agent: Arc<Agent>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

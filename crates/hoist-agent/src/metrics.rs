@@ -180,6 +180,7 @@ fn float(v: f64) -> String {
 impl Agent {
     /// The whole exposition, rendered now.
     pub(crate) async fn render_metrics(&self) -> String {
+        self.refresh_stats();
         let now = tokio::time::Instant::now().into_std();
         let mut up = Family::new(
             "hoist_instance_up",

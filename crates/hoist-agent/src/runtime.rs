@@ -124,6 +124,8 @@ pub struct Runtime {
     pub starting: HashMap<(String, String), usize>,
     /// (app, release) whose tree a prune is removing: no run may start in it.
     pub pruning: std::collections::HashSet<(String, String)>,
+    /// When every running instance's `stats` were last read (see [`Agent::refresh_stats`]).
+    pub stats_at: Option<Instant>,
 }
 
 impl Runtime {
@@ -729,12 +731,41 @@ impl Agent {
         self.rt().routes_sent.clear();
     }
 
+    /// Brings the resource use (`stats`) of every running instance up to date for a
+    /// reader (`status`, the dashboard, `/metrics`), unless it was read less than a second
+    /// ago. The reading is a scan of every process on the host (an instance's tree is
+    /// found by parent pids), so an idle agent does it only where a memory limit needs it
+    /// every second (`supervise_once`), and otherwise when someone looks.
+    pub(crate) fn refresh_stats(&self) {
+        if self
+            .rt()
+            .stats_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        let table = crate::off_workers(hoist_supervisor::procfs::all_processes);
+        let mut rt = self.rt();
+        rt.stats_at = Some(Instant::now());
+        for live in rt.instances.values_mut() {
+            if let Some(handle) = live.handle.as_ref().filter(|h| h.is_running()) {
+                live.stats = Some(handle.stats_in(&table));
+            }
+        }
+    }
+
     /// One pass of supervision: notice exits, schedule restarts, start what is due,
     /// enforce memory limits, stop what is retired. Runs every 200 ms.
     pub(crate) async fn supervise_once(self: &Arc<Self>, measure: bool) {
         let now = Instant::now();
-        // The process table (a /proc scan) and the liveness checks below are file I/O.
-        let table = measure.then(|| crate::off_workers(hoist_supervisor::procfs::all_processes));
+        // The process table (a /proc scan of the whole host) only when a running instance
+        // has a memory limit to enforce; readers refresh the rest (`refresh_stats`).
+        let limited =
+            measure
+                && self.rt().instances.values().any(|l| {
+                    l.row.desired == "run" && l.handle.is_some() && l.memory_limit.is_some()
+                });
+        let table = limited.then(|| crate::off_workers(hoist_supervisor::procfs::all_processes));
         let mut to_start = Vec::new();
         let mut to_restart_unhealthy = Vec::new();
         let mut changed_apps = Vec::new();
@@ -742,6 +773,9 @@ impl Agent {
         let mut dead = Vec::new();
         {
             let mut rt = self.rt();
+            if table.is_some() {
+                rt.stats_at = Some(now);
+            }
             for (id, live) in rt.instances.iter_mut() {
                 if live.row.desired != "run" {
                     continue;
@@ -802,6 +836,8 @@ impl Agent {
                             }
                         }
                         live.stats = Some(stats);
+                    }
+                    if measure {
                         let dropped = handle.dropped_lines();
                         if dropped > live.dropped_lines {
                             events.push((

@@ -501,6 +501,7 @@ pub(crate) async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Response
 
 /// What `GET /v1/status` answers (the dashboard's host page shows the same).
 pub(crate) fn status_data(agent: &Agent) -> Result<Status, String> {
+    agent.refresh_stats();
     let apps = agent.db(|s| s.apps()).map_err(|e| e.to_string())?;
     let now = std::time::Instant::now();
     let mut out = Vec::new();

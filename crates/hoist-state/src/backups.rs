@@ -166,7 +166,7 @@ impl State {
     /// The good backups of one `[backups.NAME]` (not verifies), oldest first: what can be
     /// restored and what retention prunes.
     pub fn good_backups(&self, app: &str, name: &str) -> Result<Vec<BackupRow>> {
-        let mut stmt = self.conn.prepare(&format!(
+        let mut stmt = self.conn.prepare_cached(&format!(
             "{SELECT} WHERE app = ?1 AND name = ?2 AND status = 'ok' AND trigger != 'verify'
              ORDER BY id"
         ))?;

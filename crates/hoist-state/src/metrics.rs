@@ -39,7 +39,7 @@ impl State {
 
     /// Each backup's last good copy: `(app, name, finished_at_ms)`.
     pub fn backup_last_success(&self) -> Result<Vec<(String, String, i64)>> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT app, name, MAX(finished_at) FROM backups
              WHERE status = 'ok' AND trigger != 'verify' AND finished_at IS NOT NULL
              GROUP BY app, name ORDER BY app, name",
@@ -50,7 +50,7 @@ impl State {
 
     pub fn metric_counts(&self) -> Result<MetricCounts> {
         let mut out = MetricCounts::default();
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT app, job, status, COUNT(*) FROM job_runs
              WHERE finished_at IS NOT NULL GROUP BY app, job, status ORDER BY app, job, status",
         )?;
@@ -59,7 +59,7 @@ impl State {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64))
             })?
             .collect::<rusqlite::Result<_>>()?;
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT app, job, MAX(finished_at) FROM job_runs
              WHERE status = 'succeeded' AND finished_at IS NOT NULL GROUP BY app, job ORDER BY app, job",
         )?;
@@ -67,7 +67,7 @@ impl State {
             .query_map(params![], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
         out.backup_last_success = self.backup_last_success()?;
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT app, result, COUNT(*) FROM operations
              WHERE kind = 'deploy' AND result != 'running' GROUP BY app, result ORDER BY app, result",
         )?;

@@ -110,6 +110,17 @@ pub struct JobRun {
     pub output: Option<String>,
 }
 
+/// [`State::job_runs`]' query (the alert pass runs it every 2 s). The limit is written
+/// in, not bound: SQLite reads a bound `LIMIT ?` as a constant of the plan, so a cached
+/// statement would be prepared again at each run. One cached statement per limit (the
+/// callers use a few fixed ones).
+fn job_runs_sql(limit: usize) -> String {
+    format!(
+        "SELECT id, app, job, release, trigger, started_at, finished_at, status, exit_code, output
+         FROM job_runs WHERE (?1 IS NULL OR app = ?1) ORDER BY id DESC LIMIT {limit}"
+    )
+}
+
 impl State {
     /// Opens (creating if needed) and migrates the database at `path`.
     pub fn open(path: &Path) -> Result<State> {
@@ -208,9 +219,11 @@ impl State {
 
     /// Every app this host knows.
     pub fn apps(&self) -> Result<Vec<String>> {
+        // Cached, like the other statements the agent runs every second or two
+        // (housekeeping, the alert pass): preparing one costs more than running it.
         let mut stmt = self
             .conn
-            .prepare("SELECT DISTINCT app FROM releases ORDER BY app")?;
+            .prepare_cached("SELECT DISTINCT app FROM releases ORDER BY app")?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -220,18 +233,17 @@ impl State {
     pub fn current(&self, app: &str) -> Result<Option<Current>> {
         Ok(self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT app, release, standby, standby_until FROM current WHERE app = ?1",
-                params![app],
-                |r| {
-                    Ok(Current {
-                        app: r.get(0)?,
-                        release: r.get(1)?,
-                        standby: r.get(2)?,
-                        standby_until_ms: r.get(3)?,
-                    })
-                },
-            )
+            )?
+            .query_row(params![app], |r| {
+                Ok(Current {
+                    app: r.get(0)?,
+                    release: r.get(1)?,
+                    standby: r.get(2)?,
+                    standby_until_ms: r.get(3)?,
+                })
+            })
             .optional()?)
     }
 
@@ -577,11 +589,8 @@ impl State {
 
     /// The most recent runs, newest last.
     pub fn job_runs(&self, app: Option<&str>, limit: usize) -> Result<Vec<JobRun>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, app, job, release, trigger, started_at, finished_at, status, exit_code, output
-             FROM job_runs WHERE (?1 IS NULL OR app = ?1) ORDER BY id DESC LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![app, limit as i64], |r| {
+        let mut stmt = self.conn.prepare_cached(&job_runs_sql(limit))?;
+        let rows = stmt.query_map(params![app], |r| {
             Ok(JobRun {
                 id: r.get(0)?,
                 app: r.get(1)?,
@@ -663,6 +672,28 @@ fn chrono_like(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cached_periodic_queries_are_not_prepared_again_at_each_run() {
+        let (_dir, st) = state();
+        st.put_release("notes", "r1", "{}", "{}").unwrap();
+        for _ in 0..3 {
+            st.apps().unwrap();
+            st.current("notes").unwrap();
+            st.job_runs(None, 500).unwrap();
+            st.job_runs(Some("notes"), 50).unwrap();
+        }
+        // A cached statement whose plan depends on a bound value (SQLite reads a bound
+        // `LIMIT ?` as a constant) is prepared again at every run: caching it saves nothing.
+        for limit in [500, 50] {
+            let stmt = st.conn.prepare_cached(&job_runs_sql(limit)).unwrap();
+            assert_eq!(
+                stmt.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "job_runs is prepared again at each call"
+            );
+        }
+    }
 
     fn state() -> (tempfile::TempDir, State) {
         let dir = tempfile::tempdir().unwrap();

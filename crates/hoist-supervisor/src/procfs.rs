@@ -88,9 +88,19 @@ impl Stat {
     /// Reads `/proc/PID/stat`; `None` when the process does not exist (or vanished). The
     /// start time is in the initial time namespace's terms (see [`ProcessId`]).
     pub fn read(pid: i32) -> Option<Stat> {
-        let mut buf = [0u8; 4096];
-        let text = read_small(&format!("/proc/{pid}/stat"), &mut buf)?;
-        let mut stat = Stat::parse(pid, text)?;
+        let path = format!("/proc/{pid}/stat");
+        // A line fits 512 bytes but for huge field values: zeroing a 4 KB array for every
+        // read was most of an idle agent's instructions (and a per-thread heap buffer
+        // grew each shim by a page), so the 4 KB one is only for a line that did not fit.
+        let mut small = [0u8; 512];
+        let mut stat = match read_small(&path, &mut small) {
+            Ok(text) => Stat::parse(pid, text)?,
+            Err(Unread::TooLong) => {
+                let mut big = [0u8; 4096];
+                Stat::parse(pid, read_small(&path, &mut big).ok()?)?
+            }
+            Err(Unread::Failed) => return None,
+        };
         stat.start_time = (stat.start_time as i64 - boottime_offset().0).max(0) as u64;
         Some(stat)
     }
@@ -122,26 +132,31 @@ impl Stat {
 
 /// A short /proc file (a stat line is a few hundred bytes) read into `buf`: one read and
 /// its end-of-file read, where `read_to_string` grows a heap buffer over several reads
-/// (/proc files report size 0). The agent reads hundreds of these a second. `None` if the
-/// file is missing, unreadable, not UTF-8 or does not fit (a stat line of 52 fields, each
-/// at most 20 digits, and a 64-byte name fits 4 KB with room: a process whose line did
-/// not fit would be taken for gone).
-fn read_small<'a>(path: &str, buf: &'a mut [u8]) -> Option<&'a str> {
+/// (/proc files report size 0). Fails if the file is missing, unreadable or not UTF-8
+/// (`Failed`), or does not fit `buf` (`TooLong`: a stat line of 52 fields, each at most
+/// 20 digits, and a 64-byte name fits 4 KB with room).
+fn read_small<'a>(path: &str, buf: &'a mut [u8]) -> Result<&'a str, Unread> {
     use std::io::Read;
-    let mut f = fs::File::open(path).ok()?;
+    let mut f = fs::File::open(path).map_err(|_| Unread::Failed)?;
     let mut n = 0;
     loop {
         if n == buf.len() {
-            return None;
+            return Err(Unread::TooLong);
         }
         match f.read(&mut buf[n..]) {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return None,
+            Err(_) => return Err(Unread::Failed),
         }
     }
-    std::str::from_utf8(&buf[..n]).ok()
+    std::str::from_utf8(&buf[..n]).map_err(|_| Unread::Failed)
+}
+
+/// Why [`read_small`] read nothing.
+enum Unread {
+    Failed,
+    TooLong,
 }
 
 /// Every process on the host, read once. Processes that vanish while reading are skipped.
@@ -246,6 +261,30 @@ mod tests {
         // Cut before the rss field (24): not a stat line.
         let short = "42 (a) S 1 42 42 0 -1 4194560 1 0 0 0 7 3 0 0 20 0 1 0 123456 1000";
         assert_eq!(Stat::parse(42, short), None);
+    }
+
+    #[test]
+    fn a_line_longer_than_the_small_buffer_is_read_from_the_big_one() {
+        // A stat line with a 600-byte name: not a real one, but the same read path.
+        let dir = std::env::temp_dir().join(format!("hoist-procfs-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stat");
+        let line = format!(
+            "42 ({}) S 1 42 42 0 -1 4194560 1 0 0 0 7 3 0 0 20 0 1 0 123456 1000 55 0",
+            "x".repeat(600)
+        );
+        fs::write(&path, &line).unwrap();
+        let path = path.to_str().unwrap();
+        assert!(matches!(
+            read_small(path, &mut [0u8; 512]),
+            Err(Unread::TooLong)
+        ));
+        assert_eq!(read_small(path, &mut [0u8; 4096]).ok(), Some(line.as_str()));
+        assert!(matches!(
+            read_small("/nonexistent/stat", &mut [0u8; 512]),
+            Err(Unread::Failed)
+        ));
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use nix::unistd::Pid;
 
 use crate::error::{Result, SupervisorError};
 use crate::procfs::{self, ProcessStats};
+use crate::reaper::Ended;
 use crate::record::{self, ExitInfo, IdentityRecord};
 use crate::shim::ShimReport;
 use crate::spec::{is_safe_name, InstanceSpec};
@@ -45,11 +47,25 @@ pub struct Supervisor {
 }
 
 /// One instance, running or not, as known by its identity record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Instance {
     pub identity: IdentityRecord,
     run_dir: PathBuf,
+    /// Raised when the shim ends (its pidfd turned readable, or the thread waiting for it
+    /// saw it exit), so the agent's checks five times a second read a flag, not `/proc`.
+    /// `None` where neither is available: then each check reads `/proc`.
+    ended: Option<Arc<Ended>>,
 }
+
+/// The same instance: the same identity in the same run directory (how its end is
+/// noticed is not part of it).
+impl PartialEq for Instance {
+    fn eq(&self, other: &Instance) -> bool {
+        self.identity == other.identity && self.run_dir == other.run_dir
+    }
+}
+
+impl Eq for Instance {}
 
 /// What `adopt` found in the run directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,7 +163,7 @@ impl Supervisor {
             let _ = kill(Pid::from_raw(shim_pid as i32), Signal::SIGKILL);
         }
         // From here the shim is on its own: reap it whenever it ends.
-        crate::reaper::reap(child);
+        let ended = crate::reaper::reap(child);
         // The shim has read the spec (or failed to); the secrets in it need not stay on disk.
         let _ = record::remove_if_exists(&spec_path);
 
@@ -161,6 +177,7 @@ impl Supervisor {
                 Ok(Instance {
                     identity,
                     run_dir: run_dir.clone(),
+                    ended,
                 })
             }
             Some(ShimReport {
@@ -207,9 +224,12 @@ impl Supervisor {
                 }
             };
             if identity.shim.is_alive() {
+                // Not our child: its pidfd tells when it ends (no `/proc` read per check).
+                let ended = crate::reaper::watch(identity.shim);
                 out.push(Adopted::Running(Instance {
                     identity,
                     run_dir: dir.clone(),
+                    ended,
                 }));
                 continue;
             }
@@ -237,6 +257,7 @@ impl Supervisor {
         Ok(identity.map(|identity| Instance {
             identity,
             run_dir: self.config.run_dir.clone(),
+            ended: None,
         }))
     }
 
@@ -293,7 +314,16 @@ impl Instance {
 
     /// Whether the instance's shim (and so the instance) is still running.
     pub fn is_running(&self) -> bool {
-        self.identity.shim.is_alive()
+        match &self.ended {
+            Some(ended) => !ended.get(),
+            None => self.identity.shim.is_alive(),
+        }
+    }
+
+    /// Whether the shim's end is signalled to this process (a pidfd, or a thread waiting
+    /// for its own child) rather than read from `/proc` at each [`Instance::is_running`].
+    pub fn end_is_signalled(&self) -> bool {
+        self.ended.is_some()
     }
 
     /// How the instance ended; `Ok(None)` while it runs. A shim that died without

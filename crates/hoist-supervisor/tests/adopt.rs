@@ -295,3 +295,42 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// An adopted shim is not this process's child: its end is signalled through its pidfd,
+/// and a SIGKILL is noticed by `is_running` (which then reads a flag, not `/proc`),
+/// recorded without an exit, and leaves nothing of its app.
+#[test]
+fn an_adopted_shim_killed_with_sigkill_is_noticed_through_its_pidfd() {
+    let root = tempdir();
+    let _cleanup = RunDirGuard(root.path().to_path_buf());
+    record::write_atomic(
+        &root.path().join("spec.json"),
+        &spec(root.path(), "web-1", "sleep 1000"),
+    )
+    .unwrap();
+    let agent = helper(root.path(), "spawn", "spawned.json");
+    let id: IdentityRecord = record::read(&root.path().join("spawned.json"), "identity")
+        .unwrap()
+        .unwrap();
+    kill9(agent);
+
+    let found = supervisor(root.path()).adopt().unwrap();
+    let [Adopted::Running(inst)] = found.as_slice() else {
+        panic!("expected one running instance: {found:?}")
+    };
+    assert!(
+        inst.end_is_signalled(),
+        "no pidfd for the adopted shim (pidfd_open refused: Linux before 5.3, or seccomp?)"
+    );
+    assert!(inst.is_running());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(id.shim.pid), Signal::SIGKILL).unwrap();
+    wait_until(LONG, || !inst.is_running()).expect("the adopted shim's death was noticed");
+    assert!(!id.shim.is_alive());
+    let exit = inst
+        .exit_status()
+        .unwrap()
+        .expect("an ended instance has an exit");
+    assert!(exit.code.is_none() && exit.signal.is_none(), "{exit:?}");
+    assert!(inst.end_orphan(), "the app outlived its shim");
+    assert!(!id.process.is_alive());
+}

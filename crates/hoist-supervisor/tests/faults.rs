@@ -62,7 +62,11 @@ fn a_sigkilled_shim_takes_its_app_with_it() {
     let _g = Guard(inst.clone());
     let app = inst.identity.process;
     assert!(app.is_alive());
+    // Our own child: the reaper's pidfd (or its waiting thread) signals its end.
+    assert!(inst.end_is_signalled());
+    assert!(inst.is_running());
     kill(Pid::from_raw(inst.shim_pid()), Signal::SIGKILL).unwrap();
+    wait_until(LONG, || !inst.is_running()).expect("the shim's death was noticed");
     wait_until(LONG, || !app.is_alive()).expect("the app died with its shim");
     // Its record is kept until the agent has dealt with it; nothing is left to end.
     assert!(inst.end_orphan());

@@ -212,6 +212,58 @@ fn a_sigkilled_shim_leaves_no_orphan_and_its_instance_heals() {
     assert_eq!(procs, vec![new_pid as i32], "only the new app runs");
 }
 
+/// A shim the agent adopted (it was spawned by the agent's previous life, so it is not
+/// the agent's child and its end comes through its pidfd) is SIGKILLed: the agent notices,
+/// ends what is left and starts the instance again. `status` shows the memory of
+/// instances that declare no memory limit (read when asked, not every second).
+#[test]
+fn a_sigkilled_adopted_shim_is_noticed_and_its_instance_heals() {
+    let mut h = Host::new();
+    let p = h.project("v1", "", "");
+    deploy_ok(&h, &p);
+    wait_until(LONG, || all_healthy(&h, 2)).unwrap();
+    let before = h.pids();
+    h.kill_agent();
+    h.start_agent();
+    wait_until(LONG, || all_healthy(&h, 2)).expect("the instances were re-adopted");
+    assert_eq!(
+        h.pids(),
+        before,
+        "the instances were restarted, not adopted"
+    );
+    wait_until(LONG, || {
+        instances(&h, "web")
+            .iter()
+            .all(|i| i["rss_bytes"].as_u64().is_some_and(|b| b > 0))
+    })
+    .expect("status shows each instance's memory");
+
+    let web = instances(&h, "web");
+    let id = web[0]["instance"].as_str().unwrap().to_string();
+    let old_pid = web[0]["pid"].as_u64().unwrap();
+    kill(Pid::from_raw(shim_pid(&h, &id)), Signal::SIGKILL).unwrap();
+    let mut new_pid = 0;
+    wait_until(LONG, || {
+        let web = instances(&h, "web");
+        web.len() == 2
+            && web.iter().all(|i| i["state"] == "healthy")
+            && web.iter().any(|i| {
+                i["instance"] == id
+                    && i["pid"].as_u64().is_some_and(|p| {
+                        new_pid = p;
+                        p != old_pid
+                    })
+            })
+    })
+    .expect("the instance is healthy again under a new pid");
+    assert!(!alive(old_pid), "the old app outlived its adopted shim");
+    assert_eq!(
+        marked(&h, &id),
+        vec![new_pid as i32],
+        "only the new app runs"
+    );
+}
+
 /// Two agents on two roots run the same release (so the same instance ids). One agent
 /// is killed with one of its shims and restarted: the other root's processes receive
 /// nothing (same pids, all alive).
