@@ -33,45 +33,8 @@ if [ ! -x "$bin" ]; then
 fi
 
 work=$(mktemp -d /tmp/hoist-syscalls.XXXXXX)
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
+source "$here/proxy_lib.sh"
 trap cleanup EXIT
-
-nginx_conf() { # DIR BODY
-  mkdir -p "$1/tmp"
-  cat >"$1/nginx.conf" <<CONF
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  default_type text/plain;
-  client_body_temp_path $1/tmp/body;
-  proxy_temp_path $1/tmp/proxy;
-  fastcgi_temp_path $1/tmp/fastcgi;
-  uwsgi_temp_path $1/tmp/uwsgi;
-  scgi_temp_path $1/tmp/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 75s;
-$2
-}
-CONF
-}
-
-wait_http() { # URL
-  local i
-  for ((i = 0; i < 600; i++)); do
-    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "error: nothing answers at $1" >&2
-  return 1
-}
 
 # measure NAME PORT PID: prints the calls per request, by kind and in all.
 measure() {
@@ -94,15 +57,9 @@ measure() {
     }' "$work/$name.strace" | sort -k2 -rn
 }
 
-mkdir -p "$work/upstream"
-nginx_conf "$work/upstream" "  server { listen 127.0.0.1:$up_port; location / { return 200 \"blue\\n\"; } }"
-setsid nginx -p "$work/upstream" -c "$work/upstream/nginx.conf" -e "$work/upstream/error.log" -g 'daemon off; worker_processes 1;' >"$work/upstream.log" 2>&1 </dev/null &
-pids+=($!)
-wait_http "http://127.0.0.1:$up_port/"
+start_upstream "$up_port"
 
-mkdir -p "$work/nginx"
-nginx_conf "$work/nginx" "  upstream backend { server 127.0.0.1:$up_port; keepalive 128; keepalive_requests 1000000; keepalive_timeout 75s; }
-  server { listen 127.0.0.1:$nginx_port; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+nginx_proxy_conf "$nginx_port" "$up_port"
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" \
   -g 'daemon off; master_process off; worker_processes 1;' >"$work/nginx.log" 2>&1 </dev/null &
 nginx_pid=$!

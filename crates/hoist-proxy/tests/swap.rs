@@ -177,20 +177,25 @@ fn dying_member() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     (dying_addr, dying_seen)
 }
 
+/// A route whose first member is `dying` (see [`dying_member`]) and second `live`.
+fn live_behind(dying: std::net::SocketAddr, live: &Backend) -> hoist_protocol::proxy::Route {
+    let mut r = route("app/web", &["*"], "/", "r1", &[live]);
+    r.upstreams.insert(
+        0,
+        hoist_protocol::proxy::Upstream {
+            addr: dying,
+            instance: "dying".into(),
+        },
+    );
+    r
+}
+
 #[test]
 fn a_get_on_a_fresh_connection_that_dies_unanswered_is_sent_to_another_member() {
     let (dying_addr, dying_seen) = dying_member();
     let live = Backend::start("live");
     let proxy = Proxy::start(common::config());
-    let mut r = route("app/web", &["*"], "/", "r1", &[&live]);
-    r.upstreams.insert(
-        0,
-        hoist_protocol::proxy::Upstream {
-            addr: dying_addr,
-            instance: "dying".into(),
-        },
-    );
-    proxy.set_route(r);
+    proxy.set_route(live_behind(dying_addr, &live));
     // Each on its own connection, so the worker's rotation reaches the dying member.
     for _ in 0..20 {
         let resp = http_get(proxy.addr, "x", "/").unwrap();
@@ -207,15 +212,7 @@ fn a_member_that_dies_mid_post_is_not_retried() {
     let (dying_addr, dying_seen) = dying_member();
     let live = Backend::start("live");
     let proxy = Proxy::start(common::config());
-    let mut r = route("app/web", &["*"], "/", "r1", &[&live]);
-    r.upstreams.insert(
-        0,
-        hoist_protocol::proxy::Upstream {
-            addr: dying_addr,
-            instance: "dying".into(),
-        },
-    );
-    proxy.set_route(r);
+    proxy.set_route(live_behind(dying_addr, &live));
     let (mut ok, mut bad_gateway) = (0, 0);
     for i in 0..20 {
         let mut s = TcpStream::connect(proxy.addr).unwrap();

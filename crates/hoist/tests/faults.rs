@@ -181,6 +181,26 @@ fn a_full_disk_drops_and_counts_log_lines_without_blocking_the_app_and_logging_r
 
 /// A SIGKILLed shim takes its app with it (nothing is left under pid 1 holding the port),
 /// and the instance is healthy again on its own.
+/// Waits for one snapshot of the status with both instances healthy and `id` running
+/// under a pid other than `old_pid`; returns that pid.
+fn healed(h: &Host, id: &str, old_pid: u64) -> u64 {
+    let mut new_pid = 0;
+    wait_until(LONG, || {
+        let web = instances(h, "web");
+        web.len() == 2
+            && web.iter().all(|i| i["state"] == "healthy")
+            && web.iter().any(|i| {
+                i["instance"] == id
+                    && i["pid"].as_u64().is_some_and(|p| {
+                        new_pid = p;
+                        p != old_pid
+                    })
+            })
+    })
+    .expect("the instance is healthy again under a new pid");
+    new_pid
+}
+
 #[test]
 fn a_sigkilled_shim_leaves_no_orphan_and_its_instance_heals() {
     let h = Host::new();
@@ -193,21 +213,7 @@ fn a_sigkilled_shim_leaves_no_orphan_and_its_instance_heals() {
     kill(Pid::from_raw(shim_pid(&h, &id)), Signal::SIGKILL).unwrap();
 
     wait_until(LONG, || !alive(old_pid)).expect("the app died with its shim");
-    // One snapshot of the status: the instance healthy again, with a new pid.
-    let mut new_pid = 0;
-    wait_until(LONG, || {
-        let web = instances(&h, "web");
-        web.len() == 2
-            && web.iter().all(|i| i["state"] == "healthy")
-            && web.iter().any(|i| {
-                i["instance"] == id
-                    && i["pid"].as_u64().is_some_and(|p| {
-                        new_pid = p;
-                        p != old_pid
-                    })
-            })
-    })
-    .expect("the instance is healthy again");
+    let new_pid = healed(&h, &id, old_pid);
     let procs = marked(&h, &id);
     assert_eq!(procs, vec![new_pid as i32], "only the new app runs");
 }
@@ -242,20 +248,7 @@ fn a_sigkilled_adopted_shim_is_noticed_and_its_instance_heals() {
     let id = web[0]["instance"].as_str().unwrap().to_string();
     let old_pid = web[0]["pid"].as_u64().unwrap();
     kill(Pid::from_raw(shim_pid(&h, &id)), Signal::SIGKILL).unwrap();
-    let mut new_pid = 0;
-    wait_until(LONG, || {
-        let web = instances(&h, "web");
-        web.len() == 2
-            && web.iter().all(|i| i["state"] == "healthy")
-            && web.iter().any(|i| {
-                i["instance"] == id
-                    && i["pid"].as_u64().is_some_and(|p| {
-                        new_pid = p;
-                        p != old_pid
-                    })
-            })
-    })
-    .expect("the instance is healthy again under a new pid");
+    let new_pid = healed(&h, &id, old_pid);
     assert!(!alive(old_pid), "the old app outlived its adopted shim");
     assert_eq!(
         marked(&h, &id),
