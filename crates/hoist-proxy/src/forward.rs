@@ -179,23 +179,14 @@ pub(crate) fn handle(
     handle_with(worker, peer, req, false)
 }
 
-/// [`handle`] for a plain connection, whose socket times the wait for each head itself
-/// (`timed_io`): the response's body says when it is done, so the socket knows the
-/// connection waits for a head again.
-pub(crate) fn handle_plain(
+/// [`handle`] for a plain connection (a request hyper read, or one the plain loop read
+/// itself, `plain`), whose socket times the wait for each head itself (`timed_io`): the
+/// response's body says when it is done, so the socket knows the connection waits for a
+/// head again.
+pub(crate) fn handle_plain<B: ClientBody>(
     worker: Arc<Worker>,
     peer: Peer,
-    req: Request<Incoming>,
-) -> impl Future<Output = Result<Response<Answer>, Infallible>> {
-    handle_with(worker, peer, req, true)
-}
-
-/// [`handle`] for a request the plain connection loop read itself (`plain`): a head
-/// without a body.
-pub(crate) fn handle_bodiless(
-    worker: Arc<Worker>,
-    peer: Peer,
-    req: Request<Bodiless>,
+    req: Request<B>,
 ) -> impl Future<Output = Result<Response<Answer>, Infallible>> {
     handle_with(worker, peer, req, true)
 }

@@ -118,7 +118,7 @@ pub(crate) async fn serve(
             }
         };
         let head_request = req.method() == Method::HEAD;
-        let answer = crate::forward::handle_bodiless(worker.clone(), peer.clone(), req);
+        let answer = crate::forward::handle_plain(worker.clone(), peer.clone(), req);
         let resp = {
             let mut answer = pin!(answer);
             loop {
