@@ -10,15 +10,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{raw_exchange, route, status_of, Backend, Proxy};
+use common::{proxy_to, raw_exchange, route, status_of, with_limits, Backend, Proxy};
 use hoist_protocol::proxy::{Reply, Request};
 use hoist_proxy::{Config, Limits};
-
-fn proxy_to(b: &Backend, config: Config) -> Proxy {
-    let proxy = Proxy::start(config);
-    proxy.set_route(route("app/web", &["*"], "/", "r1", &[b]));
-    proxy
-}
 
 fn stats(proxy: &Proxy) -> hoist_protocol::proxy::RouteStats {
     match proxy.call(Request::Stats) {
@@ -195,13 +189,7 @@ fn a_slow_steady_upload_outlasts_the_response_timeout_and_a_stalled_one_is_cut()
         body_timeout: Duration::from_millis(1500),
         ..Limits::default()
     };
-    let proxy = proxy_to(
-        &b,
-        Config {
-            limits,
-            ..common::config()
-        },
-    );
+    let proxy = proxy_to(&b, with_limits(limits));
     // 10 chunks, 300 ms apart: 3 s of upload, three times the response timeout, but
     // never idle for the body timeout.
     let mut s = TcpStream::connect(proxy.addr).unwrap();
@@ -289,13 +277,7 @@ fn connections_over_the_cap_get_503_and_are_closed() {
         max_connections: 3,
         ..Limits::default()
     };
-    let proxy = proxy_to(
-        &b,
-        Config {
-            limits,
-            ..common::config()
-        },
-    );
+    let proxy = proxy_to(&b, with_limits(limits));
     let mut held: Vec<_> = (0..3)
         .map(|_| {
             let mut c = common::KeepAlive::connect(proxy.addr).unwrap();

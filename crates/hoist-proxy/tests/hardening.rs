@@ -8,14 +8,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{raw_exchange, route, status_of, Backend, Proxy};
+use common::{proxy_to, raw_exchange, status_of, with_limits, Backend};
 use hoist_proxy::{Config, Limits};
-
-fn proxy_to(b: &Backend, config: Config) -> Proxy {
-    let proxy = Proxy::start(config);
-    proxy.set_route(route("app/web", &["*"], "/", "r1", &[b]));
-    proxy
-}
 
 #[test]
 fn slowloris_connections_are_closed_at_the_header_timeout_and_others_are_served() {
@@ -25,13 +19,7 @@ fn slowloris_connections_are_closed_at_the_header_timeout_and_others_are_served(
         header_read_timeout: timeout,
         ..Limits::default()
     };
-    let proxy = proxy_to(
-        &b,
-        Config {
-            limits,
-            ..common::config()
-        },
-    );
+    let proxy = proxy_to(&b, with_limits(limits));
     let started = Instant::now();
     let slow: Vec<_> = (0..50)
         .map(|_| {
@@ -88,13 +76,7 @@ fn a_request_waiting_on_a_slow_upstream_is_not_cut_at_the_header_timeout() {
         header_read_timeout: timeout,
         ..Limits::default()
     };
-    let proxy = proxy_to(
-        &b,
-        Config {
-            limits,
-            ..common::config()
-        },
-    );
+    let proxy = proxy_to(&b, with_limits(limits));
     let mut writer = TcpStream::connect(proxy.addr).unwrap();
     writer
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -403,13 +385,7 @@ fn a_stalled_request_body_is_abandoned_at_the_body_timeout() {
         body_timeout: timeout,
         ..Limits::default()
     };
-    let proxy = proxy_to(
-        &b,
-        Config {
-            limits,
-            ..common::config()
-        },
-    );
+    let proxy = proxy_to(&b, with_limits(limits));
     let started = Instant::now();
     let mut s = TcpStream::connect(proxy.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -446,13 +422,7 @@ fn a_client_that_stops_reading_is_cut_at_the_write_timeout() {
         write_timeout: timeout,
         ..Limits::default()
     };
-    let proxy = proxy_to(
-        &b,
-        Config {
-            limits,
-            ..common::config()
-        },
-    );
+    let proxy = proxy_to(&b, with_limits(limits));
     let started = Instant::now();
     let mut s = TcpStream::connect(proxy.addr).unwrap();
     // 64 MiB that the client never reads: far more than the socket buffers hold.

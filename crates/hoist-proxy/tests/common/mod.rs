@@ -94,6 +94,18 @@ pub fn config() -> Config {
     }
 }
 
+/// [`config`] with these limits.
+pub fn with_limits(limits: hoist_proxy::Limits) -> Config {
+    Config { limits, ..config() }
+}
+
+/// A proxy started with `config` whose one route (any host, `/`) goes to `b`.
+pub fn proxy_to(b: &Backend, config: Config) -> Proxy {
+    let proxy = Proxy::start(config);
+    proxy.set_route(route("app/web", &["*"], "/", "r1", &[b]));
+    proxy
+}
+
 pub fn route(
     id: &str,
     domains: &[&str],
