@@ -80,22 +80,25 @@ fn kill9(mut g: ChildGuard) {
     let _ = g.child.wait();
 }
 
+/// Instance `web-1` running `command` under `root`, spawned by a helper agent that is
+/// then SIGKILLed: its identity record, for a new supervisor to adopt.
+fn spawned_by_a_killed_agent(root: &Path, command: &str) -> IdentityRecord {
+    record::write_atomic(&root.join("spec.json"), &spec(root, "web-1", command)).unwrap();
+    let agent = helper(root, "spawn", "spawned.json");
+    let id = record::read(&root.join("spawned.json"), "identity")
+        .unwrap()
+        .unwrap();
+    kill9(agent);
+    id
+}
+
 #[test]
 fn instances_outlive_a_killed_agent_are_readopted_and_lose_no_log_line() {
     let root = tempdir();
     let _cleanup = RunDirGuard(root.path().to_path_buf());
     // A few thousand `seq N` lines a second, each flushed as written.
     let printer = "awk 'BEGIN { for (i = 0; ; i++) { print \"seq \" i; fflush(); if (i % 20 == 0) system(\"sleep 0.005\") } }'";
-    record::write_atomic(
-        &root.path().join("spec.json"),
-        &spec(root.path(), "web-1", printer),
-    )
-    .unwrap();
-    let agent = helper(root.path(), "spawn", "spawned.json");
-    let id: IdentityRecord = record::read(&root.path().join("spawned.json"), "identity")
-        .unwrap()
-        .unwrap();
-    kill9(agent);
+    let id = spawned_by_a_killed_agent(root.path(), printer);
 
     let logs = root.path().join("logs");
     let mut seen = 0;
@@ -303,16 +306,7 @@ impl Drop for KillOnDrop {
 fn an_adopted_shim_killed_with_sigkill_is_noticed_through_its_pidfd() {
     let root = tempdir();
     let _cleanup = RunDirGuard(root.path().to_path_buf());
-    record::write_atomic(
-        &root.path().join("spec.json"),
-        &spec(root.path(), "web-1", "sleep 1000"),
-    )
-    .unwrap();
-    let agent = helper(root.path(), "spawn", "spawned.json");
-    let id: IdentityRecord = record::read(&root.path().join("spawned.json"), "identity")
-        .unwrap()
-        .unwrap();
-    kill9(agent);
+    let id = spawned_by_a_killed_agent(root.path(), "sleep 1000");
 
     let found = supervisor(root.path()).adopt().unwrap();
     let [Adopted::Running(inst)] = found.as_slice() else {
