@@ -284,7 +284,7 @@ fn parse(buf: &mut BytesMut, limits: &crate::Limits) -> Parsed {
         unsafe { std::slice::from_raw_parts(spans.as_ptr().cast::<(u32, u32, u32, u32)>(), count) };
     for &(no, nl, vo, vl) in spans {
         let name_raw = &raw[no as usize..(no + nl) as usize];
-        let name = match request_name(name_raw) {
+        let name = match crate::upstream::common_name(name_raw) {
             Some(n) => n,
             None => match HeaderName::from_bytes(name_raw) {
                 Ok(n) => n,
@@ -341,32 +341,6 @@ fn takes(name: &[u8], value: &[u8]) -> Take {
         17 if is("transfer-encoding") => Take::No,
         _ => Take::Yes,
     }
-}
-
-/// The `HeaderName` of a name most requests carry, found by its length first (a
-/// constant is a copy; `HeaderName::from_bytes` lowercases and searches every
-/// standard name).
-fn request_name(name: &[u8]) -> Option<HeaderName> {
-    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
-    Some(match name.len() {
-        4 if is("host") => header::HOST,
-        6 if is("accept") => header::ACCEPT,
-        6 if is("cookie") => header::COOKIE,
-        6 if is("origin") => header::ORIGIN,
-        7 if is("referer") => header::REFERER,
-        10 if is("user-agent") => header::USER_AGENT,
-        10 if is("connection") => header::CONNECTION,
-        12 if is("content-type") => header::CONTENT_TYPE,
-        13 if is("authorization") => header::AUTHORIZATION,
-        13 if is("cache-control") => header::CACHE_CONTROL,
-        13 if is("if-none-match") => header::IF_NONE_MATCH,
-        14 if is("content-length") => header::CONTENT_LENGTH,
-        15 if is("accept-encoding") => header::ACCEPT_ENCODING,
-        15 if is("accept-language") => header::ACCEPT_LANGUAGE,
-        15 if is("x-forwarded-for") => HeaderName::from_static("x-forwarded-for"),
-        17 if is("if-modified-since") => header::IF_MODIFIED_SINCE,
-        _ => return None,
-    })
 }
 
 /// How an answer's body is sent.

@@ -891,25 +891,39 @@ fn classify(name: &[u8]) -> Field {
     }
 }
 
-/// The `HeaderName` of a name most responses carry, found by its length first: a
-/// constant is a copy, where `HeaderName::from_bytes` lowercases into a buffer and
-/// searches every standard name (a visible share of a request's instructions).
-fn common_name(name: &[u8]) -> Option<HeaderName> {
+/// The `HeaderName` of a name most responses or requests carry (response heads here,
+/// request heads in `plain`), found by its length first: a constant is a copy, where
+/// `HeaderName::from_bytes` lowercases into a buffer and searches every standard name
+/// (a visible share of a request's instructions).
+pub(crate) fn common_name(name: &[u8]) -> Option<HeaderName> {
     let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
     Some(match name.len() {
         4 if is("date") => header::DATE,
         4 if is("etag") => header::ETAG,
         4 if is("vary") => header::VARY,
+        4 if is("host") => header::HOST,
         6 if is("server") => header::SERVER,
+        6 if is("accept") => header::ACCEPT,
+        6 if is("cookie") => header::COOKIE,
+        6 if is("origin") => header::ORIGIN,
         7 if is("expires") => header::EXPIRES,
+        7 if is("referer") => header::REFERER,
         8 if is("location") => header::LOCATION,
         10 if is("set-cookie") => header::SET_COOKIE,
+        10 if is("user-agent") => header::USER_AGENT,
+        10 if is("connection") => header::CONNECTION,
         12 if is("content-type") => header::CONTENT_TYPE,
         13 if is("cache-control") => header::CACHE_CONTROL,
         13 if is("last-modified") => header::LAST_MODIFIED,
         13 if is("accept-ranges") => header::ACCEPT_RANGES,
+        13 if is("authorization") => header::AUTHORIZATION,
+        13 if is("if-none-match") => header::IF_NONE_MATCH,
         14 if is("content-length") => header::CONTENT_LENGTH,
+        15 if is("accept-encoding") => header::ACCEPT_ENCODING,
+        15 if is("accept-language") => header::ACCEPT_LANGUAGE,
+        15 if is("x-forwarded-for") => HeaderName::from_static("x-forwarded-for"),
         16 if is("content-encoding") => header::CONTENT_ENCODING,
+        17 if is("if-modified-since") => header::IF_MODIFIED_SINCE,
         _ => return None,
     })
 }
@@ -1249,6 +1263,19 @@ mod tests {
             "accept-ranges",
             "Content-Length",
             "content-encoding",
+            "Host",
+            "accept",
+            "Cookie",
+            "origin",
+            "Referer",
+            "User-Agent",
+            "connection",
+            "authorization",
+            "If-None-Match",
+            "accept-encoding",
+            "Accept-Language",
+            "X-Forwarded-For",
+            "if-modified-since",
         ] {
             assert_eq!(
                 common_name(name.as_bytes()),
