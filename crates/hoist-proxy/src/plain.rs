@@ -87,9 +87,7 @@ pub(crate) async fn serve(
                     }
                 }
             }
-            if buf.capacity() - buf.len() < READ_CHUNK / 8 {
-                buf.reserve(READ_CHUNK);
-            }
+            make_room(&mut buf);
             let read = match linger {
                 Some(deadline) => {
                     match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
@@ -125,9 +123,7 @@ pub(crate) async fn serve(
                 if buf.len() >= MAX_READ_AHEAD {
                     break answer.await;
                 }
-                if buf.capacity() - buf.len() < READ_CHUNK / 8 {
-                    buf.reserve(READ_CHUNK);
-                }
+                make_room(&mut buf);
                 // The client is read while the upstream answers: a hang-up drops the
                 // request (its upstream connection is not reused); the bytes of a
                 // pipelined request wait in the buffer.
@@ -160,6 +156,13 @@ pub(crate) async fn serve(
             let _ = io.shutdown().await;
             return;
         }
+    }
+}
+
+/// Room for the next read, made when the buffer runs low.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 8 {
+        buf.reserve(READ_CHUNK);
     }
 }
 
